@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+DEMO_DIR ?= runs/demo
+PHOTOS ?=
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch comes from the lock (torch==2.13.0, the local CPU wheel); installing it first,
+# alone, means nothing later can pull a CUDA build.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$$(grep '^torch==' requirements.lock)"
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m exiflang.demo --out $(DEMO_DIR) $(if $(PHOTOS),--photos $(PHOTOS),)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/python benchmarks/pipeline_throughput.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

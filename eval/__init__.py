@@ -1,0 +1,1 @@
+"""eval: embeddings, FAISS lookup, tag prediction and zero-shot splice detection."""

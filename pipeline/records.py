@@ -1,0 +1,40 @@
+"""Plain records shared by every pipeline stage: a source row, a sample's status and outcome."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+# Status values of DESIGN.md §3, one per source row in the shard's Parquet table.
+SUCCESS = "success"
+DOWNLOAD_FAILED = "download_failed"
+HTTP_ERROR = "http_error"
+TIMEOUT = "timeout"
+NOT_AN_IMAGE = "not_an_image"
+DECODE_FAILED = "decode_failed"
+TOO_SMALL = "too_small"
+TOO_FEW_TAGS = "too_few_tags"
+DUPLICATE = "duplicate"
+STATUSES = (SUCCESS, DOWNLOAD_FAILED, HTTP_ERROR, TIMEOUT, NOT_AN_IMAGE,
+            DECODE_FAILED, TOO_SMALL, TOO_FEW_TAGS, DUPLICATE)
+
+
+@dataclass
+class SourceRow:
+    """One photo named by a source: a URL to fetch or a local file to read.
+
+    Exactly one of ``url`` / ``path`` is set.  ``fallback_urls`` are tried in order when
+    ``url`` fails (YFCC: the listed reduced-size URL behind the full-resolution original).
+    ``meta`` carries source columns worth keeping (YFCC user id, license, ...), all strings.
+    """
+
+    index: int
+    url: Optional[str] = None
+    path: Optional[str] = None
+    photo_id: Optional[str] = None
+    fallback_urls: tuple[str, ...] = ()
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def location(self) -> str:
+        """The URL or path, for messages and the Parquet ``url`` column."""
+        return self.url if self.url is not None else (self.path or "")

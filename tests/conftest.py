@@ -1,0 +1,29 @@
+"""Shared fixtures: where the real data lives, and the environment every test runs in."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EXIFLANG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Offline, quiet, and no Ray auth token prompts: the same settings the Makefile exports.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only folder of real photos, dumps and broken files (never copied, never re-encoded)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA}: shared data folder missing (set EXIFLANG_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def photos_dir(shared_data: Path) -> Path:
+    return shared_data / "photos"

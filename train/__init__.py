@@ -1,0 +1,1 @@
+"""train: streaming loader -> model (image + text encoders) -> loss -> engine -> checkpoints."""
