@@ -1,0 +1,127 @@
+"""Entry point of the dataset pipeline: `exiflang shards` / `python pipeline/build_shards.py`.
+
+Starts Ray embedded, or joins a cluster with ``--address`` / ``RAY_ADDRESS`` (as under
+``ray job submit``), and writes WebDataset shards plus Parquet tag tables (DESIGN.md §3).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, ""):
+    # Run as a script (`python pipeline/build_shards.py`, e.g. under `ray job submit`):
+    # make the repository root importable so `pipeline.*` resolves without an install.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import ShardConfig  # noqa: E402
+from pipeline.download import DownloadConfig  # noqa: E402
+from pipeline.driver import JobOptions, build  # noqa: E402
+from pipeline.sources import FORMATS, SourceError, open_source  # noqa: E402
+
+log = logging.getLogger("exiflang.shards")
+
+
+def parser() -> argparse.ArgumentParser:
+    d, s = DownloadConfig(), ShardConfig()
+    ap = argparse.ArgumentParser(prog="exiflang shards", description=__doc__.splitlines()[0])
+    src = ap.add_argument_group("source")
+    src.add_argument("--source", required=True, help="photo folder, URL list or YFCC100M main file")
+    src.add_argument("--source-format", choices=FORMATS, help="force the format (default: detected)")
+    src.add_argument("--url-column", help="URL column of a csv/tsv/jsonl/parquet list")
+    src.add_argument("--yfcc-exif", help="YFCC100M EXIF side file, joined by photo id")
+    src.add_argument("--max-rows", type=int, help="stop after this many source rows")
+    out = ap.add_argument_group("output")
+    out.add_argument("--out", default="shards", help="dataset folder (default: shards)")
+    out.add_argument("--rows-per-shard", type=int, default=s.rows_per_shard)
+    out.add_argument("--min-tags", type=int, default=s.min_tags, help="fewer tags -> too_few_tags")
+    out.add_argument("--tag-threshold", type=float, default=0.5,
+                     help="keep tags present in more than this fraction of kept images")
+    out.add_argument("--patch-size", type=int, default=s.patch_size, help="shorter side minimum")
+    out.add_argument("--verify", choices=("draft", "full", "header"), default=s.verify,
+                     help="how much of each image to decode to check it")
+    out.add_argument("--exif-prefer", choices=("image", "yfcc"), default=s.exif_prefer)
+    run = ap.add_argument_group("execution")
+    run.add_argument("--executor", choices=("ray", "local"), default="ray")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded)")
+    run.add_argument("--workers", type=int, help="concurrent shards (default: cluster CPUs)")
+    run.add_argument("--threads", type=int, default=s.threads, help="fetch threads per worker")
+    run.add_argument("--shard-retries", type=int, default=2)
+    net = ap.add_argument_group("download")
+    net.add_argument("--timeout", type=float, default=d.timeout)
+    net.add_argument("--retries", type=int, default=d.retries)
+    net.add_argument("--max-bytes", type=int, default=d.max_bytes)
+    net.add_argument("--max-redirects", type=int, default=d.max_redirects)
+    net.add_argument("--per-host-concurrency", type=int, default=d.per_host_concurrency * 4,
+                     help="simultaneous requests to one host, for the whole job")
+    net.add_argument("--per-host-rate", type=float, default=d.per_host_rate,
+                     help="requests/s to one host for the whole job (0 = unlimited)")
+    net.add_argument("--user-agent", default=d.user_agent)
+    ap.add_argument("-q", "--quiet", action="store_true")
+    return ap
+
+
+def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
+    dl = DownloadConfig(timeout=args.timeout, retries=args.retries, max_bytes=args.max_bytes,
+                        max_redirects=args.max_redirects,
+                        per_host_concurrency=args.per_host_concurrency,
+                        per_host_rate=args.per_host_rate, user_agent=args.user_agent)
+    cfg = ShardConfig(out_dir=str(args.out), rows_per_shard=args.rows_per_shard,
+                      threads=args.threads, patch_size=args.patch_size, min_tags=args.min_tags,
+                      verify=args.verify, exif_prefer=args.exif_prefer, download=dl)
+    opts = JobOptions(executor=args.executor, workers=args.workers, address=args.address,
+                      shard_retries=args.shard_retries, tag_threshold=args.tag_threshold,
+                      max_rows=args.max_rows)
+    if opts.executor == "local":
+        # Called directly there is one worker: it may use the whole per-host budget.
+        opts.workers = 1
+    return cfg, opts
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, opts = _configs(args)
+    source = open_source(args.source, args.source_format, url_column=args.url_column)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.yfcc_exif:
+        from pipeline.yfcc_exif import YfccExifIndex
+        db = out_dir / "yfcc_exif.sqlite"
+        YfccExifIndex.build(args.yfcc_exif, str(db))
+        cfg.yfcc_exif_db = str(db.resolve())
+    cfg.write(out_dir / "config.json")
+    summary = build(source.rows(), cfg, opts)
+    summary["source"] = {"path": str(args.source), "format": source.format,
+                         "skipped": dict(source.skipped)}
+    (out_dir / "job.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    counts = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items() if v)
+    print(f"{summary.get('rows', 0)} rows -> {summary.get('samples', 0)} samples in "
+          f"{summary['shards']} shards ({counts}); {summary['vocabulary_size']} tags; {out_dir}")
+    if summary["failed_shards"]:
+        print(f"exiflang: {len(summary['failed_shards'])} shards failed "
+              f"({summary['failed_shards'][:10]}); rerun the same command to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        return run(args)
+    except SourceError as exc:
+        print(f"exiflang: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"exiflang: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Typed settings of one shard-building job (what every worker needs to know)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.download import DownloadConfig
+
+
+@dataclass
+class ShardConfig:
+    """Everything a shard worker needs besides its rows; serialisable to JSON."""
+
+    out_dir: str = "shards"
+    rows_per_shard: int = 500          # full-resolution photos are ~1-5 MB: ~1 GB tars
+    threads: int = 16                   # concurrent fetches inside one worker (I/O bound)
+    patch_size: int = 124               # shorter side below this -> too_small
+    min_tags: int = 10                  # fewer EXIF tags than this -> too_few_tags
+    max_pixels: int = 150_000_000       # decompression-bomb guard (width * height)
+    verify: str = "draft"               # "draft" (1/8-scale decode), "full", or "header"
+    max_value_chars: int = 256          # longer EXIF values are truncated
+    exif_prefer: str = "image"          # on disagreement keep the "image" or the "yfcc" value
+    yfcc_exif_db: Optional[str] = None  # SQLite index of the YFCC side file, if given
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.download, dict):
+            self.download = DownloadConfig(**self.download)
+        if self.verify not in ("draft", "full", "header"):
+            raise ValueError(f"verify must be draft, full or header, not {self.verify!r}")
+        if self.exif_prefer not in ("image", "yfcc"):
+            raise ValueError(f"exif_prefer must be image or yfcc, not {self.exif_prefer!r}")
+        if self.rows_per_shard < 1 or self.threads < 1:
+            raise ValueError("rows_per_shard and threads must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, path: Path) -> None:
+        """Write the resolved settings beside the outputs (atomically)."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        tmp.replace(path)

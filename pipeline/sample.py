@@ -1,0 +1,104 @@
+"""One sample's checks: bytes -> image validity, size, sha256 and merged EXIF, with a status."""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+from PIL import Image
+
+from pipeline import records as st
+from pipeline.config import ShardConfig
+from pipeline.exif_parse import ExifReadError, read_exif
+
+# Pillow format name -> the tar member extension webdataset decoders recognise.
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "WEBP": "webp", "BMP": "bmp",
+              "MPO": "jpg", "GIF": "gif"}
+
+
+@dataclass
+class SampleOutcome:
+    """What became of one source row's bytes."""
+
+    status: str
+    error: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    sha256: Optional[str] = None
+    ext: str = "jpg"
+    exif: dict[str, str] = field(default_factory=dict)
+    exif_source: dict[str, str] = field(default_factory=dict)   # tag -> image | yfcc | both
+    exif_disagreements: int = 0
+
+
+def _check_image(data: bytes, cfg: ShardConfig) -> tuple[Optional[SampleOutcome], int, int, str]:
+    """Open and (partly) decode the image; returns (failure or None, width, height, ext)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            fmt = img.format or ""
+            if width * height > cfg.max_pixels:
+                return SampleOutcome(st.DECODE_FAILED, f"decompression bomb guard: {width}x{height} "
+                                     f"exceeds {cfg.max_pixels} pixels"), width, height, ""
+            if cfg.verify != "header":
+                if cfg.verify == "draft" and fmt == "JPEG":
+                    # DCT-domain 1/8 scaling still entropy-decodes every block, so a
+                    # truncated or corrupt scan fails here at a fraction of a full decode.
+                    img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return SampleOutcome(st.DECODE_FAILED, f"decompression bomb: {exc}"), 0, 0, ""
+    except Image.UnidentifiedImageError:
+        return SampleOutcome(st.NOT_AN_IMAGE, "not an image Pillow can identify"), 0, 0, ""
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this sample's status
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return SampleOutcome(st.DECODE_FAILED, f"decode failed: {msg}"), 0, 0, ""
+    return None, width, height, EXTENSIONS.get(fmt, fmt.lower() or "bin")
+
+
+def merge_exif(from_image: dict[str, str], from_side: Optional[dict[str, str]],
+               prefer: str) -> tuple[dict[str, str], dict[str, str], int]:
+    """Join EXIF read from the bytes with the YFCC side file's; returns (tags, source, disagreements)."""
+    if not from_side:
+        return dict(from_image), {t: "image" for t in from_image}, 0
+    merged: dict[str, str] = {}
+    source: dict[str, str] = {}
+    disagreements = 0
+    for tag in list(from_image) + [t for t in from_side if t not in from_image]:
+        a, b = from_image.get(tag), from_side.get(tag)
+        if a is not None and b is not None:
+            source[tag] = "both"
+            if a.strip() != b.strip():
+                disagreements += 1
+            merged[tag] = a if prefer == "image" else b
+        else:
+            source[tag] = "image" if a is not None else "yfcc"
+            merged[tag] = a if a is not None else b  # type: ignore[assignment]
+    return merged, source, disagreements
+
+
+def process_bytes(data: bytes, cfg: ShardConfig,
+                  side_exif: Optional[dict[str, str]] = None) -> SampleOutcome:
+    """Check one image's bytes and parse its EXIF; never raises on bad data."""
+    sha = hashlib.sha256(data).hexdigest()
+    failed, width, height, ext = _check_image(data, cfg)
+    if failed is not None:
+        failed.sha256 = sha
+        return failed
+    exif_error = None
+    try:
+        image_exif = read_exif(data, max_value_chars=cfg.max_value_chars)
+    except ExifReadError as exc:
+        image_exif, exif_error = {}, f"EXIF unreadable: {exc}"
+    tags, source, disagree = merge_exif(image_exif, side_exif, cfg.exif_prefer)
+    out = SampleOutcome(st.SUCCESS, exif_error, width, height, sha, ext, tags, source, disagree)
+    if min(width, height) < cfg.patch_size:
+        out.status, out.error = st.TOO_SMALL, f"{width}x{height} is smaller than a {cfg.patch_size}-px patch"
+    elif len(tags) < cfg.min_tags:
+        out.status = st.TOO_FEW_TAGS
+        out.error = exif_error or f"{len(tags)} EXIF tags, fewer than the minimum {cfg.min_tags}"
+    return out
