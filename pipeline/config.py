@@ -23,6 +23,7 @@ class ShardConfig:
     verify: str = "draft"               # "draft" (1/8-scale decode), "full", or "header"
     max_value_chars: int = 256          # longer EXIF values are truncated
     exif_prefer: str = "image"          # on disagreement keep the "image" or the "yfcc" value
+    dedup: bool = True                  # mark repeated bytes (same sha256) as duplicate
     yfcc_exif_db: Optional[str] = None  # SQLite index of the YFCC side file, if given
     download: DownloadConfig = field(default_factory=DownloadConfig)
 

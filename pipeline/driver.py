@@ -141,7 +141,8 @@ def build(source_rows: Iterator[SourceRow], cfg: ShardConfig, opts: JobOptions) 
     bar.close()
     if skipped["shards"]:
         log.info("%d shards were already complete and were skipped", skipped["shards"])
-    remove_cross_shard_duplicates(out_dir)
+    if cfg.dedup:
+        remove_cross_shard_duplicates(out_dir)
     summary = write_sizes_and_summary(out_dir)
     tags = write_tags(out_dir, opts.tag_threshold, cfg.min_tags)
     summary.update(failed_shards=failed, seconds=round(time.time() - t0, 2),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -133,7 +134,7 @@ def process_shard(shard: int, rows: Sequence[SourceRow], cfg: ShardConfig) -> di
             rec = _table_row(shard, pos, row, fetched, out)
             totals["bytes_fetched"] += rec["bytes"] or 0
             if out is not None and out.status == st.SUCCESS:
-                if out.sha256 in seen:
+                if cfg.dedup and out.sha256 in seen:
                     rec["status"], rec["error"] = st.DUPLICATE, f"duplicate of {seen[out.sha256]}"
                 else:
                     seen[out.sha256] = rec["key"]  # type: ignore[index]
@@ -154,7 +155,9 @@ def process_shard(shard: int, rows: Sequence[SourceRow], cfg: ShardConfig) -> di
     stats = {"shard": shard, "rows": len(rows), "samples": writer.count,
              "status_counts": {s: counts.get(s, 0) for s in st.STATUSES},
              "tag_sources": dict(tag_sources), **totals,
-             "started": t0, "seconds": round(time.time() - t0, 3)}
+             "started": t0, "seconds": round(time.time() - t0, 3),
+             # Peak RSS of the process running this shard (a Ray worker or the driver).
+             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     atomic_write_json(paths["stats"], stats)
     log.info("shard %s: %d rows, %d samples", shard_name(shard), len(rows), writer.count)
     return stats
