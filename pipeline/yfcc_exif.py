@@ -1,0 +1,300 @@
+"""Parse YFCC100M's EXIF side file and index it by photo id in SQLite, for joins without loading it.
+
+Line format: ``photo_id<TAB>item,item,...``; each item ``Directory.Tag Name:value`` with
+every part URL-encoded (``+`` for space, ``%2C`` for a comma inside a value), e.g.
+``Exif+SubIFD.Focal+Length:50.0+mm``.  Parsing choices, each forced by the format:
+
+- items are split on the literal ``,`` (a value's own commas are encoded);
+- the key is split from the value on the first ``:`` (dates and times contain more);
+- the directory is split from the tag on the first ``.`` of the still-encoded key:
+  metadata-extractor's directory names ("Exif SubIFD", "Canon Makernote") hold no dot,
+  while a tag name might, so the first dot is the only safe boundary;
+- a piece holding no ``:`` at all is a value's unencoded comma, and is glued back on.
+
+The side file is tens of GB, so :meth:`YfccExifIndex.build` streams it into a table of raw
+item strings (parsed only on lookup), and workers open that database read-only.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+from urllib.parse import unquote_plus
+
+from tqdm import tqdm
+
+from pipeline.exif_names import canonical_tag_name, directory_precedence
+from pipeline.sources import READ_ERRORS, SourceError, open_binary, reason_of
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = "1"
+BATCH = 20_000          # rows per executemany: large enough to amortise, small in memory
+LOOKUP_CHUNK = 500      # ids per "IN (...)" query, well under SQLite's variable limit
+
+
+def parse_items(items: str, *, keep_empty: bool = False) -> dict[str, str]:
+    """``Dir.Tag:value,...`` -> ``{canonical tag: value}``, decoded.
+
+    Two directories giving the same canonical name: the one with the lower
+    :func:`directory_precedence` wins (first seen on a tie).  Empty values are dropped
+    unless ``keep_empty`` (metadata-extractor lists e.g. an empty "User Comment").
+    """
+    out: dict[str, str] = {}
+    rank: dict[str, int] = {}
+    for key, value in _pairs(items):
+        directory, dot, tag = key.partition(".")
+        if not dot:     # no directory given: the whole key is the tag name
+            directory, tag = "", directory
+        directory, tag = unquote_plus(directory).strip(), unquote_plus(tag).strip()
+        value = unquote_plus(value).strip()
+        if not tag or (not value and not keep_empty):
+            continue
+        name = canonical_tag_name(directory, tag) if directory else tag
+        prec = directory_precedence(directory)
+        if name not in out or prec < rank[name]:
+            out[name], rank[name] = value, prec
+    return out
+
+
+def _pairs(items: str) -> Iterator[tuple[str, str]]:
+    """Raw (key, value) pairs; a piece without ':' continues the previous value."""
+    pending: Optional[list[str]] = None
+    for piece in items.split(","):
+        key, colon, value = piece.partition(":")
+        if colon:
+            if pending is not None:
+                yield pending[0], pending[1]
+            pending = [key, value]
+        elif pending is not None and piece:
+            pending[1] += "," + piece
+    if pending is not None:
+        yield pending[0], pending[1]
+
+
+def split_line(line: str) -> tuple[str, str]:
+    """``photo_id<TAB>items`` -> (photo id, raw items); ValueError when malformed."""
+    text = line.rstrip("\r\n")
+    photo_id, tab, items = text.partition("\t")
+    photo_id = photo_id.strip()
+    if not tab or not photo_id or any(c.isspace() for c in photo_id):
+        raise ValueError(f"not a YFCC EXIF line: {text[:60]!r}")
+    return photo_id, items
+
+
+def parse_exif_line(line: str) -> tuple[str, dict[str, str]]:
+    """One side-file line -> (photo id, ``{canonical tag: value}``); ValueError when malformed."""
+    photo_id, items = split_line(line)
+    return photo_id, parse_items(items)
+
+
+def _signature(photo_ids: Optional[set[str]]) -> str:
+    """Identifies the id filter a database was built with ("all" for none)."""
+    if photo_ids is None:
+        return "all"
+    digest = hashlib.sha256("\n".join(sorted(photo_ids)).encode()).hexdigest()
+    return f"ids:{len(photo_ids)}:{digest[:32]}"
+
+
+def _source_stamp(side_file: str) -> str:
+    st = os.stat(side_file)
+    return f"{os.path.abspath(side_file)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+class YfccExifIndex:
+    """A read-only SQLite index of the side file: photo id -> parsed EXIF."""
+
+    def __init__(self, db_path: str, conn: sqlite3.Connection, info: dict[str, str]) -> None:
+        self.db_path = db_path
+        self._conn = conn
+        self.info = info        # build facts: lines, rows, malformed, duplicates, source
+
+    # -- building ------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, side_file: str, db_path: str, *,
+              photo_ids: Optional[set[str]] = None) -> "YfccExifIndex":
+        """Index ``side_file`` into ``db_path`` (atomic), or reuse a complete matching one."""
+        if not os.path.isfile(side_file):
+            raise SourceError(side_file, "no such YFCC EXIF side file")
+        stamp, wanted = _source_stamp(side_file), _signature(photo_ids)
+        reused = cls._reusable(db_path, stamp, wanted)
+        if reused is not None:
+            return reused
+        os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
+        tmp = f"{db_path}.tmp-{os.getpid()}"
+        for leftover in (tmp, tmp + "-journal"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        try:
+            info = _fill(side_file, tmp, photo_ids)
+            info.update(source=stamp, filter=wanted, schema=SCHEMA_VERSION, complete="1")
+            _write_info(tmp, info)
+            os.replace(tmp, db_path)
+        except sqlite3.Error as exc:
+            raise SourceError(db_path, f"cannot write the YFCC EXIF index: {exc}") from exc
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        log.info("indexed %s: %s photos (%s malformed lines, %s duplicate ids) in %s",
+                 side_file, info["rows"], info["malformed"], info["duplicates"], db_path)
+        return cls.open(db_path)
+
+    @classmethod
+    def _reusable(cls, db_path: str, stamp: str, wanted: str) -> Optional["YfccExifIndex"]:
+        if not os.path.exists(db_path):
+            return None
+        try:
+            index = cls.open(db_path)
+        except SourceError:
+            return None
+        info = index.info
+        # An index of every id answers any filtered request; otherwise the filter must match.
+        if info.get("source") == stamp and info.get("filter") in ("all", wanted):
+            log.info("reusing YFCC EXIF index %s (%s photos)", db_path, info.get("rows"))
+            return index
+        index.close()
+        return None
+
+    # -- reading -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, db_path: str) -> "YfccExifIndex":
+        """Open a complete index read-only (each process opens its own)."""
+        path = Path(db_path)
+        if not path.is_file():
+            raise SourceError(db_path, "no such YFCC EXIF index")
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                   check_same_thread=False)
+            info = dict(conn.execute("SELECT key, value FROM info").fetchall())
+        except sqlite3.Error as exc:
+            raise SourceError(db_path, f"not a YFCC EXIF index: {exc}") from exc
+        if info.get("complete") != "1" or info.get("schema") != SCHEMA_VERSION:
+            conn.close()
+            raise SourceError(db_path, "incomplete or outdated YFCC EXIF index; rebuild it")
+        return cls(str(db_path), conn, info)
+
+    def get(self, photo_id: str) -> Optional[dict[str, str]]:
+        """The photo's EXIF from the side file, or None when the file has no line for it."""
+        row = self._conn.execute("SELECT items FROM exif WHERE photo_id = ?",
+                                 (str(photo_id),)).fetchone()
+        return None if row is None else parse_items(row[0])
+
+    def get_many(self, photo_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """``{photo id: EXIF}`` for those of ``photo_ids`` the side file has."""
+        ids = list(dict.fromkeys(str(p) for p in photo_ids if p))
+        out: dict[str, dict[str, str]] = {}
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = ids[start:start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for pid, items in self._conn.execute(
+                    f"SELECT photo_id, items FROM exif WHERE photo_id IN ({marks})", chunk):
+                out[pid] = parse_items(items)
+        return out
+
+    def __len__(self) -> int:
+        return int(self.info.get("rows", 0))
+
+    def __contains__(self, photo_id: object) -> bool:
+        return self._conn.execute("SELECT 1 FROM exif WHERE photo_id = ?",
+                                  (str(photo_id),)).fetchone() is not None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # A connection cannot cross processes: pickling (e.g. to a Ray task) carries the path.
+    def __getstate__(self) -> dict[str, str]:
+        return {"db_path": self.db_path}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        other = type(self).open(state["db_path"])
+        self.__dict__.update(other.__dict__)
+
+    def __enter__(self) -> "YfccExifIndex":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fill(side_file: str, db_path: str, photo_ids: Optional[set[str]]) -> dict[str, str]:
+    """Stream the side file into a fresh database; returns the counts."""
+    conn = sqlite3.connect(db_path)
+    # A temporary file renamed only when whole: no journal or fsync is worth paying for.
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    # A big page cache keeps primary-key inserts in memory far longer as the table grows.
+    conn.execute("PRAGMA cache_size = -262144")
+    conn.execute("CREATE TABLE exif (photo_id TEXT PRIMARY KEY, items TEXT NOT NULL) WITHOUT ROWID")
+    conn.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    counts = {"lines": 0, "rows": 0, "malformed": 0, "duplicates": 0, "filtered": 0}
+    t0 = time.perf_counter()
+    try:
+        conn.execute("BEGIN")
+        for batch in _batches(_records(side_file, photo_ids, counts)):
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO exif VALUES (?, ?)", batch)
+            added = conn.total_changes - before
+            counts["rows"] += added
+            counts["duplicates"] += len(batch) - added   # first line of an id wins
+        conn.commit()
+    finally:
+        conn.close()
+    info = {k: str(v) for k, v in counts.items()}
+    info["seconds"] = f"{time.perf_counter() - t0:.1f}"
+    return info
+
+
+def _records(side_file: str, photo_ids: Optional[set[str]],
+             counts: dict[str, int]) -> Iterator[tuple[str, str]]:
+    """(photo id, raw items) per good line, with a progress bar over on-disk bytes."""
+    stream, raw = open_binary(side_file)
+    total = os.path.getsize(side_file)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="YFCC EXIF index", disable=None)
+    try:
+        with raw, stream:
+            for line in stream:
+                counts["lines"] += 1
+                if counts["lines"] % 100_000 == 0:
+                    bar.update(raw.tell() - bar.n)
+                if not line.strip():
+                    continue
+                try:
+                    photo_id, items = split_line(line.decode("utf-8", "replace"))
+                except ValueError:
+                    counts["malformed"] += 1
+                    continue
+                if photo_ids is not None and photo_id not in photo_ids:
+                    counts["filtered"] += 1
+                    continue
+                yield photo_id, items
+        bar.update(total - bar.n)
+    except READ_ERRORS as exc:
+        raise SourceError(side_file, f"unreadable after line {counts['lines']}: "
+                          f"{reason_of(exc)}") from exc
+    finally:
+        bar.close()
+
+
+def _batches(records: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    batch: list[tuple[str, str]] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_info(db_path: str, info: dict[str, str]) -> None:
+    conn = sqlite3.connect(db_path)
+    try:
+        with conn:
+            conn.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", sorted(info.items()))
+    finally:
+        conn.close()
