@@ -34,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--source-format", choices=FORMATS, help="force the format (default: detected)")
     src.add_argument("--url-column", help="URL column of a csv/tsv/jsonl/parquet list")
     src.add_argument("--yfcc-exif", help="YFCC100M EXIF side file, joined by photo id")
+    src.add_argument("--yfcc-original-url", help="template of the full-resolution URL, e.g. a "
+                     "mirror: fields {farm} {server} {id} {original_secret} {ext}")
     src.add_argument("--max-rows", type=int, help="stop after this many source rows")
     out = ap.add_argument_group("output")
     out.add_argument("--out", default="shards", help="dataset folder (default: shards)")
@@ -84,7 +86,8 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
 
 def run(args: argparse.Namespace) -> int:
     cfg, opts = _configs(args)
-    source = open_source(args.source, args.source_format, url_column=args.url_column)
+    source = open_source(args.source, args.source_format, url_column=args.url_column,
+                         yfcc_original_url=args.yfcc_original_url)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.yfcc_exif:
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     cfg.write(out_dir / "config.json")
     summary = build(source.rows(), cfg, opts)
     summary["source"] = {"path": str(args.source), "format": source.format,
-                         "skipped": dict(source.skipped)}
+                         "skipped": dict(source.skipped),
+                         "flagged": dict(getattr(source, "flagged", {}))}
     (out_dir / "job.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     counts = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items() if v)
     print(f"{summary.get('rows', 0)} rows -> {summary.get('samples', 0)} samples in "

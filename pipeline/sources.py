@@ -198,7 +198,8 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def open_source(path: str | os.PathLike, fmt: Optional[str] = None, *,
-                url_column: Optional[str] = None) -> Source:
+                url_column: Optional[str] = None,
+                yfcc_original_url: Optional[str] = None) -> Source:
     """Open ``path`` as a :class:`Source` (format detected unless given).
 
     Cheap checks run now, so a wrong path, an empty list or a list without a URL column
@@ -222,7 +223,7 @@ def open_source(path: str | os.PathLike, fmt: Optional[str] = None, *,
     if p.is_dir():
         raise SourceError(path, f"is a folder, not a {fmt} file")
     if fmt == "yfcc":
-        from pipeline.yfcc import YfccSource
-        return YfccSource(p)
+        from pipeline.yfcc import ORIGINAL_URL, YfccSource
+        return YfccSource(p, original_template=yfcc_original_url or ORIGINAL_URL)
     from pipeline.url_lists import open_url_list
     return open_url_list(p, url_column=url_column)

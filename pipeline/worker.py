@@ -46,6 +46,11 @@ def read_local(path: str, max_bytes: int) -> FetchResult:
 def _handle_row(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader],
                 side: Optional[dict[str, str]]) -> tuple[FetchResult, Optional[SampleOutcome]]:
     """Fetch one row and check its bytes (runs in a worker thread)."""
+    if row.meta.get("source_error") and not row.location:
+        # The source already knows this row is unusable (malformed YFCC line, no URL):
+        # report its reason rather than the downloader's "invalid URL".
+        return FetchResult(row.location, None, st.DOWNLOAD_FAILED, None, None,
+                           row.meta["source_error"], 0, 0.0), None
     if row.path is not None:
         fetched = read_local(row.path, cfg.download.max_bytes)
     else:
@@ -105,7 +110,8 @@ def _side_exif(rows: Sequence[SourceRow], cfg: ShardConfig) -> dict[str, dict[st
         return {}
     from pipeline.yfcc_exif import YfccExifIndex
     ids = [r.photo_id for r in rows if r.photo_id]
-    return YfccExifIndex.open(cfg.yfcc_exif_db).get_many(ids)
+    with YfccExifIndex.open(cfg.yfcc_exif_db) as index:
+        return index.get_many(ids)
 
 
 def process_shard(shard: int, rows: Sequence[SourceRow], cfg: ShardConfig) -> dict[str, Any]:

@@ -69,11 +69,16 @@ def looks_like_yfcc(path: str | os.PathLike) -> bool:
     return False
 
 
-def photo_urls(record: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+ORIGINAL_URL = "https://farm{farm}.staticflickr.com/{server}/{id}_{original_secret}_o.{ext}"
+
+
+def photo_urls(record: dict[str, str],
+               original_template: str = ORIGINAL_URL) -> tuple[str, tuple[str, ...]]:
     """(full-resolution original URL, fallbacks) for a photo; the listed URL is the fallback.
 
     Column 16 is a reduced size; the original is rebuilt from farm, server, id and the
-    original secret and extension when all are present.
+    original secret and extension when all are present.  ``original_template`` may point
+    at a mirror (fields: farm, server, id, original_secret, ext).
     """
     pid = record["photo_id"].strip()
     farm, server = record["farm_id"].strip(), record["server_id"].strip()
@@ -83,7 +88,8 @@ def photo_urls(record: dict[str, str]) -> tuple[str, tuple[str, ...]]:
     if not listed and farm.isdigit() and server.isdigit() and _TOKEN.match(secret):
         listed = f"https://farm{farm}.staticflickr.com/{server}/{pid}_{secret}.jpg"
     if farm.isdigit() and server.isdigit() and _TOKEN.match(osecret) and _TOKEN.match(oext):
-        original = f"https://farm{farm}.staticflickr.com/{server}/{pid}_{osecret}_o.{oext.lower()}"
+        original = original_template.format(farm=farm, server=server, id=pid,
+                                            original_secret=osecret, ext=oext.lower())
         return original, ((listed,) if listed and listed != original else ())
     return listed, ()
 
@@ -114,9 +120,11 @@ class YfccSource(Source):
 
     format = "yfcc"
 
-    def __init__(self, path: str | os.PathLike, meta_fields: Sequence[str] = META_FIELDS) -> None:
+    def __init__(self, path: str | os.PathLike, meta_fields: Sequence[str] = META_FIELDS,
+                 original_template: str = ORIGINAL_URL) -> None:
         super().__init__(path)
         self.meta_fields = tuple(meta_fields)
+        self.original_template = original_template
         self.layouts: dict[int, int] = {}   # column count -> lines, for the job summary
 
     def rows(self) -> Iterator[SourceRow]:
@@ -148,7 +156,7 @@ class YfccSource(Source):
         if record["marker"].strip() == VIDEO_MARKER:
             self._skip("video")
             return None
-        url, fallbacks = photo_urls(record)
+        url, fallbacks = photo_urls(record, self.original_template)
         meta = record_meta(record, self.meta_fields)
         if not url:
             self._flag("no_url")

@@ -27,12 +27,12 @@ def _photos(photos_dir: Path, n: int) -> list[str]:
 
 
 def test_url_list_with_misbehaving_routes(tmp_path, server, photos_dir):
-    good = _photos(photos_dir, 5)
+    good, spare = _photos(photos_dir, 5), _photos(photos_dir, 8)[5:]
     routes = {
         "/status/404": st.HTTP_ERROR, "/status/500": st.HTTP_ERROR,
-        f"/429?retry_after=0&times=1&file={good[0]}": st.SUCCESS,
-        f"/flaky500?times=1&file={good[1]}": st.SUCCESS,
-        "/slow?delay=3": st.TIMEOUT, f"/truncated?file={good[2]}": st.DOWNLOAD_FAILED,
+        f"/429?retry_after=0&times=1&file={spare[0]}": st.SUCCESS,
+        f"/flaky500?times=1&file={spare[1]}": st.SUCCESS,
+        "/slow?delay=3": st.TIMEOUT, f"/truncated?file={spare[2]}": st.DOWNLOAD_FAILED,
         "/redirect-loop": st.DOWNLOAD_FAILED, "/notimage": st.NOT_AN_IMAGE,
     }
     urls = [server.url(f"/files/{name}") for name in good] + [server.url(r) for r in routes]
@@ -82,25 +82,34 @@ def test_csv_list_with_side_file_join(tmp_path, server, shared_data):
     assert "exif_disagreements" in summary
 
 
-def test_yfcc_main_file_2016_layout(tmp_path, server, photos_dir):
+def test_yfcc_main_file_original_url_and_fallback(tmp_path, server, photos_dir):
+    """Rows 0-1 carry an original secret: fetched through the mirror template (row 1's
+    original is missing there, so it falls back to the listed URL); rows 2-3 carry none."""
     names = _photos(photos_dir, 4)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "100_orig_o.jpg").symlink_to(photos_dir / names[0])   # a link, never a copy
     lines = []
     for i, name in enumerate(names):
-        stem, ext = name.rsplit(".", 1)
-        photo_id = str(100 + i)
-        cols = [str(i), photo_id, "hash", "user@N01", "nick", "2010-01-01+00:00:00.0", "0",
+        osecret, oext = ("orig", "jpg") if i < 2 else ("", "")
+        cols = [str(i), str(100 + i), "hash", "user@N01", "nick", "2010-01-01+00:00:00.0", "0",
                 "Canon+EOS", "title", "desc", "tags", "", "", "", "", "page",
-                server.url(f"/files/{name}"), "license", "lurl", "7", "1", "sec",
-                "", "", "0"]
+                server.url(f"/files/{name}"), "license", "lurl", "7", "1", "sec", osecret, oext, "0"]
         lines.append("\t".join(cols))
     video = lines[0].split("\t")
     video[-1], video[1] = "1", "999"
     lines.append("\t".join(video))
     main = tmp_path / "yfcc100m_dataset"
     main.write_text("\n".join(lines) + "\n")
-    assert shards_main(["--source", str(main), "--out", str(tmp_path / "o")] + NET) == 0
-    rows = read_tables(tmp_path / "o").to_pylist()
-    assert sorted(r["photo_id"] for r in rows) == ["100", "101", "102", "103"]
-    assert all(r["status"] in (st.SUCCESS, st.TOO_FEW_TAGS) for r in rows)
+    with LoopbackServer(mirror) as mirror_srv:
+        template = mirror_srv.url("/files/{id}_{original_secret}_o.{ext}")
+        assert shards_main(["--source", str(main), "--out", str(tmp_path / "o"),
+                            "--yfcc-original-url", template] + NET) == 0
+    rows = {r["photo_id"]: r for r in read_tables(tmp_path / "o").to_pylist()}
+    assert sorted(rows) == ["100", "101", "102", "103"]
+    assert all(r["status"] in (st.SUCCESS, st.TOO_FEW_TAGS) for r in rows.values())
+    assert rows["100"]["url"] == template.format(id="100", original_secret="orig", ext="jpg")
+    assert rows["100"]["bytes"] == (photos_dir / names[0]).stat().st_size
+    assert rows["101"]["bytes"] == (photos_dir / names[1]).stat().st_size   # via the fallback
     job = json.loads((tmp_path / "o" / "job.json").read_text())
     assert job["source"]["format"] == "yfcc" and job["source"]["skipped"].get("video") == 1
