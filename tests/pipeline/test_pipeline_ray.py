@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,13 @@ def test_ray_job_submit_on_a_local_head(tmp_path, photos_dir):
     port, dash = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    # Ray's Unix sockets live under --temp-dir; pytest's tmp paths exceed the 107-byte limit.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     start = [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2",
              f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-             f"--temp-dir={tmp_path / 'ray_tmp'}", "--disable-usage-stats"]
-    subprocess.run(start, check=True, env=env, timeout=180, capture_output=True)
+             f"--temp-dir={ray_tmp}", "--disable-usage-stats"]
+    res = subprocess.run(start, env=env, timeout=180, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     out = tmp_path / "job_out"
     try:
         runtime_env = {"excludes": [".venv", "shards", "runs", ".git", "tests", "benchmarks"]}
@@ -58,7 +62,7 @@ def test_ray_job_submit_on_a_local_head(tmp_path, photos_dir):
         assert "succeeded" in (res.stdout + res.stderr).lower()
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], env=env, timeout=120, capture_output=True)
-        shutil.rmtree(tmp_path / "ray_tmp", ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     table = read_tables(out)
     assert table.num_rows == 20
     assert (out / "tags.json").exists() and (out / "sizes.json").exists()
