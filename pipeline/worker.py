@@ -121,6 +121,7 @@ def process_shard(shard: int, rows: Sequence[SourceRow], cfg: ShardConfig) -> di
     row ends as a table row with a status.  Raises only on an unusable output folder.
     """
     out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = shard_paths(out_dir, shard)
     if is_complete(out_dir, shard):
         return json.loads(paths["stats"].read_text())
