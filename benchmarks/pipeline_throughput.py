@@ -83,7 +83,6 @@ def ray_driven(urls: list[str], threads: int, workers: int, out: Path) -> tuple[
     rows = iter([SourceRow(index=i, url=u) for i, u in enumerate(urls)])
     per_shard = max(1, len(urls) // (workers * 2))
     ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False)
-    pids = {p.pid for p in psutil.Process().children(recursive=True)}
     t0 = time.perf_counter()
     cpu0 = sum(p.cpu_times().user + p.cpu_times().system for p in psutil.Process().children(recursive=True))
     cfg = _cfg(out, threads, per_shard)
@@ -91,12 +90,29 @@ def ray_driven(urls: list[str], threads: int, workers: int, out: Path) -> tuple[
     build(rows, cfg, JobOptions(executor="ray", workers=workers))
     wall = time.perf_counter() - t0
     procs = psutil.Process().children(recursive=True)
-    cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs) - cpu0 + 0 * len(pids)
+    cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs) - cpu0
     ray.shutdown()
     table = read_tables(out, ["bytes"])
     import json
     rss = max(json.loads(p.read_text()).get("peak_rss_mb", 0) for p in out.glob("*_stats.json"))
     return wall, cpu, sum(b or 0 for b in table["bytes"].to_pylist()), rss
+
+
+def _isolated(fn, *args):
+    """Run one measurement in a fresh process so its CPU time and peak RSS are its own."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q, fn, args))
+    p.start()
+    res = q.get(timeout=1800)
+    p.join()
+    return res
+
+
+def _child(q, fn, args) -> None:
+    res = fn(*args)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    q.put((*res[:3], rss))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="exiflang-bench-"))
     try:
         floor(urls[: len(names)], args.threads, tmp / "warm.tar")           # warm server cache
-        fw, fc, fb = floor(urls, args.threads, tmp / "floor.tar")
-        dw, dc, db, drss = worker_direct(urls, args.threads, tmp / "direct")
+        fw, fc, fb, frss = _isolated(floor, urls, args.threads, tmp / "floor.tar")
+        dw, dc, db, drss = _isolated(worker_direct, urls, args.threads, tmp / "direct")
         rw, rc, rb, rrss = ray_driven(urls, args.threads, args.workers, tmp / "ray")
     finally:
         server.kill()
@@ -127,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| path | photos/s | photos per CPU-s | MB/s | ratio to floor (per CPU-s) | peak RSS per worker |")
     print("|---|---|---|---|---|---|")
     base = n / fc
-    for name, w, c, b, rss in (("(a) floor: fetch + tar append", fw, fc, fb, None),
+    for name, w, c, b, rss in (("(a) floor: fetch + tar append", fw, fc, fb, frss),
                                ("(b) full worker, called directly", dw, dc, db, drss),
                                (f"(b) full worker, Ray x{args.workers}", rw, rc, rb, rrss)):
         per_cpu = n / c if c > 0 else float("nan")

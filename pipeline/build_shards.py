@@ -18,7 +18,7 @@ if __package__ in (None, ""):
     # make the repository root importable so `pipeline.*` resolves without an install.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import ShardConfig  # noqa: E402
+from pipeline.config import VERIFY_MODES, ShardConfig  # noqa: E402
 from pipeline.download import DownloadConfig  # noqa: E402
 from pipeline.driver import JobOptions, build  # noqa: E402
 from pipeline.sources import FORMATS, SourceError, open_source  # noqa: E402
@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--tag-threshold", type=float, default=0.5,
                      help="keep tags present in more than this fraction of kept images")
     out.add_argument("--patch-size", type=int, default=s.patch_size, help="shorter side minimum")
-    out.add_argument("--verify", choices=("draft", "full", "header"), default=s.verify,
+    out.add_argument("--verify", choices=VERIFY_MODES, default=s.verify,
                      help="how much of each image to decode to check it")
     out.add_argument("--exif-prefer", choices=("image", "yfcc"), default=s.exif_prefer)
     run = ap.add_argument_group("execution")

@@ -10,6 +10,9 @@ from typing import Any, Optional
 from pipeline.download import DownloadConfig
 
 
+VERIFY_MODES = ("structure", "draft", "full", "header")
+
+
 @dataclass
 class ShardConfig:
     """Everything a shard worker needs besides its rows; serialisable to JSON."""
@@ -20,7 +23,9 @@ class ShardConfig:
     patch_size: int = 124               # shorter side below this -> too_small
     min_tags: int = 10                  # fewer EXIF tags than this -> too_few_tags
     max_pixels: int = 150_000_000       # decompression-bomb guard (width * height)
-    verify: str = "draft"               # "draft" (1/8-scale decode), "full", or "header"
+    # How much of each image to decode to check it: "structure" (JPEG marker walk, other
+    # formats fully decoded), "draft" (JPEG 1/8-scale decode), "full", or "header" only.
+    verify: str = "structure"
     max_value_chars: int = 256          # longer EXIF values are truncated
     exif_prefer: str = "image"          # on disagreement keep the "image" or the "yfcc" value
     dedup: bool = True                  # mark repeated bytes (same sha256) as duplicate
@@ -30,8 +35,8 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if isinstance(self.download, dict):
             self.download = DownloadConfig(**self.download)
-        if self.verify not in ("draft", "full", "header"):
-            raise ValueError(f"verify must be draft, full or header, not {self.verify!r}")
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {self.verify!r}")
         if self.exif_prefer not in ("image", "yfcc"):
             raise ValueError(f"exif_prefer must be image or yfcc, not {self.exif_prefer!r}")
         if self.rows_per_shard < 1 or self.threads < 1:

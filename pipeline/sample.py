@@ -12,6 +12,7 @@ from PIL import Image
 from pipeline import records as st
 from pipeline.config import ShardConfig
 from pipeline.exif_parse import ExifReadError, read_exif
+from pipeline.jpeg_check import jpeg_problem
 
 # Pillow format name -> the tar member extension webdataset decoders recognise.
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "WEBP": "webp", "BMP": "bmp",
@@ -44,7 +45,11 @@ def _check_image(data: bytes, cfg: ShardConfig) -> tuple[Optional[SampleOutcome]
             if width * height > cfg.max_pixels:
                 return SampleOutcome(st.DECODE_FAILED, f"decompression bomb guard: {width}x{height} "
                                      f"exceeds {cfg.max_pixels} pixels"), width, height, ""
-            if cfg.verify != "header":
+            if cfg.verify == "structure" and fmt in ("JPEG", "MPO"):
+                problem = jpeg_problem(data)
+                if problem:
+                    return SampleOutcome(st.DECODE_FAILED, f"decode failed: {problem}"), 0, 0, ""
+            elif cfg.verify != "header":
                 if cfg.verify == "draft" and fmt == "JPEG":
                     # DCT-domain 1/8 scaling still entropy-decodes every block, so a
                     # truncated or corrupt scan fails here at a fraction of a full decode.
