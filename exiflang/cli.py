@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipeline.synth:main", "write a synthetic camera corpus (real JPEGs with EXIF)"),
     "select-tags": ("pipeline.tags:main", "re-select the tag vocabulary from the Parquet tables"),
     "convert-authors": ("train.convert_authors:main", "convert the authors' released checkpoint"),
+    "train": ("train.main:main", "train the image + text encoders (one process; torchrun for DDP)"),
     "demo": ("exiflang.demo:main", "run the main job end to end on the offline default"),
 }
 

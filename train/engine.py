@@ -1,0 +1,220 @@
+"""The training loop: batches -> contrastive loss -> guarded optimiser step, with logging,
+checkpoints and exact resume (same parameters as an uninterrupted run)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from train import checkpoint
+from train.config import TrainConfig
+from train.distributed import DistEnv, all_reduce_mean, barrier
+from train.loader import build_loader
+from train.logger import RunLogger
+from train.loss import DistributedClipLoss
+from train.model import ExifClip
+from train.optim import build_optimizer, build_scheduler
+from train.tokenizer import build_tokenizer
+
+log = logging.getLogger("exiflang.train")
+
+
+@dataclass
+class Position:
+    """Where a run is: optimiser steps taken, epoch, batches consumed in that epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    nan_skipped: int = 0
+
+
+def read_tags(cfg: TrainConfig) -> dict[str, Any]:
+    """The dataset's vocabulary (``tags.json``), or the configured override."""
+    path = Path(cfg.data.tags_file or Path(cfg.data.data) / "tags.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (build the dataset with `exiflang shards`)")
+    doc = json.loads(path.read_text())
+    if cfg.data.tags:
+        doc = {**doc, "tags": list(cfg.data.tags)}
+    return doc
+
+
+def build_model(cfg: TrainConfig, tokenizer: Any) -> ExifClip:
+    cfg.model.vocab_size = max(cfg.model.vocab_size if cfg.model.text_init else 0, len(tokenizer))
+    cfg.model.cropclr = cfg.model.cropclr or cfg.data.cropclr
+    return ExifClip(cfg.model)
+
+
+def make_tokenizer(cfg: TrainConfig) -> Any:
+    """``run.tokenizer``: ``auto`` (the text_init folder's, else the packaged BERT-uncased
+    vocabulary), ``bert-uncased``, or a local tokenizer folder."""
+    choice, n = cfg.run.tokenizer, cfg.data.max_text_len
+    if choice == "auto":
+        return build_tokenizer("auto", cfg.model.text_init, max_length=n)
+    if choice == "bert-uncased":
+        return build_tokenizer("bert-uncased", max_length=n)
+    return build_tokenizer("folder", choice, max_length=n)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Batches:
+    """Endless batches across epochs, tracking the position for exact resume."""
+
+    def __init__(self, cfg: TrainConfig, tokenizer: Any, env: DistEnv, pos: Position) -> None:
+        self.cfg, self.tokenizer, self.env, self.pos = cfg, tokenizer, env, pos
+        self.loader = self._loader()
+        self._it: Iterator[dict] = iter(self.loader)
+        self.skipped_before = 0
+
+    def _loader(self) -> Any:
+        return build_loader(self.cfg.data, self.tokenizer, rank=self.env.rank,
+                            world_size=self.env.world_size, epoch=self.pos.epoch,
+                            start_batch=self.pos.batch)
+
+    def next(self) -> dict:
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.skipped_before += self.loader.stats().get("skipped", 0)
+            self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
+            self.loader = self._loader()
+            self._it = iter(self.loader)
+            batch = next(self._it)
+        self.pos.batch += 1
+        return batch
+
+    def skipped(self) -> int:
+        return self.skipped_before + self.loader.stats().get("skipped", 0)
+
+
+def _autocast(env: DistEnv, precision: str) -> Any:
+    bf16 = precision == "bf16" or (precision == "auto" and env.device.type == "cuda")
+    return torch.autocast(env.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def _step(model: Any, loss_fn: Any, batch: dict, env: DistEnv, cfg: TrainConfig) -> torch.Tensor:
+    """Forward + loss for one batch (tensors moved to the device)."""
+    images = batch["images"].to(env.device, non_blocking=True)
+    with _autocast(env, cfg.run.precision):
+        if cfg.data.cropclr:
+            a, b, scale = model(images, images2=batch["images2"].to(env.device, non_blocking=True))
+            return loss_fn(a.float(), b.float(), scale.float())
+        img, txt, scale = model(images, batch["input_ids"].to(env.device),
+                                batch["attention_mask"].to(env.device))
+        return loss_fn(img.float(), txt.float(), scale.float(), text_ids=batch["text_ids"])
+
+
+def _restore(run: Path, resume: Optional[str], model: ExifClip, opt: Any, sched: Any) -> Position:
+    path = checkpoint.resolve(run, resume) if resume else None
+    if path is None:
+        if resume and resume != "latest":
+            raise FileNotFoundError(f"{resume}: no checkpoint to resume from")
+        return Position()
+    loaded = ExifClip.from_pretrained(path).model
+    model.load_state_dict(loaded.state_dict())
+    state = checkpoint.load_state(path)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    checkpoint.set_rng_state(state["rng"])
+    log.info("resumed from %s at step %d", path, state["step"])
+    return Position(**state["position"])
+
+
+def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = None,
+          evaluate: Optional[Any] = None) -> dict[str, Any]:
+    """Train ``cfg.run.steps`` optimiser steps into ``run``; returns the final metrics.
+
+    ``evaluate(model, tokenizer, tags) -> dict`` (rank 0) runs every ``eval_every`` steps and
+    at the end; its ``"metric"`` picks the best checkpoint.
+    """
+    seed_everything(cfg.run.seed)
+    tags = read_tags(cfg)
+    tokenizer = make_tokenizer(cfg)
+    model = build_model(cfg, tokenizer).to(env.device)
+    opt = build_optimizer(model, cfg.optim)
+    sched = build_scheduler(opt, cfg.run.steps, cfg.optim)
+    pos = _restore(run, resume, model, opt, sched)
+    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+           if env.distributed else model)
+    loss_fn = DistributedClipLoss()
+    batches = Batches(cfg, tokenizer, env, pos)
+    logger = RunLogger(run, env.is_main, cfg.run.tensorboard)
+    bar = tqdm(total=cfg.run.steps, initial=pos.step, desc="train", unit="step",
+               disable=not env.is_main, dynamic_ncols=True)
+    window = {"t0": time.perf_counter(), "wait": 0.0, "n": 0, "loss": 0.0, "steps": 0}
+    result: dict[str, Any] = {}
+    while pos.step < cfg.run.steps:
+        t_wait = time.perf_counter()
+        batch = batches.next()
+        window["wait"] += time.perf_counter() - t_wait
+        ddp.train()
+        loss = _step(ddp, loss_fn, batch, env, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        # DDP has averaged the gradients, so every rank sees the same norm and skips alike.
+        if torch.isfinite(norm) and torch.isfinite(loss):
+            opt.step()
+        else:
+            pos.nan_skipped += 1
+            log.warning("step %d: non-finite loss/gradient, step skipped", pos.step)
+        sched.step()
+        pos.step += 1
+        window["n"] += len(batch["images"])
+        window["loss"] += float(all_reduce_mean(loss.detach(), env))
+        window["steps"] += 1
+        bar.update(1)
+        if pos.step % cfg.run.log_every == 0 or pos.step == cfg.run.steps:
+            result = _log(logger, window, pos, model, opt, batches, env, cfg)
+            bar.set_postfix(loss=f"{result['loss']:.3f}")
+        metric = None
+        is_eval = evaluate is not None and env.is_main and (
+            pos.step == cfg.run.steps or (cfg.run.eval_every and pos.step % cfg.run.eval_every == 0))
+        if is_eval:
+            scores = evaluate(model, tokenizer, tags)
+            metric = scores.get("metric")
+            logger.log(pos.step, {f"eval/{k}": v for k, v in scores.items()})
+            result.update({f"eval/{k}": v for k, v in scores.items()})
+        if pos.step % cfg.run.ckpt_every == 0 or pos.step == cfg.run.steps:
+            if env.is_main:
+                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "position": vars(pos).copy(), "config": cfg.to_dict()}
+                checkpoint.save(run, pos.step, model, tokenizer, tags, state, cfg.run.keep_last, metric)
+            barrier(env)
+    bar.close()
+    if env.is_main:
+        model.save_pretrained(run / "model", tokenizer=tokenizer, tags=tags)
+    logger.close()
+    return {**result, "step": pos.step, "nan_skipped": pos.nan_skipped}
+
+
+def _log(logger: RunLogger, window: dict, pos: Position, model: ExifClip, opt: Any,
+         batches: Batches, env: DistEnv, cfg: TrainConfig) -> dict[str, Any]:
+    elapsed = max(1e-9, time.perf_counter() - window["t0"])
+    metrics = {"loss": window["loss"] / max(1, window["steps"]), "lr": opt.param_groups[0]["lr"],
+               "logit_scale": float(model.logit_scale),
+               "samples_per_s": window["n"] * env.world_size / elapsed,
+               "data_wait_frac": window["wait"] / elapsed, "epoch": pos.epoch,
+               "skipped_samples": batches.skipped(), "nan_skipped": pos.nan_skipped}
+    if not math.isfinite(metrics["loss"]):
+        log.warning("step %d: loss is %s", pos.step, metrics["loss"])
+    logger.log(pos.step, metrics)
+    window.update(t0=time.perf_counter(), wait=0.0, n=0, loss=0.0, steps=0)
+    return metrics
