@@ -1,0 +1,296 @@
+"""ExifClip: the two-tower image/EXIF-text model, its config, and its self-contained model folder.
+
+A model folder holds ``config.json`` (this module's :class:`ModelConfig`, with the resolved
+backbone configs, so no init path or hub is needed to rebuild it), ``model.safetensors``, the
+tokenizer files and ``tags.json``.  :meth:`ExifClip.save_pretrained` writes it atomically;
+:meth:`ExifClip.from_pretrained` returns a :class:`Pretrained` bundle ``(model, tokenizer, tags)``
+that unpacks like a tuple.
+
+Logit scale: ``fixed`` keeps ``logit_scale_init`` (100, the authors' code) as a buffer; ``learned``
+keeps its log as a parameter (init ``1/0.07`` as in CLIP) and the returned scale is clamped at
+``logit_scale_max`` (100) — the clamp is applied in the forward, so no optimizer hook is needed.
+
+CropCLR (``cropclr=True``): no text tower; ``forward(view1, images2=view2)`` embeds two crops.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase, ResNetConfig
+
+from train import encoders
+from train.tokenizer import load_tokenizer
+
+FORMAT = "exiflang-model"
+FORMAT_VERSION = 1
+LOGIT_SCALES = ("fixed", "learned")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines the architecture (and where its initial weights came from).
+
+    ``image_arch``: ``resnet50`` | ``small`` | ``custom`` (resnet50 + ``image_overrides``, any
+    ``ResNetConfig`` field).  ``text_arch``: ``distilbert`` | ``albert`` | ``bert`` with
+    ``text_size`` ``base`` | ``small``.  ``vocab_size`` sizes a random-init text embedding table
+    (set it to ``len(tokenizer)``).  ``image_config``/``text_config`` are filled by
+    :class:`ExifClip` with the resolved backbone configs and take precedence when present.
+    """
+
+    image_arch: str = "resnet50"
+    image_overrides: dict[str, Any] = field(default_factory=dict)
+    image_init: Optional[str] = None
+    embed_dim: int = 768
+    text_arch: str = "distilbert"
+    text_size: str = "base"
+    text_init: Optional[str] = None
+    vocab_size: int = 30522
+    pooling: str = "mean"
+    logit_scale: str = "fixed"
+    logit_scale_init: Optional[float] = None  # None: 100 when fixed, 1/0.07 when learned
+    logit_scale_max: float = 100.0
+    cropclr: bool = False
+    image_config: Optional[dict[str, Any]] = None
+    text_config: Optional[dict[str, Any]] = None
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        """``paper`` (the authors' released model: ResNet-50, 768-d, DistilBERT base, mean
+        pooling, fixed scale 100) or ``cpu-small`` (small ResNet, 2-layer 128-d DistilBERT,
+        128-d joint space, so mean pooling needs no projection)."""
+        presets = {
+            "paper": {},
+            "cpu-small": dict(image_arch="small", text_size="small", embed_dim=128),
+        }
+        if name not in presets:
+            raise ValueError(f"model preset {name!r}: expected one of {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for an unknown choice."""
+        checks = [("pooling", self.pooling, encoders.POOLINGS),
+                  ("logit_scale", self.logit_scale, LOGIT_SCALES),
+                  ("text_arch", self.text_arch, tuple(encoders.TEXT_PRESETS))]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"model {name} {value!r}: expected one of {allowed}")
+        if self.embed_dim <= 0:
+            raise ValueError(f"model embed_dim {self.embed_dim}: must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "ModelConfig":
+        """Build from a dict; unknown keys give a one-line ``ValueError`` naming ``source``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown model config keys {unknown}")
+        return cls(**values)
+
+
+class Pretrained(NamedTuple):
+    """What :meth:`ExifClip.from_pretrained` returns; ``model, tok, tags = ...`` works."""
+
+    model: "ExifClip"
+    tokenizer: Optional[PreTrainedTokenizerBase]
+    tags: Optional[dict[str, Any]]
+
+
+class ExifClip(nn.Module):
+    """Image tower + EXIF-text tower (absent for CropCLR) + logit scale.
+
+    ``use_init_paths=False`` ignores ``image_init``/``text_init`` (used when loading a folder,
+    whose weights replace them anyway).
+    """
+
+    def __init__(self, config: ModelConfig, *, use_init_paths: bool = True) -> None:
+        super().__init__()
+        config = dataclasses.replace(config)
+        config.validate()
+        self.image = encoders.ImageEncoder(self._image_backbone(config, use_init_paths), config.embed_dim)
+        config.image_config = self.image.backbone.config.to_dict()
+        self.text: Optional[encoders.TextEncoder] = None
+        if not config.cropclr:
+            backbone = self._text_backbone(config, use_init_paths)
+            config.text_config = backbone.config.to_dict()
+            config.vocab_size = backbone.config.vocab_size
+            self.text = encoders.TextEncoder(backbone, config.pooling, config.embed_dim)
+        self.config = config
+        learned = config.logit_scale == "learned"
+        init = config.logit_scale_init or (1 / 0.07 if learned else 100.0)
+        log_scale = torch.tensor(math.log(init), dtype=torch.float32)
+        if learned:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+
+    @staticmethod
+    def _image_backbone(config: ModelConfig, use_init: bool) -> nn.Module:
+        if config.image_config is not None:
+            rcfg = ResNetConfig.from_dict(config.image_config)
+        else:
+            rcfg = encoders.resnet_config(config.image_arch, config.image_overrides)
+        return encoders.build_resnet(rcfg, config.image_init if use_init else None)
+
+    @staticmethod
+    def _text_backbone(config: ModelConfig, use_init: bool) -> nn.Module:
+        if use_init and config.text_init:
+            return encoders.build_text_backbone(config.text_arch, init=config.text_init)
+        if config.text_config is not None:
+            tcfg = encoders.text_config_from_dict(config.text_arch, config.text_config)
+        else:
+            tcfg = encoders.text_config(config.text_arch, config.text_size, config.vocab_size)
+        return encoders.build_text_backbone(config.text_arch, tcfg)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """Scalar tensor in ``(0, logit_scale_max]``; multiplies cosine similarities."""
+        return self.log_logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP-normalised float ``[B,3,H,W]`` -> L2-normalised ``[B, embed_dim]``."""
+        return F.normalize(self.image(images), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B,T]`` + 0/1 mask ``[B,T]`` -> L2-normalised ``[B, embed_dim]``."""
+        if self.text is None:
+            raise RuntimeError("this is a CropCLR (image-only) model: it has no text encoder")
+        return F.normalize(self.text(input_ids, attention_mask), dim=-1)
+
+    def forward(self, images: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None, *,
+                images2: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image_emb [B,D], text_emb [B,D], logit_scale [])``, embeddings L2-normalised.
+
+        CropCLR: pass the second crops as ``images2`` ``[B,3,H,W]``; both views go through the
+        ResNet as one batch and ``(view1_emb, view2_emb, logit_scale)`` comes back.
+        """
+        if self.text is None:
+            if images2 is None:
+                raise ValueError("a CropCLR model needs images2 (the second crops)")
+            both = self.encode_image(torch.cat([images, images2]))
+            return both[: len(images)], both[len(images):], self.logit_scale
+        if input_ids is None or attention_mask is None:
+            raise ValueError("input_ids and attention_mask are required (this model has a text tower)")
+        return self.encode_image(images), self.encode_text(input_ids, attention_mask), self.logit_scale
+
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Raise ``ValueError`` when the tokenizer's ids do not fit the text embedding table."""
+        if self.text is None:
+            return
+        if len(tokenizer) > self.config.vocab_size:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the text encoder only "
+                             f"{self.config.vocab_size}: set vocab_size=len(tokenizer)")
+        if tokenizer.pad_token_id != self.text.backbone.config.pad_token_id:
+            raise ValueError(f"tokenizer pad id {tokenizer.pad_token_id} != text encoder's "
+                             f"{self.text.backbone.config.pad_token_id}")
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Optional[PreTrainedTokenizerBase] = None,
+                        tags: Optional[dict[str, Any]] = None) -> Path:
+        """Write the model folder atomically (temp folder beside it, then rename); returns its path.
+
+        An existing folder is replaced as a whole.  Call on rank 0 only.
+        """
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if tokenizer is not None:
+            self.check_tokenizer(tokenizer)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.config.to_dict()}
+            (tmp / "config.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp))
+            if tags is not None:
+                (tmp / "tags.json").write_text(json.dumps(tags, indent=2) + "\n")
+            _replace_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+                        ) -> Pretrained:
+        """Load a model folder: ``Pretrained(model, tokenizer or None, tags dict or None)``.
+
+        The model comes back in eval mode.  Any mismatch between ``config.json`` and
+        ``model.safetensors`` raises a one-line ``ValueError`` naming the file.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(directory)
+        config = read_config(folder / "config.json")
+        model = cls(config, use_init_paths=False)
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: missing")
+        _load_strict(model, load_file(str(weights), device=str(map_location)), weights)
+        model.eval()
+        has_tok = any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+        tokenizer = load_tokenizer(folder) if has_tok else None
+        tags_path = folder / "tags.json"
+        tags = json.loads(tags_path.read_text()) if tags_path.is_file() else None
+        return Pretrained(model.to(map_location), tokenizer, tags)
+
+
+def read_config(path: Path) -> ModelConfig:
+    """Parse an exiflang ``config.json``; any problem is a one-line error naming ``path``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (not an exiflang model folder)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an exiflang model config (format != {FORMAT!r})")
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {doc['format_version']} is newer than this exiflang")
+    try:
+        return ModelConfig.from_dict(doc.get("model", {}), source=str(path))
+    except TypeError as exc:
+        raise ValueError(f"{path}: bad model config ({exc})") from exc
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """``load_state_dict(strict)`` whose failure is a single line naming ``source``."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing (e.g. {missing[:2]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})" if unexpected else "",
+                 f"{len(shapes)} of another shape (e.g. {shapes[:2]})" if shapes else ""]
+        raise ValueError(f"{source}: does not match config.json: " + "; ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` to ``out``, replacing an existing folder; the old one is removed last."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
