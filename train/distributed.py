@@ -1,6 +1,7 @@
 """The one place that reads torchrun's environment and sets up torch.distributed."""
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -62,5 +63,9 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
 
 
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group.  DDP reducers and autograd graphs still alive at interpreter
+    exit make gloo abort intermittently, so collect them and sync before destroying."""
     if env.distributed and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
