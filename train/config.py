@@ -30,6 +30,9 @@ class OptimConfig:
     min_lr: float = 0.0
     grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
 
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # YAML gives a list
+
 
 @dataclass
 class RunConfig:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from train import checkpoint
 from train.config import TrainConfig
 from train.distributed import DistEnv, all_reduce_mean, barrier
+from train.crops import load_vocabulary
 from train.loader import build_loader
 from train.logger import RunLogger
 from train.loss import DistributedClipLoss
@@ -42,8 +43,7 @@ class Position:
 def read_tags(cfg: TrainConfig) -> dict[str, Any]:
     """The dataset's vocabulary (``tags.json``), or the configured override."""
     path = Path(cfg.data.tags_file or Path(cfg.data.data) / "tags.json")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (build the dataset with `exiflang shards`)")
+    load_vocabulary(path)  # one-line errors for a missing file or a hash that does not match
     doc = json.loads(path.read_text())
     if cfg.data.tags:
         doc = {**doc, "tags": list(cfg.data.tags)}
