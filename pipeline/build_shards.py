@@ -77,7 +77,7 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
                       verify=args.verify, exif_prefer=args.exif_prefer, download=dl)
     opts = JobOptions(executor=args.executor, workers=args.workers, address=args.address,
                       shard_retries=args.shard_retries, tag_threshold=args.tag_threshold,
-                      max_rows=args.max_rows)
+                      max_rows=args.max_rows, progress=not args.quiet)
     if opts.executor == "local":
         # Called directly there is one worker: it may use the whole per-host budget.
         opts.workers = 1

@@ -32,6 +32,7 @@ class JobOptions:
     shard_retries: int = 2           # extra attempts for a shard whose task failed
     tag_threshold: float = 0.5
     max_rows: Optional[int] = None   # stop after this many source rows (smoke runs)
+    progress: bool = True            # a tqdm bar of rows done
 
 
 def plan_shards(rows: Iterator[SourceRow], rows_per_shard: int,
@@ -121,7 +122,8 @@ def build(source_rows: Iterator[SourceRow], cfg: ShardConfig, opts: JobOptions) 
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    bar = tqdm(desc="rows", unit="row", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(desc="rows", unit="row", dynamic_ncols=True, mininterval=1.0,
+               disable=not opts.progress)
     skipped = {"shards": 0}
 
     def todo() -> Iterator[tuple[int, list[SourceRow]]]:

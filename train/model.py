@@ -51,6 +51,9 @@ class ModelConfig:
     image_arch: str = "resnet50"
     image_overrides: dict[str, Any] = field(default_factory=dict)
     image_init: Optional[str] = None
+    # The ResNet stem's 3x3/2 max-pool throws away the pixel-level traces (noise, JPEG grid)
+    # a camera model leaves; small CPU models learn them much faster without it.
+    image_stem_pool: bool = True
     embed_dim: int = 768
     text_arch: str = "distilbert"
     text_size: str = "base"
@@ -143,7 +146,10 @@ class ExifClip(nn.Module):
             rcfg = ResNetConfig.from_dict(config.image_config)
         else:
             rcfg = encoders.resnet_config(config.image_arch, config.image_overrides)
-        return encoders.build_resnet(rcfg, config.image_init if use_init else None)
+        backbone = encoders.build_resnet(rcfg, config.image_init if use_init else None)
+        if not config.image_stem_pool:
+            backbone.embedder.pooler = nn.Identity()  # parameter-free: weights are unchanged
+        return backbone
 
     @staticmethod
     def _text_backbone(config: ModelConfig, use_init: bool) -> nn.Module:
