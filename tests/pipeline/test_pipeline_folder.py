@@ -108,3 +108,19 @@ def test_bad_flag_exits_nonzero(tmp_path):
     with pytest.raises(SystemExit) as exc:
         shards_main(["--source", str(tmp_path), "--verify", "sometimes"])
     assert exc.value.code == 2
+
+
+def test_shards_read_by_webdataset(photo_shards):
+    """The tars follow the WebDataset convention: the webdataset library groups our members."""
+    import webdataset as wds
+    urls = [str(p) for p in sorted(photo_shards.glob("*.tar"))]
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    seen = 0
+    for sample in ds:
+        assert {"jpg", "exif.json", "json"} <= set(sample)
+        info = json.loads(sample["json"])
+        assert info["key"] == sample["__key__"]
+        assert hashlib.sha256(sample["jpg"]).hexdigest() == info["sha256"]
+        seen += 1
+    sizes = json.loads((photo_shards / "sizes.json").read_text())
+    assert seen == sum(sizes.values())
