@@ -1,8 +1,8 @@
 """`make demo`: the main job end to end on the offline default, reusing whatever is done.
 
-Today: a synthetic camera corpus (or ``--photos DIR``, your own photos) -> WebDataset shards
-and Parquet tag tables with embedded Ray.  Later stages (training, lookup, detection) append
-their steps here.
+A synthetic camera corpus (or ``--photos DIR``, your own photos) -> WebDataset shards and
+Parquet tag tables with embedded Ray (a held-out tenth in its own shards) -> ``cpu-small``
+training with held-out camera retrieval.  Later stages (lookup, detection) append here.
 """
 from __future__ import annotations
 
@@ -13,10 +13,33 @@ import time
 from pathlib import Path
 from typing import Optional
 
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
+
 
 def _step(title: str) -> float:
     print(f"\n==> {title}", flush=True)
     return time.perf_counter()
+
+
+def split_folder(source: Path, out: Path, every: int = 10) -> tuple[Path, Path]:
+    """Symlink every ``every``-th photo (sorted) into ``out/heldout``, the rest into ``out/train``."""
+    train, held = out / "train", out / "heldout"
+    if held.exists() and any(held.iterdir()):
+        return train, held
+    train.mkdir(parents=True, exist_ok=True)
+    held.mkdir(parents=True, exist_ok=True)
+    photos = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXT)
+    for i, p in enumerate(photos):
+        dest = (held if i % every == every - 1 else train) / f"{i:06d}_{p.name}"
+        if not dest.exists():
+            dest.symlink_to(p.resolve())
+    return train, held
+
+
+def _shards(source: Path, out: Path, workers: int) -> int:
+    from pipeline.build_shards import main as shards_main
+    return shards_main(["--source", str(source), "--out", str(out), "--workers", str(workers),
+                        "--rows-per-shard", "200", "-q"])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -27,6 +50,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--images", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=300, help="cpu-small training steps")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,17 +68,32 @@ def main(argv: Optional[list[str]] = None) -> int:
                 return rc
         print(f"({time.perf_counter() - t:.1f} s)")
 
-    shards = out / "shards"
-    t = _step(f"shards with embedded Ray: {source} -> {shards}")
-    from pipeline.build_shards import main as shards_main
-    rc = shards_main(["--source", str(source), "--out", str(shards), "--workers", str(args.workers),
-                      "--rows-per-shard", "200", "-q"])
-    if rc:
-        return rc
-    tags = json.loads((shards / "tags.json").read_text())
+    train_src, held_src = split_folder(source, out / "split")
+    t = _step(f"shards with embedded Ray: {train_src} -> {out / 'shards'}, held out -> {out / 'heldout'}")
+    if _shards(train_src, out / "shards", args.workers) or _shards(held_src, out / "heldout", args.workers):
+        return 1
+    tags = json.loads((out / "shards" / "tags.json").read_text())
     print(f"vocabulary: {len(tags['tags'])} tags over {tags['num_images']} images "
           f"({time.perf_counter() - t:.1f} s)")
-    print(f"\ndemo done: dataset in {shards} (see {shards / 'summary.json'})")
+
+    run = out / "run"
+    t = _step(f"cpu-small training, {args.steps} steps -> {run}")
+    if (run / "model" / "model.safetensors").exists():
+        print("already trained, reused")
+    else:
+        from train.main import main as train_main
+        rc = train_main(["--data", str(out / "shards"), "--out", str(run), "--config", "cpu-small",
+                         "--eval-data", str(out / "heldout"), f"run.steps={args.steps}",
+                         "--resume", "latest"])
+        if rc:
+            return rc
+    result = json.loads((run / "result.json").read_text())
+    top1, chance = result.get("eval/camera_top1"), result.get("eval/chance")
+    if top1 is not None:
+        print(f"held-out camera retrieval top-1 {top1:.3f} (chance {chance:.3f}) "
+              f"({time.perf_counter() - t:.1f} s)")
+    print(f"\ndemo done: dataset {out / 'shards'}, model {run / 'model'}, "
+          f"metrics {run / 'metrics.jsonl'} (TensorBoard: {run / 'tb'})")
     return 0
 
 
