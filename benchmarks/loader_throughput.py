@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from train.crops import IMAGE_EXTS  # noqa: E402
+from train.samples import IMAGE_EXTS  # noqa: E402
 from train.loader import DataConfig, _SlotStream, build_loader  # noqa: E402
 from train.tokenizer import build_tokenizer  # noqa: E402
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from train import checkpoint
 from train.config import TrainConfig
 from train.distributed import DistEnv, all_reduce_mean, barrier
-from train.crops import load_vocabulary
+from train.samples import load_vocabulary
 from train.loader import build_loader
 from train.logger import RunLogger
 from train.loss import DistributedClipLoss

@@ -46,9 +46,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.text import FORMATS, render_text
-from train.crops import (Location, SampleError, ShardError, ShardSet, check_sample, crop_boxes,
-                         decode_crops, load_vocabulary, normalise, open_shards, pad_ids, read_groups,
-                         read_member)
+from train.crops import crop_boxes, decode_crops, normalise, pad_ids
+from train.samples import (Location, SampleError, ShardError, ShardSet, check_sample,
+                           load_vocabulary, open_shards, read_groups, read_member)
 from train.loss import text_ids_from_strings
 
 log = logging.getLogger("exiflang.train.loader")
