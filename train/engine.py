@@ -136,12 +136,32 @@ def _restore(run: Path, resume: Optional[str], model: ExifClip, opt: Any, sched:
     return Position(**state["position"])
 
 
+def _optimise(ddp: Any, model: ExifClip, loss_fn: Any, batch: dict, opt: Any, sched: Any,
+              pos: Position, env: DistEnv, cfg: TrainConfig) -> torch.Tensor:
+    """One guarded optimiser step: backward, clip, skip on a non-finite loss or gradient."""
+    ddp.train()
+    loss = _step(ddp, loss_fn, batch, env, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    # DDP has averaged the gradients, so every rank sees the same norm and skips alike.
+    if torch.isfinite(norm) and torch.isfinite(loss):
+        opt.step()
+    else:
+        pos.nan_skipped += 1
+        log.warning("step %d: non-finite loss/gradient, step skipped", pos.step)
+    sched.step()
+    pos.step += 1
+    return loss
+
+
 def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = None,
           evaluate: Optional[Any] = None) -> dict[str, Any]:
     """Train ``cfg.run.steps`` optimiser steps into ``run``; returns the final metrics.
 
     ``evaluate(model, tokenizer, tags) -> dict`` (rank 0) runs every ``eval_every`` steps and
-    at the end; its ``"metric"`` picks the best checkpoint.
+    at the end; the most recent ``"metric"`` at a checkpoint ranks it for "best".
     """
     seed_everything(cfg.run.seed)
     tags = read_tags(cfg)
@@ -159,44 +179,32 @@ def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = Non
                disable=not env.is_main, dynamic_ncols=True)
     window = {"t0": time.perf_counter(), "wait": 0.0, "n": 0, "loss": 0.0, "steps": 0}
     result: dict[str, Any] = {}
+    last_metric: Optional[float] = None
     while pos.step < cfg.run.steps:
         t_wait = time.perf_counter()
         batch = batches.next()
         window["wait"] += time.perf_counter() - t_wait
-        ddp.train()
-        loss = _step(ddp, loss_fn, batch, env, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        # DDP has averaged the gradients, so every rank sees the same norm and skips alike.
-        if torch.isfinite(norm) and torch.isfinite(loss):
-            opt.step()
-        else:
-            pos.nan_skipped += 1
-            log.warning("step %d: non-finite loss/gradient, step skipped", pos.step)
-        sched.step()
-        pos.step += 1
+        loss = _optimise(ddp, model, loss_fn, batch, opt, sched, pos, env, cfg)
         window["n"] += len(batch["images"])
         window["loss"] += float(all_reduce_mean(loss.detach(), env))
         window["steps"] += 1
         bar.update(1)
-        if pos.step % cfg.run.log_every == 0 or pos.step == cfg.run.steps:
+        last = pos.step == cfg.run.steps
+        if pos.step % cfg.run.log_every == 0 or last:
             result = _log(logger, window, pos, model, opt, batches, env, cfg)
             bar.set_postfix(loss=f"{result['loss']:.3f}")
-        metric = None
-        is_eval = evaluate is not None and env.is_main and (
-            pos.step == cfg.run.steps or (cfg.run.eval_every and pos.step % cfg.run.eval_every == 0))
-        if is_eval:
-            scores = evaluate(model, tokenizer, tags)
-            metric = scores.get("metric")
-            logger.log(pos.step, {f"eval/{k}": v for k, v in scores.items()})
-            result.update({f"eval/{k}": v for k, v in scores.items()})
-        if pos.step % cfg.run.ckpt_every == 0 or pos.step == cfg.run.steps:
+        if evaluate is not None and env.is_main and (
+                last or (cfg.run.eval_every and pos.step % cfg.run.eval_every == 0)):
+            scores = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, tags).items()}
+            last_metric = scores.get("eval/metric", last_metric)
+            logger.log(pos.step, scores)
+            result.update(scores)
+        if pos.step % cfg.run.ckpt_every == 0 or last:
             if env.is_main:
                 state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "position": vars(pos).copy(), "config": cfg.to_dict()}
-                checkpoint.save(run, pos.step, model, tokenizer, tags, state, cfg.run.keep_last, metric)
+                checkpoint.save(run, pos.step, model, tokenizer, tags, state,
+                                cfg.run.keep_last, last_metric)
             barrier(env)
     bar.close()
     if env.is_main:
