@@ -7,6 +7,7 @@ training with held-out camera retrieval.  Later stages (lookup, detection) appen
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -22,13 +23,20 @@ def _step(title: str) -> float:
 
 
 def split_folder(source: Path, out: Path, every: int = 10) -> tuple[Path, Path]:
-    """Symlink every ``every``-th photo (sorted) into ``out/heldout``, the rest into ``out/train``."""
+    """Symlink every ``every``-th photo into ``out/heldout``, the rest into ``out/train``.
+
+    Links are named by a hash of the photo's path, so the shard builder's sorted order mixes
+    cameras: photo folders are usually grouped by camera (and the synthetic corpus is named
+    by camera), and shards of one camera leave the loader's shuffle buffer batches with no
+    other camera to contrast against.
+    """
     train, held = out / "train", out / "heldout"
     if held.exists() and any(held.iterdir()):
         return train, held
     train.mkdir(parents=True, exist_ok=True)
     held.mkdir(parents=True, exist_ok=True)
-    photos = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXT)
+    photos = sorted((p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXT),
+                    key=lambda p: hashlib.sha1(str(p.relative_to(source)).encode()).hexdigest())
     for i, p in enumerate(photos):
         dest = (held if i % every == every - 1 else train) / f"{i:06d}_{p.name}"
         if not dest.exists():
