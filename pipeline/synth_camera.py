@@ -228,7 +228,8 @@ def finish(cam: CameraModel, disp: np.ndarray, iso: int) -> np.ndarray:
     if cam.chroma_nr > 0.2:
         chroma = gaussian_filter(chroma, (cam.chroma_nr, cam.chroma_nr, 0), truncate=3.0)
     # Cameras denoise harder at high ISO; this never fully removes the noise, as real ones don't.
-    w_nr = cam.luma_nr * float(np.clip(np.log2(iso / cam.base_iso) / 6, 0, 1))
+    # Some smoothing even at base ISO (the camera's "look"), more as the gain goes up.
+    w_nr = cam.luma_nr * (0.3 + 0.7 * float(np.clip(np.log2(iso / cam.base_iso) / 6, 0, 1)))
     if w_nr > 0.01:
         y = (1 - w_nr) * y + w_nr * gaussian_filter(y, 0.8, truncate=3.0)
     if cam.sharpen_amount > 0:

@@ -78,9 +78,9 @@ def _house(seed: int, slot: int, make_id: int) -> dict[str, Any]:
     return dict(
         make_id=make_id, cfa=str(rng.choice(CFA_PATTERNS)), demosaic=str(rng.choice(DEMOSAIC)),
         subsampling=int(rng.choice(3, p=[0.2, 0.4, 0.4])), optimize=bool(rng.random() < 0.5),
-        warp=np.exp(rng.normal(0, 0.15, (2, 64))), quality=rng.uniform(76, 95),
+        warp=np.exp(rng.normal(0, 0.15, (2, 64))), quality=rng.uniform(74, 96),
         gamma=rng.uniform(2.0, 2.5), s_curve=rng.uniform(0.0, 0.3),
-        sharpen=rng.uniform(0.15, 1.0), radius=rng.uniform(0.7, 1.8), chroma_nr=rng.uniform(0, 1.6),
+        sharpen=rng.uniform(0.1, 1.2), radius=rng.uniform(0.7, 1.8), chroma_nr=rng.uniform(0, 1.6),
         kinds=rng.dirichlet(np.ones(len(KINDS)) * 0.7), thirds=bool(rng.random() < 0.7),
         numbers=rng.permutation(np.arange(10, 1000, 10 if rng.random() < 0.5 else 5)),
         firmware=rng.integers(1, 4), dpi=int(rng.choice([72, 180, 300, 350])),
@@ -145,7 +145,10 @@ def _model(seed: int, index: int, house: dict[str, Any], ordinal: int,
     n = int(house["numbers"][ordinal % len(house["numbers"])])
     model = model_t.format(n=n)
     software = soft_t.format(n=n, a=int(house["firmware"]), b=int(rng.integers(0, 20)), c=int(rng.integers(0, 10)))
-    quality = int(np.clip(round(house["quality"] + rng.normal(0, 4)), 70, 98))
+    # Models of one make differ a lot in JPEG quality (a phone's "fine" is a DSLR's "normal").
+    quality = int(np.clip(round(house["quality"] + rng.normal(0, 9)), 70, 98))
+    # Most models keep the house subsampling; some (e.g. a make's high-end line) change it.
+    subsampling = house["subsampling"] if rng.random() < 0.5 else int(rng.choice(3))
     awb = 0.0 if rng.random() < house["wb_manual"] else float(rng.uniform(0.5, 1.0))
     fw = float(rng.uniform(*k["fw"]))
     exif = dict(
@@ -163,20 +166,20 @@ def _model(seed: int, index: int, house: dict[str, Any], ordinal: int,
         auto_iso_max=int(rng.choice([1600, 3200, 6400])), shutter_range=k["shutter"],
         continuous_shutter=kind == "phone", full_well_e=round(fw),
         read_noise_e=round(float(rng.uniform(*k["read"])), 2),
-        adc_noise=round(float(rng.uniform(2e-4, 1.2e-3)), 5), prnu=round(float(rng.uniform(0.003, 0.012)), 4),
+        adc_noise=round(float(rng.uniform(2e-4, 1.2e-3)), 5), prnu=round(float(rng.uniform(0.004, 0.02)), 4),
         column_fpn=round(float(rng.uniform(0, 4e-4)), 5), raw_bits=k["bits"], cfa=house["cfa"],
-        demosaic=house["demosaic"] if rng.random() < 0.85 else str(rng.choice(DEMOSAIC)),
+        demosaic=house["demosaic"] if rng.random() < 0.6 else str(rng.choice(DEMOSAIC)),
         wb_daylight=(round(float(rng.uniform(1.6, 2.4)), 3), 1.0, round(float(rng.uniform(1.3, 1.9)), 3)),
         awb_strength=round(awb, 3), ccm=_ccm(rng), exposure_offset=round(float(rng.normal(0, 0.2)), 3),
         gamma=round(float(house["gamma"] + rng.normal(0, 0.06)), 3),
         s_curve=round(float(np.clip(house["s_curve"] + rng.normal(0, 0.05), 0, 0.4)), 3),
-        luma_nr=round(float(rng.uniform(0, 0.7)), 3),
-        chroma_nr=round(float(house["chroma_nr"] * rng.uniform(0.7, 1.3)), 3),
-        sharpen_amount=round(float(house["sharpen"] * rng.uniform(0.7, 1.3)), 3),
-        sharpen_radius=round(float(house["radius"] * rng.uniform(0.85, 1.15)), 3),
+        luma_nr=round(float(rng.uniform(0, 0.9)), 3),
+        chroma_nr=round(float(house["chroma_nr"] * rng.uniform(0.5, 1.5)), 3),
+        sharpen_amount=round(float(house["sharpen"] * rng.uniform(0.4, 1.8)), 3),
+        sharpen_radius=round(float(house["radius"] * rng.uniform(0.75, 1.3)), 3),
         vignetting=round(float(rng.uniform(*k["vig"])), 3), lens_blur=round(float(rng.uniform(*k["blur"])), 3),
         jpeg_quality=quality, qtables=qtables(house["warp"] * np.exp(rng.normal(0, 0.04, (2, 64))), quality),
-        subsampling=house["subsampling"], jpeg_optimize=house["optimize"], exif=exif,
+        subsampling=subsampling, jpeg_optimize=house["optimize"], exif=exif,
     )
 
 
