@@ -2,7 +2,9 @@
 
 Layout of ``--out DIR`` (flat)::
 
-    DIR/cam{c:02d}_{i:06d}.jpg   image i (0..N-1), shot by camera c
+    DIR/{i:06d}_cam{c:02d}.jpg   image i (0..N-1), shot by camera c (index first, so sorted
+                                 order mixes the cameras, as a photo stream does: shards of
+                                 one camera would leave training batches nothing to contrast)
     DIR/cameras.json             the run's settings and every camera's full parameter set
     DIR/manifest.csv             one row per image, written last: its presence means complete
 
@@ -61,7 +63,7 @@ def make_image(cam: CameraModel, seed: int, index: int) -> tuple[bytes, Shot, np
 
 
 def file_name(camera: int, index: int) -> str:
-    return f"cam{camera:02d}_{index:06d}.jpg"
+    return f"{index:06d}_cam{camera:02d}.jpg"
 
 
 _CTX: dict[str, Any] = {}
@@ -114,7 +116,7 @@ def write_corpus(out: Path, n_cameras: int, n_images: int, seed: int,
     (out / "manifest.csv").unlink(missing_ok=True)  # absent until this run is complete
     cams = make_cameras(seed, n_cameras, size, min_width, max_width)
     settings = dict(seed=seed, cameras=n_cameras, images=n_images, size=size,
-                    min_width=min_width, max_width=max_width, layout="DIR/cam{c:02d}_{i:06d}.jpg")
+                    min_width=min_width, max_width=max_width, layout="DIR/{i:06d}_cam{c:02d}.jpg")
     _atomic_write(out / "cameras.json", json.dumps(
         {"settings": settings, "cameras": [c.to_dict() for c in cams]}, indent=1))
     cam_of = assign_cameras(seed, n_images, n_cameras)

@@ -6,9 +6,9 @@ End to end with fixed seeds: synth corpus -> split by image index into train / h
 of the saved model on the held-out shards.  Not timed; about 4-5 minutes on 2 CPU cores.
 
 The split folders hold symlinks named by image index, so the shard builder's sorted file order
-(and with it each shard's content) mixes the cameras the way a real photo stream does; the synth
-files themselves are named ``camCC_IIIIII`` and, sorted, would give shards of one or two cameras,
-which the loader's bounded shuffle buffer cannot fully mix.
+(and with it each shard's content) mixes the cameras the way a real photo stream does; shards of
+one or two cameras (a folder sorted by camera) leave the loader's bounded shuffle buffer batches
+with nothing to contrast.
 """
 from __future__ import annotations
 
