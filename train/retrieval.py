@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,6 +21,7 @@ from PIL import Image
 
 from pipeline.text import render_text
 from train.normalize import to_clip_tensor
+from train.samples import IMAGE_EXTS, read_groups, read_member
 
 CAMERA_TAG = "Model"
 log = logging.getLogger("exiflang.train")
@@ -31,24 +31,18 @@ def read_samples(data: Path, limit: int = 10_000) -> list[tuple[Image.Image, dic
     """(decoded RGB image, exif) for the samples of the tars in ``data`` (sorted, up to ``limit``)."""
     out: list[tuple[Image.Image, dict[str, str]]] = []
     for tar_path in sorted(Path(data).glob("*.tar")):
-        groups: dict[str, dict[str, bytes]] = defaultdict(dict)
-        with tarfile.open(tar_path) as tar:
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                fh = tar.extractfile(m)
-                if fh is not None:
-                    groups[key][ext] = fh.read()
-        for members in groups.values():
-            img_ext = next((e for e in ("jpg", "png", "tif", "webp") if e in members), None)
-            if img_ext is None or "exif.json" not in members:
-                continue
-            try:
-                img = Image.open(io.BytesIO(members[img_ext])).convert("RGB")
-            except Exception:  # noqa: BLE001 - a corrupt held-out sample is left out
-                continue
-            out.append((img, json.loads(members["exif.json"])))
-            if len(out) >= limit:
-                return out
+        with open(tar_path, "rb") as fh:
+            for _, members in read_groups(tar_path):
+                img_ext = next((e for e in IMAGE_EXTS if e in members), None)
+                if img_ext is None or "exif.json" not in members:
+                    continue
+                try:
+                    img = Image.open(io.BytesIO(read_member(fh, members[img_ext]))).convert("RGB")
+                except Exception:  # noqa: BLE001 - a corrupt held-out sample is left out
+                    continue
+                out.append((img, json.loads(read_member(fh, members["exif.json"]))))
+                if len(out) >= limit:
+                    return out
     return out
 
 
