@@ -126,8 +126,9 @@ def _restore(run: Path, resume: Optional[str], model: ExifClip, opt: Any, sched:
         if resume and resume != "latest":
             raise FileNotFoundError(f"{resume}: no checkpoint to resume from")
         return Position()
-    loaded = ExifClip.from_pretrained(path).model
-    model.load_state_dict(loaded.state_dict())
+    # The weights only: the model is already built from the same config.
+    from safetensors.torch import load_file
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
     state = checkpoint.load_state(path)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
