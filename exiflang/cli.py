@@ -14,6 +14,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "select-tags": ("pipeline.tags:main", "re-select the tag vocabulary from the Parquet tables"),
     "convert-authors": ("train.convert_authors:main", "convert the authors' released checkpoint"),
     "train": ("train.main:main", "train the image + text encoders (one process; torchrun for DDP)"),
+    "embed": ("eval.embed:main", "embed the samples of shards with a trained model (npy + Parquet)"),
+    "index": ("eval.index:main", "build a FAISS index over embeddings, tuned to a recall target"),
+    "lookup": ("eval.lookup:main", "nearest training photos and predicted EXIF for photos"),
+    "eval-tags": ("eval.eval_tags:main", "per-tag accuracy: k-NN, zero-shot text, linear probe, majority"),
+    "detect": ("eval.detect:main", "zero-shot splice detection and localization maps for images"),
+    "make-splices": ("eval.splices:main", "build a spliced/authentic test set from real photos"),
+    "benchmark": ("eval.benchmark:main", "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline"),
     "demo": ("exiflang.demo:main", "run the main job end to end on the offline default"),
 }
 

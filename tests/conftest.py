@@ -27,3 +27,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def photos_dir(shared_data: Path) -> Path:
     return shared_data / "photos"
+
+
+@pytest.fixture(scope="session")
+def synth_run(tmp_path_factory):
+    """The shared trained `cpu-small` run on the synthetic corpus (see tests/synth_run.py)."""
+    from tests import synth_run as sr
+    return sr.build(sr.cache_dir() or tmp_path_factory.mktemp("synth_run"))

@@ -1,0 +1,84 @@
+"""One trained `cpu-small` model on the synthetic camera corpus, built once per test session.
+
+The "it must work" tests of the trainer (held-out camera retrieval), of lookup (Make/Model of
+held-out photos) and of splice detection (held-out synthetic splices) all ask the same question
+of the same kind of model, so they share one training run instead of three:
+
+synth corpus (8 cameras, 1600 photos, seed 0) -> split by image index (the last 10 % held out,
+same cameras) -> shards (`--executor local`) -> `exiflang train --config cpu-small`, 800 steps,
+seed 0.  About 4-5 minutes on 2 CPU cores.
+
+Set ``EXIFLANG_TEST_CACHE=/some/dir`` to keep the run between pytest sessions (development only:
+CI builds it fresh); a finished run there (``DONE`` file) is reused as is.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+K = 8              # cameras; chance = 1/K
+N = 1600           # images; the last 10 % (by index) are held out
+N_TRAIN = 1440
+STEPS = 800
+
+
+@dataclass(frozen=True)
+class SynthRun:
+    """Paths of the shared run: corpus, split photo folders, shards, model."""
+
+    root: Path
+
+    corpus = property(lambda self: self.root / "synth")
+    train_photos = property(lambda self: self.root / "train")
+    heldout_photos = property(lambda self: self.root / "heldout")
+    train_shards = property(lambda self: self.root / "train_sh")
+    heldout_shards = property(lambda self: self.root / "heldout_sh")
+    run = property(lambda self: self.root / "run")
+    model = property(lambda self: self.root / "run" / "model")
+
+
+def _split(corpus: Path, root: Path) -> None:
+    rows = list(csv.DictReader((corpus / "manifest.csv").open()))
+    assert len(rows) == N
+    for split in ("train", "heldout"):
+        (root / split).mkdir()
+    for r in rows:
+        i = int(r["index"])
+        split = "train" if i < N_TRAIN else "heldout"
+        # Named by index, so the shard builder's sorted order mixes cameras in every shard.
+        (root / split / f"img{i:06d}.jpg").symlink_to(corpus / r["file"])
+
+
+def build(root: Path) -> SynthRun:
+    """Build (or reuse, when ``root/DONE`` exists) the shared run under ``root``."""
+    from pipeline import build_shards, synth
+    from train.main import main as train_main
+
+    run = SynthRun(root)
+    if (root / "DONE").exists():
+        return run
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    assert synth.main(["--out", str(run.corpus), "--cameras", str(K), "--images", str(N),
+                       "--seed", "0", "--no-progress", "--workers", "2"]) == 0
+    _split(run.corpus, root)
+    for split, per_shard in (("train", 200), ("heldout", 1000)):
+        assert build_shards.main(["--source", str(root / split), "--out", str(root / f"{split}_sh"),
+                                  "--executor", "local", "--rows-per-shard", str(per_shard), "-q"]) == 0
+    torch.manual_seed(0)
+    assert train_main(["--data", str(run.train_shards), "--out", str(run.run), "--config", "cpu-small",
+                       f"run.steps={STEPS}", "run.seed=0", "data.num_workers=1",
+                       "run.tensorboard=false", f"run.ckpt_every={STEPS}"]) == 0
+    (root / "DONE").write_text("ok\n")
+    return run
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get("EXIFLANG_TEST_CACHE")
+    return Path(value) / "synth_run" if value else None
