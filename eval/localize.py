@@ -1,0 +1,175 @@
+"""Splice localization from patch embeddings: vote averaging, mean-shift heatmap, ncuts mask, at image size.
+
+Steps (DESIGN.md §6): affinity -> 4-D cell map (:mod:`eval.affinity`) -> mean-shift mode
+(:mod:`eval.meanshift`) reshaped to the cell grid -> min-max normalised to 0..1 (a constant
+map stays 0) -> resized bilinearly to the image -> oriented: if more than half of the area
+covered by patches is above 0.5, the map is inverted (the smaller region is the splice) ->
+``mask = heatmap > 0.5``.
+
+Normalized cuts (:mod:`eval.ncuts`) splits a similarity ``W = exp(-(d - min d) / σ)``, ``σ`` the
+standard deviation of the off-diagonal distances (scale-free: nodes are contrasted by how far
+apart they are relative to the spread of all distances); the smaller segment is the splice.
+``ncuts_level="patches"`` (default) cuts the patch graph (``d = 1 - A``) and spreads the
+segment to cells by the same votes as the 4-D map: a cell is spliced when more than half of
+the patches covering it are.  ``ncuts_level="cells"`` cuts the 4-D map itself (``d = V``, the
+authors' choice).  Patches are pure (one source each) while border cells mix both sources, so
+the cell graph's cut hugs the pure core of the splice: on synthetic two-source embeddings
+(tests/eval/test_localize.py) the patch graph reaches the IoU of the ideal cell labelling and
+the cell graph falls short of it when the stride is smaller than the patch.
+
+Resizing (:func:`cells_to_image`): the cell map is padded by replicating its edge cells until
+it spans the whole image, upsampled by the integer cell side with
+``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` (cell centres at the
+block centres) and cropped to the image, so the uncovered right/bottom margin (less than one
+stride) takes the value of the nearest cells.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eval.affinity import Coverage, cell_consistency, coverage, patch_affinity
+from eval.meanshift import mean_shift_mode
+from eval.ncuts import ncuts_split
+from eval.patches import Grid
+
+
+@dataclass
+class Localization:
+    """One image's localization; every map has the image's ``[H, W]`` or the cell grid's shape."""
+
+    heatmap: np.ndarray                 # float32 [H,W], 0..1, higher = more likely spliced (mean shift)
+    mask: np.ndarray                    # bool [H,W], heatmap > 0.5: the predicted splice (smaller side)
+    cell_map: np.ndarray                # float32 [rows, cols], the heatmap at cell resolution, 0..1
+    ncuts_mask: Optional[np.ndarray]    # bool [H,W] (the smaller ncuts segment) or None
+    timings: dict[str, float]           # seconds: "votes", "meanshift", "ncuts" (0 when skipped), "resize"
+    inverted: bool = False              # True when the mean-shift map was flipped to make the splice smaller
+    bandwidth: float = 0.0              # the mean-shift bandwidth h
+    ncuts_cells: Optional[np.ndarray] = field(default=None)   # bool [rows, cols], the ncuts splice cells
+    cell: int = 0                       # cell side in pixels
+
+
+def _pad_amounts(origin: int, n_cells: int, cell: int, size: int) -> tuple[int, int]:
+    """Cells to add before/after one axis so that the padded cells span pixels ``[0, size)``."""
+    before = math.ceil(origin / cell)
+    after = max(0, math.ceil((size - origin) / cell) - n_cells)
+    return before, after
+
+
+def cells_to_image(cell_map: np.ndarray | torch.Tensor, cov: Coverage, height: int, width: int) -> np.ndarray:
+    """``[rows, cols]`` cell values -> ``float32 [H, W]`` (bilinear, edges replicated; module docstring)."""
+    cells = torch.as_tensor(np.asarray(cell_map, dtype=np.float32))
+    if tuple(cells.shape) != cov.cells:
+        raise ValueError(f"cell map shape {tuple(cells.shape)} does not match the coverage's {cov.cells}")
+    top, bottom = _pad_amounts(cov.origin[0], cov.cells[0], cov.cell, height)
+    left, right = _pad_amounts(cov.origin[1], cov.cells[1], cov.cell, width)
+    x = F.pad(cells[None, None], (left, right, top, bottom), mode="replicate") if any(
+        (top, bottom, left, right)) else cells[None, None]
+    up = F.interpolate(x, size=(x.shape[2] * cov.cell, x.shape[3] * cov.cell), mode="bilinear",
+                       align_corners=False)[0, 0]
+    y0 = top * cov.cell - cov.origin[0]
+    x0 = left * cov.cell - cov.origin[1]
+    return up[y0:y0 + height, x0:x0 + width].contiguous().numpy()
+
+
+def normalise_map(values: np.ndarray) -> np.ndarray:
+    """Min-max to 0..1 (``float32``, same shape); a constant (or near-constant) map becomes all 0."""
+    v = np.asarray(values, dtype=np.float32)
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo
+    if not span > 1e-12 * max(1.0, abs(hi)):
+        return np.zeros_like(v)
+    return (v - lo) / span
+
+
+def covered_region(grid: Grid) -> tuple[slice, slice]:
+    """Pixel rows/cols that some patch covers: ``[ys[0], ys[-1]+P) x [xs[0], xs[-1]+P)``."""
+    return (slice(grid.ys[0], grid.ys[-1] + grid.patch), slice(grid.xs[0], grid.xs[-1] + grid.patch))
+
+
+def ncuts_similarity(dist: torch.Tensor) -> torch.Tensor:
+    """``[M,M]`` distances (0..2) -> ``float64 [M,M]`` similarity ``exp(-(d - min d) / σ)``, 0..1.
+
+    ``min`` and ``σ`` (standard deviation) over the off-diagonal entries; subtracting the
+    minimum only rescales ``W`` (ncuts is scale-free) and keeps ``exp`` from underflowing.
+    """
+    m = dist.shape[0]
+    d = dist.detach().to(torch.float64)
+    off = d[~torch.eye(m, dtype=torch.bool)] if m > 1 else d.flatten()
+    sigma = float(off.std()) if off.numel() > 1 else 0.0
+    # A spread of zero means every node is alike: any positive σ gives the same (constant) graph.
+    sigma = sigma if sigma > 1e-12 else 1.0
+    w = torch.exp(-(d - float(off.min())).clamp(min=0.0) / sigma)
+    return (w + w.T) / 2.0
+
+
+def oriented_heatmap(mode: torch.Tensor, grid: Grid, cov: Coverage) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Mode row ``[K]`` -> (cell map ``[rows, cols]``, heatmap ``[H,W]``, inverted?), both 0..1.
+
+    Inverted when more than half of the covered pixels are above 0.5: the splice is the smaller side.
+    """
+    cell_map = normalise_map(mode.reshape(cov.cells).numpy())
+    heatmap = cells_to_image(cell_map, cov, grid.height, grid.width)
+    rows, cols = covered_region(grid)
+    inverted = bool((heatmap[rows, cols] > 0.5).mean() > 0.5)
+    if inverted:
+        cell_map = 1.0 - cell_map
+        np.subtract(1.0, heatmap, out=heatmap)   # in place: a 4000x3000 map is 48 MB
+    # Bilinear weights are convex, so the resized map stays within the cell map's 0..1.
+    return cell_map.astype(np.float32, copy=False), heatmap, inverted
+
+
+def ncuts_cells(affinity: torch.Tensor, cell_dist: torch.Tensor, cov: Coverage,
+                level: str = "patches") -> np.ndarray:
+    """The ncuts splice side at cell resolution -> bool ``[rows, cols]`` (module docstring)."""
+    if level == "cells":
+        return ncuts_split(ncuts_similarity(cell_dist)).reshape(cov.cells)
+    if level != "patches":
+        raise ValueError(f"ncuts level {level!r}: expected 'patches' or 'cells'")
+    side = torch.from_numpy(ncuts_split(ncuts_similarity(1.0 - affinity)).astype(np.float32))
+    covers = cov.matrix.sum(0)
+    share = (cov.matrix.T @ side) / covers.clamp(min=1.0)      # [K] fraction of covering patches
+    return (share > 0.5).reshape(cov.cells).numpy()
+
+
+def localize(emb: torch.Tensor, grid: Grid, *, ncuts: bool = True, iterations: int = 5,
+             percentile: float = 10.0, cov: Optional[Coverage] = None,
+             ncuts_level: str = "patches") -> Localization:
+    """``[N,D]`` L2-normalised patch embeddings in ``grid``'s raster order -> :class:`Localization`.
+
+    ``cov``: a precomputed :func:`eval.affinity.coverage` of ``grid`` (default: built here).
+    ``ncuts_level``: ``"patches"`` or ``"cells"``, the graph normalized cuts splits.
+    """
+    if emb.ndim != 2 or emb.shape[0] != grid.count:
+        raise ValueError(f"embeddings of shape {tuple(emb.shape)} do not match a grid of "
+                         f"{grid.count} patches")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    cov = coverage(grid) if cov is None else cov
+    affinity = patch_affinity(emb)                                         # [N, N]
+    cell_dist = cell_consistency(affinity, cov)                            # [K, K]
+    timings["votes"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    mode, h = mean_shift_mode(cell_dist, iterations, percentile)           # [K]
+    timings["meanshift"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    cell_map, heatmap, inverted = oriented_heatmap(mode, grid, cov)
+    mask = heatmap > 0.5
+    timings["resize"] = time.perf_counter() - start
+
+    ncuts_mask = cut_cells = None
+    timings["ncuts"] = 0.0
+    if ncuts:
+        start = time.perf_counter()
+        cut_cells = ncuts_cells(affinity, cell_dist, cov, ncuts_level)
+        ncuts_mask = cells_to_image(cut_cells.astype(np.float32), cov, grid.height, grid.width) > 0.5
+        timings["ncuts"] = time.perf_counter() - start
+    return Localization(heatmap, mask, cell_map, ncuts_mask, timings, inverted, h, cut_cells, cov.cell)
