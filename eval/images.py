@@ -59,7 +59,9 @@ def load_rgb_bytes(data: bytes, name: PathLike = "<bytes>") -> np.ndarray:
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
             raise ImageError(name, f"too large ({exc})") from None
-        except Exception as exc:  # Pillow raises many types for non-images
+        except Image.UnidentifiedImageError:
+            raise ImageError(name, "not an image format Pillow can read") from None
+        except Exception as exc:  # Pillow raises many types for broken headers
             raise ImageError(name, f"not a readable image ({type(exc).__name__}: {exc})") from None
         finally:
             Image.MAX_IMAGE_PIXELS = old

@@ -69,13 +69,29 @@ def cells_to_image(cell_map: np.ndarray | torch.Tensor, cov: Coverage, height: i
         raise ValueError(f"cell map shape {tuple(cells.shape)} does not match the coverage's {cov.cells}")
     top, bottom = _pad_amounts(cov.origin[0], cov.cells[0], cov.cell, height)
     left, right = _pad_amounts(cov.origin[1], cov.cells[1], cov.cell, width)
-    x = F.pad(cells[None, None], (left, right, top, bottom), mode="replicate") if any(
-        (top, bottom, left, right)) else cells[None, None]
-    up = F.interpolate(x, size=(x.shape[2] * cov.cell, x.shape[3] * cov.cell), mode="bilinear",
-                       align_corners=False)[0, 0]
-    y0 = top * cov.cell - cov.origin[0]
-    x0 = left * cov.cell - cov.origin[1]
-    return up[y0:y0 + height, x0:x0 + width].contiguous().numpy()
+    x = F.pad(cells[None, None], (left, right, top, bottom), mode="replicate")[0, 0] if any(
+        (top, bottom, left, right)) else cells
+    # Bilinear upsampling by the cell size (align_corners=False), evaluated only at the pixels
+    # kept: separable weights [H, rows] and [W, cols] instead of the whole padded upsampled map,
+    # which for a very elongated image (one huge stride) would be gigabytes.
+    rows = _axis_weights(height, top * cov.cell - cov.origin[0], cov.cell, x.shape[0])
+    cols = _axis_weights(width, left * cov.cell - cov.origin[1], cov.cell, x.shape[1])
+    return (rows @ x @ cols.T).contiguous().numpy()
+
+
+def _axis_weights(n_out: int, offset: int, cell: int, n_in: int) -> torch.Tensor:
+    """``float32 [n_out, n_in]``: ``F.interpolate``'s bilinear weights (scale ``cell``,
+    ``align_corners=False``) for output pixels ``offset .. offset + n_out - 1``."""
+    u = torch.arange(n_out, dtype=torch.float64) + offset
+    src = ((u + 0.5) / cell - 0.5).clamp(min=0.0, max=float(n_in - 1))
+    i0 = src.floor().long()
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    w1 = (src - i0).to(torch.float32)
+    weights = torch.zeros(n_out, n_in, dtype=torch.float32)
+    idx = torch.arange(n_out)
+    weights.index_put_((idx, i0), 1.0 - w1, accumulate=True)
+    weights.index_put_((idx, i1), w1, accumulate=True)
+    return weights
 
 
 def normalise_map(values: np.ndarray) -> np.ndarray:

@@ -78,7 +78,9 @@ def even_grid(height: int, width: int, patch: int = 124, per_side: int = 4) -> G
 
 def normalise_image(rgb: np.ndarray) -> torch.Tensor:
     """``uint8 [H,W,3]`` (0..255) -> CLIP-normalised ``float32 [3,H,W]`` (about -1.8..2.2), once per image."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    # Pixels decoded by Pillow are often a read-only buffer, which torch.from_numpy warns about.
+    arr = np.ascontiguousarray(rgb) if rgb.flags.writeable else np.array(rgb, order="C")
+    x = torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).div_(255.0)
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
     return x.sub_(mean).div_(std)

@@ -188,3 +188,23 @@ def test_score_exp_is_stable_and_matches_the_formula():
     assert detection_scores(torch.ones(1, 1)) == {"score_exp": 0.0, "score_mean_dist": 0.0}
     with pytest.raises(ValueError, match="tau"):
         detection_scores(torch.ones(3, 3), tau=0.0)
+
+
+def test_cells_to_image_equals_full_upsample_then_crop() -> None:
+    """The separable evaluation equals F.interpolate of the whole padded map, then the crop."""
+    import torch.nn.functional as F
+    from eval.affinity import Coverage
+    from eval.localize import _pad_amounts, cells_to_image
+
+    rng = np.random.default_rng(0)
+    for cells, cell, origin, (h, w) in [((5, 7), 16, (0, 0), (90, 120)), ((4, 3), 9, (3, 5), (45, 33)),
+                                        ((1, 6), 30, (0, 10), (25, 200))]:
+        cov = Coverage(torch.zeros(1, cells[0] * cells[1]), cells, cell, origin)
+        cmap = rng.random(cells).astype(np.float32)
+        top, bottom = _pad_amounts(origin[0], cells[0], cell, h)
+        left, right = _pad_amounts(origin[1], cells[1], cell, w)
+        x = F.pad(torch.from_numpy(cmap)[None, None], (left, right, top, bottom), mode="replicate")
+        up = F.interpolate(x, scale_factor=cell, mode="bilinear", align_corners=False)[0, 0]
+        y0, x0 = top * cell - origin[0], left * cell - origin[1]
+        ref = up[y0:y0 + h, x0:x0 + w].numpy()
+        np.testing.assert_allclose(cells_to_image(cmap, cov, h, w), ref, atol=1e-5)
