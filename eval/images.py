@@ -60,7 +60,7 @@ def load_rgb_bytes(data: bytes, name: PathLike = "<bytes>") -> np.ndarray:
         except Image.DecompressionBombError as exc:
             raise ImageError(name, f"too large ({exc})") from None
         except Image.UnidentifiedImageError:
-            raise ImageError(name, "not an image format Pillow can read") from None
+            raise ImageError(name, "not a readable image (no format Pillow knows)") from None
         except Exception as exc:  # Pillow raises many types for broken headers
             raise ImageError(name, f"not a readable image ({type(exc).__name__}: {exc})") from None
         finally:

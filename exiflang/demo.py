@@ -2,7 +2,9 @@
 
 A synthetic camera corpus (or ``--photos DIR``, your own photos) -> WebDataset shards and
 Parquet tag tables with embedded Ray (a held-out tenth in its own shards) -> ``cpu-small``
-training with held-out camera retrieval.  Later stages (lookup, detection) append here.
+training with held-out camera retrieval -> embeddings, FAISS index and a lookup of every held-out
+photo -> splices between held-out photos of different cameras, the splice benchmark (the model
+and the NOI baseline) and one detection overlay -> ``report.html`` (self-contained).
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=800, help="cpu-small training steps")
+    ap.add_argument("--splices", type=int, default=12, help="generated spliced (and authentic) test images")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,8 +103,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     if top1 is not None:
         print(f"held-out camera retrieval top-1 {top1:.3f} (chance {chance:.3f}) "
               f"({time.perf_counter() - t:.1f} s)")
+    return _evaluate(out, run, train_src, held_src, args)
+
+
+def _evaluate(out: Path, run: Path, train_src: Path, held_src: Path, args: argparse.Namespace) -> int:
+    from eval.images import expand_inputs
+    from exiflang import demo_eval
+
+    held = expand_inputs([str(held_src)])
+    lookup, acc = demo_eval.lookup_step(out, run / "model", out / "shards", held)
+    detections, bench = demo_eval.splice_step(out, run / "model", held, args.splices, args.seed)
+    report = demo_eval.report_step(out, run, lookup, acc, detections, bench)
     print(f"\ndemo done: dataset {out / 'shards'}, model {run / 'model'}, "
           f"metrics {run / 'metrics.jsonl'} (TensorBoard: {run / 'tb'})")
+    if detections:
+        print(f"splice overlay: {detections[0]['overlay_png']}")
+    print(f"report: {report}")
     return 0
 
 
