@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 DEMO_DIR ?= runs/demo
 PHOTOS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench study clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# The small-scale study of the README ("Results at small scale"): STUDY_STEPS per model.
+STUDY_STEPS ?= 3000
+study: setup
+	$(BIN)/python -m eval.study --out runs/study --steps $(STUDY_STEPS)
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline_throughput.py

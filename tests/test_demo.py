@@ -1,4 +1,5 @@
-"""A shortened `make demo`: synthetic corpus -> shards with embedded Ray, then a rerun reuses it."""
+"""A shortened `make demo`: synthetic corpus -> shards with embedded Ray -> training -> lookup ->
+splices, benchmark and a detection overlay -> report.html; then a rerun reuses it."""
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from exiflang.cli import main as cli_main
 def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     import ray
     args = ["demo", "--out", str(tmp_path), "--cameras", "3", "--images", "40", "--workers", "1",
-            "--steps", "3"]
+            "--steps", "3", "--splices", "2"]
     try:
         assert cli_main(args) == 0
         first = json.loads((tmp_path / "shards" / "summary.json").read_text())
@@ -18,12 +19,21 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         assert (tmp_path / "run" / "model" / "model.safetensors").exists()
         tags = json.loads((tmp_path / "shards" / "tags.json").read_text())
         assert {"Make", "Model", "ISO Speed Ratings", "Exposure Time"} <= set(tags["tags"])
+        lookups = [json.loads(line) for line in (tmp_path / "lookup.jsonl").read_text().splitlines()]
+        assert len(lookups) == 4 and all("Model" in r["predictions"] for r in lookups)
+        assert (tmp_path / "index" / "index.faiss").is_file()
+        bench = json.loads((tmp_path / "benchmark" / "metrics.json").read_text())
+        assert set(bench["methods"]) == {"exif", "noi"} and bench["images"] == 4
+        assert list((tmp_path / "detect").glob("*.png"))
+        html = (tmp_path / "report.html").read_text()
+        assert "<svg" in html and "data:image/" in html
         assert cli_main(args) == 0
     finally:
         ray.shutdown()
     out = capsys.readouterr().out
     assert "already there, reused" in out and "already trained, reused" in out
     assert "held-out camera retrieval top-1" in out and "demo done" in out
+    assert "held-out Make accuracy" in out and "splice overlay:" in out and "report.html" in out
 
 
 def test_cli_usage_and_unknown_command(capsys):

@@ -1,0 +1,223 @@
+"""`exiflang embed`: embed every sample of a shards folder with a trained model, resumable per shard.
+
+    exiflang embed --model MODEL_DIR --data SHARDS --out EMB [--per-side 4] [--single-patch]
+                   [--patch-size 124] [--text] [--text-format F] [--device auto] [--batch-size 256]
+                   [--workers 2] [--limit N] [--no-progress]
+
+Image side: per photo, the mean of the L2-normalised embeddings of a ``per_side x per_side``
+grid of full-resolution patches spread evenly over the photo, re-normalised (``--single-patch``:
+the centre patch alone).  Text side (``--text``): the photo's EXIF rendered as the model was
+trained (``data.text_format`` / ``clean_values`` / ``max_text_len`` from the run's
+``config.yaml`` beside the model folder when there is one; ``--text-format`` overrides) through
+the text tower.  Output: :mod:`eval.embeddings`; one shard: :mod:`eval.embed_shard`.
+
+Resume: shards whose ``done.json`` exists are skipped, the rest redone from scratch, and rows
+come back in sorted-shard, tar order either way.  Rerunning into an ``EMB`` made with another
+model (weights, dimension or vocabulary), grid, text setting, data folder or ``--limit`` is a
+one-line error.  The data folder's ``tags.json`` may differ from the model's (a test set keeps
+its own vocabulary); both are recorded in ``meta.json``.
+
+Exit status: 0 done; 2 bad input or usage (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from eval.embed_shard import Context, embed_shard
+from eval.embeddings import (FORMAT, FORMAT_VERSION, atomic_write_json, model_signature, part_paths,
+                             read_json, read_meta, tags_summary)
+
+log = logging.getLogger("exiflang.eval")
+# The settings that change the vectors or the rows; a rerun must match them all.
+COMPARED = ("model_signature", "data", "patch", "per_side", "mode", "text", "text_format",
+            "clean_values", "max_text_len", "limit")
+
+
+def run_config(model_dir: Path) -> dict:
+    """The ``data`` section of the training run's ``config.yaml`` next to a model folder, if any.
+
+    ``RUN/model`` and ``RUN/checkpoints/step-N`` both find ``RUN/config.yaml``; ``{}`` otherwise.
+    """
+    import yaml
+
+    for cand in (model_dir.parent / "config.yaml", model_dir.parent.parent / "config.yaml"):
+        if cand.is_file():
+            try:
+                doc = yaml.safe_load(cand.read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("data"), dict) and "model" in doc:
+                return doc["data"]
+    return {}
+
+
+def _settings(model_dir: Path, data: Path, patch: int, per_side: int, mode: str, text: bool,
+              text_format: Optional[str], limit: Optional[int]) -> dict:
+    """The compared settings (see ``COMPARED``) plus their key."""
+    cfg = run_config(model_dir) if text else {}
+    s = {"model_signature": model_signature(model_dir), "data": str(data.resolve()), "patch": patch,
+         "per_side": 1 if mode == "single" else per_side, "mode": mode, "text": text,
+         "text_format": (text_format or cfg.get("text_format") or "paper") if text else None,
+         "clean_values": bool(cfg.get("clean_values", False)) if text else None,
+         "max_text_len": cfg.get("max_text_len") if text else None, "limit": limit}
+    s["settings_key"] = hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:16]
+    return s
+
+
+def _prepare_out(out: Path, settings: dict) -> Optional[dict]:
+    """Check ``out`` can take this run; returns its existing ``meta.json`` (or ``None`` when new)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    if not (out / "meta.json").exists():
+        if out.is_dir() and any(out.iterdir()):
+            raise ValueError(f"{out}: not empty and not an embeddings folder (no meta.json); "
+                             "refusing to write into it")
+        return None
+    meta = read_meta(out)
+    if meta.get("settings_key") != settings["settings_key"]:
+        diff = [k for k in COMPARED if meta.get(k) != settings[k]]
+        raise ValueError(f"{out / 'meta.json'}: this folder was embedded with other settings "
+                         f"(differs in: {', '.join(diff) or 'settings key'}); use a new --out folder")
+    return meta
+
+
+def _tags_of(path: Path) -> Optional[dict]:
+    return tags_summary(read_json(path, "vocabulary")) if path.is_file() else None
+
+
+def embed_shards(model_dir: str | Path, data: str | Path, out: str | Path, *, patch: int = 124,
+                 per_side: int = 4, mode: str = "grid", text: bool = False, device: str = "auto",
+                 batch_size: int = 256, progress: bool = True, limit: Optional[int] = None,
+                 text_format: Optional[str] = None, workers: int = 2) -> Path:
+    """Embed the samples of the shards in ``data`` with the model in ``model_dir`` into ``out``.
+
+    ``mode``: ``grid`` (``per_side**2`` patches of ``patch`` px, mean re-normalised) or
+    ``single`` (the centre patch).  ``limit``: at most this many samples in all (sorted shards,
+    tar order).  Returns ``out``.  One-line ``ValueError``/``FileNotFoundError`` for bad input.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from eval.embed_batch import MODES, PhotoEncoder, TextEncoder
+    from eval.patches import PatchEmbedder, resolve_device
+    from pipeline.text import FORMATS
+    from train.model import ExifClip
+    from train.samples import open_shards
+
+    if mode not in MODES or patch <= 0 or per_side <= 0 or (limit is not None and limit < 0):
+        raise ValueError(f"bad grid: mode {mode!r} (expected {MODES}), patch {patch}, per_side {per_side}, limit {limit}")
+    if text and text_format is not None and text_format not in FORMATS:
+        raise ValueError(f"text format {text_format!r}: expected one of {', '.join(FORMATS)}")
+    try:
+        resolve_device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r}: {' '.join(str(exc).split())}") from None
+    model_dir, data, out = Path(model_dir), Path(data), Path(out)
+    shards = open_shards(str(data))
+    settings = _settings(model_dir, data, patch, per_side, mode, text, text_format, limit)
+    old = _prepare_out(out, settings)
+    model, tokenizer, tags = ExifClip.from_pretrained(model_dir)
+    embedder = PatchEmbedder(model, device=device, batch_size=batch_size)
+    texts = None
+    if text:
+        if not tags or not tags.get("tags"):
+            raise ValueError(f"{model_dir / 'tags.json'}: missing: --text needs the model's vocabulary")
+        texts = TextEncoder(embedder.model, tokenizer, tags["tags"], settings["text_format"],
+                            clean=bool(settings["clean_values"]), max_length=settings["max_text_len"],
+                            device=embedder.device, batch_size=min(batch_size, 64))
+    stems = [Path(n).stem for n in shards.names]
+    meta = {**(old or {}), **settings, "format": FORMAT, "format_version": FORMAT_VERSION,
+            "model": str(model_dir.resolve()), "dim": int(model.config.embed_dim),
+            "model_tags": tags_summary(tags), "data_tags": _tags_of(data / "tags.json"),
+            "complete": False, "shards": stems, "created": (old or {}).get("created", time.time())}
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "meta.json", meta)
+    total = sum(shards.sizes) if limit is None else min(limit, sum(shards.sizes))
+    with tqdm(total=total, unit="photo", desc="embed", disable=not progress) as bar:
+        ctx = Context(PhotoEncoder(embedder, patch, per_side, mode), texts, settings["settings_key"],
+                      max(1, workers), bar, str(embedder.device))
+        with torch.inference_mode():
+            stats = _run_shards(shards, stems, out, ctx, limit)
+    meta.update(complete=True, shards=[s["shard"].rsplit(".", 1)[0] for s in stats],
+                counts=_totals(stats), finished=time.time())
+    atomic_write_json(out / "meta.json", meta)
+    return out
+
+
+def _run_shards(shards: Any, stems: list[str], out: Path, ctx: Context, limit: Optional[int]) -> list[dict]:
+    """Embed (or skip, when done) each shard in sorted order; ``done.json`` stats per shard."""
+    stats: list[dict] = []
+    read = 0
+    for name, stem, size in zip(shards.names, stems, shards.sizes):
+        if limit is not None and read >= limit:
+            break
+        paths = part_paths(out, stem)
+        if paths["done"].is_file():
+            done = read_json(paths["done"], "shard stats")
+            ctx.bar.update(min(size, (limit - read) if limit is not None else size))
+        else:
+            for stale in paths["done"].parent.glob(f".{stem}.*"):
+                stale.unlink()  # temporaries of an interrupted attempt
+            budget = None if limit is None else limit - read
+            done = embed_shard(shards.root / name, paths, ctx, budget)
+            atomic_write_json(paths["done"], done)
+            log.info("%s: %d rows, %d skipped, %.1f s (%.1f photos/s)", name, done["rows"],
+                     sum(done["skipped"].values()), done["seconds"], done["photos_per_s"])
+        read += int(done["samples_read"])
+        stats.append(done)
+    return stats
+
+
+def _totals(stats: list[dict]) -> dict:
+    skipped: dict[str, int] = {}
+    for s in stats:
+        for reason, n in s["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + int(n)
+    return {"rows": sum(int(s["rows"]) for s in stats), "samples_read": sum(int(s["samples_read"]) for s in stats),
+            "skipped": skipped, "shards": len(stats), "parts": {s["shard"]: int(s["rows"]) for s in stats}}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="exiflang embed", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="model folder (from `exiflang train`)")
+    ap.add_argument("--data", required=True, help="shards folder (from `exiflang shards`)")
+    ap.add_argument("--out", required=True, help="embeddings folder to write (resumable)")
+    ap.add_argument("--per-side", type=int, default=4, help="grid of N x N patches per photo (default 4)")
+    ap.add_argument("--single-patch", action="store_true", help="embed the centre patch only")
+    ap.add_argument("--patch-size", type=int, default=124, help="patch side in pixels (default 124)")
+    ap.add_argument("--text", action="store_true", help="also embed the EXIF text with the text tower")
+    ap.add_argument("--text-format", help="text format (default: the training run's, else paper)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default 256)")
+    ap.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    ap.add_argument("--limit", type=int, help="embed at most N samples (sorted shards, tar order)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        out = embed_shards(args.model, args.data, args.out, patch=args.patch_size, per_side=args.per_side,
+                           mode="single" if args.single_patch else "grid", text=args.text,
+                           device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+                           limit=args.limit, text_format=args.text_format, workers=args.workers)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"exiflang embed: error: {exc}", file=sys.stderr)
+        return 2
+    counts = read_meta(out)["counts"]
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(counts["skipped"].items())) or "none"
+    print(f"embedded {counts['rows']} photos from {counts['shards']} shards (skipped: {skipped}) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The small-scale study (`make study`): the paper's experimental design on a folder of real photos.
+
+    python -m eval.study --photos ../shared/data/photos --out runs/study [--steps 3000]
+
+1. Split the photos **by camera model** (Make + Model; no model on both sides).
+2. Shards of each side (``--executor local``), then, with the same image encoder (``cpu-small``)
+   and the same number of steps: the **EXIF** model (every vocabulary tag as text), **CropCLR**
+   (two crops of one photo, no metadata) and the **Model-tag-only** variant; plus an **untrained**
+   encoder (random init, same architecture) and the hand-crafted **NOI** baseline as references.
+3. ``make-splices`` from the held-out cameras' photos, and the ``benchmark`` harness on them
+   (p-mAP, cIoU, detection AP for each model; NOI beside them).
+4. ``eval-tags`` (train side vs held-out cameras): k-NN, zero-shot, linear probe, majority.
+5. The radial-distortion linear probe (512-px crops, k1 ~ U[-0.4, 0], 20 bins) on frozen features,
+   train photos vs held-out photos.
+
+Writes ``OUT/results.json`` and ``OUT/results.md`` (the README's "Results at small scale" table),
+with the number of photos, the steps, and the seconds each stage took.  Every stage reuses what a
+previous run finished, so an interrupted study continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from eval.images import expand_inputs
+
+VARIANTS: dict[str, list[str]] = {
+    "exif": [],                                   # the full method
+    "cropclr": ["data.cropclr=true"],            # image-to-image, no metadata
+    "model-tag": ["data.tags=[Model]"],           # single-tag supervision
+}
+# Full-scale YFCC numbers quoted by DESIGN.md (paper Table 5 and the authors' README); not ours.
+PAPER = {"tags_exif": 0.35, "tags_majority": 0.12, "columbia_p_map": 0.94, "columbia_det_map": 0.98}
+
+
+def _timed(log: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+    t = time.perf_counter()
+    print(f"\n==> {name}", flush=True)
+    result = fn()
+    log[name] = round(time.perf_counter() - t, 1)
+    return result
+
+
+def split_by_camera(photos_dir: Path, out: Path, test_fraction: float, seed: int) -> dict[str, Any]:
+    """Symlink folders ``out/train`` and ``out/test`` (camera models disjoint); returns the split record.
+
+    Links are named by a hash of the file name so a sorted folder (and every shard) mixes cameras.
+    """
+    from eval.distortion_probe import camera_keys, split_photos
+
+    record_path = out / "split.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    photos = expand_inputs([str(photos_dir)])
+    train, test = split_photos(photos, by="camera", test_fraction=test_fraction, seed=seed)
+    keys = dict(zip(map(str, photos), camera_keys(photos)))
+    for side, files in (("train", train), ("test", test)):
+        folder = out / side
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in files:
+            digest = hashlib.sha1(p.name.encode()).hexdigest()[:10]
+            link = folder / f"{digest}_{p.name}"
+            if not link.exists():
+                link.symlink_to(p.resolve())
+    record = {"photos": len(photos), "test_fraction": test_fraction, "seed": seed,
+              "train": {"photos": len(train), "cameras": sorted({keys[str(p)] for p in train})},
+              "test": {"photos": len(test), "cameras": sorted({keys[str(p)] for p in test})}}
+    assert not set(record["train"]["cameras"]) & set(record["test"]["cameras"])
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def build_shards(source: Path, out: Path) -> None:
+    from pipeline.build_shards import main as shards_main
+    if (out / "summary.json").is_file():
+        return
+    if shards_main(["--source", str(source), "--out", str(out), "--executor", "local",
+                    "--rows-per-shard", "64", "-q"]):
+        raise RuntimeError(f"building shards from {source} failed")
+
+
+def train_variant(name: str, shards: Path, runs: Path, steps: int, preset: str, seed: int) -> Path:
+    """Train one variant (reused when its model folder exists); returns the model folder."""
+    from train.main import main as train_main
+    run = runs / name
+    if (run / "model" / "model.safetensors").is_file():
+        print(f"{name}: already trained, reused")
+        return run / "model"
+    args = ["--data", str(shards), "--out", str(run), "--config", preset, f"run.steps={steps}",
+            f"run.seed={seed}", f"run.ckpt_every={max(steps // 4, 1)}", *VARIANTS[name],
+            "--resume", "latest"]
+    if train_main(args):
+        raise RuntimeError(f"training {name} failed (see {run})")
+    return run / "model"
+
+
+def untrained_model(shards: Path, out: Path, preset: str, seed: int) -> Path:
+    """The same architecture at random init, with the tokenizer and tags the trained models use."""
+    import torch
+    from train.config import load_config
+    from train.engine import build_model, make_tokenizer, read_tags
+
+    folder = out / "model"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    cfg = load_config(preset, [])
+    cfg.data.data = str(shards)
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer(cfg)
+    build_model(cfg, tokenizer).save_pretrained(folder, tokenizer, read_tags(cfg))
+    return folder
+
+
+def evaluate(name: str, model: Path, ctx: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """Splice benchmark, tag prediction and the distortion probe for one model folder."""
+    from eval.benchmark import run_benchmark
+    from eval.distortion_probe import run_distortion_probe
+    from eval.eval_tags import eval_tags
+
+    out: Path = ctx["out"] / "eval" / name
+    res: dict[str, Any] = {}
+    res["splices"] = _timed(timings, f"{name}: splice benchmark", lambda: run_benchmark(
+        model, "folder", ctx["splices"], out / "splices", methods=("exif",), device=ctx["device"],
+        progress=ctx["progress"]))["methods"]["exif"]
+    res["tags"] = _timed(timings, f"{name}: eval-tags", lambda: _tags(eval_tags, model, ctx, out))
+    res["distortion"] = _timed(timings, f"{name}: radial-distortion probe", lambda: _cached(
+        out / "distortion.json", lambda: run_distortion_probe(
+            model, ctx["train_photos"], ctx["test_photos"], per_photo=ctx["per_photo"],
+            seed=ctx["seed"], device=ctx["device"], progress=ctx["progress"])))
+    return res
+
+
+def _tags(eval_tags: Callable[..., dict], model: Path, ctx: dict[str, Any], out: Path) -> dict:
+    return _cached(out / "tags" / "tag_eval.json", lambda: eval_tags(
+        model, ctx["train_shards"], ctx["test_shards"], out / "tags", device=ctx["device"],
+        progress=ctx["progress"]))
+
+
+def _cached(path: Path, make: Callable[[], dict]) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _f(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The one table: every method side by side, then the setting it was measured in."""
+    head = ("| method | splice p-mAP | cIoU | detection AP | tag acc. k-NN | zero-shot | probe | "
+            "majority | distortion probe acc. | (majority) |")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for name, r in results["methods"].items():
+        s, t, d = r.get("splices") or {}, (r.get("tags") or {}).get("average") or {}, r.get("distortion") or {}
+        det = (s.get("detection") or {}).get(s.get("default_score") or "", {})
+        lines.append(f"| {name} | {_f(s.get('p_map'))} | {_f(s.get('ciou'))} | {_f(det.get('ap'))} | "
+                     f"{_f(t.get('knn'))} | {_f(t.get('zero_shot'))} | {_f(t.get('probe'))} | "
+                     f"{_f(t.get('majority'))} | {_f(d.get('accuracy'))} | {_f(d.get('majority'))} |")
+    lines.append(f"| paper (full-scale YFCC, ResNet-50; not this run) | Columbia {PAPER['columbia_p_map']} | | "
+                 f"Columbia {PAPER['columbia_det_map']} | {PAPER['tags_exif']} (Table 5) | | | "
+                 f"{PAPER['tags_majority']} | | |")
+    sp = results["split"]
+    lines += ["", f"{sp['photos']} photos: {sp['train']['photos']} for training "
+              f"({len(sp['train']['cameras'])} camera models), {sp['test']['photos']} held out "
+              f"({len(sp['test']['cameras'])} other models). Each model: `{results['preset']}`, "
+              f"{results['steps']} steps. Splice set: {results['splice_count']} spliced + "
+              f"{results['splice_count']} authentic. Compute: {results['cpus']} CPU cores, "
+              f"{results['seconds_total'] / 60:.0f} minutes in all."]
+    return "\n".join(lines) + "\n"
+
+
+def run_study(args: argparse.Namespace) -> dict[str, Any]:
+    from eval.splices import make_splices
+
+    out, t0, timings = Path(args.out), time.perf_counter(), {}
+    out.mkdir(parents=True, exist_ok=True)
+    split = _timed(timings, "split by camera model", lambda: split_by_camera(
+        Path(args.photos), out / "split", args.test_fraction, args.seed))
+    ctx: dict[str, Any] = {"out": out, "device": args.device, "seed": args.seed,
+                           "per_photo": args.per_photo, "progress": not args.quiet,
+                           "train_shards": out / "shards" / "train", "test_shards": out / "shards" / "test",
+                           "train_photos": expand_inputs([str(out / "split" / "train")]),
+                           "test_photos": expand_inputs([str(out / "split" / "test")]),
+                           "splices": out / "splices"}
+    for side in ("train", "test"):
+        _timed(timings, f"shards: {side}", lambda: build_shards(out / "split" / side, ctx[f"{side}_shards"]))
+    if not (ctx["splices"] / "manifest.csv").is_file():
+        _timed(timings, "make-splices from the held-out cameras", lambda: make_splices(
+            ctx["test_photos"], ctx["splices"], args.splices, seed=args.seed, progress=not args.quiet))
+    models = {name: _timed(timings, f"train {name}", lambda: train_variant(
+        name, ctx["train_shards"], out / "runs", args.steps, args.preset, args.seed)) for name in VARIANTS}
+    models["untrained"] = untrained_model(ctx["train_shards"], out / "runs" / "untrained", args.preset, args.seed)
+    methods = {name: evaluate(name, model, ctx, timings) for name, model in models.items()}
+    from eval.benchmark import run_benchmark
+    noi = _timed(timings, "NOI baseline: splice benchmark", lambda: run_benchmark(
+        None, "folder", ctx["splices"], out / "eval" / "noi" / "splices", methods=("noi",),
+        progress=not args.quiet))
+    methods["NOI (hand-crafted)"] = {"splices": noi["methods"]["noi"]}
+    results = {"split": split, "preset": args.preset, "steps": args.steps, "splice_count": args.splices,
+               "cpus": os.cpu_count(), "methods": methods, "timings": timings,
+               "seconds_total": round(time.perf_counter() - t0, 1)}
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.study", description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"))
+    ap.add_argument("--out", default="runs/study")
+    ap.add_argument("--steps", type=int, default=3000, help="training steps per variant (same for all)")
+    ap.add_argument("--preset", default="cpu-small")
+    ap.add_argument("--test-fraction", type=float, default=0.3, help="share of camera models held out")
+    ap.add_argument("--splices", type=int, default=30, help="spliced (and as many authentic) test images")
+    ap.add_argument("--per-photo", type=int, default=8, help="distortion-probe crops per photo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if not Path(args.photos).is_dir():
+        print(f"exiflang study: {args.photos}: photo folder not found", file=sys.stderr)
+        return 2
+    results = run_study(args)
+    print("\n" + results_markdown(results) + f"\nresults: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

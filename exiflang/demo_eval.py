@@ -1,0 +1,120 @@
+"""`make demo`'s evaluation half: embeddings, index and lookup, splice detection and benchmark, the report.
+
+Each step takes the demo folder and what training produced, reuses finished outputs, prints a
+short readable summary, and returns what the HTML report (:mod:`eval.report`) shows.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+CAMERA_TAGS = ("Make", "Model")
+
+
+def _step(title: str) -> float:
+    print(f"\n==> {title}", flush=True)
+    return time.perf_counter()
+
+
+def _truth(path: Path) -> dict[str, str]:
+    """The photo's own EXIF (for scoring the lookup only; the lookup itself reads pixels alone)."""
+    from pipeline.exif_parse import ExifReadError, read_exif
+    try:
+        return read_exif(path.read_bytes())
+    except (ExifReadError, OSError):
+        return {}
+
+
+def lookup_step(out: Path, model: Path, shards: Path, held_photos: list[Path], k: int = 10
+                ) -> tuple[list[dict], dict[str, float]]:
+    """Embed the training shards, index them, look up every held-out photo; Make/Model accuracy."""
+    from eval.embed import embed_shards
+    from eval.embeddings import load_embeddings
+    from eval.index import build_index
+    from eval.lookup import format_lookup, lookup_photos
+
+    t = _step(f"embeddings and index of the training shards -> {out / 'emb'}, {out / 'index'}")
+    embed_shards(model, shards, out / "emb", progress=True)
+    if not (out / "index" / "index.json").is_file():
+        build_index(load_embeddings(out / "emb"), out / "index")
+    info = json.loads((out / "index" / "index.json").read_text())
+    print(f"{info.get('n')} vectors, {info.get('kind')} index ({time.perf_counter() - t:.1f} s)")
+
+    t = _step(f"lookup: {len(held_photos)} held-out photos, k={k} (pixels only, no EXIF read)")
+    results = lookup_photos(model, out / "index", held_photos, k=k)
+    hits = {tag: [0, 0] for tag in CAMERA_TAGS}
+    for res, path in zip(results, held_photos):
+        res["truth"] = {tag: v for tag, v in _truth(path).items() if tag in res.get("predictions", {})}
+        for tag in CAMERA_TAGS:
+            pred, true = res.get("predictions", {}).get(tag, {}).get("value"), res["truth"].get(tag)
+            if true is not None:
+                hits[tag][0] += int(pred == true)
+                hits[tag][1] += 1
+    (out / "lookup.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    if results:
+        print(format_lookup(results[0], max_neighbours=5))
+    acc = {f"{tag} accuracy": h[0] / h[1] for tag, h in hits.items() if h[1]}
+    print("held-out " + ", ".join(f"{k_} {v:.3f}" for k_, v in acc.items())
+          + f" ({time.perf_counter() - t:.1f} s; all answers in {out / 'lookup.jsonl'})")
+    return results, acc
+
+
+def splice_step(out: Path, model: Path, held_photos: list[Path], count: int, seed: int
+                ) -> tuple[list[dict], dict[str, Any]]:
+    """make-splices from held-out photos, the benchmark (EXIF model and NOI), one detection overlay."""
+    from eval.benchmark import run_benchmark
+    from eval.detect import write_outputs
+    from eval.detector import Detector
+    from eval.images import load_rgb
+    from eval.splices import make_splices
+
+    t = _step(f"splices between held-out photos of different cameras -> {out / 'splices'}")
+    if not (out / "splices" / "manifest.csv").is_file():
+        try:
+            make_splices(held_photos, out / "splices", count, seed=seed, progress=False)
+        except ValueError as exc:  # e.g. the user's photos come from one camera model
+            print(f"splice test skipped: {exc}")
+            return [], {}
+    metrics = run_benchmark(model, "folder", out / "splices", out / "benchmark", progress=True)
+    print((out / "benchmark" / "metrics.md").read_text().rstrip())
+    print(f"({time.perf_counter() - t:.1f} s; per image: {out / 'benchmark' / 'per_image.csv'})")
+
+    t = _step("detect on one generated splice")
+    spliced = sorted((out / "splices" / "spliced").glob("*.png"))
+    if not spliced:
+        return [], metrics
+    rgb = load_rgb(spliced[0])
+    result = Detector(model).detect(rgb)
+    rec = write_outputs(result, rgb, out / "detect", spliced[0].stem)
+    truth = out / "splices" / "masks" / spliced[0].name
+    det = {"name": rec["name"], "overlay_png": rec["outputs"]["png"], "scores": rec["scores"],
+           "timings": rec["timings"], "truth_mask_png": str(truth) if truth.is_file() else None}
+    print(f"{spliced[0].name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rec["scores"].items())
+          + f"; overlay {rec['outputs']['png']} ({time.perf_counter() - t:.1f} s)")
+    return [det], metrics
+
+
+def _benchmark_rows(metrics: dict[str, Any]) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for method, s in (metrics.get("methods") or {}).items():
+        det = (s.get("detection") or {}).get(s.get("default_score") or "", {})
+        rows[f"{method}: p-mAP"] = s.get("p_map")
+        rows[f"{method}: cIoU"] = s.get("ciou")
+        rows[f"{method}: detection AP ({s.get('default_score')})"] = det.get("ap")
+    return rows
+
+
+def report_step(out: Path, run: Path, lookup: list[dict], lookup_acc: dict[str, float],
+                detections: list[dict], bench: dict[str, Any], notes: Optional[list[str]] = None) -> Path:
+    """The self-contained HTML report of the whole demo."""
+    from eval.report import write_report
+
+    result = json.loads((run / "result.json").read_text()) if (run / "result.json").is_file() else {}
+    metrics = {"held-out camera retrieval (image -> EXIF text)": {
+                   "top-1": result.get("eval/camera_top1"), "chance": result.get("eval/chance")},
+               "lookup (k-NN vote over the training photos)": lookup_acc,
+               "splice benchmark (generated splices of held-out photos)": _benchmark_rows(bench)}
+    return write_report(out / "report.html", title="exiflang demo", run_dir=run, lookup=lookup[:3],
+                        detections=detections, metrics=metrics, notes=notes)
