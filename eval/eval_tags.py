@@ -153,8 +153,12 @@ def eval_tags(model_dir: str | Path, train: Optional[str | Path], test: Optional
               index: Optional[str] = None, patch: int = 124, per_side: int = 4, mode: str = "grid",
               device: str = "auto", batch_size: int = 256, text_format: Optional[str] = None,
               probe_c: Optional[float] = 1.0, weighted: bool = False, min_frac: float = 0.01,
-              min_count: int = 2, max_bins: int = 8, seed: int = 0, progress: bool = True) -> dict:
+              min_count: int = 2, max_bins: int = 8, seed: int = 0, progress: bool = True,
+              vocab: Optional[list[str]] = None) -> dict:
     """Evaluate tag prediction; writes ``out/tag_eval.json`` + ``.md`` and returns the report dict.
+
+    ``vocab``: the tags to score (default: the model's vocabulary, else the train shards'); a
+    study comparing models trained on different vocabularies passes one list to all of them.
 
     ``probe_c=None`` chooses the probe's C by cross-validation.  Bad input: one-line
     ``FileNotFoundError``/``ValueError`` naming the file.
@@ -174,7 +178,7 @@ def eval_tags(model_dir: str | Path, train: Optional[str | Path], test: Optional
     if len(tr) == 0 or len(te) == 0:
         raise ValueError(f"no samples to evaluate ({len(tr)} train, {len(te)} test)")
     idx = load_or_build_index(model_dir, tr, index, out, k, seed)
-    vocab = _vocabulary(model_dir, train)
+    vocab = list(vocab) if vocab else _vocabulary(model_dir, train)
     train_exifs, test_exifs = _exifs(tr), _exifs(te)
     classes = fit_tag_classes(train_exifs, vocab, min_frac=min_frac, min_count=min_count, max_bins=max_bins)
     text = text_setup(model_dir, text_format)

@@ -137,9 +137,13 @@ def evaluate(name: str, model: Path, ctx: dict[str, Any], timings: dict[str, flo
 
 
 def _tags(eval_tags: Callable[..., dict], model: Path, ctx: dict[str, Any], out: Path) -> dict:
+    # One vocabulary (the training shards') for every model, so the columns compare: the
+    # Model-tag variant's own vocabulary is the single tag "Model", which held-out cameras
+    # never share with training ones.
+    vocab = json.loads((ctx["train_shards"] / "tags.json").read_text())["tags"]
     return _cached(out / "tags" / "tag_eval.json", lambda: eval_tags(
         model, ctx["train_shards"], ctx["test_shards"], out / "tags", device=ctx["device"],
-        progress=ctx["progress"]))
+        progress=ctx["progress"], vocab=vocab))
 
 
 def _cached(path: Path, make: Callable[[], dict]) -> dict:

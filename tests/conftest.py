@@ -34,3 +34,11 @@ def synth_run(tmp_path_factory):
     """The shared trained `cpu-small` run on the synthetic corpus (see tests/synth_run.py)."""
     from tests import synth_run as sr
     return sr.build(sr.cache_dir() or tmp_path_factory.mktemp("synth_run"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the shared trained run get a longer limit: the first of them pays for building it
+    (~5 minutes on 2 idle cores, far more on a loaded machine), inside pytest-timeout's clock."""
+    for item in items:
+        if "synth_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(3600))
