@@ -23,8 +23,9 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from train.samples import _SIXTEEN_BIT as SIXTEEN_BIT  # the loader's set: one definition
+
 PathLike = Union[str, "os.PathLike[str]"]
-SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 MAX_PIXELS = 400_000_000  # a 20000x20000 scan still opens; beyond is a decompression bomb
 
 
