@@ -31,7 +31,7 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 # The small-scale study of the README ("Results at small scale"): STUDY_STEPS per model.
-STUDY_STEPS ?= 3000
+STUDY_STEPS ?= 1500
 study: setup
 	$(BIN)/python -m eval.study --out runs/study --steps $(STUDY_STEPS)
 

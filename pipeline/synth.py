@@ -11,6 +11,12 @@ Layout of ``--out DIR`` (flat)::
 Image i's scene depends only on (seed, i); its camera comes from a separate balanced stream
 (round-robin, shuffled), so only low-level statistics tie an image to its camera.  Output is
 byte-identical for a given seed and options, whatever ``--workers``.
+
+``--indices START:END`` writes only images START..END-1 of the N-image corpus (the same files
+a full run writes there).  The camera parameters other than the sensor size do not depend on
+``--min-size/--max-size``, so a slice written with larger sizes is the same cameras at a
+larger image-size setting, shooting the same scenes — the tests' held-out splice photos are
+made so, since at 384-640 px a 124-px patch is too coarse to outline a splice.
 """
 from __future__ import annotations
 
@@ -110,18 +116,21 @@ def _run(jobs: list[tuple[int, int]], cams: list[CameraModel], seed: int, out: P
 
 def write_corpus(out: Path, n_cameras: int, n_images: int, seed: int,
                  size: Optional[tuple[int, int]] = None, min_width: int = 384,
-                 max_width: int = 640, workers: int = 1, progress: bool = True) -> list[dict[str, Any]]:
-    """Write the corpus to ``out``; returns the manifest rows."""
+                 max_width: int = 640, workers: int = 1, progress: bool = True,
+                 indices: Optional[range] = None) -> list[dict[str, Any]]:
+    """Write the corpus to ``out`` (only ``indices`` of its N images when given); returns the manifest rows."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.csv").unlink(missing_ok=True)  # absent until this run is complete
     cams = make_cameras(seed, n_cameras, size, min_width, max_width)
+    indices = range(n_images) if indices is None else indices
     settings = dict(seed=seed, cameras=n_cameras, images=n_images, size=size,
-                    min_width=min_width, max_width=max_width, layout="DIR/{i:06d}_cam{c:02d}.jpg")
+                    min_width=min_width, max_width=max_width, layout="DIR/{i:06d}_cam{c:02d}.jpg",
+                    indices=[indices.start, indices.stop])
     _atomic_write(out / "cameras.json", json.dumps(
         {"settings": settings, "cameras": [c.to_dict() for c in cams]}, indent=1))
     cam_of = assign_cameras(seed, n_images, n_cameras)
-    jobs = [(i, int(cam_of[i])) for i in range(n_images)]
-    rows = list(tqdm(_run(jobs, cams, seed, out, workers), total=n_images, unit="img",
+    jobs = [(i, int(cam_of[i])) for i in indices]
+    rows = list(tqdm(_run(jobs, cams, seed, out, workers), total=len(jobs), unit="img",
                      desc="synth", disable=not progress))
     tmp = out / "manifest.csv.tmp"
     with open(tmp, "w", newline="") as f:
@@ -146,6 +155,14 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _indices(text: str) -> range:
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"indices must look like 1440:1600, not {text!r}") from None
+    return range(start, stop)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exiflang synth", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,6 +174,8 @@ def parser() -> argparse.ArgumentParser:
                    help="one sensor size WxH for every camera (default: per-camera 4:3 sizes)")
     p.add_argument("--min-size", type=int, default=384, help="smallest sensor width (4:3)")
     p.add_argument("--max-size", type=int, default=640, help="largest sensor width (4:3)")
+    p.add_argument("--indices", type=_indices, default=None, metavar="START:END",
+                   help="write only images START..END-1 of the N (default: all)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                    help="processes (output does not depend on it)")
     p.add_argument("--no-progress", action="store_true")
@@ -173,8 +192,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.cameras < 1 or args.images < 0:
         print("exiflang synth: --cameras must be >= 1 and --images >= 0", file=sys.stderr)
         return 2
+    if args.indices is not None and not 0 <= args.indices.start < args.indices.stop <= args.images:
+        print(f"exiflang synth: --indices {args.indices.start}:{args.indices.stop} must lie within "
+              f"0:{args.images} and not be empty", file=sys.stderr)
+        return 2
     rows = write_corpus(args.out, args.cameras, args.images, args.seed, args.size,
-                        args.min_size, args.max_size, max(1, args.workers), not args.no_progress)
+                        args.min_size, args.max_size, max(1, args.workers), not args.no_progress,
+                        args.indices)
     print(f"wrote {len(rows)} images from {args.cameras} cameras to {args.out}")
     return 0
 

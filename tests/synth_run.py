@@ -8,6 +8,11 @@ synth corpus (8 cameras, 1600 photos, seed 0) -> split by image index (the last 
 same cameras) -> shards (`--executor local`) -> `exiflang train --config cpu-small`, 800 steps,
 seed 0.  About 4-5 minutes on 2 CPU cores.
 
+The splice tests use ``splice_photos``: the same 160 held-out shots by the same cameras at a
+larger image-size setting (768-1024 px wide instead of 384-640; ``synth --indices``).  At the
+training size a 124-px patch spans up to a third of the photo's height and even perfect patch
+embeddings localize these splices with p-mAP 0.80 at most; at the larger size, 0.97.
+
 Set ``EXIFLANG_TEST_CACHE=/some/dir`` to keep the run between pytest sessions (development only:
 CI builds it fresh); a finished run there (``DONE`` file) is reused as is.
 """
@@ -25,6 +30,7 @@ K = 8              # cameras; chance = 1/K
 N = 1600           # images; the last 10 % (by index) are held out
 N_TRAIN = 1440
 STEPS = 800
+SPLICE_SIZES = ("768", "1024")   # --min-size, --max-size of the splice tests' photos
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class SynthRun:
     corpus = property(lambda self: self.root / "synth")
     train_photos = property(lambda self: self.root / "train")
     heldout_photos = property(lambda self: self.root / "heldout")
+    splice_photos = property(lambda self: self.root / "splice_heldout")
     train_shards = property(lambda self: self.root / "train_sh")
     heldout_shards = property(lambda self: self.root / "heldout_sh")
     run = property(lambda self: self.root / "run")
@@ -68,6 +75,9 @@ def build(root: Path) -> SynthRun:
     assert synth.main(["--out", str(run.corpus), "--cameras", str(K), "--images", str(N),
                        "--seed", "0", "--no-progress", "--workers", "2"]) == 0
     _split(run.corpus, root)
+    assert synth.main(["--out", str(run.splice_photos), "--cameras", str(K), "--images", str(N),
+                       "--seed", "0", "--indices", f"{N_TRAIN}:{N}", "--min-size", SPLICE_SIZES[0],
+                       "--max-size", SPLICE_SIZES[1], "--no-progress", "--workers", "2"]) == 0
     for split, per_shard in (("train", 200), ("heldout", 1000)):
         assert build_shards.main(["--source", str(root / split), "--out", str(root / f"{split}_sh"),
                                   "--executor", "local", "--rows-per-shard", str(per_shard), "-q"]) == 0

@@ -160,13 +160,15 @@ def test_limit_interleaves_classes_and_usage_errors(tmp_path, capsys):
     assert main(base + ["--root", str(root), "--model", str(tmp_path), "--method", "exif"]) == 2
 
 
-# "It must work" (issue 5): held-out synthetic splices between synthetic cameras, fixed seeds.
+# "It must work" (issue 5): held-out synthetic splices between synthetic cameras, fixed seeds,
+# from the shared run's held-out shots at 768-1024 px (tests/synth_run.py: splice_photos).
 ISSUE_BAR = 0.8          # p-mAP and detection AP (score_exp) the issue asks for
-# Measured with the shared run (tests/synth_run.py: cpu-small, 800 steps) on this exact set:
-# p-mAP 0.543, detection AP 0.729 (score_exp) / 0.773 (score_mean_dist); NOI 0.564 / 0.598.
-# The floors below guard that level (chance: detection AP 0.5; p-AP about the splice share,
-# 0.05-0.40); the issue's bar is asserted separately and is known not to be met yet.
-FLOOR_P_MAP, FLOOR_DET_AP = 0.45, 0.65
+# Measured with the shared run (cpu-small, 800 steps) on this exact set: p-mAP 0.710, cIoU 0.720,
+# detection AP 0.759 (score_exp) / 0.874 (score_mean_dist).  The same recipe trained 2400 steps:
+# 0.824 / 0.759 / 0.877 (README, "Held-out synthetic splices").  Perfect patch embeddings reach
+# p-mAP 0.97 here.  The floors guard the 800-step level (chance: detection AP 0.5, p-AP about
+# the splice share, 0.05-0.40); the issue's bar is asserted separately and is not met yet.
+FLOOR_P_MAP, FLOOR_DET_AP, FLOOR_DET_AP_MEAN_DIST = 0.6, 0.68, 0.78
 PER_SIDE = 10            # ~90 patches per image instead of ~700 (n = 30): the suite's time budget
 
 
@@ -174,7 +176,7 @@ PER_SIDE = 10            # ~90 patches per image instead of ~700 (n = 30): the s
 def heldout_benchmark(synth_run, tmp_path_factory) -> dict:
     from eval.splices import make_splices
     root = tmp_path_factory.mktemp("heldout_splices")
-    make_splices([synth_run.heldout_photos], root / "set", count=24, authentic=24, seed=0, progress=False)
+    make_splices([synth_run.splice_photos], root / "set", count=24, authentic=24, seed=0, progress=False)
     torch.manual_seed(0)
     metrics = run_benchmark(synth_run.model, "folder", root / "set", root / "out", methods=["exif", "noi"],
                             per_side=PER_SIDE, device="cpu", progress=False)
@@ -191,12 +193,14 @@ def test_trained_model_localizes_and_detects_heldout_splices_above_chance(heldou
     assert exif["localization"]["pixel_ap"]["count"] == 24
     assert exif["p_map"] >= FLOOR_P_MAP
     assert exif["detection"]["score_exp"]["ap"] >= FLOOR_DET_AP
+    assert exif["detection"]["score_mean_dist"]["ap"] >= FLOOR_DET_AP_MEAN_DIST
+    assert exif["p_map"] > noi["p_map"]     # the learned model beats the hand-crafted baseline
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="issue 5's bar (p-mAP and detection AP >= 0.8) is not reached by the "
-                          "shared cpu-small synth run: measured 0.54 / 0.73")
+                          "shared 800-step cpu-small synth run: measured 0.71 / 0.76")
 def test_trained_model_meets_the_issue_bar(heldout_benchmark):
     exif = heldout_benchmark["methods"]["exif"]
     assert exif["p_map"] >= ISSUE_BAR

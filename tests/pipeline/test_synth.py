@@ -59,6 +59,28 @@ def test_deterministic_and_worker_independent(corpus: Path, tmp_path: Path) -> N
     assert all(other[i] != ours[i] for i in other)
 
 
+def test_indices_write_the_same_files_and_larger_sizes_keep_the_cameras(corpus: Path, tmp_path: Path) -> None:
+    assert synth.main(["--out", str(tmp_path / "s"), "--cameras", "4", "--images", "16", "--seed", "3",
+                       "--size", "192x144", "--indices", "10:13", "--workers", "1", "--no-progress"]) == 0
+    rows = _rows(tmp_path / "s")
+    assert [int(r["index"]) for r in rows] == [10, 11, 12]
+    full = {r["index"]: r for r in _rows(corpus)}
+    for r in rows:    # the very files (and manifest rows) a full run writes at those indices
+        assert r == full[r["index"]]
+        assert (tmp_path / "s" / r["file"]).read_bytes() == (corpus / r["file"]).read_bytes()
+    small = synth.make_cameras(3, 4, None, 384, 640)
+    large = synth.make_cameras(3, 4, None, 768, 1024)
+    for a, b in zip(small, large):
+        assert b.width > a.width and b.height > a.height
+        da, db = a.to_dict(), b.to_dict()
+        for key in ("width", "height"):
+            da.pop(key), db.pop(key)
+        assert da == db           # only the sensor size differs: same cameras, larger photos
+    assert synth.main(["--out", str(tmp_path / "t"), "--images", "16", "--indices", "10:20"]) == 2
+    with pytest.raises(SystemExit):
+        synth.main(["--out", str(tmp_path / "t"), "--images", "16", "--indices", "5"])
+
+
 def test_jpeg_and_exif_match_manifest(corpus: Path) -> None:
     for r in _rows(corpus):
         data = (corpus / r["file"]).read_bytes()
