@@ -4,7 +4,8 @@
 # Usage: bash docs/readme_walkthrough.sh [SCRATCH_DIR]     (after `make setup`; ~15 min on 2 cores)
 #
 # The README's placeholders get concrete values here: PHOTOS_OR_LIST -> a synthetic corpus,
-# photo.jpg / folder/ -> held-out synthetic photos, a URL list -> the dev photos served on
+# photo.jpg / folder/ -> held-out synthetic photos (the real dev photos for the distortion probe,
+# which needs 702-px context windows), a URL list -> the dev photos served on
 # loopback, 8 GPUs -> 2 CPU processes, the YFCC100M files (not available offline) -> a photo
 # folder. Runs that the README gives full budgets for (300 training steps, n = 30) keep them;
 # the DDP and override examples run 20 steps. `make demo`, `make test`, `make study` and
@@ -81,8 +82,8 @@ run exiflang benchmark --model runs/exp1/model --dataset folder --root splices -
     --method exif,noi --patches-per-side 30 --save-maps
 
 section "Radial-distortion linear probe"
-run python -m eval.distortion --model runs/exp1/model --photos heldout --out dist --per-photo 2 --seed 0
-run python -m eval.distortion --random-init cpu-small --photos heldout --out dist_random --per-photo 2
+run python -m eval.distortion --model runs/exp1/model --photos "$DATA/photos" --out dist --per-photo 2 --seed 0
+run python -m eval.distortion --random-init cpu-small --photos "$DATA/photos" --out dist_random --per-photo 2
 
 section "done"
 echo "every command above ran; outputs under $WORK" >&2
