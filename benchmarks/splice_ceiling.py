@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.localize import localize  # noqa: E402
 from eval.metrics import pixel_ap  # noqa: E402
-from eval.patches import splice_grid  # noqa: E402
+from eval.patches import Grid, splice_grid  # noqa: E402
 
 DIM = 64
 
 
 def ideal_embeddings(mask: np.ndarray, per_side: int, noise: float, rng: np.random.Generator,
-                     patch: int = 124) -> tuple[torch.Tensor, object]:
+                     patch: int = 124) -> tuple[torch.Tensor, Grid]:
     """``bool [H,W]`` mask -> (``float32 [N, 64]`` unit embeddings of the grid's patches, the grid)."""
     grid = splice_grid(mask.shape[0], mask.shape[1], patch, per_side)
     share = np.array([mask[y:y + patch, x:x + patch].mean() for y, x in grid.corners()])
