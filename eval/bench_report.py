@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from eval.metrics import summarize
+from eval.scores import DEFAULT_SCORE as EXIF_DEFAULT
 
 SCORE_COLUMNS = ("score_exp", "score_mean_dist", "score_noi")
 MAP_COLUMNS = ("pixel_ap", "ciou", "pixel_ap_ncuts", "ciou_ncuts")
@@ -21,7 +22,7 @@ FLOAT_COLUMNS = MAP_COLUMNS + SCORE_COLUMNS + ("seconds",)
 CSV_COLUMNS = ["name", "method", "spliced", "image", "height", "width", *MAP_COLUMNS,
                *SCORE_COLUMNS, "seconds", "note"]
 # The score each method's headline detection number uses (the README's default).
-DEFAULT_SCORE = {"exif": "score_exp", "noi": "score_noi"}
+DEFAULT_SCORE = {"exif": EXIF_DEFAULT, "noi": "score_noi"}
 # Authors' README, released model (DESIGN.md §6): (p-mAP, detection mAP); None = not given.
 REFERENCE = {"columbia": (0.94, 0.98), "dso1": (0.62, 0.66), "rt": (0.23, 0.53),
              "inthewild": (0.54, None), "hays": (0.31, None)}

@@ -31,6 +31,7 @@ from eval.detector import CODE_PER_SIDE, PAPER_PER_SIDE, PATCH, DetectionResult,
 from eval.images import ImageError, expand_inputs, load_rgb
 from eval.overlay import write_overlay
 from eval.patches import Grid
+from eval.scores import DEFAULT_SCORE
 
 RESULTS = "results.jsonl"
 PROG = "exiflang detect"
@@ -43,7 +44,7 @@ def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name:
     ``result``: a :class:`DetectionResult` (or any object with ``heatmap``, ``mask``, ``scores``,
     ``timings`` and optionally ``grid``/``ncuts_mask``/``cell_map``, e.g. a baseline's result).
     npz keys (PhotoHolmes' ``heatmap``/``mask``/``detection`` plus ours): ``heatmap`` float32
-    [H,W] 0..1, ``mask`` bool [H,W], ``detection`` float32 [] (= ``score_exp``, else the first
+    [H,W] 0..1, ``mask`` bool [H,W], ``detection`` float32 [] (= ``score_mean_dist``, else the first
     score; higher = spliced), ``scores_score_exp``/``scores_score_mean_dist`` float64 [],
     ``ncuts_mask`` bool [H,W] (absent with ``--no-ncuts``), ``cell_map`` float32 [rows, cols],
     ``grid_ys``/``grid_xs`` int64 (patch top-left corners), ``patch`` int64 [].
@@ -79,7 +80,7 @@ def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name:
 def npz_arrays(result: DetectionResult) -> dict[str, np.ndarray]:
     """The npz content of :func:`write_outputs` (optional parts only when the result has them)."""
     scores = result.scores
-    main_score = scores["score_exp"] if "score_exp" in scores else next(iter(scores.values()), float("nan"))
+    main_score = scores[DEFAULT_SCORE] if DEFAULT_SCORE in scores else next(iter(scores.values()), float("nan"))
     arrays: dict[str, np.ndarray] = {"heatmap": result.heatmap.astype(np.float32), "mask": result.mask.astype(bool),
                                      "detection": np.float32(main_score)}
     arrays.update({f"scores_{k}": np.float64(v) for k, v in scores.items()})

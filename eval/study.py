@@ -39,12 +39,47 @@ VARIANTS: dict[str, list[str]] = {
 PAPER = {"tags_exif": 0.35, "tags_majority": 0.12, "columbia_p_map": 0.94, "columbia_det_map": 0.98}
 
 
-def _timed(log: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
-    t = time.perf_counter()
-    print(f"\n==> {name}", flush=True)
-    result = fn()
-    log[name] = round(time.perf_counter() - t, 1)
-    return result
+class StageClock:
+    """Seconds per stage, *added up* over invocations and kept in ``OUT/timings.json``.
+
+    A stage resumed after an interruption counts the work of every invocation; a reused stage
+    adds about nothing.  The file is rewritten after every stage, so a kill loses nothing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        print(f"\n==> {name}", flush=True)
+        result = fn()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 1)
+        self.path.write_text(json.dumps(self.seconds, indent=2) + "\n")
+        return result
+
+
+def training_seconds(run: Path, steps: int) -> Optional[float]:
+    """Training time of a run from its own log: median seconds per step x steps.
+
+    The median of the logged windows (``samples_per_s``) ignores windows in which the run was
+    paused or shared the machine, so a run trained across several sessions still gets a fair
+    figure.  None without a log.
+    """
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rates = sorted(r["samples_per_s"] for r in rows if r.get("samples_per_s"))
+    if not rates:
+        return None
+    batch = _batch_size(run)
+    return round(steps * batch / rates[len(rates) // 2], 1)
+
+
+def _batch_size(run: Path) -> int:
+    import yaml
+    return int(yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"])
 
 
 def split_by_camera(photos_dir: Path, out: Path, test_fraction: float, seed: int) -> dict[str, Any]:
@@ -117,7 +152,7 @@ def untrained_model(shards: Path, out: Path, preset: str, seed: int) -> Path:
     return folder
 
 
-def evaluate(name: str, model: Path, ctx: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+def evaluate(name: str, model: Path, ctx: dict[str, Any], clock: StageClock) -> dict[str, Any]:
     """Splice benchmark, tag prediction and the distortion probe for one model folder."""
     from eval.benchmark import run_benchmark
     from eval.distortion_probe import run_distortion_probe
@@ -125,11 +160,11 @@ def evaluate(name: str, model: Path, ctx: dict[str, Any], timings: dict[str, flo
 
     out: Path = ctx["out"] / "eval" / name
     res: dict[str, Any] = {}
-    res["splices"] = _timed(timings, f"{name}: splice benchmark", lambda: run_benchmark(
+    res["splices"] = clock.run(f"{name}: splice benchmark", lambda: run_benchmark(
         model, "folder", ctx["splices"], out / "splices", methods=("exif",), device=ctx["device"],
         progress=ctx["progress"]))["methods"]["exif"]
-    res["tags"] = _timed(timings, f"{name}: eval-tags", lambda: _tags(eval_tags, model, ctx, out))
-    res["distortion"] = _timed(timings, f"{name}: radial-distortion probe", lambda: _cached(
+    res["tags"] = clock.run(f"{name}: eval-tags", lambda: _tags(eval_tags, model, ctx, out))
+    res["distortion"] = clock.run(f"{name}: radial-distortion probe", lambda: _cached(
         out / "distortion.json", lambda: run_distortion_probe(
             model, ctx["train_photos"], ctx["test_photos"], per_photo=ctx["per_photo"],
             seed=ctx["seed"], device=ctx["device"], progress=ctx["progress"])))
@@ -178,17 +213,27 @@ def results_markdown(results: dict[str, Any]) -> str:
               f"({len(sp['train']['cameras'])} camera models), {sp['test']['photos']} held out "
               f"({len(sp['test']['cameras'])} other models). Each model: `{results['preset']}`, "
               f"{results['steps']} steps. Splice set: {results['splice_count']} spliced + "
-              f"{results['splice_count']} authentic. Compute: {results['cpus']} CPU cores, "
-              f"{results['seconds_total'] / 60:.0f} minutes in all."]
+              f"{results['splice_count']} authentic. {_compute_line(results)}"]
     return "\n".join(lines) + "\n"
+
+
+def _compute_line(results: dict[str, Any]) -> str:
+    """Training minutes per model (from each run's own step rate) and the evaluation's minutes."""
+    train = results.get("training_seconds") or {}
+    parts = [f"{name} {sec / 60:.0f}" for name, sec in train.items() if sec]
+    evaluation = sum(v for k, v in results["timings"].items() if not k.startswith("train "))
+    return (f"Compute: {results['cpus']} CPU cores; training "
+            f"{', '.join(parts) or 'n/a'} minutes (median step time x steps); everything else "
+            f"{evaluation / 60:.0f} minutes.")
 
 
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
     from eval.splices import make_splices
 
-    out, t0, timings = Path(args.out), time.perf_counter(), {}
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    split = _timed(timings, "split by camera model", lambda: split_by_camera(
+    clock = StageClock(out / "timings.json")
+    split = clock.run("split by camera model", lambda: split_by_camera(
         Path(args.photos), out / "split", args.test_fraction, args.seed))
     ctx: dict[str, Any] = {"out": out, "device": args.device, "seed": args.seed,
                            "per_photo": args.per_photo, "progress": not args.quiet,
@@ -197,22 +242,23 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
                            "test_photos": expand_inputs([str(out / "split" / "test")]),
                            "splices": out / "splices"}
     for side in ("train", "test"):
-        _timed(timings, f"shards: {side}", lambda: build_shards(out / "split" / side, ctx[f"{side}_shards"]))
+        clock.run(f"shards: {side}", lambda: build_shards(out / "split" / side, ctx[f"{side}_shards"]))
     if not (ctx["splices"] / "manifest.csv").is_file():
-        _timed(timings, "make-splices from the held-out cameras", lambda: make_splices(
+        clock.run("make-splices from the held-out cameras", lambda: make_splices(
             ctx["test_photos"], ctx["splices"], args.splices, seed=args.seed, progress=not args.quiet))
-    models = {name: _timed(timings, f"train {name}", lambda: train_variant(
+    models = {name: clock.run(f"train {name}", lambda: train_variant(
         name, ctx["train_shards"], out / "runs", args.steps, args.preset, args.seed)) for name in VARIANTS}
     models["untrained"] = untrained_model(ctx["train_shards"], out / "runs" / "untrained", args.preset, args.seed)
-    methods = {name: evaluate(name, model, ctx, timings) for name, model in models.items()}
+    methods = {name: evaluate(name, model, ctx, clock) for name, model in models.items()}
     from eval.benchmark import run_benchmark
-    noi = _timed(timings, "NOI baseline: splice benchmark", lambda: run_benchmark(
+    noi = clock.run("NOI baseline: splice benchmark", lambda: run_benchmark(
         None, "folder", ctx["splices"], out / "eval" / "noi" / "splices", methods=("noi",),
         progress=not args.quiet))
     methods["NOI (hand-crafted)"] = {"splices": noi["methods"]["noi"]}
     results = {"split": split, "preset": args.preset, "steps": args.steps, "splice_count": args.splices,
-               "cpus": os.cpu_count(), "methods": methods, "timings": timings,
-               "seconds_total": round(time.perf_counter() - t0, 1)}
+               "cpus": os.cpu_count(), "methods": methods, "timings": clock.seconds,
+               "training_seconds": {name: training_seconds(out / "runs" / name, args.steps) for name in VARIANTS},
+               "seconds_total": round(sum(clock.seconds.values()), 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(results_markdown(results))
     return results

@@ -75,7 +75,7 @@ def test_outputs_have_the_documented_keys_and_shapes(tiny_model, tmp_path, capsy
             assert 0.0 <= z["heatmap"].min() and z["heatmap"].max() <= 1.0
             assert z["mask"].shape == (h, w) and z["mask"].dtype == bool
             assert z["ncuts_mask"].shape == (h, w) and z["ncuts_mask"].dtype == bool
-            assert float(z["detection"]) == pytest.approx(float(z["scores_score_exp"]), rel=1e-6)
+            assert float(z["detection"]) == pytest.approx(float(z["scores_score_mean_dist"]), rel=1e-6)
             assert int(z["patch"]) == 124
             stride = (max(h, w) - 124) // 4
             assert list(z["grid_ys"]) == list(range(0, h - 124 + 1, stride))

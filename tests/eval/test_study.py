@@ -34,4 +34,12 @@ def test_study_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
     assert results["methods"]["cropclr"]["tags"]["average"]["zero_shot"] is None   # no text tower
     table = (out / "results.md").read_text()
     assert table.count("\n|") >= 6 and "paper (full-scale YFCC" in table
-    assert study_main(args) == 0   # a rerun reuses every finished stage
+    train_s = results["training_seconds"]
+    assert set(train_s) == {"exif", "cropclr", "model-tag"} and all(v > 0 for v in train_s.values())
+    assert "Compute: " in table and "minutes (median step time x steps)" in table
+    first = json.loads((out / "timings.json").read_text())
+    assert study_main(args) == 0   # a rerun reuses every finished stage ...
+    again = json.loads((out / "timings.json").read_text())
+    assert set(again) == set(first)  # ... and adds its (short) time to each stage's record
+    assert all(again[k] >= first[k] for k in first)
+    assert again["train exif"] - first["train exif"] < 0.5 * first["train exif"] + 1
