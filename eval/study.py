@@ -66,20 +66,17 @@ def training_seconds(run: Path, steps: int) -> Optional[float]:
     paused or shared the machine, so a run trained across several sessions still gets a fair
     figure.  None without a log.
     """
+    from eval.report import read_jsonl
+    from train.config import load_config
+
     path = run / "metrics.jsonl"
     if not path.is_file():
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rates = sorted(r["samples_per_s"] for r in rows if r.get("samples_per_s"))
+    rates = sorted(r["samples_per_s"] for r in read_jsonl(path) if r.get("samples_per_s"))
     if not rates:
         return None
-    batch = _batch_size(run)
+    batch = load_config(str(run / "config.yaml")).data.batch_size
     return round(steps * batch / rates[len(rates) // 2], 1)
-
-
-def _batch_size(run: Path) -> int:
-    import yaml
-    return int(yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"])
 
 
 def split_by_camera(photos_dir: Path, out: Path, test_fraction: float, seed: int) -> dict[str, Any]:
