@@ -160,8 +160,10 @@ class ImageEncoder(nn.Module):
         return self.proj(pooled.flatten(1))
 
 
-def text_config(arch: str, size: str = "base", vocab_size: Optional[int] = None) -> PretrainedConfig:
-    """The config of a random-init text backbone from the ``TEXT_PRESETS`` table."""
+def text_config(arch: str, size: str = "base", vocab_size: Optional[int] = None,
+                overrides: Optional[dict[str, Any]] = None) -> PretrainedConfig:
+    """The config of a random-init text backbone: the ``TEXT_PRESETS`` entry, then ``overrides``
+    (any field of the backbone's config class, e.g. DistilBERT's ``dropout``)."""
     if arch not in TEXT_PRESETS:
         raise ValueError(f"text arch {arch!r}: expected one of {sorted(TEXT_PRESETS)}")
     if size not in TEXT_PRESETS[arch]:
@@ -169,6 +171,11 @@ def text_config(arch: str, size: str = "base", vocab_size: Optional[int] = None)
     kwargs = dict(TEXT_PRESETS[arch][size])
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size
+    known = _TEXT_CLASSES[arch][0]().to_dict()
+    unknown = sorted(set(overrides or {}) - set(known))
+    if unknown:   # a config class keeps unknown kwargs silently: a typo would change nothing
+        raise ValueError(f"text overrides {unknown}: not fields of the {arch} config")
+    kwargs.update(overrides or {})
     kwargs["pad_token_id"] = 0  # every exiflang tokenizer puts [PAD] at 0
     return _TEXT_CLASSES[arch][0](**kwargs)
 

@@ -115,9 +115,31 @@ def _step(model: Any, loss_fn: Any, batch: dict, env: DistEnv, cfg: TrainConfig)
         if cfg.data.cropclr:
             a, b, scale = model(images, images2=batch["images2"].to(env.device, non_blocking=True))
             return loss_fn(a.float(), b.float(), scale.float())
-        img, txt, scale = model(images, batch["input_ids"].to(env.device),
-                                batch["attention_mask"].to(env.device))
+        first, inverse = unique_rows(batch["text_ids"])
+        ids, mask = batch["input_ids"][first], batch["attention_mask"][first]
+        length = max(1, int(mask.sum(1).max()))          # the longest kept text, not the batch's
+        img, txt, scale = model(images, ids[:, :length].to(env.device), mask[:, :length].to(env.device))
+        # Each distinct text is encoded once and its embedding reused for every crop that shares
+        # it: the same loss and gradients as encoding every row, at 1/K of the text cost when the
+        # K crops of a photo share a batch (data.group_crops).
+        txt = txt[inverse.to(env.device)]
         return loss_fn(img.float(), txt.float(), scale.float(), text_ids=batch["text_ids"])
+
+
+def unique_rows(text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B]`` text ids -> (``first [U]``: the first row of each distinct id, in row order;
+    ``inverse [B]``: for each row, its position in ``first``).  ``first[inverse]`` picks, for
+    every row, the first row with the same id."""
+    ids = text_ids.cpu()
+    seen: dict[int, int] = {}
+    first: list[int] = []
+    inverse = []
+    for row, value in enumerate(ids.tolist()):
+        if value not in seen:
+            seen[value] = len(first)
+            first.append(row)
+        inverse.append(seen[value])
+    return torch.tensor(first, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
 
 
 def _restore(run: Path, resume: Optional[str], model: ExifClip, opt: Any, sched: Any) -> Position:

@@ -72,6 +72,9 @@ class DataConfig:
     max_text_len: int = 256
     resampled: bool = False        # shards drawn with replacement (epochs become nominal)
     cropclr: bool = False          # two crops of one image as the positive pair, no text
+    # Keep an image's K crops together in one batch (the buffer then shuffles images): B/K
+    # photos per batch, each text encoded once (train.engine dedups identical texts).
+    group_crops: bool = False
     seed: int = 0
 
 
@@ -149,9 +152,12 @@ class _SlotStream:
         k, size = self.cfg.crops_per_image, self.cfg.shuffle_buffer
         for p in itertools.count():
             samples = self._resampled() if self.cfg.resampled else self._one_pass(p)
-            n = 0
-            for n, item in enumerate(shuffled(((s, i) for s in samples for i in range(k)), size,
-                                              random.Random(self._key("shuffle", p))), 1):
+            rng, n = random.Random(self._key("shuffle", p)), 0
+            if self.cfg.group_crops:   # shuffle images, then emit each one's K crops in a row
+                items = ((s, i) for s in shuffled(samples, max(1, size // k), rng) for i in range(k))
+            else:
+                items = shuffled(((s, i) for s in samples for i in range(k)), size, rng)
+            for n, item in enumerate(items, 1):
                 yield item
             if n == 0:
                 raise RuntimeError(f"{self.ds.shards.root}: rank {self.ds.rank} worker {self.role} "

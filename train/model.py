@@ -58,6 +58,8 @@ class ModelConfig:
     text_arch: str = "distilbert"
     text_size: str = "base"
     text_init: Optional[str] = None
+    # Any field of the random-init text backbone's config (e.g. ``dropout``), as image_overrides.
+    text_overrides: dict[str, Any] = field(default_factory=dict)
     vocab_size: int = 30522
     pooling: str = "mean"
     logit_scale: str = "fixed"
@@ -158,7 +160,8 @@ class ExifClip(nn.Module):
         if config.text_config is not None:
             tcfg = encoders.text_config_from_dict(config.text_arch, config.text_config)
         else:
-            tcfg = encoders.text_config(config.text_arch, config.text_size, config.vocab_size)
+            tcfg = encoders.text_config(config.text_arch, config.text_size, config.vocab_size,
+                                        config.text_overrides)
         return encoders.build_text_backbone(config.text_arch, tcfg)
 
     @property

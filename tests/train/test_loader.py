@@ -106,6 +106,23 @@ def test_k_crops_per_image_are_separate_samples(shards, tokenizer):
     assert sum(len(v) > 1 for v in batch_of.values()) > SAMPLES // 2  # the shuffle spreads them
 
 
+def test_grouped_crops_keep_an_images_k_crops_in_one_batch_and_resume(shards, tokenizer):
+    kw = dict(crops_per_image=3, batch_size=6, group_crops=True, epoch=1)
+    batches = run(shards, tokenizer, **kw)
+    assert len(batches) == SAMPLES * 3 // 6
+    keys = [k for b in batches for k in b["keys"]]
+    assert {keys.count(k) for k in set(keys)} == {3} and len(set(keys)) == SAMPLES
+    for b in batches:                    # K consecutive crops of one photo, one text between them
+        assert all(len(set(b["keys"][i:i + 3])) == 1 for i in range(0, 6, 3))
+        assert torch.equal(b["text_ids"][0::3], b["text_ids"][2::3])
+        assert len(set(b["keys"])) == 2
+    ungrouped = [k for b in run(shards, tokenizer, crops_per_image=3, batch_size=6, epoch=1) for k in b["keys"]]
+    assert keys != ungrouped
+    images = [keys[i] for i in range(0, len(keys), 3)]
+    assert images != sorted(images)      # the buffer still shuffles the photos
+    assert same(batches[4:], run(shards, tokenizer, start_batch=4, **kw))
+
+
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on a 2-core machine
 @pytest.mark.parametrize("workers", [0, 2, 3])  # 3: 6 slots > 4 shards -> split by sample index
 def test_two_ranks_yield_equal_counts_and_disjoint_samples(shards, tokenizer, workers):

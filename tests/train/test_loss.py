@@ -141,3 +141,38 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
             assert set(got_grads) == set(want_grads)
             for name, grad in want_grads.items():
                 torch.testing.assert_close(got_grads[name], grad, rtol=1e-5, atol=1e-6, msg=f"{name} {use_ids}")
+
+
+def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
+    from types import SimpleNamespace
+
+    from train.engine import _step, unique_rows
+    from train.model import ExifClip, ModelConfig
+
+    first, inverse = unique_rows(torch.tensor([5, 3, 5, 7, 3]))
+    assert first.tolist() == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2, 1]
+    torch.manual_seed(0)
+    model = ExifClip(ModelConfig.preset("cpu-small", text_overrides={"dropout": 0.0, "attention_dropout": 0.0}))
+    ids = torch.randint(1000, 2000, (4, 12))
+    mask = torch.ones(4, 12, dtype=torch.long)
+    ids[1, 7:], mask[1, 7:] = 0, 0               # a shorter text, padded
+    ids[3], ids[2], mask[3] = ids[1], ids[0], mask[1]   # rows 2 and 3 repeat rows 0 and 1
+    batch = {"images": torch.randn(4, 3, 48, 48), "input_ids": ids, "attention_mask": mask,
+             "text_ids": torch.tensor([10, 11, 10, 11])}
+    cfg = SimpleNamespace(run=SimpleNamespace(precision="fp32"), data=SimpleNamespace(cropclr=False))
+    env = SimpleNamespace(device=torch.device("cpu"))
+    calls = []
+    hook = model.text.register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
+    deduped = _step(model, clip_loss, batch, env, cfg)
+    deduped.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    assert calls == [torch.Size([2, 12])]      # two distinct texts encoded, not four
+    img, txt, scale = model(batch["images"], ids, mask)
+    full = clip_loss(img, txt, scale, text_ids=batch["text_ids"])
+    full.backward()
+    hook.remove()
+    torch.testing.assert_close(deduped, full)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)

@@ -194,6 +194,14 @@ def test_forward_shapes_norms_and_logit_scales():
     assert float(learned.logit_scale.detach()) == pytest.approx(100.0, rel=1e-5)
 
 
+def test_text_overrides_reach_the_backbone_and_typos_are_refused():
+    model = ExifClip(tiny(text_overrides={"dropout": 0.0, "attention_dropout": 0.0}))
+    assert model.text.backbone.config.dropout == 0.0 and model.config.text_config["dropout"] == 0.0
+    assert ExifClip(tiny()).text.backbone.config.dropout == 0.1       # DistilBERT's default
+    with pytest.raises(ValueError, match=r"text overrides \['dropuot'\]: not fields of the distilbert"):
+        ExifClip(tiny(text_overrides={"dropuot": 0.0}))
+
+
 def test_mean_pooling_ignores_padding_and_paper_pooling_projects():
     model = ExifClip(tiny(embed_dim=64)).eval()
     assert model.text.proj is not None  # 128-d text into a 64-d joint space
