@@ -115,14 +115,20 @@ def _step(model: Any, loss_fn: Any, batch: dict, env: DistEnv, cfg: TrainConfig)
         if cfg.data.cropclr:
             a, b, scale = model(images, images2=batch["images2"].to(env.device, non_blocking=True))
             return loss_fn(a.float(), b.float(), scale.float())
-        first, inverse = unique_rows(batch["text_ids"])
-        ids, mask = batch["input_ids"][first], batch["attention_mask"][first]
-        length = max(1, int(mask.sum(1).max()))          # the longest kept text, not the batch's
-        img, txt, scale = model(images, ids[:, :length].to(env.device), mask[:, :length].to(env.device))
-        # Each distinct text is encoded once and its embedding reused for every crop that shares
-        # it: the same loss and gradients as encoding every row, at 1/K of the text cost when the
-        # K crops of a photo share a batch (data.group_crops).
-        txt = txt[inverse.to(env.device)]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        first = inverse = None
+        if cfg.data.group_crops:
+            # Each distinct text is encoded once and its embedding reused for every crop that
+            # shares it: the same loss and gradients as encoding every row (with text dropout 0;
+            # with dropout, copies share one mask), at 1/K of the text cost.  Only when grouping:
+            # elsewhere duplicates are rare and the dropout draws of existing recipes stay as they were.
+            first, inverse = unique_rows(batch["text_ids"])
+            ids, mask = ids[first], mask[first]
+            length = max(1, int(mask.sum(1).max()))      # the longest kept text, not the batch's
+            ids, mask = ids[:, :length], mask[:, :length]
+        img, txt, scale = model(images, ids.to(env.device), mask.to(env.device))
+        if inverse is not None:
+            txt = txt[inverse.to(env.device)]
         return loss_fn(img.float(), txt.float(), scale.float(), text_ids=batch["text_ids"])
 
 

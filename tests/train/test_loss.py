@@ -159,7 +159,8 @@ def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
     ids[3], ids[2], mask[3] = ids[1], ids[0], mask[1]   # rows 2 and 3 repeat rows 0 and 1
     batch = {"images": torch.randn(4, 3, 48, 48), "input_ids": ids, "attention_mask": mask,
              "text_ids": torch.tensor([10, 11, 10, 11])}
-    cfg = SimpleNamespace(run=SimpleNamespace(precision="fp32"), data=SimpleNamespace(cropclr=False))
+    cfg = SimpleNamespace(run=SimpleNamespace(precision="fp32"),
+                          data=SimpleNamespace(cropclr=False, group_crops=True))
     env = SimpleNamespace(device=torch.device("cpu"))
     calls = []
     hook = model.text.register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
@@ -168,6 +169,10 @@ def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     assert calls == [torch.Size([2, 12])]      # two distinct texts encoded, not four
+    cfg.data.group_crops = False
+    torch.testing.assert_close(_step(model, clip_loss, batch, env, cfg), deduped)
+    assert calls[1] == torch.Size([4, 12])     # ungrouped recipes encode every row, as before
+    model.zero_grad()
     img, txt, scale = model(batch["images"], ids, mask)
     full = clip_loss(img, txt, scale, text_ids=batch["text_ids"])
     full.backward()
