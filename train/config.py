@@ -29,6 +29,7 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr: float = 0.0
     grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
+    crop_consistency: float = 0.0    # weight of train.loss.crop_consistency_loss (with data.group_crops)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list

@@ -22,7 +22,7 @@ from train.distributed import DistEnv, all_reduce_mean, barrier
 from train.samples import load_vocabulary
 from train.loader import build_loader
 from train.logger import RunLogger
-from train.loss import DistributedClipLoss
+from train.loss import crop_consistency_loss, DistributedClipLoss
 from train.model import ExifClip
 from train.optim import build_optimizer, build_scheduler
 from train.tokenizer import build_tokenizer
@@ -129,7 +129,11 @@ def _step(model: Any, loss_fn: Any, batch: dict, env: DistEnv, cfg: TrainConfig)
         img, txt, scale = model(images, ids.to(env.device), mask.to(env.device))
         if inverse is not None:
             txt = txt[inverse.to(env.device)]
-        return loss_fn(img.float(), txt.float(), scale.float(), text_ids=batch["text_ids"])
+        loss = loss_fn(img.float(), txt.float(), scale.float(), text_ids=batch["text_ids"])
+        if cfg.optim.crop_consistency > 0:
+            _, photos = unique_rows(torch.tensor([hash(k) for k in batch["keys"]]))
+            loss = loss + cfg.optim.crop_consistency * crop_consistency_loss(img.float(), photos, scale.float())
+        return loss
 
 
 def unique_rows(text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -92,6 +92,22 @@ def cropclr_loss(view1: torch.Tensor, view2: torch.Tensor, logit_scale: torch.Te
     return clip_loss(view1, view2, logit_scale)
 
 
+def crop_consistency_loss(img: torch.Tensor, groups: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """InfoNCE between crops of one photo: ``img`` ``[B,D]`` L2-normalised, ``groups`` ``[B]`` photo
+    index per row.  Each row's positives are the other crops of its photo, its negatives the rest
+    of the batch (itself excluded); rows whose photo has no other crop are left out.  >= 0."""
+    groups = groups.to(img.device)
+    self_mask = torch.eye(len(img), dtype=torch.bool, device=img.device)
+    positives = (groups[:, None] == groups[None, :]) & ~self_mask
+    keep = positives.any(1)
+    if not keep.any():
+        return img.sum() * 0.0
+    logits = (logit_scale * img @ img.T).float().masked_fill(self_mask, float("-inf"))
+    log_prob = F.log_softmax(logits[keep], dim=-1).masked_fill(~positives[keep], 0.0)
+    target = positives[keep].float()
+    return (-(target * log_prob).sum(-1) / target.sum(-1)).mean()
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward hands each rank the sum over ranks of its slice's gradient."""
 

@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from train.loss import DistributedClipLoss, clip_loss, cropclr_loss, text_ids_from_strings
+from train.loss import (DistributedClipLoss, clip_loss, crop_consistency_loss, cropclr_loss,
+                        text_ids_from_strings)
 
 
 def naive_loss(img: torch.Tensor, txt: torch.Tensor, scale: float, ids=None) -> float:
@@ -159,7 +160,7 @@ def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
     ids[3], ids[2], mask[3] = ids[1], ids[0], mask[1]   # rows 2 and 3 repeat rows 0 and 1
     batch = {"images": torch.randn(4, 3, 48, 48), "input_ids": ids, "attention_mask": mask,
              "text_ids": torch.tensor([10, 11, 10, 11])}
-    cfg = SimpleNamespace(run=SimpleNamespace(precision="fp32"),
+    cfg = SimpleNamespace(run=SimpleNamespace(precision="fp32"), optim=SimpleNamespace(crop_consistency=0.0),
                           data=SimpleNamespace(cropclr=False, group_crops=True))
     env = SimpleNamespace(device=torch.device("cpu"))
     calls = []
@@ -178,6 +179,30 @@ def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
     full.backward()
     hook.remove()
     torch.testing.assert_close(deduped, full)
+    cfg.data.group_crops, cfg.optim.crop_consistency = True, 0.5
+    batch["keys"] = ["p0", "p1", "p0", "p1"]                 # rows 2 and 3: other crops of the same photos
+    with_crops = _step(model, clip_loss, batch, env, cfg)
+    torch.testing.assert_close(with_crops, full + 0.5 * crop_consistency_loss(img, torch.tensor([0, 1, 0, 1]), scale))
     for name, p in model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_crop_consistency_loss_matches_a_loop_and_ignores_lonely_crops():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(7, 16), dim=-1)
+    groups = torch.tensor([0, 0, 1, 1, 1, 2, 3])      # photos 2 and 3 have one crop each
+    scale = torch.tensor(10.0)
+    terms = []
+    for i in range(7):
+        partners = [j for j in range(7) if j != i and groups[j] == groups[i]]
+        if not partners:
+            continue
+        others = [j for j in range(7) if j != i]
+        log_z = torch.logsumexp(torch.stack([scale * img[i] @ img[j] for j in others]), 0)
+        terms.append(torch.stack([log_z - scale * img[i] @ img[j] for j in partners]).mean())
+    torch.testing.assert_close(crop_consistency_loss(img, groups, scale), torch.stack(terms).mean())
+    assert float(crop_consistency_loss(img, torch.arange(7), scale)) == 0.0   # nobody has a partner
+    tight = F.normalize(torch.eye(16)[groups] + 1e-3 * torch.randn(7, 16), dim=-1)
+    assert float(crop_consistency_loss(tight, groups, torch.tensor(100.0))) < \
+        float(crop_consistency_loss(tight, torch.tensor([0, 1, 0, 1, 2, 2, 3]), torch.tensor(100.0)))
