@@ -157,6 +157,9 @@ def load_config(preset_or_yaml: str = "paper", overrides: Sequence[str] = (),
                       optim=OptimConfig(**sections["optim"]), run=RunConfig(**sections["run"]),
                       preset=preset)
     cfg.model.validate()
+    if cfg.optim.crop_consistency and (not cfg.data.group_crops or cfg.data.cropclr):
+        # Without grouping a batch rarely holds two crops of a photo: the term would be ~0.
+        raise ValueError("optim.crop_consistency needs data.group_crops=true (and no data.cropclr)")
     return cfg
 
 

@@ -84,6 +84,7 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--config", "nope"], "unknown preset"),
     (["optim.learning_rate=1"], "unknown key"),
+    (["optim.crop_consistency=0.5"], "optim.crop_consistency needs data.group_crops=true"),
 ])
 def test_bad_config_is_one_line_error(data, tmp_path, capsys, args, needle):
     assert train_main(["--data", str(data), "--out", str(tmp_path / "r"), *args]) == 2
