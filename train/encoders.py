@@ -171,11 +171,11 @@ def text_config(arch: str, size: str = "base", vocab_size: Optional[int] = None,
     kwargs = dict(TEXT_PRESETS[arch][size])
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size
-    known = _TEXT_CLASSES[arch][0]().to_dict()
-    unknown = sorted(set(overrides or {}) - set(known))
-    if unknown:   # a config class keeps unknown kwargs silently: a typo would change nothing
-        raise ValueError(f"text overrides {unknown}: not fields of the {arch} config")
-    kwargs.update(overrides or {})
+    if overrides:
+        unknown = sorted(set(overrides) - set(_TEXT_CLASSES[arch][0]().to_dict()))
+        if unknown:   # a config class keeps unknown kwargs silently: a typo would change nothing
+            raise ValueError(f"text overrides {unknown}: not fields of the {arch} config")
+        kwargs.update(overrides)
     kwargs["pad_token_id"] = 0  # every exiflang tokenizer puts [PAD] at 0
     return _TEXT_CLASSES[arch][0](**kwargs)
 

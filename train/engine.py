@@ -116,7 +116,7 @@ def _step(model: Any, loss_fn: Any, batch: dict, env: DistEnv, cfg: TrainConfig)
             a, b, scale = model(images, images2=batch["images2"].to(env.device, non_blocking=True))
             return loss_fn(a.float(), b.float(), scale.float())
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        first = inverse = None
+        inverse = None
         if cfg.data.group_crops:
             # Each distinct text is encoded once and its embedding reused for every crop that
             # shares it: the same loss and gradients as encoding every row (with text dropout 0;

@@ -102,10 +102,10 @@ def crop_consistency_loss(img: torch.Tensor, groups: torch.Tensor, logit_scale: 
     keep = positives.any(1)
     if not keep.any():
         return img.sum() * 0.0
-    logits = (logit_scale * img @ img.T).float().masked_fill(self_mask, float("-inf"))
-    log_prob = F.log_softmax(logits[keep], dim=-1).masked_fill(~positives[keep], 0.0)
-    target = positives[keep].float()
-    return (-(target * log_prob).sum(-1) / target.sum(-1)).mean()
+    # The lowest finite value, not -inf: a row's own column then gets softmax weight exactly 0
+    # and _row_losses' "0 x log p" for it stays 0 instead of NaN.
+    logits = (logit_scale * img @ img.T).float().masked_fill(self_mask, torch.finfo(torch.float32).min)
+    return _row_losses(logits[keep], positives[keep]).mean()
 
 
 class _GatherWithGrad(torch.autograd.Function):
