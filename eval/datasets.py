@@ -79,6 +79,30 @@ def _white(rgb: np.ndarray, path: Path) -> np.ndarray:
     return rgb.max(axis=2) > (127 if path.suffix.lower() in JPEG_SUFFIXES else 0)
 
 
+# How the layouts above (and CASIA's ``*_gt``) name their ground-truth files: a folder of
+# photos handed to ``detect`` often holds them beside the images (e.g. the RT sample).
+MASK_SUFFIXES = ("_mask", "-mask", "_gt", "-gt", "_edgemask", "_groundtruth", "_ground_truth")
+MASK_FOLDERS = {"mask", "masks", "gt", "ground-truth", "ground_truth", "groundtruth", "edgemask"}
+
+
+def is_mask_file(path: Path, root: Path) -> bool:
+    """True when ``path`` (a file found under the folder ``root``) is named like a ground-truth mask.
+
+    Its stem ends with a mask suffix (``DSC06083_mask.PNG``, ``x_edgemask.jpg``, ``y_gt.png``;
+    any case), or a folder between ``root`` and it is a mask folder (``masks/``,
+    ``ground-truth/``, ...).  Folders above ``root`` do not count: naming ``.../masks`` itself
+    lists what is in it.
+    """
+    stem = path.stem.lower()
+    if stem.endswith(MASK_SUFFIXES):
+        return True
+    try:
+        between = path.parent.relative_to(root).parts
+    except ValueError:
+        return False
+    return any(part.lower() in MASK_FOLDERS for part in between)
+
+
 MASK_RULES: dict[str, Callable[[np.ndarray, Path], np.ndarray]] = {
     "columbia": _columbia, "dso1": _dso1, "rt": _rt, "white": _white}
 CONVENTION = {"columbia": "columbia", "dso1": "dso1", "rt": "rt", "inthewild": "white",

@@ -3,6 +3,7 @@
     exiflang detect --model MODEL_DIR IMAGE_OR_FOLDER... --out DIR [--grid paper]
         [--patches-per-side N] [--patch-size P] [--batch-size B] [--device auto|cpu|cuda]
         [--no-ncuts] [--tau T] [--legacy-negative] [--max-side 1600] [--no-compress] [--force]
+        [--include-masks]
 
 Per image (``NAME`` = the file stem, made unique when two inputs share it): ``DIR/NAME.npz``
 (the keys of :func:`write_outputs`), ``DIR/NAME.png`` (:mod:`eval.overlay`) and one line of
@@ -10,7 +11,10 @@ Per image (``NAME`` = the file stem, made unique when two inputs share it): ``DI
 same source file and settings, and whose npz and png exist, is skipped unless ``--force``;
 ``results.jsonl`` is then rewritten with one line per name (earlier lines kept, redone ones
 replaced, in first-seen order).  Failed images get a line with ``"status": "error"`` and are
-retried on the next run.
+retried on the next run.  Files found in a folder that are named like ground-truth masks
+(``*_mask.*``, ``*_gt.*``, ``masks/``, ``ground-truth/``: :func:`eval.datasets.is_mask_file`)
+are left out, with a count on the terminal, unless ``--include-masks``; files named one by one
+are always run.
 
 Exit codes: 0 every image answered (or skipped as done); 1 some images failed, the rest were
 answered; 2 bad usage, an unusable model folder, no input images, or every image failed.
@@ -28,6 +32,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from eval.detector import CODE_PER_SIDE, PAPER_PER_SIDE, PATCH, DetectionResult, Detector
+from eval.datasets import is_mask_file
 from eval.images import ImageError, expand_inputs, load_rgb
 from eval.overlay import write_overlay
 from eval.patches import Grid
@@ -216,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=1600, help="long side of the PNG overlay, pixels")
     p.add_argument("--no-compress", action="store_true", help="plain npz: faster to write, ~2x larger")
     p.add_argument("--force", action="store_true", help="redo images already done")
+    p.add_argument("--include-masks", action="store_true",
+                   help="also run on files in folders named like ground-truth masks (*_mask, masks/, ...)")
     return p
 
 
@@ -241,17 +248,26 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
 
 
-def _inputs(items: list[str], out_dir: Path) -> list[Path]:
-    """Expanded inputs, duplicates dropped, and nothing from inside the output folder (our PNGs)."""
+def _inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tuple[list[Path], int]:
+    """(inputs to run, how many mask-named files in the named folders were left out).
+
+    Folders are expanded (:func:`eval.images.expand_inputs`); duplicates are dropped, and so is
+    anything inside the output folder (our own PNGs).
+    """
     out_real = out_dir.resolve()
-    seen, paths = set(), []
-    for p in expand_inputs(items):
-        real = p.resolve()
-        if real in seen or (p.is_file() and out_real in real.parents):
-            continue
-        seen.add(real)
-        paths.append(p)
-    return paths
+    seen, paths, masks = set(), [], 0
+    for item in items:
+        root = Path(item).expanduser()
+        for p in expand_inputs([item]):
+            real = p.resolve()
+            if real in seen or (p.is_file() and out_real in real.parents):
+                continue
+            seen.add(real)
+            if root.is_dir() and not include_masks and is_mask_file(p, root):
+                masks += 1
+                continue
+            paths.append(p)
+    return paths, masks
 
 
 def run(detector: Detector, paths: list[Path], out_dir: Path, force: bool = False, max_side: int = 1600,
@@ -297,7 +313,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         _check_device(args.device)
         if args.max_side < 64:
             raise ValueError(f"--max-side {args.max_side}: at least 64")
-        paths = _inputs(args.inputs, out_dir)
+        paths, masks = _inputs(args.inputs, out_dir, args.include_masks)
+        if masks:
+            print(f"{PROG}: left out {masks} file(s) named like ground-truth masks (--include-masks runs them)",
+                  file=sys.stderr)
         if not paths:
             raise ValueError(f"no images found in {' '.join(args.inputs)}")
         detector = Detector(args.model, patch=args.patch_size, per_side=per_side, device=args.device,

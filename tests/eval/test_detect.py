@@ -235,6 +235,25 @@ def test_outputs_inside_the_input_folder_are_not_read_back(tiny_model, tmp_path,
         assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
 
 
+def test_mask_files_in_a_folder_are_left_out_unless_asked_or_named(tiny_model, tmp_path, capsys):
+    """RT, Hays, Columbia and CASIA keep masks beside or under their photos: not inputs."""
+    src = tmp_path / "in"
+    for rel in ("DSC1.png", "DSC1_mask.PNG", "c_edgemask.jpg", "y-GT.png", "masks/m.png",
+                "ground-truth/g.png", "sub/photo.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(spliced(130, 180)).save(src / rel)
+    base = ["--model", str(tiny_model), "--patches-per-side", "2", "--no-ncuts"]
+    rc, stdout, stderr = run(base + [str(src), "--out", str(tmp_path / "o1")], capsys)
+    assert rc == 0 and set(states(stdout)) == {"DSC1", "photo"}
+    assert "left out 5 file(s) named like ground-truth masks" in stderr
+    rc, stdout, _ = run(base + [str(src), "--out", str(tmp_path / "o2"), "--include-masks"], capsys)
+    assert rc == 0 and len(states(stdout)) == 7
+    # Named one by one, or a mask folder named itself: the user asked for exactly these.
+    rc, stdout, stderr = run(base + [str(src / "DSC1_mask.PNG"), str(src / "masks"), "--out", str(tmp_path / "o3")],
+                             capsys)
+    assert rc == 0 and set(states(stdout)) == {"DSC1_mask", "m"} and "left out" not in stderr
+
+
 @pytest.mark.slow
 def test_a_4000x3000_photo_end_to_end(tiny_model, tmp_path, capsys):
     """The authors' grid (n = 30) on a 12-MP JPEG: 31 x 23 = 713 patches, maps at full size."""
