@@ -232,6 +232,9 @@ def build_index(emb: Embeddings | np.ndarray, out: str | Path, *, kind: str = "a
             "qps_batch": tuned["qps"], "latency_ms_batch1": round(latency, 3), "tuning_curve": tuned["curve"],
             "memory_budget_mb": memory_budget_mb, "threads": used_threads, "faiss_version": faiss.__version__,
             "model_signature": meta.get("model_signature"),
+            # The grid queries must be embedded with (lookup reads it here first, so an index
+            # still answers right after its embeddings folder is moved or deleted).
+            "embedding": {k: meta[k] for k in ("patch", "per_side", "mode") if k in meta} or None,
             "sources": {"embeddings": meta.get("path"), "side": side, "model": meta.get("model"),
                         "data": meta.get("data"), "settings_key": meta.get("settings_key")},
             "created": time.time()}

@@ -159,6 +159,9 @@ def test_bad_model_or_index_is_a_one_line_error(tiny, tmp_path, capsys):
 def test_format_lookup_and_grid_settings(tiny):
     info = json.loads((tiny.index / "index.json").read_text())
     assert embedding_settings(info) == {"patch": 124, "per_side": fx.PER_SIDE, "mode": "grid"}
+    assert info["embedding"] == {"patch": 124, "per_side": fx.PER_SIDE, "mode": "grid"}  # recorded
+    moved = {**info, "sources": {**info["sources"], "embeddings": "/gone"}}
+    assert embedding_settings(moved) == info["embedding"]     # no need of the embeddings folder
     assert embedding_settings({"embedding": {"patch": 64, "per_side": 3, "mode": "single"}})["per_side"] == 3
     assert embedding_settings({})["per_side"] == 4  # embed's default, with a warning
     text = format_lookup({"file": "x.jpg", "error": "x.jpg: no such file"})
