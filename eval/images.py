@@ -23,7 +23,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from train.samples import _SIXTEEN_BIT as SIXTEEN_BIT  # the loader's set: one definition
+from train.crops import pil_to_rgb
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_PIXELS = 400_000_000  # a 20000x20000 scan still opens; beyond is a decompression bomb
@@ -39,13 +39,9 @@ class ImageError(Exception):
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
     """A loaded Pillow image -> ``uint8 [H,W,3]`` in 0..255 (see the module docstring for modes)."""
-    if img.mode in SIXTEEN_BIT:
-        grey = np.asarray(img).astype(np.int64)
-        grey = np.clip((grey + 128) // 257, 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
     if img.mode == "F":
         raise ValueError("floating-point image (mode F) is not a camera photo")
-    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+    return pil_to_rgb(img)  # the trainer's own conversion: test pixels match training pixels
 
 
 def load_rgb_bytes(data: bytes, name: PathLike = "<bytes>") -> np.ndarray:

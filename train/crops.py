@@ -35,8 +35,9 @@ def crop_boxes(size: tuple[int, int], patch: int, n: int, rng: random.Random) ->
     return boxes
 
 
-def _rgb(img: Image.Image) -> np.ndarray:
-    """One (already cropped) image as ``uint8 [H,W,3]``."""
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as ``uint8 [H,W,3]`` in 0..255 (16-bit grey scaled, other modes
+    through ``convert("RGB")``); the one conversion training and evaluation both use."""
     if img.mode in _SIXTEEN_BIT:
         grey = np.asarray(img).astype(np.int64)
         # 0..65535 -> 0..255, rounded; values outside (32-bit "I" data) are clipped.
@@ -53,7 +54,7 @@ def decode_crops(data: bytes, boxes: Sequence[Box]) -> list[np.ndarray]:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # the full decode; never img.draft(), which would shrink the JPEG
-            return [_rgb(img.crop(box)) for box in boxes]
+            return [pil_to_rgb(img.crop(box)) for box in boxes]
     except SampleError:
         raise
     except Exception as exc:
