@@ -1,5 +1,6 @@
 """A shortened `make demo`: synthetic corpus -> shards with embedded Ray -> training -> lookup ->
 splices, benchmark and a detection overlay -> report.html; then a rerun reuses it."""
+import csv
 import json
 
 import pytest
@@ -24,6 +25,11 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         assert (tmp_path / "index" / "index.faiss").is_file()
         bench = json.loads((tmp_path / "benchmark" / "metrics.json").read_text())
         assert set(bench["methods"]) == {"exif", "noi"} and bench["images"] == 4
+        # Splices come from new shots of the same cameras at 768-1024 px, not the small corpus.
+        with (tmp_path / "splices" / "manifest.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert rows and all("splice_photos" in r["host_file"] for r in rows)
+        assert all(768 <= int(r["width"]) <= 1024 for r in rows)
         assert list((tmp_path / "detect").glob("*.png"))
         html = (tmp_path / "report.html").read_text()
         assert "<svg" in html and "data:image/" in html
