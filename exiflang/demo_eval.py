@@ -5,7 +5,9 @@ short readable summary, and returns what the HTML report (:mod:`eval.report`) sh
 """
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -61,6 +63,14 @@ def lookup_step(out: Path, model: Path, shards: Path, held_photos: list[Path], k
     return results, acc
 
 
+def _cut_from(manifest: Path, photos: list[Path]) -> bool:
+    """True when every host and donor photo of a make-splices ``manifest`` is one of ``photos``."""
+    allowed = {p.resolve() for p in photos}
+    with manifest.open(newline="") as fh:
+        used = {r[k] for r in csv.DictReader(fh) for k in ("host_file", "donor_file") if r.get(k)}
+    return all(Path(u).resolve() in allowed for u in used)
+
+
 def splice_step(out: Path, model: Path, held_photos: list[Path], count: int, seed: int
                 ) -> tuple[list[dict], dict[str, Any]]:
     """make-splices from held-out photos, the benchmark (EXIF model and NOI), one detection overlay."""
@@ -71,7 +81,13 @@ def splice_step(out: Path, model: Path, held_photos: list[Path], count: int, see
     from eval.splices import make_splices
 
     t = _step(f"splices between held-out photos of different cameras -> {out / 'splices'}")
-    if not (out / "splices" / "manifest.csv").is_file():
+    manifest = out / "splices" / "manifest.csv"
+    if manifest.is_file() and not _cut_from(manifest, held_photos):
+        # e.g. a demo folder from before the synthetic splices moved to larger photos
+        print("the splice set there was cut from other photos: rebuilt, with its benchmark and overlay")
+        for name in ("splices", "benchmark", "detect"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    if not manifest.is_file():
         try:
             make_splices(held_photos, out / "splices", count, seed=seed, progress=False)
         except ValueError as exc:  # e.g. the user's photos come from one camera model

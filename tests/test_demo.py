@@ -34,12 +34,18 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         html = (tmp_path / "report.html").read_text()
         assert "<svg" in html and "data:image/" in html
         assert cli_main(args) == 0
+        # A splice set cut from other photos (an older demo's) is rebuilt, not reused.
+        text = (tmp_path / "splices" / "manifest.csv").read_text()
+        (tmp_path / "splices" / "manifest.csv").write_text(text.replace(str(tmp_path / "splice_photos"), "/elsewhere"))
+        assert cli_main(args) == 0
+        assert "splice_photos" in (tmp_path / "splices" / "manifest.csv").read_text()
     finally:
         ray.shutdown()
     out = capsys.readouterr().out
     assert "already there, reused" in out and "already trained, reused" in out
     assert "held-out camera retrieval top-1" in out and "demo done" in out
     assert "held-out Make accuracy" in out and "splice overlay:" in out and "report.html" in out
+    assert out.count("the splice set there was cut from other photos: rebuilt") == 1
 
 
 def test_cli_usage_and_unknown_command(capsys):
