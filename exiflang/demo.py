@@ -74,16 +74,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     source = Path(args.photos).expanduser() if args.photos else out / "synth"
     if not args.photos:
-        t = _step(f"synthetic camera corpus: {args.cameras} cameras, {args.images} images -> {source}")
-        if (source / "manifest.csv").exists():
-            print("already there, reused")
-        else:
-            from pipeline.synth import main as synth_main
-            rc = synth_main(["--out", str(source), "--cameras", str(args.cameras),
-                             "--images", str(args.images), "--seed", str(args.seed)])
-            if rc:
-                return rc
-        print(f"({time.perf_counter() - t:.1f} s)")
+        rc = _synthesise(source, f"synthetic camera corpus: {args.cameras} cameras, {args.images} images",
+                         ["--cameras", str(args.cameras), "--images", str(args.images), "--seed", str(args.seed)])
+        if rc:
+            return rc
 
     train_src, held_src = split_folder(source, out / "split")
     t = _step(f"shards with embedded Ray: {train_src} -> {out / 'shards'}, held out -> {out / 'heldout'}")
@@ -131,25 +125,32 @@ def _evaluate(out: Path, run: Path, train_src: Path, held_src: Path, args: argpa
     return 0
 
 
-def _splice_photos(dest: Path, args: argparse.Namespace, count: int) -> Optional[list[Path]]:
-    """``count`` new synthetic shots (corpus indices N..N+count-1) at :data:`SPLICE_SIZE`; None on failure."""
-    from eval.images import expand_inputs
-    from pipeline.synth import main as synth_main
-
-    t = _step(f"{count} new shots by the same cameras at {SPLICE_SIZE[0]}-{SPLICE_SIZE[1]} px "
-              f"for the splice test -> {dest}")
+def _synthesise(dest: Path, title: str, synth_args: list[str]) -> int:
+    """`exiflang synth --out dest synth_args...` as a demo step (reused when ``dest`` has its
+    manifest); the exit code."""
+    t = _step(f"{title} -> {dest}")
     if (dest / "manifest.csv").exists():
         print("already there, reused")
     else:
-        end = args.images + count
-        rc = synth_main(["--out", str(dest), "--cameras", str(args.cameras), "--images", str(end),
-                         "--seed", str(args.seed), "--indices", f"{args.images}:{end}",
-                         "--min-size", str(SPLICE_SIZE[0]), "--max-size", str(SPLICE_SIZE[1]),
-                         "--workers", str(args.workers)])
+        from pipeline.synth import main as synth_main
+        rc = synth_main(["--out", str(dest), *synth_args])
         if rc:
-            return None
+            return rc
     print(f"({time.perf_counter() - t:.1f} s)")
-    return expand_inputs([str(dest)])
+    return 0
+
+
+def _splice_photos(dest: Path, args: argparse.Namespace, count: int) -> Optional[list[Path]]:
+    """``count`` new synthetic shots (corpus indices N..N+count-1) at :data:`SPLICE_SIZE`; None on failure."""
+    from eval.images import expand_inputs
+
+    end = args.images + count
+    rc = _synthesise(dest, f"{count} new shots by the same cameras at {SPLICE_SIZE[0]}-{SPLICE_SIZE[1]} px "
+                     "for the splice test",
+                     ["--cameras", str(args.cameras), "--images", str(end), "--seed", str(args.seed),
+                      "--indices", f"{args.images}:{end}", "--min-size", str(SPLICE_SIZE[0]),
+                      "--max-size", str(SPLICE_SIZE[1]), "--workers", str(args.workers)])
+    return None if rc else expand_inputs([str(dest)])
 
 
 if __name__ == "__main__":
