@@ -258,12 +258,13 @@ def _inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tup
     seen, paths, masks = set(), [], 0
     for item in items:
         root = Path(item).expanduser()
+        skip_masks = not include_masks and root.is_dir()   # a file named by hand always runs
         for p in expand_inputs([item]):
             real = p.resolve()
             if real in seen or (p.is_file() and out_real in real.parents):
                 continue
             seen.add(real)
-            if root.is_dir() and not include_masks and is_mask_file(p, root):
+            if skip_masks and is_mask_file(p, root):
                 masks += 1
                 continue
             paths.append(p)
