@@ -36,7 +36,7 @@ def ideal_embeddings(mask: np.ndarray, per_side: int, noise: float, rng: np.rand
                      patch: int = 124) -> tuple[torch.Tensor, Grid]:
     """``bool [H,W]`` mask -> (``float32 [N, 64]`` unit embeddings of the grid's patches, the grid)."""
     grid = splice_grid(mask.shape[0], mask.shape[1], patch, per_side)
-    share = np.array([mask[y:y + patch, x:x + patch].mean() for y, x in grid.corners()])
+    share = grid.mask_share(mask)
     emb = np.zeros((len(share), DIM))
     emb[:, 0], emb[:, 1] = 1 - share, share
     emb += noise * rng.standard_normal(emb.shape)

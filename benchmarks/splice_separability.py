@@ -21,17 +21,17 @@ says why.  The table prints the means per model and the ratio of each to the fir
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.datasets import CONVENTION, load_mask, read_dataset  # noqa: E402
 from eval.detector import Detector  # noqa: E402
+from eval.images import load_rgb  # noqa: E402
 from eval.localize import localize  # noqa: E402
 from eval.metrics import pixel_ap, roc_auc  # noqa: E402
 
@@ -42,8 +42,7 @@ def image_stats(det: Detector, rgb: np.ndarray, mask: np.ndarray) -> dict[str, f
     """``uint8 [H,W,3]`` + ``bool [H,W]`` -> sep_auc, spread (0..1, NaN without pure patches of
     both sides) and p_ap (0..1) of one spliced image."""
     grid, emb = det.embed(rgb)
-    p = grid.patch
-    share = np.array([mask[y:y + p, x:x + p].mean() for y, x in grid.corners()])
+    share = grid.mask_share(mask)
     host, donor = share <= PURE, share >= 1 - PURE
     loc = localize(emb, grid, ncuts=False, iterations=det.iterations, percentile=det.percentile)
     out = {"p_ap": pixel_ap(loc.heatmap, mask), "sep_auc": float("nan"), "spread": float("nan")}
@@ -80,17 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-side", type=int, default=10)
     ap.add_argument("--random-init", default=None, help="add an untrained model of this preset as the baseline")
     args = ap.parse_args(argv)
-    with (args.set / "manifest.csv").open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["kind"] == "spliced"]
+    rows = [item for item in read_dataset("folder", args.set) if item.spliced]
     means = []
     for label, det in detectors(args.models, args.random_init, args.per_side):
         stats = []
-        for r in rows:
-            rgb = np.asarray(Image.open(args.set / r["image"]).convert("RGB"))
-            mask = np.asarray(Image.open(args.set / r["mask"]).convert("L")) > 127
-            stats.append(image_stats(det, rgb, mask))
+        for item in rows:
+            rgb = load_rgb(item.image)
+            stats.append(image_stats(det, rgb, load_mask(item.mask, rgb.shape, CONVENTION["folder"])))
             s = stats[-1]
-            print(f"{label}  {r['name']}: sep_auc {s['sep_auc']:.3f}  spread {s['spread']:.2f}  "
+            print(f"{label}  {item.name}: sep_auc {s['sep_auc']:.3f}  spread {s['spread']:.2f}  "
                   f"p_ap {s['p_ap']:.2f}", file=sys.stderr)
         means.append((label, {k: float(np.nanmean([s[k] for s in stats])) for k in stats[0]},
                       float(np.mean([s["p_ap"] < 0.5 for s in stats]))))

@@ -46,6 +46,12 @@ class Grid:
         yy, xx = np.meshgrid(np.asarray(self.ys), np.asarray(self.xs), indexing="ij")
         return np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.int64)
 
+    def mask_share(self, mask: np.ndarray) -> np.ndarray:
+        """``float64 [N]`` in 0..1: the share of each patch's pixels inside ``mask`` (``bool [H,W]``),
+        raster order — how far a patch lies in a splice."""
+        p = self.patch
+        return np.array([mask[y:y + p, x:x + p].mean() for y, x in self.corners().tolist()])
+
 
 def _check_size(height: int, width: int, patch: int) -> None:
     if patch <= 0:

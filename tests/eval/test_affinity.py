@@ -67,6 +67,15 @@ def test_splice_grid_cell_counts():
     assert set(mid.matrix.sum(1).tolist()) == {25.0}
 
 
+def test_mask_share_is_each_patchs_fraction_inside_the_mask():
+    grid = splice_grid(40, 52, patch=12, per_side=5)
+    mask = np.zeros((40, 52), bool)
+    mask[5:30, 20:45] = True
+    want = [mask[y:y + 12, x:x + 12].sum() / 144 for y in grid.ys for x in grid.xs]   # raster order
+    np.testing.assert_allclose(grid.mask_share(mask), want)
+    assert grid.mask_share(np.ones((40, 52), bool)).tolist() == [1.0] * grid.count
+
+
 def test_tiny_image_merges_cells():
     grid = splice_grid(130, 140)                      # stride 1: 129 x 140 cells without merging
     assert grid_stride(grid) == 1
