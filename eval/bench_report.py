@@ -99,7 +99,7 @@ def markdown_table(metrics: dict[str, Any]) -> str:
                          f"{_num(det.get('roc_auc'))} | {_num(s['seconds_mean']) if first else ''} |")
         loc = s.get("localization", {})
         if "pixel_ap_ncuts" in loc:
-            lines.append(f"| {method} (ncuts mask) | {_num(loc['pixel_ap_ncuts']['mean'])} | "
+            lines.append(f"| {method} (ncuts map) | {_num(loc['pixel_ap_ncuts']['mean'])} | "
                          f"{_num(loc.get('ciou_ncuts', {}).get('mean'))} |  |  |  |  |")
     ref = REFERENCE.get(metrics["dataset"])
     if ref:

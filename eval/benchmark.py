@@ -11,7 +11,7 @@ hand-crafted noise-inconsistency baseline (:class:`eval.noi.NoiDetector`, ``scor
 the same harness so every number has a non-learned reference beside it.
 
 Per image and method: p-AP and cIoU of the heatmap (spliced images with a usable mask; for
-``exif`` also of the ncuts mask, as ``pixel_ap_ncuts``/``ciou_ncuts``), each detection score and
+``exif`` also of the soft normalized-cuts map, as ``pixel_ap_ncuts``/``ciou_ncuts``), each detection score and
 the seconds the method took (pixels loaded, not counting the load).  Outputs in ``--out``:
 
 - ``per_image.csv`` — one row per (image, method), columns
@@ -90,9 +90,9 @@ def score_row(item: Item, method: str, result: DetectionResult, mask: Optional[n
                            "note": note, **result.scores}
     if mask is not None:
         row["pixel_ap"], row["ciou"] = pixel_ap(result.heatmap, mask), ciou(result.heatmap, mask)
-        if result.ncuts_mask is not None:
-            ncut = result.ncuts_mask.astype(np.float32)
-            row["pixel_ap_ncuts"], row["ciou_ncuts"] = pixel_ap(ncut, mask), ciou(ncut, mask)
+        soft = getattr(result, "ncuts_heatmap", None)
+        if soft is not None:
+            row["pixel_ap_ncuts"], row["ciou_ncuts"] = pixel_ap(soft, mask), ciou(soft, mask)
     return row
 
 

@@ -47,11 +47,13 @@ def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name:
     """Write ``out_dir/NAME.npz`` and ``out_dir/NAME.png``; return the JSON record.
 
     ``result``: a :class:`DetectionResult` (or any object with ``heatmap``, ``mask``, ``scores``,
-    ``timings`` and optionally ``grid``/``ncuts_mask``/``cell_map``, e.g. a baseline's result).
+    ``timings`` and optionally ``grid``/``ncuts_mask``/``ncuts_heatmap``/``cell_map``, e.g. a
+    baseline's result).
     npz keys (PhotoHolmes' ``heatmap``/``mask``/``detection`` plus ours): ``heatmap`` float32
     [H,W] 0..1, ``mask`` bool [H,W], ``detection`` float32 [] (= ``score_mean_dist``, else the first
     score; higher = spliced), ``scores_score_exp``/``scores_score_mean_dist`` float64 [],
-    ``ncuts_mask`` bool [H,W] (absent with ``--no-ncuts``), ``cell_map`` float32 [rows, cols],
+    ``ncuts_mask`` bool [H,W] and ``ncuts_heatmap`` float32 [H,W] 0..1 (the soft ncuts map; both
+    absent with ``--no-ncuts``), ``cell_map`` float32 [rows, cols],
     ``grid_ys``/``grid_xs`` int64 (patch top-left corners), ``patch`` int64 [].
     The record: ``name``, ``height``, ``width``, ``patches``, ``grid``, ``scores``,
     ``splice_fraction`` (0..1), ``timings`` (seconds; adds ``write`` and ``total`` = load +
@@ -91,6 +93,8 @@ def npz_arrays(result: DetectionResult) -> dict[str, np.ndarray]:
     arrays.update({f"scores_{k}": np.float64(v) for k, v in scores.items()})
     if getattr(result, "ncuts_mask", None) is not None:
         arrays["ncuts_mask"] = result.ncuts_mask.astype(bool)
+    if getattr(result, "ncuts_heatmap", None) is not None:
+        arrays["ncuts_heatmap"] = np.asarray(result.ncuts_heatmap, dtype=np.float32)
     if getattr(result, "cell_map", None) is not None:
         arrays["cell_map"] = np.asarray(result.cell_map, dtype=np.float32)
     g = getattr(result, "grid", None)

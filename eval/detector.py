@@ -46,6 +46,8 @@ class DetectionResult:
     ``ncuts_mask``: ``bool [H,W]`` (True = the smaller normalized-cuts segment) or None when off.
     ``scores``: ``score_exp`` and ``score_mean_dist``, higher = more likely spliced.
     ``cell_map``: ``float32 [rows, cols]`` the heatmap on the grid's cells before resizing.
+    ``ncuts_heatmap``: ``float32 [H,W]`` 0..1, the soft normalized-cuts map (high = the ncuts
+    splice side; :mod:`eval.localize`), or None when ncuts is off.
     ``timings``: seconds per stage (``embed``, ``votes``, ``meanshift``, ``resize``, ``ncuts``,
     ``scores``, ``total``; the ``detect`` command adds ``load`` and ``write`` and re-totals).
     ``settings``: the detector's :attr:`Detector.settings` that produced it.
@@ -58,6 +60,7 @@ class DetectionResult:
     grid: Grid
     timings: dict[str, float]
     cell_map: Optional[np.ndarray] = None
+    ncuts_heatmap: Optional[np.ndarray] = None
     settings: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -148,7 +151,8 @@ class Detector:
             heatmap=np.asarray(loc.heatmap, dtype=np.float32), mask=np.asarray(loc.mask, dtype=bool),
             ncuts_mask=None if loc.ncuts_mask is None else np.asarray(loc.ncuts_mask, dtype=bool),
             scores=scores, grid=grid, timings=timings,
-            cell_map=np.asarray(loc.cell_map, dtype=np.float32), settings=self.settings)
+            cell_map=np.asarray(loc.cell_map, dtype=np.float32), settings=self.settings,
+            ncuts_heatmap=None if loc.ncuts_heatmap is None else np.asarray(loc.ncuts_heatmap, dtype=np.float32))
 
     def detect(self, rgb: np.ndarray) -> DetectionResult:
         """``uint8 [H,W,3]`` (0..255) -> :class:`DetectionResult` at the image's size.

@@ -6,9 +6,15 @@ map stays 0) -> resized bilinearly to the image -> oriented: if more than half o
 covered by patches is above 0.5, the map is inverted (the smaller region is the splice) ->
 ``mask = heatmap > 0.5``.
 
-Normalized cuts (:mod:`eval.ncuts`) splits a similarity ``W = exp(-(d - min d) / σ)``, ``σ`` the
-standard deviation of the off-diagonal distances (scale-free: nodes are contrasted by how far
-apart they are relative to the spread of all distances); the smaller segment is the splice.
+Normalized cuts (:mod:`eval.ncuts`) splits a similarity ``W = exp(-(d - min d) / (s σ))``, ``σ``
+the standard deviation of the off-diagonal distances (scale-free: nodes are contrasted by how far
+apart they are relative to the spread of all distances) and ``s = NCUTS_SIGMA`` (0.5); the smaller
+segment is the splice.  Its continuous relaxation, the eigenvector the cut is made from (signed
+so the splice side is high), is the second heatmap, ``ncuts_heatmap``: spread to cells like the
+votes (the mean over the patches covering a cell), min-max normalised, resized like the
+mean-shift map.  On held-out synthetic splices it localizes better than the mean-shift map (README,
+"Splice benchmarks"): mean shift keys on the densest region, which content (flat vs textured)
+can win, while the cut weighs every pair.
 ``ncuts_level="patches"`` (default) cuts the patch graph (``d = 1 - A``) and spreads the
 segment to cells by the same votes as the 4-D map: a cell is spliced when more than half of
 the patches covering it are.  ``ncuts_level="cells"`` cuts the 4-D map itself (``d = V``, the
@@ -36,8 +42,13 @@ import torch.nn.functional as F
 
 from eval.affinity import Coverage, cell_consistency, coverage, patch_affinity
 from eval.meanshift import mean_shift_mode
-from eval.ncuts import ncuts_split
+from eval.ncuts import ncuts_partition
 from eval.patches import Grid
+
+# The ncuts kernel's width as a fraction of the distances' standard deviation.  Chosen on two
+# held-out synthetic splice sets (0.25 / 0.5 / 1 / 2 tried, seven models): narrower than one σ
+# keeps content-alike patches of the two cameras from blending; README, "Splice benchmarks".
+NCUTS_SIGMA = 0.5
 
 
 @dataclass
@@ -53,6 +64,8 @@ class Localization:
     bandwidth: float = 0.0              # the mean-shift bandwidth h
     ncuts_cells: Optional[np.ndarray] = field(default=None)   # bool [rows, cols], the ncuts splice cells
     cell: int = 0                       # cell side in pixels
+    ncuts_heatmap: Optional[np.ndarray] = None    # float32 [H,W], 0..1, the soft ncuts map (None when off)
+    ncuts_cell_map: Optional[np.ndarray] = None   # float32 [rows, cols], the same at cell resolution
 
 
 def _pad_amounts(origin: int, n_cells: int, cell: int, size: int) -> tuple[int, int]:
@@ -109,19 +122,22 @@ def covered_region(grid: Grid) -> tuple[slice, slice]:
     return (slice(grid.ys[0], grid.ys[-1] + grid.patch), slice(grid.xs[0], grid.xs[-1] + grid.patch))
 
 
-def ncuts_similarity(dist: torch.Tensor) -> torch.Tensor:
-    """``[M,M]`` distances (0..2) -> ``float64 [M,M]`` similarity ``exp(-(d - min d) / σ)``, 0..1.
+def ncuts_similarity(dist: torch.Tensor, sigma_scale: float = NCUTS_SIGMA) -> torch.Tensor:
+    """``[M,M]`` distances (0..2) -> ``float64 [M,M]`` similarity ``exp(-(d - min d) / (s σ))``, 0..1.
 
-    ``min`` and ``σ`` (standard deviation) over the off-diagonal entries; subtracting the
-    minimum only rescales ``W`` (ncuts is scale-free) and keeps ``exp`` from underflowing.
+    ``min`` and ``σ`` (standard deviation) over the off-diagonal entries, ``s = sigma_scale``;
+    subtracting the minimum only rescales ``W`` (ncuts is scale-free) and keeps ``exp`` from
+    underflowing.
     """
+    if not sigma_scale > 0:
+        raise ValueError(f"ncuts sigma scale {sigma_scale}: must be positive")
     m = dist.shape[0]
     d = dist.detach().to(torch.float64)
     off = d[~torch.eye(m, dtype=torch.bool)] if m > 1 else d.flatten()
     sigma = float(off.std()) if off.numel() > 1 else 0.0
     # A spread of zero means every node is alike: any positive σ gives the same (constant) graph.
     sigma = sigma if sigma > 1e-12 else 1.0
-    w = torch.exp(-(d - float(off.min())).clamp(min=0.0) / sigma)
+    w = torch.exp(-(d - float(off.min())).clamp(min=0.0) / (sigma * sigma_scale))
     return (w + w.T) / 2.0
 
 
@@ -142,16 +158,19 @@ def oriented_heatmap(mode: torch.Tensor, grid: Grid, cov: Coverage) -> tuple[np.
 
 
 def ncuts_cells(affinity: torch.Tensor, cell_dist: torch.Tensor, cov: Coverage,
-                level: str = "patches") -> np.ndarray:
-    """The ncuts splice side at cell resolution -> bool ``[rows, cols]`` (module docstring)."""
+                level: str = "patches") -> tuple[np.ndarray, np.ndarray]:
+    """The ncuts split at cell resolution -> (bool ``[rows, cols]`` splice side, float32
+    ``[rows, cols]`` soft map 0..1, high = the splice side) (module docstring)."""
     if level == "cells":
-        return ncuts_split(ncuts_similarity(cell_dist)).reshape(cov.cells)
+        side, soft = ncuts_partition(ncuts_similarity(cell_dist))
+        return side.reshape(cov.cells), normalise_map(soft.reshape(cov.cells))
     if level != "patches":
         raise ValueError(f"ncuts level {level!r}: expected 'patches' or 'cells'")
-    side = torch.from_numpy(ncuts_split(ncuts_similarity(1.0 - affinity)).astype(np.float32))
-    covers = cov.matrix.sum(0)
-    share = (cov.matrix.T @ side) / covers.clamp(min=1.0)      # [K] fraction of covering patches
-    return (share > 0.5).reshape(cov.cells).numpy()
+    side, soft = ncuts_partition(ncuts_similarity(1.0 - affinity))
+    covers = cov.matrix.sum(0).clamp(min=1.0)
+    share = (cov.matrix.T @ torch.from_numpy(side.astype(np.float32))) / covers   # [K] share of covering patches
+    mean = (cov.matrix.T @ torch.from_numpy(soft.astype(np.float32))) / covers    # [K] mean soft value
+    return (share > 0.5).reshape(cov.cells).numpy(), normalise_map(mean.reshape(cov.cells).numpy())
 
 
 def localize(emb: torch.Tensor, grid: Grid, *, ncuts: bool = True, iterations: int = 5,
@@ -181,11 +200,13 @@ def localize(emb: torch.Tensor, grid: Grid, *, ncuts: bool = True, iterations: i
     mask = heatmap > 0.5
     timings["resize"] = time.perf_counter() - start
 
-    ncuts_mask = cut_cells = None
+    ncuts_mask = cut_cells = soft_cells = soft_map = None
     timings["ncuts"] = 0.0
     if ncuts:
         start = time.perf_counter()
-        cut_cells = ncuts_cells(affinity, cell_dist, cov, ncuts_level)
+        cut_cells, soft_cells = ncuts_cells(affinity, cell_dist, cov, ncuts_level)
         ncuts_mask = cells_to_image(cut_cells.astype(np.float32), cov, grid.height, grid.width) > 0.5
+        soft_map = cells_to_image(soft_cells, cov, grid.height, grid.width)
         timings["ncuts"] = time.perf_counter() - start
-    return Localization(heatmap, mask, cell_map, ncuts_mask, timings, inverted, h, cut_cells, cov.cell)
+    return Localization(heatmap, mask, cell_map, ncuts_mask, timings, inverted, h, cut_cells, cov.cell,
+                        soft_map, soft_cells)

@@ -1,4 +1,4 @@
-"""Two-way normalized cuts (Shi & Malik 2000) on a dense similarity matrix: the smaller segment's nodes.
+"""Two-way normalized cuts (Shi & Malik 2000) on a dense similarity matrix: the smaller segment's nodes and the soft split.
 
 Method: ``D = diag(W 1)``; the second-smallest generalized eigenvector of ``(D - W) y = λ D y``
 is ``y = D^-1/2 z`` with ``z`` the eigenvector of the second-largest eigenvalue of ``D^-1/2 W
@@ -109,22 +109,36 @@ def best_ncut_split(w: np.ndarray, y: np.ndarray) -> tuple[np.ndarray | None, fl
     return side, float(ncut[k])
 
 
-def ncuts_split(similarity: torch.Tensor | np.ndarray, max_ncut: Optional[float] = None) -> np.ndarray:
-    """``[M,M]`` non-negative symmetric similarity -> bool ``[M]``, True = the smaller of 2 segments.
+def ncuts_partition(similarity: torch.Tensor | np.ndarray,
+                    max_ncut: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
+    """``[M,M]`` non-negative symmetric similarity -> (bool ``[M]`` side, float64 ``[M]`` soft split).
 
-    All False when there is nothing to split (see the module docstring's guards), or when
-    ``max_ncut`` is given and the best cut's Ncut value (0..2) exceeds it: Shi & Malik's stopping
-    rule (a graph without structure has Ncut near 1 for every split; a uniform one exactly 1).
+    ``side``: True = the smaller of 2 segments; all False when there is nothing to split (see the
+    module docstring's guards), or when ``max_ncut`` is given and the best cut's Ncut value
+    (0..2) exceeds it: Shi & Malik's stopping rule (a graph without structure has Ncut near 1
+    for every split; a uniform one exactly 1).  ``soft``: the generalized eigenvector ``y`` the
+    side was cut from, signed so that the side's mean is the higher — the continuous relaxation
+    of the cut, a ranking of how far each node is on the smaller side (for a disconnected graph
+    the side as 0/1; all 0 without a split).
     """
     w = _check_similarity(similarity)
     m = len(w)
-    off_diagonal = w.sum() - np.trace(w)
-    if m < 2 or off_diagonal <= 0:
-        return np.zeros(m, dtype=bool)
+    nothing = np.zeros(m, dtype=bool), np.zeros(m, dtype=np.float64)
+    if m < 2 or w.sum() - np.trace(w) <= 0:
+        return nothing
     split = _components_split(w)
     if split is not None:
-        return split
-    side, value = best_ncut_split(w, fiedler_vector(w))
+        return split, split.astype(np.float64)
+    y = fiedler_vector(w)
+    side, value = best_ncut_split(w, y)
     if side is None or (max_ncut is not None and value > max_ncut):
-        return np.zeros(m, dtype=bool)
-    return _smaller(side)
+        return nothing
+    side = _smaller(side)
+    # An eigenvector's sign is arbitrary: orient it by the cut it produced.
+    return side, (y if y[side].mean() >= y[~side].mean() else -y)
+
+
+def ncuts_split(similarity: torch.Tensor | np.ndarray, max_ncut: Optional[float] = None) -> np.ndarray:
+    """``[M,M]`` non-negative symmetric similarity -> bool ``[M]``, True = the smaller of 2 segments
+    (the side of :func:`ncuts_partition`)."""
+    return ncuts_partition(similarity, max_ncut)[0]

@@ -21,7 +21,7 @@ from eval.overlay import RAMP, colorize, outline, render_overlay
 
 RNG = np.random.default_rng(0)
 NPZ_KEYS = {"heatmap", "mask", "detection", "scores_score_exp", "scores_score_mean_dist",
-            "ncuts_mask", "cell_map", "grid_ys", "grid_xs", "patch"}
+            "ncuts_mask", "ncuts_heatmap", "cell_map", "grid_ys", "grid_xs", "patch"}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,8 @@ def test_outputs_have_the_documented_keys_and_shapes(tiny_model, tmp_path, capsy
             assert 0.0 <= z["heatmap"].min() and z["heatmap"].max() <= 1.0
             assert z["mask"].shape == (h, w) and z["mask"].dtype == bool
             assert z["ncuts_mask"].shape == (h, w) and z["ncuts_mask"].dtype == bool
+            assert z["ncuts_heatmap"].shape == (h, w) and z["ncuts_heatmap"].dtype == np.float32
+            assert 0.0 <= z["ncuts_heatmap"].min() and z["ncuts_heatmap"].max() <= 1.0
             assert float(z["detection"]) == pytest.approx(float(z["scores_score_mean_dist"]), rel=1e-6)
             assert int(z["patch"]) == 124
             stride = (max(h, w) - 124) // 4
@@ -112,7 +114,7 @@ def test_rerun_skips_force_redoes_and_new_settings_redo(tiny_model, tmp_path, ca
     rc, stdout, _ = run(base + ["--no-ncuts"], capsys)
     assert rc == 0 and states(stdout) == {"x": "done"}
     with np.load(out / "x.npz") as z:
-        assert "ncuts_mask" not in z.files
+        assert "ncuts_mask" not in z.files and "ncuts_heatmap" not in z.files
     (rec,) = results(out)
     assert rec["settings"]["ncuts"] is False and rec["timings"].get("ncuts", 0.0) < 0.01
     # A deleted output means the image is redone.

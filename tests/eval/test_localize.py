@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from eval.affinity import Coverage, cell_consistency, coverage, patch_affinity
-from eval.localize import cells_to_image, localize, ncuts_cells, normalise_map, oriented_heatmap
-from eval.ncuts import best_ncut_split, ncuts_split
+from eval.localize import (cells_to_image, localize, ncuts_cells, ncuts_similarity, normalise_map,
+                            oriented_heatmap)
+from eval.metrics import pixel_ap
+from eval.ncuts import best_ncut_split, ncuts_partition, ncuts_split
 from eval.patches import splice_grid
 from eval.scores import detection_scores
 
@@ -45,6 +47,19 @@ def test_localize_recovers_a_rectangle():
     assert _iou(loc.mask, truth) > 0.8
     assert _iou(loc.ncuts_mask, truth) > 0.8
     assert loc.heatmap[truth].mean() > loc.heatmap[~truth].mean() + 0.5
+    soft = loc.ncuts_heatmap
+    assert soft.shape == (768, 1024) and soft.dtype == np.float32 and loc.ncuts_cell_map.shape == (26, 35)
+    assert 0.0 <= float(soft.min()) and float(soft.max()) <= 1.0
+    assert soft[truth].mean() > soft[~truth].mean() + 0.5        # oriented: the splice is high
+    assert pixel_ap(soft, truth) > 0.9
+
+
+def test_soft_ncuts_map_ranks_a_weak_splice_better_than_the_cut():
+    """With noisy embeddings the soft map orders pixels; the binary cut can only split them."""
+    emb, grid, truth = _two_source(768, 1024, (200, 500, 300, 700), noise=1.2, seed=4)
+    loc = localize(emb, grid)
+    assert pixel_ap(loc.ncuts_heatmap, truth) >= pixel_ap(loc.ncuts_mask.astype(np.float32), truth)
+    assert loc.ncuts_heatmap[loc.ncuts_mask].mean() > loc.ncuts_heatmap[~loc.ncuts_mask].mean()
 
 
 def test_large_splice_is_inverted_to_the_smaller_side():
@@ -63,8 +78,10 @@ def test_cell_level_ncuts_when_cells_are_patches():
     assert _iou(by_cells.ncuts_mask, truth) > 0.8
     affinity = patch_affinity(emb)
     cov = coverage(grid)
-    by_patches = ncuts_cells(affinity, cell_consistency(affinity, cov), cov, "patches")
+    by_patches, soft = ncuts_cells(affinity, cell_consistency(affinity, cov), cov, "patches")
     assert np.array_equal(by_cells.ncuts_cells, by_patches)
+    assert soft[by_patches].min() > soft[~by_patches].max()           # the cut is a threshold of it
+    assert by_cells.ncuts_cell_map[by_patches].min() > by_cells.ncuts_cell_map[~by_patches].max()
     with pytest.raises(ValueError, match="ncuts level"):
         ncuts_cells(affinity, cell_consistency(affinity, cov), cov, "pixels")
 
@@ -144,11 +161,33 @@ def test_threshold_search_equals_a_loop():
     assert np.array_equal(side, candidates[int(np.argmin(values))])
 
 
+def test_ncuts_partition_orients_the_soft_split():
+    w, small = _two_blocks()
+    side, soft = ncuts_partition(w)
+    assert np.array_equal(side, small)
+    assert soft[side].min() > soft[~side].max()              # the smaller block is the high end
+    assert np.array_equal(ncuts_partition(w[::-1, ::-1])[0], small[::-1])
+    side, soft = ncuts_partition(np.ones((4, 4)), max_ncut=0.99)
+    assert not side.any() and not soft.any()                  # no split: a flat soft map
+
+
+def test_ncuts_similarity_kernel_width():
+    d = torch.tensor([[0.0, 0.2, 0.6], [0.2, 0.0, 0.4], [0.6, 0.4, 0.0]])
+    sigma = float(torch.tensor([0.2, 0.6, 0.2, 0.4, 0.6, 0.4], dtype=torch.float64).std())
+    for scale in (0.5, 1.0):
+        w = ncuts_similarity(d, scale)
+        assert float(w[0, 2]) == pytest.approx(math.exp(-(0.6 - 0.2) / (scale * sigma)))
+        assert float(w[0, 1]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="positive"):
+        ncuts_similarity(d, 0.0)
+
+
 def test_ncuts_guards():
     w = np.zeros((6, 6))
     w[:4, :4] = 1.0
     w[4:, 4:] = 1.0                                          # two components
     assert ncuts_split(w).tolist() == [False] * 4 + [True] * 2
+    assert ncuts_partition(w)[1].tolist() == [0.0] * 4 + [1.0] * 2
     assert not ncuts_split(np.eye(5)).any()                  # no edges
     assert ncuts_split(np.ones((1, 1))).tolist() == [False]
     assert not ncuts_split(np.ones((4, 4)), max_ncut=0.99).any()   # uniform: every split has Ncut 1
