@@ -1,4 +1,4 @@
-"""Splice localization from patch embeddings: vote averaging, mean-shift heatmap, ncuts mask, at image size.
+"""Splice localization from patch embeddings: vote averaging, mean-shift heatmap, ncuts mask and map, at image size.
 
 Steps (DESIGN.md §6): affinity -> 4-D cell map (:mod:`eval.affinity`) -> mean-shift mode
 (:mod:`eval.meanshift`) reshaped to the cell grid -> min-max normalised to 0..1 (a constant
@@ -12,9 +12,10 @@ apart they are relative to the spread of all distances) and ``s = NCUTS_SIGMA`` 
 segment is the splice.  Its continuous relaxation, the eigenvector the cut is made from (signed
 so the splice side is high), is the second heatmap, ``ncuts_heatmap``: spread to cells like the
 votes (the mean over the patches covering a cell), min-max normalised, resized like the
-mean-shift map.  On held-out synthetic splices it localizes better than the mean-shift map (README,
-"Splice benchmarks"): mean shift keys on the densest region, which content (flat vs textured)
-can win, while the cut weighs every pair.
+mean-shift map.  Mean shift keys on the densest region, which content (flat vs textured) can
+win; the cut weighs every pair.  On held-out synthetic splices the soft map localizes as well
+or better (p-mAP +0.09 / +0.09 / +0.01 on three sets for the tested model; README, "Splice
+benchmarks"), most of all between two models of one make.
 ``ncuts_level="patches"`` (default) cuts the patch graph (``d = 1 - A``) and spreads the
 segment to cells by the same votes as the 4-D map: a cell is spliced when more than half of
 the patches covering it are.  ``ncuts_level="cells"`` cuts the 4-D map itself (``d = V``, the
@@ -46,8 +47,8 @@ from eval.ncuts import ncuts_partition
 from eval.patches import Grid
 
 # The ncuts kernel's width as a fraction of the distances' standard deviation.  Chosen on two
-# held-out synthetic splice sets (0.25 / 0.5 / 1 / 2 tried, seven models): narrower than one σ
-# keeps content-alike patches of the two cameras from blending; README, "Splice benchmarks".
+# held-out synthetic splice sets (0.1 to 2 tried, seven models; 0.25-0.5 best); on a third set,
+# looked at only afterwards, 0.5 equals 1 and 0.25 is a little better.  README, "Splice benchmarks".
 NCUTS_SIGMA = 0.5
 
 

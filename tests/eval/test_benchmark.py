@@ -169,6 +169,9 @@ ISSUE_BAR = 0.8          # p-mAP and detection AP (the default score) the issue 
 # p-mAP 0.97 here.  The floors guard the 800-step level (chance: detection AP 0.5, p-AP about
 # the splice share, 0.05-0.40); the issue's bar is asserted separately and is not met yet.
 FLOOR_P_MAP, FLOOR_DET_AP, FLOOR_DET_AP_MEAN_DIST = 0.6, 0.68, 0.78
+# The soft normalized-cuts map of the same run on this set: p-mAP 0.821 (cIoU 0.783); on two
+# larger sets (48 spliced, seeds 1 and 2) 0.723 and 0.695 vs the mean-shift map's 0.638 / 0.690.
+FLOOR_P_MAP_NCUTS = 0.72
 PER_SIDE = 10            # ~90 patches per image instead of ~700 (n = 30): the suite's time budget
 
 
@@ -180,7 +183,9 @@ def heldout_benchmark(synth_run, tmp_path_factory) -> dict:
     torch.manual_seed(0)
     metrics = run_benchmark(synth_run.model, "folder", root / "set", root / "out", methods=["exif", "noi"],
                             per_side=PER_SIDE, device="cpu", progress=False)
-    report = {m: {"p_map": s["p_map"], "ciou": s["ciou"], **{k: v["ap"] for k, v in s["detection"].items()}}
+    report = {m: {"p_map": s["p_map"], "ciou": s["ciou"],
+                  "p_map_ncuts": s["localization"].get("pixel_ap_ncuts", {}).get("mean"),
+                  **{k: v["ap"] for k, v in s["detection"].items()}}
               for m, s in metrics["methods"].items()}
     print(json.dumps(report, indent=1))
     return metrics
@@ -192,6 +197,7 @@ def test_trained_model_localizes_and_detects_heldout_splices_above_chance(heldou
     assert (exif["spliced"], exif["authentic"]) == (24, 24) and noi["images"] == 48
     assert exif["localization"]["pixel_ap"]["count"] == 24
     assert exif["p_map"] >= FLOOR_P_MAP
+    assert exif["localization"]["pixel_ap_ncuts"]["mean"] >= FLOOR_P_MAP_NCUTS
     assert exif["detection"]["score_exp"]["ap"] >= FLOOR_DET_AP
     assert exif["detection"]["score_mean_dist"]["ap"] >= FLOOR_DET_AP_MEAN_DIST
     assert exif["p_map"] > noi["p_map"]     # the learned model beats the hand-crafted baseline
