@@ -50,6 +50,9 @@ from eval.metrics import ciou, pixel_ap
 from eval.noi import NoiDetector
 
 METHODS = ("exif", "noi")
+# What a per-image row means; rows of another format in --out are redone, not resumed.
+# 2: pixel_ap_ncuts/ciou_ncuts score the soft ncuts map (1: the binary ncuts mask).
+ROW_FORMAT = 2
 
 
 def interleave(items: list[Item]) -> list[Item]:
@@ -124,12 +127,20 @@ def _mask_for(item: Item, rgb: np.ndarray, convention: str) -> tuple[Optional[np
         return None, f"{err}; localization skipped"
 
 
-def _check_settings(out: Path, settings: dict[str, Any], force: bool) -> None:
-    """Refuse to mix rows made with other settings into ``out``; record the merged settings."""
+def _check_settings(out: Path, settings: dict[str, Any], force: bool) -> bool:
+    """Refuse to mix rows made with other settings into ``out``; record the merged settings.
+
+    Returns True when the rows there are of an older :data:`ROW_FORMAT` (to be redone).
+    """
     path = out / "settings.json"
     old: dict[str, Any] = {}
     if path.exists() and not force:
         old = json.loads(path.read_text())
+        if old.get("row_format", 1) != ROW_FORMAT:
+            print(f"{out}: rows of an older format (row_format {old.get('row_format', 1)}): redone",
+                  file=sys.stderr)
+            path.write_text(json.dumps({**settings, "row_format": ROW_FORMAT}, indent=2) + "\n")
+            return True
         # Methods and --limit may change between runs (rows are per image and method); a
         # setting absent on one side (no model for a NOI-only run) is no clash either.
         differ = sorted(k for k, v in settings.items() if k not in ("methods", "limit")
@@ -139,7 +150,9 @@ def _check_settings(out: Path, settings: dict[str, Any], force: bool) -> None:
                              "pass --force or choose another --out")
     merged = {**old, **{k: v for k, v in settings.items() if v is not None}}
     merged["methods"] = sorted(set(old.get("methods", [])) | set(settings["methods"]))
+    merged["row_format"] = ROW_FORMAT
     path.write_text(json.dumps(merged, indent=2) + "\n")
+    return False
 
 
 def evaluate_item(item: Item, todo: Sequence[str], detectors: dict[str, Any], convention: str,
@@ -194,9 +207,9 @@ def run_benchmark(model_dir: Optional[str | Path], dataset: str, root: str | Pat
                 "model": str(Path(model_dir).resolve()) if model_dir and "exif" in methods else None,
                 "methods": list(methods), "per_side": per_side, "patch": patch, "ncuts": ncuts,
                 "noi_block": noi_block, "limit": limit}
-    _check_settings(out, settings, force)
+    stale = _check_settings(out, settings, force)
     csv_path = out / "per_image.csv"
-    rows = {} if force else {(r["name"], r["method"]): r for r in read_rows(csv_path)}
+    rows = {} if force or stale else {(r["name"], r["method"]): r for r in read_rows(csv_path)}
     bad: list[dict[str, str]] = []
     for item in tqdm(items, desc=f"benchmark {dataset}", unit="img", disable=not progress):
         todo = [m for m in methods if (item.name, m) not in rows]

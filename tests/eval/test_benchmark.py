@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.benchmark import interleave, main, run_benchmark
+from eval.benchmark import ROW_FORMAT, interleave, main, run_benchmark
 from eval.datasets import read_dataset
 from eval.noi import NoiDetector
 
@@ -100,7 +100,7 @@ def test_exif_and_noi_outputs_maps_and_cli(tiny_model, tmp_path, capsys):
     assert metrics["methods"]["exif"]["localization"]["pixel_ap_ncuts"]["count"] == 1
 
 
-def test_resume_skips_done_pairs_force_redoes_and_settings_clash(tmp_path, monkeypatch):
+def test_resume_skips_done_pairs_force_redoes_and_settings_clash(tmp_path, monkeypatch, capsys):
     root = noise_splice_set(tmp_path / "set", n=2)
     calls = []
     real = NoiDetector.detect
@@ -123,6 +123,16 @@ def test_resume_skips_done_pairs_force_redoes_and_settings_clash(tmp_path, monke
     assert len(calls) == 9
     with pytest.raises(ValueError, match=r"other settings \(noi_block\)"):
         run_benchmark(None, "folder", root, out, noi_block=4, **kwargs)
+    # Rows of an older format (a settings.json from before row_format) are redone, not resumed.
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["row_format"] == ROW_FORMAT
+    del settings["row_format"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    run_benchmark(None, "folder", root, out, **kwargs)
+    assert len(calls) == 13 and "older format" in capsys.readouterr().err
+    assert json.loads((out / "settings.json").read_text())["row_format"] == ROW_FORMAT
+    run_benchmark(None, "folder", root, out, **kwargs)
+    assert len(calls) == 13
 
 
 def test_bad_images_and_masks_are_reported_and_the_rest_answered(tmp_path, capsys):
