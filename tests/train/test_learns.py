@@ -4,7 +4,8 @@ reaches held-out image -> EXIF-text camera retrieval well above chance (top-1 >=
 End to end with fixed seeds (the shared session run of tests/synth_run.py): synth corpus -> split
 by image index into train / held-out folders (same cameras, different photos) -> shards ->
 `exiflang train --config cpu-small` -> camera top-1 of the saved model on the held-out shards.
-Not timed; about 4-5 minutes on 2 CPU cores, shared with the lookup and splice tests.
+Not timed; about 6 minutes on 2 CPU cores (64-px training crops, 1600 steps), shared with the
+lookup and splice tests.
 
 The split folders hold symlinks named by image index, so the shard builder's sorted file order
 (and with it each shard's content) mixes the cameras the way a real photo stream does; shards of
