@@ -14,8 +14,8 @@ so the splice side is high), is the second heatmap, ``ncuts_heatmap``: spread to
 votes (the mean over the patches covering a cell), min-max normalised, resized like the
 mean-shift map.  Mean shift keys on the densest region, which content (flat vs textured) can
 win; the cut weighs every pair.  On held-out synthetic splices the soft map localizes as well
-or better (p-mAP +0.09 / +0.09 / +0.01 on three sets for the tested model; README, "Splice
-benchmarks"), most of all between two models of one make.
+or better (p-mAP +0.11 / +0.09 / +0.01 on three sets for one trained model, +0.15 / +0.07 /
+-0.01 for another; README, "Splice benchmarks"), most of all between two models of one make.
 ``ncuts_level="patches"`` (default) cuts the patch graph (``d = 1 - A``) and spreads the
 segment to cells by the same votes as the 4-D map: a cell is spliced when more than half of
 the patches covering it are.  ``ncuts_level="cells"`` cuts the 4-D map itself (``d = V``, the
