@@ -93,7 +93,7 @@ def score_row(item: Item, method: str, result: DetectionResult, mask: Optional[n
                            "note": note, **result.scores}
     if mask is not None:
         row["pixel_ap"], row["ciou"] = pixel_ap(result.heatmap, mask), ciou(result.heatmap, mask)
-        soft = getattr(result, "ncuts_heatmap", None)
+        soft = result.ncuts_heatmap
         if soft is not None:
             row["pixel_ap_ncuts"], row["ciou_ncuts"] = pixel_ap(soft, mask), ciou(soft, mask)
     return row
@@ -134,13 +134,13 @@ def _check_settings(out: Path, settings: dict[str, Any], force: bool) -> bool:
     """
     path = out / "settings.json"
     old: dict[str, Any] = {}
+    stale = False
     if path.exists() and not force:
         old = json.loads(path.read_text())
         if old.get("row_format", 1) != ROW_FORMAT:
             print(f"{out}: rows of an older format (row_format {old.get('row_format', 1)}): redone",
                   file=sys.stderr)
-            path.write_text(json.dumps({**settings, "row_format": ROW_FORMAT}, indent=2) + "\n")
-            return True
+            old, stale = {}, True      # its rows are all redone: nothing to keep or clash with
         # Methods and --limit may change between runs (rows are per image and method); a
         # setting absent on one side (no model for a NOI-only run) is no clash either.
         differ = sorted(k for k, v in settings.items() if k not in ("methods", "limit")
@@ -152,7 +152,7 @@ def _check_settings(out: Path, settings: dict[str, Any], force: bool) -> bool:
     merged["methods"] = sorted(set(old.get("methods", [])) | set(settings["methods"]))
     merged["row_format"] = ROW_FORMAT
     path.write_text(json.dumps(merged, indent=2) + "\n")
-    return False
+    return stale
 
 
 def evaluate_item(item: Item, todo: Sequence[str], detectors: dict[str, Any], convention: str,

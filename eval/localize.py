@@ -168,10 +168,12 @@ def ncuts_cells(affinity: torch.Tensor, cell_dist: torch.Tensor, cov: Coverage,
     if level != "patches":
         raise ValueError(f"ncuts level {level!r}: expected 'patches' or 'cells'")
     side, soft = ncuts_partition(ncuts_similarity(1.0 - affinity))
-    covers = cov.matrix.sum(0).clamp(min=1.0)
-    share = (cov.matrix.T @ torch.from_numpy(side.astype(np.float32))) / covers   # [K] share of covering patches
-    mean = (cov.matrix.T @ torch.from_numpy(soft.astype(np.float32))) / covers    # [K] mean soft value
-    return (share > 0.5).reshape(cov.cells).numpy(), normalise_map(mean.reshape(cov.cells).numpy())
+    # One product for both: [K, 2] = per cell, the share of covering patches on the splice side
+    # and their mean soft value.
+    per_patch = torch.from_numpy(np.stack([side, soft], axis=1).astype(np.float32))      # [N, 2]
+    votes = (cov.matrix.T @ per_patch) / cov.matrix.sum(0).clamp(min=1.0)[:, None]       # [K, 2]
+    return ((votes[:, 0] > 0.5).reshape(cov.cells).numpy(),
+            normalise_map(votes[:, 1].reshape(cov.cells).numpy()))
 
 
 def localize(emb: torch.Tensor, grid: Grid, *, ncuts: bool = True, iterations: int = 5,
