@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
 SPLICE_SIZE = (768, 1024)   # width range of the synthetic splice photos (the tests' setting)
 
 
@@ -43,7 +42,9 @@ def split_folder(source: Path, out: Path, every: int = 10) -> tuple[Path, Path]:
         return train, held
     train.mkdir(parents=True, exist_ok=True)
     held.mkdir(parents=True, exist_ok=True)
-    photos = sorted((p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXT),
+    from pipeline.sources import IMAGE_EXTENSIONS   # what the shard builder reads
+
+    photos = sorted((p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS),
                     key=lambda p: hashlib.sha1(str(p.relative_to(source)).encode()).hexdigest())
     for i, p in enumerate(photos):
         dest = (held if i % every == every - 1 else train) / f"{i:06d}_{p.name}"

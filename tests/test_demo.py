@@ -53,3 +53,24 @@ def test_cli_usage_and_unknown_command(capsys):
     assert "shards" in capsys.readouterr().out
     assert cli_main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
+
+
+def test_split_folder_holds_out_every_tenth_image_the_shard_builder_reads(tmp_path):
+    from exiflang.demo import split_folder
+    from pipeline.sources import IMAGE_EXTENSIONS
+    src = tmp_path / "photos"
+    (src / "cam_b").mkdir(parents=True)
+    names = [f"cam_a_{i:02d}.jpg" for i in range(12)] + [f"cam_b/{i:02d}.png" for i in range(6)] + \
+            ["cam_b/raw.tif", "notes.txt", "cam_b/list.csv"]
+    for n in names:
+        (src / n).write_bytes(b"x")
+    train, held = split_folder(src, tmp_path / "split")
+    linked = sorted(p.resolve() for p in [*train.iterdir(), *held.iterdir()])
+    images = sorted(p.resolve() for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    assert linked == images and len(images) == 19          # every image once, nothing else
+    assert len(list(held.iterdir())) == 1                  # every 10th of 19
+    # Links are ordered by a hash of the path, so sorted link names do not follow the cameras.
+    order = [p.resolve().parent.name for p in sorted(train.iterdir())]
+    assert order != sorted(order)
+    again = split_folder(src, tmp_path / "split")          # a second call reuses the split
+    assert again == (train, held) and len(list(train.iterdir())) == 18
