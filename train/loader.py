@@ -32,7 +32,6 @@ Memory per worker: the buffer holds crops (3*P*P bytes, 46 kB at P=124), never e
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
@@ -45,11 +44,12 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.text import FORMATS, render_text
-from train.crops import crop_boxes, decode_crops, normalise, pad_ids
+from pipeline.text import FORMATS
+from train.batch_text import batch_text
+from train.crops import crop_boxes, decode_crops, normalise
+from train.shuffle import shuffled, stable_seed
 from train.samples import (Location, SampleError, ShardError, ShardSet, check_sample,
                            load_vocabulary, open_shards, read_groups, read_member)
-from train.loss import text_ids_from_strings
 
 log = logging.getLogger("exiflang.train.loader")
 _LOGGED_SKIPS = 5  # per stream: the first few skips are warnings, the rest debug lines
@@ -76,25 +76,6 @@ class DataConfig:
     # photos per batch, each text encoded once (train.engine dedups identical texts).
     group_crops: bool = False
     seed: int = 0
-
-
-def _seed(*parts: object) -> int:
-    """A stable 64-bit seed (Python's ``hash`` is salted per process)."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
-def shuffled(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Buffered shuffle: once ``size`` items are held, each new one releases a random held one."""
-    buf: list[Any] = []
-    for item in items:
-        buf.append(item)
-        if len(buf) >= max(1, size):
-            j = rng.randrange(len(buf))
-            buf[j], buf[-1] = buf[-1], buf[j]
-            yield buf.pop()
-    rng.shuffle(buf)
-    yield from buf
 
 
 @dataclass(slots=True, eq=False)
@@ -144,7 +125,7 @@ class _SlotStream:
 
     def _key(self, *parts: object) -> int:
         ds = self.ds
-        return _seed(self.cfg.seed, ds.epoch, ds.world_size, ds.workers, self.slot, *parts)
+        return stable_seed(self.cfg.seed, ds.epoch, ds.world_size, ds.workers, self.slot, *parts)
 
     def _items(self) -> Iterator[tuple[_Sample, int]]:
         """(sample, crop index) in shuffled order: one endless shuffle when resampled, else one
@@ -165,7 +146,7 @@ class _SlotStream:
 
     def _one_pass(self, p: int) -> Iterator[_Sample]:
         names = list(self.ds.shards.names)
-        random.Random(_seed(self.cfg.seed, self.ds.epoch, "shards")).shuffle(names)
+        random.Random(stable_seed(self.cfg.seed, self.ds.epoch, "shards")).shuffle(names)
         if len(names) >= self.n_slots:
             for name in names[self.slot::self.n_slots]:
                 yield from self._shard(name, f"p{p}", lambda i: True)
@@ -261,30 +242,10 @@ class _SlotStream:
         if self.cfg.cropclr:
             out["images2"] = normalise([s.crops[n * i + 1] for s, i in items])
         else:
-            out.update(self._text(items))
+            out.update(batch_text(items, self.ds.vocab, self.ds.tokenizer, fmt=self.cfg.text_format,
+                                  clean=self.cfg.clean_values, max_len=self.cfg.max_text_len))
         out["_stats"] = {"role": self.role, **self.counts}
         return out
-
-    def _text(self, items: list[tuple[_Sample, int]]) -> dict[str, Any]:
-        """Texts, ``text_ids`` and token ids padded like ``padding="longest"``.  Rendered and
-        tokenised once per image (its K items share them) except in the per-item ``shuffled``
-        format: tokenising costs about a quarter of a 6-megapixel decode."""
-        cfg, tok = self.cfg, self.ds.tokenizer
-        cache = cfg.text_format != "shuffled"
-        need = [not cache or s.text is None for s, _ in items]
-        texts = [render_text(s.exif, self.ds.vocab, cfg.text_format, clean=cfg.clean_values,
-                             rng=random.Random(s.seed + i)) if new else s.text
-                 for (s, i), new in zip(items, need)]
-        fresh = [t for t, new in zip(texts, need) if new]
-        encoded = iter(tok(fresh, truncation=True, max_length=cfg.max_text_len)["input_ids"]
-                       if fresh else ())
-        ids = [next(encoded) if new else s.ids for (s, _), new in zip(items, need)]
-        if cache:
-            for (s, _), text, row in zip(items, texts, ids):
-                s.text, s.ids = text, row
-        input_ids, mask = pad_ids(ids, tok.pad_token_id or 0, tok.padding_side)
-        return {"input_ids": input_ids, "attention_mask": mask, "text_ids": text_ids_from_strings(texts),
-                "texts": texts}
 
 
 class _SlotDataset(IterableDataset):
@@ -334,7 +295,7 @@ class ExifLoader:
         # uninterrupted one (where the draw happened at another step).
         source: Iterable[dict] = self._ds if workers == 0 else DataLoader(
             self._ds, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(_seed(self.cfg.seed, self._ds.epoch) >> 1))
+            generator=torch.Generator().manual_seed(stable_seed(self.cfg.seed, self._ds.epoch) >> 1))
         for batch in source:
             stats = batch.pop("_stats")
             self._by_role[stats.pop("role")] = stats
