@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 DEMO_DIR ?= runs/demo
 PHOTOS ?=
 
-.PHONY: setup demo test bench study clean
+.PHONY: setup demo test test-bar bench study clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# Issue 5's bar on three held-out splice sets: trains `cpu-small` ~20 minutes (tests/bar_run.py).
+test-bar: setup
+	EXIFLANG_BAR=1 $(BIN)/python -m pytest -q -s tests/eval/test_issue_bar.py
 
 # The small-scale study of the README ("Results at small scale"): STUDY_STEPS per model.
 STUDY_STEPS ?= 1500

@@ -1,0 +1,59 @@
+"""Issue 5's bar, opt-in: a `cpu-small` run trained ~20 minutes, scored on three held-out splice sets.
+
+The suite's shared run (tests/synth_run.py) fits a ~6-minute budget and stays under the bar;
+this run is the cheapest recipe measured that clears it on sets large enough to trust (README,
+"Splice benchmarks"): the same 8 cameras and 1600 scenes (seed 0), all shot at the 768-1024 px
+size the splices are cut from -> shots 0..1439 as training shards -> `exiflang train --config
+cpu-small` with 64-px crops, no text dropout, each photo's 4 crops in one batch of 64 and the
+crop-consistency loss (0.5), 3200 steps, seed 0 (:data:`TRAIN_OVERRIDES`; ~19 minutes on 2 idle
+cores, plus ~8 minutes of synthesis) -> shots 1440..1599 (held out) -> make-splices sets of
+:data:`SETS` (seed, spliced = authentic count).
+
+Runs only with ``EXIFLANG_BAR=1`` (``make test-bar``); ``EXIFLANG_TEST_CACHE`` keeps it as for
+the shared run (a ``DONE`` file marks a finished build).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from tests.synth_run import K, N, SPLICE_SIZES, SynthRun, _split
+
+STEPS = 3200
+TRAIN_OVERRIDES = ("data.patch_size=64", "model.text_overrides={dropout: 0.0, attention_dropout: 0.0}",
+                   "data.group_crops=true", "data.batch_size=64", "optim.crop_consistency=0.5")
+SETS = ((0, 24), (1, 48), (2, 48))   # the test's set and the two larger ones of the README
+ENABLED = os.environ.get("EXIFLANG_BAR") == "1"
+
+
+def build(root: Path) -> SynthRun:
+    """Build (or reuse, when ``root/DONE`` exists) the bar run; ``splice_photos`` = the held-out shots."""
+    from pipeline import build_shards, synth
+    from train.main import main as train_main
+
+    run = SynthRun(root)
+    if (root / "DONE").exists():
+        return run
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    assert synth.main(["--out", str(run.corpus), "--cameras", str(K), "--images", str(N), "--seed", "0",
+                       "--min-size", SPLICE_SIZES[0], "--max-size", SPLICE_SIZES[1],
+                       "--no-progress", "--workers", "2"]) == 0
+    _split(run.corpus, root)
+    run.splice_photos.symlink_to(run.heldout_photos, target_is_directory=True)
+    assert build_shards.main(["--source", str(run.train_photos), "--out", str(run.train_shards),
+                              "--executor", "local", "--rows-per-shard", "200", "-q"]) == 0
+    import torch
+    torch.manual_seed(0)
+    assert train_main(["--data", str(run.train_shards), "--out", str(run.run), "--config", "cpu-small",
+                       f"run.steps={STEPS}", "run.seed=0", "data.num_workers=1", "run.tensorboard=false",
+                       f"run.ckpt_every={STEPS}", *TRAIN_OVERRIDES]) == 0
+    (root / "DONE").write_text("ok\n")
+    return run
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get("EXIFLANG_TEST_CACHE")
+    return Path(value) / "bar_run" if value else None
