@@ -15,10 +15,10 @@ the shared run (a ``DONE`` file marks a finished build).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
-from tests.synth_run import K, N, SPLICE_SIZES, SynthRun, _split
+from tests import synth_run as sr
+from tests.synth_run import SynthRun
 
 STEPS = 3200
 TRAIN_OVERRIDES = ("data.patch_size=64", "model.text_overrides={dropout: 0.0, attention_dropout: 0.0}",
@@ -29,28 +29,14 @@ ENABLED = os.environ.get("EXIFLANG_BAR") == "1"
 
 def build(root: Path) -> SynthRun:
     """Build (or reuse, when ``root/DONE`` exists) the bar run; ``splice_photos`` = the held-out shots."""
-    from pipeline import build_shards, synth
-    from train.main import main as train_main
-
     run = SynthRun(root)
-    if (root / "DONE").exists():
+    if not sr.fresh(root):
         return run
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    assert synth.main(["--out", str(run.corpus), "--cameras", str(K), "--images", str(N), "--seed", "0",
-                       "--min-size", SPLICE_SIZES[0], "--max-size", SPLICE_SIZES[1],
-                       "--no-progress", "--workers", "2"]) == 0
-    _split(run.corpus, root)
+    sr.synthesise(run.corpus, "--min-size", sr.SPLICE_SIZES[0], "--max-size", sr.SPLICE_SIZES[1])
+    sr._split(run.corpus, root)
     run.splice_photos.symlink_to(run.heldout_photos, target_is_directory=True)
-    assert build_shards.main(["--source", str(run.train_photos), "--out", str(run.train_shards),
-                              "--executor", "local", "--rows-per-shard", "200", "-q"]) == 0
-    import torch
-    torch.manual_seed(0)
-    assert train_main(["--data", str(run.train_shards), "--out", str(run.run), "--config", "cpu-small",
-                       f"run.steps={STEPS}", "run.seed=0", "data.num_workers=1", "run.tensorboard=false",
-                       f"run.ckpt_every={STEPS}", *TRAIN_OVERRIDES]) == 0
-    (root / "DONE").write_text("ok\n")
+    sr.shards(run.train_photos, run.train_shards, 200)
+    sr.train(run, STEPS, TRAIN_OVERRIDES)
     return run
 
 

@@ -68,31 +68,51 @@ def _split(corpus: Path, root: Path) -> None:
         (root / split / f"img{i:06d}.jpg").symlink_to(corpus / r["file"])
 
 
-def build(root: Path) -> SynthRun:
-    """Build (or reuse, when ``root/DONE`` exists) the shared run under ``root``."""
-    from pipeline import build_shards, synth
-    from train.main import main as train_main
-
-    run = SynthRun(root)
+def fresh(root: Path) -> bool:
+    """False when ``root/DONE`` marks a finished build (reuse it); else ``root`` is emptied: True."""
     if (root / "DONE").exists():
-        return run
+        return False
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    assert synth.main(["--out", str(run.corpus), "--cameras", str(K), "--images", str(N),
-                       "--seed", "0", "--no-progress", "--workers", "2"]) == 0
-    _split(run.corpus, root)
-    assert synth.main(["--out", str(run.splice_photos), "--cameras", str(K), "--images", str(N),
-                       "--seed", "0", "--indices", f"{N_TRAIN}:{N}", "--min-size", SPLICE_SIZES[0],
-                       "--max-size", SPLICE_SIZES[1], "--no-progress", "--workers", "2"]) == 0
-    for split, per_shard in (("train", 200), ("heldout", 1000)):
-        assert build_shards.main(["--source", str(root / split), "--out", str(root / f"{split}_sh"),
-                                  "--executor", "local", "--rows-per-shard", str(per_shard), "-q"]) == 0
+    return True
+
+
+def synthesise(out: Path, *options: str) -> None:
+    """``exiflang synth`` of the corpus's cameras and scenes (K, N, seed 0) into ``out``."""
+    from pipeline import synth
+    assert synth.main(["--out", str(out), "--cameras", str(K), "--images", str(N), "--seed", "0",
+                       *options, "--no-progress", "--workers", "2"]) == 0
+
+
+def shards(source: Path, out: Path, per_shard: int) -> None:
+    from pipeline import build_shards
+    assert build_shards.main(["--source", str(source), "--out", str(out), "--executor", "local",
+                              "--rows-per-shard", str(per_shard), "-q"]) == 0
+
+
+def train(run: SynthRun, steps: int, overrides: tuple[str, ...]) -> None:
+    """Train `cpu-small` on ``run.train_shards`` (seed 0, one worker), then mark the build done."""
+    from train.main import main as train_main
     torch.manual_seed(0)
     assert train_main(["--data", str(run.train_shards), "--out", str(run.run), "--config", "cpu-small",
-                       f"run.steps={STEPS}", "run.seed=0", "data.num_workers=1",
-                       "run.tensorboard=false", f"run.ckpt_every={STEPS}", *TRAIN_OVERRIDES]) == 0
-    (root / "DONE").write_text("ok\n")
+                       f"run.steps={steps}", "run.seed=0", "data.num_workers=1",
+                       "run.tensorboard=false", f"run.ckpt_every={steps}", *overrides]) == 0
+    (run.root / "DONE").write_text("ok\n")
+
+
+def build(root: Path) -> SynthRun:
+    """Build (or reuse, when ``root/DONE`` exists) the shared run under ``root``."""
+    run = SynthRun(root)
+    if not fresh(root):
+        return run
+    synthesise(run.corpus)
+    _split(run.corpus, root)
+    synthesise(run.splice_photos, "--indices", f"{N_TRAIN}:{N}", "--min-size", SPLICE_SIZES[0],
+               "--max-size", SPLICE_SIZES[1])
+    for split, per_shard in (("train", 200), ("heldout", 1000)):
+        shards(root / split, root / f"{split}_sh", per_shard)
+    train(run, STEPS, TRAIN_OVERRIDES)
     return run
 
 
