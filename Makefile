@@ -30,7 +30,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
-# Issue 5's bar on three held-out splice sets: trains `cpu-small` ~20 minutes (tests/bar_run.py).
+# Issue 5's bar on four held-out splice sets: trains `cpu-small` ~20 minutes (tests/bar_run.py).
 test-bar: setup
 	EXIFLANG_BAR=1 $(BIN)/python -m pytest -q -s tests/eval/test_issue_bar.py
 

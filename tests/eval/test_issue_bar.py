@@ -1,4 +1,4 @@
-"""Issue 5's bar (p-mAP >= 0.8 and detection AP >= 0.8) on three held-out splice sets, opt-in:
+"""Issue 5's bar (p-mAP >= 0.8 and detection AP >= 0.8) on four held-out splice sets, opt-in:
 ``EXIFLANG_BAR=1`` / ``make test-bar`` (the run trains ~20 minutes; see tests/bar_run.py)."""
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def bar_metrics(tmp_path_factory) -> dict[int, dict]:
 @pytest.mark.timeout(7200)
 @pytest.mark.skipif(not br.ENABLED, reason="issue 5's bar run trains ~20 minutes: set EXIFLANG_BAR=1 "
                                            "(make test-bar)")
-def test_twenty_minute_model_meets_the_issue_bar_on_three_heldout_splice_sets(bar_metrics):
+def test_twenty_minute_model_meets_the_issue_bar_on_four_heldout_splice_sets(bar_metrics):
     for seed, count in br.SETS:
         m = bar_metrics[seed]
         assert (m["spliced"], m["authentic"]) == (count, count)
