@@ -38,8 +38,3 @@ def build(root: Path) -> SynthRun:
     sr.shards(run.train_photos, run.train_shards, 200)
     sr.train(run, STEPS, TRAIN_OVERRIDES)
     return run
-
-
-def cache_dir() -> Path | None:
-    value = os.environ.get("EXIFLANG_TEST_CACHE")
-    return Path(value) / "bar_run" if value else None

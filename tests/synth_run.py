@@ -116,6 +116,7 @@ def build(root: Path) -> SynthRun:
     return run
 
 
-def cache_dir() -> Path | None:
+def cache_dir(name: str = "synth_run") -> Path | None:
+    """``$EXIFLANG_TEST_CACHE/name`` when that variable is set (development only), else None."""
     value = os.environ.get("EXIFLANG_TEST_CACHE")
-    return Path(value) / "synth_run" if value else None
+    return Path(value) / name if value else None

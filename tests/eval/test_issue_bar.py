@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests import bar_run as br
+from tests import synth_run as sr
 
 ISSUE_BAR = 0.8
 PER_SIDE = 10   # as the suite's held-out benchmark
@@ -17,7 +18,7 @@ PER_SIDE = 10   # as the suite's held-out benchmark
 def bar_metrics(tmp_path_factory) -> dict[int, dict]:
     from eval.benchmark import run_benchmark
     from eval.splices import make_splices
-    run = br.build(br.cache_dir() or tmp_path_factory.mktemp("bar_run"))
+    run = br.build(sr.cache_dir("bar_run") or tmp_path_factory.mktemp("bar_run"))
     out = {}
     for seed, count in br.SETS:
         root = tmp_path_factory.mktemp(f"bar_set{seed}")
