@@ -14,8 +14,13 @@ DECODE_FAILED = "decode_failed"
 TOO_SMALL = "too_small"
 TOO_FEW_TAGS = "too_few_tags"
 DUPLICATE = "duplicate"
+TOO_LARGE = "too_large"                # header claims more pixels than the image-size policy allows
+IMPLAUSIBLE_SIZE = "implausible_size"  # file far too small for the pixel count its header claims
+UNSUPPORTED_MODE = "unsupported_mode"  # float / 32-bit / exotic pixel modes (one policy everywhere)
+BAD_SOURCE_ROW = "bad_source_row"      # the source row itself could not be used (name, fields)
 STATUSES = (SUCCESS, DOWNLOAD_FAILED, HTTP_ERROR, TIMEOUT, NOT_AN_IMAGE,
-            DECODE_FAILED, TOO_SMALL, TOO_FEW_TAGS, DUPLICATE)
+            DECODE_FAILED, TOO_SMALL, TOO_FEW_TAGS, DUPLICATE, TOO_LARGE, IMPLAUSIBLE_SIZE,
+            UNSUPPORTED_MODE, BAD_SOURCE_ROW)
 
 
 @dataclass
