@@ -5,66 +5,230 @@ other, so after all shards are complete this pass keeps the first occurrence in 
 position) order and, for every shard holding a later copy, rewrites its tar without that
 sample and its table with status ``duplicate``.  The rule is deterministic, so running the
 pass again (after a resume, say) changes nothing more.
+
+Memory is flat in the number of rows N: the (sha256, shard, key, read order) of every
+successful row are spilled to P files partitioned by hash (P = ceil(N / partition_rows)),
+under a temporary folder in the dataset folder that is removed afterwards; each partition
+is then resolved on its own, and the duplicates found are spilled again by shard range so
+that the rewrite also holds one range at a time.  The naive in-memory version, which this
+must match exactly, is tests/pipeline/dedup_reference.py.
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tarfile
+import tempfile
+import zlib
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import records as st
-from pipeline.shard_io import (TarShardWriter, atomic_write_json, complete_shards, read_tables,
-                               shard_paths)
+from pipeline.shard_io import TarShardWriter, atomic_write_json, complete_shards, shard_paths
 
 log = logging.getLogger(__name__)
+# Rows resolved in memory at once (~100 bytes each, ~3x that while sorting): ~75 MB peak.
+PARTITION_ROWS = 250_000
 
 
-def find_cross_shard_duplicates(out_dir: Path) -> dict[int, dict[str, str]]:
+class _Spill:
+    """``parts`` append-only files of length-prefixed Arrow IPC chunks under ``folder``.
+
+    Rows are buffered in memory and appended when ``flush_rows`` (>= 1) are pending, so the
+    buffer never holds more than that plus the last table added.
+    """
+
+    def __init__(self, folder: Path, name: str, parts: int, flush_rows: int) -> None:
+        self.parts = parts
+        self.paths = [folder / f"{name}-{p:05d}.arrows" for p in range(parts)]
+        self._flush_rows = flush_rows
+        self._buffer: dict[int, list[pa.Table]] = defaultdict(list)
+        self._pending = 0
+
+    def add(self, part: np.ndarray, table: pa.Table) -> None:
+        """Queue each row of ``table`` for partition ``part[row]`` (0 <= part < parts)."""
+        order = np.argsort(part, kind="stable")
+        part, table = part[order], table.take(order)
+        cuts = np.flatnonzero(np.diff(part)) + 1
+        for start, end in zip([0, *cuts], [*cuts, len(part)]):
+            self._buffer[int(part[start])].append(table.slice(start, end - start))
+        self._pending += len(part)
+        if self._pending >= self._flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        for p, tables in self._buffer.items():
+            table = pa.concat_tables(tables)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            data = sink.getvalue()
+            with open(self.paths[p], "ab") as fh:
+                fh.write(len(data).to_bytes(8, "little"))
+                fh.write(data)
+        self._buffer.clear()
+        self._pending = 0
+
+    def read(self, p: int) -> Optional[pa.Table]:
+        """Everything appended to partition ``p``, in append order; None when empty."""
+        if not self.paths[p].exists():
+            return None
+        data = pa.py_buffer(self.paths[p].read_bytes())
+        chunks, pos = [], 0
+        while pos < data.size:
+            size = int.from_bytes(data.slice(pos, 8).to_pybytes(), "little")
+            chunks.append(pa.ipc.open_stream(data.slice(pos + 8, size)).read_all())
+            pos += 8 + size
+        return pa.concat_tables(chunks)
+
+    def remove(self, p: int) -> None:
+        self.paths[p].unlink(missing_ok=True)
+
+
+def _partition_of(sha: pa.Array, parts: int) -> np.ndarray:
+    """Partition (0 <= p < parts) of each hash: crc32 of its first 16 characters."""
+    if parts == 1:
+        return np.zeros(len(sha), dtype=np.int64)
+    prefix = pc.utf8_slice_codeunits(sha, 0, 16).dictionary_encode()
+    # One crc32 per distinct prefix, then a vectorised lookup for the rows.
+    codes = np.array([zlib.crc32(v.encode()) % parts for v in prefix.dictionary.to_pylist()],
+                     dtype=np.int64)
+    return codes[prefix.indices.to_numpy()]
+
+
+def _spill_hashes(out_dir: Path, shards: list[int], spill: _Spill) -> None:
+    """Pass 1: successful rows of every shard, numbered in read order, into ``spill``."""
+    ordinal = 0
+    for shard in shards:
+        table = pq.read_table(shard_paths(out_dir, shard)["parquet"],
+                              columns=["key", "shard", "status", "sha256"])
+        table = table.filter(pc.equal(table["status"], st.SUCCESS))
+        n = len(table)
+        if not n:
+            continue
+        # A missing hash is one more value (as the reference's dict treats None); "" is
+        # never a real sha256, and -1 never a real shard.
+        sha = pc.fill_null(table["sha256"], "").combine_chunks()
+        rows = pa.table({"sha256": sha, "shard": pc.fill_null(table["shard"], -1),
+                         "key": table["key"],
+                         "ordinal": pa.array(np.arange(ordinal, ordinal + n), pa.int64())})
+        ordinal += n
+        spill.add(_partition_of(sha, spill.parts), rows)
+    spill.flush()
+
+
+def _duplicates_in(part: pa.Table) -> pa.Table:
+    """Pass 2, one partition: rows whose hash was first seen (lowest ordinal) in another shard."""
+    part = part.sort_by([("sha256", "ascending"), ("ordinal", "ascending")])
+    sha = part["sha256"].combine_chunks()
+    n = len(part)
+    starts = np.ones(n, dtype=bool)
+    if n > 1:
+        starts[1:] = pc.not_equal(sha.slice(1), sha.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    first = np.flatnonzero(starts)[np.cumsum(starts) - 1]     # row of each row's first copy
+    shard = part["shard"].to_numpy()
+    idx = np.flatnonzero(shard != shard[first])
+    return pa.table({"shard": pa.array(shard[idx], pa.int32()), "key": part["key"].take(idx),
+                     "first_key": part["key"].take(first[idx]),
+                     "ordinal": part["ordinal"].take(idx)})
+
+
+def _per_shard(drops: _Spill) -> Iterator[tuple[int, dict[str, str]]]:
+    """Pass 3: ``(shard, {key: first key})`` in shard order, one shard range in memory."""
+    for q in range(drops.parts):
+        table = drops.read(q)
+        if table is None:
+            continue
+        table = table.sort_by([("shard", "ascending"), ("ordinal", "ascending")])
+        shard = table["shard"].to_numpy()
+        keys, firsts = table["key"].to_pylist(), table["first_key"].to_pylist()
+        cuts = np.flatnonzero(np.diff(shard)) + 1
+        for start, end in zip([0, *cuts], [*cuts, len(shard)]):
+            yield int(shard[start]), dict(zip(keys[start:end], firsts[start:end]))
+        drops.remove(q)
+
+
+def iter_cross_shard_duplicates(out_dir: Path, *, partition_rows: int = PARTITION_ROWS
+                                ) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(shard, {key: key of the first copy})`` for each shard holding later copies, in shard order.
+
+    ``partition_rows`` (>= 1) bounds the rows held in memory at once; every table is read
+    before the first item is yielded, so the caller may rewrite shards while iterating.
+    """
+    shards = complete_shards(out_dir)
+    if not shards:
+        return
+    n = sum(pq.read_metadata(shard_paths(out_dir, s)["parquet"]).num_rows for s in shards)
+    parts = max(1, -(-n // partition_rows))
+    work = Path(tempfile.mkdtemp(prefix=".dedup-", dir=out_dir))
+    try:
+        hashes = _Spill(work, "hash", parts, partition_rows)
+        _spill_hashes(out_dir, shards, hashes)
+        drops = _Spill(work, "drop", parts, partition_rows)
+        top = max(shards) + 1
+        for p in range(parts):
+            table = hashes.read(p)
+            hashes.remove(p)
+            found = _duplicates_in(table) if table is not None else None
+            if found is not None and len(found):
+                # Contiguous shard ranges: a range's drops are at most its rows.
+                bucket = np.clip(found["shard"].to_numpy().astype(np.int64) * parts // top,
+                                 0, parts - 1)
+                drops.add(bucket, found)
+        drops.flush()
+        yield from _per_shard(drops)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def find_cross_shard_duplicates(out_dir: Path, *, partition_rows: int = PARTITION_ROWS
+                                ) -> dict[int, dict[str, str]]:
     """``{shard: {key: key of the first copy}}`` for successful samples seen in an earlier shard."""
-    table = read_tables(out_dir, ["key", "shard", "position", "status", "sha256"])
-    table = table.filter(pc.equal(table["status"], st.SUCCESS))
-    first: dict[str, tuple[int, str]] = {}
-    dups: dict[int, dict[str, str]] = defaultdict(dict)
-    # Tables are read in shard order and rows are in position order within a shard.
-    for key, shard, sha in zip(table["key"].to_pylist(), table["shard"].to_pylist(),
-                               table["sha256"].to_pylist()):
-        if sha in first and first[sha][0] != shard:
-            dups[shard][key] = first[sha][1]
-        else:
-            first.setdefault(sha, (shard, key))
-    return dict(dups)
+    return dict(iter_cross_shard_duplicates(out_dir, partition_rows=partition_rows))
+
+
+def _samples(src: tarfile.TarFile, drop: set[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The tar's samples not in ``drop``: consecutive members sharing a key, as written."""
+    key, members = "", {}
+    for member in src:
+        name, _, ext = member.name.partition(".")
+        if name in drop:
+            continue
+        if name != key and members:
+            yield key, members
+            members = {}
+        key = name
+        fh = src.extractfile(member)
+        members[ext] = fh.read() if fh else b""
+    if members:
+        yield key, members
 
 
 def _rewrite_tar(path: Path, drop: set[str]) -> int:
-    """Copy a tar without the members of the dropped keys; returns samples kept."""
+    """Copy a tar without the members of the dropped keys, one sample in memory; returns samples kept."""
     writer = TarShardWriter(path)
-    kept: set[str] = set()
+    kept = 0
     try:
         with tarfile.open(path, "r") as src:
-            groups: dict[str, dict[str, bytes]] = {}
-            for member in src:
-                key, _, ext = member.name.partition(".")
-                if key in drop:
-                    continue
-                fh = src.extractfile(member)
-                groups.setdefault(key, {})[ext] = fh.read() if fh else b""
-            for key, members in groups.items():
+            for key, members in _samples(src, drop):
                 writer.add(key, members)
-                kept.add(key)
+                kept += 1
         writer.commit()
     except BaseException:
         writer.abort()
         raise
-    return len(kept)
+    return kept
 
 
 def _rewrite_shard(out_dir: Path, shard: int, drop: dict[str, str]) -> None:
+    """Drop ``drop``'s keys from the shard's tar; mark them ``duplicate`` in its table and stats."""
     paths = shard_paths(out_dir, shard)
     samples = _rewrite_tar(paths["tar"], set(drop))
     table = pq.read_table(paths["parquet"])
@@ -83,15 +247,16 @@ def _rewrite_shard(out_dir: Path, shard: int, drop: dict[str, str]) -> None:
     atomic_write_json(paths["stats"], stats)
 
 
-def remove_cross_shard_duplicates(out_dir: Path) -> int:
+def remove_cross_shard_duplicates(out_dir: Path, *, partition_rows: int = PARTITION_ROWS) -> int:
     """Mark and drop later copies across shards; returns how many samples were dropped."""
-    dups = find_cross_shard_duplicates(out_dir)
-    for shard in sorted(dups):
-        _rewrite_shard(out_dir, shard, dups[shard])
-    total = sum(len(d) for d in dups.values())
+    total = shards = 0
+    for shard, drop in iter_cross_shard_duplicates(out_dir, partition_rows=partition_rows):
+        _rewrite_shard(out_dir, shard, drop)
+        total, shards = total + len(drop), shards + 1
     if total:
-        log.info("dropped %d cross-shard duplicates in %d shards", total, len(dups))
+        log.info("dropped %d cross-shard duplicates in %d shards", total, shards)
     return total
 
 
-__all__ = ["find_cross_shard_duplicates", "remove_cross_shard_duplicates", "complete_shards"]
+__all__ = ["find_cross_shard_duplicates", "iter_cross_shard_duplicates",
+           "remove_cross_shard_duplicates", "complete_shards"]
