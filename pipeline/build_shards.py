@@ -54,7 +54,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=s.threads, help="fetch threads per worker")
     run.add_argument("--shard-retries", type=int, default=2)
     net = ap.add_argument_group("download")
-    net.add_argument("--timeout", type=float, default=d.timeout)
+    net.add_argument("--timeout", type=float, default=d.timeout, metavar="SECONDS",
+                     help=f"connect and per-read timeout (default: {d.timeout:g})")
+    net.add_argument("--deadline", type=float, default=d.deadline, metavar="SECONDS",
+                     help="total time for one attempt: DNS, connect, headers and body "
+                     f"(default: {d.deadline:g})")
+    net.add_argument("--row-deadline", type=float, default=d.row_deadline, metavar="SECONDS",
+                     help="total time for one row: all retries and fallback URLs, not counting "
+                     f"the wait for a per-host slot (default: {d.row_deadline:g})")
     net.add_argument("--retries", type=int, default=d.retries)
     net.add_argument("--max-bytes", type=int, default=d.max_bytes)
     net.add_argument("--max-redirects", type=int, default=d.max_redirects)
@@ -68,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
-    dl = DownloadConfig(timeout=args.timeout, retries=args.retries, max_bytes=args.max_bytes,
+    dl = DownloadConfig(timeout=args.timeout, deadline=args.deadline,
+                        row_deadline=args.row_deadline, retries=args.retries, max_bytes=args.max_bytes,
                         max_redirects=args.max_redirects,
                         per_host_concurrency=args.per_host_concurrency,
                         per_host_rate=args.per_host_rate, user_agent=args.user_agent)

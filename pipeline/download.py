@@ -8,16 +8,26 @@ Per-host limits are per *process*.  A job with many worker processes must divide
 budget among them; the driver does that (``per_host_concurrency // workers`` and
 ``per_host_rate / workers``), so the remote host sees at most the job's total.
 
-Every attempt is bounded: ``timeout`` for the connect and for each socket read, and
-``total_timeout`` for the whole body, checked after every socket read (``read1``), so a
-server that trickles bytes costs at most ``total_timeout + timeout``.  (The status line and
-headers are bounded per read only; http.client caps their size.)  Redirects are followed
-by hand so that every hop goes through the host limiter of the host it lands on.
+Time bounds, all wall clock:
+
+* ``timeout``: the connect, and each socket read (a server that goes silent);
+* ``deadline``: one attempt as a whole (DNS, connect, TLS, status line, headers and body,
+  redirect hops included), enforced at every socket operation by :mod:`pipeline.deadline`, so
+  a server trickling its headers or body one byte at a time is cut within one read of it;
+* ``row_deadline``: one row as a whole (all attempts, backoff sleeps and fallback URLs): no
+  retry or fallback starts once it is spent, and each attempt's deadline is cut to what is left.
+
+Time spent queued for a host slot (politeness, :mod:`pipeline.host_limits`) is not charged to
+either deadline: the row has not reached the network yet, and every slot holder is itself
+bounded.  So a fetch holds its thread for at most ``row_deadline`` plus that queueing.
+Redirects are followed by hand so that every hop goes through the host limiter of the host it
+lands on.
 """
 from __future__ import annotations
 
 import email.utils
 import http.cookiejar
+import math
 import random
 import re
 import threading
@@ -30,9 +40,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3.exceptions as u3
-from requests.adapters import HTTPAdapter
 
 from pipeline import records as st
+from pipeline.deadline import BoundedAdapter, Deadline, applied
 from pipeline.host_limits import HostLimiter
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -44,8 +54,9 @@ _DRAIN_MAX = 1 << 16       # error and redirect bodies up to this are read to ke
 class DownloadConfig:
     """Bounds, retry policy and politeness of one worker process's downloads."""
 
-    timeout: float = 20.0            # seconds, connect and per-read
-    total_timeout: float = 120.0     # seconds for one attempt's whole body
+    timeout: float = 20.0            # seconds (> 0), connect and each socket read
+    deadline: float = 60.0           # seconds (> 0) for one attempt: DNS, connect, headers, body
+    row_deadline: float = 180.0      # seconds (> 0) for one row: all attempts, backoff, fallbacks
     max_bytes: int = 64 * 2**20      # larger bodies abort with download_failed "too large"
     max_redirects: int = 5
     retries: int = 3                 # extra attempts on timeouts, connection errors, 429 and 5xx
@@ -54,6 +65,12 @@ class DownloadConfig:
     per_host_concurrency: int = 8    # simultaneous requests to one host from this process (<=0: none)
     per_host_rate: float = 0.0       # max requests/s to one host from this process (0 = unlimited)
     user_agent: str = "exiflang/0.1 (+https://github.com/exiflang/exiflang; dataset builder)"
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "deadline", "row_deadline"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):  # NaN fails too
+                raise ValueError(f"download {name} must be a positive number of seconds, not {value!r}")
 
 
 @dataclass
@@ -170,7 +187,8 @@ class Downloader:
         # Enough pooled connections per host for every slot the limiter hands out, so
         # connections are reused instead of discarded; retries are ours, not urllib3's.
         per_host = cfg.per_host_concurrency if cfg.per_host_concurrency > 0 else 64
-        adapter = HTTPAdapter(pool_connections=64, pool_maxsize=max(per_host, 1), max_retries=0)
+        # BoundedAdapter: its connections obey the attempt's deadline (pipeline.deadline).
+        adapter = BoundedAdapter(pool_connections=64, pool_maxsize=max(per_host, 1), max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         # identity: the original bytes, never a re-encoded or compressed variant.
@@ -192,15 +210,21 @@ class Downloader:
     def fetch(self, url: str, fallback_urls: Sequence[str] = ()) -> FetchResult:
         """Fetch ``url``; if it fails, each of ``fallback_urls`` in order.  Never raises.
 
-        On failure of all, the result describes the primary URL, with the fallbacks'
-        errors appended to ``error``.  Empty and repeated fallbacks are skipped.
+        Takes at most ``row_deadline`` seconds plus time queued for host slots.  On failure of
+        all, the result describes the primary URL, with the fallbacks' errors appended to
+        ``error``.  Empty and repeated fallbacks are skipped, and so are those left no time.
         """
         t0 = time.perf_counter()
+        row = Deadline(self.config.row_deadline, "row deadline")
+        candidates = list(dict.fromkeys([url, *(u for u in fallback_urls if u)]))
         attempts, failures = 0, []
         first: Optional[FetchResult] = None
-        for candidate in dict.fromkeys([url, *(u for u in fallback_urls if u)]):
+        for n, candidate in enumerate(candidates):
+            if first is not None and row.expired():
+                failures.append(f"{len(candidates) - n} not tried: {row.describe()} spent")
+                break
             try:
-                res = self._fetch_one(candidate)
+                res = self._fetch_one(candidate, row)
             except Exception as exc:  # a bug here must cost one row, not the shard
                 res = FetchResult(candidate, None, st.DOWNLOAD_FAILED, None, None,
                                   _one_line(f"internal error: {type(exc).__name__}: {exc}"), 0, 0.0)
@@ -215,26 +239,34 @@ class Downloader:
         return FetchResult(url, first.final_url, first.status, first.http_status, None,
                            _one_line(error, 600), attempts, time.perf_counter() - t0)
 
-    def _fetch_one(self, url: str) -> FetchResult:
-        """One URL with retries and backoff."""
+    def _fetch_one(self, url: str, row: Deadline) -> FetchResult:
+        """One URL with retries and backoff, within what is left of the row's deadline."""
         t0 = time.perf_counter()
         bad = url_error(url)
         if bad:
             return FetchResult(url, None, st.DOWNLOAD_FAILED, None, None, bad, 0, 0.0)
         cfg, attempt, out = self.config, 0, _Outcome(st.DOWNLOAD_FAILED, "downloader closed")
+        spent = False
         while not self._closed.is_set():
             attempt += 1
-            out = self._attempt(url)
+            out = self._attempt(url, row)
             if out.status == st.SUCCESS or not out.retryable or attempt > cfg.retries:
                 break
+            wait = self._backoff(attempt - 1, out.retry_after)
+            if wait >= row.left():
+                spent = True  # no time left for another attempt
+                break
             # Event.wait, not sleep: close() cuts backoff short.
-            if self._closed.wait(self._backoff(attempt - 1, out.retry_after)):
+            if self._closed.wait(wait):
                 break
         error = out.error
+        tries = f"{attempt} attempt{'s' * (attempt != 1)}"
+        if spent and row.label not in (error or ""):
+            tries += f", {row.describe()} spent"
         if out.status == st.TIMEOUT:
-            error = f"timed out after {attempt} attempt{'s' * (attempt != 1)}: {out.error}"
-        elif out.status != st.SUCCESS and attempt > 1:
-            error = f"{out.error} (after {attempt} attempts)"
+            error = f"timed out after {tries}: {out.error}"
+        elif out.status != st.SUCCESS and (attempt > 1 or spent):
+            error = f"{out.error} (after {tries})"
         return FetchResult(url, out.final_url, out.status, out.http_status, out.data, error,
                            attempt, time.perf_counter() - t0)
 
@@ -247,14 +279,17 @@ class Downloader:
         delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** retry)
         return random.uniform(delay / 2, delay)
 
-    def _attempt(self, url: str) -> _Outcome:
+    def _attempt(self, url: str, row: Deadline) -> _Outcome:
         """One attempt: the request and its redirect hops, each hop inside its host's slot."""
         cfg = self.config
-        deadline = time.monotonic() + cfg.total_timeout
+        deadline = Deadline(cfg.deadline).within(row)
         seen, current = {url}, url
         for _ in range(cfg.max_redirects + 1):
             host = (urlsplit(current).hostname or "").lower()
-            with self.limiter.slot(host):
+            with self.limiter.slot(host) as waited:
+                # Queueing for politeness is not the server's time: credit it back.
+                deadline.extend(waited)
+                row.extend(waited)
                 out, location = self._request(current, deadline)
             if location is None:
                 return out
@@ -270,28 +305,33 @@ class Downloader:
         return _Outcome(st.DOWNLOAD_FAILED, f"too many redirects (> {cfg.max_redirects})",
                         out.http_status, current)
 
-    def _request(self, url: str, deadline: float) -> tuple[_Outcome, Optional[str]]:
-        """One HTTP exchange; returns the outcome and, for a redirect, its Location."""
-        t = self.config.timeout
-        try:
-            resp = self._session.get(url, stream=True, timeout=(t, t), allow_redirects=False)
-        except requests.Timeout as exc:
-            kind = "connect" if isinstance(exc, requests.ConnectTimeout) else "no response"
-            return _Outcome(st.TIMEOUT, f"{kind} within {t:g} s", final_url=url, retryable=True), None
-        except requests.exceptions.SSLError as exc:  # a bad certificate does not heal on retry
-            return _Outcome(st.DOWNLOAD_FAILED, f"TLS error: {_exception_reason(exc)}", final_url=url), None
-        except requests.ConnectionError as exc:
-            return _Outcome(st.DOWNLOAD_FAILED, f"connection failed: {_exception_reason(exc)}",
+    def _request(self, url: str, deadline: Deadline) -> tuple[_Outcome, Optional[str]]:
+        """One HTTP exchange under ``deadline``; the outcome and, for a redirect, its Location."""
+        if deadline.expired():  # spent on earlier redirect hops
+            return _Outcome(st.TIMEOUT, f"{deadline.describe()} exceeded (redirects)",
                             final_url=url, retryable=True), None
-        except Exception as exc:  # invalid URL, header, ...: deterministic, so no retry
-            return _Outcome(st.DOWNLOAD_FAILED, _exception_reason(exc), final_url=url), None
-        try:
-            return self._response(resp, url, deadline)
-        finally:
-            resp.close()
+        t = self.config.timeout
+        with applied(deadline):
+            try:
+                resp = self._session.get(url, stream=True, timeout=(t, t), allow_redirects=False)
+            except requests.Timeout as exc:
+                return _Outcome(st.TIMEOUT, _timeout_reason(exc, deadline, t), final_url=url,
+                                retryable=True), None
+            except requests.exceptions.SSLError as exc:  # a bad certificate does not heal on retry
+                return _Outcome(st.DOWNLOAD_FAILED, f"TLS error: {_exception_reason(exc)}",
+                                final_url=url), None
+            except requests.ConnectionError as exc:
+                return _Outcome(st.DOWNLOAD_FAILED, f"connection failed: {_exception_reason(exc)}",
+                                final_url=url, retryable=True), None
+            except Exception as exc:  # invalid URL, header, ...: deterministic, so no retry
+                return _Outcome(st.DOWNLOAD_FAILED, _exception_reason(exc), final_url=url), None
+            try:
+                return self._response(resp, url, deadline)
+            finally:
+                resp.close()
 
     def _response(self, resp: requests.Response, url: str,
-                  deadline: float) -> tuple[_Outcome, Optional[str]]:
+                  deadline: Deadline) -> tuple[_Outcome, Optional[str]]:
         code = resp.status_code
         location = resp.headers.get("Location")
         if code in _REDIRECTS and location:
@@ -310,26 +350,24 @@ class Downloader:
             return exc.outcome, None
         return _Outcome(st.SUCCESS, None, code, url, data), None
 
-    def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
-        """The whole body, within ``max_bytes`` and the attempt's deadline; checks Content-Length."""
+    def _read_body(self, resp: requests.Response, deadline: Deadline) -> bytes:
+        """The whole body, within ``max_bytes`` and ``deadline``; checks Content-Length."""
         cfg, raw, failed = self.config, resp.raw, st.DOWNLOAD_FAILED
         expected = _content_length(resp)
         if expected is not None and expected > cfg.max_bytes:
             raise _BodyError(failed, f"too large: Content-Length {expected} > max_bytes {cfg.max_bytes}")
         buf, broken = bytearray(), None
         try:
-            # read1: at most one socket read, so the deadline is checked between reads even
-            # when the server trickles (read(n) would wait for all n bytes).
+            # read1: one socket read at a time, each bounded by pipeline.deadline, so memory
+            # is checked as the bytes come (read(n) would wait for all n).
             while chunk := raw.read1(_CHUNK, decode_content=True):
                 buf += chunk
                 if len(buf) > cfg.max_bytes:
                     raise _BodyError(failed, f"too large: more than max_bytes {cfg.max_bytes}")
-                if time.monotonic() > deadline:
-                    raise _BodyError(st.TIMEOUT, f"body incomplete after total_timeout "
-                                     f"{cfg.total_timeout:g} s ({len(buf)} bytes)", retryable=True)
         except (u3.ReadTimeoutError, TimeoutError):
-            raise _BodyError(st.TIMEOUT, f"body stalled for {cfg.timeout:g} s ({len(buf)} bytes)",
-                             retryable=True) from None
+            why = (f"{deadline.describe()} exceeded during the body" if deadline.expired()
+                   else f"body stalled for {cfg.timeout:g} s")
+            raise _BodyError(st.TIMEOUT, f"{why} ({len(buf)} bytes)", retryable=True) from None
         except u3.DecodeError as exc:
             raise _BodyError(failed, _one_line(f"undecodable body: {exc}")) from None
         except (u3.ProtocolError, OSError) as exc:
@@ -341,16 +379,25 @@ class Downloader:
             raise _BodyError(failed, f"connection broken: {_exception_reason(broken)}", retryable=True)
         return bytes(buf)
 
-    def _discard(self, resp: requests.Response, deadline: float) -> None:
+    def _discard(self, resp: requests.Response, deadline: Deadline) -> None:
         """Read a small error/redirect body so its connection can be reused; drop big ones."""
         n = _content_length(resp)
         if n is None or n > _DRAIN_MAX:
             return  # resp.close() will close the connection rather than read an unknown amount
         try:
-            while n > 0 and time.monotonic() < deadline:
+            while n > 0 and not deadline.expired():
                 chunk = resp.raw.read1(n)
                 if not chunk:
                     break
                 n -= len(chunk)
         except Exception:  # the outcome is already decided; the connection is simply dropped
             pass
+
+
+def _timeout_reason(exc: requests.Timeout, deadline: Deadline, timeout: float) -> str:
+    """One line for a timeout before the body: the attempt's deadline, or the per-read timeout."""
+    connecting = isinstance(exc, requests.ConnectTimeout)
+    if deadline.expired():
+        stage = "while connecting" if connecting else "before the response headers"
+        return f"{deadline.describe()} exceeded {stage}"
+    return f"{'connect' if connecting else 'no response'} within {timeout:g} s"

@@ -16,6 +16,9 @@ Routes (query parameters in brackets, defaults after '='):
   /slow[delay=5, file=]           waits ``delay`` s before the status line
   /trickle[size=1000, chunk=1, interval=0.05, file=]
                                   full headers, then ``chunk`` bytes every ``interval`` s
+  /trickle-headers[interval=0.5, pad=200, file=]
+                                  the status line and headers (an ``X-Pad`` of ``pad`` bytes
+                                  among them) one byte every ``interval`` s, then the body
   /truncated[file=, size=1000]    Content-Length of the whole body, half of it sent, then close
   /redirect-loop                  302 to /redirect-loop?b=1, which 302s back
   /redirect[to=, n=1]             ``n`` hops of 302, then to ``to`` (a path or a URL)
@@ -241,7 +244,8 @@ class LoopbackServer:
         if path.startswith("/status/"):
             return self._r_status
         return {"/429": self._r_429, "/flaky500": self._r_flaky500, "/slow": self._r_slow,
-                "/trickle": self._r_trickle, "/truncated": self._r_truncated,
+                "/trickle": self._r_trickle, "/trickle-headers": self._r_trickle_headers,
+                "/truncated": self._r_truncated,
                 "/redirect-loop": self._r_redirect_loop, "/redirect": self._r_redirect,
                 "/notimage": self._r_notimage, "/big": self._r_big,
                 "/headers": self._r_headers}.get(path)
@@ -284,6 +288,19 @@ class LoopbackServer:
                 break
             h.wfile.write((data or b"")[i:i + chunk])
         h.close_connection = True
+
+    def _r_trickle_headers(self, h: _Handler, path: str, q: dict[str, str]) -> None:
+        # Each byte comes well within any per-read timeout; only a total deadline ends this.
+        data = (self.file_bytes(q["file"]) if "file" in q else b"ok\n") or b""
+        head = (f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n"
+                f"X-Pad: {'p' * int(q.get('pad', '200'))}\r\nConnection: close\r\n\r\n").encode()
+        h.close_connection = True
+        interval = float(q.get("interval", "0.5"))
+        for i in range(len(head)):
+            if self._stop.wait(interval):
+                return
+            h.wfile.write(head[i:i + 1])
+        h.wfile.write(data)
 
     def _r_truncated(self, h: _Handler, path: str, q: dict[str, str]) -> None:
         data = self.file_bytes(q["file"]) if "file" in q else b"t" * int(q.get("size", "1000"))

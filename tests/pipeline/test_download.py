@@ -18,7 +18,7 @@ from pipeline.download import DownloadConfig, Downloader, parse_retry_after, url
 from pipeline.host_limits import HostLimiter
 from tests.http_server import LoopbackServer
 
-FAST = dict(timeout=0.5, total_timeout=5.0, retries=2, backoff_base=0.01, backoff_max=0.05)
+FAST = dict(timeout=0.5, deadline=5.0, retries=2, backoff_base=0.01, backoff_max=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -192,12 +192,12 @@ def test_slow_server_times_out(srv):
     assert time.perf_counter() - t0 < 1.5
 
 
-def test_trickle_is_cut_by_total_timeout(srv):
+def test_trickle_is_cut_by_deadline(srv):
     # Every byte arrives well within the read timeout; only the total bound can stop it.
-    with _dl(timeout=0.5, total_timeout=0.4, retries=0) as dl:
+    with _dl(timeout=0.5, deadline=0.4, retries=0) as dl:
         t0 = time.perf_counter()
         res = dl.fetch(srv.url("/trickle?size=1000&chunk=1&interval=0.05"))
-    assert res.status == st.TIMEOUT and "total_timeout" in res.error, res.error
+    assert res.status == st.TIMEOUT and "deadline 0.4 s exceeded during the body" in res.error, res.error
     assert time.perf_counter() - t0 < 0.4 + 0.5 + 0.3
 
 
