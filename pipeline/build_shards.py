@@ -98,13 +98,14 @@ def run(args: argparse.Namespace) -> int:
                          yfcc_original_url=args.yfcc_original_url)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rows = source.rows()
     if args.yfcc_exif:
-        from pipeline.yfcc_exif import YfccExifIndex
-        db = out_dir / "yfcc_exif.sqlite"
-        YfccExifIndex.build(args.yfcc_exif, str(db))
-        cfg.yfcc_exif_db = str(db.resolve())
+        from pipeline.yfcc_exif import YfccSideJoin
+        # Indexed as the rows stream past, with only their ids: no full build up front.
+        join = YfccSideJoin(args.yfcc_exif, str(out_dir / "yfcc_exif.sqlite"))
+        rows, cfg.yfcc_exif_db = join.rows(rows), join.db_path
     cfg.write(out_dir / "config.json")
-    summary = build(source.rows(), cfg, opts)
+    summary = build(rows, cfg, opts)
     summary["source"] = {"path": str(args.source), "format": source.format,
                          "skipped": dict(source.skipped),
                          "flagged": dict(getattr(source, "flagged", {}))}

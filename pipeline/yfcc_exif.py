@@ -11,8 +11,10 @@ every part URL-encoded (``+`` for space, ``%2C`` for a comma inside a value), e.
   while a tag name might, so the first dot is the only safe boundary;
 - a piece holding no ``:`` at all is a value's unencoded comma, and is glued back on.
 
-The side file is tens of GB, so :meth:`YfccExifIndex.build` streams it into a table of raw
-item strings (parsed only on lookup), and workers open that database read-only.
+The side file is tens of GB.  :meth:`YfccExifIndex.build` streams all of it (or the lines of
+given ids) into a table of raw item strings, parsed only on lookup; :class:`YfccSideJoin`
+instead fills such a table while the job's rows stream past, with only what they need
+(docs/scale_metadata.md measures both).  Workers open the database read-only.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 from urllib.parse import unquote_plus
@@ -28,12 +31,15 @@ from urllib.parse import unquote_plus
 from tqdm import tqdm
 
 from pipeline.exif_names import canonical_tag_name, directory_precedence
+from pipeline.records import SourceRow
 from pipeline.sources import READ_ERRORS, SourceError, open_binary, reason_of
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 BATCH = 20_000          # rows per executemany: large enough to amortise, small in memory
 LOOKUP_CHUNK = 500      # ids per "IN (...)" query, well under SQLite's variable limit
+BLOCK_ROWS = 1_000      # source rows joined per commit by YfccSideJoin
+WINDOW = 50_000         # side lines YfccSideJoin holds unasked before it spills them (~15 MB)
 
 
 def parse_items(items: str, *, keep_empty: bool = False) -> dict[str, str]:
@@ -221,6 +227,146 @@ class YfccExifIndex:
         self.close()
 
 
+class YfccSideJoin:
+    """Joins source rows with the side file as they stream past, indexing only what they need.
+
+    :meth:`rows` passes the rows through in blocks; before a block is passed on, the side
+    lines of its photo ids are in the database at ``db_path`` (committed, so workers that
+    open it read-only see them).  One forward cursor reads the side file: lines nobody asked
+    for yet wait in a window of ``window`` lines, then are spilled into the database too.
+    Correct in any order (an id's first line wins, as in :meth:`YfccExifIndex.build`); the
+    order only sets the cost.  Side file in the source's order: the database holds about the
+    job's rows, built as they are fetched.  Any other order, or an id the side file lacks:
+    the cursor reads on (to the end, at worst) and the database grows into the full index,
+    which a rerun then reuses.  Memory: ``block_rows`` ids plus ``window`` lines.
+    """
+
+    def __init__(self, side_file: str, db_path: str, *, block_rows: int = BLOCK_ROWS,
+                 window: int = WINDOW) -> None:
+        if not os.path.isfile(side_file):
+            raise SourceError(side_file, "no such YFCC EXIF side file")
+        self.side_file, self.db_path = side_file, os.path.abspath(db_path)
+        self.block_rows, self.window = max(1, block_rows), max(0, window)
+        self.counts = {"lines": 0, "malformed": 0, "filtered": 0, "matched": 0, "missing": 0,
+                       "spilled": 0, "duplicates": 0, "rows": 0}
+        self._conn: Optional[sqlite3.Connection] = None
+        self._lines: Optional[Iterator[tuple[str, str]]] = None
+        self._pending: OrderedDict[str, str] = OrderedDict()
+        self._eof = False
+
+    def rows(self, rows: Iterable[SourceRow]) -> Iterator[SourceRow]:
+        """``rows`` unchanged, each block once its side lines are committed."""
+        full = self._start()
+        try:
+            for block in _batches(rows, self.block_rows):
+                if not full:
+                    self._resolve([r.photo_id for r in block if r.photo_id])
+                yield from block
+        finally:
+            self.close()
+
+    def _start(self) -> bool:
+        """Reuse a full index of this side file (True), or start an empty one."""
+        stamp = _source_stamp(self.side_file)
+        reused = YfccExifIndex._reusable(self.db_path, stamp, "all")
+        if reused is not None:
+            reused.close()
+            return True
+        os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
+        for path in (self.db_path, self.db_path + "-journal"):
+            if os.path.exists(path):
+                os.remove(path)
+        # Workers read while this writes: a commit waits for their short reads to end.
+        self._conn = sqlite3.connect(self.db_path, timeout=120)
+        self._conn.execute("PRAGMA journal_mode = MEMORY")
+        self._conn.execute("PRAGMA synchronous = OFF")
+        self._conn.execute("CREATE TABLE exif (photo_id TEXT PRIMARY KEY, items TEXT NOT NULL)"
+                           " WITHOUT ROWID")
+        self._conn.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # Complete for every row already passed on; "stream" keeps build() from reusing it.
+        self._write_info({"source": stamp, "filter": "stream", "schema": SCHEMA_VERSION,
+                          "complete": "1"})
+        self._lines = _records(self.side_file, None, self.counts)
+        return False
+
+    def _resolve(self, ids: list[str]) -> None:
+        """Put the side lines of ``ids`` (if the file has them) into the database and commit."""
+        wanted = dict.fromkeys(str(i) for i in ids)
+        for pid in self._in_db(list(wanted)):
+            del wanted[pid]
+        out = [(pid, self._pending.pop(pid)) for pid in list(wanted) if pid in self._pending]
+        for pid, _ in out:
+            del wanted[pid]
+        self.counts["matched"] += len(out)
+        while wanted and not self._eof:
+            record = next(self._lines, None)
+            if record is None:
+                self._eof = True
+                self.counts["spilled"] += len(self._pending)
+                out.extend(self._pending.items())       # in file order: first line wins
+                self._pending.clear()
+                break
+            out.extend(self._take(record, wanted))
+            if len(out) >= BATCH:
+                self._insert(out)
+                out = []
+        self._insert(out)
+        self.counts["missing"] += len(wanted)
+
+    def _take(self, record: tuple[str, str], wanted: dict) -> list[tuple[str, str]]:
+        """What to insert now for one side line: itself if asked for, else a spilled line."""
+        pid, items = record
+        if pid in wanted:
+            del wanted[pid]
+            self.counts["matched"] += 1
+            return [record]
+        if pid in self._pending:
+            self.counts["duplicates"] += 1              # a later line of a waiting id
+            return []
+        self._pending[pid] = items
+        if len(self._pending) <= self.window:
+            return []
+        self.counts["spilled"] += 1
+        return [self._pending.popitem(last=False)]
+
+    def _in_db(self, ids: list[str]) -> list[str]:
+        found: list[str] = []
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = ids[start:start + LOOKUP_CHUNK]
+            found += [r[0] for r in self._conn.execute(
+                f"SELECT photo_id FROM exif WHERE photo_id IN ({','.join('?' * len(chunk))})",
+                chunk)]
+        return found
+
+    def _insert(self, records: list[tuple[str, str]]) -> None:
+        before = self._conn.total_changes
+        # OR IGNORE: a line spilled earlier is an earlier line of the same id, and wins.
+        self._conn.executemany("INSERT OR IGNORE INTO exif VALUES (?, ?)", records)
+        self.counts["rows"] += self._conn.total_changes - before
+        self._conn.commit()
+
+    def _write_info(self, info: dict[str, str]) -> None:
+        self._conn.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", sorted(info.items()))
+        self._conn.commit()
+
+    def close(self) -> None:
+        """Record the counts in the database (a full index once the file was read to its end)."""
+        if self._conn is None:
+            return
+        if self._lines is not None:
+            self._lines.close()
+        info = {k: str(v) for k, v in self.counts.items()}
+        if self._eof:
+            info["filter"] = "all"
+        self._write_info(info)
+        self._conn.close()
+        self._conn = None
+        log.info("YFCC EXIF join: %s", ", ".join(f"{k} {v}" for k, v in self.counts.items()))
+        if self.counts["spilled"] > max(self.window, self.counts["matched"]):
+            log.warning("the YFCC EXIF side file is not in the source's order (or lacks ids): "
+                        "%d side lines were indexed that no row asked for", self.counts["spilled"])
+
+
 def _fill(side_file: str, db_path: str, photo_ids: Optional[set[str]]) -> dict[str, str]:
     """Stream the side file into a fresh database; returns the counts."""
     conn = sqlite3.connect(db_path)
@@ -280,11 +426,11 @@ def _records(side_file: str, photo_ids: Optional[set[str]],
         bar.close()
 
 
-def _batches(records: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
-    batch: list[tuple[str, str]] = []
+def _batches(records: Iterable, size: int = BATCH) -> Iterator[list]:
+    batch: list = []
     for record in records:
         batch.append(record)
-        if len(batch) >= BATCH:
+        if len(batch) >= size:
             yield batch
             batch = []
     if batch:

@@ -19,8 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import records as st
-from pipeline.shard_io import (TarShardWriter, atomic_write_json, read_tables,
-                               shard_paths)
+from pipeline.shard_io import TarShardWriter, read_tables, shard_paths, write_stats
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,8 @@ def _rewrite_shard(out_dir: Path, shard: int, drop: dict[str, str]) -> None:
     stats = json.loads(paths["stats"].read_text())
     counts = {s: status.count(s) for s in st.STATUSES}
     stats.update(samples=samples, status_counts=counts)
-    atomic_write_json(paths["stats"], stats)
+    # Also records the new tar's and table's size and sha256, which a rerun checks.
+    write_stats(out_dir, shard, stats)
 
 
 def remove_cross_shard_duplicates(out_dir: Path) -> int:

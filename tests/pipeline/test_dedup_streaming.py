@@ -9,7 +9,8 @@ import pytest
 
 from pipeline import dedup
 from pipeline import records as st
-from pipeline.shard_io import TarShardWriter, atomic_write_json, shard_paths, write_table
+from pipeline.shard_io import (TarShardWriter, atomic_write_json, is_complete, shard_paths,
+                               write_table)
 from tests.pipeline import dedup_reference as ref
 
 FAILED = (st.HTTP_ERROR, st.DECODE_FAILED, st.TOO_FEW_TAGS)
@@ -67,6 +68,7 @@ def test_remove_rewrites_the_same_bytes_as_reference(tmp_path, seed):
     assert dropped > 0
     assert dedup.remove_cross_shard_duplicates(b, partition_rows=5) == dropped
     assert _files(a) == _files(b)                       # tars, tables and stats, byte for byte
+    assert all(is_complete(b, s) for s in range(8))     # a rerun would not redo a rewritten shard
     assert dedup.remove_cross_shard_duplicates(b, partition_rows=5) == 0
 
 
