@@ -280,9 +280,9 @@ class YfccSideJoin:
         self._conn = sqlite3.connect(self.db_path, timeout=120)
         self._conn.execute("PRAGMA journal_mode = MEMORY")
         self._conn.execute("PRAGMA synchronous = OFF")
-        self._conn.execute("CREATE TABLE exif (photo_id TEXT PRIMARY KEY, items TEXT NOT NULL)"
-                           " WITHOUT ROWID")
-        self._conn.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # A bounded page cache (64 MB) for the id index's random inserts.
+        self._conn.execute("PRAGMA cache_size = -65536")
+        _create_tables(self._conn)
         # Complete for every row already passed on; "stream" keeps build() from reusing it.
         self._write_info({"source": stamp, "filter": "stream", "schema": SCHEMA_VERSION,
                           "complete": "1"})
@@ -375,8 +375,7 @@ def _fill(side_file: str, db_path: str, photo_ids: Optional[set[str]]) -> dict[s
     conn.execute("PRAGMA synchronous = OFF")
     # A big page cache keeps primary-key inserts in memory far longer as the table grows.
     conn.execute("PRAGMA cache_size = -262144")
-    conn.execute("CREATE TABLE exif (photo_id TEXT PRIMARY KEY, items TEXT NOT NULL) WITHOUT ROWID")
-    conn.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    _create_tables(conn)
     counts = {"lines": 0, "rows": 0, "malformed": 0, "duplicates": 0, "filtered": 0}
     t0 = time.perf_counter()
     try:
@@ -393,6 +392,17 @@ def _fill(side_file: str, db_path: str, photo_ids: Optional[set[str]]) -> dict[s
     info = {k: str(v) for k, v in counts.items()}
     info["seconds"] = f"{time.perf_counter() - t0:.1f}"
     return info
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    """The index's tables.  Lines are appended in file order to a rowid table (pages filled
+    densely) and found through a small unique index on the id, which also makes the first
+    line of an id win under INSERT OR IGNORE.  Measured on 10^5 lines of ~0.9 KB against
+    the id as a WITHOUT ROWID primary key: 7x faster to fill, 3.4x smaller, 11x faster
+    lookups (docs/scale_metadata.md)."""
+    conn.execute("CREATE TABLE exif (photo_id TEXT NOT NULL, items TEXT NOT NULL)")
+    conn.execute("CREATE UNIQUE INDEX exif_photo_id ON exif (photo_id)")
+    conn.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
 def _records(side_file: str, photo_ids: Optional[set[str]],
