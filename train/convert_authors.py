@@ -31,6 +31,7 @@ if __package__ in (None, ""):
     # Run as a script (`python train/convert_authors.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.checkpoint import CheckpointError, load_plain  # noqa: E402
 from train.encoders import text_config, torchvision_to_hf_resnet  # noqa: E402
 from train.model import ExifClip, ModelConfig  # noqa: E402
 from train.tokenizer import build_tokenizer  # noqa: E402
@@ -92,12 +93,23 @@ def infer_config(tensors: dict[str, torch.Tensor]) -> ModelConfig:
 
 
 def load_checkpoint(path: Path, unsafe: bool = False) -> dict[str, torch.Tensor]:
-    """The model state dict inside the authors' file (``checkpoint["model"]`` or the file itself)."""
-    try:
-        ckpt: Any = torch.load(str(path), map_location="cpu", weights_only=not unsafe)
-    except Exception as exc:  # noqa: BLE001 - one line for the user
-        hint = "" if unsafe else " (if you trust the file, retry with --unsafe-load)"
-        raise ValueError(f"{path}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0]}){hint}") from exc
+    """The model state dict inside the authors' file (``checkpoint["model"]`` or the file itself).
+
+    Read with ``torch.load(weights_only=True)``: tensors and plain values only, so the file cannot
+    run code; anything else is refused with one line naming it.  ``unsafe`` (``--unsafe-load``)
+    is the explicit opt-in to full unpickling, kept only because the released file could not be
+    checked here: use it for a file you trust, and only if the safe load refuses it.
+    """
+    if unsafe:
+        try:
+            ckpt: Any = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - one line for the user
+            raise ValueError(f"{path}: cannot load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
+    else:
+        try:
+            ckpt = load_plain(path, hint=" (if you trust the file, retry with --unsafe-load)")
+        except CheckpointError as exc:  # its message is "{path}: why"
+            raise ValueError(f"{path}: cannot load: {str(exc)[len(str(path)) + 2:]}") from exc
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: no state dict of tensors (expected checkpoint['model'])")

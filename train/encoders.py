@@ -26,6 +26,8 @@ from transformers import (AlbertConfig, AlbertModel, BertConfig, BertModel, Dist
                           DistilBertModel, PretrainedConfig, PreTrainedModel, ResNetConfig,
                           ResNetModel)
 
+from train.checkpoint import load_plain, load_problem, read_safetensors
+
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     # torchvision / microsoft ResNet-50: bottleneck blocks, stride in the 3x3 conv (v1.5).
     "resnet50": dict(layer_type="bottleneck", depths=[3, 4, 6, 3],
@@ -92,13 +94,14 @@ def torchvision_to_hf_resnet(state: dict[str, torch.Tensor]
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a ``.safetensors`` or torch-pickle file, unwrapped from ``state_dict``/``model``
-    nesting and a DataParallel ``module.`` prefix.  Pickles load with ``weights_only=True``."""
+    nesting and a DataParallel ``module.`` prefix.  Neither format can run code: pickles load
+    with ``weights_only=True`` (any other pickled object is refused).  A missing, damaged or
+    refused file is a one-line ``FileNotFoundError`` / ``ValueError`` naming ``path``."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state: Any = load_file(str(path))
+        state: Any = read_safetensors(path)
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = load_plain(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -128,7 +131,7 @@ def build_resnet(config: ResNetConfig, init: Optional[str] = None) -> ResNetMode
         return ResNetModel(config)
     path = Path(init)
     if path.is_dir():
-        return ResNetModel.from_pretrained(str(path), local_files_only=True)
+        return _from_folder(ResNetModel, path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image_init not found (an HF ResNet folder or a .pth file)")
     backbone, _, unknown = torchvision_to_hf_resnet(read_state_dict(path))
@@ -198,7 +201,16 @@ def build_text_backbone(arch: str, config: Optional[PretrainedConfig] = None,
         return model_cls(config, **extra)
     if not Path(init).is_dir():
         raise FileNotFoundError(f"{init}: text_init must be a local {arch} model folder")
-    return model_cls.from_pretrained(str(init), local_files_only=True, **extra)
+    return _from_folder(model_cls, Path(init), **extra)
+
+
+def _from_folder(model_cls: type, path: Path, **kwargs: Any) -> PreTrainedModel:
+    """``from_pretrained`` of a local folder (transformers reads pickles with ``weights_only``);
+    any failure is one ``ValueError`` line naming the folder."""
+    try:
+        return model_cls.from_pretrained(str(path), local_files_only=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, UnpicklingError, ... by file kind
+        raise ValueError(f"{path}: cannot load this model folder ({load_problem(exc)[0]})") from exc
 
 
 class TextEncoder(nn.Module):

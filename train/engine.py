@@ -23,7 +23,7 @@ from train.samples import load_vocabulary
 from train.loader import build_loader
 from train.logger import RunLogger
 from train.loss import crop_consistency_loss, DistributedClipLoss
-from train.model import ExifClip
+from train.model import ExifClip, load_weights
 from train.optim import build_optimizer, build_scheduler
 from train.tokenizer import build_tokenizer
 
@@ -152,21 +152,24 @@ def unique_rows(text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(first, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
 
 
-def _restore(run: Path, resume: Optional[str], model: ExifClip, opt: Any, sched: Any) -> Position:
+def _restore(run: Path, resume: Optional[str], model: ExifClip, opt: Any, sched: Any,
+             rank: int = 0) -> Position:
+    """The position to start from: step 0 without ``resume`` (or ``latest`` in a run with no
+    checkpoint), else the checkpoint's weights, optimizer, scheduler and RNG loaded (one-line
+    errors naming the file; nothing in a checkpoint is unpickled beyond plain data)."""
     path = checkpoint.resolve(run, resume) if resume else None
     if path is None:
-        if resume and resume != "latest":
-            raise FileNotFoundError(f"{resume}: no checkpoint to resume from")
         return Position()
     # The weights only: the model is already built from the same config.
-    from safetensors.torch import load_file
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    load_weights(model, path / checkpoint.WEIGHTS)
     state = checkpoint.load_state(path)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    checkpoint.set_rng_state(state["rng"])
-    log.info("resumed from %s at step %d", path, state["step"])
-    return Position(**state["position"])
+    position = checkpoint.apply_state(state, path, opt, sched, rank)
+    try:
+        pos = Position(**position)
+    except TypeError as exc:
+        raise checkpoint.CheckpointError(f"{path / checkpoint.STATE}: bad position ({exc})") from exc
+    log.info("resumed from %s at step %d", path, pos.step)
+    return pos
 
 
 def _optimise(ddp: Any, model: ExifClip, loss_fn: Any, batch: dict, opt: Any, sched: Any,
@@ -202,7 +205,7 @@ def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = Non
     model = build_model(cfg, tokenizer).to(env.device)
     opt = build_optimizer(model, cfg.optim)
     sched = build_scheduler(opt, cfg.run.steps, cfg.optim)
-    pos = _restore(run, resume, model, opt, sched)
+    pos = _restore(run, resume, model, opt, sched, env.rank)
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
            if env.distributed else model)
     loss_fn = DistributedClipLoss()
@@ -213,33 +216,35 @@ def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = Non
     window = {"t0": time.perf_counter(), "wait": 0.0, "n": 0, "loss": 0.0, "steps": 0}
     result: dict[str, Any] = {}
     last_metric: Optional[float] = None
-    while pos.step < cfg.run.steps:
-        t_wait = time.perf_counter()
-        batch = batches.next()
-        window["wait"] += time.perf_counter() - t_wait
-        loss = _optimise(ddp, model, loss_fn, batch, opt, sched, pos, env, cfg)
-        window["n"] += len(batch["images"])
-        window["loss"] += float(all_reduce_mean(loss.detach(), env))
-        window["steps"] += 1
-        bar.update(1)
-        last = pos.step == cfg.run.steps
-        if pos.step % cfg.run.log_every == 0 or last:
-            result = _log(logger, window, pos, model, opt, batches, env, cfg)
-            bar.set_postfix(loss=f"{result['loss']:.3f}")
-        if evaluate is not None and env.is_main and (
-                last or (cfg.run.eval_every and pos.step % cfg.run.eval_every == 0)):
-            scores = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, tags).items()}
-            last_metric = scores.get("eval/metric", last_metric)
-            logger.log(pos.step, scores)
-            result.update(scores)
-        if pos.step % cfg.run.ckpt_every == 0 or last:
-            if env.is_main:
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "position": vars(pos).copy(), "config": cfg.to_dict()}
-                checkpoint.save(run, pos.step, model, tokenizer, tags, state,
-                                cfg.run.keep_last, last_metric)
-            barrier(env)
-    bar.close()
+    try:  # the bar ends its line on failure too, so that an error is the last line printed
+        while pos.step < cfg.run.steps:
+            t_wait = time.perf_counter()
+            batch = batches.next()
+            window["wait"] += time.perf_counter() - t_wait
+            loss = _optimise(ddp, model, loss_fn, batch, opt, sched, pos, env, cfg)
+            window["n"] += len(batch["images"])
+            window["loss"] += float(all_reduce_mean(loss.detach(), env))
+            window["steps"] += 1
+            bar.update(1)
+            last = pos.step == cfg.run.steps
+            if pos.step % cfg.run.log_every == 0 or last:
+                result = _log(logger, window, pos, model, opt, batches, env, cfg)
+                bar.set_postfix(loss=f"{result['loss']:.3f}")
+            if evaluate is not None and env.is_main and (
+                    last or (cfg.run.eval_every and pos.step % cfg.run.eval_every == 0)):
+                scores = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, tags).items()}
+                last_metric = scores.get("eval/metric", last_metric)
+                logger.log(pos.step, scores)
+                result.update(scores)
+            if pos.step % cfg.run.ckpt_every == 0 or last:
+                if env.is_main:
+                    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "position": vars(pos).copy(), "config": cfg.to_dict()}
+                    checkpoint.save(run, pos.step, model, tokenizer, tags, state,
+                                    cfg.run.keep_last, last_metric)
+                barrier(env)
+    finally:
+        bar.close()
     if env.is_main:
         model.save_pretrained(run / "model", tokenizer=tokenizer, tags=tags)
     logger.close()

@@ -53,6 +53,12 @@ from train.samples import (Location, SampleError, ShardError, ShardSet, check_sa
 
 log = logging.getLogger("exiflang.train.loader")
 _LOGGED_SKIPS = 5  # per stream: the first few skips are warnings, the rest debug lines
+_ERROR = "_data_error"  # key of the batch a worker sends instead of raising a DataError
+
+
+class DataError(ValueError):
+    """The shards cannot make a batch (no usable sample, no decodable image); one line naming
+    the data folder, raised in the trainer's process even when a DataLoader worker found it."""
 
 
 @dataclass
@@ -141,8 +147,8 @@ class _SlotStream:
             for n, item in enumerate(items, 1):
                 yield item
             if n == 0:
-                raise RuntimeError(f"{self.ds.shards.root}: rank {self.ds.rank} worker {self.role} "
-                                   "has no usable sample in its shards")
+                raise DataError(f"{self.ds.shards.root}: no usable sample in the shards of rank "
+                                f"{self.ds.rank} worker {self.role} ({self._skip_summary()})")
 
     def _one_pass(self, p: int) -> Iterator[_Sample]:
         names = list(self.ds.shards.names)
@@ -164,7 +170,8 @@ class _SlotStream:
                 yield sample
             empty = 0 if got else empty + 1
             if empty > 2 * len(names) + 8:
-                raise RuntimeError(f"{self.ds.shards.root}: no usable sample in {empty} shard draws")
+                raise DataError(f"{self.ds.shards.root}: no usable sample in {empty} shard draws "
+                                f"({self._skip_summary()})")
 
     def _shard(self, name: str, visit: str, keep: Callable[[int], bool]) -> Iterator[_Sample]:
         """Checked samples of one tar that ``keep(index)`` selects; a read failure ends the tar."""
@@ -221,13 +228,19 @@ class _SlotStream:
         (log.warning if self.counts["skipped"] <= _LOGGED_SKIPS else log.debug)(
             "%s: sample %s skipped: %s", path.name, key, exc)
 
+    def _skip_summary(self) -> str:
+        """``"skipped N: reason x n, ..."`` of this stream so far (why nothing was usable)."""
+        reasons = sorted(((v, k[5:]) for k, v in self.counts.items() if k.startswith("skip:")), reverse=True)
+        return f"skipped {self.counts['skipped']}: " + ", ".join(f"{r} x {n}" for n, r in reasons[:4])
+
     def _collate(self, items: list[tuple[_Sample, int]]) -> dict:
         for sample, _ in items:
             if sample.crops is None and not sample.failed:
                 self._decode(sample)
         last = next((it for it in items if not it[0].failed), None)
         if last is None:
-            raise RuntimeError(f"rank {self.ds.rank} worker {self.role}: no decodable image in a batch")
+            raise DataError(f"{self.ds.shards.root}: rank {self.ds.rank} worker {self.role}: no "
+                            f"decodable image in a whole batch ({self._skip_summary()})")
         picked = []
         for it in items:
             self.counts["substituted"] += it[0].failed
@@ -264,8 +277,16 @@ class _SlotDataset(IterableDataset):
         j = info.id if info is not None else 0
         role = (self.start_batch + j) % self.workers
         first, end = (self.start_batch + j) // self.workers, len(range(role, self.total, self.workers))
-        if first < end:
+        if first >= end:
+            return
+        try:
             yield from _SlotStream(self, role).batches(first, end)
+        except DataError as exc:
+            if info is None:
+                raise
+            # Raised in a DataLoader worker it would reach the trainer wrapped in the worker's
+            # traceback: hand it over as a batch, and ExifLoader raises it in the main process.
+            yield {_ERROR: str(exc)}
 
 
 class ExifLoader:
@@ -297,6 +318,8 @@ class ExifLoader:
             self._ds, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(stable_seed(self.cfg.seed, self._ds.epoch) >> 1))
         for batch in source:
+            if _ERROR in batch:
+                raise DataError(batch[_ERROR])
             stats = batch.pop("_stats")
             self._by_role[stats.pop("role")] = stats
             self._yielded += 1

@@ -1,6 +1,9 @@
 """Training entry point: `torchrun --nproc_per_node N train/main.py ...` and `exiflang train ...`.
 
-    train/main.py --data DIR --out RUN [--config PRESET_OR_YAML] [--resume latest] [key=value ...]
+    train/main.py --data DIR --out RUN [--config PRESET_OR_YAML] [--resume latest] [--debug] [key=value ...]
+
+Expected failures (bad data, config, output folder, checkpoint or model file) print one line
+naming the file and exit 2; ``--debug`` or ``EXIFLANG_DEBUG=1`` also prints the traceback.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default="paper", help=f"preset ({', '.join(PRESETS)}) or a YAML file")
     ap.add_argument("--resume", help="`latest` (this run's newest checkpoint) or a checkpoint folder")
     ap.add_argument("--eval-data", help="held-out shards: camera retrieval accuracy during training")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the traceback of an error (also EXIFLANG_DEBUG=1)")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=3e-4")
     return ap
 
@@ -40,36 +46,68 @@ def _check_data(data: Path) -> None:
         raise FileNotFoundError(f"{data}: no shards (*.tar) in the data folder")
 
 
+def _check_out(run: Path) -> None:
+    """``--out`` must be a folder or creatable as one: not a file, nor under one."""
+    for path in (run, *run.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == run else f"is a file, so {run} cannot be created under it"
+                raise NotADirectoryError(f"{path}: {what} (--out must be a folder)")
+            return
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line naming the file: an OSError's ``filename: reason``, else its message."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _fail(exc: BaseException, debug: bool) -> int:
+    """Print ``exc`` as one line (after its traceback with ``debug``) on rank 0; returns 2."""
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+        if debug:
+            traceback.print_exception(exc)
+        print(f"exiflang train: error: {_one_line(exc)}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """Train as the arguments say; 0 on success, 2 with one line on stderr for bad input (data,
+    config, output folder, checkpoint or model files)."""
     args = parser().parse_args(argv)
+    debug = args.debug or os.environ.get("EXIFLANG_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    run = Path(args.out)
     try:
         cfg = load_config(args.config, args.overrides, data=args.data)
         if args.eval_data:
             cfg.run.eval_data = args.eval_data
         _check_data(Path(cfg.data.data))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"exiflang train: error: {exc}", file=sys.stderr)
-        return 2
+        _check_out(run)
+    except (ValueError, OSError) as exc:
+        return _fail(exc, debug)
     from train.engine import train
     from train.retrieval import camera_evaluator
-    env = init_distributed(cfg.run.device)
-    run = Path(args.out)
+    try:
+        env = init_distributed(cfg.run.device)   # e.g. device=cuda on a machine without one
+    except ValueError as exc:
+        return _fail(exc, debug)
     try:
         if env.is_main:
             run.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run / "config.yaml")
         evaluate = camera_evaluator(cfg) if cfg.run.eval_data else None
         result = train(cfg, run, env, resume=args.resume, evaluate=evaluate)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"exiflang train: error: {exc}", file=sys.stderr)
-        return 2
+        if env.is_main:
+            (run / "result.json").write_text(json.dumps(result, indent=2))
+    except (ValueError, OSError) as exc:   # CheckpointError, DataError are ValueErrors
+        return _fail(exc, debug)
     finally:
         shutdown(env)
     if env.is_main:
-        (run / "result.json").write_text(json.dumps(result, indent=2))
         print(f"trained {result['step']} steps -> {run / 'model'}")
     return 0
 

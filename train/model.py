@@ -30,11 +30,18 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, ResNetConfig
 
 from train import encoders
+from train.checkpoint import read_safetensors
 from train.tokenizer import load_tokenizer
 
 FORMAT = "exiflang-model"
 FORMAT_VERSION = 1
 LOGIT_SCALES = ("fixed", "learned")
+try:  # transformers' config classes validate fields with this (huggingface_hub >= 0.35)
+    from huggingface_hub.errors import StrictDataclassError as _StrictError
+except ImportError:  # pragma: no cover - older hub: those checks raise TypeError/ValueError
+    _StrictError = TypeError
+# What building a model from a damaged-but-parseable config.json raises.
+_CONFIG_ERRORS = (ValueError, TypeError, KeyError, AttributeError, _StrictError)
 
 
 @dataclass
@@ -241,24 +248,21 @@ class ExifClip(nn.Module):
                         ) -> Pretrained:
         """Load a model folder: ``Pretrained(model, tokenizer or None, tags dict or None)``.
 
-        The model comes back in eval mode.  Any mismatch between ``config.json`` and
-        ``model.safetensors`` raises a one-line ``ValueError`` naming the file.
+        The model comes back in eval mode.  Nothing in the folder can run code (JSON,
+        safetensors, tokenizer files).  Any problem — a damaged or mismatched file, a config
+        that cannot be built — raises a one-line ``FileNotFoundError`` / ``ValueError`` naming
+        the file.
         """
-        from safetensors.torch import load_file
-
         folder = Path(directory)
-        config = read_config(folder / "config.json")
-        model = cls(config, use_init_paths=False)
-        weights = folder / "model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: missing")
-        _load_strict(model, load_file(str(weights), device=str(map_location)), weights)
+        config_path = folder / "config.json"
+        config = read_config(config_path)
+        try:
+            model = cls(config, use_init_paths=False)
+        except _CONFIG_ERRORS as exc:
+            raise ValueError(f"{config_path}: cannot build the model ({_one_line(exc)})") from exc
+        load_weights(model, folder / "model.safetensors", map_location)
         model.eval()
-        has_tok = any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
-        tokenizer = load_tokenizer(folder) if has_tok else None
-        tags_path = folder / "tags.json"
-        tags = json.loads(tags_path.read_text()) if tags_path.is_file() else None
-        return Pretrained(model.to(map_location), tokenizer, tags)
+        return Pretrained(model.to(map_location), _folder_tokenizer(folder), _folder_tags(folder))
 
 
 def read_config(path: Path) -> ModelConfig:
@@ -271,12 +275,15 @@ def read_config(path: Path) -> ModelConfig:
         raise ValueError(f"{path}: unreadable ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"{path}: not an exiflang model config (format != {FORMAT!r})")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {doc['format_version']} is newer than this exiflang")
+    version = doc.get("format_version", 0)
+    if not isinstance(version, int):
+        raise ValueError(f"{path}: format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version} is newer than this exiflang")
     try:
         return ModelConfig.from_dict(doc.get("model", {}), source=str(path))
     except TypeError as exc:
-        raise ValueError(f"{path}: bad model config ({exc})") from exc
+        raise ValueError(f"{path}: bad model config ({_one_line(exc)})") from exc
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -292,6 +299,42 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path)
                  f"{len(shapes)} of another shape (e.g. {shapes[:2]})" if shapes else ""]
         raise ValueError(f"{source}: does not match config.json: " + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)
+
+
+def load_weights(model: nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+    """Load ``path`` (safetensors) into ``model`` strictly; every failure is one line naming ``path``."""
+    _load_strict(model, read_safetensors(path, device), path)
+
+
+def _folder_tokenizer(folder: Path) -> Optional[PreTrainedTokenizerBase]:
+    """The model folder's tokenizer, None when it has no tokenizer files."""
+    if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        return None
+    try:
+        return load_tokenizer(folder)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - `tokenizers` raises bare Exception on a damaged file
+        raise ValueError(f"{folder}: cannot load the tokenizer ({_one_line(exc)})") from exc
+
+
+def _folder_tags(folder: Path) -> Optional[dict[str, Any]]:
+    """The model folder's ``tags.json`` (None when absent); damaged -> one line naming it."""
+    path = folder / "tags.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable ({_one_line(exc)})") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return doc
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """``exc``'s message on one line (whitespace runs, newlines included, become one space)."""
+    return " ".join(str(exc).split())[:limit]
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
