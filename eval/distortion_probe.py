@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from eval import distortion as dist
-from eval.images import expand_inputs
+from eval.images import expand_inputs, open_checked
 from eval.patches import PatchEmbedder, cut_patches, even_grid, normalise_image
 
 log = logging.getLogger("exiflang.eval")
@@ -171,8 +171,6 @@ def run_distortion_probe(model: Union[str, Path, torch.nn.Module, FeatureFn], ph
 def camera_keys(photos: Sequence[Path]) -> list[str]:
     """Make + Model per photo: from a ``manifest.csv`` beside it (columns file, make, model), else
     from the photo's own EXIF (Pillow), else the file name (a camera of its own)."""
-    from PIL import Image
-
     manifests: dict[Path, dict[str, str]] = {}
     keys = []
     for p in map(Path, photos):
@@ -184,7 +182,7 @@ def camera_keys(photos: Sequence[Path]) -> list[str]:
         key = manifests[p.parent].get(p.name, "")
         if not key:
             try:
-                with Image.open(p) as img:
+                with open_checked(p.read_bytes(), p) as img:  # the image policy, header only
                     exif = img.getexif()
                 key = f"{exif.get(0x010F, '')} {exif.get(0x0110, '')}".strip()  # Make, Model
             except Exception:  # unreadable: the probe reports it later; here it is its own group

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from eval.images import ImageError, expand_inputs, load_rgb
+from eval.images import ImageError, expand_inputs, load_rgb, open_checked
 from eval.regions import SHAPES, Region, draw_region
 from pipeline.exif_parse import ExifReadError, read_exif
 
@@ -86,11 +86,8 @@ def scan_photo(path: Path, min_side: int) -> Photo:
     model = " ".join(exif.get("Model", "").split())
     if not model:
         raise ImageError(path, "no camera Model in its EXIF")
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except Exception as exc:
-        raise ImageError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    with open_checked(data, path) as img:  # the image policy, from the header: size, plausibility, mode
+        width, height = img.size
     if min(width, height) < min_side:
         raise ImageError(path, f"{width}x{height} is smaller than the minimum side {min_side}")
     return Photo(path, " ".join(exif.get("Make", "").split()), model, width, height)

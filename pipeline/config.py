@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.download import DownloadConfig
+from pipeline.image_policy import ImagePolicy, default_policy
 
 
 VERIFY_MODES = ("structure", "draft", "full", "header")
@@ -22,7 +23,9 @@ class ShardConfig:
     threads: int = 16                   # concurrent fetches inside one worker (I/O bound)
     patch_size: int = 124               # shorter side below this -> too_small
     min_tags: int = 10                  # fewer EXIF tags than this -> too_few_tags
-    max_pixels: int = 150_000_000       # decompression-bomb guard (width * height)
+    # Image-size policy (pipeline.image_policy): more pixels -> too_large; 1 .. 1e9,
+    # default EXIFLANG_MAX_PIXELS or 200 MP, the same default the trainer and eval use.
+    max_pixels: int = field(default_factory=lambda: default_policy().max_pixels)
     # How much of each image to decode to check it: "structure" (JPEG marker walk, other
     # formats fully decoded), "draft" (JPEG 1/8-scale decode), "full", or "header" only.
     verify: str = "structure"
@@ -41,6 +44,7 @@ class ShardConfig:
             raise ValueError(f"exif_prefer must be image or yfcc, not {self.exif_prefer!r}")
         if self.rows_per_shard < 1 or self.threads < 1:
             raise ValueError("rows_per_shard and threads must be at least 1")
+        ImagePolicy(self.max_pixels)  # ValueError naming the range if out of it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -12,6 +10,7 @@ from PIL import Image
 from pipeline import records as st
 from pipeline.config import ShardConfig
 from pipeline.exif_parse import ExifReadError, read_exif
+from pipeline.image_policy import ImagePolicy, PolicyError, decode
 from pipeline.jpeg_check import jpeg_problem
 
 # Pillow format name -> the tar member extension webdataset decoders recognise.
@@ -34,35 +33,48 @@ class SampleOutcome:
     exif_disagreements: int = 0
 
 
+def _verify(img: Image.Image, data: bytes, cfg: ShardConfig) -> Optional[str]:
+    """Check ``img`` as deeply as ``cfg.verify`` says; a one-line problem or ``None``."""
+    fmt = img.format or ""
+    if cfg.verify == "header":
+        return None
+    if cfg.verify == "structure" and fmt in ("JPEG", "MPO"):
+        return jpeg_problem(data)
+    if cfg.verify == "draft" and fmt == "JPEG":
+        # DCT-domain 1/8 scaling still entropy-decodes every block, so a truncated or
+        # corrupt scan fails here at 1/64 of a full decode's memory.
+        width, height = img.size
+        img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+    decode(img)  # bounded: the policy's pixel limit, and the per-process decode budget
+    return None
+
+
 def _check_image(data: bytes, cfg: ShardConfig) -> tuple[Optional[SampleOutcome], int, int, str]:
-    """Open and (partly) decode the image; returns (failure or None, width, height, ext)."""
+    """Image policy on the header, then a (partial) decode; returns (failure or None, width, height, ext)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            fmt = img.format or ""
-            if width * height > cfg.max_pixels:
-                return SampleOutcome(st.DECODE_FAILED, f"decompression bomb guard: {width}x{height} "
-                                     f"exceeds {cfg.max_pixels} pixels"), width, height, ""
-            if cfg.verify == "structure" and fmt in ("JPEG", "MPO"):
-                problem = jpeg_problem(data)
-                if problem:
-                    return SampleOutcome(st.DECODE_FAILED, f"decode failed: {problem}"), 0, 0, ""
-            elif cfg.verify != "header":
-                if cfg.verify == "draft" and fmt == "JPEG":
-                    # DCT-domain 1/8 scaling still entropy-decodes every block, so a
-                    # truncated or corrupt scan fails here at a fraction of a full decode.
-                    img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return SampleOutcome(st.DECODE_FAILED, f"decompression bomb: {exc}"), 0, 0, ""
+        img = ImagePolicy(cfg.max_pixels).open(data)
+    except PolicyError as exc:
+        return SampleOutcome(exc.status, exc.reason), 0, 0, ""
     except Image.UnidentifiedImageError:
         return SampleOutcome(st.NOT_AN_IMAGE, "not an image Pillow can identify"), 0, 0, ""
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is this sample's status
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return SampleOutcome(st.DECODE_FAILED, f"decode failed: {msg}"), 0, 0, ""
+    except Exception as exc:  # noqa: BLE001 - a header Pillow chokes on is this sample's status
+        return SampleOutcome(st.DECODE_FAILED, f"decode failed: {_first_line(exc)}"), 0, 0, ""
+    with img:
+        width, height = img.size
+        fmt = img.format or ""
+        try:
+            problem = _verify(img, data, cfg)
+        except Image.DecompressionBombError as exc:  # Pillow's guard inside a decoder (GIF, TIFF tiles)
+            return SampleOutcome(st.TOO_LARGE, f"too large: {_first_line(exc)}"), 0, 0, ""
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this sample's status
+            problem = _first_line(exc)
+    if problem:
+        return SampleOutcome(st.DECODE_FAILED, f"decode failed: {problem}"), 0, 0, ""
     return None, width, height, EXTENSIONS.get(fmt, fmt.lower() or "bin")
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def merge_exif(from_image: dict[str, str], from_side: Optional[dict[str, str]],

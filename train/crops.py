@@ -4,15 +4,15 @@
 the camera's pixel statistics are the signal — and copies out the boxes as RGB ``uint8``.  No
 resize, flip, colour jitter, EXIF-orientation transpose or ICC conversion.
 
-Modes: 8-bit modes go through Pillow's ``convert("RGB")`` (grey repeated, alpha dropped, CMYK
-converted naively, palettes expanded); 16-bit grey (``I;16*``, and ``I`` as Pillow opens 16-bit
-PNG/TIFF) is scaled by 255/65535; float images (``F``) are rejected.  Each box is cut *before*
-the conversion: every conversion here is per pixel, so this equals converting the whole image
-first at a fraction of the cost.
+Modes (the pipeline's image policy, :mod:`pipeline.image_policy`, decides which are accepted, from
+the header, before the decode): 8-bit modes go through Pillow's ``convert("RGB")`` (grey repeated,
+alpha dropped, CMYK converted naively, palettes expanded); 16-bit grey (``I;16*``, and ``I`` with
+16-bit samples) is scaled by 255/65535; float (``F``), 32-bit integer and other modes are
+refused.  Each box is cut *before* the conversion: every conversion here is per pixel, so this
+equals converting the whole image first at a fraction of the cost.
 """
 from __future__ import annotations
 
-import io
 import random
 from typing import Sequence
 
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.image_policy import SIXTEEN_BIT, PolicyError, decode, default_policy
 from train.normalize import CLIP_MEAN, CLIP_STD
-from train.samples import _SIXTEEN_BIT, SampleError
+from train.samples import SampleError
 
 Box = tuple[int, int, int, int]
 
@@ -38,7 +39,7 @@ def crop_boxes(size: tuple[int, int], patch: int, n: int, rng: random.Random) ->
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """A loaded Pillow image as ``uint8 [H,W,3]`` in 0..255 (16-bit grey scaled, other modes
     through ``convert("RGB")``); the one conversion training and evaluation both use."""
-    if img.mode in _SIXTEEN_BIT:
+    if img.mode in SIXTEEN_BIT:
         grey = np.asarray(img).astype(np.int64)
         # 0..65535 -> 0..255, rounded; values outside (32-bit "I" data) are clipped.
         grey = np.clip((grey + 128) // 257, 0, 255).astype(np.uint8)
@@ -49,12 +50,16 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
 def decode_crops(data: bytes, boxes: Sequence[Box]) -> list[np.ndarray]:
     """Decode ``data`` at full resolution and copy out ``boxes``: each ``uint8 [P,P,3]``, 0..255.
 
-    Raises :class:`SampleError` (``decode_failed``) when the pixel data does not decode.
+    Raises :class:`SampleError` (``decode_failed``) when the pixel data does not decode, or with the
+    image policy's status (``too_large``, ``implausible_size``, ``unsupported_mode``) before it.
     """
+    policy = default_policy()
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # the full decode; never img.draft(), which would shrink the JPEG
+        with policy.open(data) as img:
+            decode(img)  # the full decode; never img.draft(), which would shrink the JPEG
             return [pil_to_rgb(img.crop(box)) for box in boxes]
+    except PolicyError as exc:
+        raise SampleError(exc.status, exc.reason) from None
     except SampleError:
         raise
     except Exception as exc:

@@ -8,7 +8,6 @@ Model, Software, resolutions, ...) replaced by each camera's values; the image e
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections import defaultdict
@@ -19,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.image_policy import ImagePolicy, decode, default_policy
 from pipeline.text import render_text
+from train.crops import pil_to_rgb
 from train.normalize import to_clip_tensor
 from train.samples import IMAGE_EXTS, read_groups, read_member
 
@@ -27,9 +28,17 @@ CAMERA_TAG = "Model"
 log = logging.getLogger("exiflang.train")
 
 
+def _decode_rgb(data: bytes, policy: ImagePolicy) -> Image.Image:
+    """The image policy's header check, then a full decode to RGB (the trainer's conversion)."""
+    with policy.open(data) as img:
+        decode(img)
+        return Image.fromarray(pil_to_rgb(img))
+
+
 def read_samples(data: Path, limit: int = 10_000) -> list[tuple[Image.Image, dict[str, str]]]:
     """(decoded RGB image, exif) for the samples of the tars in ``data`` (sorted, up to ``limit``)."""
     out: list[tuple[Image.Image, dict[str, str]]] = []
+    policy = default_policy()
     for tar_path in sorted(Path(data).glob("*.tar")):
         with open(tar_path, "rb") as fh:
             for _, members in read_groups(tar_path):
@@ -37,8 +46,8 @@ def read_samples(data: Path, limit: int = 10_000) -> list[tuple[Image.Image, dic
                 if img_ext is None or "exif.json" not in members:
                     continue
                 try:
-                    img = Image.open(io.BytesIO(read_member(fh, members[img_ext]))).convert("RGB")
-                except Exception:  # noqa: BLE001 - a corrupt held-out sample is left out
+                    img = _decode_rgb(read_member(fh, members[img_ext]), policy)
+                except Exception:  # noqa: BLE001 - a corrupt or policy-refused held-out sample is left out
                     continue
                 out.append((img, json.loads(read_member(fh, members["exif.json"]))))
                 if len(out) >= limit:

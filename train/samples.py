@@ -6,27 +6,23 @@
   (the loader can re-read an image later without holding its bytes);
 - :func:`check_sample` / :func:`probe_image` look at members, ``exif.json`` and the image header
   only (for JPEG also the marker segments): microseconds.  They reject what they can see: a
-  missing member, bad JSON, not an image, an unsupported mode, a structurally broken JPEG, a
-  side shorter than the patch.
+  missing member, bad JSON, not an image, what the pipeline's image policy refuses (too large,
+  implausible size, unsupported mode), a structurally broken JPEG, a side shorter than the patch.
 """
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional, Sequence
 
-from PIL import Image
-
+from pipeline.image_policy import ImagePolicy, PolicyError, default_policy
 from pipeline.jpeg_check import jpeg_problem
 from pipeline.tags import vocabulary_hash
 
 # Member extensions that hold the image, in the order a sample's members are searched.
 IMAGE_EXTS = ("jpg", "jpeg", "png", "tif", "tiff", "webp")
-_RGB_VIA_CONVERT = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
-_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 Location = tuple[int, int]  # (byte offset, size) of a member's data inside its tar
 
@@ -155,23 +151,26 @@ def check_sample(fh: BinaryIO, members: dict[str, Location], patch: int,
     return members[ext], exif, data, probe_image(data, patch)
 
 
-def probe_image(data: bytes, patch: int) -> tuple[int, int]:
+def probe_image(data: bytes, patch: int, policy: Optional[ImagePolicy] = None) -> tuple[int, int]:
     """Header-only check of one image; returns its ``(width, height)``.
 
-    Raises :class:`SampleError` with reason ``not_an_image``, ``corrupt_image`` (JPEG structure),
-    ``unsupported_mode`` or ``too_small`` (a side below ``patch``).
+    Raises :class:`SampleError` with reason ``not_an_image``, ``too_large`` / ``implausible_size`` /
+    ``unsupported_mode`` (the pipeline's image policy, :mod:`pipeline.image_policy`),
+    ``corrupt_image`` (JPEG structure) or ``too_small`` (a side below ``patch``).
     """
+    policy = policy or default_policy()
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt, size, mode = img.format, img.size, img.mode
+        img = policy.open(data)
+    except PolicyError as exc:
+        raise SampleError(exc.status, exc.reason) from None
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
         raise SampleError("not_an_image", str(exc)) from None
+    with img:
+        fmt, size = img.format, img.size
     if fmt == "JPEG":
         problem = jpeg_problem(data)
         if problem:
             raise SampleError("corrupt_image", problem)
-    if mode not in _RGB_VIA_CONVERT and mode not in _SIXTEEN_BIT:
-        raise SampleError("unsupported_mode", mode)
     if min(size) < patch:
         raise SampleError("too_small", f"{size[0]}x{size[1]} < {patch}")
     return size
