@@ -21,6 +21,7 @@ if __package__ in (None, ""):
 from pipeline.config import VERIFY_MODES, ShardConfig  # noqa: E402
 from pipeline.download import DownloadConfig  # noqa: E402
 from pipeline.driver import JobOptions, build  # noqa: E402
+from pipeline.shard_io import RERUN_CHECKS, safe_text  # noqa: E402
 from pipeline.sources import FORMATS, SourceError, open_source  # noqa: E402
 
 log = logging.getLogger("exiflang.shards")
@@ -53,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="concurrent shards (default: cluster CPUs)")
     run.add_argument("--threads", type=int, default=s.threads, help="fetch threads per worker")
     run.add_argument("--shard-retries", type=int, default=2)
+    run.add_argument("--rerun-check", choices=RERUN_CHECKS, default=JobOptions.rerun_check,
+                     help="how a shard with a stats file is checked before it is skipped: "
+                     "sizes and sha256 of its tar and table, or sizes only (default: hash)")
     net = ap.add_argument_group("download")
     net.add_argument("--timeout", type=float, default=d.timeout, metavar="SECONDS",
                      help=f"connect and per-read timeout (default: {d.timeout:g})")
@@ -85,7 +89,8 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
                       verify=args.verify, exif_prefer=args.exif_prefer, download=dl)
     opts = JobOptions(executor=args.executor, workers=args.workers, address=args.address,
                       shard_retries=args.shard_retries, tag_threshold=args.tag_threshold,
-                      max_rows=args.max_rows, progress=not args.quiet)
+                      max_rows=args.max_rows, progress=not args.quiet,
+                      rerun_check=args.rerun_check)
     if opts.executor == "local":
         # Called directly there is one worker: it may use the whole per-host budget.
         opts.workers = 1
@@ -111,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
                          "flagged": dict(getattr(source, "flagged", {}))}
     (out_dir / "job.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     counts = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items() if v)
+    # safe_text: stdout is strict UTF-8, and the folder's name need not be.
     print(f"{summary.get('rows', 0)} rows -> {summary.get('samples', 0)} samples in "
-          f"{summary['shards']} shards ({counts}); {summary['vocabulary_size']} tags; {out_dir}")
+          f"{summary['shards']} shards ({counts}); {summary['vocabulary_size']} tags; "
+          f"{safe_text(str(out_dir))}")
     if summary["failed_shards"]:
         print(f"exiflang: {len(summary['failed_shards'])} shards failed "
               f"({summary['failed_shards'][:10]}); rerun the same command to retry them",
@@ -134,6 +141,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"exiflang: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Embedded Ray is already stopped (pipeline.driver); finished shards are kept.
+        print("exiflang: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

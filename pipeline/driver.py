@@ -1,10 +1,21 @@
 """The shard-building driver: plans shards from a source, fans them out (Ray or in-process),
-retries failures, then deduplicates across shards and selects the tag vocabulary."""
+retries failures, then deduplicates across shards and selects the tag vocabulary.
+
+A Ray runtime the driver starts itself (no ``--address`` / ``RAY_ADDRESS``) is its to stop:
+at the end of the build, at interpreter exit, and on SIGINT / SIGTERM, it is shut down and
+every process it started (GCS, raylet, dashboard and runtime-env agents, workers) that is
+still alive is terminated (SIGTERM, then SIGKILL after 5 s), so none outlives the job.
+SIGINT ends the build with KeyboardInterrupt, SIGTERM with status 143 (128 + 15).
+"""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +26,7 @@ from tqdm import tqdm
 from pipeline.config import ShardConfig
 from pipeline.dedup import remove_cross_shard_duplicates
 from pipeline.records import SourceRow
-from pipeline.shard_io import is_complete, shard_paths
+from pipeline.shard_io import RERUN_CHECKS, shard_paths, shard_problem
 from pipeline.tags import write_sizes_and_summary, write_tags
 from pipeline.worker import process_shard
 
@@ -33,6 +44,9 @@ class JobOptions:
     tag_threshold: float = 0.5
     max_rows: Optional[int] = None   # stop after this many source rows (smoke runs)
     progress: bool = True            # a tqdm bar of rows done
+    # How a shard with a stats file is checked before it is skipped: "hash" (sizes and
+    # sha256 of tar and table, about one read of the dataset) or "size" (stat only).
+    rerun_check: str = "hash"
 
 
 def plan_shards(rows: Iterator[SourceRow], rows_per_shard: int,
@@ -58,18 +72,128 @@ def _split_host_budget(cfg: ShardConfig, workers: int) -> ShardConfig:
     return replace(cfg, download=dl)
 
 
-def _init_ray(opts: JobOptions) -> Any:
+_REAP_GRACE_S = 5.0                 # SIGTERM -> SIGKILL grace for Ray's leftover processes
+
+
+class _EmbeddedRay:
+    """Stops the Ray runtime this process started, and reaps whatever it leaves running.
+
+    ``ray.shutdown()`` alone leaves the dashboard and runtime-env agents alive when the
+    driver is stopped while Ray is starting (they are the raylet's children and outlive
+    it), so the processes below this one that appeared after :meth:`start` are terminated
+    too.  The signal handlers only raise (KeyboardInterrupt, or SystemExit(143)); the stop
+    itself runs as that exception unwinds through :func:`_ray_session`, because
+    ``ray.shutdown()`` called inside a handler that interrupted ``ray.wait`` crashed the
+    interpreter at exit (SIGSEGV).  ``atexit`` covers every other way out.  Idempotent.
+    """
+
+    def __init__(self) -> None:
+        self.before: set[int] = set()
+        self.stopped = True
+        self.handlers: dict[int, Any] = {}
+
+    def start(self, ray: Any, num_cpus: Optional[int]) -> None:
+        self.before = {p.pid for p in _descendants()}
+        self.stopped = False
+        atexit.register(self.stop)
+        self._install()
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                     configure_logging=False)
+        except SystemExit as exc:
+            # Ray's own SIGTERM handler, set while it starts, exits with code 15.
+            if exc.code == signal.SIGTERM:
+                raise SystemExit(128 + signal.SIGTERM) from None
+            raise
+        self._install()   # ray.init replaced the SIGTERM handler with its own
+
+    def stop(self) -> None:
+        """Shut Ray down and terminate its leftover processes; restore the signal handlers."""
+        if self.stopped:
+            return
+        self.stopped = True
+        ours = [p for p in _descendants() if p.pid not in self.before]
+        try:
+            import ray
+            ray.shutdown()
+        except Exception as exc:  # noqa: BLE001 - the reaping below still runs
+            log.warning("ray.shutdown() failed: %s", exc)
+        _terminate(ours)
+        self._restore()
+        atexit.unregister(self.stop)
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return   # signal handlers can only be set from the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(sig)
+            if current is signal.SIG_IGN:
+                continue
+            self.handlers.setdefault(sig, current)   # the handler from before Ray
+            signal.signal(sig, self._on_signal)
+
+    def _restore(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in self.handlers.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self.handlers = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stopped:
+            return      # already stopping: a second Ctrl-C must not cut the reaping short
+        previous = self.handlers.get(signum)
+        if callable(previous):
+            previous(signum, frame)        # e.g. Python's SIGINT handler: KeyboardInterrupt
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)     # SIGTERM's default action, as status 143
+
+
+def _descendants() -> list[Any]:
+    import psutil
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _terminate(procs: list[Any]) -> None:
+    """SIGTERM ``procs`` still alive, then SIGKILL those alive after the grace period."""
+    import psutil
+    alive = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+            alive.append(proc)
+    _, left = psutil.wait_procs(alive, timeout=_REAP_GRACE_S)
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    if left:
+        psutil.wait_procs(left, timeout=_REAP_GRACE_S)
+
+
+@contextlib.contextmanager
+def _ray_session(opts: JobOptions) -> Iterator[Any]:
+    """Ray, joined (``address``) or already running, or else started here and stopped on leaving."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     address = opts.address or os.environ.get("RAY_ADDRESS")
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=True)
-        else:
-            ray.init(num_cpus=opts.workers or os.cpu_count(), include_dashboard=False,
-                     log_to_driver=True, configure_logging=False)
-    return ray
+    if ray.is_initialized():
+        yield ray
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        yield ray
+        return
+    embedded = _EmbeddedRay()
+    try:
+        embedded.start(ray, opts.workers or os.cpu_count())
+        yield ray
+    finally:
+        embedded.stop()
 
 
 def _run_local(shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
@@ -89,7 +213,12 @@ def _run_local(shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
 
 def _run_ray(shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
              on_done: Callable[[dict], None], opts: JobOptions) -> list[int]:
-    ray = _init_ray(opts)
+    with _ray_session(opts) as ray:
+        return _fan_out(ray, shards, cfg, on_done, opts)
+
+
+def _fan_out(ray: Any, shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
+             on_done: Callable[[dict], None], opts: JobOptions) -> list[int]:
     workers = opts.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     task = ray.remote(num_cpus=1, max_retries=opts.shard_retries,
                       retry_exceptions=True)(process_shard)
@@ -119,6 +248,9 @@ def _run_ray(shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
 
 def build(source_rows: Iterator[SourceRow], cfg: ShardConfig, opts: JobOptions) -> dict[str, Any]:
     """Build every shard not yet complete, then dedupe and select tags; returns the summary."""
+    if opts.rerun_check not in RERUN_CHECKS:
+        raise ValueError(f"rerun_check must be one of {', '.join(RERUN_CHECKS)}, "
+                         f"not {opts.rerun_check!r}")
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -128,10 +260,13 @@ def build(source_rows: Iterator[SourceRow], cfg: ShardConfig, opts: JobOptions) 
 
     def todo() -> Iterator[tuple[int, list[SourceRow]]]:
         for shard, rows in plan_shards(source_rows, cfg.rows_per_shard, opts.max_rows):
-            if is_complete(out_dir, shard):
+            problem = shard_problem(out_dir, shard, opts.rerun_check)
+            if problem is None:
                 skipped["shards"] += 1
                 bar.update(len(rows))
                 continue
+            if problem != "no stats file":
+                log.warning("shard %05d is redone: %s", shard, problem)
             yield shard, rows
 
     def on_done(stats: dict) -> None:

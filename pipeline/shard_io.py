@@ -1,9 +1,32 @@
-"""Shard files on disk: atomic tar / Parquet / stats writing, and the table's schema and readers."""
+"""Shard files on disk: atomic tar / Parquet / stats writing, the table's schema and readers, and
+the check that a shard's files are still the ones its stats file recorded.
+
+Text that is not valid UTF-8 (a file name ``b'\\xff\\xfe.jpg'`` decoded by ``os.fsdecode``, a
+list field read with ``surrogateescape``, a JSON ``"\\udcff"``) reaches this module as a
+``str`` holding lone surrogates, which Parquet, JSON and UTF-8 files cannot hold.  The rule,
+applied to every string written here (table cells, map keys and values, tar JSON members):
+
+* the text column holds the value's bytes decoded as UTF-8 with ``backslashreplace``
+  (``'b\\udcff'`` -> ``'b\\\\xff'``), so it is readable and always valid;
+* the raw bytes go alongside for the fields that name the photo: ``url_bytes`` (the URL or
+  path), ``photo_id_bytes``, and ``meta_bytes`` (raw key -> raw value, for meta entries whose
+  key or value was not valid UTF-8).  They are null / empty when the text was valid, so a
+  non-null ``url_bytes`` also says that ``url`` is an escape.  The bytes are
+  ``str.encode("utf-8", "surrogateescape")`` -- for a file name exactly ``os.fsencode`` --
+  and ``bytes.decode("utf-8", "surrogateescape")`` gives back the str; a surrogate no byte
+  can stand for (a JSON ``"\\ud800"``) is stored as its ``surrogatepass`` (WTF-8) bytes.
+
+Shard completeness: the stats file is renamed into place last and records the size and
+sha256 of the tar and the table (``files``); a shard whose files are missing or differ from
+that record is not complete and is redone (:func:`shard_problem`).
+"""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import uuid
 from pathlib import Path
@@ -11,6 +34,8 @@ from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from exiflang.errors import naming
 
 _STR_MAP = pa.map_(pa.string(), pa.string())
 SCHEMA = pa.schema([
@@ -21,7 +46,55 @@ SCHEMA = pa.schema([
     ("height", pa.int32()), ("bytes", pa.int64()), ("sha256", pa.string()),
     ("ext", pa.string()), ("n_tags", pa.int32()), ("exif", _STR_MAP),
     ("exif_source", _STR_MAP), ("meta", _STR_MAP),
+    # Raw bytes of the fields above that were not valid UTF-8 (module docstring); else null.
+    ("url_bytes", pa.binary()), ("photo_id_bytes", pa.binary()),
+    ("meta_bytes", pa.map_(pa.binary(), pa.binary())),
 ])
+RAW_COLUMNS = ("url", "photo_id")       # string columns with a ``<name>_bytes`` column alongside
+RERUN_CHECKS = ("hash", "size")         # how a shard with a stats file is checked on rerun
+_HASH_CHUNK = 1 << 20
+_MEMBER_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")      # WebDataset __key__: ASCII, no dot
+_MEMBER_EXT = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8, i.e. holds no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def raw_bytes(text: str) -> bytes:
+    """The bytes ``text`` stands for: ``surrogateescape`` (exact for decoded bytes), else WTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def safe_text(text: str) -> str:
+    """``text`` itself when valid UTF-8, else its bytes with each invalid one as ``\\xNN``."""
+    if is_utf8(text):
+        return text
+    return raw_bytes(text).decode("utf-8", "backslashreplace")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` (dicts, lists, scalars) with every string, keys included, passed through :func:`safe_text`."""
+    if isinstance(obj, str):
+        return safe_text(obj)
+    if isinstance(obj, dict):
+        return {safe_text(k) if isinstance(k, str) else k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def json_bytes(obj: Any, **dumps_args: Any) -> bytes:
+    """``obj`` as UTF-8 JSON that any parser accepts, whatever strings it holds."""
+    return json.dumps(json_safe(obj), **dumps_args).encode("utf-8")
 
 
 def shard_name(shard: int) -> str:
@@ -35,18 +108,99 @@ def shard_paths(out_dir: Path, shard: int) -> dict[str, Path]:
             "stats": out_dir / f"{shard_name(shard)}_stats.json"}
 
 
-def is_complete(out_dir: Path, shard: int) -> bool:
-    """A shard is complete once its stats file exists: it is renamed into place last."""
-    return shard_paths(out_dir, shard)["stats"].exists()
+def is_complete(out_dir: Path, shard: int, check: str = "hash") -> bool:
+    """Whether the shard's stats file exists and its tar and table match what it recorded."""
+    return shard_problem(out_dir, shard, check) is None
+
+
+def shard_problem(out_dir: Path, shard: int, check: str = "hash") -> Optional[str]:
+    """Why shard ``shard`` is not complete (one line), or None when it is.
+
+    ``check`` is ``"size"`` (stat only) or ``"hash"`` (also the sha256 of both files, about
+    one read of the shard).  A stats file from before sizes were recorded is accepted when
+    both files exist and end the way a whole tar / Parquet file ends.
+    """
+    if check not in RERUN_CHECKS:
+        raise ValueError(f"check must be one of {', '.join(RERUN_CHECKS)}, not {check!r}")
+    paths = shard_paths(out_dir, shard)
+    try:
+        stats = json.loads(paths["stats"].read_bytes())
+    except FileNotFoundError:
+        return "no stats file"
+    except (OSError, ValueError) as exc:
+        return f"{paths['stats'].name} unreadable ({type(exc).__name__})"
+    files = stats.get("files") if isinstance(stats, dict) else None
+    if not isinstance(files, dict):
+        return _unrecorded_problem(paths)
+    for kind in ("tar", "parquet"):
+        problem = _file_problem(paths[kind], files.get(kind), check)
+        if problem:
+            return problem
+    return None
+
+
+def _file_problem(path: Path, record: Any, check: str) -> Optional[str]:
+    if not isinstance(record, dict) or not isinstance(record.get("size"), int):
+        return f"{path.name}: no size recorded in the stats file"
+    try:
+        size = path.stat().st_size
+        if size != record["size"]:
+            return f"{path.name} is {size} bytes, the stats file recorded {record['size']}"
+        if check == "hash" and file_record(path)["sha256"] != record.get("sha256"):
+            return f"{path.name}: sha256 differs from the one the stats file recorded"
+    except OSError as exc:
+        return f"{path.name}: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+def _unrecorded_problem(paths: dict[str, Path]) -> Optional[str]:
+    """Cheap wholeness checks for a stats file that records no sizes (older runs)."""
+    try:
+        tar_size, tar_tail = _tail(paths["tar"], 1024)
+        _, pq_tail = _tail(paths["parquet"], 4)
+    except OSError as exc:
+        return f"{exc.filename and Path(exc.filename).name}: {exc.strerror or type(exc).__name__}"
+    # tarfile pads an archive to whole 512-byte blocks and ends it with two zero blocks.
+    if tar_size % 512 or tar_size < 1024 or tar_tail.strip(b"\0"):
+        return f"{paths['tar'].name} truncated (no end-of-archive blocks)"
+    if pq_tail != b"PAR1":
+        return f"{paths['parquet'].name} truncated (no Parquet footer)"
+    return None
+
+
+def _tail(path: Path, n: int) -> tuple[int, bytes]:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(0, size - n))
+        return size, fh.read(n)
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file, read in 1 MiB chunks."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def write_stats(out_dir: Path, shard: int, stats: dict[str, Any]) -> dict[str, Any]:
+    """Record the tar's and table's size and sha256 in ``stats`` and write it (last, atomically)."""
+    paths = shard_paths(out_dir, shard)
+    stats = {**stats, "files": {kind: file_record(paths[kind]) for kind in ("tar", "parquet")}}
+    atomic_write_json(paths["stats"], stats)
+    return stats
 
 
 def remove_partial(out_dir: Path, shard: int) -> None:
-    """Delete what a killed attempt at this shard left behind (temps and unfinished files)."""
+    """Delete every file of a shard that is not complete: the stats file first (so a kill
+    mid-way never leaves a stats file beside other files), then tar, table and temporaries."""
+    paths = shard_paths(out_dir, shard)
+    for key in ("stats", "tar", "parquet"):
+        paths[key].unlink(missing_ok=True)
     for p in out_dir.glob(f"{shard_name(shard)}*.tmp-*"):
         p.unlink(missing_ok=True)
-    if not is_complete(out_dir, shard):
-        for key in ("tar", "parquet"):
-            shard_paths(out_dir, shard)[key].unlink(missing_ok=True)
 
 
 def _tmp(path: Path) -> Path:
@@ -63,7 +217,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(path, json_bytes(obj, indent=2, sort_keys=True))
 
 
 class TarShardWriter:
@@ -76,7 +230,13 @@ class TarShardWriter:
         self.count = 0
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        """Add one sample: ``{"jpg": original bytes, "exif.json": ..., "json": ...}``."""
+        """Add one sample: ``{"jpg": original bytes, "exif.json": ..., "json": ...}``.
+
+        Raises ValueError, before writing anything, when a member name is not ASCII-safe.
+        """
+        for ext in members:
+            if not (_MEMBER_KEY.fullmatch(key) and _MEMBER_EXT.fullmatch(ext)):
+                raise ValueError(f"tar member name {key!r} + {ext!r} is not ASCII-safe")
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(data)
@@ -97,14 +257,41 @@ class TarShardWriter:
 
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write the shard's Parquet table (one row per source row) atomically."""
-    cols = {name: [r.get(name) for r in rows] for name in SCHEMA.names}
-    for name in ("exif", "exif_source", "meta"):
-        cols[name] = [list((d or {}).items()) for d in cols[name]]
-    table = pa.table(cols, schema=SCHEMA)
+    """Write the shard's Parquet table (one row per source row) atomically.
+
+    Any string is stored by the rule of the module docstring, so no value a row holds can
+    make the table unwritable.
+    """
+    table = pa.table(_columns(rows), schema=SCHEMA)
     tmp = _tmp(path)
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(path)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    cols: dict[str, list[Any]] = {}
+    for fld in SCHEMA:
+        values = [r.get(fld.name) for r in rows]
+        if pa.types.is_string(fld.type):
+            values = [None if v is None else safe_text(str(v)) for v in values]
+        elif fld.type == _STR_MAP:
+            values = [[(safe_text(str(k)), None if v is None else safe_text(str(v)))
+                       for k, v in (d or {}).items()] for d in values]
+        cols[fld.name] = values
+    for name in RAW_COLUMNS:
+        cols[f"{name}_bytes"] = [_raw_or_none(r.get(name)) for r in rows]
+    cols["meta_bytes"] = [_raw_items(r.get("meta")) for r in rows]
+    return cols
+
+
+def _raw_items(meta: Optional[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+    """(raw key, raw value) of the meta entries whose key or value is not valid UTF-8."""
+    items = [(str(k), "" if v is None else str(v)) for k, v in (meta or {}).items()]
+    return [(raw_bytes(k), raw_bytes(v)) for k, v in items if not (is_utf8(k) and is_utf8(v))]
+
+
+def _raw_or_none(value: Any) -> Optional[bytes]:
+    return raw_bytes(value) if isinstance(value, str) and not is_utf8(value) else None
 
 
 def complete_shards(out_dir: Path) -> list[int]:
@@ -114,11 +301,23 @@ def complete_shards(out_dir: Path) -> list[int]:
 
 
 def read_tables(out_dir: Path, columns: Optional[Iterable[str]] = None) -> pa.Table:
-    """Concatenate the Parquet tables of all complete shards (in shard order)."""
-    shards = complete_shards(out_dir)
-    tables = [pq.read_table(shard_paths(out_dir, s)["parquet"],
-                            columns=list(columns) if columns else None) for s in shards]
+    """Concatenate the Parquet tables of all complete shards (in shard order).
+
+    Columns a table lacks (shards written before a column was added) read as nulls.
+    """
+    names = list(columns) if columns is not None else SCHEMA.names
+    tables = [_read_table(shard_paths(out_dir, s)["parquet"], names) for s in complete_shards(out_dir)]
     if not tables:
-        return SCHEMA.empty_table() if columns is None else pa.table(
-            {c: pa.array([], type=SCHEMA.field(c).type) for c in columns})
+        return pa.table({c: pa.array([], type=SCHEMA.field(c).type) for c in names})
     return pa.concat_tables(tables)
+
+
+def _read_table(path: Path, names: list[str]) -> pa.Table:
+    with naming(path):  # pyarrow's errors for a damaged table often do not say which file
+        present = set(pq.read_schema(path).names)
+        table = pq.read_table(path, columns=[c for c in names if c in present])
+    for name in names:
+        if name not in present:
+            fld = SCHEMA.field(name)
+            table = table.append_column(fld, pa.nulls(table.num_rows, fld.type))
+    return table.select(names)

@@ -6,6 +6,13 @@ Three formats (DESIGN.md §2): a local ``folder`` of images (walked here), a lis
 recognised from the file's first bytes, so a misnamed file still opens.  Also here: the
 shared opener for possibly compressed files and :class:`SourceError`, the one-line error
 every unusable input raises.
+
+Bytes that are not valid UTF-8 are never replaced or refused here: file names come as
+``os.fsdecode`` gives them and text files are decoded with ``surrogateescape``, so a bad
+byte ``0xff`` arrives as the lone surrogate ``"\\udcff"`` and the exact bytes can be had back
+(``os.fsencode`` / ``.encode("utf-8", "surrogateescape")``).  What one row then holds is
+that row's business: the worker reads or fetches it by its bytes and the shard table stores
+it escaped, with the raw bytes alongside (:mod:`pipeline.shard_io`).
 """
 from __future__ import annotations
 
@@ -87,10 +94,11 @@ def open_binary(path: str | os.PathLike) -> tuple[IO[bytes], BinaryIO]:
 
 
 def open_text(path: str | os.PathLike) -> IO[str]:
-    """Open a possibly compressed file as UTF-8 text (a BOM is dropped, bad bytes replaced)."""
+    """Open a possibly compressed file as UTF-8 text (a BOM is dropped, bad bytes kept as
+    lone surrogates by ``surrogateescape``, so each row keeps its exact bytes)."""
     stream, _ = open_binary(path)
     # newline="" keeps "\r\n" intact for the csv module; line readers strip it themselves.
-    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 class Source:

@@ -2,7 +2,9 @@
 
 Every entry the list holds becomes a row, even a bad one: a URL that is not http(s) is
 kept as given, so the downloader fails it with a status and the Parquet table still has its
-row.  Only blank lines and ``#`` comments (txt) are not rows.
+row.  Only blank lines and ``#`` comments (txt) are not rows.  Text that is not valid UTF-8
+(raw bytes in a csv/txt line, a ``"\\udcff"`` escape in JSON, a Parquet string column holding
+bad bytes) is kept as surrogate-escaped str, never replaced: see :mod:`pipeline.sources`.
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def as_text(value: Any) -> Optional[str]:
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return value.decode("utf-8", "surrogateescape")   # lossless, like the text readers
     return str(value)
 
 
@@ -136,7 +138,7 @@ class UrlListSource(Source):
         pf = _parquet_file(self.path)
         try:
             for batch in pf.iter_batches(batch_size=4096):
-                for record in batch.to_pylist():
+                for record in _unvalidated(batch).to_pylist():
                     yield self._from_record(record, None)
         except (OSError, ValueError) as exc:
             raise SourceError(self.path, f"unreadable Parquet: {reason_of(exc)}") from exc
@@ -221,6 +223,15 @@ def _first_nonblank(reader: Iterator[list[str]], source: Optional[Source] = None
         if source is not None:
             source._skip("blank")
     return None
+
+
+def _unvalidated(batch: Any) -> Any:
+    """``batch`` with its string columns viewed as binary, so a cell of bad UTF-8 (which
+    would make ``to_pylist`` raise for the whole batch) reaches :func:`as_text` as bytes."""
+    import pyarrow as pa
+    views = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary()}
+    columns = [col.view(views[col.type]) if col.type in views else col for col in batch.columns]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def _parquet_file(path: str) -> Any:

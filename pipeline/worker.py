@@ -1,13 +1,22 @@
 """The per-shard worker: source rows in, one tar + one Parquet table + one stats file out.
 
 A plain function, testable without Ray; the driver only fans it out.  Atomicity: tar and
-table go to temporary names and are renamed into place, the stats file is renamed last, so
-a shard with a stats file is whole and a shard without one is redone from scratch.
+table go to temporary names and are renamed into place, the stats file is renamed last and
+records both files' sizes and hashes, so a shard is whole exactly when its stats file
+exists and matches (:func:`pipeline.shard_io.shard_problem`); any other shard is redone.
+
+A row is the unit of failure: whatever goes wrong with one source row (its name or fields,
+its fetch, its bytes, its EXIF, an unexpected exception) ends as that row's status and
+error, and the rest of the shard is written.  Names that are not valid UTF-8 arrive as
+surrogate-escaped str: a local file is read through its real bytes path (``os.fsencode``), a
+URL is fetched with its raw bytes percent-encoded, and the table keeps both escaped text
+and raw bytes (:mod:`pipeline.shard_io`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 from collections import Counter, deque
@@ -20,22 +29,31 @@ from pipeline.config import ShardConfig
 from pipeline.download import Downloader, FetchResult
 from pipeline.records import SourceRow
 from pipeline.sample import SampleOutcome, process_bytes
-from pipeline.shard_io import (TarShardWriter, atomic_write_json, is_complete, remove_partial,
-                               shard_name, shard_paths, write_table)
+from pipeline.shard_io import (TarShardWriter, is_utf8, json_bytes, remove_partial,
+                               safe_text, shard_name, shard_paths, shard_problem, write_stats,
+                               write_table)
 
 log = logging.getLogger(__name__)
 
 
 def read_local(path: str, max_bytes: int) -> FetchResult:
-    """Read a local file as if it were downloaded (same result type, same statuses)."""
+    """Read a local file as if it were downloaded (same result type, same statuses).
+
+    The file is opened by its real bytes (``os.fsencode``), so a name that is not valid
+    UTF-8 reads like any other; a name no file system bytes can stand for is a bad row.
+    """
     t0 = time.perf_counter()
     try:
-        p = Path(path)
-        size = p.stat().st_size
-        if size > max_bytes:
-            return FetchResult(path, path, st.DOWNLOAD_FAILED, None, None,
-                               f"file too large: {size} > {max_bytes} bytes", 1, 0.0)
-        data = p.read_bytes()
+        name = os.fsencode(path)
+    except UnicodeEncodeError:
+        return _failed(path, st.BAD_SOURCE_ROW, "file name holds a character no file name can")
+    try:
+        with open(name, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                return FetchResult(path, path, st.DOWNLOAD_FAILED, None, None,
+                                   f"file too large: {size} > {max_bytes} bytes", 1, 0.0)
+            data = fh.read()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         return FetchResult(path, None, st.DOWNLOAD_FAILED, None, None,
@@ -43,22 +61,60 @@ def read_local(path: str, max_bytes: int) -> FetchResult:
     return FetchResult(path, path, st.SUCCESS, None, data, None, 1, time.perf_counter() - t0)
 
 
+def fetchable_url(url: str) -> Optional[str]:
+    """``url`` as the downloader can send it: non-UTF-8 bytes (surrogate-escaped) become
+    ``%XX``; None when it holds a surrogate that stands for no byte (a JSON ``"\\ud800"``)."""
+    if is_utf8(url):
+        return url
+    try:
+        raw = url.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+    return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+
+
+def _failed(location: str, status: str, error: str) -> FetchResult:
+    return FetchResult(location, None, status, None, None, error, 0, 0.0)
+
+
+def _fetch(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader]) -> FetchResult:
+    """The row's bytes, or why there are none: its source's reason, a bad name, a failed fetch."""
+    if row.meta.get("source_error") and not row.location:
+        # The source already knows this row is unusable (malformed line, no URL): report
+        # its reason rather than the downloader's "invalid URL".
+        return _failed(row.location, st.BAD_SOURCE_ROW, row.meta["source_error"])
+    if row.path is not None:
+        return read_local(row.path, cfg.download.max_bytes)
+    assert downloader is not None
+    urls = [fetchable_url(u) for u in (row.url or "", *row.fallback_urls)]
+    if urls[0] is None:
+        return _failed(row.location, st.BAD_SOURCE_ROW,
+                       f"URL {safe_text(row.location)[:200]!r} holds a lone surrogate, not text")
+    return downloader.fetch(urls[0], [u for u in urls[1:] if u is not None])
+
+
 def _handle_row(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader],
                 side: Optional[dict[str, str]]) -> tuple[FetchResult, Optional[SampleOutcome]]:
-    """Fetch one row and check its bytes (runs in a worker thread)."""
-    if row.meta.get("source_error") and not row.location:
-        # The source already knows this row is unusable (malformed YFCC line, no URL):
-        # report its reason rather than the downloader's "invalid URL".
-        return FetchResult(row.location, None, st.DOWNLOAD_FAILED, None, None,
-                           row.meta["source_error"], 0, 0.0), None
-    if row.path is not None:
-        fetched = read_local(row.path, cfg.download.max_bytes)
-    else:
-        assert downloader is not None
-        fetched = downloader.fetch(row.url or "", row.fallback_urls)
+    """Fetch one row and check its bytes (runs in a worker thread); never raises.
+
+    An unexpected exception costs this row only: download_failed while fetching,
+    decode_failed while checking the bytes.
+    """
+    try:
+        fetched = _fetch(row, cfg, downloader)
+    except Exception as exc:  # noqa: BLE001 - one row's bug must not fail the shard
+        return _failed(row.location, st.DOWNLOAD_FAILED, f"internal error: {_one_line(exc)}"), None
     if fetched.status != st.SUCCESS or fetched.data is None:
         return fetched, None
-    return fetched, process_bytes(fetched.data, cfg, side)
+    try:
+        return fetched, process_bytes(fetched.data, cfg, side)
+    except Exception as exc:  # noqa: BLE001 - as above
+        return fetched, SampleOutcome(st.DECODE_FAILED, f"internal error: {_one_line(exc)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return safe_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
 
 
 def _ordered(rows: Sequence[SourceRow], cfg: ShardConfig, downloader: Optional[Downloader],
@@ -101,15 +157,16 @@ def _members(rec: dict[str, Any], data: bytes, out: SampleOutcome) -> dict[str, 
     info = {k: rec[k] for k in ("key", "photo_id", "url", "width", "height", "sha256")}
     info["exif_source"] = out.exif_source
     return {out.ext: data,
-            "exif.json": json.dumps(out.exif, ensure_ascii=False, sort_keys=True).encode(),
-            "json": json.dumps(info, ensure_ascii=False, sort_keys=True).encode()}
+            "exif.json": json_bytes(out.exif, ensure_ascii=False, sort_keys=True),
+            "json": json_bytes(info, ensure_ascii=False, sort_keys=True)}
 
 
 def _side_exif(rows: Sequence[SourceRow], cfg: ShardConfig) -> dict[str, dict[str, str]]:
     if not cfg.yfcc_exif_db:
         return {}
     from pipeline.yfcc_exif import YfccExifIndex
-    ids = [r.photo_id for r in rows if r.photo_id]
+    # An id that is not valid UTF-8 cannot be in the index (and SQLite cannot take it).
+    ids = [r.photo_id for r in rows if r.photo_id and is_utf8(r.photo_id)]
     with YfccExifIndex.open(cfg.yfcc_exif_db) as index:
         return index.get_many(ids)
 
@@ -117,40 +174,27 @@ def _side_exif(rows: Sequence[SourceRow], cfg: ShardConfig) -> dict[str, dict[st
 def process_shard(shard: int, rows: Sequence[SourceRow], cfg: ShardConfig) -> dict[str, Any]:
     """Build shard ``shard`` from ``rows``; returns its stats (also written to disk).
 
-    Skips the work if the shard is already complete.  Never raises on bad samples: each
-    row ends as a table row with a status.  Raises only on an unusable output folder.
+    Skips the work if the shard is already complete (its files match its stats file);
+    redoes it from scratch otherwise.  Never raises on bad rows: each ends as a table row
+    with a status.  Raises only on an unusable output folder (or the side EXIF index).
     """
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = shard_paths(out_dir, shard)
-    if is_complete(out_dir, shard):
-        return json.loads(paths["stats"].read_text())
+    problem = shard_problem(out_dir, shard)
+    if problem is None:
+        return json.loads(paths["stats"].read_bytes())
+    log.debug("shard %s: built from scratch (%s)", shard_name(shard), problem)
     remove_partial(out_dir, shard)
     t0 = time.time()
     side = _side_exif(rows, cfg)
     needs_http = any(r.path is None for r in rows)
     downloader = Downloader(cfg.download) if needs_http else None
     writer = TarShardWriter(paths["tar"])
-    table: list[dict[str, Any]] = []
-    counts: Counter = Counter()
-    tag_sources: Counter = Counter()
-    seen: dict[str, str] = {}
-    totals = {"bytes_fetched": 0, "bytes_written": 0, "exif_disagreements": 0}
+    acc = _Accumulator(shard, cfg.dedup)
     try:
         for pos, (row, fetched, out) in enumerate(_ordered(rows, cfg, downloader, side)):
-            rec = _table_row(shard, pos, row, fetched, out)
-            totals["bytes_fetched"] += rec["bytes"] or 0
-            if out is not None and out.status == st.SUCCESS:
-                if cfg.dedup and out.sha256 in seen:
-                    rec["status"], rec["error"] = st.DUPLICATE, f"duplicate of {seen[out.sha256]}"
-                else:
-                    seen[out.sha256] = rec["key"]  # type: ignore[index]
-                    writer.add(rec["key"], _members(rec, fetched.data or b"", out))
-                    totals["bytes_written"] += rec["bytes"] or 0
-                    tag_sources.update(out.exif_source.values())
-                    totals["exif_disagreements"] += out.exif_disagreements
-            counts[rec["status"]] += 1
-            table.append(rec)
+            acc.add(writer, pos, row, fetched, out)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -158,13 +202,52 @@ def process_shard(shard: int, rows: Sequence[SourceRow], cfg: ShardConfig) -> di
     finally:
         if downloader is not None:
             downloader.close()
-    write_table(paths["parquet"], table)
+    write_table(paths["parquet"], acc.table)
     stats = {"shard": shard, "rows": len(rows), "samples": writer.count,
-             "status_counts": {s: counts.get(s, 0) for s in st.STATUSES},
-             "tag_sources": dict(tag_sources), **totals,
+             "status_counts": {s: acc.counts.get(s, 0) for s in st.STATUSES},
+             "tag_sources": dict(acc.tag_sources), **acc.totals,
              "started": t0, "seconds": round(time.time() - t0, 3),
              # Peak RSS of the process running this shard (a Ray worker or the driver).
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    atomic_write_json(paths["stats"], stats)
+    stats = write_stats(out_dir, shard, stats)
     log.info("shard %s: %d rows, %d samples", shard_name(shard), len(rows), writer.count)
     return stats
+
+
+class _Accumulator:
+    """The shard's table rows, status counts and totals, fed one processed row at a time."""
+
+    def __init__(self, shard: int, dedup: bool) -> None:
+        self.shard, self.dedup = shard, dedup
+        self.table: list[dict[str, Any]] = []
+        self.counts: Counter = Counter()
+        self.tag_sources: Counter = Counter()
+        self.seen: dict[str, str] = {}
+        self.totals = {"bytes_fetched": 0, "bytes_written": 0, "exif_disagreements": 0}
+
+    def add(self, writer: TarShardWriter, pos: int, row: SourceRow, fetched: FetchResult,
+            out: Optional[SampleOutcome]) -> None:
+        """Record one row; a success not seen before also goes into the tar."""
+        rec = _table_row(self.shard, pos, row, fetched, out)
+        self.totals["bytes_fetched"] += rec["bytes"] or 0
+        if out is not None and rec["status"] == st.SUCCESS:
+            if self.dedup and out.sha256 in self.seen:
+                rec["status"], rec["error"] = st.DUPLICATE, f"duplicate of {self.seen[out.sha256]}"
+            else:
+                self._write(writer, rec, fetched, out)
+        self.counts[rec["status"]] += 1
+        self.table.append(rec)
+
+    def _write(self, writer: TarShardWriter, rec: dict[str, Any], fetched: FetchResult,
+               out: SampleOutcome) -> None:
+        try:
+            members = _members(rec, fetched.data or b"", out)
+            writer.add(rec["key"], members)   # checks every name before writing any
+        except (ValueError, TypeError) as exc:  # this sample's members, not the tar, are bad
+            rec["status"], rec["error"] = st.DECODE_FAILED, f"internal error: {_one_line(exc)}"
+            return
+        if out.sha256:
+            self.seen[out.sha256] = rec["key"]
+        self.totals["bytes_written"] += rec["bytes"] or 0
+        self.tag_sources.update(out.exif_source.values())
+        self.totals["exif_disagreements"] += out.exif_disagreements

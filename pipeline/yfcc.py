@@ -95,12 +95,16 @@ def photo_urls(record: dict[str, str],
 
 
 def record_meta(record: dict[str, str], fields: Sequence[str] = META_FIELDS) -> dict[str, str]:
-    """The record's kept fields, free text URL-decoded, empty ones left out."""
+    """The record's kept fields, free text URL-decoded, empty ones left out.
+
+    A ``%XX`` escape of bytes that are not UTF-8 decodes to lone surrogates (kept losslessly
+    in the shard table), not to U+FFFD.
+    """
     meta = {}
     for name in fields:
         value = record.get(name, "")
         if name not in NOT_ENCODED:
-            value = unquote_plus(value)
+            value = unquote_plus(value, errors="surrogateescape")
         if value.strip():
             meta[name] = value
     return meta
