@@ -260,8 +260,8 @@ def load_state(path: Path) -> dict[str, Any]:
     unreadable, holds non-plain pickled objects, or lacks the keys of a training state.
     """
     file = path / STATE
-    state = load_plain(file, hint=" (a crafted file, or one from an exiflang that pickled numpy "
-                                  "RNG state: resume is not possible from it)")
+    state = load_plain(file, hint=" (a crafted file, or one from an older exiflang that pickled "
+                                  "numpy RNG state: it cannot be resumed from; remove its folder)")
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: not an exiflang training state (a {type(state).__name__})")
     missing = [k for k in _REQUIRED if k not in state]

@@ -76,7 +76,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Train as the arguments say; 0 on success, 2 with one line on stderr for bad input (data,
     config, output folder, checkpoint or model files)."""
     args = parser().parse_args(argv)
-    debug = args.debug or os.environ.get("EXIFLANG_DEBUG", "") not in ("", "0")
+    debug = args.debug or os.environ.get("EXIFLANG_DEBUG", "").strip().lower() not in (
+        "", "0", "false", "no", "off")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
