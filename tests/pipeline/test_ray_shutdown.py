@@ -43,8 +43,9 @@ def _watch(driver: subprocess.Popen, ready: Callable[[list[str]], bool],
 
 
 def _agents_started(cmdlines: list[str]) -> bool:
-    # Ray is still starting: the raylet has just spawned its dashboard / runtime-env agents.
-    return any("agent" in c.lower() for c in cmdlines)
+    # Ray is still starting: an agent the raylet spawned has renamed itself "ray::...".
+    # Stopped at this moment, ray.shutdown() alone left both agents running, every time.
+    return any(c.startswith("ray::") for c in cmdlines)
 
 
 @pytest.mark.parametrize("sig, moment, status", [
