@@ -8,7 +8,8 @@ pass again (after a resume, say) changes nothing more.
 
 Memory is flat in the number of rows N: the (sha256, shard, key, read order) of every
 successful row are spilled to P files partitioned by hash (P = ceil(N / partition_rows)),
-under a temporary folder in the dataset folder that is removed afterwards; each partition
+under a temporary folder in the dataset folder (in the local temporary folder when the
+dataset is on an object store) that is removed afterwards; each partition
 is then resolved on its own, and the duplicates found are spilled again by shard range so
 that the rewrite also holds one range at a time.  The naive in-memory version, which this
 must match exactly, is tests/pipeline/dedup_reference.py.
@@ -28,14 +29,20 @@ from typing import Iterator, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import records as st
-from pipeline.shard_io import TarShardWriter, complete_shards, shard_paths, write_stats
+from pipeline import storage
+from pipeline.shard_io import (TarShardWriter, complete_shards, parquet_metadata, read_parquet,
+                               shard_paths, write_arrow_table, write_stats)
 
 log = logging.getLogger(__name__)
-# Rows resolved in memory at once (~100 bytes each, ~3x that while sorting): ~75 MB peak.
-PARTITION_ROWS = 250_000
+# Rows resolved in memory at once (~100 bytes each, a few times that while sorting).  Peak
+# RSS measured flat at 202-209 MB (imports ~75, reading Parquet ~90) from 10^5 to 3x10^6
+# rows; 250,000 gave 205-266 MB and no more speed (docs/scale_metadata.md).
+PARTITION_ROWS = 50_000
+# Rows buffered before appending to the partition files, in units of PARTITION_ROWS: more
+# rows per appended chunk (fewer file appends when there are thousands of partitions).
+FLUSH_FACTOR = 5
 
 
 class _Spill:
@@ -103,12 +110,12 @@ def _partition_of(sha: pa.Array, parts: int) -> np.ndarray:
     return codes[prefix.indices.to_numpy()]
 
 
-def _spill_hashes(out_dir: Path, shards: list[int], spill: _Spill) -> None:
+def _spill_hashes(out_dir: storage.PathLike, shards: list[int], spill: _Spill) -> None:
     """Pass 1: successful rows of every shard, numbered in read order, into ``spill``."""
     ordinal = 0
     for shard in shards:
-        table = pq.read_table(shard_paths(out_dir, shard)["parquet"],
-                              columns=["key", "shard", "status", "sha256"])
+        table = read_parquet(shard_paths(out_dir, shard)["parquet"],
+                             columns=["key", "shard", "status", "sha256"])
         table = table.filter(pc.equal(table["status"], st.SUCCESS))
         n = len(table)
         if not n:
@@ -155,7 +162,7 @@ def _per_shard(drops: _Spill) -> Iterator[tuple[int, dict[str, str]]]:
         drops.remove(q)
 
 
-def iter_cross_shard_duplicates(out_dir: Path, *, partition_rows: int = PARTITION_ROWS
+def iter_cross_shard_duplicates(out_dir: storage.PathLike, *, partition_rows: int = PARTITION_ROWS
                                 ) -> Iterator[tuple[int, dict[str, str]]]:
     """``(shard, {key: key of the first copy})`` for each shard holding later copies, in shard order.
 
@@ -165,13 +172,14 @@ def iter_cross_shard_duplicates(out_dir: Path, *, partition_rows: int = PARTITIO
     shards = complete_shards(out_dir)
     if not shards:
         return
-    n = sum(pq.read_metadata(shard_paths(out_dir, s)["parquet"]).num_rows for s in shards)
+    n = sum(parquet_metadata(shard_paths(out_dir, s)["parquet"]).num_rows for s in shards)
     parts = max(1, -(-n // partition_rows))
-    work = Path(tempfile.mkdtemp(prefix=".dedup-", dir=out_dir))
+    local = storage.resolve(out_dir)
+    work = Path(tempfile.mkdtemp(prefix=".dedup-", dir=local if isinstance(local, Path) else None))
     try:
-        hashes = _Spill(work, "hash", parts, partition_rows)
+        hashes = _Spill(work, "hash", parts, FLUSH_FACTOR * partition_rows)
         _spill_hashes(out_dir, shards, hashes)
-        drops = _Spill(work, "drop", parts, partition_rows)
+        drops = _Spill(work, "drop", parts, FLUSH_FACTOR * partition_rows)
         top = max(shards) + 1
         for p in range(parts):
             table = hashes.read(p)
@@ -188,7 +196,7 @@ def iter_cross_shard_duplicates(out_dir: Path, *, partition_rows: int = PARTITIO
         shutil.rmtree(work, ignore_errors=True)
 
 
-def find_cross_shard_duplicates(out_dir: Path, *, partition_rows: int = PARTITION_ROWS
+def find_cross_shard_duplicates(out_dir: storage.PathLike, *, partition_rows: int = PARTITION_ROWS
                                 ) -> dict[int, dict[str, str]]:
     """``{shard: {key: key of the first copy}}`` for successful samples seen in an earlier shard."""
     return dict(iter_cross_shard_duplicates(out_dir, partition_rows=partition_rows))
@@ -211,44 +219,44 @@ def _samples(src: tarfile.TarFile, drop: set[str]) -> Iterator[tuple[str, dict[s
         yield key, members
 
 
-def _rewrite_tar(path: Path, drop: set[str]) -> int:
-    """Copy a tar without the members of the dropped keys, one sample in memory; returns samples kept."""
+def _rewrite_tar(path: storage.Location, drop: set[str]) -> tuple[int, dict]:
+    """Copy a tar without the members of the dropped keys, one sample in memory; returns the
+    samples kept and the new tar's file record."""
     writer = TarShardWriter(path)
     kept = 0
     try:
-        with tarfile.open(path, "r") as src:
+        # Read as a stream: one forward pass, also over an object store.
+        with storage.open_read(path) as fh, tarfile.open(fileobj=fh, mode="r|") as src:
             for key, members in _samples(src, drop):
                 writer.add(key, members)
                 kept += 1
-        writer.commit()
+        record = writer.commit()
     except BaseException:
         writer.abort()
         raise
-    return kept
+    return kept, record
 
 
-def _rewrite_shard(out_dir: Path, shard: int, drop: dict[str, str]) -> None:
+def _rewrite_shard(out_dir: storage.PathLike, shard: int, drop: dict[str, str]) -> None:
     """Drop ``drop``'s keys from the shard's tar; mark them ``duplicate`` in its table and stats."""
     paths = shard_paths(out_dir, shard)
-    samples = _rewrite_tar(paths["tar"], set(drop))
-    table = pq.read_table(paths["parquet"])
+    samples, tar_record = _rewrite_tar(paths["tar"], set(drop))
+    table = read_parquet(paths["parquet"])
     keys = table["key"].to_pylist()
     status = [st.DUPLICATE if k in drop else s for k, s in zip(keys, table["status"].to_pylist())]
     error = [f"duplicate of {drop[k]}" if k in drop else e
              for k, e in zip(keys, table["error"].to_pylist())]
     table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
     table = table.set_column(table.schema.get_field_index("error"), "error", pa.array(error, pa.string()))
-    tmp = paths["parquet"].with_name(paths["parquet"].name + ".tmp-dedup")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(paths["parquet"])
-    stats = json.loads(paths["stats"].read_text())
+    table_record = write_arrow_table(paths["parquet"], table)
+    stats = json.loads(storage.read_bytes(paths["stats"]))
     counts = {s: status.count(s) for s in st.STATUSES}
     stats.update(samples=samples, status_counts=counts)
     # Also records the new tar's and table's size and sha256, which a rerun checks.
-    write_stats(out_dir, shard, stats)
+    write_stats(out_dir, shard, stats, {"tar": tar_record, "parquet": table_record})
 
 
-def remove_cross_shard_duplicates(out_dir: Path, *, partition_rows: int = PARTITION_ROWS) -> int:
+def remove_cross_shard_duplicates(out_dir: storage.PathLike, *, partition_rows: int = PARTITION_ROWS) -> int:
     """Mark and drop later copies across shards; returns how many samples were dropped."""
     total = shards = 0
     for shard, drop in iter_cross_shard_duplicates(out_dir, partition_rows=partition_rows):

@@ -1,6 +1,8 @@
 """The streaming YFCC side-file join against the full index, on generated main and side files."""
 import itertools
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,8 @@ import pytest
 from pipeline.sources import SourceError, open_source
 from pipeline.yfcc import FIELDS_2014, FIELDS_2016
 from pipeline.yfcc_exif import YfccExifIndex, YfccSideJoin
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _main_line(fields: tuple, pid: str, video: bool) -> str:
@@ -128,3 +132,32 @@ def test_stale_stream_index_is_rebuilt_and_bad_side_file_is_one_line(tmp_path):
         ["full.sqlite", "join.sqlite"]
     with pytest.raises(SourceError, match="no such YFCC EXIF side file"):
         YfccSideJoin(str(tmp_path / "nope"), str(db))
+
+
+def test_reader_in_another_process_while_the_join_writes(tmp_path):
+    """A worker process reading the database over and over while the join commits its blocks
+    (3 rows each): no read fails (locked or malformed), and in the end it finds every id."""
+    main, side = write_files(tmp_path, seed=13, n=1500, complete=True)
+    db = tmp_path / "join.sqlite"
+    join = YfccSideJoin(str(side), str(db), block_rows=3, window=4)
+    rows = join.rows(open_source(main).rows())
+    first = next(rows)                                  # the database exists from here on
+    code = ("import sys, time; from pipeline.yfcc_exif import YfccExifIndex as I\n"
+            "ids = sys.argv[2].split(','); reads = 0; end = time.time() + 30\n"
+            "while time.time() < end:\n"
+            "    with I.open(sys.argv[1]) as ix: got = ix.get_many(ids)\n"
+            "    reads += 1\n"
+            "    if reads == 1: print('ready', flush=True)\n"
+            "    if len(got) == len(ids): break\n"
+            "print(reads, len(got))\n")
+    rows_ids = [r.photo_id for r in open_source(main).rows()]
+    ids = list(dict.fromkeys(rows_ids))
+    reader = subprocess.Popen([sys.executable, "-c", code, str(db), ",".join(ids)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert reader.stdout.readline() == "ready\n"         # reading before the join goes on
+    passed = [first, *rows]
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    reads, found = map(int, out.split())
+    assert found == len(ids) and reads >= 1
+    assert len(passed) == len(rows_ids)
