@@ -51,7 +51,9 @@ def parser() -> argparse.ArgumentParser:
     run = ap.add_argument_group("execution")
     run.add_argument("--executor", choices=("ray", "local"), default="ray")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded)")
-    run.add_argument("--workers", type=int, help="concurrent shards (default: cluster CPUs)")
+    run.add_argument("--workers", type=int,
+                     help="concurrent shards: Ray tasks, or local worker processes "
+                     "(default: the cluster's CPUs / this machine's CPUs)")
     run.add_argument("--threads", type=int, default=s.threads, help="fetch threads per worker")
     run.add_argument("--shard-retries", type=int, default=2)
     run.add_argument("--rerun-check", choices=RERUN_CHECKS, default=JobOptions.rerun_check,
@@ -69,11 +71,20 @@ def parser() -> argparse.ArgumentParser:
     net.add_argument("--retries", type=int, default=d.retries)
     net.add_argument("--max-bytes", type=int, default=d.max_bytes)
     net.add_argument("--max-redirects", type=int, default=d.max_redirects)
-    net.add_argument("--per-host-concurrency", type=int, default=d.per_host_concurrency * 4,
-                     help="simultaneous requests to one host, for the whole job")
+    net.add_argument("--per-host-concurrency", type=int, default=d.per_host_concurrency,
+                     help="requests in flight to one host, for the whole job across all workers "
+                     f"(<= 0: no cap; default: {d.per_host_concurrency})")
     net.add_argument("--per-host-rate", type=float, default=d.per_host_rate,
                      help="requests/s to one host for the whole job (0 = unlimited)")
-    net.add_argument("--user-agent", default=d.user_agent)
+    net.add_argument("--retry-after-max", type=float, default=d.retry_after_max, metavar="SECONDS",
+                     help="longest pause of a host after a 429/503, whatever its Retry-After says "
+                     f"(default: {d.retry_after_max:g})")
+    net.add_argument("--ignore-opt-out", action="store_true",
+                     help="fetch photos whose X-Robots-Tag opts them out (default: they are "
+                     f"skipped as opted_out: {', '.join(d.opt_out_directives)})")
+    net.add_argument("--user-agent", default=d.user_agent,
+                     help="User-Agent header; its product token is the crawler name "
+                     "X-Robots-Tag directives are matched against")
     ap.add_argument("-q", "--quiet", action="store_true")
     return ap
 
@@ -83,7 +94,8 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
                         row_deadline=args.row_deadline, retries=args.retries, max_bytes=args.max_bytes,
                         max_redirects=args.max_redirects,
                         per_host_concurrency=args.per_host_concurrency,
-                        per_host_rate=args.per_host_rate, user_agent=args.user_agent)
+                        per_host_rate=args.per_host_rate, retry_after_max=args.retry_after_max,
+                        respect_opt_out=not args.ignore_opt_out, user_agent=args.user_agent)
     cfg = ShardConfig(out_dir=str(args.out), rows_per_shard=args.rows_per_shard,
                       threads=args.threads, patch_size=args.patch_size, min_tags=args.min_tags,
                       verify=args.verify, exif_prefer=args.exif_prefer, download=dl)
@@ -91,9 +103,8 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
                       shard_retries=args.shard_retries, tag_threshold=args.tag_threshold,
                       max_rows=args.max_rows, progress=not args.quiet,
                       rerun_check=args.rerun_check)
-    if opts.executor == "local":
-        # Called directly there is one worker: it may use the whole per-host budget.
-        opts.workers = 1
+    if opts.workers is not None and opts.workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {opts.workers}")
     return cfg, opts
 
 

@@ -39,7 +39,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
-from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
@@ -246,15 +246,18 @@ class _HTTPSPool(HTTPSConnectionPool):
 _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
-class BoundedAdapter(HTTPAdapter):
-    """A requests adapter whose connections (direct or via an HTTP proxy) obey :func:`applied`."""
+def bounded_pool_manager(**kwargs: Any) -> PoolManager:
+    """A urllib3 :class:`PoolManager` whose connections obey :func:`applied`."""
+    manager = PoolManager(**kwargs)
+    manager.pool_classes_by_scheme = dict(_POOLS)
+    return manager
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
 
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):  # SOCKS managers bring their own connections
-            manager.pool_classes_by_scheme = dict(_POOLS)
-        return manager
+def bounded_proxy_manager(proxy_url: str, **kwargs: Any) -> PoolManager:
+    """A urllib3 manager through ``proxy_url`` (HTTP/HTTPS proxies bounded, SOCKS as urllib3 has it)."""
+    if proxy_url.lower().startswith("socks"):
+        from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as requests did
+        return SOCKSProxyManager(proxy_url, **kwargs)
+    manager = ProxyManager(proxy_url, **kwargs)
+    manager.pool_classes_by_scheme = dict(_POOLS)
+    return manager

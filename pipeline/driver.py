@@ -25,6 +25,9 @@ from tqdm import tqdm
 
 from pipeline.config import ShardConfig
 from pipeline.dedup import remove_cross_shard_duplicates
+from pipeline.governor_service import GovernorServer
+from pipeline.local_pool import run_pool
+from pipeline.politeness import HostGovernor
 from pipeline.records import SourceRow
 from pipeline.shard_io import RERUN_CHECKS, shard_paths, shard_problem
 from pipeline.tags import write_sizes_and_summary, write_tags
@@ -37,8 +40,8 @@ log = logging.getLogger(__name__)
 class JobOptions:
     """How the job runs, as opposed to what each shard does (:class:`ShardConfig`)."""
 
-    executor: str = "ray"            # "ray" or "local" (the worker called directly)
-    workers: Optional[int] = None    # concurrent shards; default: the Ray cluster's CPUs
+    executor: str = "ray"            # "ray" or "local" (worker processes on this machine)
+    workers: Optional[int] = None    # concurrent shards; default: the Ray cluster's / this machine's CPUs
     address: Optional[str] = None    # a Ray cluster; default RAY_ADDRESS, else embedded
     shard_retries: int = 2           # extra attempts for a shard whose task failed
     tag_threshold: float = 0.5
@@ -64,12 +67,18 @@ def plan_shards(rows: Iterator[SourceRow], rows_per_shard: int,
         yield shard, chunk
 
 
-def _split_host_budget(cfg: ShardConfig, workers: int) -> ShardConfig:
-    """Per-host limits are global for the job: each concurrent worker gets its share."""
-    dl = cfg.download
-    dl = replace(dl, per_host_concurrency=max(1, dl.per_host_concurrency // workers),
-                 per_host_rate=dl.per_host_rate / workers if dl.per_host_rate else 0.0)
-    return replace(cfg, download=dl)
+@contextlib.contextmanager
+def _governed(cfg: ShardConfig, workers: int, tcp_host: Optional[str] = None) -> Iterator[ShardConfig]:
+    """``cfg`` pointing every worker at one host governor served from this process.
+
+    Per-host limits hold for the whole job (pipeline.politeness): the workers share the
+    governor's state instead of each taking a fraction of the budget.  Unix socket for
+    local processes, TCP on ``tcp_host`` for Ray workers.
+    """
+    with GovernorServer(HostGovernor(cfg.download.limits()), tcp_host) as server:
+        dl = replace(cfg.download, governor_address=server.address, governor_key=server.key,
+                     governor_share=workers)
+        yield replace(cfg, download=dl)
 
 
 _REAP_GRACE_S = 5.0                 # SIGTERM -> SIGKILL grace for Ray's leftover processes
@@ -198,6 +207,10 @@ def _ray_session(opts: JobOptions) -> Iterator[Any]:
 
 def _run_local(shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
                on_done: Callable[[dict], None], opts: JobOptions) -> list[int]:
+    workers = opts.workers or os.cpu_count() or 1
+    if workers > 1:   # processes, not threads: the GIL would hold the job to one core
+        with _governed(cfg, workers) as shared:
+            return run_pool(shards, shared, on_done, workers, opts.shard_retries)
     failed = []
     for shard, rows in shards:
         for attempt in range(opts.shard_retries + 1):
@@ -222,8 +235,13 @@ def _fan_out(ray: Any, shards: Iterator[tuple[int, list[SourceRow]]], cfg: Shard
     workers = opts.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     task = ray.remote(num_cpus=1, max_retries=opts.shard_retries,
                       retry_exceptions=True)(process_shard)
-    cfg = _split_host_budget(cfg, workers)
-    cfg_ref = ray.put(cfg)
+    # The driver's node address: Ray workers on other nodes reach the governor there.
+    with _governed(cfg, workers, ray.util.get_node_ip_address()) as shared:
+        return _submit_all(ray, task, shards, ray.put(shared), on_done, opts, workers)
+
+
+def _submit_all(ray: Any, task: Any, shards: Iterator[tuple[int, list[SourceRow]]], cfg_ref: Any,
+                on_done: Callable[[dict], None], opts: JobOptions, workers: int) -> list[int]:
     pending: dict[Any, int] = {}
     failed: list[int] = []
 

@@ -1,112 +1,100 @@
-"""Per-host politeness for one process: at most N requests in flight and R requests/s per host.
+"""Per-host politeness as a fetch thread sees it: one slot per request, granted by the job's governor.
 
-All threads of a process share one :class:`HostLimiter`.  Limits across processes are not
-coordinated here: the driver divides the job's budget by the number of concurrent workers.
+A :class:`HostLimiter` is what a :class:`~pipeline.download.Downloader` and its threads use:
+``with limiter.slot(host) as slot:`` blocks until the host may be sent one more request, and
+the ``with`` body reports what the host answered (``slot.answered(status, retry_after)``) so a
+429/503 pauses the host for the whole job.  The limits themselves live in a
+:class:`~pipeline.politeness.HostGovernor`: in this process when it is the job's only one
+(``--executor local --workers 1``, tests), or in the driver, reached through
+:class:`~pipeline.governor_service.RemoteGovernor`, when many processes share the job.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional, Protocol
+
+from pipeline.politeness import ANSWERED, NO_ANSWER, THROTTLE_CODES, THROTTLED, GovernorLimits, HostGovernor
+
+_OWNERS = itertools.count(1)
 
 
-class _HostState:
-    """Book-keeping for one host; guarded by the limiter's lock."""
+class Governor(Protocol):
+    """What a limiter needs of a governor, local or remote."""
 
-    __slots__ = ("cond", "active", "users", "next_start")
+    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> Optional[int]: ...
 
-    def __init__(self, lock: threading.Lock) -> None:
-        self.cond = threading.Condition(lock)
-        self.active = 0          # requests holding a slot
-        self.users = 0           # holders + waiters: the entry must outlive all of them
-        self.next_start = 0.0    # monotonic time the next request may start (rate limit)
+    def release(self, lease: int, outcome: int, retry_after: Optional[float] = None) -> None: ...
+
+
+class LimiterClosed(Exception):
+    """The limiter was closed while a thread waited for a slot."""
+
+
+class Slot:
+    """One granted request to a host; tell it what the host answered."""
+
+    __slots__ = ("waited", "lease", "outcome", "retry_after")
+
+    def __init__(self, waited: float, lease: int) -> None:
+        self.waited = waited            # seconds queued for politeness (not the server's time)
+        self.lease = lease
+        self.outcome = NO_ANSWER
+        self.retry_after: Optional[float] = None
+
+    def answered(self, http_status: Optional[int], retry_after: Optional[float] = None) -> None:
+        """Record the host's answer: None (no answer), a 429/503 (throttled) or any other status."""
+        if http_status is None:
+            self.outcome = NO_ANSWER
+        elif http_status in THROTTLE_CODES:
+            self.outcome, self.retry_after = THROTTLED, retry_after
+        else:
+            self.outcome = ANSWERED
 
 
 class HostLimiter:
-    """A counting semaphore and a start-interval schedule per host, created on first use.
+    """Slots from ``governor`` for this process's threads; :meth:`close` frees waiting threads.
 
-    ``concurrency <= 0`` means no concurrency cap; ``rate <= 0`` means no rate cap.
-    The rate limit spaces request *starts* at least ``1 / rate`` seconds apart (a token
-    bucket of depth one): no bursts, so a remote host never sees more than ``rate``
-    requests in any one-second window from this process.
+    ``hold`` bounds how long one request may keep its slot (the governor takes it back after
+    that if never given back); ``wait_max`` is how long one ask may block before the thread
+    asks again, which is also how soon :meth:`close` is noticed.
     """
 
-    # Idle entries are dropped on release; ones still inside their rate interval linger
-    # and are swept when the table has doubled, so millions of one-off hosts stay cheap.
-    _SWEEP_MIN = 1024
+    def __init__(self, governor: Optional[Governor] = None, hold: float = 120.0, wait_max: float = 1.0) -> None:
+        self.governor: Governor = governor if governor is not None else HostGovernor()
+        self.hold, self.wait_max = hold, wait_max
+        self.owner = next(_OWNERS)
+        self._closed = threading.Event()
 
-    def __init__(self, concurrency: int = 8, rate: float = 0.0) -> None:
-        self.concurrency = concurrency
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self._lock = threading.Lock()
-        self._hosts: dict[str, _HostState] = {}
-        self._sweep_at = self._SWEEP_MIN
+    @classmethod
+    def local(cls, concurrency: int = 8, rate: float = 0.0, **limits: float) -> "HostLimiter":
+        """A limiter with a governor of its own (the limits hold for this limiter's threads)."""
+        return cls(HostGovernor(GovernorLimits(concurrency, rate, **limits)))
 
     @contextmanager
-    def slot(self, host: str) -> Iterator[float]:
-        """Hold one of ``host``'s slots for the body of the ``with``; yields seconds waited."""
+    def slot(self, host: str) -> Iterator[Slot]:
+        """Hold one of ``host``'s slots for the body of the ``with``; raises LimiterClosed."""
         t0 = time.monotonic()
-        state = self._acquire(host)
+        granted = None
+        while granted is None:
+            if self._closed.is_set():
+                raise LimiterClosed("downloader closed")
+            granted = self.governor.acquire(host, self.owner, self.hold, self.wait_max)
+        slot = Slot(time.monotonic() - t0, granted)
         try:
-            delay = self._reserve_start(state)
-            if delay > 0:
-                # Sleep outside the lock; the slot is already ours, so the schedule holds.
-                time.sleep(delay)
-            yield time.monotonic() - t0
+            yield slot
         finally:
-            self._release(host, state)
+            self.governor.release(slot.lease, slot.outcome, slot.retry_after)
 
+    def close(self) -> None:
+        """Stop waiting for slots (slots held are given back as their requests end)."""
+        self._closed.set()
+
+    # Views for tests and logs, when the governor is in this process.
     def in_use(self, host: str) -> int:
-        """Requests currently holding a slot for ``host`` (for tests and logs)."""
-        with self._lock:
-            state = self._hosts.get(host)
-            return state.active if state else 0
+        return self.governor.in_use(host) if isinstance(self.governor, HostGovernor) else 0
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._hosts)
-
-    def _acquire(self, host: str) -> _HostState:
-        with self._lock:
-            state = self._hosts.get(host)
-            if state is None:
-                if len(self._hosts) >= self._sweep_at:
-                    self._sweep()
-                state = self._hosts[host] = _HostState(self._lock)
-            state.users += 1
-            try:
-                while self.concurrency > 0 and state.active >= self.concurrency:
-                    state.cond.wait()
-            except BaseException:
-                state.users -= 1
-                raise
-            state.active += 1
-            return state
-
-    def _reserve_start(self, state: _HostState) -> float:
-        """Book the next free start time (after taking the slot, so waiters cannot bunch up)."""
-        if self.interval <= 0:
-            return 0.0
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, state.next_start)
-            state.next_start = start + self.interval
-            return start - now
-
-    def _release(self, host: str, state: _HostState) -> None:
-        with self._lock:
-            state.active -= 1
-            state.users -= 1
-            state.cond.notify()
-            if state.users == 0 and state.next_start <= time.monotonic():
-                # Only when no one is waiting and the rate interval has passed: dropping it
-                # earlier would let the next request skip its interval.
-                self._hosts.pop(host, None)
-
-    def _sweep(self) -> None:
-        """Drop idle entries whose rate interval has passed (caller holds the lock)."""
-        now = time.monotonic()
-        for host in [h for h, s in self._hosts.items() if s.users == 0 and s.next_start <= now]:
-            del self._hosts[host]
-        self._sweep_at = max(self._SWEEP_MIN, 2 * len(self._hosts))
+        return len(self.governor) if isinstance(self.governor, HostGovernor) else 0

@@ -18,9 +18,10 @@ TOO_LARGE = "too_large"                # header claims more pixels than the imag
 IMPLAUSIBLE_SIZE = "implausible_size"  # file far too small for the pixel count its header claims
 UNSUPPORTED_MODE = "unsupported_mode"  # float / 32-bit / exotic pixel modes (one policy everywhere)
 BAD_SOURCE_ROW = "bad_source_row"      # the source row itself could not be used (name, fields)
+OPTED_OUT = "opted_out"                # the server's X-Robots-Tag opts the photo out (noai, ...)
 STATUSES = (SUCCESS, DOWNLOAD_FAILED, HTTP_ERROR, TIMEOUT, NOT_AN_IMAGE,
             DECODE_FAILED, TOO_SMALL, TOO_FEW_TAGS, DUPLICATE, TOO_LARGE, IMPLAUSIBLE_SIZE,
-            UNSUPPORTED_MODE, BAD_SOURCE_ROW)
+            UNSUPPORTED_MODE, BAD_SOURCE_ROW, OPTED_OUT)
 
 
 @dataclass

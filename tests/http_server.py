@@ -24,6 +24,17 @@ Routes (query parameters in brackets, defaults after '='):
   /redirect[to=, n=1]             ``n`` hops of 302, then to ``to`` (a path or a URL)
   /notimage                       200 with an HTML page
   /headers                        the request's headers as text, one "Name: value" per line
+  /robots[tag=noai, tag2=, file=] 200 with ``X-Robots-Tag: tag`` (and a second such header
+                                  ``tag2`` if given), then the file (or a small body)
+  /held[delay=0.05, file=]        counted as *held* from arrival until ``delay`` s later, just
+                                  before the response goes out (``held_max``: the peak): a
+                                  client cannot have seen the response, so it cannot have sent
+                                  its next request yet, and the count never over-states the
+                                  concurrency (``max_in_flight`` can, by a scheduling lag)
+  /storm[at=1, retry_after=1, file=]
+                                  a host-wide count of /storm requests: the ``at``-th one
+                                  gets 429 with ``Retry-After: retry_after`` (``none``: no
+                                  header), every other one the file (or a small body)
   /big[size=1048576, nolength=0]  ``size`` bytes of junk (``nolength=1``: no Content-Length,
                                   body delimited by closing the connection)
 
@@ -177,6 +188,8 @@ class LoopbackServer:
             self.in_flight = getattr(self, "in_flight", 0)
             self.max_in_flight = self.in_flight
             self.connections = 0                         # TCP connections accepted
+            self.held_now = getattr(self, "held_now", 0)  # /held requests inside their delay
+            self.held_max = self.held_now
             self.log: deque[tuple[float, str]] = deque(maxlen=100_000)  # (monotonic, target)
 
     def _enter(self, path: str, target: str) -> None:
@@ -248,7 +261,8 @@ class LoopbackServer:
                 "/truncated": self._r_truncated,
                 "/redirect-loop": self._r_redirect_loop, "/redirect": self._r_redirect,
                 "/notimage": self._r_notimage, "/big": self._r_big,
-                "/headers": self._r_headers}.get(path)
+                "/headers": self._r_headers, "/robots": self._r_robots, "/held": self._r_held,
+                "/storm": self._r_storm}.get(path)
 
     # misbehaving routes ----------------------------------------------------------------
     def _r_status(self, h: _Handler, path: str, q: dict[str, str]) -> None:
@@ -345,3 +359,33 @@ class LoopbackServer:
 
     def _r_headers(self, h: _Handler, path: str, q: dict[str, str]) -> None:
         h.send_body(200, "".join(f"{k}: {v}\n" for k, v in h.headers.items()).encode())
+
+    def _r_robots(self, h: _Handler, path: str, q: dict[str, str]) -> None:
+        data = (self.file_bytes(q["file"]) if "file" in q else b"ok\n") or b""
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(data)))
+        for key in ("tag", "tag2"):
+            if key in q or key == "tag":
+                h.send_header("X-Robots-Tag", q.get(key, "noai"))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _r_storm(self, h: _Handler, path: str, q: dict[str, str]) -> None:
+        # One count for the whole route (key "storm"), whatever the query: a host-wide event.
+        if self._count(path, {"key": "storm"}, h.path) == int(q.get("at", "1")):
+            after = q.get("retry_after", "1")
+            h.send_body(429, b"slow down\n", headers={} if after == "none" else {"Retry-After": after})
+        else:
+            self._send_file_or_ok(h, q)
+
+    def _r_held(self, h: _Handler, path: str, q: dict[str, str]) -> None:
+        with self._lock:
+            self.held_now += 1
+            self.held_max = max(self.held_max, self.held_now)
+        try:
+            self._stop.wait(float(q.get("delay", "0.05")))
+        finally:
+            with self._lock:
+                self.held_now -= 1
+        self._send_file_or_ok(h, q)
