@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
+from pipeline import storage
 from pipeline.download import DownloadConfig
 from pipeline.image_policy import ImagePolicy, default_policy
 
@@ -33,6 +33,9 @@ class ShardConfig:
     exif_prefer: str = "image"          # on disagreement keep the "image" or the "yfcc" value
     dedup: bool = True                  # mark repeated bytes (same sha256) as duplicate
     yfcc_exif_db: Optional[str] = None  # SQLite index of the YFCC side file, if given
+    # fsspec options for s3:// / gs:// paths (pipeline.storage); they travel with the config
+    # so Ray and pool workers reach the same store.  Secrets are masked in config.json.
+    storage_options: dict[str, Any] = field(default_factory=dict)
     download: DownloadConfig = field(default_factory=DownloadConfig)
 
     def __post_init__(self) -> None:
@@ -49,8 +52,19 @@ class ShardConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def write(self, path: Path) -> None:
-        """Write the resolved settings beside the outputs (atomically)."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
-        tmp.replace(path)
+    def write(self, path: storage.PathLike) -> None:
+        """Write the resolved settings beside the outputs (atomically, local or remote)."""
+        doc = self.to_dict()
+        doc["storage_options"] = _masked(doc["storage_options"])
+        storage.write_bytes(path, json.dumps(doc, indent=2, sort_keys=True).encode())
+
+
+_SECRET_WORDS = ("secret", "key", "token", "password", "credential")
+
+
+def _masked(options: Any) -> Any:
+    """``options`` with the value of every secret-looking key replaced by ``"***"``."""
+    if not isinstance(options, dict):
+        return options
+    return {k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
+            else _masked(v) for k, v in options.items()}

@@ -16,19 +16,22 @@ applied to every string written here (table cells, map keys and values, tar JSON
   and ``bytes.decode("utf-8", "surrogateescape")`` gives back the str; a surrogate no byte
   can stand for (a JSON ``"\\ud800"``) is stored as its ``surrogatepass`` (WTF-8) bytes.
 
-Shard completeness: the stats file is renamed into place last and records the size and
-sha256 of the tar and the table (``files``); a shard whose files are missing or differ from
-that record is not complete and is redone (:func:`shard_problem`).
+Shard completeness: the stats file is written last and records the size and sha256 of the
+tar and the table (``files``); a shard whose files are missing or differ from that record is
+not complete and is redone (:func:`shard_problem`).  Every file goes through
+:mod:`pipeline.storage`, so the dataset folder may be local or on an object store; the
+functions here take a local ``Path`` or a remote URL (``s3://bucket/run``) alike, and
+return paths of the same kind.  On an object store the tar and table are staged in a local
+temporary file and uploaded whole, and the stats file's being written last is the commit
+(:mod:`pipeline.storage` explains the protocol).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -36,6 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from exiflang.errors import naming
+from pipeline import storage
+from pipeline.storage import Location, PathLike
 
 _STR_MAP = pa.map_(pa.string(), pa.string())
 SCHEMA = pa.schema([
@@ -101,19 +106,20 @@ def shard_name(shard: int) -> str:
     return f"{shard:05d}"
 
 
-def shard_paths(out_dir: Path, shard: int) -> dict[str, Path]:
-    """The three files of one shard."""
-    base = out_dir / shard_name(shard)
-    return {"tar": base.with_suffix(".tar"), "parquet": base.with_suffix(".parquet"),
-            "stats": out_dir / f"{shard_name(shard)}_stats.json"}
+def shard_paths(out_dir: PathLike, shard: int) -> dict[str, Location]:
+    """The three files of one shard (``Path``s for a local folder, URLs for a remote one)."""
+    name = shard_name(shard)
+    return {"tar": storage.join(out_dir, f"{name}.tar"),
+            "parquet": storage.join(out_dir, f"{name}.parquet"),
+            "stats": storage.join(out_dir, f"{name}_stats.json")}
 
 
-def is_complete(out_dir: Path, shard: int, check: str = "hash") -> bool:
+def is_complete(out_dir: PathLike, shard: int, check: str = "hash") -> bool:
     """Whether the shard's stats file exists and its tar and table match what it recorded."""
     return shard_problem(out_dir, shard, check) is None
 
 
-def shard_problem(out_dir: Path, shard: int, check: str = "hash") -> Optional[str]:
+def shard_problem(out_dir: PathLike, shard: int, check: str = "hash") -> Optional[str]:
     """Why shard ``shard`` is not complete (one line), or None when it is.
 
     ``check`` is ``"size"`` (stat only) or ``"hash"`` (also the sha256 of both files, about
@@ -124,11 +130,11 @@ def shard_problem(out_dir: Path, shard: int, check: str = "hash") -> Optional[st
         raise ValueError(f"check must be one of {', '.join(RERUN_CHECKS)}, not {check!r}")
     paths = shard_paths(out_dir, shard)
     try:
-        stats = json.loads(paths["stats"].read_bytes())
+        stats = json.loads(storage.read_bytes(paths["stats"]))
     except FileNotFoundError:
         return "no stats file"
     except (OSError, ValueError) as exc:
-        return f"{paths['stats'].name} unreadable ({type(exc).__name__})"
+        return f"{storage.basename(paths['stats'])} unreadable ({type(exc).__name__})"
     files = stats.get("files") if isinstance(stats, dict) else None
     if not isinstance(files, dict):
         return _unrecorded_problem(paths)
@@ -139,93 +145,96 @@ def shard_problem(out_dir: Path, shard: int, check: str = "hash") -> Optional[st
     return None
 
 
-def _file_problem(path: Path, record: Any, check: str) -> Optional[str]:
+def _file_problem(path: Location, record: Any, check: str) -> Optional[str]:
+    name = storage.basename(path)
     if not isinstance(record, dict) or not isinstance(record.get("size"), int):
-        return f"{path.name}: no size recorded in the stats file"
+        return f"{name}: no size recorded in the stats file"
     try:
-        size = path.stat().st_size
+        size = storage.size(path)
         if size != record["size"]:
-            return f"{path.name} is {size} bytes, the stats file recorded {record['size']}"
+            return f"{name} is {size} bytes, the stats file recorded {record['size']}"
         if check == "hash" and file_record(path)["sha256"] != record.get("sha256"):
-            return f"{path.name}: sha256 differs from the one the stats file recorded"
+            return f"{name}: sha256 differs from the one the stats file recorded"
     except OSError as exc:
-        return f"{path.name}: {exc.strerror or type(exc).__name__}"
+        return f"{name}: {exc.strerror or type(exc).__name__}"
     return None
 
 
-def _unrecorded_problem(paths: dict[str, Path]) -> Optional[str]:
+def _unrecorded_problem(paths: dict[str, Location]) -> Optional[str]:
     """Cheap wholeness checks for a stats file that records no sizes (older runs)."""
-    try:
-        tar_size, tar_tail = _tail(paths["tar"], 1024)
-        _, pq_tail = _tail(paths["parquet"], 4)
-    except OSError as exc:
-        return f"{exc.filename and Path(exc.filename).name}: {exc.strerror or type(exc).__name__}"
-    # tarfile pads an archive to whole 512-byte blocks and ends it with two zero blocks.
-    if tar_size % 512 or tar_size < 1024 or tar_tail.strip(b"\0"):
-        return f"{paths['tar'].name} truncated (no end-of-archive blocks)"
-    if pq_tail != b"PAR1":
-        return f"{paths['parquet'].name} truncated (no Parquet footer)"
+    for kind in ("tar", "parquet"):
+        try:
+            tail = _tail(paths[kind], 1024 if kind == "tar" else 4)
+        except OSError as exc:
+            return f"{storage.basename(paths[kind])}: {exc.strerror or type(exc).__name__}"
+        size, data = tail
+        # tarfile pads an archive to whole 512-byte blocks and ends it with two zero blocks.
+        if kind == "tar" and (size % 512 or size < 1024 or data.strip(b"\0")):
+            return f"{storage.basename(paths['tar'])} truncated (no end-of-archive blocks)"
+        if kind == "parquet" and data != b"PAR1":
+            return f"{storage.basename(paths['parquet'])} truncated (no Parquet footer)"
     return None
 
 
-def _tail(path: Path, n: int) -> tuple[int, bytes]:
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
+def _tail(path: Location, n: int) -> tuple[int, bytes]:
+    size = storage.size(path)
+    with storage.open_read(path) as fh:
         fh.seek(max(0, size - n))
         return size, fh.read(n)
 
 
-def file_record(path: Path) -> dict[str, Any]:
-    """``{"size": bytes, "sha256": hex}`` of a file, read in 1 MiB chunks."""
+def file_record(path: PathLike) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file (local or remote), read in 1 MiB chunks."""
     digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
+    with storage.open_read(path) as fh:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
             size += len(chunk)
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def write_stats(out_dir: Path, shard: int, stats: dict[str, Any]) -> dict[str, Any]:
-    """Record the tar's and table's size and sha256 in ``stats`` and write it (last, atomically)."""
+def write_stats(out_dir: PathLike, shard: int, stats: dict[str, Any],
+                files: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+    """Record the tar's and table's size and sha256 in ``stats`` and write it (last, atomically).
+
+    ``files`` are those records when the caller has them (:meth:`TarShardWriter.commit` and
+    :func:`write_table` return them, hashed from the local file before any upload); else
+    the stored files are read to compute them.
+    """
     paths = shard_paths(out_dir, shard)
-    stats = {**stats, "files": {kind: file_record(paths[kind]) for kind in ("tar", "parquet")}}
+    files = files or {kind: file_record(paths[kind]) for kind in ("tar", "parquet")}
+    stats = {**stats, "files": {kind: files[kind] for kind in ("tar", "parquet")}}
     atomic_write_json(paths["stats"], stats)
     return stats
 
 
-def remove_partial(out_dir: Path, shard: int) -> None:
+def remove_partial(out_dir: PathLike, shard: int) -> None:
     """Delete every file of a shard that is not complete: the stats file first (so a kill
     mid-way never leaves a stats file beside other files), then tar, table and temporaries."""
     paths = shard_paths(out_dir, shard)
     for key in ("stats", "tar", "parquet"):
-        paths[key].unlink(missing_ok=True)
-    for p in out_dir.glob(f"{shard_name(shard)}*.tmp-*"):
-        p.unlink(missing_ok=True)
+        storage.remove(paths[key])
+    folder = storage.resolve(out_dir)
+    if isinstance(folder, Path):   # an object store holds no temporaries: they are staged locally
+        for p in folder.glob(f"{shard_name(shard)}*.tmp-*"):
+            p.unlink(missing_ok=True)
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    storage.write_bytes(path, data)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _tmp(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_bytes(path, json_bytes(obj, indent=2, sort_keys=True))
 
 
 class TarShardWriter:
-    """Writes WebDataset members to a temporary tar; :meth:`commit` renames it into place."""
+    """Writes WebDataset members to a local temporary tar; :meth:`commit` renames or uploads it
+    into place (:func:`pipeline.storage.commit`)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = _tmp(path)
+    def __init__(self, path: PathLike) -> None:
+        self.path = storage.resolve(path)
+        self.tmp = storage.staging_path(self.path)
         self._tar = tarfile.open(self.tmp, "w", format=tarfile.GNU_FORMAT)
         self.count = 0
 
@@ -245,27 +254,43 @@ class TarShardWriter:
             self._tar.addfile(info, io.BytesIO(data))
         self.count += 1
 
-    def commit(self) -> None:
-        self._tar.close()
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        self.tmp.replace(self.path)
+    def commit(self) -> dict[str, Any]:
+        """Close the tar and put it in place; returns its ``{"size", "sha256"}``."""
+        try:
+            self._tar.close()
+            record = file_record(self.tmp)      # hashed locally: no second read of an upload
+            storage.commit(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        return record
 
     def abort(self) -> None:
-        self._tar.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self._tar.close()
+        finally:   # even if closing fails (disk full), no temporary is left behind
+            self.tmp.unlink(missing_ok=True)
 
 
-def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write the shard's Parquet table (one row per source row) atomically.
+def write_table(path: PathLike, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the shard's Parquet table (one row per source row) atomically; returns its
+    ``{"size", "sha256"}``.
 
     Any string is stored by the rule of the module docstring, so no value a row holds can
     make the table unwritable.
     """
-    table = pa.table(_columns(rows), schema=SCHEMA)
-    tmp = _tmp(path)
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    return write_arrow_table(path, pa.table(_columns(rows), schema=SCHEMA))
+
+
+def write_arrow_table(path: PathLike, table: pa.Table) -> dict[str, Any]:
+    """Write ``table`` as Parquet (zstd) atomically, staged locally; returns its file record."""
+    tmp = storage.staging_path(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        record = file_record(tmp)
+        storage.commit(tmp, path)
+    finally:   # pq.write_table or the upload raised: the temporary goes too
+        tmp.unlink(missing_ok=True)
+    return record
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -294,13 +319,33 @@ def _raw_or_none(value: Any) -> Optional[bytes]:
     return raw_bytes(value) if isinstance(value, str) and not is_utf8(value) else None
 
 
-def complete_shards(out_dir: Path) -> list[int]:
+def complete_shards(out_dir: PathLike) -> list[int]:
     """Indices of the complete shards in a dataset folder, sorted."""
-    return sorted(int(p.name.split("_")[0]) for p in out_dir.glob("*_stats.json")
-                  if p.name.split("_")[0].isdigit())
+    return sorted(int(name.split("_")[0]) for name in storage.listdir(out_dir)
+                  if name.endswith("_stats.json") and name.split("_")[0].isdigit())
 
 
-def read_tables(out_dir: Path, columns: Optional[Iterable[str]] = None) -> pa.Table:
+def read_parquet(path: PathLike, columns: Optional[list[str]] = None) -> pa.Table:
+    """A Parquet file (local or remote) as a table, the named columns only when given."""
+    loc = storage.resolve(path)
+    with naming(loc):  # pyarrow's errors for a damaged table often do not say which file
+        if isinstance(loc, Path):
+            return pq.read_table(loc, columns=columns)
+        with storage.open_read(loc) as fh:
+            return pq.read_table(fh, columns=columns)
+
+
+def parquet_metadata(path: PathLike) -> pq.FileMetaData:
+    """A Parquet file's footer (schema, rows, row groups), read without its data."""
+    loc = storage.resolve(path)
+    with naming(loc):
+        if isinstance(loc, Path):
+            return pq.read_metadata(loc)
+        with storage.open_read(loc) as fh:
+            return pq.read_metadata(fh)
+
+
+def read_tables(out_dir: PathLike, columns: Optional[Iterable[str]] = None) -> pa.Table:
     """Concatenate the Parquet tables of all complete shards (in shard order).
 
     Columns a table lacks (shards written before a column was added) read as nulls.
@@ -312,10 +357,9 @@ def read_tables(out_dir: Path, columns: Optional[Iterable[str]] = None) -> pa.Ta
     return pa.concat_tables(tables)
 
 
-def _read_table(path: Path, names: list[str]) -> pa.Table:
-    with naming(path):  # pyarrow's errors for a damaged table often do not say which file
-        present = set(pq.read_schema(path).names)
-        table = pq.read_table(path, columns=[c for c in names if c in present])
+def _read_table(path: Location, names: list[str]) -> pa.Table:
+    present = set(parquet_metadata(path).schema.to_arrow_schema().names)
+    table = read_parquet(path, [c for c in names if c in present])
     for name in names:
         if name not in present:
             fld = SCHEMA.field(name)

@@ -5,24 +5,31 @@ kept as given, so the downloader fails it with a status and the Parquet table st
 row.  Only blank lines and ``#`` comments (txt) are not rows.  Text that is not valid UTF-8
 (raw bytes in a csv/txt line, a ``"\\udcff"`` escape in JSON, a Parquet string column holding
 bad bytes) is kept as surrogate-escaped str, never replaced: see :mod:`pipeline.sources`.
+
+Every reader streams: text line by line, Parquet by batches of one row group at a time, so
+a list of any size is read in bounded memory.  The file may be local or on an object store
+(:mod:`pipeline.storage`).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 from typing import IO, Any, Iterator, Optional, Sequence
 
+from pipeline import storage
 from pipeline.records import SourceRow
-from pipeline.sources import (READ_ERRORS, Source, SourceError, compression_of, inner_suffix,
-                              open_binary, open_text, reason_of)
+from pipeline.sources import (READ_ERRORS, EmptySourceError, Source, SourceError, compression_of,
+                              inner_suffix, open_binary, open_text, reason_of)
 
 URL_COLUMNS = ("url", "URL", "image_url", "download_url", "photo_url")
 ID_COLUMNS = ("photo_id", "id", "key")   # most specific first
 KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
          ".parquet": "parquet", ".pq": "parquet"}
 HTTP_PREFIXES = ("http://", "https://")
+PARQUET_BATCH = 4096        # rows per Arrow batch read from a Parquet list
 
 # YFCC-sized cells would trip the csv module's 128 KiB default; the limit is process-wide.
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
@@ -135,13 +142,14 @@ class UrlListSource(Source):
                 yield self._from_record(record, number)
 
     def _parquet(self) -> Iterator[tuple[Optional[str], Optional[str], dict[str, str]]]:
-        pf = _parquet_file(self.path)
-        try:
-            for batch in pf.iter_batches(batch_size=4096):
-                for record in _unvalidated(batch).to_pylist():
-                    yield self._from_record(record, None)
-        except (OSError, ValueError) as exc:
-            raise SourceError(self.path, f"unreadable Parquet: {reason_of(exc)}") from exc
+        with contextlib.closing(_parquet_file(self.path)) as pf:
+            try:
+                # Batches are cut from one row group at a time: a file of any size streams.
+                for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
+                    for record in _unvalidated(batch).to_pylist():
+                        yield self._from_record(record, None)
+            except (OSError, ValueError) as exc:
+                raise SourceError(self.path, f"unreadable Parquet: {reason_of(exc)}") from exc
 
     def _from_record(self, record: Any, number: Optional[int]
                      ) -> tuple[Optional[str], Optional[str], dict[str, str]]:
@@ -243,6 +251,10 @@ def _parquet_file(path: str) -> Any:
             stream, raw = open_binary(path)
             with raw, stream:
                 return pq.ParquetFile(pa.BufferReader(stream.read()))
+        if storage.is_remote(path):
+            # Read through fsspec with ranged reads: the footer, then one row group at a time.
+            fs, inner = storage.filesystem(path)
+            return pq.ParquetFile(inner, filesystem=fs)
         return pq.ParquetFile(path)
     except (OSError, ValueError, EOFError) as exc:
         if isinstance(exc, SourceError):
@@ -254,11 +266,12 @@ def _check(source: UrlListSource) -> None:
     """Fail now, not mid-job, on an empty list or one without a URL column/field."""
     path, kind = source.path, source.kind
     if kind == "parquet":
-        pf = _parquet_file(path)
-        if pf.metadata.num_rows == 0:
-            raise SourceError(path, "empty list (a Parquet table with no rows)")
-        if pick_column(pf.schema_arrow.names, URL_COLUMNS, source.url_column) is None:
-            raise SourceError(path, f"no URL column (columns: {', '.join(pf.schema_arrow.names)}); "
+        with contextlib.closing(_parquet_file(path)) as pf:
+            rows, names = pf.metadata.num_rows, pf.schema_arrow.names
+        if rows == 0:
+            raise EmptySourceError(path, "empty list (a Parquet table with no rows)")
+        if pick_column(names, URL_COLUMNS, source.url_column) is None:
+            raise SourceError(path, f"no URL column (columns: {', '.join(names)}); "
                               "name it with --url-column")
         return
     with _reading(path) as fh:
@@ -266,14 +279,14 @@ def _check(source: UrlListSource) -> None:
             reader = csv.reader(fh, delimiter="\t" if kind == "tsv" else ",")
             header = _first_nonblank(reader)
             if header is None:
-                raise SourceError(path, "empty list (no header, no rows)")
+                raise EmptySourceError(path, "empty list (no header, no rows)")
             columns = _Columns.of(path, header, source.url_column)
             if not columns.headerless and _first_nonblank(reader) is None:
-                raise SourceError(path, "empty list (a header but no rows)")
+                raise EmptySourceError(path, "empty list (a header but no rows)")
             return
         first = next((ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")), None)
     if first is None:
-        raise SourceError(path, "empty list (no URLs, only blank lines or comments)")
+        raise EmptySourceError(path, "empty list (no URLs, only blank lines or comments)")
     if kind == "jsonl":
         _check_json_line(source, first)
 
@@ -294,7 +307,7 @@ def list_kind(path: str | os.PathLike) -> str:
     kind = KINDS.get(inner_suffix(path), "txt")
     if kind == "txt" and compression_of(path) is None:
         try:
-            with open(path, "rb") as fh:
+            with storage.open_read(path) as fh:
                 if fh.read(4) == b"PAR1":
                     return "parquet"
         except OSError as exc:

@@ -1,9 +1,11 @@
 """The per-shard worker: source rows in, one tar + one Parquet table + one stats file out.
 
 A plain function, testable without Ray; the driver only fans it out.  Atomicity: tar and
-table go to temporary names and are renamed into place, the stats file is renamed last and
-records both files' sizes and hashes, so a shard is whole exactly when its stats file
-exists and matches (:func:`pipeline.shard_io.shard_problem`); any other shard is redone.
+table are written to local temporary files and renamed into place (or, when the dataset
+folder is on an object store, uploaded whole once complete: :mod:`pipeline.storage`); the
+stats file is written last and records both files' sizes and hashes, so a shard is whole
+exactly when its stats file exists and matches (:func:`pipeline.shard_io.shard_problem`);
+any other shard is redone.
 
 A row is the unit of failure: whatever goes wrong with one source row (its name or fields,
 its fetch, its bytes, its EXIF, an unexpected exception) ends as that row's status and
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from pipeline import records as st
+from pipeline import storage
 from pipeline.config import ShardConfig
 from pipeline.download import Downloader, FetchResult
 from pipeline.records import SourceRow
@@ -43,6 +46,8 @@ def read_local(path: str, max_bytes: int) -> FetchResult:
     UTF-8 reads like any other; a name no file system bytes can stand for is a bad row.
     """
     t0 = time.perf_counter()
+    if storage.is_remote(path):
+        return _read_remote(path, max_bytes, t0)
     try:
         name = os.fsencode(path)
     except UnicodeEncodeError:
@@ -56,6 +61,21 @@ def read_local(path: str, max_bytes: int) -> FetchResult:
             data = fh.read()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
+        return FetchResult(path, None, st.DOWNLOAD_FAILED, None, None,
+                           f"cannot read file: {reason}", 1, time.perf_counter() - t0)
+    return FetchResult(path, path, st.SUCCESS, None, data, None, 1, time.perf_counter() - t0)
+
+
+def _read_remote(path: str, max_bytes: int, t0: float) -> FetchResult:
+    """A photo in a folder on an object store, read through :mod:`pipeline.storage`."""
+    try:
+        size = storage.size(path)
+        if size > max_bytes:
+            return FetchResult(path, path, st.DOWNLOAD_FAILED, None, None,
+                               f"file too large: {size} > {max_bytes} bytes", 1, 0.0)
+        data = storage.read_bytes(path)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or _one_line(exc)
         return FetchResult(path, None, st.DOWNLOAD_FAILED, None, None,
                            f"cannot read file: {reason}", 1, time.perf_counter() - t0)
     return FetchResult(path, path, st.SUCCESS, None, data, None, 1, time.perf_counter() - t0)
@@ -126,15 +146,20 @@ def _ordered(rows: Sequence[SourceRow], cfg: ShardConfig, downloader: Optional[D
     """
     window: deque[tuple[SourceRow, Future]] = deque()
     with ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="fetch") as pool:
-        for row in rows:
-            fut = pool.submit(_handle_row, row, cfg, downloader, side.get(row.photo_id or ""))
-            window.append((row, fut))
-            if len(window) >= 2 * cfg.threads:
+        try:
+            for row in rows:
+                fut = pool.submit(_handle_row, row, cfg, downloader, side.get(row.photo_id or ""))
+                window.append((row, fut))
+                if len(window) >= 2 * cfg.threads:
+                    r, f = window.popleft()
+                    yield (r, *f.result())
+            while window:
                 r, f = window.popleft()
                 yield (r, *f.result())
-        while window:
-            r, f = window.popleft()
-            yield (r, *f.result())
+        except BaseException:
+            # The shard failed (or its consumer stopped): rows still queued must not run on.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _table_row(shard: int, pos: int, row: SourceRow, fetched: FetchResult,
@@ -178,12 +203,13 @@ def process_shard(shard: int, rows: Sequence[SourceRow], cfg: ShardConfig) -> di
     redoes it from scratch otherwise.  Never raises on bad rows: each ends as a table row
     with a status.  Raises only on an unusable output folder (or the side EXIF index).
     """
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.configure(cfg.storage_options)   # this process may be a Ray or pool worker
+    out_dir = storage.resolve(cfg.out_dir)
+    storage.makedirs(out_dir)
     paths = shard_paths(out_dir, shard)
     problem = shard_problem(out_dir, shard)
     if problem is None:
-        return json.loads(paths["stats"].read_bytes())
+        return json.loads(storage.read_bytes(paths["stats"]))
     log.debug("shard %s: built from scratch (%s)", shard_name(shard), problem)
     remove_partial(out_dir, shard)
     t0 = time.time()
@@ -195,21 +221,21 @@ def process_shard(shard: int, rows: Sequence[SourceRow], cfg: ShardConfig) -> di
     try:
         for pos, (row, fetched, out) in enumerate(_ordered(rows, cfg, downloader, side)):
             acc.add(writer, pos, row, fetched, out)
-        writer.commit()
+        files = {"tar": writer.commit()}
     except BaseException:
         writer.abort()
         raise
     finally:
         if downloader is not None:
             downloader.close()
-    write_table(paths["parquet"], acc.table)
+    files["parquet"] = write_table(paths["parquet"], acc.table)
     stats = {"shard": shard, "rows": len(rows), "samples": writer.count,
              "status_counts": {s: acc.counts.get(s, 0) for s in st.STATUSES},
              "tag_sources": dict(acc.tag_sources), **acc.totals,
              "started": t0, "seconds": round(time.time() - t0, 3),
              # Peak RSS of the process running this shard (a Ray worker or the driver).
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    stats = write_stats(out_dir, shard, stats)
+    stats = write_stats(out_dir, shard, stats, files)   # last: its presence commits the shard
     log.info("shard %s: %d rows, %d samples", shard_name(shard), len(rows), writer.count)
     return stats
 

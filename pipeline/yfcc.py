@@ -3,7 +3,8 @@
 The layout is decided per line from its column count (23: 2014, 25: 2016), so a file that
 mixes them, or has a damaged line, still reads.  Videos are skipped.  A malformed line is
 still a row (its URL empty unless an image URL can be found in it), so the job's table
-accounts for every line.
+accounts for every line.  The file (local or on an object store, compressed or not) is
+streamed one line at a time: a 100M-line file is never held, only the current line.
 """
 from __future__ import annotations
 
