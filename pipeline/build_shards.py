@@ -6,10 +6,12 @@ Starts Ray embedded, or joins a cluster with ``--address`` / ``RAY_ADDRESS`` (as
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +20,7 @@ if __package__ in (None, ""):
     # make the repository root importable so `pipeline.*` resolves without an install.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import storage  # noqa: E402
 from pipeline.config import VERIFY_MODES, ShardConfig  # noqa: E402
 from pipeline.download import DownloadConfig  # noqa: E402
 from pipeline.driver import JobOptions, build  # noqa: E402
@@ -31,7 +34,9 @@ def parser() -> argparse.ArgumentParser:
     d, s = DownloadConfig(), ShardConfig()
     ap = argparse.ArgumentParser(prog="exiflang shards", description=__doc__.splitlines()[0])
     src = ap.add_argument_group("source")
-    src.add_argument("--source", required=True, help="photo folder, URL list or YFCC100M main file")
+    src.add_argument("--source", required=True,
+                     help="photo folder, URL list or YFCC100M main file; or a folder or glob of "
+                     "list files / Parquet shards; local, file://, s3:// or gs://")
     src.add_argument("--source-format", choices=FORMATS, help="force the format (default: detected)")
     src.add_argument("--url-column", help="URL column of a csv/tsv/jsonl/parquet list")
     src.add_argument("--yfcc-exif", help="YFCC100M EXIF side file, joined by photo id")
@@ -39,7 +44,12 @@ def parser() -> argparse.ArgumentParser:
                      "mirror: fields {farm} {server} {id} {original_secret} {ext}")
     src.add_argument("--max-rows", type=int, help="stop after this many source rows")
     out = ap.add_argument_group("output")
-    out.add_argument("--out", default="shards", help="dataset folder (default: shards)")
+    out.add_argument("--out", default="shards",
+                     help="dataset folder, local or s3:// / gs:// (default: shards)")
+    out.add_argument("--storage-options", metavar="JSON",
+                     help="fsspec options for s3:// / gs:// paths, e.g. '{\"endpoint_url\": "
+                     "\"http://host:9000\"}' (default: the environment: AWS_ENDPOINT_URL, "
+                     f"AWS_ACCESS_KEY_ID, ..., {storage.OPTIONS_ENV})")
     out.add_argument("--rows-per-shard", type=int, default=s.rows_per_shard)
     out.add_argument("--min-tags", type=int, default=s.min_tags, help="fewer tags -> too_few_tags")
     out.add_argument("--tag-threshold", type=float, default=0.5,
@@ -96,9 +106,10 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
                         per_host_concurrency=args.per_host_concurrency,
                         per_host_rate=args.per_host_rate, retry_after_max=args.retry_after_max,
                         respect_opt_out=not args.ignore_opt_out, user_agent=args.user_agent)
-    cfg = ShardConfig(out_dir=str(args.out), rows_per_shard=args.rows_per_shard,
+    cfg = ShardConfig(out_dir=str(storage.resolve(args.out)), rows_per_shard=args.rows_per_shard,
                       threads=args.threads, patch_size=args.patch_size, min_tags=args.min_tags,
-                      verify=args.verify, exif_prefer=args.exif_prefer, download=dl)
+                      verify=args.verify, exif_prefer=args.exif_prefer, download=dl,
+                      storage_options=storage.parse_options(args.storage_options))
     opts = JobOptions(executor=args.executor, workers=args.workers, address=args.address,
                       shard_retries=args.shard_retries, tag_threshold=args.tag_threshold,
                       max_rows=args.max_rows, progress=not args.quiet,
@@ -108,24 +119,35 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
     return cfg, opts
 
 
+def _side_db(out_dir: storage.Location) -> Path:
+    """Where the YFCC side-file index lives: in the dataset folder, or for one on an object
+    store (SQLite needs a local file) in the local temporary folder, named after it."""
+    if isinstance(out_dir, Path):
+        return out_dir / "yfcc_exif.sqlite"
+    tag = hashlib.sha256(str(out_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"exiflang-yfcc-exif-{tag}.sqlite"
+
+
 def run(args: argparse.Namespace) -> int:
     cfg, opts = _configs(args)
+    storage.configure(cfg.storage_options)
     source = open_source(args.source, args.source_format, url_column=args.url_column,
                          yfcc_original_url=args.yfcc_original_url)
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = storage.resolve(cfg.out_dir)
+    storage.makedirs(out_dir)
     rows = source.rows()
     if args.yfcc_exif:
         from pipeline.yfcc_exif import YfccSideJoin
         # Indexed as the rows stream past, with only their ids: no full build up front.
-        join = YfccSideJoin(args.yfcc_exif, str(out_dir / "yfcc_exif.sqlite"))
+        join = YfccSideJoin(args.yfcc_exif, str(_side_db(out_dir)))
         rows, cfg.yfcc_exif_db = join.rows(rows), join.db_path
-    cfg.write(out_dir / "config.json")
+    cfg.write(storage.join(out_dir, "config.json"))
     summary = build(rows, cfg, opts)
     summary["source"] = {"path": str(args.source), "format": source.format,
                          "skipped": dict(source.skipped),
                          "flagged": dict(getattr(source, "flagged", {}))}
-    (out_dir / "job.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    storage.write_bytes(storage.join(out_dir, "job.json"),
+                        json.dumps(summary, indent=2, sort_keys=True).encode())
     counts = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items() if v)
     # safe_text: stdout is strict UTF-8, and the folder's name need not be.
     print(f"{summary.get('rows', 0)} rows -> {summary.get('samples', 0)} samples in "

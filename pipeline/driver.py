@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from tqdm import tqdm
 
+from pipeline import storage
 from pipeline.config import ShardConfig
 from pipeline.dedup import remove_cross_shard_duplicates
 from pipeline.governor_service import GovernorServer
@@ -269,8 +270,8 @@ def build(source_rows: Iterator[SourceRow], cfg: ShardConfig, opts: JobOptions) 
     if opts.rerun_check not in RERUN_CHECKS:
         raise ValueError(f"rerun_check must be one of {', '.join(RERUN_CHECKS)}, "
                          f"not {opts.rerun_check!r}")
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = storage.resolve(cfg.out_dir)   # a local Path, or an object-store URL
+    storage.makedirs(out_dir)
     t0 = time.time()
     bar = tqdm(desc="rows", unit="row", dynamic_ncols=True, mininterval=1.0,
                disable=not opts.progress)

@@ -1,6 +1,7 @@
 """Tag selection and dataset summaries: tags.json, sizes.json and summary.json from the tables.
 
-Reads only the Parquet tables, so a new threshold never re-downloads or re-shards.
+Reads only the Parquet tables, so a new threshold never re-downloads or re-shards.  The
+dataset folder may be local or on an object store (:mod:`pipeline.storage`).
 ``tags.json`` holds the tags present in more than ``threshold`` of the kept (successful)
 images, most frequent first (ties by name), with their frequencies and a hash of the list.
 """
@@ -12,12 +13,12 @@ import json
 import logging
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pyarrow.compute as pc
 
 from pipeline import records as st
+from pipeline import storage
 from pipeline.shard_io import atomic_write_json, complete_shards, read_tables, shard_paths
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def vocabulary_hash(tags: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(tags).encode()).hexdigest()[:16]
 
 
-def tag_counts(out_dir: Path) -> tuple[Counter, int]:
+def tag_counts(out_dir: storage.PathLike) -> tuple[Counter, int]:
     """How many kept images hold each tag, and how many kept images there are."""
     table = read_tables(out_dir, ["status", "exif"])
     table = table.filter(pc.equal(table["status"], st.SUCCESS))
@@ -46,37 +47,37 @@ def select_tags(counts: Counter, n_images: int, threshold: float = 0.5) -> list[
     return sorted(keep, key=lambda t: (-counts[t], t))
 
 
-def write_tags(out_dir: Path, threshold: float = 0.5, min_tags: Optional[int] = None) -> dict[str, Any]:
+def write_tags(out_dir: storage.PathLike, threshold: float = 0.5, min_tags: Optional[int] = None) -> dict[str, Any]:
     """Select the vocabulary and write ``tags.json``; returns its content."""
     counts, n = tag_counts(out_dir)
     tags = select_tags(counts, n, threshold)
     doc = {"tags": tags, "frequencies": {t: round(counts[t] / n, 6) for t in tags},
            "num_images": n, "threshold": threshold, "min_tags": min_tags,
            "hash": vocabulary_hash(tags)}
-    atomic_write_json(out_dir / "tags.json", doc)
+    atomic_write_json(storage.join(out_dir, "tags.json"), doc)
     return doc
 
 
-def write_sizes_and_summary(out_dir: Path) -> dict[str, Any]:
+def write_sizes_and_summary(out_dir: storage.PathLike) -> dict[str, Any]:
     """Write ``sizes.json`` (samples per tar) and ``summary.json`` (totals); returns the summary."""
     sizes: dict[str, int] = {}
     status: Counter = Counter()
     agg: Counter = Counter()
     sources: Counter = Counter()
     for shard in complete_shards(out_dir):
-        stats = json.loads(shard_paths(out_dir, shard)["stats"].read_text())
-        sizes[shard_paths(out_dir, shard)["tar"].name] = stats["samples"]
+        stats = json.loads(storage.read_bytes(shard_paths(out_dir, shard)["stats"]))
+        sizes[storage.basename(shard_paths(out_dir, shard)["tar"])] = stats["samples"]
         status.update(stats["status_counts"])
         sources.update(stats.get("tag_sources", {}))
         for k in ("rows", "samples", "bytes_fetched", "bytes_written", "exif_disagreements"):
             agg[k] += stats.get(k, 0)
         agg["worker_seconds"] += stats.get("seconds", 0.0)
     counts, n = tag_counts(out_dir)
-    atomic_write_json(out_dir / "sizes.json", sizes)
+    atomic_write_json(storage.join(out_dir, "sizes.json"), sizes)
     summary = {"shards": len(sizes), **dict(agg), "status_counts": dict(status),
                "tag_sources": dict(sources), "num_images": n,
                "tag_frequencies": {t: round(c / n, 6) for t, c in counts.most_common()} if n else {}}
-    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_json(storage.join(out_dir, "summary.json"), summary)
     return summary
 
 
@@ -87,10 +88,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.5,
                     help="keep tags present in more than this fraction of kept images")
     args = ap.parse_args(argv)
-    out_dir = Path(args.data)
+    out_dir = storage.resolve(args.data)
     if not complete_shards(out_dir):
         print(f"exiflang: {out_dir}: no complete shards (no *_stats.json)", file=sys.stderr)
         return 2
     doc = write_tags(out_dir, args.threshold)
-    print(f"{len(doc['tags'])} tags over {doc['num_images']} images -> {out_dir / 'tags.json'}")
+    print(f"{len(doc['tags'])} tags over {doc['num_images']} images -> {storage.join(out_dir, 'tags.json')}")
     return 0
