@@ -112,7 +112,7 @@ class HostGovernor:
 
         Waits while the host is paused or at its cap, then books the next start time of the
         rate schedule and waits for it too (the lease is already ours, so waiters cannot
-        bunch up).  The lease lapses ``hold`` s after it is granted if never given back.
+        bunch up).  The lease lapses ``hold`` s after its start if never given back.
         """
         clock = self.clock
         with self._lock:
@@ -125,11 +125,11 @@ class HostGovernor:
             if not granted:
                 self._forget_if_idle(host, state)
                 return None
-            lease = next(self._ids)
-            now = clock.now()
-            state.leases.add(lease)
-            self._leases[lease] = _Lease(host, owner, state.epoch, now + hold)
+            lease, now = next(self._ids), clock.now()
             delay = self._book_start(state, now)
+            state.leases.add(lease)
+            # ``hold`` counts from the request's start, after its wait for the rate schedule.
+            self._leases[lease] = _Lease(host, owner, state.epoch, now + delay + hold)
         if delay > 0:
             clock.sleep(delay)
         return lease
