@@ -23,6 +23,10 @@ worker module once.  No worker outlives the job:
 
 A shard that raises is retried up to ``retries`` times; a worker that dies (OOM killer) breaks
 the pool, which is replaced, and the shards it held are retried the same way.
+
+As with any non-``fork`` multiprocessing, each worker imports the ``__main__`` module of the
+driver: a script that calls :func:`pipeline.driver.build` with this executor must keep its
+work under ``if __name__ == "__main__":`` (``exiflang shards`` and pytest do).
 """
 from __future__ import annotations
 
