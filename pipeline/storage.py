@@ -35,9 +35,11 @@ into the folders the driver lists.
 """
 from __future__ import annotations
 
+import errno
 import glob as globlib
 import json
 import os
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -49,6 +51,7 @@ OPTIONS_ENV = "EXIFLANG_STORAGE_OPTIONS"
 STAGING_ENV = "EXIFLANG_STAGING_DIR"
 _LOCAL_PROTOCOLS = ("file", "local")
 _GLOB_CHARS = frozenset("*?[")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _options: dict[str, Any] = {}
 
 
@@ -87,8 +90,9 @@ def configure(options: Optional[dict[str, Any]]) -> None:
 def options_for(protocol: str) -> dict[str, Any]:
     """The fsspec options for ``protocol``: the environment's, then :func:`configure`'s."""
     merged: dict[str, Any] = {}
+    protocols = _known()
     for layer in (parse_options(os.environ.get(OPTIONS_ENV), OPTIONS_ENV), _options):
-        merged.update({k: v for k, v in layer.items() if not isinstance(v, dict) or k not in _known()})
+        merged.update({k: v for k, v in layer.items() if not isinstance(v, dict) or k not in protocols})
         if isinstance(layer.get(protocol), dict):
             merged.update(layer[protocol])
     merged.setdefault("use_listings_cache", False)
@@ -102,9 +106,10 @@ def _known() -> set[str]:
 
 def protocol_of(path: PathLike) -> Optional[str]:
     """The protocol of a remote URL (``s3``), or None for a local path or ``file://`` URL."""
-    if not isinstance(path, str) or "://" not in path:
+    found = _SCHEME.match(path) if isinstance(path, str) else None
+    if found is None:
         return None
-    protocol = path.split("://", 1)[0].lower()
+    protocol = found.group(1).lower()
     return None if protocol in _LOCAL_PROTOCOLS else protocol
 
 
@@ -318,7 +323,10 @@ def commit(staged: Path, path: PathLike) -> None:
             staged.replace(loc)
             return
         fs, inner = filesystem(loc)
-        fs.put_file(str(staged), inner)
+        try:
+            fs.put_file(str(staged), inner)
+        except OSError as exc:
+            raise _named(exc, loc) from exc
     finally:
         staged.unlink(missing_ok=True)
 
@@ -328,7 +336,10 @@ def write_bytes(path: PathLike, data: bytes) -> None:
     loc = resolve(path)
     if not isinstance(loc, Path):
         fs, inner = filesystem(loc)
-        fs.pipe_file(inner, data)
+        try:
+            fs.pipe_file(inner, data)
+        except OSError as exc:
+            raise _named(exc, loc) from exc
         return
     tmp = staging_path(loc)
     try:
@@ -337,3 +348,14 @@ def write_bytes(path: PathLike, data: bytes) -> None:
         commit(tmp, loc)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """``exc`` with ``path`` as its file: an object store's errors ("The specified bucket
+    does not exist") often do not say which object was being written."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    code = exc.errno if exc.errno is not None else errno.EIO
+    try:
+        return type(exc)(code, reason, path)
+    except TypeError:   # a library's own OSError subclass with another signature
+        return OSError(code, reason, path)

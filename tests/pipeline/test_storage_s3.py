@@ -235,3 +235,26 @@ def test_photo_folder_on_s3(endpoint, s3, photos_dir, tmp_path, monkeypatch):
     assert [r["url"] for r in rows] == [f"s3://exiflang/photos/d{i}/{p.name}" for i, p in enumerate(photos)]
     assert [r["sha256"] for r in rows] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in photos]
     assert json.loads((out / "job.json").read_text())["source"]["skipped"] == {"not_image": 1}
+
+
+def test_missing_bucket_is_one_line_naming_the_object(endpoint, folder, monkeypatch, capsys):
+    for name, value in s3_env(endpoint).items():
+        monkeypatch.setenv(name, value)
+    assert shards_main(["--source", str(folder), "--out", "s3://no-such-bucket/run", *RUN, *ONE]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "s3://no-such-bucket/run/config.json" in lines[0], lines
+
+
+def test_paths_and_options(monkeypatch):
+    assert storage.resolve("file:///tmp/x") == Path("/tmp/x") and storage.resolve("rel") == Path("rel")
+    assert storage.resolve("s3://b/run/") == "s3://b/run" and not storage.is_remote("a/b://c")
+    assert storage.join("s3://b/run", "00000.tar") == "s3://b/run/00000.tar"
+    assert storage.join(Path("/o"), "x.json") == Path("/o/x.json")
+    monkeypatch.setenv(storage.OPTIONS_ENV, json.dumps({"anon": True, "s3": {"key": "env"}}))
+    storage.configure({"s3": {"key": "flag"}, "gs": {"project": "p"}, "client_kwargs": {"a": 1}})
+    try:
+        assert storage.options_for("s3") == {"anon": True, "key": "flag", "client_kwargs": {"a": 1},
+                                             "use_listings_cache": False}
+        assert storage.options_for("gs")["project"] == "p" and "key" not in storage.options_for("gs")
+    finally:
+        storage.configure(None)
