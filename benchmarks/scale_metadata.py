@@ -7,7 +7,8 @@ real schema, 10,000 rows per shard, 90% successful, 5% of rows a copy of an earl
 sha256 (any shard).
 
 Side-file join: ``full`` is YfccExifIndex.build (the whole side file into SQLite before the
-first download), ``stream`` is YfccSideJoin over the whole job, ``stream-10%`` over the first
+first download), ``full-old`` the same with the table layout it had before issue 19 (the id
+as a WITHOUT ROWID primary key; rebuilt here), ``stream`` is YfccSideJoin over the whole job, ``stream-10%`` over the first
 tenth (as with --max-rows), ``shuffled`` the stream join with the side file's lines shuffled
 (its worst case), ``source`` only reads the main file (work the job does anyway).  Input: a
 2016-layout main file (1% videos) and a side file in its order, one line per main line as
@@ -50,7 +51,7 @@ from pipeline.yfcc import FIELDS_2016  # noqa: E402
 SAMPLE = REPO.parent / "shared" / "data" / "photos" / "yfcc100m_exif_sample.tsv"
 ROWS_PER_SHARD = 10_000
 DEDUP = ("reference", "spill")
-JOIN = ("full", "stream", "stream-10%", "source", "shuffled")
+JOIN = ("full", "full-old", "stream", "stream-10%", "source", "shuffled")
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -161,6 +162,8 @@ def child_join(variant: str, data: Path, n: int) -> dict[str, Any]:
     if variant == "full":
         YfccExifIndex.build(str(data / "yfcc100m_exif"), str(db)).close()
         rows = 0
+    elif variant == "full-old":
+        rows = old_layout_build(data / "yfcc100m_exif", db)
     else:
         source = open_source(data / "yfcc100m_dataset").rows()
         if variant != "source":
@@ -176,8 +179,26 @@ def child_join(variant: str, data: Path, n: int) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     size = db.stat().st_size if db.exists() else 0
     db.unlink(missing_ok=True)
-    return {"seconds": seconds, "first_row_s": seconds if variant == "full" else first,
+    return {"seconds": seconds, "first_row_s": seconds if variant.startswith("full") else first,
             "rss_mb": _maxrss_mb(), "base_mb": base, "rows": rows, "disk_mb": size / 2**20}
+
+
+def old_layout_build(side: Path, db: Path) -> int:
+    """The full index as built before issue 19: the id a WITHOUT ROWID primary key, rows
+    inserted in file order (random id order) with a 256 MB page cache."""
+    import sqlite3
+    from pipeline.yfcc_exif import split_line
+    conn = sqlite3.connect(db)
+    for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -262144"):
+        conn.execute(f"PRAGMA {pragma}")
+    conn.execute("CREATE TABLE exif (photo_id TEXT PRIMARY KEY, items TEXT NOT NULL) WITHOUT ROWID")
+    with side.open(encoding="utf-8", errors="replace") as fh:
+        lines = (split_line(line) for line in fh if line.strip())
+        while batch := list(itertools.islice(lines, 20_000)):
+            conn.executemany("INSERT OR IGNORE INTO exif VALUES (?, ?)", batch)
+    conn.commit()
+    conn.close()
+    return 0
 
 
 def _maxrss_mb() -> float:
