@@ -134,9 +134,12 @@ def training_section(run_dir: Optional[PathLike]) -> str:
     run = Path(run_dir)
     rows = read_jsonl(run / "metrics.jsonl")
     loss = [(r["step"], r["loss"]) for r in rows if "step" in r and "loss" in r]
-    parts = [line_chart([Series("training loss", [s for s, _ in loss], [v for _, v in loss])],
-                        title="Training loss", x_label="step", y_label="loss")]
-    keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k not in EVAL_SKIP})
+    held = [(r["step"], r["eval/loss"]) for r in rows if "step" in r and "eval/loss" in r]
+    lines = [Series("training loss", [s for s, _ in loss], [v for _, v in loss])]
+    if held:  # the held-out loss (train.heldout) on the same axes as the training loss
+        lines.append(Series("held-out loss", [s for s, _ in held], [v for _, v in held]))
+    parts = [line_chart(lines, title="Training loss", x_label="step", y_label="loss")]
+    keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k not in EVAL_SKIP | {"eval/loss"}})
     if keys:
         curves = [Series(k[5:], [r["step"] for r in rows if k in r], [r[k] for r in rows if k in r],
                          dashed=k == "eval/chance") for k in keys]

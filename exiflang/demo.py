@@ -2,7 +2,8 @@
 
 A synthetic camera corpus (or ``--photos DIR``, your own photos) -> WebDataset shards and
 Parquet tag tables with embedded Ray (a held-out tenth in its own shards) -> ``cpu-small``
-training with held-out camera retrieval -> embeddings, FAISS index and a lookup of every held-out
+training with held-out numbers (loss, retrieval, camera top-1) every ``--eval-every`` steps, drawn
+as curves in the report -> embeddings, FAISS index and a lookup of every held-out
 photo -> splices between held-out photos of different cameras, the splice benchmark (the model
 and the NOI baseline) and one detection overlay -> ``report.html`` (self-contained).
 
@@ -68,6 +69,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=700, help="cpu-small training steps")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="held-out numbers every N steps (default: 7 points over the run)")
     ap.add_argument("--splices", type=int, default=12, help="generated spliced (and authentic) test images")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -95,8 +98,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         from train.main import main as train_main
         rc = train_main(["--data", str(out / "shards"), "--out", str(run), "--config", "cpu-small",
-                         "--eval-data", str(out / "heldout"), f"run.steps={args.steps}",
-                         "--resume", "latest"])
+                         "--eval-data", str(out / "heldout"), "--resume", "latest", f"run.steps={args.steps}",
+                         f"run.eval_every={args.eval_every or max(1, args.steps // 7)}"])
         if rc:
             return rc
     result = json.loads((run / "result.json").read_text())

@@ -5,7 +5,9 @@ Formats (ablations of the paper's Table 5):
 - ``paper``    — ``Tag: value`` pairs in vocabulary order joined by a space;
 - ``code``     — the same pairs joined by ", " (the authors' training code);
 - ``values``   — values only, joined by a space;
-- ``shuffled`` — ``paper`` with the pairs in a random order per call.
+- ``shuffled`` — ``paper`` with the pairs in a random order per call;
+- ``values_shuffled`` — ``values`` in a random order per call (no tag names, no order): with the
+  three above, the four cells of the tag-format ablation (names x order).
 
 ``clean=True`` applies the authors' value cleaning (off by default, DESIGN.md §3).
 """
@@ -15,7 +17,8 @@ import random
 import re
 from typing import Mapping, Optional, Sequence
 
-FORMATS = ("paper", "code", "values", "shuffled")
+FORMATS = ("paper", "code", "values", "shuffled", "values_shuffled")
+RANDOM_ORDER = ("shuffled", "values_shuffled")  # formats whose order is drawn per call
 
 _ISO_TAGS = {"ISO Speed Ratings", "ISO Speed", "Photographic Sensitivity"}
 _FOCAL_TAGS = {"Focal Length", "Focal Length 35"}
@@ -62,7 +65,7 @@ def render_text(exif: Mapping[str, str], vocab: Sequence[str], fmt: str = "paper
         fmt: one of :data:`FORMATS`.
         clean: apply :func:`clean_value` (the authors' cleaning).
         missing: text for a vocabulary tag the photo lacks; ``None`` leaves the tag out.
-        rng: randomness for ``shuffled`` (a fresh unseeded one if not given).
+        rng: randomness for the :data:`RANDOM_ORDER` formats (a fresh unseeded one if not given).
     Returns:
         The sentence; empty when no vocabulary tag is present.
     """
@@ -76,9 +79,9 @@ def render_text(exif: Mapping[str, str], vocab: Sequence[str], fmt: str = "paper
                 continue
             value = missing
         pairs.append((tag, clean_value(tag, value) if clean else value.strip()))
-    if fmt == "shuffled":
+    if fmt in RANDOM_ORDER:
         (rng or random.Random()).shuffle(pairs)
-    if fmt == "values":
+    if fmt in ("values", "values_shuffled"):
         return " ".join(v for _, v in pairs)
     joined = [f"{t}: {v}" for t, v in pairs]
     return ", ".join(joined) if fmt == "code" else " ".join(joined)

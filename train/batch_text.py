@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from typing import Any, Protocol, Sequence
 
-from pipeline.text import render_text
+from pipeline.text import RANDOM_ORDER, render_text
 from train.crops import pad_ids
 from train.loss import text_ids_from_strings
 
@@ -13,7 +13,7 @@ class TextSample(Protocol):
     """What :func:`batch_text` reads and caches on a sample (the loader's per-image record)."""
 
     exif: Any          # {"Tag Name": "value"}
-    seed: int          # the image's seed; item i of it renders ``shuffled`` text with seed + i
+    seed: int          # the image's seed; item i of it renders random-order text with seed + i
     text: Any          # cached rendered text, or None
     ids: Any           # cached token ids, or None
 
@@ -24,9 +24,10 @@ def batch_text(items: Sequence[tuple[TextSample, int]], vocab: Sequence[str], to
     ``attention_mask`` ``[B, L]`` padded like ``padding="longest"`` (L <= ``max_len``).
 
     A sample's K items share one rendering and one tokenisation, cached on the sample, except in
-    the per-item ``shuffled`` format: tokenising costs about a quarter of a 6-megapixel decode.
+    the per-item random-order formats (``shuffled``, ``values_shuffled``): tokenising costs about a
+    quarter of a 6-megapixel decode.
     """
-    cache = fmt != "shuffled"
+    cache = fmt not in RANDOM_ORDER
     need = [not cache or s.text is None for s, _ in items]
     texts = [render_text(s.exif, vocab, fmt, clean=clean, rng=random.Random(s.seed + i)) if new else s.text
              for (s, i), new in zip(items, need)]

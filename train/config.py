@@ -43,13 +43,16 @@ class RunConfig:
     log_every: int = 10
     ckpt_every: int = 500
     keep_last: int = 2               # checkpoints kept besides the best
-    eval_every: int = 0              # held-out retrieval every N steps (0: only at the end)
-    eval_data: Optional[str] = None  # held-out shards for retrieval accuracy
+    eval_every: int = 0              # held-out numbers every N steps (0: only at the end)
+    eval_data: Optional[str] = None  # held-out shards (folder or URL): train.heldout
+    eval_samples: int = 512          # photos of eval_data used (the first, in sorted tar order)
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda
     precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     tokenizer: str = "auto"          # auto | bert-vocab | wordpiece | a local folder
     tensorboard: bool = True
+    wandb: str = "off"               # off | online | offline (needs the optional wandb package)
+    wandb_project: str = "exiflang"
 
 
 @dataclass

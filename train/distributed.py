@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -60,6 +61,15 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value)
     return value / env.world_size
+
+
+def gather_to_all(obj: Any, env: DistEnv) -> list[Any]:
+    """``obj`` of every rank, in rank order (pickled through the process group; ``[obj]`` alone)."""
+    if not (env.distributed and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def shutdown(env: DistEnv) -> None:

@@ -1,5 +1,11 @@
 """The training loop: batches -> contrastive loss -> guarded optimiser step, with logging,
-checkpoints and exact resume (same parameters as an uninterrupted run)."""
+held-out numbers, checkpoints and exact resume (same parameters as an uninterrupted run, for
+one process or N).
+
+Randomness: each process seeds python/numpy/torch from ``rank_seed(run.seed, rank)`` (rank 0:
+the seed itself), so ranks draw their own dropout masks; DDP copies rank 0's initial weights to
+every rank.  Each rank's RNG state is gathered into the checkpoint and restored on its rank.
+"""
 from __future__ import annotations
 
 import json
@@ -18,9 +24,11 @@ from tqdm import tqdm
 
 from train import checkpoint
 from train.config import TrainConfig
-from train.distributed import DistEnv, all_reduce_mean, barrier
+from train.distributed import DistEnv, all_reduce_mean, barrier, gather_to_all
 from train.samples import load_vocabulary
-from train.loader import build_loader
+from train.shard_store import join, read_file
+from train.shuffle import rank_seed
+from train.loader import build_loader, read_policy
 from train.logger import RunLogger
 from train.loss import crop_consistency_loss, DistributedClipLoss
 from train.model import ExifClip, load_weights
@@ -41,10 +49,11 @@ class Position:
 
 
 def read_tags(cfg: TrainConfig) -> dict[str, Any]:
-    """The dataset's vocabulary (``tags.json``), or the configured override."""
-    path = Path(cfg.data.tags_file or Path(cfg.data.data) / "tags.json")
-    load_vocabulary(path)  # one-line errors for a missing file or a hash that does not match
-    doc = json.loads(path.read_text())
+    """The dataset's vocabulary (``tags.json`` beside the shards, a folder or a URL), or the
+    configured override."""
+    path, policy = cfg.data.tags_file or join(cfg.data.data, "tags.json"), read_policy(cfg.data)
+    load_vocabulary(path, policy, cfg.data.storage_options)  # one-line errors: missing, bad hash
+    doc = json.loads(read_file(path, policy, cfg.data.storage_options))
     if cfg.data.tags:
         doc = {**doc, "tags": list(cfg.data.tags)}
     return doc
@@ -68,6 +77,7 @@ def make_tokenizer(cfg: TrainConfig) -> Any:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) in this process."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -199,7 +209,7 @@ def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = Non
     ``evaluate(model, tokenizer, tags) -> dict`` (rank 0) runs every ``eval_every`` steps and
     at the end; the most recent ``"metric"`` at a checkpoint ranks it for "best".
     """
-    seed_everything(cfg.run.seed)
+    seed_everything(rank_seed(cfg.run.seed, env.rank))
     tags = read_tags(cfg)
     tokenizer = make_tokenizer(cfg)
     model = build_model(cfg, tokenizer).to(env.device)
@@ -210,7 +220,8 @@ def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = Non
            if env.distributed else model)
     loss_fn = DistributedClipLoss()
     batches = Batches(cfg, tokenizer, env, pos)
-    logger = RunLogger(run, env.is_main, cfg.run.tensorboard)
+    logger = RunLogger(run, env.is_main, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project,
+                       cfg.to_dict())
     bar = tqdm(total=cfg.run.steps, initial=pos.step, desc="train", unit="step",
                disable=not env.is_main, dynamic_ncols=True)
     window = {"t0": time.perf_counter(), "wait": 0.0, "n": 0, "loss": 0.0, "steps": 0}
@@ -237,18 +248,26 @@ def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = Non
                 logger.log(pos.step, scores)
                 result.update(scores)
             if pos.step % cfg.run.ckpt_every == 0 or last:
-                if env.is_main:
-                    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "position": vars(pos).copy(), "config": cfg.to_dict()}
-                    checkpoint.save(run, pos.step, model, tokenizer, tags, state,
-                                    cfg.run.keep_last, last_metric)
-                barrier(env)
+                _checkpoint(run, pos, model, tokenizer, tags, opt, sched, env, cfg, last_metric)
     finally:
         bar.close()
     if env.is_main:
         model.save_pretrained(run / "model", tokenizer=tokenizer, tags=tags)
     logger.close()
     return {**result, "step": pos.step, "nan_skipped": pos.nan_skipped}
+
+
+def _checkpoint(run: Path, pos: Position, model: ExifClip, tokenizer: Any, tags: dict, opt: Any,
+                sched: Any, env: DistEnv, cfg: TrainConfig, metric: Optional[float]) -> None:
+    """Rank 0 writes checkpoint ``pos.step`` with every rank's RNG state (each rank's own dropout
+    stream, gathered from all ranks); all ranks wait for it."""
+    rngs = dict(enumerate(gather_to_all(checkpoint.rng_state(), env)))
+    if env.is_main:
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "position": vars(pos).copy(), "config": cfg.to_dict()}
+        checkpoint.save(run, pos.step, model, tokenizer, tags, state, cfg.run.keep_last, metric,
+                        rngs=rngs)
+    barrier(env)
 
 
 def _log(logger: RunLogger, window: dict, pos: Position, model: ExifClip, opt: Any,

@@ -21,8 +21,14 @@ place — batch boundaries must not depend on decoding — and is replaced by a 
 previous good item, or its first (counted as ``substituted``; rare: libjpeg-turbo decodes most
 damage, truncated PNGs are the usual case).
 
+**Where the shards are.**  ``data`` is a local folder or an fsspec URL (``s3://…``, ``gs://…``,
+``file://…``; :mod:`train.shard_store`): each tar is streamed through one seekable handle that
+serves both its headers and its members, with bounded retries and a per-read timeout
+(``read_attempts``, ``read_timeout``).  The batches are the same bytes for bytes either way.
+
 **Exact resume.**  All randomness (shard order, shuffle, boxes, shuffled text) is seeded from
-(seed, epoch, world, W, slot, pass, key) and a sample's fate and boxes are known before
+(seed, epoch, world, W, slot, pass, key) — so every rank and worker draws its own — and a
+sample's fate and boxes are known before
 decoding, so ``start_batch=N`` replays the bookkeeping up to batch N and decodes nothing it
 throws away: a tar header, exif.json and image header per skipped sample, ~75x cheaper than a
 decode.  Items still buffered at the resume point are decoded as they come out (re-read from
@@ -38,7 +44,6 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 import torch
@@ -47,7 +52,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.text import FORMATS
 from train.batch_text import batch_text
 from train.crops import crop_boxes, decode_crops, normalise
-from train.shuffle import shuffled, stable_seed
+from train.shard_store import ReadPolicy
+from train.shuffle import rank_seed, shuffled, stable_seed
 from train.samples import (Location, SampleError, ShardError, ShardSet, check_sample,
                            load_vocabulary, open_shards, read_groups, read_member)
 
@@ -65,7 +71,7 @@ class DataError(ValueError):
 class DataConfig:
     """Where the shards are and how batches are cut from them (see the module docstring)."""
 
-    data: str                      # dataset folder (tars + tags.json + sizes.json)
+    data: str                      # dataset folder or URL (tars + tags.json + sizes.json)
     batch_size: int = 32           # per rank
     patch_size: int = 124
     crops_per_image: int = 1       # K crops from each decoded image, each its own sample
@@ -82,6 +88,9 @@ class DataConfig:
     # photos per batch, each text encoded once (train.engine dedups identical texts).
     group_crops: bool = False
     seed: int = 0
+    read_attempts: int = 4         # remote reads: tries in all (backoff 0.5 s doubling) ...
+    read_timeout: float = 60.0     # ... and seconds each read may take
+    storage_options: Optional[dict] = None  # fsspec options of a URL (default: the environment)
 
 
 @dataclass(slots=True, eq=False)
@@ -90,7 +99,7 @@ class _Sample:
     once and shared by its K items."""
 
     key: str
-    path: Path
+    path: str          # the tar's name in the shard set
     loc: Location
     exif: Optional[dict[str, str]]
     seed: int
@@ -174,14 +183,16 @@ class _SlotStream:
                                 f"({self._skip_summary()})")
 
     def _shard(self, name: str, visit: str, keep: Callable[[int], bool]) -> Iterator[_Sample]:
-        """Checked samples of one tar that ``keep(index)`` selects; a read failure ends the tar."""
-        path, seen = self.ds.shards.root / name, 0
+        """Checked samples of one tar that ``keep(index)`` selects; a read failure ends the tar.
+
+        One handle serves headers and members: a remote tar is then read front to back once."""
+        path, seen = self.ds.shards.store.location(name), 0
         try:
-            with open(path, "rb") as fh:
-                for key, members in read_groups(path):
+            with self.ds.shards.store.open(name) as fh:
+                for key, members in read_groups(fh):
                     seen += 1
                     if keep(seen - 1):
-                        sample = self._check(fh, path, key, members, visit)
+                        sample = self._check(fh, name, key, members, visit)
                         if sample is not None:
                             yield sample
         except (ShardError, OSError) as exc:
@@ -193,7 +204,7 @@ class _SlotStream:
             self.counts["shard_errors"] += 1
             log.warning("%s: %d samples, sizes.json says %d (truncated tar?)", path, seen, expected)
 
-    def _check(self, fh: BinaryIO, path: Path, key: str, members: dict[str, Location],
+    def _check(self, fh: BinaryIO, name: str, key: str, members: dict[str, Location],
                visit: str) -> Optional[_Sample]:
         """A sample ready for the shuffle, or None (skipped and counted).  Never decodes before
         the resume point; after it, decodes now so that only crops sit in the buffer."""
@@ -202,11 +213,11 @@ class _SlotStream:
             loc, exif, data, size = check_sample(fh, members, cfg.patch_size,
                                                  None if cfg.cropclr else self.ds.vocab)
         except SampleError as exc:
-            self._skip(path, key, exc)
+            self._skip(name, key, exc)
             return None
         seed = self._key(visit, key)
         boxes = crop_boxes(size, cfg.patch_size, self.per_image, random.Random(seed))
-        sample = _Sample(key, path, loc, exif, seed, boxes)
+        sample = _Sample(key, name, loc, exif, seed, boxes)
         if self.emitted >= self.resume_items:
             self._decode(sample, data)
         return sample
@@ -214,7 +225,7 @@ class _SlotStream:
     def _decode(self, sample: _Sample, data: Optional[bytes] = None) -> None:
         try:
             if data is None:  # lazily, for an item inserted before the resume point
-                with open(sample.path, "rb") as fh:
+                with self.ds.shards.store.open(sample.path, sequential=False) as fh:
                     data = read_member(fh, sample.loc)
             sample.crops = decode_crops(data, sample.boxes)
         except (SampleError, ShardError, OSError) as exc:
@@ -222,11 +233,11 @@ class _SlotStream:
             self._skip(sample.path, sample.key,
                        exc if isinstance(exc, SampleError) else SampleError("decode_failed", str(exc)))
 
-    def _skip(self, path: Path, key: str, exc: SampleError) -> None:
+    def _skip(self, name: str, key: str, exc: SampleError) -> None:
         self.counts[f"skip:{exc.reason}"] += 1
         self.counts["skipped"] += 1
         (log.warning if self.counts["skipped"] <= _LOGGED_SKIPS else log.debug)(
-            "%s: sample %s skipped: %s", path.name, key, exc)
+            "%s: sample %s skipped: %s", name, key, exc)
 
     def _skip_summary(self) -> str:
         """``"skipped N: reason x n, ..."`` of this stream so far (why nothing was usable)."""
@@ -313,10 +324,12 @@ class ExifLoader:
         workers = self.cfg.num_workers
         # Its own generator: a DataLoader otherwise draws its workers' base seed from the global
         # torch RNG, which would shift the model's dropout draws between a resumed run and an
-        # uninterrupted one (where the draw happened at another step).
+        # uninterrupted one (where the draw happened at another step).  Seeded by rank too, so
+        # that workers of different ranks never share a stream (rank 0's seed is as before).
+        seed = stable_seed(rank_seed(self.cfg.seed, self._ds.rank), self._ds.epoch) >> 1
         source: Iterable[dict] = self._ds if workers == 0 else DataLoader(
             self._ds, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(stable_seed(self.cfg.seed, self._ds.epoch) >> 1))
+            generator=torch.Generator().manual_seed(seed))
         for batch in source:
             if _ERROR in batch:
                 raise DataError(batch[_ERROR])
@@ -342,6 +355,11 @@ class ExifLoader:
                 "reasons": {k[5:]: v for k, v in total.items() if k.startswith("skip:")}}
 
 
+def read_policy(cfg: DataConfig) -> ReadPolicy:
+    """The retry/timeout discipline ``cfg`` asks for remote reads."""
+    return ReadPolicy(attempts=cfg.read_attempts, timeout_s=cfg.read_timeout)
+
+
 def build_loader(cfg: DataConfig, tokenizer: Any, *, rank: int = 0, world_size: int = 1,
                  epoch: int = 0, start_batch: int = 0) -> ExifLoader:
     """The loader of one rank for one epoch, resuming at ``start_batch`` (see the module docstring).
@@ -358,9 +376,9 @@ def build_loader(cfg: DataConfig, tokenizer: Any, *, rank: int = 0, world_size: 
                          f"/ start_batch {start_batch}")
     if tokenizer is None and not cfg.cropclr:
         raise ValueError("a tokenizer is required unless data.cropclr is set")
-    shards = open_shards(cfg.data)
+    shards = open_shards(cfg.data, read_policy(cfg), cfg.storage_options)
     vocab = () if cfg.cropclr else tuple(cfg.tags) if cfg.tags else load_vocabulary(
-        Path(cfg.tags_file) if cfg.tags_file else shards.root / "tags.json")
+        cfg.tags_file or shards.store.location("tags.json"), shards.store.policy, cfg.storage_options)
     samples = sum(shards.sizes)
     total = samples * cfg.crops_per_image // (cfg.batch_size * world_size)
     if total == 0:

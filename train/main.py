@@ -1,6 +1,10 @@
 """Training entry point: `torchrun --nproc_per_node N train/main.py ...` and `exiflang train ...`.
 
-    train/main.py --data DIR --out RUN [--config PRESET_OR_YAML] [--resume latest] [--debug] [key=value ...]
+    train/main.py --data DIR_OR_URL --out RUN [--config PRESET_OR_YAML] [--resume latest]
+                  [--eval-data DIR_OR_URL] [--debug] [key=value ...]
+
+``--data`` / ``--eval-data``: a local folder or an fsspec URL (``s3://bucket/shards``, ``gs://…``,
+``file:///…``), streamed (docs/training.md, "Data from object storage").
 
 Expected failures (bad data, config, output folder, checkpoint or model file) print one line
 naming the file and exit 2; ``--debug`` or ``EXIFLANG_DEBUG=1`` also prints the traceback.
@@ -14,7 +18,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 if __package__ in (None, ""):
     # Run as a script (torchrun train/main.py): make the repository root importable.
@@ -22,27 +26,33 @@ if __package__ in (None, ""):
 
 from train.config import PRESETS, load_config, save_config  # noqa: E402
 from train.distributed import init_distributed, shutdown  # noqa: E402
+from train.loader import read_policy  # noqa: E402
+from train.logger import check_wandb  # noqa: E402
+from train.shard_store import is_url, store_for  # noqa: E402
 
 log = logging.getLogger("exiflang.train")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="exiflang train", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="dataset folder written by `exiflang shards`")
+    ap.add_argument("--data", required=True,
+                    help="dataset written by `exiflang shards`: a folder or a URL (s3://, gs://, file://)")
     ap.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints, model)")
     ap.add_argument("--config", default="paper", help=f"preset ({', '.join(PRESETS)}) or a YAML file")
     ap.add_argument("--resume", help="`latest` (this run's newest checkpoint) or a checkpoint folder")
-    ap.add_argument("--eval-data", help="held-out shards: camera retrieval accuracy during training")
+    ap.add_argument("--eval-data", help="held-out shards (folder or URL): loss and retrieval every "
+                                        "run.eval_every steps and at the end")
     ap.add_argument("--debug", action="store_true",
                     help="show the traceback of an error (also EXIFLANG_DEBUG=1)")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=3e-4")
     return ap
 
 
-def _check_data(data: Path) -> None:
-    if not data.is_dir():
+def _check_data(data: str, cfg: Any) -> None:
+    """A folder or URL with ``*.tar`` shards (listed with the loader's retry discipline)."""
+    if not is_url(data) and not Path(data).is_dir():
         raise FileNotFoundError(f"{data}: data folder not found")
-    if not list(data.glob("*.tar")):
+    if not store_for(data, read_policy(cfg.data), cfg.data.storage_options).tar_names():
         raise FileNotFoundError(f"{data}: no shards (*.tar) in the data folder")
 
 
@@ -86,12 +96,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides, data=args.data)
         if args.eval_data:
             cfg.run.eval_data = args.eval_data
-        _check_data(Path(cfg.data.data))
+        _check_data(cfg.data.data, cfg)
+        if cfg.run.eval_data:
+            _check_data(cfg.run.eval_data, cfg)
+        check_wandb(cfg.run.wandb)
         _check_out(run)
     except (ValueError, OSError) as exc:
         return _fail(exc, debug)
     from train.engine import train
-    from train.retrieval import camera_evaluator
+    from train.heldout import HeldOutEvaluator
     try:
         env = init_distributed(cfg.run.device)   # e.g. device=cuda on a machine without one
     except ValueError as exc:
@@ -100,7 +113,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if env.is_main:
             run.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run / "config.yaml")
-        evaluate = camera_evaluator(cfg) if cfg.run.eval_data else None
+        # Rank 0 reads the held-out set before the first step: a bad one fails the run now.
+        evaluate = HeldOutEvaluator(cfg).load() if cfg.run.eval_data and env.is_main else None
         result = train(cfg, run, env, resume=args.resume, evaluate=evaluate)
         if env.is_main:
             (run / "result.json").write_text(json.dumps(result, indent=2))

@@ -1,7 +1,8 @@
-"""The dataset on disk, one sample at a time, without decoding: folder checks, tar members, header checks.
+"""The dataset, one sample at a time, without decoding: folder checks, tar members, header checks.
 
-- :func:`open_shards` / :func:`load_vocabulary` check the folder (tars, ``sizes.json``,
-  ``tags.json`` and its hash) with one-line errors naming the file;
+- :func:`open_shards` / :func:`load_vocabulary` check the dataset (tars, ``sizes.json``,
+  ``tags.json`` and its hash) with one-line errors naming the file; the dataset is a local
+  folder or a URL (:mod:`train.shard_store`);
 - :func:`read_groups` / :func:`read_member` walk a tar's headers and read members by offset
   (the loader can re-read an image later without holding its bytes);
 - :func:`check_sample` / :func:`probe_image` look at members, ``exif.json`` and the image header
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Optional, Sequence
+from typing import Any, BinaryIO, Iterator, Optional, Sequence, Union
 
 from pipeline.image_policy import ImagePolicy, PolicyError, default_policy
 from pipeline.jpeg_check import jpeg_problem
 from pipeline.tags import vocabulary_hash
+from train.shard_store import ReadPolicy, ShardStore, is_url, read_file, store_for
 
 # Member extensions that hold the image, in the order a sample's members are searched.
 IMAGE_EXTS = ("jpg", "jpeg", "png", "tif", "tiff", "webp")
@@ -37,41 +39,53 @@ class SampleError(Exception):
 
 @dataclass(frozen=True)
 class ShardSet:
-    """A checked dataset folder: its tar names (sorted) and their sample counts (``sizes.json``)."""
+    """A checked dataset: its location (a Path, or a URL str), tar names (sorted), their sample
+    counts (``sizes.json``) and the store that reads them."""
 
-    root: Path
+    root: Union[Path, str]
     names: tuple[str, ...]
     sizes: tuple[int, ...]
+    store: ShardStore = field(default=None, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.store is None:
+            object.__setattr__(self, "store", store_for(self.root))
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
+def _read_json(path: Union[Path, str], policy: Optional[ReadPolicy] = None,
+               storage_options: Optional[dict] = None) -> Any:
+    """A JSON file given as a local path or a URL; one-line errors naming it."""
+    if not is_url(path) and not Path(path).is_file():
         raise FileNotFoundError(f"{path}: missing")
+    raw = read_file(path, policy, storage_options)
     try:
-        return json.loads(path.read_text())
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
-def open_shards(data: str) -> ShardSet:
-    """Check a dataset folder; one-line ``FileNotFoundError`` / ``ValueError`` naming the file."""
-    root = Path(data)
-    if not data or not root.is_dir():
-        raise FileNotFoundError(f"{root}: data folder not found")
-    names = tuple(sorted(p.name for p in root.glob("*.tar")))
+def open_shards(data: str, policy: Optional[ReadPolicy] = None,
+                storage_options: Optional[dict] = None) -> ShardSet:
+    """Check a dataset folder or URL; one-line ``FileNotFoundError`` / ``ValueError`` / ``OSError``
+    naming the file."""
+    if not data:
+        raise FileNotFoundError(f"{Path(data)}: data folder not found")
+    store = store_for(data, policy, storage_options)
+    names = tuple(store.tar_names())
     if not names:
-        raise FileNotFoundError(f"{root}: no *.tar shards (build them with `exiflang shards`)")
-    sizes_path = root / "sizes.json"
-    sizes = _read_json(sizes_path)
+        raise FileNotFoundError(f"{store.root}: no *.tar shards (build them with `exiflang shards`)")
+    sizes_path = store.location("sizes.json")
+    sizes = _read_json(sizes_path, store.policy, store.storage_options)
     missing = [n for n in names if not isinstance(sizes, dict) or n not in sizes]
     if missing:
         raise ValueError(f"{sizes_path}: no entry for {missing[0]} ({len(missing)} tars unlisted)")
-    return ShardSet(root, names, tuple(int(sizes[n]) for n in names))
+    return ShardSet(store.root, names, tuple(int(sizes[n]) for n in names), store)
 
 
-def load_vocabulary(path: Path) -> tuple[str, ...]:
-    """``tags.json``'s tag list, checked against its hash."""
-    doc = _read_json(path)
+def load_vocabulary(path: Union[Path, str], policy: Optional[ReadPolicy] = None,
+                    storage_options: Optional[dict] = None) -> tuple[str, ...]:
+    """``tags.json``'s tag list (a local path or a URL), checked against its hash."""
+    doc = _read_json(path, policy, storage_options)
     tags = doc.get("tags") if isinstance(doc, dict) else None
     if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
         raise ValueError(f"{path}: no non-empty 'tags' list")
@@ -85,10 +99,16 @@ class ShardError(Exception):
     """A tar that cannot be read any further."""
 
 
-def read_groups(path: Path) -> Iterator[tuple[str, dict[str, Location]]]:
-    """A tar's samples in order: key and ``{ext: (offset, size)}``; reads headers, seeks past data."""
+def read_groups(source: Union[Path, BinaryIO]) -> Iterator[tuple[str, dict[str, Location]]]:
+    """A tar's samples in order: key and ``{ext: (offset, size)}``; reads headers, seeks past data.
+
+    ``source``: a path, or an open seekable binary file (local or remote) that the caller may
+    also read members from between samples (``tarfile`` seeks back to its next header).
+    """
     try:
-        with tarfile.open(path, "r:") as tar:
+        opened = (tarfile.open(source, "r:") if isinstance(source, (str, Path))
+                  else tarfile.open(fileobj=source, mode="r:"))  # type: ignore[call-overload]
+        with opened as tar:
             key: Optional[str] = None
             members: dict[str, Location] = {}
             while (info := tar.next()) is not None:

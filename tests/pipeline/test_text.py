@@ -39,7 +39,7 @@ def test_shuffled_is_a_permutation_and_seedable():
 def test_unknown_format_is_an_error():
     with pytest.raises(ValueError, match="unknown text format"):
         render_text(EXIF, VOCAB, "poetry")
-    assert set(FORMATS) == {"paper", "code", "values", "shuffled"}
+    assert set(FORMATS) == {"paper", "code", "values", "shuffled", "values_shuffled"}
 
 
 @pytest.mark.parametrize("tag,value,expected", [

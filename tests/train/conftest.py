@@ -1,0 +1,50 @@
+"""Fixtures of the trainer's tests: tiny shards (24 synthetic photos, 3 cameras, 3 tars of 8) and
+one short local training run with held-out numbers every 2 steps, shared by the tests that
+compare against it (object storage, held-out logging)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import build_shards, synth
+
+# The smallest useful recipe: cpu-small on 64-px patches, batch 8, 2 crops per photo (6 batches
+# an epoch), text dropout left on so that the run draws from the RNG every step.
+TINY = ["run.log_every=1", "data.batch_size=8", "data.crops_per_image=2", "data.shuffle_buffer=32",
+        "data.patch_size=64"]
+HELDOUT = ["run.steps=4", "run.eval_every=2", "run.ckpt_every=4", "data.num_workers=1",
+           "data.text_format=values_shuffled"]
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_shards")
+    assert synth.main(["--out", str(root / "synth"), "--cameras", "3", "--images", "24",
+                       "--seed", "1", "--no-progress", "--workers", "1"]) == 0
+    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"),
+                              "--executor", "local", "--rows-per-shard", "8", "-q"]) == 0
+    return root / "shards"
+
+
+def train_args(data: str, run: Path, *extra: str, eval_data: str | None = None) -> list[str]:
+    """``train/main.py`` arguments for a tiny run (options before the key=value overrides)."""
+    head = ["--data", data, "--out", str(run), "--config", "cpu-small"]
+    if eval_data:
+        head += ["--eval-data", eval_data]
+    return [*head, *TINY, *extra]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def heldout_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 steps from local shards, held-out numbers (the same shards) every 2 steps, TensorBoard on."""
+    from train.main import main as train_main
+
+    run = tmp_path_factory.mktemp("heldout_run") / "run"
+    assert train_main(train_args(str(tiny_shards), run, *HELDOUT, eval_data=str(tiny_shards))) == 0
+    return run
