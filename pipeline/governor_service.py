@@ -4,7 +4,8 @@ The server is a thread of the driver process, which is idle while the workers ru
 socket for the local process pool, TCP for Ray workers (the driver node's address, so workers
 on other nodes reach it).  The workers' fetch threads are its clients, each on a connection of
 its own (so a blocking acquire holds nothing but itself), authenticated with a random per-job
-key by :mod:`multiprocessing.connection`'s HMAC challenge.  Messages are pickled tuples:
+key by :mod:`multiprocessing.connection`'s HMAC challenge.  Messages are JSON arrays sent as
+bytes (never pickles: nothing a peer sends can run code, key or no key):
 
 * ``("acquire", host, hold, wait_max)`` -> a lease id, or None (ask again);
 * ``("release", lease, outcome, retry_after)`` -> no reply: the fetch thread does not wait;
@@ -22,6 +23,7 @@ falls back, with a warning, to a governor of its own holding its ``share`` of th
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -136,8 +138,11 @@ class GovernorServer:
         gov = self.governor
         while not self._closing:
             try:
-                msg = conn.recv()
+                msg = _decode(conn.recv_bytes(_MAX_MESSAGE))
             except _LOST:
+                return
+            except ValueError:
+                log.warning("host governor: malformed message dropped; closing that connection")
                 return
             op = msg[0]
             if op == "acquire":
@@ -148,9 +153,17 @@ class GovernorServer:
             else:
                 reply = "pong"
             try:
-                conn.send(reply)
+                conn.send_bytes(json.dumps(reply).encode())
             except _LOST:
                 return
+
+
+_MAX_MESSAGE = 1 << 16   # bytes; a host name and a few numbers need far less
+
+
+def _decode(data: bytes) -> Any:
+    """A message off the wire: JSON only; anything else is a ValueError."""
+    return json.loads(data.decode("utf-8"))
 
 
 def _no_delay(conn: Connection) -> None:
@@ -240,8 +253,8 @@ class RemoteGovernor:
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
-        conn.send(msg)
-        return conn.recv() if reply else None
+        conn.send_bytes(json.dumps(msg).encode())
+        return _decode(conn.recv_bytes(_MAX_MESSAGE)) if reply else None
 
     def _lose(self, exc: BaseException) -> None:
         with self._lock:

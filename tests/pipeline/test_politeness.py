@@ -84,9 +84,13 @@ def test_host_rate_holds_across_two_local_processes(tmp_path, host_a, photo):
     _build(tmp_path, urls, "--executor", "local", "--workers", "2", "--threads", "4",
            "--rows-per-shard", "5", "--per-host-rate", str(rate))
     starts = sorted(t for t, _ in host_a.log)
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert len(starts) == n and min(gaps) >= 0.5 / rate, gaps
-    assert starts[-1] - starts[0] >= (n - 1) / rate - 0.05
+    # Arrival times jitter with the machine's load (a start scheduled on time can reach the
+    # server late and bunch with the next one), so the rate is judged as the server sees it:
+    # no 1-s window holds more than rate + 1 arrivals, and the whole run is not faster than
+    # the rate allows.  Without the job-wide schedule, 2 processes x 4 threads send all 10 at once.
+    in_window = [sum(t <= u < t + 1.0 for u in starts) for t in starts]
+    assert len(starts) == n and max(in_window) <= rate + 1, [round(t - starts[0], 3) for t in starts]
+    assert starts[-1] - starts[0] >= (n - 1) / rate - 0.3
 
 
 # ---- pauses ------------------------------------------------------------------------------
