@@ -48,6 +48,7 @@ from eval.detector import CODE_PER_SIDE, PATCH, DetectionResult
 from eval.images import ImageError, load_rgb
 from eval.metrics import ciou, pixel_ap
 from eval.noi import NoiDetector
+from exiflang.errors import CommandError, check_out_dir, run_main
 
 METHODS = ("exif", "noi")
 # What a per-image row means; rows of another format in --out are redone, not resumed.
@@ -254,8 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: 0 all answered, 1 some images unusable, 2 bad input (:func:`exiflang.errors.run_main`)."""
+    return run_main("exiflang benchmark", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    check_out_dir(args.out)  # before the dataset is read: a bad --out costs nothing
     try:
         metrics = run_benchmark(args.model, args.dataset, args.root, args.out, methods,
                                 limit=args.limit, per_side=args.patches_per_side,
@@ -263,13 +270,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 batch_size=args.batch_size, ncuts=not args.no_ncuts,
                                 noi_block=args.noi_block, save_maps=args.save_maps,
                                 force=args.force, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"benchmark: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    except RuntimeError as exc:  # torch: a device it cannot use, weights that do not fit
+        raise CommandError(None, str(exc)) from exc
     print((Path(args.out) / "metrics.md").read_text(), end="")
     answered = sum(m["images"] for m in metrics["methods"].values())
     if answered == 0:
-        print("benchmark: no image was answered", file=sys.stderr)
+        print("exiflang benchmark: error: no image was answered", file=sys.stderr)
         return 2
     return 1 if metrics["unusable"] else 0
 

@@ -17,7 +17,8 @@ are left out, with a count on the terminal, unless ``--include-masks``; files na
 are always run.
 
 Exit codes: 0 every image answered (or skipped as done); 1 some images failed, the rest were
-answered; 2 bad usage, an unusable model folder, no input images, or every image failed.
+answered; 2 bad usage, an unusable model folder or output folder, no input images, or every image
+failed (one line ``exiflang detect: error: FILE: reason``; :mod:`exiflang.errors`).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from eval.images import ImageError, expand_inputs, load_rgb
 from eval.overlay import write_overlay
 from eval.patches import Grid
 from eval.scores import DEFAULT_SCORE
+from exiflang.errors import CommandError, check_out_dir, run_main
 
 RESULTS = "results.jsonl"
 PROG = "exiflang detect"
@@ -311,26 +313,30 @@ def run(detector: Detector, paths: list[Path], out_dir: Path, force: bool = Fals
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point (exit codes in the module docstring), under :func:`exiflang.errors.run_main`."""
+    return run_main(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    out_dir = Path(args.out)
+    out_dir = check_out_dir(args.out)  # before the model loads: a bad --out costs nothing
+    per_side = _per_side(args)
+    _check_device(args.device)
+    if args.max_side < 64:
+        raise ValueError(f"--max-side {args.max_side}: at least 64")
+    paths, masks = _inputs(args.inputs, out_dir, args.include_masks)
+    if masks:
+        print(f"{PROG}: left out {masks} file(s) named like ground-truth masks (--include-masks runs them)",
+              file=sys.stderr)
+    if not paths:
+        raise CommandError(None, f"no images found in {' '.join(args.inputs)}")
     try:
-        per_side = _per_side(args)
-        _check_device(args.device)
-        if args.max_side < 64:
-            raise ValueError(f"--max-side {args.max_side}: at least 64")
-        paths, masks = _inputs(args.inputs, out_dir, args.include_masks)
-        if masks:
-            print(f"{PROG}: left out {masks} file(s) named like ground-truth masks (--include-masks runs them)",
-                  file=sys.stderr)
-        if not paths:
-            raise ValueError(f"no images found in {' '.join(args.inputs)}")
         detector = Detector(args.model, patch=args.patch_size, per_side=per_side, device=args.device,
                             batch_size=args.batch_size, ncuts=not args.no_ncuts, tau=args.tau,
                             legacy_negative=args.legacy_negative)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except Exception as exc:  # noqa: BLE001 - bad flags, model folder or device: one line, exit 2
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    except RuntimeError as exc:  # torch: weights that do not fit the folder's config
+        raise CommandError(args.model, f"cannot load the model ({exc})") from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
     records, states = run(detector, paths, out_dir, args.force, args.max_side, not args.no_compress)
     print(fmt_table(records, states))
     failed = sum(s == "error" for s in states.values())

@@ -22,14 +22,14 @@ a rerun reuses finished shards) and the index is built into ``OUT/index`` (reuse
 exactly the train embeddings); ``--train-emb``/``--test-emb``/``--index`` take ones already built
 (their grid is used, whatever ``--per-side``/``--patch-size`` say; train and test must agree).
 Results: ``OUT/tag_eval.json`` and ``OUT/tag_eval.md`` (:mod:`eval.tag_report`); the Markdown
-is printed.  Exit status: 0 done, 2 bad input or usage (one line on stderr).
+is printed.  Exit status: 0 done, 2 bad input or usage (one line on stderr, ``exiflang eval-tags:
+error: FILE: reason``; :mod:`exiflang.errors`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,6 +42,7 @@ from eval.tag_classes import TagClasses, fit_tag_classes
 from eval.tag_report import averages, markdown, write_report
 from eval.votes import vote_classes
 from eval.zero_shot import ZeroShot, template_exif
+from exiflang.errors import CommandError, check_out_dir, run_main
 
 log = logging.getLogger("exiflang.eval")
 
@@ -263,12 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point; prints the Markdown table.  0 done, 2 bad input or usage."""
+    """Entry point; prints the Markdown table.  0 done, 2 bad input or usage (:func:`exiflang.errors.run_main`)."""
+    return run_main("exiflang eval-tags", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    check_out_dir(args.out)  # before anything is embedded: a bad --out costs nothing
     try:
         report = eval_tags(args.model, args.train, args.test, args.out, args.k, train_emb=args.train_emb,
                            test_emb=args.test_emb, index=args.index, patch=args.patch_size,
@@ -277,9 +283,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                            probe_c=args.probe_c, weighted=args.weighted, min_frac=args.min_frac,
                            min_count=args.min_count, max_bins=args.max_bins, seed=args.seed,
                            progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"exiflang eval-tags: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    except RuntimeError as exc:  # torch or faiss: a device it cannot use, weights that do not fit
+        raise CommandError(None, str(exc)) from exc
     print(markdown(report), end="")
     print(f"written: {Path(args.out) / 'tag_eval.json'}, {Path(args.out) / 'tag_eval.md'}")
     return 0

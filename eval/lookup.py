@@ -15,8 +15,9 @@ photo: ``file``, ``width``, ``height``, ``neighbours`` [{rank, key, shard, simil
 is ``{"file", "error"}``); ``--out FILE`` writes the JSON Lines to a file as well.
 
 Exit status: 0 every photo answered; 1 some photos failed (each named on stderr) and the rest
-were answered; 2 bad usage, a model folder or index that is not one or does not match, or no
-photo could be answered.
+were answered; 2 bad usage, a model folder or index that is not one or does not match, an
+unusable ``--out``, or no photo could be answered (one line ``exiflang lookup: error: FILE:
+reason``; :mod:`exiflang.errors`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from eval.embed_batch import PhotoEncoder
 from eval.images import ImageError, expand_inputs, load_rgb
 from eval.patches import PatchEmbedder
 from eval.votes import vote_tags
+from exiflang.errors import CommandError, check_out_file, run_main
 
 log = logging.getLogger("exiflang.eval")
 
@@ -71,8 +73,9 @@ class Searcher:
         from train.model import ExifClip
 
         self.index = VectorIndex.load(index_dir)
-        self.index.check_model(model_dir)
+        # Loaded before the match check: a damaged model folder is one error, not a warning first.
         model, _, tags = ExifClip.from_pretrained(model_dir)
+        self.index.check_model(model_dir)
         self.vocab: list[str] = list(tags["tags"]) if tags and tags.get("tags") else []
         self.grid = {**embedding_settings(self.index.info), **{k: v for k, v in (grid or {}).items() if v is not None}}
         self.encoder = PhotoEncoder(PatchEmbedder(model, device=device, batch_size=batch_size),
@@ -210,27 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point; see the module docstring for the exit status."""
+    """Entry point; see the module docstring for the exit status (:func:`exiflang.errors.run_main`)."""
+    return run_main("exiflang lookup", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if args.out:
+        check_out_file(args.out)  # before any work: the answers must have somewhere to go
     files = expand_inputs(args.images)
     if not files:
-        print("exiflang lookup: no images found in " + ", ".join(args.images), file=sys.stderr)
-        return 2
+        raise CommandError(None, "no images found in " + ", ".join(args.images))
     tags = [t.strip() for t in args.tags.split(",") if t.strip()] if args.tags else None
+    if args.k < 1:
+        raise ValueError(f"-k {args.k}: must be at least 1")
+    grid = {"patch": args.patch_size, "per_side": args.per_side, "mode": "single" if args.single_patch else None}
     try:
-        if args.k < 1:
-            raise ValueError(f"-k {args.k}: must be at least 1")
-        grid = {"patch": args.patch_size, "per_side": args.per_side,
-                "mode": "single" if args.single_patch else None}
-        results = Searcher(args.model, args.index, device=args.device, batch_size=args.batch_size,
-                           grid=grid).lookup(files, args.k, args.weighted, tags)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"exiflang lookup: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        searcher = Searcher(args.model, args.index, device=args.device, batch_size=args.batch_size, grid=grid)
+    except RuntimeError as exc:  # torch or faiss: a device it cannot use, weights that do not fit
+        raise CommandError(None, str(exc)) from exc
+    results = searcher.lookup(files, args.k, args.weighted, tags)
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if args.out:
         out = Path(args.out)
@@ -247,3 +253,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not answered:
         return 2
     return 1 if len(answered) < len(results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

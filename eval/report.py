@@ -26,7 +26,6 @@ import html
 import io
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
@@ -35,6 +34,7 @@ from PIL import Image
 
 from eval.images import ImageError, load_rgb
 from eval.svg_plot import Series, line_chart
+from exiflang.errors import CommandError, check_out_file, naming, run_main
 
 NOT_RUN = '<p class="missing">not run</p>'
 EVAL_SKIP = {"eval/metric", "eval/cameras", "eval/images"}  # duplicates and counts, not curves
@@ -287,7 +287,15 @@ def write_report(out_html: PathLike, *, title: str, run_dir: Optional[PathLike] 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m eval.report``: a report from files (JSON Lines for lookup/detections, JSON metrics)."""
+    """``python -m eval.report``: a report from files (JSON Lines for lookup/detections, JSON metrics).
+
+    Exit status: 0 written, 2 a missing or damaged input file or an unwritable ``--out`` (one line;
+    :func:`exiflang.errors.run_main`).
+    """
+    return run_main("exiflang report", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="the HTML file to write")
     ap.add_argument("--title", default="exiflang report")
@@ -297,20 +305,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--metrics", help="JSON file {section: {name: value}}")
     ap.add_argument("--note", action="append", default=[], help="a line under the title (repeatable)")
     args = ap.parse_args(argv)
-    try:
-        for name in ("lookup", "detections", "metrics"):
-            path = getattr(args, name)
-            if path and not Path(path).is_file():
-                raise FileNotFoundError(f"{path}: not found (--{name})")
-        metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
-        if metrics is not None and not isinstance(metrics, dict):
-            raise ValueError(f"{args.metrics}: expected a JSON object {{section: {{name: value}}}}")
-        out = write_report(args.out, title=args.title, run_dir=args.run, notes=args.note, metrics=metrics,
-                           lookup=read_jsonl(args.lookup) if args.lookup else None,
-                           detections=read_jsonl(args.detections) if args.detections else None)
-    except (ValueError, OSError) as exc:
-        print(f"exiflang report: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    check_out_file(args.out)
+    for name in ("lookup", "detections", "metrics"):
+        path = getattr(args, name)
+        if path and not Path(path).is_file():
+            raise CommandError(path, f"not found (--{name})")
+    metrics = None
+    if args.metrics:
+        with naming(args.metrics):  # json's errors do not say which file
+            metrics = json.loads(Path(args.metrics).read_text())
+    if metrics is not None and not isinstance(metrics, dict):
+        raise CommandError(args.metrics, "expected a JSON object {section: {name: value}}")
+    out = write_report(args.out, title=args.title, run_dir=args.run, notes=args.note, metrics=metrics,
+                       lookup=read_jsonl(args.lookup) if args.lookup else None,
+                       detections=read_jsonl(args.detections) if args.detections else None)
     print(f"report: {out.resolve()}")
     return 0
 

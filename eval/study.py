@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from eval.images import expand_inputs
+from exiflang.errors import CommandError, check_out_dir, run_main
 
 VARIANTS: dict[str, list[str]] = {
     "exif": [],                                   # the full method
@@ -262,6 +263,11 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m eval.study``: 0 done, 2 bad input (one line; :func:`exiflang.errors.run_main`)."""
+    return run_main("exiflang study", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.study", description=__doc__.splitlines()[0])
     ap.add_argument("--photos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"))
     ap.add_argument("--out", default="runs/study")
@@ -275,8 +281,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     if not Path(args.photos).is_dir():
-        print(f"exiflang study: {args.photos}: photo folder not found", file=sys.stderr)
-        return 2
+        raise CommandError(args.photos, "photo folder not found")
+    check_out_dir(args.out)
     results = run_study(args)
     print("\n" + results_markdown(results) + f"\nresults: {Path(args.out) / 'results.json'}")
     return 0

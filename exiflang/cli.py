@@ -1,10 +1,22 @@
-"""The `exiflang` console script: one command, subcommands dispatched to each stage's main()."""
+"""The `exiflang` console script: one command, subcommands dispatched to each stage's main().
+
+Every command runs under :func:`exiflang.errors.run_main`: an expected failure escaping its main
+is one line ``exiflang COMMAND: error: FILE: reason`` and exit code 2, a bug one line and exit 1,
+Ctrl-C exit 130.  ``--debug`` before the command (``exiflang --debug detect ...``) or among its
+arguments (``exiflang detect --debug ...``), or ``EXIFLANG_DEBUG=1``, prints the traceback too.
+The flag is taken out of the arguments before the command parses them, unless its module sets
+``ACCEPTS_DEBUG = True`` (it declares ``--debug`` itself and then gets it, also when given before
+the command).
+"""
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
 from typing import Optional
+
+from exiflang.errors import DEBUG_FLAG, EXIT_BAD_INPUT, debug_enabled, pop_debug, run_main
 
 # name -> ("module:function", one-line help).  Imported lazily so that `exiflang shards`
 # never imports torch, and `pipeline` stays free of `train` / `eval`.
@@ -27,26 +39,43 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: exiflang COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: exiflang [--debug] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`exiflang COMMAND --help` for a command's options."]
+    lines += ["", "`exiflang COMMAND --help` for a command's options; --debug (or EXIFLANG_DEBUG=1) "
+                  "shows the traceback of an error."]
     return "\n".join(lines)
 
 
+def _call(name: str, argv: list[str]) -> int:
+    """Import command ``name``'s module (inside the error contract: a failed import is one line)
+    and run its main on ``argv``, ``--debug`` taken out unless the module declares it."""
+    module_name, func = COMMANDS[name][0].split(":")
+    module = importlib.import_module(module_name)
+    found, stripped = pop_debug(argv)
+    if getattr(module, "ACCEPTS_DEBUG", False):
+        argv = argv if found or not debug_enabled() else [DEBUG_FLAG, *argv]
+    else:
+        argv = stripped
+    return int(getattr(module, func)(argv) or 0)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Dispatch ``argv`` (default ``sys.argv[1:]``); returns the command's exit code (0..2, 130)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    debug = False
+    while argv and argv[0] == DEBUG_FLAG:  # the global form: exiflang --debug COMMAND ...
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"exiflang: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    module, func = COMMANDS[name][0].split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+        return EXIT_BAD_INPUT
+    return run_main(f"exiflang {name}", functools.partial(_call, name), rest, debug=debug, keep_debug_flag=True)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ import argparse
 import hashlib
 import json
 import logging
-import sys
 from collections import Counter
 from typing import Any, Optional, Sequence
 
 import pyarrow.compute as pc
 
+from exiflang.errors import CommandError, naming, run_main
 from pipeline import records as st
 from pipeline import storage
 from pipeline.shard_io import atomic_write_json, complete_shards, read_tables, shard_paths
@@ -65,7 +65,8 @@ def write_sizes_and_summary(out_dir: storage.PathLike) -> dict[str, Any]:
     agg: Counter = Counter()
     sources: Counter = Counter()
     for shard in complete_shards(out_dir):
-        stats = json.loads(storage.read_bytes(shard_paths(out_dir, shard)["stats"]))
+        with naming(shard_paths(out_dir, shard)["stats"]):  # json's errors do not say which file
+            stats = json.loads(storage.read_bytes(shard_paths(out_dir, shard)["stats"]))
         sizes[storage.basename(shard_paths(out_dir, shard)["tar"])] = stats["samples"]
         status.update(stats["status_counts"])
         sources.update(stats.get("tag_sources", {}))
@@ -82,16 +83,23 @@ def write_sizes_and_summary(out_dir: storage.PathLike) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``exiflang select-tags --data DIR [--threshold 0.5]``: re-select the vocabulary only."""
-    ap = argparse.ArgumentParser(prog="exiflang select-tags", description=main.__doc__)
+    """``exiflang select-tags --data DIR [--threshold 0.5]``: re-select the vocabulary only.
+
+    Exit status: 0 written; 2 no complete shards, a damaged table or an unwritable folder (one
+    line naming the file; :func:`exiflang.errors.run_main`).
+    """
+    return run_main("exiflang select-tags", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="exiflang select-tags", description=main.__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="dataset folder written by `exiflang shards`")
     ap.add_argument("--threshold", type=float, default=0.5,
                     help="keep tags present in more than this fraction of kept images")
     args = ap.parse_args(argv)
     out_dir = storage.resolve(args.data)
     if not complete_shards(out_dir):
-        print(f"exiflang: {out_dir}: no complete shards (no *_stats.json)", file=sys.stderr)
-        return 2
+        raise CommandError(out_dir, "no complete shards (no *_stats.json)")
     doc = write_tags(out_dir, args.threshold)
     print(f"{len(doc['tags'])} tags over {doc['num_images']} images -> {storage.join(out_dir, 'tags.json')}")
     return 0
