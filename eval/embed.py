@@ -17,7 +17,8 @@ model (weights, dimension or vocabulary), grid, text setting, data folder or ``-
 one-line error.  The data folder's ``tags.json`` may differ from the model's (a test set keeps
 its own vocabulary); both are recorded in ``meta.json``.
 
-Exit status: 0 done; 2 bad input or usage (one line on stderr).
+Exit status: 0 done; 2 bad input or usage, an unusable model or output folder (one line on
+stderr, ``exiflang embed: error: FILE: reason``; :mod:`exiflang.errors`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from typing import Any, Optional
 from eval.embed_shard import Context, embed_shard
 from eval.embeddings import (FORMAT, FORMAT_VERSION, atomic_write_json, model_signature, part_paths,
                              read_json, read_meta, tags_summary)
+from exiflang.errors import check_out_dir, run_main
 
 log = logging.getLogger("exiflang.eval")
 # The settings that change the vectors or the rows; a rerun must match them all.
@@ -203,16 +205,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point (exit status in the module docstring), under :func:`exiflang.errors.run_main`."""
+    return run_main("exiflang embed", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        out = embed_shards(args.model, args.data, args.out, patch=args.patch_size, per_side=args.per_side,
-                           mode="single" if args.single_patch else "grid", text=args.text,
-                           device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
-                           limit=args.limit, text_format=args.text_format, workers=args.workers)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"exiflang embed: error: {exc}", file=sys.stderr)
-        return 2
+    check_out_dir(args.out)  # before the model loads: a bad --out costs nothing
+    out = embed_shards(args.model, args.data, args.out, patch=args.patch_size, per_side=args.per_side,
+                       mode="single" if args.single_patch else "grid", text=args.text,
+                       device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+                       limit=args.limit, text_format=args.text_format, workers=args.workers)
     counts = read_meta(out)["counts"]
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(counts["skipped"].items())) or "none"
     print(f"embedded {counts['rows']} photos from {counts['shards']} shards (skipped: {skipped}) -> {out}")

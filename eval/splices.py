@@ -47,6 +47,7 @@ from tqdm import tqdm
 from eval.images import ImageError, expand_inputs, load_rgb, open_checked
 from eval.regions import SHAPES, Region, draw_region
 from pipeline.exif_parse import ExifReadError, read_exif
+from exiflang.errors import check_out_dir, run_main
 
 MANIFEST_COLUMNS = ["name", "kind", "image", "mask", "width", "height", "host_file", "host_make",
                     "host_model", "host_window", "donor_file", "donor_make", "donor_model",
@@ -318,15 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: 0 written, 2 bad input or usage (one line; :func:`exiflang.errors.run_main`)."""
+    return run_main("exiflang make-splices", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = make_splices(args.photos, args.out, args.count, args.seed,
-                                authentic=args.authentic, max_side=args.max_side or None,
-                                min_side=args.min_side, area=(args.min_area, args.max_area),
-                                shapes=args.shapes, force=args.force, progress=not args.no_progress)
-    except ValueError as exc:
-        print(f"make-splices: {exc}", file=sys.stderr)
-        return 2
+    check_out_dir(args.out)  # before the photos are scanned: a bad --out costs nothing
+    settings = make_splices(args.photos, args.out, args.count, args.seed,
+                            authentic=args.authentic, max_side=args.max_side or None,
+                            min_side=args.min_side, area=(args.min_area, args.max_area),
+                            shapes=args.shapes, force=args.force, progress=not args.no_progress)
     print(f"make-splices: {settings['count']} spliced + {settings['authentic']} authentic images "
           f"from {len(settings['cameras'])} cameras -> {Path(args.out) / 'manifest.csv'}"
           f" ({len(settings['skipped'])} photos skipped)")
