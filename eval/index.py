@@ -33,10 +33,10 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from eval.embeddings import Embeddings, check_model_against, load_embeddings
-from eval.index_build import KINDS, add_refine, add_rows, build, choose_kind, estimate_bytes
+from eval.embeddings import TABLE_COLUMNS, Embeddings, check_model_against, load_embeddings, part_paths, read_json, read_meta
+from eval.index_build import (KINDS, NpySource, VectorSource, add_refine, add_rows, as_source, build, choose_kind,
+                              estimate_bytes)
 from eval.index_tune import RecallProbe, holdout, set_param, tune
-from exiflang.errors import check_out_dir, run_main
 
 FORMAT = "exiflang-index"
 FORMAT_VERSION = 1
@@ -147,37 +147,67 @@ class VectorIndex:
                              f"does not match {source} ({self.dim})")
 
 
-def _vectors(emb: Embeddings | np.ndarray, side: str, table: Optional[pd.DataFrame],
-             meta: Optional[dict]) -> tuple[np.ndarray, pd.DataFrame, dict]:
-    """Pick the vectors, table and meta out of the arguments of :func:`build_index`, checked."""
+def _folder_source(folder: Path, side: str) -> tuple[NpySource, pd.DataFrame, dict]:
+    """An embeddings folder's ``side`` vectors, streamed from its parts (never loaded whole), with
+    its table and meta; the checks of :func:`eval.embeddings.load_embeddings`, one line each."""
+    meta = {**read_meta(folder), "path": str(folder.resolve())}
+    if not meta.get("complete"):
+        raise ValueError(f"{folder / 'meta.json'}: embedding not finished; rerun `exiflang embed` with the same arguments")
+    if side == "text" and not meta.get("text"):
+        raise ValueError(f"{folder}: no text embeddings (embed with --text)")
+    files, tables = [], []
+    for stem in meta.get("shards", []):
+        paths = part_paths(folder, stem)
+        done = read_json(paths["done"], "shard not embedded; rerun `exiflang embed`")
+        if done.get("settings_key") != meta.get("settings_key"):
+            raise ValueError(f"{paths['done']}: embedded with other settings or another model than "
+                             f"{folder / 'meta.json'} says; re-embed into a new folder")
+        files.append((paths[side], int(done["rows"])))
+        try:
+            tables.append(pd.read_parquet(paths["table"]))
+        except Exception as exc:  # missing or damaged: pyarrow raises several types
+            raise ValueError(f"{paths['table']}: not a readable Parquet table ({type(exc).__name__})") from None
+        if len(tables[-1]) != files[-1][1]:
+            raise ValueError(f"{paths['table']}: {len(tables[-1])} rows for {files[-1][1]} vectors")
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame({c: [] for c in TABLE_COLUMNS})
+    return NpySource(files, dim=int(meta["dim"])), table, meta
+
+
+def _vectors(emb: Embeddings | np.ndarray | str | Path, side: str, table: Optional[pd.DataFrame],
+             meta: Optional[dict]) -> tuple[VectorSource, pd.DataFrame, dict]:
+    """Pick the vectors (as a chunked source), table and meta out of the arguments of :func:`build_index`, checked."""
     if isinstance(emb, Embeddings):
         vec = emb.image if side == "image" else emb.text
         if vec is None:
             raise ValueError(f"{emb.meta.get('path', 'embeddings')}: no text embeddings (embed with --text)")
         table, meta = emb.table if table is None else table, {**emb.meta, **(meta or {})}
+        source = as_source(vec)
+    elif isinstance(emb, (str, Path)) and Path(emb).is_dir():
+        source, own, folder_meta = _folder_source(Path(emb), side)
+        table, meta = own if table is None else table, {**folder_meta, **(meta or {})}
     else:
-        vec = emb
-    vec = np.ascontiguousarray(vec, dtype=np.float32)
-    if vec.ndim != 2 or vec.shape[0] == 0 or vec.shape[1] == 0:
-        raise ValueError(f"vectors of shape {list(vec.shape)}: expected a non-empty [N, D] array")
-    if not np.isfinite(vec).all():
-        raise ValueError("vectors contain NaN or infinite values")
-    norms = np.linalg.norm(vec[: min(len(vec), 10_000)], axis=1)
+        source = as_source(emb)
+        if isinstance(emb, (str, Path)):
+            meta = {"path": str(Path(emb).resolve()), **(meta or {})}
+    n, dim = source.shape
+    if n == 0 or dim == 0:
+        raise ValueError(f"vectors of shape {[n, dim]}: expected a non-empty [N, D] array")
+    norms = np.linalg.norm(source.read(0, min(n, 10_000)), axis=1)
     if np.abs(norms - 1).max() > 1e-3:
         log.warning("vectors are not L2-normalised (norms %.3f..%.3f): inner product is not cosine",
                     norms.min(), norms.max())
     if table is None:
-        table = pd.DataFrame({"row": np.arange(len(vec), dtype=np.int64)})
-    if len(table) != len(vec):
-        raise ValueError(f"table has {len(table)} rows for {len(vec)} vectors")
-    return vec, table.reset_index(drop=True), meta or {}
+        table = pd.DataFrame({"row": np.arange(n, dtype=np.int64)})
+    if len(table) != n:
+        raise ValueError(f"table has {len(table)} rows for {n} vectors")
+    return source, table.reset_index(drop=True), meta or {}
 
 
-def _approximate(vec: np.ndarray, kind: str, probe: RecallProbe, pool: np.ndarray, recall_target: float,
-                 memory_budget_mb: Optional[float], seed: int) -> tuple:
+def _approximate(vec: VectorSource, kind: str, probe: RecallProbe, pool: np.ndarray, recall_target: float,
+                 memory_budget_mb: Optional[float], seed: int, chunk_rows: Optional[int] = None) -> tuple:
     """Build and tune; IVF-PQ that misses the target gets a re-ranking stage when it fits."""
     n, dim = vec.shape
-    built = build(vec, kind, pool, memory_budget_mb=memory_budget_mb, seed=seed)
+    built = build(vec, kind, pool, memory_budget_mb=memory_budget_mb, seed=seed, chunk_rows=chunk_rows)
     t0 = time.perf_counter()
     tuned = tune(built.index, kind, probe, recall_target, n)
     if kind == "ivf-pq" and not tuned["met"]:
@@ -188,7 +218,7 @@ def _approximate(vec: np.ndarray, kind: str, probe: RecallProbe, pool: np.ndarra
         if fits:
             log.info("IVF-PQ reaches recall %.3f (lower bound %.3f) < %.2f: adding %s re-ranking",
                      tuned["recall"], tuned["recall_lcb"], recall_target, fits[0])
-            built = add_refine(built, vec, pool, fits[0], seed)
+            built = add_refine(built, vec, pool, fits[0], seed, chunk_rows)
             tuned = tune(built.index, kind, probe, recall_target, n, refine=True)
     built.seconds["tune"] = round(time.perf_counter() - t0, 3)
     if kind == "hnsw":
@@ -196,14 +226,17 @@ def _approximate(vec: np.ndarray, kind: str, probe: RecallProbe, pool: np.ndarra
     return built, tuned
 
 
-def build_index(emb: Embeddings | np.ndarray, out: str | Path, *, kind: str = "auto", recall_target: float = 0.9,
-                memory_budget_mb: Optional[float] = None, k: int = 10, seed: int = 0,
+def build_index(emb: Embeddings | np.ndarray | str | Path, out: str | Path, *, kind: str = "auto",
+                recall_target: float = 0.9, memory_budget_mb: Optional[float] = None, k: int = 10, seed: int = 0,
                 table: Optional[pd.DataFrame] = None, meta: Optional[dict] = None, side: str = "image",
-                threads: Optional[int] = None) -> dict:
+                threads: Optional[int] = None, chunk_rows: Optional[int] = None) -> dict:
     """Build, tune and write an index folder over ``emb`` (its ``side`` vectors); returns ``index.json``.
 
-    ``emb``: an :class:`Embeddings` or float32 ``[N, D]`` L2-normalised rows (then ``table``,
-    default a ``row`` column, and ``meta`` describe them).  ``kind``: see :data:`KINDS`.
+    ``emb``: an :class:`Embeddings`; float32 ``[N, D]`` L2-normalised rows (then ``table``,
+    default a ``row`` column, and ``meta`` describe them); or, streamed from disk and never held
+    whole, a ``.npy`` path, ``np.load(path, mmap_mode="r")``, or an embeddings folder's path.
+    Every pass reads ``chunk_rows`` rows at a time (default 64 MiB of them): peak memory is the
+    index, one chunk and the training sample.  ``kind``: see :data:`KINDS`.
     """
     if kind not in KINDS:
         raise ValueError(f"index kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -215,9 +248,9 @@ def build_index(emb: Embeddings | np.ndarray, out: str | Path, *, kind: str = "a
     t0 = time.perf_counter()
     chosen = choose_kind(n, dim, memory_budget_mb) if kind == "auto" else kind
     query_ids, pool = holdout(n, seed)
-    probe = RecallProbe(vec, query_ids, k, in_index=chosen != "hnsw")
+    probe = RecallProbe(vec, query_ids, k, in_index=chosen != "hnsw", chunk_rows=chunk_rows)
     try:
-        built, tuned = _approximate(vec, chosen, probe, pool, recall_target, memory_budget_mb, seed)
+        built, tuned = _approximate(vec, chosen, probe, pool, recall_target, memory_budget_mb, seed, chunk_rows)
     except RuntimeError as exc:  # faiss's C++ checks, e.g. too few training points for a kind
         raise ValueError(f"faiss could not build a {chosen} index of {n} vectors: "
                          f"{' '.join(str(exc).split())[-200:]}") from None
@@ -282,17 +315,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point: 0 built, 1 recall target not met, 2 bad input (:func:`exiflang.errors.run_main`)."""
-    return run_main("exiflang index", _main, argv)
-
-
-def _main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    check_out_dir(args.out)  # before the vectors load: a bad --out costs nothing
-    emb = load_embeddings(args.emb)
-    info = build_index(emb, args.out, kind=args.kind, recall_target=args.recall, memory_budget_mb=args.memory_mb,
-                       k=args.k, seed=args.seed, side="text" if args.text else "image", threads=args.threads)
+    try:
+        emb = load_embeddings(args.emb)
+        info = build_index(emb, args.out, kind=args.kind, recall_target=args.recall, memory_budget_mb=args.memory_mb,
+                           k=args.k, seed=args.seed, side="text" if args.text else "image", threads=args.threads)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"exiflang index: error: {exc}", file=sys.stderr)
+        return 2
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
     print(f"{info['kind']} index of {info['n']} vectors ({info['dim']}-d; {params}): recall@{info['k']} "
           f"{info['recall_at_k']:.3f} (95% lower bound {info['recall_at_k_lower_95']:.3f}, target "

@@ -2,8 +2,10 @@
 
 Held-out queries (:func:`holdout`): ``min(1000, N // 10)`` rows of the set itself, drawn at
 random and kept out of every training sample (IVF centroids, PQ codebooks).  Ground truth is
-exact inner-product search (``faiss.knn``, the ``IndexFlatIP`` kernel) over the full set.  A
-query must behave like a *new* photo, so its own row may never help it:
+exact inner-product search (:func:`exact_search`: ``faiss.knn``, the ``IndexFlatIP`` kernel, over
+the set read a chunk at a time, keeping the best k per query — the whole set is never in memory
+at once when it is read from disk).  A query must behave like a *new* photo, so its own row may
+never help it:
 
 - flat / IVF (``leave-one-out``): the queries are in the index; both the exact and the
   approximate search ask for ``k + 1`` neighbours and the query's own row is dropped.  An IVF
@@ -25,10 +27,12 @@ taking the first that reaches the target at some ``nprobe``.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import faiss
 import numpy as np
+
+from eval.index_build import VectorSource, as_source
 
 LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
           1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536)
@@ -49,9 +53,42 @@ def holdout(n: int, seed: int = 0, max_queries: int = MAX_QUERIES) -> tuple[np.n
     return queries, np.flatnonzero(mask).astype(np.int64)
 
 
-def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner product: ``(sims float32 [Q,k], ids int64 [Q,k])``, no copy of ``base``."""
-    return faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), base, k, metric=faiss.METRIC_INNER_PRODUCT)
+def merge_top_k(sims: np.ndarray, ids: np.ndarray, more_sims: np.ndarray, more_ids: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` per row of two ranked lists ``[Q, a]`` and ``[Q, b]`` (ids ``-1`` = none).
+
+    Sorted by similarity, best first; ties keep the first list's entries (lower row ids) first.
+    Returns ``(float32 [Q, k], int64 [Q, k])``, padded with ``-inf`` / ``-1``.
+    """
+    all_sims = np.concatenate([sims, np.where(more_ids >= 0, more_sims, -np.inf).astype(np.float32)], axis=1)
+    all_ids = np.concatenate([ids, more_ids.astype(np.int64)], axis=1)
+    if all_sims.shape[1] < k:
+        pad = k - all_sims.shape[1]
+        all_sims = np.pad(all_sims, ((0, 0), (0, pad)), constant_values=-np.inf)
+        all_ids = np.pad(all_ids, ((0, 0), (0, pad)), constant_values=-1)
+    order = np.argsort(-all_sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(all_sims, order, 1), np.take_along_axis(all_ids, order, 1)
+
+
+def exact_search(base: Union[np.ndarray, VectorSource], queries: np.ndarray, k: int,
+                 chunk_rows: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner product: ``(sims float32 [Q,k], ids int64 [Q,k])``, best first.
+
+    ``base``: float32 ``[N, D]`` rows or a :class:`~eval.index_build.VectorSource` (a ``.npy`` on
+    disk), scanned ``chunk_rows`` rows at a time (default 64 MiB): per chunk ``faiss.knn``, then
+    the running top-k is merged with the chunk's.  Memory: one chunk and ``[Q, 2k]``.  Where
+    fewer than ``k`` rows exist, ids are ``-1`` and sims ``-inf``.
+    """
+    source = as_source(base)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    sims = np.full((len(q), k), -np.inf, dtype=np.float32)
+    ids = np.full((len(q), k), -1, dtype=np.int64)
+    if len(q) == 0 or k <= 0:
+        return sims, ids
+    for start, block in source.chunks(chunk_rows):
+        d, i = faiss.knn(q, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        sims, ids = merge_top_k(sims, ids, d, np.where(i >= 0, i + start, -1), k)
+    return sims, ids
 
 
 def first_k(ids: np.ndarray, banned: np.ndarray, k: int) -> np.ndarray:
@@ -93,14 +130,16 @@ def lower_bound(per_query: np.ndarray, z: float = Z_95) -> float:
 class RecallProbe:
     """The held-out queries of one index and their exact neighbours (see the module docstring)."""
 
-    def __init__(self, base: np.ndarray, query_ids: np.ndarray, k: int, in_index: bool = True) -> None:
+    def __init__(self, base: Union[np.ndarray, VectorSource], query_ids: np.ndarray, k: int, in_index: bool = True,
+                 chunk_rows: Optional[int] = None) -> None:
+        base = as_source(base)
         self.query_ids, self.in_index = query_ids, in_index
-        self.queries = np.ascontiguousarray(base[query_ids])
+        self.queries = base.take(query_ids)
         self.k = int(min(k, max(len(base) - len(query_ids), 0)))
         fetch = min(len(base), self.k + (1 if in_index else min(len(query_ids), EXTRA)))
         self.truth = np.zeros((len(query_ids), self.k), np.int64)
         if len(query_ids) and self.k:
-            _, ids = exact_search(base, self.queries, fetch)
+            _, ids = exact_search(base, self.queries, fetch, chunk_rows)
             self.truth = first_k(ids, self._banned(ids, always_all=True), self.k)
 
     def head(self, count: int) -> "RecallProbe":
