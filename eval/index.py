@@ -37,6 +37,7 @@ from eval.embeddings import TABLE_COLUMNS, Embeddings, check_model_against, load
 from eval.index_build import (KINDS, NpySource, VectorSource, add_refine, add_rows, as_source, build, choose_kind,
                               estimate_bytes)
 from eval.index_tune import RecallProbe, holdout, set_param, tune
+from exiflang.errors import check_out_dir, run_main
 
 FORMAT = "exiflang-index"
 FORMAT_VERSION = 1
@@ -315,15 +316,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: 0 built, 1 recall target not met, 2 bad input (:func:`exiflang.errors.run_main`)."""
+    return run_main("exiflang index", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        emb = load_embeddings(args.emb)
-        info = build_index(emb, args.out, kind=args.kind, recall_target=args.recall, memory_budget_mb=args.memory_mb,
-                           k=args.k, seed=args.seed, side="text" if args.text else "image", threads=args.threads)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"exiflang index: error: {exc}", file=sys.stderr)
-        return 2
+    check_out_dir(args.out)  # before the vectors load: a bad --out costs nothing
+    emb = load_embeddings(args.emb)
+    info = build_index(emb, args.out, kind=args.kind, recall_target=args.recall, memory_budget_mb=args.memory_mb,
+                       k=args.k, seed=args.seed, side="text" if args.text else "image", threads=args.threads)
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
     print(f"{info['kind']} index of {info['n']} vectors ({info['dim']}-d; {params}): recall@{info['k']} "
           f"{info['recall_at_k']:.3f} (95% lower bound {info['recall_at_k_lower_95']:.3f}, target "
