@@ -6,8 +6,9 @@ crashes, no traceback.
   status per image file; the ``.txt`` files are not images and are counted as skipped
   (``job.json``: ``source.skipped.not_image``), not turned into rows.
 - ``exiflang detect`` and ``exiflang lookup`` on the folder: one result or one error per image.
-- ``exiflang embed`` takes shards, not photos: it embeds the samples the pipeline kept from the
-  folder, each one embedded or counted as skipped.
+- ``exiflang embed``: the samples the pipeline kept from the folder, each one embedded or counted
+  as skipped; and, where embed reads a photo folder itself (``--images``), the folder: one row or
+  one "skipped FILE: reason" line per image.
 
 Commands run as subprocesses (a decoder crash must not take pytest down with it), on the tiny
 random-weight model and index of tests/eval/lookup_fixtures.py, with small patches (32 px) so
@@ -116,3 +117,20 @@ def test_embed_every_kept_sample_embedded_or_skipped(tiny, malformed_shards, tmp
     assert counts["samples_read"] == samples
     assert counts["rows"] + sum(counts["skipped"].values()) == samples
     assert proc.stdout.startswith(f"embedded {counts['rows']} photos")
+
+
+def test_embed_of_the_photo_folder_one_row_or_one_skip_line_per_image(tiny, malformed, tmp_path):
+    from eval.embed import parser
+
+    if "--images" not in parser().format_help():
+        pytest.skip("this `exiflang embed` takes shards only (covered above)")
+    images = images_in(malformed)
+    proc = exiflang("embed", "--model", str(tiny.model), "--images", str(malformed),
+                    "--out", str(tmp_path / "emb"), "--per-side", "1", "--no-progress", *SMALL)
+    counts = json.loads((tmp_path / "emb" / "meta.json").read_text())["counts"]
+    assert counts["samples_read"] == len(images)
+    assert counts["rows"] + sum(counts["skipped"].values()) == len(images)
+    skipped = [line for line in proc.stderr.splitlines() if " skipped " in line]
+    assert len(skipped) == sum(counts["skipped"].values())
+    named = {line.split(" skipped ", 1)[1].split(": ", 1)[0] for line in skipped}
+    assert len(named) == len(skipped) and named <= {str(p) for p in images}  # each a different image
