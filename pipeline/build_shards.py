@@ -20,6 +20,7 @@ if __package__ in (None, ""):
     # make the repository root importable so `pipeline.*` resolves without an install.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from exiflang.errors import report  # noqa: E402  (a leaf module: no project imports)
 from pipeline import storage  # noqa: E402
 from pipeline.config import VERIFY_MODES, ShardConfig  # noqa: E402
 from pipeline.download import DownloadConfig  # noqa: E402
@@ -161,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+PROG = "exiflang shards"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -168,15 +172,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         return run(args)
-    except SourceError as exc:
-        print(f"exiflang: error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:
-        print(f"exiflang: error: {exc}", file=sys.stderr)
-        return 2
+    except (SourceError, OSError, ValueError) as exc:
+        return report(PROG, exc)   # one line naming the file, exit 2 (traceback under --debug)
     except KeyboardInterrupt:
         # Embedded Ray is already stopped (pipeline.driver); finished shards are kept.
-        print("exiflang: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 
 

@@ -24,6 +24,9 @@ if __package__ in (None, ""):
     # Run as a script (torchrun train/main.py): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# `exiflang --debug train ...` hands --debug through: this command parses it itself.
+ACCEPTS_DEBUG = True
+
 from train.config import PRESETS, load_config, save_config  # noqa: E402
 from train.distributed import init_distributed, shutdown  # noqa: E402
 from train.loader import read_policy  # noqa: E402

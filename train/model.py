@@ -329,6 +329,9 @@ def _folder_tags(folder: Path) -> Optional[dict[str, Any]]:
         raise ValueError(f"{path}: unreadable ({_one_line(exc)})") from exc
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a JSON object")
+    tags = doc.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"{path}: 'tags' is not a list of tag names")
     return doc
 
 
