@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/python -m exiflang.demo --out $(DEMO_DIR) $(if $(PHOTOS),--photos $(PHOTOS),)
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 # Issue 5's bar on four held-out splice sets: trains `cpu-small` ~20 minutes (tests/bar_run.py).
 test-bar: setup
