@@ -324,8 +324,9 @@ def _main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_out_dir(args.out)  # before the vectors load: a bad --out costs nothing
-    emb = load_embeddings(args.emb)
-    info = build_index(emb, args.out, kind=args.kind, recall_target=args.recall, memory_budget_mb=args.memory_mb,
+    # The folder's path, not its loaded arrays: build_index streams the parts from disk, so
+    # memory is the index + one chunk + the training sample, whatever N is.
+    info = build_index(args.emb, args.out, kind=args.kind, recall_target=args.recall, memory_budget_mb=args.memory_mb,
                        k=args.k, seed=args.seed, side="text" if args.text else "image", threads=args.threads)
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
     print(f"{info['kind']} index of {info['n']} vectors ({info['dim']}-d; {params}): recall@{info['k']} "
