@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from eval.embeddings import TABLE_COLUMNS, Embeddings, check_model_against, load_embeddings, part_paths, read_json, read_meta
+from eval.embeddings import TABLE_COLUMNS, Embeddings, check_model_against, part_paths, read_json, read_meta
 from eval.index_build import (KINDS, NpySource, VectorSource, add_refine, add_rows, as_source, build, choose_kind,
                               estimate_bytes)
 from eval.index_tune import RecallProbe, holdout, set_param, tune
