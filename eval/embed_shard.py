@@ -6,7 +6,11 @@ releases the GIL while decoding) and the patches of several photos share each fo
 renamed; the caller writes ``done.json`` last.  A sample that cannot be used (no image member,
 EXIF JSON that does not parse, pixels that do not decode, smaller than one patch) gets no row:
 one log line naming it and a count under its reason; a tar that breaks mid-way keeps the rows
-read before the break and counts the break as ``tar_error``.
+read before the break and counts the break as ``tar_error``.  :func:`embed_samples` is the same
+loop over any sample stream (a photo folder's: :mod:`eval.embed_folder`).
+
+Batches never span two parts: a part's rows depend only on its own samples, which is what lets
+ranks embed parts separately and still write the bytes one process would (:mod:`eval.embed_dist`).
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class Sample:
     detail: str = ""
     patches: Optional[np.ndarray] = None   # uint8 [N,P,P,3] once prepared
     size: tuple[int, int] = (0, 0)         # (height, width)
+    path: str = ""                         # a photo file the worker reads (folder mode), else ""
 
 
 def read_shard(tar: Path) -> Iterator[Sample]:
@@ -99,9 +104,17 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ah
             yield pending.popleft().result()
 
 
-def prepare(encoder: PhotoEncoder) -> Callable[[Sample], Sample]:
-    """A worker function: decode one sample and cut its patches (the full image is dropped at once)."""
+Loader = Callable[[Sample], Sample]
+
+
+def prepare(encoder: PhotoEncoder, load: Optional[Loader] = None) -> Callable[[Sample], Sample]:
+    """A worker function: decode one sample and cut its patches (the full image is dropped at once).
+
+    ``load``: fills ``data``/``exif`` first, on the same worker thread (reading a photo file).
+    """
     def run(s: Sample) -> Sample:
+        if load is not None and not s.reason:
+            s = load(s)
         if s.reason:
             return s
         try:
@@ -147,6 +160,15 @@ def _write_part(paths: dict[str, Path], image: np.ndarray, text: Optional[np.nda
 
 def embed_shard(tar: Path, paths: dict[str, Path], ctx: Context, budget: Optional[int]) -> dict:
     """Embed one tar into its part files; returns the stats written to its ``done.json``."""
+    return embed_samples(read_shard(tar), tar.name, paths, ctx, budget)
+
+
+def embed_samples(samples: Iterable[Sample], shard: str, paths: dict[str, Path], ctx: Context,
+                  budget: Optional[int], load: Optional[Loader] = None) -> dict:
+    """Embed one part's samples (in order) into its part files; ``shard`` labels its rows.
+
+    At most ``budget`` samples are read (``None``: all); returns the ``done.json`` stats.
+    """
     t0, skipped = time.perf_counter(), Counter()
     images, texts, rows, buffer, read = [], [], [], [], 0
 
@@ -157,16 +179,15 @@ def embed_shard(tar: Path, paths: dict[str, Path], ctx: Context, budget: Optiona
         if ctx.texts is not None:
             texts.append(ctx.texts.embed([s.exif for s in buffer], [s.key for s in buffer]))
         for s in buffer:
-            rows.append({"key": s.key, "shard": tar.name, "photo_id": _opt_str(s.info.get("photo_id")),
+            rows.append({"key": s.key, "shard": shard, "photo_id": _opt_str(s.info.get("photo_id")),
                          "url": _opt_str(s.info.get("url")), "height": s.size[0], "width": s.size[1],
                          "exif": json.dumps(s.exif, ensure_ascii=False), "n_tags": len(s.exif)})
         buffer.clear()
 
-    samples = read_shard(tar)
     if budget is not None:
         samples = itertools.islice(samples, budget)
     ahead = max(2 * ctx.workers, ctx.photos.photos_per_batch + ctx.workers)
-    for s in ordered_map(prepare(ctx.photos), samples, ctx.workers, ahead):
+    for s in ordered_map(prepare(ctx.photos, load), samples, ctx.workers, ahead):
         read += 1
         ctx.bar.update(1)
         if s.reason:
@@ -182,7 +203,7 @@ def embed_shard(tar: Path, paths: dict[str, Path], ctx: Context, budget: Optiona
     text = (np.concatenate(texts) if texts else np.zeros((0, dim), np.float32)) if ctx.texts else None
     _write_part(paths, image, text, rows)
     seconds = time.perf_counter() - t0
-    return {"shard": tar.name, "rows": len(rows), "samples_read": read, "skipped": dict(skipped),
+    return {"shard": shard, "rows": len(rows), "samples_read": read, "skipped": dict(skipped),
             "seconds": round(seconds, 3), "photos_per_s": round(len(rows) / max(seconds, 1e-9), 2),
             "device": ctx.device, "settings_key": ctx.settings_key}
 
