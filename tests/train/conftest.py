@@ -48,3 +48,22 @@ def heldout_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     run = tmp_path_factory.mktemp("heldout_run") / "run"
     assert train_main(train_args(str(tiny_shards), run, *HELDOUT, eval_data=str(tiny_shards))) == 0
     return run
+
+
+# The checkpoint-handling tests (safe loading, explicit resume, one-line errors) share one recipe:
+# 12 photos of 2 cameras in 2 tars, a cpu-small run of a few steps checkpointed every 2.
+CKPT_TINY = ["--config", "cpu-small", "run.tensorboard=false", "data.batch_size=8", "data.num_workers=0",
+             "run.log_every=2", "data.crops_per_image=2", "data.shuffle_buffer=32"]
+
+
+def checkpointed_run(root: Path, steps: int) -> tuple[Path, Path]:
+    """(shards, RUN) under ``root``: a ``steps``-step run with a checkpoint every 2 steps."""
+    from train.main import main as train_main
+
+    assert synth.main(["--out", str(root / "synth"), "--cameras", "2", "--images", "12",
+                       "--seed", "1", "--no-progress", "--workers", "1"]) == 0
+    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"),
+                              "--executor", "local", "--workers", "1", "--rows-per-shard", "6", "-q"]) == 0
+    assert train_main(["--data", str(root / "shards"), "--out", str(root / "run"), *CKPT_TINY,
+                       f"run.steps={steps}", "run.ckpt_every=2"]) == 0
+    return root / "shards", root / "run"

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import build_shards, synth
+from tests.train.conftest import CKPT_TINY, checkpointed_run
 from train import checkpoint, convert_authors, encoders
 from train.main import main as train_main
 from train.model import ExifClip
 
-TINY = ["--config", "cpu-small", "run.tensorboard=false", "data.batch_size=8", "data.num_workers=0",
-        "run.log_every=2", "data.crops_per_image=2", "data.shuffle_buffer=32"]
+TINY = CKPT_TINY
 
 
 class TouchFile:
@@ -39,14 +38,7 @@ def write_crafted(path: Path, marker: Path, kind: str) -> None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
     """(shards, a 2-step run with checkpoint step-0000002)."""
-    root = tmp_path_factory.mktemp("safe")
-    assert synth.main(["--out", str(root / "synth"), "--cameras", "2", "--images", "12",
-                       "--seed", "1", "--no-progress", "--workers", "1"]) == 0
-    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"),
-                              "--executor", "local", "--rows-per-shard", "6", "-q"]) == 0
-    assert train_main(["--data", str(root / "shards"), "--out", str(root / "run"), *TINY,
-                       "run.steps=2", "run.ckpt_every=2"]) == 0
-    return root / "shards", root / "run"
+    return checkpointed_run(tmp_path_factory.mktemp("safe"), steps=2)
 
 
 def test_saved_state_is_plain_and_loads_weights_only(run):

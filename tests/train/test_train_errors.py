@@ -7,26 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import build_shards, synth
+from tests.train.conftest import CKPT_TINY, checkpointed_run
 from train import checkpoint
 from train.main import main as train_main
 from train.model import ExifClip
 
-TINY = ["--config", "cpu-small", "run.tensorboard=false", "data.batch_size=8", "data.num_workers=0",
-        "run.log_every=2", "data.crops_per_image=2", "data.shuffle_buffer=32"]
+TINY = CKPT_TINY
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> tuple[Path, Path]:
     """(shards, a 2-step run with checkpoint step-0000002 and its final model folder)."""
-    root = tmp_path_factory.mktemp("errors")
-    assert synth.main(["--out", str(root / "synth"), "--cameras", "2", "--images", "12",
-                       "--seed", "1", "--no-progress", "--workers", "1"]) == 0
-    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"),
-                              "--executor", "local", "--rows-per-shard", "6", "-q"]) == 0
-    assert train_main(["--data", str(root / "shards"), "--out", str(root / "run"), *TINY,
-                       "run.steps=2", "run.ckpt_every=2"]) == 0
-    return root / "shards", root / "run"
+    return checkpointed_run(tmp_path_factory.mktemp("errors"), steps=2)
 
 
 def one_line_error(err: str, *needles: str) -> str:
