@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from tqdm import tqdm
 
-from pipeline import storage
+from pipeline import reap, storage
 from pipeline.config import ShardConfig
 from pipeline.dedup import remove_cross_shard_duplicates
 from pipeline.governor_service import GovernorServer
@@ -128,7 +128,7 @@ class _EmbeddedRay:
             ray.shutdown()
         except Exception as exc:  # noqa: BLE001 - the reaping below still runs
             log.warning("ray.shutdown() failed: %s", exc)
-        _terminate(ours)
+        reap.terminate(ours, _REAP_GRACE_S)
         self._restore()
         atexit.unregister(self.stop)
 
@@ -168,20 +168,6 @@ def _descendants() -> list[Any]:
         return []
 
 
-def _terminate(procs: list[Any]) -> None:
-    """SIGTERM ``procs`` still alive, then SIGKILL those alive after the grace period."""
-    import psutil
-    alive = []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-            alive.append(proc)
-    _, left = psutil.wait_procs(alive, timeout=_REAP_GRACE_S)
-    for proc in left:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    if left:
-        psutil.wait_procs(left, timeout=_REAP_GRACE_S)
 
 
 @contextlib.contextmanager

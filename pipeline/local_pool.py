@@ -42,6 +42,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator
 
+from pipeline import reap
 from pipeline.config import ShardConfig
 from pipeline.records import SourceRow
 from pipeline.worker import process_shard
@@ -152,22 +153,9 @@ class _Pool:
             self.pool.shutdown(wait=True)
             return
         self.pool.shutdown(wait=False, cancel_futures=True)
-        _terminate(self.pids)
+        reap.terminate(self.pids, _GRACE_S)
 
 
-def _terminate(pids: set[int]) -> None:
-    """SIGTERM the pool's processes still alive, then SIGKILL those left after the grace period."""
-    import psutil
-    procs = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            proc.terminate()
-            procs.append(proc)
-    _, left = psutil.wait_procs(procs, timeout=_GRACE_S)
-    for proc in left:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
 
 
 @contextlib.contextmanager
