@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from exiflang.errors import CommandError, naming, run_main
 from pipeline import records as st
 from pipeline import storage
-from pipeline.shard_io import atomic_write_json, complete_shards, read_tables, shard_paths
+from pipeline.shard_io import atomic_write_json, complete_shards, read_parquet, shard_paths
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,20 @@ def vocabulary_hash(tags: Sequence[str]) -> str:
 
 
 def tag_counts(out_dir: storage.PathLike) -> tuple[Counter, int]:
-    """How many kept images hold each tag, and how many kept images there are."""
-    table = read_tables(out_dir, ["status", "exif"])
-    table = table.filter(pc.equal(table["status"], st.SUCCESS))
+    """How many kept images hold each tag, and how many kept images there are.
+
+    One shard's table at a time: memory is bounded by a shard, not the dataset (all tables
+    at once took the driver from ~110 MB to ~440 MB at 2x10^4 rows, ~17 KB a row).
+    """
     counts: Counter = Counter()
-    for exif in table["exif"].to_pylist():
-        counts.update(k for k, _ in exif or [])
-    return counts, table.num_rows
+    n = 0
+    for shard in complete_shards(out_dir):
+        table = read_parquet(shard_paths(out_dir, shard)["parquet"], ["status", "exif"])
+        table = table.filter(pc.equal(table["status"], st.SUCCESS))
+        for exif in table["exif"].to_pylist():
+            counts.update(k for k, _ in exif or [])
+        n += table.num_rows
+    return counts, n
 
 
 def select_tags(counts: Counter, n_images: int, threshold: float = 0.5) -> list[str]:
