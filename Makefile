@@ -37,7 +37,7 @@ test-bar: setup
 # The small-scale study of the README ("Results at small scale"): STUDY_STEPS per model.
 STUDY_STEPS ?= 1500
 study: setup
-	$(BIN)/python -m eval.study --out runs/study --steps $(STUDY_STEPS)
+	$(BIN)/python -m exiflang.eval.study --out runs/study --steps $(STUDY_STEPS)
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline_throughput.py

@@ -34,9 +34,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from train.samples import IMAGE_EXTS  # noqa: E402
-from train.loader import DataConfig, _SlotStream, build_loader  # noqa: E402
-from train.tokenizer import build_tokenizer  # noqa: E402
+from exiflang.train.samples import IMAGE_EXTS  # noqa: E402
+from exiflang.train.loader import DataConfig, _SlotStream, build_loader  # noqa: E402
+from exiflang.train.tokenizer import build_tokenizer  # noqa: E402
 
 
 def build_shards(photos: Path, out: Path) -> None:

@@ -12,7 +12,7 @@ those with at most 5 % / at least 95 % of their pixels inside the mask:
   one patch of each side would get from these embeddings;
 - ``spread``: the share of pure host-host pairs farther apart than the mean host-donor
   distance — how often content inside the host looks more different than the other camera;
-- ``p_ap``: the pixel AP of the mean-shift map `eval.localize` makes (the benchmark's p-AP).
+- ``p_ap``: the pixel AP of the mean-shift map `exiflang.eval.localize` makes (the benchmark's p-AP).
 
 An image with ``sep_auc`` near 1 and a low ``p_ap`` fails in the unsupervised step; ``spread``
 says why.  The table prints the means per model and the ratio of each to the first model's
@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.datasets import CONVENTION, load_mask, read_dataset  # noqa: E402
-from eval.detector import Detector  # noqa: E402
-from eval.images import load_rgb  # noqa: E402
-from eval.localize import localize  # noqa: E402
-from eval.metrics import pixel_ap, roc_auc  # noqa: E402
+from exiflang.eval.datasets import CONVENTION, load_mask, read_dataset  # noqa: E402
+from exiflang.eval.detector import Detector  # noqa: E402
+from exiflang.eval.images import load_rgb  # noqa: E402
+from exiflang.eval.localize import localize  # noqa: E402
+from exiflang.eval.metrics import pixel_ap, roc_auc  # noqa: E402
 
 PURE = 0.05
 
@@ -63,7 +63,7 @@ def detectors(models: list[str], random_init: str | None, per_side: int) -> list
     """(label, detector) per model; an untrained ``random_init`` preset first when asked."""
     out = []
     if random_init:
-        from train.model import ExifClip, ModelConfig
+        from exiflang.train.model import ExifClip, ModelConfig
         torch.manual_seed(0)
         model = ExifClip(ModelConfig.preset(random_init)).eval()
         out.append((f"untrained {random_init}", Detector.from_model(model, per_side=per_side,

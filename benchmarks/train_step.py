@@ -23,12 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from pipeline.exif_parse import read_exif  # noqa: E402
-from pipeline.text import render_text  # noqa: E402
-from train.loss import clip_loss, text_ids_from_strings  # noqa: E402
-from train.model import ExifClip, ModelConfig  # noqa: E402
-from train.optim import OptimConfig, build_optimizer  # noqa: E402
-from train.tokenizer import build_tokenizer  # noqa: E402
+from exiflang.pipeline.exif_parse import read_exif  # noqa: E402
+from exiflang.pipeline.text import render_text  # noqa: E402
+from exiflang.train.loss import clip_loss, text_ids_from_strings  # noqa: E402
+from exiflang.train.model import ExifClip, ModelConfig  # noqa: E402
+from exiflang.train.optim import OptimConfig, build_optimizer  # noqa: E402
+from exiflang.train.tokenizer import build_tokenizer  # noqa: E402
 
 
 def dev_texts(photos: Path) -> list[str]:

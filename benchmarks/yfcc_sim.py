@@ -49,7 +49,7 @@ if __package__ in (None, ""):
     # `python benchmarks/yfcc_sim.py`: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import records as st  # noqa: E402
+from exiflang.pipeline import records as st  # noqa: E402
 
 OPTED_OUT = getattr(st, "OPTED_OUT", "opted_out")  # the status honouring X-Robots-Tag opt-outs
 
@@ -310,9 +310,9 @@ class PhotoPool:
                       "Image Description", "Artist", "Copyright"})
 
     def __init__(self, seed: int, size: int, n_cameras: int = 8) -> None:
-        from pipeline.exif_parse import read_exif
-        from pipeline.synth import make_image
-        from pipeline.synth_params import make_cameras
+        from exiflang.pipeline.exif_parse import read_exif
+        from exiflang.pipeline.synth import make_image
+        from exiflang.pipeline.synth_params import make_cameras
         cams = make_cameras(seed, min(n_cameras, size), min_width=256, max_width=512)
         self.heads: list[bytes] = []      # SOI + APP segments (EXIF)
         self.tails: list[bytes] = []      # tables, frame, scan, EOI

@@ -4,7 +4,7 @@ Cells
 -----
 A cell is a ``cell x cell`` pixel block; cell ``(r, c)`` spans rows ``[oy + r*cell, oy +
 (r+1)*cell)`` and columns ``[ox + c*cell, ox + (c+1)*cell)`` where ``(oy, ox)`` is the first
-patch corner (``(0, 0)`` for :func:`eval.patches.splice_grid`).  The cell side defaults to the
+patch corner (``(0, 0)`` for :func:`exiflang.eval.patches.splice_grid`).  The cell side defaults to the
 grid stride.  A patch at ``(y, x)`` covers every cell whose block *overlaps* ``[y, y+P) x [x,
 x+P)``, i.e. along one axis the cells ``(y-oy)//cell .. ceil((y+P-oy)/cell) - 1``.  With the
 stride as the cell this is ``ceil(P/stride)`` cells per axis; the authors' code used
@@ -19,7 +19,7 @@ pixels), the cell side is the smallest multiple of the stride that keeps the cou
 The 4-D map ``V[a, b]`` is the mean patch-pair distance ``1 - A[i, j]`` over the ordered pairs
 ``(i, j)`` of patches with ``i`` covering cell ``a`` and ``j`` covering cell ``b`` (self-pairs
 included, as in the authors' code), computed as one product ``Cᵀ (1 - A) C / (c cᵀ + 1e-4)``.
-Every cell of a :func:`eval.patches.splice_grid` is covered; a grid with gaps wider than a
+Every cell of a :func:`exiflang.eval.patches.splice_grid` is covered; a grid with gaps wider than a
 cell (not one this project builds) would leave cells with no votes, which read as 0.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from eval.patches import Grid
+from exiflang.eval.patches import Grid
 
 DEFAULT_MAX_CELLS = 1024
 # The authors' vote counts start at 1e-4 so that an uncovered cell divides by a non-zero number.

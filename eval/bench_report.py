@@ -1,7 +1,7 @@
 """The benchmark's files: per-image CSV rows (read back for resume), per-method aggregates and the Markdown table.
 
 Rows are dicts keyed by :data:`CSV_COLUMNS`; metric and score cells are floats or None (an
-empty cell).  Aggregates come from :func:`eval.metrics.summarize`, one call per method.
+empty cell).  Aggregates come from :func:`exiflang.eval.metrics.summarize`, one call per method.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from eval.metrics import summarize
-from eval.scores import DEFAULT_SCORE as EXIF_DEFAULT
+from exiflang.eval.metrics import summarize
+from exiflang.eval.scores import DEFAULT_SCORE as EXIF_DEFAULT
 
 SCORE_COLUMNS = ("score_exp", "score_mean_dist", "score_noi")
 MAP_COLUMNS = ("pixel_ap", "ciou", "pixel_ap_ncuts", "ciou_ncuts")
@@ -65,7 +65,7 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def summarize_methods(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
-    """Method -> :func:`eval.metrics.summarize` of its rows, plus ``default_score`` and ``seconds_mean``."""
+    """Method -> :func:`exiflang.eval.metrics.summarize` of its rows, plus ``default_score`` and ``seconds_mean``."""
     out: dict[str, Any] = {}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]

@@ -5,9 +5,9 @@
         [--patch-size P] [--batch-size B] [--device auto|cpu|cuda] [--no-ncuts] [--save-maps]
         [--force]
 
-Methods: ``exif`` — the zero-shot detector of a trained model (:class:`eval.detector.Detector`:
+Methods: ``exif`` — the zero-shot detector of a trained model (:class:`exiflang.eval.detector.Detector`:
 mean-shift heatmap, normalized-cuts mask, ``score_exp`` and ``score_mean_dist``); ``noi`` — the
-hand-crafted noise-inconsistency baseline (:class:`eval.noi.NoiDetector`, ``score_noi``), run by
+hand-crafted noise-inconsistency baseline (:class:`exiflang.eval.noi.NoiDetector`, ``score_noi``), run by
 the same harness so every number has a non-learned reference beside it.
 
 Per image and method: p-AP and cIoU of the heatmap (spliced images with a usable mask; for
@@ -15,11 +15,11 @@ Per image and method: p-AP and cIoU of the heatmap (spliced images with a usable
 the seconds the method took (pixels loaded, not counting the load).  Outputs in ``--out``:
 
 - ``per_image.csv`` — one row per (image, method), columns
-  :data:`eval.bench_report.CSV_COLUMNS`; rewritten after every image, so an interrupted run
+  :data:`exiflang.eval.bench_report.CSV_COLUMNS`; rewritten after every image, so an interrupted run
   keeps what it did.  A rerun skips (image, method) pairs
   already there unless ``--force``; ``settings.json`` records what the rows were made with and a
   rerun with other settings is refused (use ``--force`` or another ``--out``);
-- ``metrics.json`` — per method :func:`eval.metrics.summarize` (p-mAP and cIoU over spliced
+- ``metrics.json`` — per method :func:`exiflang.eval.metrics.summarize` (p-mAP and cIoU over spliced
   images, detection AP and ROC-AUC per score over spliced + authentic), counts, and every
   unusable image or mask with its reason; ``metrics.md`` — the same as a Markdown table;
 - ``maps/METHOD/NAME.npz`` + ``.png`` with ``--save-maps``.
@@ -42,12 +42,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from eval.bench_report import read_rows, summarize_methods, write_markdown, write_rows
-from eval.datasets import CONVENTION, DATASETS, Item, MaskError, load_mask, read_dataset
-from eval.detector import CODE_PER_SIDE, PATCH, DetectionResult
-from eval.images import ImageError, load_rgb
-from eval.metrics import ciou, pixel_ap
-from eval.noi import NoiDetector
+from exiflang.eval.bench_report import read_rows, summarize_methods, write_markdown, write_rows
+from exiflang.eval.datasets import CONVENTION, DATASETS, Item, MaskError, load_mask, read_dataset
+from exiflang.eval.detector import CODE_PER_SIDE, PATCH, DetectionResult
+from exiflang.eval.images import ImageError, load_rgb
+from exiflang.eval.metrics import ciou, pixel_ap
+from exiflang.eval.noi import NoiDetector
 from exiflang.errors import CommandError, check_out_dir, run_main
 
 METHODS = ("exif", "noi")
@@ -75,7 +75,7 @@ def build_detectors(methods: Sequence[str], model_dir: Optional[str | Path], *, 
         if method == "exif":
             if model_dir is None:
                 raise ValueError("method exif needs --model MODEL_DIR")
-            from eval.detector import Detector   # imports torch + transformers: only when asked
+            from exiflang.eval.detector import Detector   # imports torch + transformers: only when asked
             detectors[method] = Detector(model_dir, patch=patch, per_side=per_side, device=device,
                                          batch_size=batch_size, ncuts=ncuts)
         elif method == "noi":
@@ -87,7 +87,7 @@ def build_detectors(methods: Sequence[str], model_dir: Optional[str | Path], *, 
 
 def score_row(item: Item, method: str, result: DetectionResult, mask: Optional[np.ndarray],
               seconds: float, note: str) -> dict[str, Any]:
-    """One per-image CSV row (see :data:`eval.bench_report.CSV_COLUMNS`)."""
+    """One per-image CSV row (see :data:`exiflang.eval.bench_report.CSV_COLUMNS`)."""
     row: dict[str, Any] = {"name": item.name, "method": method, "spliced": int(item.spliced),
                            "image": str(item.image), "height": result.heatmap.shape[0],
                            "width": result.heatmap.shape[1], "seconds": round(seconds, 4),
@@ -103,10 +103,10 @@ def score_row(item: Item, method: str, result: DetectionResult, mask: Optional[n
 def write_maps(result: DetectionResult, rgb: np.ndarray, folder: Path, name: str, method: str) -> None:
     """``folder/NAME.npz`` + ``.png``: the detect command's writer for exif, the same keys for NOI."""
     if method == "exif":
-        from eval.detect import write_outputs
+        from exiflang.eval.detect import write_outputs
         write_outputs(result, rgb, folder, name)
         return
-    from eval.overlay import write_overlay
+    from exiflang.eval.overlay import write_overlay
     folder.mkdir(parents=True, exist_ok=True)
     main_score = next(iter(result.scores.values()))
     np.savez_compressed(folder / f"{name}.npz", heatmap=result.heatmap.astype(np.float32),

@@ -42,7 +42,7 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from eval.images import IMAGE_SUFFIXES, ImageError, load_rgb
+from exiflang.eval.images import IMAGE_SUFFIXES, ImageError, load_rgb
 
 DATASETS = ("columbia", "dso1", "rt", "inthewild", "hays", "folder")
 RT_CAMERAS = ("Canon_60D", "Nikon_D90", "Nikon_D7000", "Sony_A57")

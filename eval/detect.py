@@ -6,13 +6,13 @@
         [--include-masks]
 
 Per image (``NAME`` = the file stem, made unique when two inputs share it): ``DIR/NAME.npz``
-(the keys of :func:`write_outputs`), ``DIR/NAME.png`` (:mod:`eval.overlay`) and one line of
+(the keys of :func:`write_outputs`), ``DIR/NAME.png`` (:mod:`exiflang.eval.overlay`) and one line of
 ``DIR/results.jsonl``; a summary table at the end.  An image whose line says it was done with the
 same source file and settings, and whose npz and png exist, is skipped unless ``--force``;
 ``results.jsonl`` is then rewritten with one line per name (earlier lines kept, redone ones
 replaced, in first-seen order).  Failed images get a line with ``"status": "error"`` and are
 retried on the next run.  Files found in a folder that are named like ground-truth masks
-(``*_mask.*``, ``*_gt.*``, ``masks/``, ``ground-truth/``: :func:`eval.datasets.is_mask_file`)
+(``*_mask.*``, ``*_gt.*``, ``masks/``, ``ground-truth/``: :func:`exiflang.eval.datasets.is_mask_file`)
 are left out, with a count on the terminal, unless ``--include-masks``; files named one by one
 are always run.
 
@@ -32,12 +32,12 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from eval.detector import CODE_PER_SIDE, PAPER_PER_SIDE, PATCH, DetectionResult, Detector
-from eval.datasets import is_mask_file
-from eval.images import ImageError, expand_inputs, load_rgb
-from eval.overlay import write_overlay
-from eval.patches import Grid
-from eval.scores import DEFAULT_SCORE
+from exiflang.eval.detector import CODE_PER_SIDE, PAPER_PER_SIDE, PATCH, DetectionResult, Detector
+from exiflang.eval.datasets import is_mask_file
+from exiflang.eval.images import ImageError, expand_inputs, load_rgb
+from exiflang.eval.overlay import write_overlay
+from exiflang.eval.patches import Grid
+from exiflang.eval.scores import DEFAULT_SCORE
 from exiflang.errors import CommandError, check_out_dir, run_main
 
 RESULTS = "results.jsonl"
@@ -257,7 +257,7 @@ def _check_device(device: str) -> None:
 def _inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tuple[list[Path], int]:
     """(inputs to run, how many mask-named files in the named folders were left out).
 
-    Folders are expanded (:func:`eval.images.expand_inputs`); duplicates are dropped, and so is
+    Folders are expanded (:func:`exiflang.eval.images.expand_inputs`); duplicates are dropped, and so is
     anything inside the output folder (our own PNGs).
     """
     out_real = out_dir.resolve()

@@ -1,10 +1,10 @@
 """The zero-shot splice detector: one photo's pixels -> heatmap, masks and detection scores.
 
 :class:`Detector` holds a trained model's image tower and runs DESIGN.md §6 on one
-``uint8 [H,W,3]`` photo: the authors' patch grid (:func:`eval.patches.splice_grid`, P = 124,
+``uint8 [H,W,3]`` photo: the authors' patch grid (:func:`exiflang.eval.patches.splice_grid`, P = 124,
 n = 30), batched patch embeddings from the image normalised once, the cosine affinity, the
 vectorised vote averaging + EXIF-SC mean shift (+ normalized cuts) of
-:func:`eval.localize.localize`, and both detection scores of :func:`eval.scores.detection_scores`.
+:func:`exiflang.eval.localize.localize`, and both detection scores of :func:`exiflang.eval.scores.detection_scores`.
 No metadata is read: only pixels.
 
 ``legacy_negative=True`` reproduces the authors' evaluator, which pushed float 0..255 patches
@@ -22,10 +22,10 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from eval.affinity import patch_affinity
-from eval.localize import localize
-from eval.patches import Grid, PatchEmbedder, splice_grid
-from eval.scores import detection_scores
+from exiflang.eval.affinity import patch_affinity
+from exiflang.eval.localize import localize
+from exiflang.eval.patches import Grid, PatchEmbedder, splice_grid
+from exiflang.eval.scores import detection_scores
 
 PAPER_PER_SIDE = 25   # what the paper says; the authors' code ran with 30 (DESIGN.md §6)
 CODE_PER_SIDE = 30
@@ -47,7 +47,7 @@ class DetectionResult:
     ``scores``: ``score_exp`` and ``score_mean_dist``, higher = more likely spliced.
     ``cell_map``: ``float32 [rows, cols]`` the heatmap on the grid's cells before resizing.
     ``ncuts_heatmap``: ``float32 [H,W]`` 0..1, the soft normalized-cuts map (high = the ncuts
-    splice side; :mod:`eval.localize`), or None when ncuts is off.
+    splice side; :mod:`exiflang.eval.localize`), or None when ncuts is off.
     ``timings``: seconds per stage (``embed``, ``votes``, ``meanshift``, ``resize``, ``ncuts``,
     ``scores``, ``total``; the ``detect`` command adds ``load`` and ``write`` and re-totals).
     ``settings``: the detector's :attr:`Detector.settings` that produced it.
@@ -81,7 +81,7 @@ class Detector:
                  per_side: int = CODE_PER_SIDE, device: str = "auto", batch_size: int = 256,
                  ncuts: bool = True, tau: Optional[float] = None, iterations: int = 5,
                  percentile: float = 10.0, legacy_negative: bool = False) -> None:
-        from train.model import ExifClip  # here, not at the top: importing DetectionResult stays light
+        from exiflang.train.model import ExifClip  # here, not at the top: importing DetectionResult stays light
 
         model = ExifClip.from_pretrained(Path(model_dir)).model
         self._configure(model, Path(model_dir), patch=patch, per_side=per_side, device=device,
@@ -93,7 +93,7 @@ class Detector:
                    device: str = "auto", batch_size: int = 256, ncuts: bool = True,
                    tau: Optional[float] = None, iterations: int = 5, percentile: float = 10.0,
                    legacy_negative: bool = False) -> "Detector":
-        """A detector around an in-memory :class:`train.model.ExifClip` (no folder needed)."""
+        """A detector around an in-memory :class:`exiflang.train.model.ExifClip` (no folder needed)."""
         self = cls.__new__(cls)
         self._configure(model, None, patch=patch, per_side=per_side, device=device,
                         batch_size=batch_size, ncuts=ncuts, tau=tau, iterations=iterations,

@@ -32,7 +32,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from eval.images import ImageError, load_rgb
+from exiflang.eval.images import ImageError, load_rgb
 
 log = logging.getLogger("exiflang.eval")
 
@@ -245,8 +245,8 @@ def make_probe_set(photos: Sequence[Path], n_per_photo: int = 8, seed: int = 0, 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m eval.distortion``: the probe command (see :mod:`eval.distortion_probe`)."""
-    from eval.distortion_probe import main as probe_main
+    """``python -m exiflang.eval.distortion``: the probe command (see :mod:`exiflang.eval.distortion_probe`)."""
+    from exiflang.eval.distortion_probe import main as probe_main
     return probe_main(argv)
 
 

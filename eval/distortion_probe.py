@@ -1,15 +1,15 @@
 """The radial-distortion linear probe: frozen image features of distorted crops -> k1 bin.
 
 The paper's probe (issue 6): 512x512 crops distorted with k1 ~ U[-0.4, 0] (see
-:mod:`eval.distortion`), k1 quantised into 20 bins, a linear classifier on frozen features,
+:mod:`exiflang.eval.distortion`), k1 quantised into 20 bins, a linear classifier on frozen features,
 accuracy against the majority baseline.  Photos are split before any crop is cut, so no photo
 has crops on both sides.
 
 Features (``features=``):
 
 - ``embed`` (default): the joint-space embedding the model was trained for — the mean of a
-  4x4 :func:`eval.patches.even_grid` of 124-px patch embeddings over the crop, re-normalised
-  (:meth:`eval.patches.PatchEmbedder.embed_photo`); ``[D]`` (128 for cpu-small, 768 for paper);
+  4x4 :func:`exiflang.eval.patches.even_grid` of 124-px patch embeddings over the crop, re-normalised
+  (:meth:`exiflang.eval.patches.PatchEmbedder.embed_photo`); ``[D]`` (128 for cpu-small, 768 for paper);
 - ``pooled``: the ResNet's global-average-pooled feature of the whole 512-px crop, before the
   projection (``model.image.backbone(...).pooler_output``); ``[C]`` (256 / 2048).
 
@@ -31,9 +31,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from eval import distortion as dist
-from eval.images import expand_inputs, open_checked
-from eval.patches import PatchEmbedder, cut_patches, even_grid, normalise_image
+from exiflang.eval import distortion as dist
+from exiflang.eval.images import expand_inputs, open_checked
+from exiflang.eval.patches import PatchEmbedder, cut_patches, even_grid, normalise_image
 
 log = logging.getLogger("exiflang.eval")
 FEATURES = ("embed", "pooled")
@@ -42,7 +42,7 @@ FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 [B, crop, crop, 3] -> fl
 
 def feature_function(model: Any, features: str = "embed", device: str = "auto",
                      batch_size: int = 32) -> FeatureFn:
-    """``crops uint8 [B,S,S,3] -> float32 [B,F]`` from an :class:`train.model.ExifClip` (see module doc)."""
+    """``crops uint8 [B,S,S,3] -> float32 [B,F]`` from an :class:`exiflang.train.model.ExifClip` (see module doc)."""
     if features not in FEATURES:
         raise ValueError(f"features {features!r}: expected one of {FEATURES}")
     embedder = PatchEmbedder(model, device=device, batch_size=256)
@@ -140,7 +140,7 @@ def run_distortion_probe(model: Union[str, Path, torch.nn.Module, FeatureFn], ph
                          progress: bool = True) -> dict[str, Any]:
     """The whole probe: crops -> frozen features -> logistic regression -> scores (a JSON-able dict).
 
-    ``model``: a model folder, a loaded :class:`train.model.ExifClip`, or a feature function
+    ``model``: a model folder, a loaded :class:`exiflang.train.model.ExifClip`, or a feature function
     ``uint8 [B,crop,crop,3] -> float32 [B,F]``.  ``photos_train``/``photos_test`` must not share a
     photo (``ValueError`` otherwise).  The result holds :func:`probe`'s scores plus counts, the
     skipped photos with reasons, the settings, and seconds spent.
@@ -150,7 +150,7 @@ def run_distortion_probe(model: Union[str, Path, torch.nn.Module, FeatureFn], ph
         raise ValueError(f"{len(overlap)} photos are in both splits, e.g. {sorted(overlap)[0]}")
     t0 = time.perf_counter()
     if isinstance(model, (str, Path)):
-        from train.model import ExifClip
+        from exiflang.train.model import ExifClip
         model = ExifClip.from_pretrained(model).model
     fn = model if not isinstance(model, torch.nn.Module) else feature_function(model, features, device)
     skipped: list[str] = []
@@ -212,7 +212,7 @@ def split_photos(photos: Sequence[Path], by: str = "camera", test_fraction: floa
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m eval.distortion", description=(
+    ap = argparse.ArgumentParser(prog="python -m exiflang.eval.distortion", description=(
         "Radial-distortion linear probe: distorted 512-px crops (k1 ~ U[-0.4, 0], 20 bins) -> "
         "frozen image features -> logistic regression; accuracy vs the majority baseline."))
     src = ap.add_mutually_exclusive_group(required=True)
@@ -235,7 +235,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
-    from train.model import ExifClip, ModelConfig
+    from exiflang.train.model import ExifClip, ModelConfig
     if args.model:
         return ExifClip.from_pretrained(args.model).model, str(args.model)
     torch.manual_seed(args.seed)

@@ -5,9 +5,9 @@
                    [--device auto] [--batch-size 256] [--workers 2] [--limit N] [--no-progress]
     torchrun --nproc_per_node N -m exiflang embed ...      (the same output, N ranks; no --limit)
 
-``--images``: the photos under FOLDER, without building shards (:mod:`eval.embed_folder`);
+``--images``: the photos under FOLDER, without building shards (:mod:`exiflang.eval.embed_folder`);
 rows are keyed by the path below FOLDER.  Under torchrun each rank embeds its share of the parts
-and rank 0 finishes ``meta.json`` (:mod:`eval.embed_dist`); the parts are the bytes one process
+and rank 0 finishes ``meta.json`` (:mod:`exiflang.eval.embed_dist`); the parts are the bytes one process
 writes, because batches never span two parts.
 
 Image side: per photo, the mean of the L2-normalised embeddings of a ``per_side x per_side``
@@ -15,7 +15,7 @@ grid of full-resolution patches spread evenly over the photo, re-normalised (``-
 the centre patch alone).  Text side (``--text``): the photo's EXIF rendered as the model was
 trained (``data.text_format`` / ``clean_values`` / ``max_text_len`` from the run's
 ``config.yaml`` beside the model folder when there is one; ``--text-format`` overrides) through
-the text tower.  Output: :mod:`eval.embeddings`; one shard: :mod:`eval.embed_shard`.
+the text tower.  Output: :mod:`exiflang.eval.embeddings`; one shard: :mod:`exiflang.eval.embed_shard`.
 
 Resume: parts (shards) whose ``done.json`` exists are skipped, the rest redone from scratch,
 whatever the number of ranks, and rows come back in sorted-shard, tar order either way.
@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from eval.embed_dist import Ranks, assign, decide, join, leave, wait_all, world_size
-from eval.embed_folder import PER_PART, chunk, list_photos, listing_hash, load_photo, photo_samples
-from eval.embed_shard import Context, embed_samples, embed_shard
-from eval.embeddings import (FORMAT, FORMAT_VERSION, atomic_write_json, model_signature, part_paths,
+from exiflang.eval.embed_dist import Ranks, assign, decide, join, leave, wait_all, world_size
+from exiflang.eval.embed_folder import PER_PART, chunk, list_photos, listing_hash, load_photo, photo_samples
+from exiflang.eval.embed_shard import Context, embed_samples, embed_shard
+from exiflang.eval.embeddings import (FORMAT, FORMAT_VERSION, atomic_write_json, model_signature, part_paths,
                              read_json, read_meta, tags_summary)
 from exiflang.errors import check_out_dir, run_main
-from train.samples import open_shards
+from exiflang.train.samples import open_shards
 
 log = logging.getLogger("exiflang.eval")
 # The settings that change the vectors or the rows; a rerun must match them all.
@@ -132,9 +132,9 @@ def _tags_of(path: Path) -> Optional[dict]:
 def _check_args(mode: str, patch: int, per_side: int, limit: Optional[int], text: bool,
                 text_format: Optional[str], device: str) -> None:
     """One-line ``ValueError`` for option values no run can use."""
-    from eval.embed_batch import MODES
-    from eval.patches import resolve_device
-    from pipeline.text import FORMATS
+    from exiflang.eval.embed_batch import MODES
+    from exiflang.eval.patches import resolve_device
+    from exiflang.pipeline.text import FORMATS
 
     if mode not in MODES or patch <= 0 or per_side <= 0 or (limit is not None and limit < 0):
         raise ValueError(f"bad grid: mode {mode!r} (expected {MODES}), patch {patch}, per_side {per_side}, limit {limit}")
@@ -172,8 +172,8 @@ def embed_shards(model_dir: str | Path, data: str | Path, out: str | Path, *, pa
     ``mode``: ``grid`` (``per_side**2`` patches of ``patch`` px, mean re-normalised) or
     ``single`` (the centre patch).  ``limit``: at most this many samples in all (sorted shards,
     tar order; one process only).  ``images``: ``data`` is a plain folder of photos, embedded
-    ``per_part`` photos a part (:mod:`eval.embed_folder`).  Under torchrun each rank embeds its
-    share of the parts and the output is the one-process output (:mod:`eval.embed_dist`).
+    ``per_part`` photos a part (:mod:`exiflang.eval.embed_folder`).  Under torchrun each rank embeds its
+    share of the parts and the output is the one-process output (:mod:`exiflang.eval.embed_dist`).
     Returns ``out``.  One-line ``ValueError``/``FileNotFoundError`` for bad input.
     """
     _check_args(mode, patch, per_side, limit, text, text_format, device)
@@ -207,9 +207,9 @@ def _embed_parts(model_dir: Path, data: Path, out: Path, parts: list[Part], sett
     import torch
     from tqdm import tqdm
 
-    from eval.embed_batch import PhotoEncoder, TextEncoder
-    from eval.patches import PatchEmbedder
-    from train.model import ExifClip
+    from exiflang.eval.embed_batch import PhotoEncoder, TextEncoder
+    from exiflang.eval.patches import PatchEmbedder
+    from exiflang.train.model import ExifClip
 
     model, tokenizer, tags = ExifClip.from_pretrained(model_dir)
     embedder = PatchEmbedder(model, device=ranks.device, batch_size=batch_size)

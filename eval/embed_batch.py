@@ -18,9 +18,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from eval.patches import Grid, PatchEmbedder, even_grid
-from pipeline.text import render_text
-from train.normalize import CLIP_MEAN, CLIP_STD
+from exiflang.eval.patches import Grid, PatchEmbedder, even_grid
+from exiflang.pipeline.text import render_text
+from exiflang.train.normalize import CLIP_MEAN, CLIP_STD
 
 MODES = ("grid", "single")
 
@@ -41,7 +41,7 @@ def crop_patches(rgb: np.ndarray, grid: Grid) -> np.ndarray:
 def normalise_patches(patches: np.ndarray) -> torch.Tensor:
     """``uint8 [N,P,P,3]`` (0..255) -> CLIP-normalised ``float32 [N,3,P,P]``.
 
-    The same float operations, in the same order, as :func:`eval.patches.normalise_image`
+    The same float operations, in the same order, as :func:`exiflang.eval.patches.normalise_image`
     (divide by 255, subtract the mean, divide by the std), so the values are identical to
     cutting the patches from a normalised whole image.
     """

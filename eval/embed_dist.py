@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch.distributed as dist
 
-from train.distributed import DistEnv, init_distributed, shutdown
+from exiflang.train.distributed import DistEnv, init_distributed, shutdown
 
 T = TypeVar("T")
 WAIT = timedelta(days=7)

@@ -1,10 +1,10 @@
 """A plain folder of photos as ``exiflang embed`` parts: the walk, its chunks, and each photo read with its EXIF.
 
 ``exiflang embed --images FOLDER`` embeds the photos under ``FOLDER`` without building shards.
-The walk is the shard builder's (:class:`pipeline.sources.FolderSource`: every image-looking
+The walk is the shard builder's (:class:`exiflang.pipeline.sources.FolderSource`: every image-looking
 file, recursively, sorted depth-first, hidden names skipped), cut into parts of ``per_part``
 photos named ``images-00000``, ``images-00001``, ...  Each photo's EXIF is read as the shard
-builder reads it (:func:`pipeline.exif_parse.read_exif`, values cut at the builder's
+builder reads it (:func:`exiflang.pipeline.exif_parse.read_exif`, values cut at the builder's
 ``max_value_chars``; unreadable EXIF -> ``{}``), keys sorted as the builder's ``exif.json`` stores
 them.  A row's ``key`` is the photo's path relative to ``FOLDER`` (POSIX separators), its
 ``url`` the absolute path (what a shard built from the same folder records), ``shard`` the part.
@@ -23,10 +23,10 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from eval.embed_shard import Sample
-from pipeline.config import ShardConfig
-from pipeline.exif_parse import ExifReadError, read_exif
-from pipeline.sources import FolderSource
+from exiflang.eval.embed_shard import Sample
+from exiflang.pipeline.config import ShardConfig
+from exiflang.pipeline.exif_parse import ExifReadError, read_exif
+from exiflang.pipeline.sources import FolderSource
 
 PREFIX = "images"
 PER_PART = ShardConfig.rows_per_shard   # the shard builder's default, so default parts match default shards

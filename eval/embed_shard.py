@@ -2,15 +2,15 @@
 
 Samples are read in tar order, decoded and cut into grid patches by ``workers`` threads (Pillow
 releases the GIL while decoding) and the patches of several photos share each forward batch
-(:mod:`eval.embed_batch`).  The part's arrays and table are written under temporary names and
+(:mod:`exiflang.eval.embed_batch`).  The part's arrays and table are written under temporary names and
 renamed; the caller writes ``done.json`` last.  A sample that cannot be used (no image member,
 EXIF JSON that does not parse, pixels that do not decode, smaller than one patch) gets no row:
 one log line naming it and a count under its reason; a tar that breaks mid-way keeps the rows
 read before the break and counts the break as ``tar_error``.  :func:`embed_samples` is the same
-loop over any sample stream (a photo folder's: :mod:`eval.embed_folder`).
+loop over any sample stream (a photo folder's: :mod:`exiflang.eval.embed_folder`).
 
 Batches never span two parts: a part's rows depend only on its own samples, which is what lets
-ranks embed parts separately and still write the bytes one process would (:mod:`eval.embed_dist`).
+ranks embed parts separately and still write the bytes one process would (:mod:`exiflang.eval.embed_dist`).
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eval.embed_batch import PhotoEncoder, TextEncoder
-from eval.embeddings import TABLE_COLUMNS
-from eval.images import ImageError, load_rgb_bytes
-from train.samples import IMAGE_EXTS, ShardError, read_groups, read_member
+from exiflang.eval.embed_batch import PhotoEncoder, TextEncoder
+from exiflang.eval.embeddings import TABLE_COLUMNS
+from exiflang.eval.images import ImageError, load_rgb_bytes
+from exiflang.train.samples import IMAGE_EXTS, ShardError, read_groups, read_member
 
 log = logging.getLogger("exiflang.eval")
 SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("photo_id", pa.string()),

@@ -35,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from pipeline.tags import vocabulary_hash
+from exiflang.pipeline.tags import vocabulary_hash
 
 FORMAT = "exiflang-embeddings"
 FORMAT_VERSION = 1
@@ -117,7 +117,7 @@ def model_signature(model_dir: str | Path) -> dict:
     Reads ``config.json``, ``tags.json`` (hash of its tag list; ``None`` when the folder has none)
     and hashes ``model.safetensors``.  One-line ``FileNotFoundError``/``ValueError`` naming the file.
     """
-    from train.model import read_config
+    from exiflang.train.model import read_config
 
     folder = Path(model_dir)
     config = read_config(folder / "config.json")

@@ -5,23 +5,23 @@
                        [--single-patch] [--patch-size 124] [--text-format F] [--probe-c 1.0|cv]
                        [--weighted] [--min-frac 0.01] [--min-count 2] [--max-bins 8]
 
-Tag values are quantised into classes fitted on the train set (:mod:`eval.tag_classes`: rare
+Tag values are quantised into classes fitted on the train set (:mod:`exiflang.eval.tag_classes`: rare
 values dropped, numeric tags binned); a test photo counts for a tag when its true value falls in
 a class.  Four predictors, all from the image embedding alone:
 
 (a) **kNN** — the ``k`` nearest train photos through the FAISS index vote with their classes
-    (:func:`eval.votes.vote_classes`; neighbours whose value is rare or absent do not vote; when
+    (:func:`exiflang.eval.votes.vote_classes`; neighbours whose value is rare or absent do not vote; when
     none votes, the majority class is predicted);
 (b) **zero-shot** — one candidate EXIF sentence per class ranked through the text encoder
-    (:mod:`eval.zero_shot`); ``n/a`` for a CropCLR model (no text tower);
-(c) **linear probe** — logistic regression on the frozen train embeddings (:mod:`eval.probe`);
+    (:mod:`exiflang.eval.zero_shot`); ``n/a`` for a CropCLR model (no text tower);
+(c) **linear probe** — logistic regression on the frozen train embeddings (:mod:`exiflang.eval.probe`);
 (d) **majority** — the most frequent train class.
 
 The train and test shards are embedded into ``OUT/emb_train`` and ``OUT/emb_test`` (resumable:
 a rerun reuses finished shards) and the index is built into ``OUT/index`` (reused when it holds
 exactly the train embeddings); ``--train-emb``/``--test-emb``/``--index`` take ones already built
 (their grid is used, whatever ``--per-side``/``--patch-size`` say; train and test must agree).
-Results: ``OUT/tag_eval.json`` and ``OUT/tag_eval.md`` (:mod:`eval.tag_report`); the Markdown
+Results: ``OUT/tag_eval.json`` and ``OUT/tag_eval.md`` (:mod:`exiflang.eval.tag_report`); the Markdown
 is printed.  Exit status: 0 done, 2 bad input or usage (one line on stderr, ``exiflang eval-tags:
 error: FILE: reason``; :mod:`exiflang.errors`).
 """
@@ -36,12 +36,12 @@ from typing import Any, Optional
 import numpy as np
 from tqdm import tqdm
 
-from eval.embeddings import Embeddings, check_model_against, load_embeddings
-from eval.probe import probe_predict
-from eval.tag_classes import TagClasses, fit_tag_classes
-from eval.tag_report import averages, markdown, write_report
-from eval.votes import vote_classes
-from eval.zero_shot import ZeroShot, template_exif
+from exiflang.eval.embeddings import Embeddings, check_model_against, load_embeddings
+from exiflang.eval.probe import probe_predict
+from exiflang.eval.tag_classes import TagClasses, fit_tag_classes
+from exiflang.eval.tag_report import averages, markdown, write_report
+from exiflang.eval.votes import vote_classes
+from exiflang.eval.zero_shot import ZeroShot, template_exif
 from exiflang.errors import CommandError, check_out_dir, run_main
 
 log = logging.getLogger("exiflang.eval")
@@ -65,7 +65,7 @@ def load_or_embed(model_dir: Path, shards: Optional[str | Path], emb: Optional[s
     if emb is None:
         if shards is None:
             raise ValueError(f"--{split} SHARDS or --{split}-emb EMB is required")
-        from eval.embed import embed_shards
+        from exiflang.eval.embed import embed_shards
         emb = str(embed_shards(model_dir, shards, out / f"emb_{split}", device=device, batch_size=batch_size,
                                progress=progress, **grid))
     loaded = load_embeddings(emb)
@@ -76,7 +76,7 @@ def load_or_embed(model_dir: Path, shards: Optional[str | Path], emb: Optional[s
 def load_or_build_index(model_dir: Path, train: Embeddings, index: Optional[str], out: Path, k: int,
                         seed: int) -> Any:
     """The given index (which must hold exactly ``train``), or one built into ``out/index``."""
-    from eval.index import VectorIndex, build_index
+    from exiflang.eval.index import VectorIndex, build_index
 
     if index is None:
         folder = out / "index"
@@ -99,7 +99,7 @@ def load_or_build_index(model_dir: Path, train: Embeddings, index: Optional[str]
 
 def text_setup(model_dir: Path, text_format: Optional[str]) -> dict:
     """Text rendering for zero-shot: explicit ``text_format``, else the training run's, else ``paper``."""
-    from eval.embed import run_config
+    from exiflang.eval.embed import run_config
 
     cfg = run_config(model_dir)
     fmt = text_format or cfg.get("text_format") or "paper"
@@ -111,9 +111,9 @@ def text_setup(model_dir: Path, text_format: Optional[str]) -> dict:
 def zero_shot_predictor(model_dir: Path, vocab: list[str], train_exifs: list[dict], text: dict,
                         device: str) -> Optional[ZeroShot]:
     """A :class:`ZeroShot` over the model's text tower, or ``None`` for a model without one."""
-    from eval.embed_batch import TextEncoder
-    from eval.patches import resolve_device
-    from train.model import ExifClip
+    from exiflang.eval.embed_batch import TextEncoder
+    from exiflang.eval.patches import resolve_device
+    from exiflang.train.model import ExifClip
 
     model, tokenizer, _ = ExifClip.from_pretrained(model_dir)
     if model.text is None or tokenizer is None:
@@ -164,7 +164,7 @@ def eval_tags(model_dir: str | Path, train: Optional[str | Path], test: Optional
     ``probe_c=None`` chooses the probe's C by cross-validation.  Bad input: one-line
     ``FileNotFoundError``/``ValueError`` naming the file.
     """
-    from train.model import read_config
+    from exiflang.train.model import read_config
 
     model_dir, out = Path(model_dir), Path(out)
     if k < 1:
@@ -211,8 +211,8 @@ def eval_tags(model_dir: str | Path, train: Optional[str | Path], test: Optional
 def _vocabulary(model_dir: Path, train: Optional[str | Path]) -> list[str]:
     """The model's ``tags.json`` tag list (as trained: it may be a single-tag override); else the
     train shards' ``tags.json`` (checked against its hash)."""
-    from eval.embeddings import read_json
-    from train.samples import load_vocabulary
+    from exiflang.eval.embeddings import read_json
+    from exiflang.train.samples import load_vocabulary
 
     path = model_dir / "tags.json"
     if path.is_file():

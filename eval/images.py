@@ -6,7 +6,7 @@ batch command can report the file and go on.  Pixels are never resized, re-encod
 are aligned with the stored pixels).
 
 Before anything is decoded, the header goes through the pipeline's image policy
-(:mod:`pipeline.image_policy`, the same one the shard builder and the trainer apply): over the
+(:mod:`exiflang.pipeline.image_policy`, the same one the shard builder and the trainer apply): over the
 pixel limit (default 200 MP), implausibly small for the size it claims, or a pixel mode the
 policy refuses -> ``ImageError``.  Modes:
 
@@ -27,9 +27,9 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-from pipeline.image_policy import (RGB_VIA_CONVERT, SIXTEEN_BIT, ImagePolicy, PolicyError, decode,
+from exiflang.pipeline.image_policy import (RGB_VIA_CONVERT, SIXTEEN_BIT, ImagePolicy, PolicyError, decode,
                                    default_policy, mode_problem)
-from train.crops import pil_to_rgb
+from exiflang.train.crops import pil_to_rgb
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -6,8 +6,8 @@
 Files: ``INDEX/index.faiss`` (the index, search parameters set), ``INDEX/index.json`` (kind,
 parameters, size, measured recall@k and query speed, tuning curve, build seconds, the model
 signature and sources), ``INDEX/rows.parquet`` (the embeddings table, row i = index id i).
-Which index (:mod:`eval.index_build`) and how recall is measured and tuned
-(:mod:`eval.index_tune`) are documented there.  The folder is written beside its final name and
+Which index (:mod:`exiflang.eval.index_build`) and how recall is measured and tuned
+(:mod:`exiflang.eval.index_tune`) are documented there.  The folder is written beside its final name and
 renamed, so a reader never sees half an index.
 
 "Target met" means the one-sided 95 % lower confidence bound of recall@k over the held-out
@@ -33,10 +33,10 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from eval.embeddings import TABLE_COLUMNS, Embeddings, check_model_against, part_paths, read_json, read_meta
-from eval.index_build import (KINDS, NpySource, VectorSource, add_refine, add_rows, as_source, build, choose_kind,
+from exiflang.eval.embeddings import TABLE_COLUMNS, Embeddings, check_model_against, part_paths, read_json, read_meta
+from exiflang.eval.index_build import (KINDS, NpySource, VectorSource, add_refine, add_rows, as_source, build, choose_kind,
                               estimate_bytes)
-from eval.index_tune import RecallProbe, holdout, set_param, tune
+from exiflang.eval.index_tune import RecallProbe, holdout, set_param, tune
 from exiflang.errors import check_out_dir, run_main
 
 FORMAT = "exiflang-index"
@@ -140,7 +140,7 @@ class VectorIndex:
         if signature:
             check_model_against(signature, model_dir, source)
             return
-        from eval.embeddings import model_signature
+        from exiflang.eval.embeddings import model_signature
 
         own = model_signature(model_dir)
         if own["embed_dim"] != self.dim:  # an index of bare arrays: only the dimension is known
@@ -150,7 +150,7 @@ class VectorIndex:
 
 def _folder_source(folder: Path, side: str) -> tuple[NpySource, pd.DataFrame, dict]:
     """An embeddings folder's ``side`` vectors, streamed from its parts (never loaded whole), with
-    its table and meta; the checks of :func:`eval.embeddings.load_embeddings`, one line each."""
+    its table and meta; the checks of :func:`exiflang.eval.embeddings.load_embeddings`, one line each."""
     meta = {**read_meta(folder), "path": str(folder.resolve())}
     if not meta.get("complete"):
         raise ValueError(f"{folder / 'meta.json'}: embedding not finished; rerun `exiflang embed` with the same arguments")

@@ -10,7 +10,7 @@ Rules (:func:`choose_kind`, ``kind="auto"``):
 - otherwise ``ivf-pq`` — ``IndexIVFPQ`` with the largest number of 8-bit sub-quantizers ``m``
   (a divisor of D, at least 4 dims each) whose codes fit the budget; when PQ alone cannot reach
   the recall target a re-ranking stage (``IndexRefine``: 8-bit scalar-quantized copies, or
-  full vectors) is added if it fits (:mod:`eval.index_tune` decides).
+  full vectors) is added if it fits (:mod:`exiflang.eval.index_tune` decides).
 - ``hnsw`` (``IndexHNSWFlat``, M=32) only when asked: its graph costs memory and a long build
   (hours for millions of 768-d vectors on 2 cores), for low single-query latency.
 
@@ -365,7 +365,7 @@ def build(vectors: Union[np.ndarray, VectorSource], kind: str, pool: np.ndarray,
         raise ValueError(f"index kind {kind!r}: expected one of {KINDS[1:]}")
     t1 = time.perf_counter()
     if kind == "hnsw":
-        add_rows(index, vectors, pool)  # the tuning queries join after tuning (eval.index_tune)
+        add_rows(index, vectors, pool)  # the tuning queries join after tuning (exiflang.eval.index_tune)
     else:
         _add(index, vectors, chunk_rows)
     t2 = time.perf_counter()

@@ -32,7 +32,7 @@ from typing import Callable, Optional, Union
 import faiss
 import numpy as np
 
-from eval.index_build import VectorSource, as_source
+from exiflang.eval.index_build import VectorSource, as_source
 
 LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
           1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536)
@@ -74,7 +74,7 @@ def exact_search(base: Union[np.ndarray, VectorSource], queries: np.ndarray, k: 
                  chunk_rows: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force inner product: ``(sims float32 [Q,k], ids int64 [Q,k])``, best first.
 
-    ``base``: float32 ``[N, D]`` rows or a :class:`~eval.index_build.VectorSource` (a ``.npy`` on
+    ``base``: float32 ``[N, D]`` rows or a :class:`~exiflang.eval.index_build.VectorSource` (a ``.npy`` on
     disk), scanned ``chunk_rows`` rows at a time (default 64 MiB): per chunk ``faiss.knn``, then
     the running top-k is merged with the chunk's.  Memory: one chunk and ``[Q, 2k]``.  Where
     fewer than ``k`` rows exist, ids are ``-1`` and sims ``-inf``.

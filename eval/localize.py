@@ -1,12 +1,12 @@
 """Splice localization from patch embeddings: vote averaging, mean-shift heatmap, ncuts mask and map, at image size.
 
-Steps (DESIGN.md §6): affinity -> 4-D cell map (:mod:`eval.affinity`) -> mean-shift mode
-(:mod:`eval.meanshift`) reshaped to the cell grid -> min-max normalised to 0..1 (a constant
+Steps (DESIGN.md §6): affinity -> 4-D cell map (:mod:`exiflang.eval.affinity`) -> mean-shift mode
+(:mod:`exiflang.eval.meanshift`) reshaped to the cell grid -> min-max normalised to 0..1 (a constant
 map stays 0) -> resized bilinearly to the image -> oriented: if more than half of the area
 covered by patches is above 0.5, the map is inverted (the smaller region is the splice) ->
 ``mask = heatmap > 0.5``.
 
-Normalized cuts (:mod:`eval.ncuts`) splits a similarity ``W = exp(-(d - min d) / (s σ))``, ``σ``
+Normalized cuts (:mod:`exiflang.eval.ncuts`) splits a similarity ``W = exp(-(d - min d) / (s σ))``, ``σ``
 the standard deviation of the off-diagonal distances (scale-free: nodes are contrasted by how far
 apart they are relative to the spread of all distances) and ``s = NCUTS_SIGMA`` (0.5); the smaller
 segment is the splice.  Its continuous relaxation, the eigenvector the cut is made from (signed
@@ -41,10 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eval.affinity import Coverage, cell_consistency, coverage, patch_affinity
-from eval.meanshift import mean_shift_mode
-from eval.ncuts import ncuts_partition
-from eval.patches import Grid
+from exiflang.eval.affinity import Coverage, cell_consistency, coverage, patch_affinity
+from exiflang.eval.meanshift import mean_shift_mode
+from exiflang.eval.ncuts import ncuts_partition
+from exiflang.eval.patches import Grid
 
 # The ncuts kernel's width as a fraction of the distances' standard deviation.  Chosen on two
 # held-out synthetic splice sets (0.1 to 2 tried, seven models; 0.25-0.5 best); on a third set,
@@ -181,7 +181,7 @@ def localize(emb: torch.Tensor, grid: Grid, *, ncuts: bool = True, iterations: i
              ncuts_level: str = "patches") -> Localization:
     """``[N,D]`` L2-normalised patch embeddings in ``grid``'s raster order -> :class:`Localization`.
 
-    ``cov``: a precomputed :func:`eval.affinity.coverage` of ``grid`` (default: built here).
+    ``cov``: a precomputed :func:`exiflang.eval.affinity.coverage` of ``grid`` (default: built here).
     ``ncuts_level``: ``"patches"`` or ``"cells"``, the graph normalized cuts splits.
     """
     if emb.ndim != 2 or emb.shape[0] != grid.count:

@@ -3,10 +3,10 @@
     exiflang lookup --model MODEL_DIR --index INDEX [-k 10] [--weighted] [--json] [--out FILE]
                     [--tags Make,Model] [--device auto] [--batch-size 256] IMAGE_OR_FOLDER...
 
-Each query is decoded from its pixels only (:func:`eval.images.load_rgb`; its own EXIF, if it
+Each query is decoded from its pixels only (:func:`exiflang.eval.images.load_rgb`; its own EXIF, if it
 has any, is never read), embedded exactly as the index's embeddings were (the patch size, grid
 and mode recorded with them), and searched for its ``k`` nearest training photos.  For every tag
-of the model's vocabulary the neighbours vote (:mod:`eval.votes`): the predicted value, its vote
+of the model's vocabulary the neighbours vote (:mod:`exiflang.eval.votes`): the predicted value, its vote
 share, and how many neighbours had the tag.
 
 Output: a table per photo on the terminal; ``--json`` prints JSON Lines instead (one object per
@@ -30,10 +30,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from eval.embed_batch import PhotoEncoder
-from eval.images import ImageError, expand_inputs, load_rgb
-from eval.patches import PatchEmbedder
-from eval.votes import vote_tags
+from exiflang.eval.embed_batch import PhotoEncoder
+from exiflang.eval.images import ImageError, expand_inputs, load_rgb
+from exiflang.eval.patches import PatchEmbedder
+from exiflang.eval.votes import vote_tags
 from exiflang.errors import CommandError, check_out_file, run_main
 
 log = logging.getLogger("exiflang.eval")
@@ -69,8 +69,8 @@ class Searcher:
 
     def __init__(self, model_dir: str | Path, index_dir: str | Path, *, device: str = "auto",
                  batch_size: int = 256, grid: Optional[dict] = None) -> None:
-        from eval.index import VectorIndex
-        from train.model import ExifClip
+        from exiflang.eval.index import VectorIndex
+        from exiflang.train.model import ExifClip
 
         self.index = VectorIndex.load(index_dir)
         # Loaded before the match check: a damaged model folder is one error, not a warning first.

@@ -20,7 +20,7 @@ left, with the robust median estimator of Donoho & Johnstone:
 6. detection score ``score_noi`` = the standard deviation of ``log(sigma + eps)`` over blocks
    (higher = more varied noise = more likely spliced).
 
-:class:`NoiDetector` returns the same :class:`eval.detector.DetectionResult` as the learned
+:class:`NoiDetector` returns the same :class:`exiflang.eval.detector.DetectionResult` as the learned
 detector, so the benchmark harness runs both alike; its ``grid`` describes the blocks (patch =
 block size in pixels, corners at multiples of it) and ``ncuts_mask`` is None.
 """
@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
-from eval.detector import DetectionResult
-from eval.patches import Grid
+from exiflang.eval.detector import DetectionResult
+from exiflang.eval.patches import Grid
 
 MAD_TO_SIGMA = 0.6745   # median(|N(0, s^2)|) = 0.6745 s
 EPS = 0.5               # grey levels; about the noise of 8-bit quantisation (0.29) and a bit more

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from train.normalize import CLIP_MEAN, CLIP_STD
+from exiflang.train.normalize import CLIP_MEAN, CLIP_STD
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 class PatchEmbedder:
     """Batched, gradient-free patch embeddings from ``model.encode_image``.
 
-    ``model``: an :class:`train.model.ExifClip` (or anything with ``encode_image([B,3,P,P]) ->
+    ``model``: an :class:`exiflang.train.model.ExifClip` (or anything with ``encode_image([B,3,P,P]) ->
     [B,D]``).  Output rows are L2-normalised ``float32`` on the CPU.
     """
 

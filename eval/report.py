@@ -3,7 +3,7 @@
 :func:`write_report` assembles whatever parts it is given, each optional ("not run" otherwise):
 
 - ``run_dir``: a training run folder — ``metrics.jsonl`` (loss and held-out ``eval/*`` curves
-  against the step, drawn by :mod:`eval.svg_plot`), ``result.json`` (final numbers) and
+  against the step, drawn by :mod:`exiflang.eval.svg_plot`), ``result.json`` (final numbers) and
   ``config.yaml`` (folded away);
 - ``lookup``: the records of ``exiflang lookup --json`` (``file`` or ``path``, ``neighbours``,
   ``predictions``, or ``error``), each optionally with ``truth`` ``{tag: value}``: the query
@@ -32,8 +32,8 @@ from typing import Any, Iterable, Optional, Union
 import numpy as np
 from PIL import Image
 
-from eval.images import ImageError, load_rgb
-from eval.svg_plot import Series, line_chart
+from exiflang.eval.images import ImageError, load_rgb
+from exiflang.eval.svg_plot import Series, line_chart
 from exiflang.errors import CommandError, check_out_file, naming, run_main
 
 NOT_RUN = '<p class="missing">not run</p>'
@@ -89,7 +89,7 @@ def image_data_uri(source: Union[PathLike, np.ndarray], max_width: int, max_heig
     """A photo, overlay or mask -> ``data:`` URI, downscaled to fit ``max_width`` x ``max_height``.
 
     ``kind``: ``jpeg``, ``png`` or ``auto`` (PNG if it stays under ``png_limit`` bytes, else JPEG).
-    Files are read with :func:`eval.images.load_rgb` (so failures are one-line ``ImageError``).
+    Files are read with :func:`exiflang.eval.images.load_rgb` (so failures are one-line ``ImageError``).
     """
     rgb = load_rgb(source) if not isinstance(source, np.ndarray) else source
     img = Image.fromarray(np.ascontiguousarray(rgb))
@@ -136,7 +136,7 @@ def training_section(run_dir: Optional[PathLike]) -> str:
     loss = [(r["step"], r["loss"]) for r in rows if "step" in r and "loss" in r]
     held = [(r["step"], r["eval/loss"]) for r in rows if "step" in r and "eval/loss" in r]
     lines = [Series("training loss", [s for s, _ in loss], [v for _, v in loss])]
-    if held:  # the held-out loss (train.heldout) on the same axes as the training loss
+    if held:  # the held-out loss (exiflang.train.heldout) on the same axes as the training loss
         lines.append(Series("held-out loss", [s for s, _ in held], [v for _, v in held]))
     parts = [line_chart(lines, title="Training loss", x_label="step", y_label="loss")]
     keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k not in EVAL_SKIP | {"eval/loss"}})
@@ -287,7 +287,7 @@ def write_report(out_html: PathLike, *, title: str, run_dir: Optional[PathLike] 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m eval.report``: a report from files (JSON Lines for lookup/detections, JSON metrics).
+    """``python -m exiflang.eval.report``: a report from files (JSON Lines for lookup/detections, JSON metrics).
 
     Exit status: 0 written, 2 a missing or damaged input file or an unwritable ``--out`` (one line;
     :func:`exiflang.errors.run_main`).
@@ -296,7 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m exiflang.eval.report", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="the HTML file to write")
     ap.add_argument("--title", default="exiflang report")
     ap.add_argument("--run", help="training run folder (metrics.jsonl, result.json, config.yaml)")

@@ -44,9 +44,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from eval.images import ImageError, expand_inputs, load_rgb, open_checked
-from eval.regions import SHAPES, Region, draw_region
-from pipeline.exif_parse import ExifReadError, read_exif
+from exiflang.eval.images import ImageError, expand_inputs, load_rgb, open_checked
+from exiflang.eval.regions import SHAPES, Region, draw_region
+from exiflang.pipeline.exif_parse import ExifReadError, read_exif
 from exiflang.errors import check_out_dir, run_main
 
 MANIFEST_COLUMNS = ["name", "kind", "image", "mask", "width", "height", "host_file", "host_make",

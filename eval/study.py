@@ -1,6 +1,6 @@
 """The small-scale study (`make study`): the paper's experimental design on a folder of real photos.
 
-    python -m eval.study --photos ../shared/data/photos --out runs/study [--steps 3000]
+    python -m exiflang.eval.study --photos ../shared/data/photos --out runs/study [--steps 3000]
 
 1. Split the photos **by camera model** (Make + Model; no model on both sides).
 2. Shards of each side (``--executor local``), then, with the same image encoder (``cpu-small``)
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from eval.images import expand_inputs
+from exiflang.eval.images import expand_inputs
 from exiflang.errors import CommandError, check_out_dir, run_main
 
 VARIANTS: dict[str, list[str]] = {
@@ -67,8 +67,8 @@ def training_seconds(run: Path, steps: int) -> Optional[float]:
     paused or shared the machine, so a run trained across several sessions still gets a fair
     figure.  None without a log.
     """
-    from eval.report import read_jsonl
-    from train.config import load_config
+    from exiflang.eval.report import read_jsonl
+    from exiflang.train.config import load_config
 
     path = run / "metrics.jsonl"
     if not path.is_file():
@@ -85,7 +85,7 @@ def split_by_camera(photos_dir: Path, out: Path, test_fraction: float, seed: int
 
     Links are named by a hash of the file name so a sorted folder (and every shard) mixes cameras.
     """
-    from eval.distortion_probe import camera_keys, split_photos
+    from exiflang.eval.distortion_probe import camera_keys, split_photos
 
     record_path = out / "split.json"
     if record_path.is_file():
@@ -110,7 +110,7 @@ def split_by_camera(photos_dir: Path, out: Path, test_fraction: float, seed: int
 
 
 def build_shards(source: Path, out: Path) -> None:
-    from pipeline.build_shards import main as shards_main
+    from exiflang.pipeline.build_shards import main as shards_main
     if (out / "summary.json").is_file():
         return
     if shards_main(["--source", str(source), "--out", str(out), "--executor", "local",
@@ -120,7 +120,7 @@ def build_shards(source: Path, out: Path) -> None:
 
 def train_variant(name: str, shards: Path, runs: Path, steps: int, preset: str, seed: int) -> Path:
     """Train one variant (reused when its model folder exists); returns the model folder."""
-    from train.main import main as train_main
+    from exiflang.train.main import main as train_main
     run = runs / name
     if (run / "model" / "model.safetensors").is_file():
         print(f"{name}: already trained, reused")
@@ -136,8 +136,8 @@ def train_variant(name: str, shards: Path, runs: Path, steps: int, preset: str, 
 def untrained_model(shards: Path, out: Path, preset: str, seed: int) -> Path:
     """The same architecture at random init, with the tokenizer and tags the trained models use."""
     import torch
-    from train.config import load_config
-    from train.engine import build_model, make_tokenizer, read_tags
+    from exiflang.train.config import load_config
+    from exiflang.train.engine import build_model, make_tokenizer, read_tags
 
     folder = out / "model"
     if (folder / "model.safetensors").is_file():
@@ -152,9 +152,9 @@ def untrained_model(shards: Path, out: Path, preset: str, seed: int) -> Path:
 
 def evaluate(name: str, model: Path, ctx: dict[str, Any], clock: StageClock) -> dict[str, Any]:
     """Splice benchmark, tag prediction and the distortion probe for one model folder."""
-    from eval.benchmark import run_benchmark
-    from eval.distortion_probe import run_distortion_probe
-    from eval.eval_tags import eval_tags
+    from exiflang.eval.benchmark import run_benchmark
+    from exiflang.eval.distortion_probe import run_distortion_probe
+    from exiflang.eval.eval_tags import eval_tags
 
     out: Path = ctx["out"] / "eval" / name
     res: dict[str, Any] = {}
@@ -226,7 +226,7 @@ def _compute_line(results: dict[str, Any]) -> str:
 
 
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
-    from eval.splices import make_splices
+    from exiflang.eval.splices import make_splices
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         name, ctx["train_shards"], out / "runs", args.steps, args.preset, args.seed)) for name in VARIANTS}
     models["untrained"] = untrained_model(ctx["train_shards"], out / "runs" / "untrained", args.preset, args.seed)
     methods = {name: evaluate(name, model, ctx, clock) for name, model in models.items()}
-    from eval.benchmark import run_benchmark
+    from exiflang.eval.benchmark import run_benchmark
     noi = clock.run("NOI baseline: splice benchmark", lambda: run_benchmark(
         None, "folder", ctx["splices"], out / "eval" / "noi" / "splices", methods=("noi",),
         progress=not args.quiet))
@@ -263,12 +263,12 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m eval.study``: 0 done, 2 bad input (one line; :func:`exiflang.errors.run_main`)."""
+    """``python -m exiflang.eval.study``: 0 done, 2 bad input (one line; :func:`exiflang.errors.run_main`)."""
     return run_main("exiflang study", _main, argv)
 
 
 def _main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.study", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m exiflang.eval.study", description=__doc__.splitlines()[0])
     ap.add_argument("--photos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"))
     ap.add_argument("--out", default="runs/study")
     ap.add_argument("--steps", type=int, default=3000, help="training steps per variant (same for all)")

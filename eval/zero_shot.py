@@ -1,12 +1,12 @@
 """Zero-shot tag prediction: rank one candidate EXIF sentence per class through the text encoder.
 
 A test photo's EXIF is unknown at test time, so the candidates cannot be built from it (the
-held-out camera check in :mod:`train.retrieval` may; here that would leak the answer).  Instead:
+held-out camera check in :mod:`exiflang.train.retrieval` may; here that would leak the answer).  Instead:
 
 - a **template** EXIF holds, for every vocabulary tag, the train set's most common value;
 - for tag ``t`` and each of its classes ``c``, the candidate is the template with ``t`` set to
-  ``c``'s representative value (its most common raw train value, :mod:`eval.tag_classes`);
-- each candidate is rendered with :func:`pipeline.text.render_text` exactly as in training (the
+  ``c``'s representative value (its most common raw train value, :mod:`exiflang.eval.tag_classes`);
+- each candidate is rendered with :func:`exiflang.pipeline.text.render_text` exactly as in training (the
   run's text format, value cleaning and maximum length; ``shuffled`` is rendered in vocabulary
   order, since a model trained on shuffled pairs saw every order) and embedded by the text tower;
 - the prediction is the class whose candidate has the highest inner product with the photo's
@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from eval.tag_classes import TagClasses
+from exiflang.eval.tag_classes import TagClasses
 
 
 def template_exif(exifs: Sequence[Mapping[str, str]], vocab: Sequence[str]) -> dict[str, str]:
@@ -48,7 +48,7 @@ def candidate_keys(tag: str, n: int) -> list[str]:
 class ZeroShot:
     """Candidate text embeddings per tag, and argmax predictions for image embeddings.
 
-    ``text_encoder``: an :class:`eval.embed_batch.TextEncoder` (or anything with
+    ``text_encoder``: an :class:`exiflang.eval.embed_batch.TextEncoder` (or anything with
     ``embed(exifs, keys) -> float32 [n, D]``, rows L2-normalised).
     """
 

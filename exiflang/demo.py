@@ -43,7 +43,7 @@ def split_folder(source: Path, out: Path, every: int = 10) -> tuple[Path, Path]:
         return train, held
     train.mkdir(parents=True, exist_ok=True)
     held.mkdir(parents=True, exist_ok=True)
-    from pipeline.sources import IMAGE_EXTENSIONS   # what the shard builder reads
+    from exiflang.pipeline.sources import IMAGE_EXTENSIONS   # what the shard builder reads
 
     photos = sorted((p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS),
                     key=lambda p: hashlib.sha1(str(p.relative_to(source)).encode()).hexdigest())
@@ -55,7 +55,7 @@ def split_folder(source: Path, out: Path, every: int = 10) -> tuple[Path, Path]:
 
 
 def _shards(source: Path, out: Path, workers: int) -> int:
-    from pipeline.build_shards import main as shards_main
+    from exiflang.pipeline.build_shards import main as shards_main
     return shards_main(["--source", str(source), "--out", str(out), "--workers", str(workers),
                         "--rows-per-shard", "200", "-q"])
 
@@ -96,7 +96,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if (run / "model" / "model.safetensors").exists():
         print("already trained, reused")
     else:
-        from train.main import main as train_main
+        from exiflang.train.main import main as train_main
         rc = train_main(["--data", str(out / "shards"), "--out", str(run), "--config", "cpu-small",
                          "--eval-data", str(out / "heldout"), "--resume", "latest", f"run.steps={args.steps}",
                          f"run.eval_every={args.eval_every or max(1, args.steps // 7)}"])
@@ -111,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _evaluate(out: Path, run: Path, train_src: Path, held_src: Path, args: argparse.Namespace) -> int:
-    from eval.images import expand_inputs
+    from exiflang.eval.images import expand_inputs
     from exiflang import demo_eval
 
     held = expand_inputs([str(held_src)])
@@ -136,7 +136,7 @@ def _synthesise(dest: Path, title: str, synth_args: list[str]) -> int:
     if (dest / "manifest.csv").exists():
         print("already there, reused")
     else:
-        from pipeline.synth import main as synth_main
+        from exiflang.pipeline.synth import main as synth_main
         rc = synth_main(["--out", str(dest), *synth_args])
         if rc:
             return rc
@@ -146,7 +146,7 @@ def _synthesise(dest: Path, title: str, synth_args: list[str]) -> int:
 
 def _splice_photos(dest: Path, args: argparse.Namespace, count: int) -> Optional[list[Path]]:
     """``count`` new synthetic shots (corpus indices N..N+count-1) at :data:`SPLICE_SIZE`; None on failure."""
-    from eval.images import expand_inputs
+    from exiflang.eval.images import expand_inputs
 
     end = args.images + count
     rc = _synthesise(dest, f"{count} new shots by the same cameras at {SPLICE_SIZE[0]}-{SPLICE_SIZE[1]} px "

@@ -58,9 +58,9 @@ EXPECTED_TYPES = frozenset({
     "pickle.UnpicklingError",
     "zlib.error",
     "_lzma.LZMAError",
-    "eval.images.ImageError",
-    "train.samples.ShardError",
-    "train.samples.SampleError",
+    "exiflang.eval.images.ImageError",
+    "exiflang.train.samples.ShardError",
+    "exiflang.train.samples.SampleError",
     "exiflang.errors.CommandError",
 })
 

@@ -21,12 +21,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exiflang.errors import report  # noqa: E402  (a leaf module: no project imports)
-from pipeline import storage  # noqa: E402
-from pipeline.config import VERIFY_MODES, ShardConfig  # noqa: E402
-from pipeline.download import DownloadConfig  # noqa: E402
-from pipeline.driver import JobOptions, build  # noqa: E402
-from pipeline.shard_io import RERUN_CHECKS, safe_text  # noqa: E402
-from pipeline.sources import FORMATS, SourceError, open_source  # noqa: E402
+from exiflang.pipeline import storage  # noqa: E402
+from exiflang.pipeline.config import VERIFY_MODES, ShardConfig  # noqa: E402
+from exiflang.pipeline.download import DownloadConfig  # noqa: E402
+from exiflang.pipeline.driver import JobOptions, build  # noqa: E402
+from exiflang.pipeline.shard_io import RERUN_CHECKS, safe_text  # noqa: E402
+from exiflang.pipeline.sources import FORMATS, SourceError, open_source  # noqa: E402
 
 log = logging.getLogger("exiflang.shards")
 
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     storage.makedirs(out_dir)
     rows = source.rows()
     if args.yfcc_exif:
-        from pipeline.yfcc_exif import YfccSideJoin
+        from exiflang.pipeline.yfcc_exif import YfccSideJoin
         # Indexed as the rows stream past, with only their ids: no full build up front.
         join = YfccSideJoin(args.yfcc_exif, str(_side_db(out_dir)))
         rows, cfg.yfcc_exif_db = join.rows(rows), join.db_path
@@ -175,7 +175,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (SourceError, OSError, ValueError) as exc:
         return report(PROG, exc)   # one line naming the file, exit 2 (traceback under --debug)
     except KeyboardInterrupt:
-        # Embedded Ray is already stopped (pipeline.driver); finished shards are kept.
+        # Embedded Ray is already stopped (exiflang.pipeline.driver); finished shards are kept.
         print(f"{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 

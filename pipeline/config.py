@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from pipeline import storage
-from pipeline.download import DownloadConfig
-from pipeline.image_policy import ImagePolicy, default_policy
+from exiflang.pipeline import storage
+from exiflang.pipeline.download import DownloadConfig
+from exiflang.pipeline.image_policy import ImagePolicy, default_policy
 
 
 VERIFY_MODES = ("structure", "draft", "full", "header")
@@ -23,7 +23,7 @@ class ShardConfig:
     threads: int = 16                   # concurrent fetches inside one worker (I/O bound)
     patch_size: int = 124               # shorter side below this -> too_small
     min_tags: int = 10                  # fewer EXIF tags than this -> too_few_tags
-    # Image-size policy (pipeline.image_policy): more pixels -> too_large; 1 .. 1e9,
+    # Image-size policy (exiflang.pipeline.image_policy): more pixels -> too_large; 1 .. 1e9,
     # default EXIFLANG_MAX_PIXELS or 200 MP, the same default the trainer and eval use.
     max_pixels: int = field(default_factory=lambda: default_policy().max_pixels)
     # How much of each image to decode to check it: "structure" (JPEG marker walk, other
@@ -33,7 +33,7 @@ class ShardConfig:
     exif_prefer: str = "image"          # on disagreement keep the "image" or the "yfcc" value
     dedup: bool = True                  # mark repeated bytes (same sha256) as duplicate
     yfcc_exif_db: Optional[str] = None  # SQLite index of the YFCC side file, if given
-    # fsspec options for s3:// / gs:// paths (pipeline.storage); they travel with the config
+    # fsspec options for s3:// / gs:// paths (exiflang.pipeline.storage); they travel with the config
     # so Ray and pool workers reach the same store.  Secrets are masked in config.json.
     storage_options: dict[str, Any] = field(default_factory=dict)
     download: DownloadConfig = field(default_factory=DownloadConfig)

@@ -26,7 +26,7 @@ currently using them.  Request writes (a few hundred bytes, absorbed by the sock
 bounded by the per-read timeout only.
 
 :class:`Deadline` is plain arithmetic on ``time.monotonic()``; nothing here knows about
-politeness limits, retries or statuses (pipeline.download does).
+politeness limits, retries or statuses (exiflang.pipeline.download does).
 """
 from __future__ import annotations
 

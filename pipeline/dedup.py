@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import records as st
-from pipeline import storage
-from pipeline.shard_io import (TarShardWriter, complete_shards, parquet_metadata, read_parquet,
+from exiflang.pipeline import records as st
+from exiflang.pipeline import storage
+from exiflang.pipeline.shard_io import (TarShardWriter, complete_shards, parquet_metadata, read_parquet,
                                shard_paths, write_arrow_table, write_stats)
 
 log = logging.getLogger(__name__)

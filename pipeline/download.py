@@ -3,8 +3,8 @@
 One :class:`Downloader` per worker process (per shard) is shared by all of its fetch threads:
 one urllib3 ``PoolManager`` (keep-alive connections per host, shared by the threads; no
 cookies; proxies read from the environment once, not per request) and one
-:class:`~pipeline.host_limits.HostLimiter`, whose slots come from the job's host governor
-(:mod:`pipeline.politeness`): per-host concurrency and request rate for the *whole job*, and a
+:class:`~exiflang.pipeline.host_limits.HostLimiter`, whose slots come from the job's host governor
+(:mod:`exiflang.pipeline.politeness`): per-host concurrency and request rate for the *whole job*, and a
 429/503 pauses the host for every worker, honouring ``Retry-After`` up to
 ``retry_after_max``.  urllib3 directly rather than ``requests``: requests re-reads the proxy
 environment and merges settings on every request and copies the body; on loopback this cut
@@ -14,7 +14,7 @@ Time bounds, all wall clock:
 
 * ``timeout``: the connect, and each socket read (a server that goes silent);
 * ``deadline``: one attempt as a whole (DNS, connect, TLS, status line, headers and body,
-  redirect hops included), enforced at every socket operation by :mod:`pipeline.deadline`, so
+  redirect hops included), enforced at every socket operation by :mod:`exiflang.pipeline.deadline`, so
   a server trickling its headers or body one byte at a time is cut within one read of it;
 * ``row_deadline``: one row as a whole (all attempts, backoff sleeps and fallback URLs): no
   retry or fallback starts once it is spent, and each attempt's deadline is cut to what is left.
@@ -24,7 +24,7 @@ deadline: the row has not reached the network yet, and every slot holder is itse
 So a fetch holds its thread for at most ``row_deadline`` plus that queueing.  Redirects are
 followed by hand so that every hop goes through the limiter of the host it lands on.
 
-A 2xx answer whose ``X-Robots-Tag`` opts the photo out (:mod:`pipeline.opt_out`) ends as
+A 2xx answer whose ``X-Robots-Tag`` opts the photo out (:mod:`exiflang.pipeline.opt_out`) ends as
 ``opted_out`` without reading the body, and no fallback URL of the row is tried (the same
 photo); ``respect_opt_out=False`` turns that off.
 """
@@ -46,11 +46,11 @@ from urllib.parse import urljoin, urlsplit
 import urllib3
 import urllib3.exceptions as u3
 
-from pipeline import records as st
-from pipeline.deadline import Deadline, applied, bounded_pool_manager, bounded_proxy_manager
-from pipeline.host_limits import Governor, HostLimiter, LimiterClosed
-from pipeline.opt_out import DEFAULT_DIRECTIVES, agent_token, opt_out
-from pipeline.politeness import THROTTLE_CODES, GovernorLimits, HostGovernor
+from exiflang.pipeline import records as st
+from exiflang.pipeline.deadline import Deadline, applied, bounded_pool_manager, bounded_proxy_manager
+from exiflang.pipeline.host_limits import Governor, HostLimiter, LimiterClosed
+from exiflang.pipeline.opt_out import DEFAULT_DIRECTIVES, agent_token, opt_out
+from exiflang.pipeline.politeness import THROTTLE_CODES, GovernorLimits, HostGovernor
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 1 << 18           # upper bound of one socket read
@@ -70,17 +70,17 @@ class DownloadConfig:
     retries: int = 3                 # extra attempts on timeouts, connection errors, 429 and 5xx
     backoff_base: float = 0.5        # base * 2**attempt with jitter, capped by backoff_max; also
     backoff_max: float = 30.0        # the first host pause after a 429/503 without Retry-After
-    # Politeness, for the whole job (pipeline.politeness): requests in flight to one host
+    # Politeness, for the whole job (exiflang.pipeline.politeness): requests in flight to one host
     # (<= 0: no cap), request starts per second to one host (0: no cap), and the longest
     # pause a host's Retry-After (or repeated 429/503s) can impose, in seconds.
     per_host_concurrency: int = 32
     per_host_rate: float = 0.0
     retry_after_max: float = 600.0
-    respect_opt_out: bool = True     # X-Robots-Tag opt-outs -> opted_out (pipeline.opt_out)
+    respect_opt_out: bool = True     # X-Robots-Tag opt-outs -> opted_out (exiflang.pipeline.opt_out)
     opt_out_directives: tuple[str, ...] = DEFAULT_DIRECTIVES
     user_agent: str = "exiflang/0.1 (+https://github.com/exiflang/exiflang; dataset builder)"
     # Set by the driver when several processes share the job: where its host governor
-    # listens (pipeline.governor_service), the key to it, and how many workers share it.
+    # listens (exiflang.pipeline.governor_service), the key to it, and how many workers share it.
     governor_address: Optional[str] = None
     governor_key: Optional[str] = None
     governor_share: int = 1
@@ -108,7 +108,7 @@ class FetchResult:
 
     url: str                  # the URL asked for (the primary one, even when a fallback served)
     final_url: Optional[str]  # where the bytes came from, after redirects and fallbacks
-    status: str               # pipeline.records: SUCCESS, HTTP_ERROR, TIMEOUT, DOWNLOAD_FAILED
+    status: str               # exiflang.pipeline.records: SUCCESS, HTTP_ERROR, TIMEOUT, DOWNLOAD_FAILED
     http_status: Optional[int]
     data: Optional[bytes]
     error: Optional[str]      # one line; None on success
@@ -405,7 +405,7 @@ class Downloader:
             raise _BodyError(failed, f"too large: Content-Length {expected} > max_bytes {cfg.max_bytes}")
         parts, size, broken = [], 0, None
         try:
-            # read1: one socket read at a time, each bounded by pipeline.deadline, so memory
+            # read1: one socket read at a time, each bounded by exiflang.pipeline.deadline, so memory
             # is checked as the bytes come (read(n) would wait for all n).
             while chunk := resp.read1(_CHUNK, decode_content=True):
                 parts.append(chunk)
@@ -446,7 +446,7 @@ class Downloader:
 def _governor_for(cfg: DownloadConfig) -> Governor:
     """The job's remote governor if the driver named one, else one for this downloader alone."""
     if cfg.governor_address and cfg.governor_key:
-        from pipeline.governor_service import RemoteGovernor
+        from exiflang.pipeline.governor_service import RemoteGovernor
         return RemoteGovernor(cfg.governor_address, cfg.governor_key, cfg.limits(), cfg.governor_share)
     return HostGovernor(cfg.limits())
 

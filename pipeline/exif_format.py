@@ -13,11 +13,11 @@ import math
 import struct
 from typing import Callable, Mapping, Optional
 
-from pipeline import exif_format_enums as en
-from pipeline.exif_format_exposure import EXPOSURE_DESCRIBERS
-from pipeline.exif_format_numbers import (RATIONAL_TYPES, RawValue, float32, is_integer,
+from exiflang.pipeline import exif_format_enums as en
+from exiflang.pipeline.exif_format_exposure import EXPOSURE_DESCRIBERS
+from exiflang.pipeline.exif_format_numbers import (RATIONAL_TYPES, RawValue, float32, is_integer,
                                           java_int, rational_value, simple_rational)
-from pipeline.exif_format_text import cfa_pattern, cfa_pattern_2, user_comment, windows_xp
+from exiflang.pipeline.exif_format_text import cfa_pattern, cfa_pattern_2, user_comment, windows_xp
 
 Tags = Mapping[int, RawValue]
 Describer = Callable[[Tags, int], Optional[str]]

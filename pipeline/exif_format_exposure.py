@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Mapping, Optional
 
-from pipeline import exif_format_enums as en
-from pipeline.exif_format_numbers import (RawValue, decimal_format, float32, java_int,
+from exiflang.pipeline import exif_format_enums as en
+from exiflang.pipeline.exif_format_numbers import (RawValue, decimal_format, float32, java_int,
                                           rational_float32, rational_value, simple_rational)
 
 Tags = Mapping[int, RawValue]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional
 
-from pipeline import exif_format_enums as en
-from pipeline.exif_format import DESCRIBE_ERRORS, default_description, version_string
-from pipeline.exif_format_numbers import RawValue, decimal_format, java_int, rational_value
-from pipeline.exif_format_text import user_comment
+from exiflang.pipeline import exif_format_enums as en
+from exiflang.pipeline.exif_format import DESCRIBE_ERRORS, default_description, version_string
+from exiflang.pipeline.exif_format_numbers import RawValue, decimal_format, java_int, rational_value
+from exiflang.pipeline.exif_format_text import user_comment
 
 Tags = Mapping[int, RawValue]
 LAT, LAT_REF, LON, LON_REF = 0x02, 0x01, 0x04, 0x03

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Mapping, Optional
 
-from pipeline.exif_format_enums import CFA_COLOURS
-from pipeline.exif_format_numbers import RawValue
+from exiflang.pipeline.exif_format_enums import CFA_COLOURS
+from exiflang.pipeline.exif_format_numbers import RawValue
 
 _TRIM = "".join(chr(c) for c in range(0x21)) + "\u00a0\u3000\ufeff"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]+")

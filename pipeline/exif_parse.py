@@ -1,7 +1,7 @@
 """Read the EXIF of JPEG/TIFF/PNG bytes with pyexiv2, as ``{tag name: human-readable value}``.
 
 Names and values are metadata-extractor's (see DESIGN.md §3 and exif_format*), keyed by
-:func:`pipeline.exif_names.canonical_tag_name`, so they line up with YFCC100M's side file.
+:func:`exiflang.pipeline.exif_names.canonical_tag_name`, so they line up with YFCC100M's side file.
 
 What is kept: the standard directories only -- IFD0 ("Exif IFD0"), the Exif SubIFD,
 Interoperability, GPS and IFD1 ("Exif Thumbnail").  What is dropped, and why:
@@ -31,11 +31,11 @@ from typing import Any, Optional
 
 import pyexiv2
 
-from pipeline.exif_format import describe_directory
-from pipeline.exif_format_gps import describe_gps
-from pipeline.exif_format_numbers import RawValue
-from pipeline.exif_format_text import clean_text
-from pipeline.exif_names import canonical_tag_name, directory_precedence, tag_display_name
+from exiflang.pipeline.exif_format import describe_directory
+from exiflang.pipeline.exif_format_gps import describe_gps
+from exiflang.pipeline.exif_format_numbers import RawValue
+from exiflang.pipeline.exif_format_text import clean_text
+from exiflang.pipeline.exif_names import canonical_tag_name, directory_precedence, tag_display_name
 
 # exiv2 group -> metadata-extractor directory.  Anything else (maker notes, SubImage IFDs of
 # raw files, IFD2+) is dropped.

@@ -1,4 +1,4 @@
-"""One job's :class:`~pipeline.politeness.HostGovernor` served to its worker processes over a socket.
+"""One job's :class:`~exiflang.pipeline.politeness.HostGovernor` served to its worker processes over a socket.
 
 The server is a thread of the driver process, which is idle while the workers run: a Unix
 socket for the local process pool, TCP for Ray workers (the driver node's address, so workers
@@ -35,7 +35,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from typing import Any, Optional
 
-from pipeline.politeness import GovernorLimits, HostGovernor
+from exiflang.pipeline.politeness import GovernorLimits, HostGovernor
 
 log = logging.getLogger(__name__)
 

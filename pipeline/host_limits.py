@@ -1,12 +1,12 @@
 """Per-host politeness as a fetch thread sees it: one slot per request, granted by the job's governor.
 
-A :class:`HostLimiter` is what a :class:`~pipeline.download.Downloader` and its threads use:
+A :class:`HostLimiter` is what a :class:`~exiflang.pipeline.download.Downloader` and its threads use:
 ``with limiter.slot(host) as slot:`` blocks until the host may be sent one more request, and
 the ``with`` body reports what the host answered (``slot.answered(status, retry_after)``) so a
 429/503 pauses the host for the whole job.  The limits themselves live in a
-:class:`~pipeline.politeness.HostGovernor`: in this process when it is the job's only one
+:class:`~exiflang.pipeline.politeness.HostGovernor`: in this process when it is the job's only one
 (``--executor local --workers 1``, tests), or in the driver, reached through
-:class:`~pipeline.governor_service.RemoteGovernor`, when many processes share the job.
+:class:`~exiflang.pipeline.governor_service.RemoteGovernor`, when many processes share the job.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, Optional, Protocol
 
-from pipeline.politeness import ANSWERED, NO_ANSWER, THROTTLE_CODES, THROTTLED, GovernorLimits, HostGovernor
+from exiflang.pipeline.politeness import ANSWERED, NO_ANSWER, THROTTLE_CODES, THROTTLED, GovernorLimits, HostGovernor
 
 _OWNERS = itertools.count(1)
 

@@ -5,7 +5,7 @@ than everything else the pipeline does to a photo, and the trainer decodes it an
 check costs microseconds and catches what breaks files in practice: a wrong signature,
 corrupt segment lengths, a missing frame header, and truncation (no EOI after the scan).
 :func:`jpeg_frame` gives the frame header's coding process and sampling factors, which
-:mod:`pipeline.image_policy` needs for the least number of bytes a JPEG of a size can have.
+:mod:`exiflang.pipeline.image_policy` needs for the least number of bytes a JPEG of a size can have.
 """
 from __future__ import annotations
 

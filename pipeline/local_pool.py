@@ -25,7 +25,7 @@ A shard that raises is retried up to ``retries`` times; a worker that dies (OOM 
 the pool, which is replaced, and the shards it held are retried the same way.
 
 As with any non-``fork`` multiprocessing, each worker imports the ``__main__`` module of the
-driver: a script that calls :func:`pipeline.driver.build` with this executor must keep its
+driver: a script that calls :func:`exiflang.pipeline.driver.build` with this executor must keep its
 work under ``if __name__ == "__main__":`` (``exiflang shards`` and pytest do).
 """
 from __future__ import annotations
@@ -42,10 +42,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator
 
-from pipeline import reap
-from pipeline.config import ShardConfig
-from pipeline.records import SourceRow
-from pipeline.worker import process_shard
+from exiflang.pipeline import reap
+from exiflang.pipeline.config import ShardConfig
+from exiflang.pipeline.records import SourceRow
+from exiflang.pipeline.worker import process_shard
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _context() -> Any:
     if "forkserver" not in methods:
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["pipeline.worker"])   # imported once, then forked
+    ctx.set_forkserver_preload(["exiflang.pipeline.worker"])   # imported once, then forked
     return ctx
 
 

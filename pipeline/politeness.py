@@ -20,7 +20,7 @@ Why one central authority rather than partitioning hosts among workers: a worker
 *shard* (contiguous source rows, written in source order, byte-identical on rerun), and a
 shard's rows name any host; routing rows to a host's owner would break that contract.  Why
 not a Ray actor: a Ray actor call costs ~1.4 ms wall and ~0.57 ms CPU here (measured), as much
-as the fetch itself; a request over :mod:`pipeline.governor_service`'s socket costs tens of
+as the fetch itself; a request over :mod:`exiflang.pipeline.governor_service`'s socket costs tens of
 microseconds.  Leases are counted where they are granted, so a lease held by a worker that
 dies is returned when its connection closes, and in any case ``hold`` seconds after it was
 granted (the client asks for more than its attempt can last).

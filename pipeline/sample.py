@@ -7,11 +7,11 @@ from typing import Optional
 
 from PIL import Image
 
-from pipeline import records as st
-from pipeline.config import ShardConfig
-from pipeline.exif_parse import ExifReadError, read_exif
-from pipeline.image_policy import ImagePolicy, PolicyError, decode
-from pipeline.jpeg_check import jpeg_problem
+from exiflang.pipeline import records as st
+from exiflang.pipeline.config import ShardConfig
+from exiflang.pipeline.exif_parse import ExifReadError, read_exif
+from exiflang.pipeline.image_policy import ImagePolicy, PolicyError, decode
+from exiflang.pipeline.jpeg_check import jpeg_problem
 
 # Pillow format name -> the tar member extension webdataset decoders recognise.
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "WEBP": "webp", "BMP": "bmp",

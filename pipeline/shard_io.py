@@ -19,11 +19,11 @@ applied to every string written here (table cells, map keys and values, tar JSON
 Shard completeness: the stats file is written last and records the size and sha256 of the
 tar and the table (``files``); a shard whose files are missing or differ from that record is
 not complete and is redone (:func:`shard_problem`).  Every file goes through
-:mod:`pipeline.storage`, so the dataset folder may be local or on an object store; the
+:mod:`exiflang.pipeline.storage`, so the dataset folder may be local or on an object store; the
 functions here take a local ``Path`` or a remote URL (``s3://bucket/run``) alike, and
 return paths of the same kind.  On an object store the tar and table are staged in a local
 temporary file and uploaded whole, and the stats file's being written last is the commit
-(:mod:`pipeline.storage` explains the protocol).
+(:mod:`exiflang.pipeline.storage` explains the protocol).
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from exiflang.errors import naming
-from pipeline import storage
-from pipeline.storage import Location, PathLike
+from exiflang.pipeline import storage
+from exiflang.pipeline.storage import Location, PathLike
 
 _STR_MAP = pa.map_(pa.string(), pa.string())
 SCHEMA = pa.schema([
@@ -230,7 +230,7 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
 
 class TarShardWriter:
     """Writes WebDataset members to a local temporary tar; :meth:`commit` renames or uploads it
-    into place (:func:`pipeline.storage.commit`)."""
+    into place (:func:`exiflang.pipeline.storage.commit`)."""
 
     def __init__(self, path: PathLike) -> None:
         self.path = storage.resolve(path)

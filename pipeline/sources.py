@@ -1,8 +1,8 @@
 """Which kind of input a path is, and the one entry point that opens it as a stream of source rows.
 
 Three formats (DESIGN.md §2): a ``folder`` of images (walked here), a list of ``urls``
-(txt/csv/tsv/jsonl/parquet: :mod:`pipeline.url_lists`) and a ``yfcc`` main file
-(:mod:`pipeline.yfcc`).  Any file may be gzip-, bzip2- or xz-compressed; compression is
+(txt/csv/tsv/jsonl/parquet: :mod:`exiflang.pipeline.url_lists`) and a ``yfcc`` main file
+(:mod:`exiflang.pipeline.yfcc`).  Any file may be gzip-, bzip2- or xz-compressed; compression is
 recognised from the file's first bytes, so a misnamed file still opens.  Also here: the
 shared opener for possibly compressed files and :class:`SourceError`, the one-line error
 every unusable input raises.
@@ -13,14 +13,14 @@ shards, or YFCC main-file parts), or a glob of them (``lists/*.csv.gz``,
 (depth-first by name, as a folder is walked), each streamed (text line by line, Parquet
 by batches) and never loaded whole, with row indices continuing from one file to the
 next, so the shard plan, and with it resume, is the same on every run.  Every path may be
-local, ``file://`` or on an object store (:mod:`pipeline.storage`).
+local, ``file://`` or on an object store (:mod:`exiflang.pipeline.storage`).
 
 Bytes that are not valid UTF-8 are never replaced or refused here: file names come as
 ``os.fsdecode`` gives them and text files are decoded with ``surrogateescape``, so a bad
 byte ``0xff`` arrives as the lone surrogate ``"\\udcff"`` and the exact bytes can be had back
 (``os.fsencode`` / ``.encode("utf-8", "surrogateescape")``).  What one row then holds is
 that row's business: the worker reads or fetches it by its bytes and the shard table stores
-it escaped, with the raw bytes alongside (:mod:`pipeline.shard_io`).
+it escaped, with the raw bytes alongside (:mod:`exiflang.pipeline.shard_io`).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ import zlib
 from pathlib import Path
 from typing import IO, BinaryIO, Callable, Iterator, Optional
 
-from pipeline import storage
-from pipeline.records import SourceRow
+from exiflang.pipeline import storage
+from exiflang.pipeline.records import SourceRow
 
 FORMATS = ("folder", "urls", "yfcc")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".bmp"})
@@ -322,7 +322,7 @@ def detect_format(path: str | os.PathLike) -> str:
             return "folder"
         first = next((f for f in ListFolder(text).files() if inner_suffix(f) != ""), None)
         return detect_format(first) if first else "folder"
-    from pipeline.yfcc import looks_like_yfcc
+    from exiflang.pipeline.yfcc import looks_like_yfcc
     if inner_suffix(text) in ("", ".txt", ".tsv") and looks_like_yfcc(text):
         return "yfcc"
     return "urls"
@@ -388,7 +388,7 @@ def _open_file(path: str, fmt: str, url_column: Optional[str],
     if fmt == "folder":
         raise SourceError(path, "not a folder (format 'folder' needs a folder of images)")
     if fmt == "yfcc":
-        from pipeline.yfcc import ORIGINAL_URL, YfccSource
+        from exiflang.pipeline.yfcc import ORIGINAL_URL, YfccSource
         return YfccSource(path, original_template=yfcc_original_url or ORIGINAL_URL)
-    from pipeline.url_lists import open_url_list
+    from exiflang.pipeline.url_lists import open_url_list
     return open_url_list(path, url_column=url_column)

@@ -36,10 +36,10 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pipeline.synth_camera import SUBSAMPLING, CameraModel, capture, encode_jpeg  # noqa: E402
-from pipeline.synth_exif import Shot, choose_shot, exif_dict, thumbnail, write_exif  # noqa: E402
-from pipeline.synth_params import make_cameras  # noqa: E402
-from pipeline.synth_scene import render_scene  # noqa: E402
+from exiflang.pipeline.synth_camera import SUBSAMPLING, CameraModel, capture, encode_jpeg  # noqa: E402
+from exiflang.pipeline.synth_exif import Shot, choose_shot, exif_dict, thumbnail, write_exif  # noqa: E402
+from exiflang.pipeline.synth_params import make_cameras  # noqa: E402
+from exiflang.pipeline.synth_scene import render_scene  # noqa: E402
 
 STREAM_ASSIGN = 5
 STREAM_NOISE = 6

@@ -5,7 +5,7 @@ the scene) -> vignetting and lens blur -> exposure -> sensor colour response (in
 matrix, daylight raw balance) -> Bayer mosaic -> PRNU, column pattern, shot + read noise, ADC
 quantisation -> demosaic -> white balance -> colour matrix -> tone curve -> noise reduction and
 sharpening -> 8-bit -> JPEG with the camera's own quantisation tables and chroma subsampling.
-Parameters are drawn from the corpus seed by `pipeline.synth_params`; this module holds the
+Parameters are drawn from the corpus seed by `exiflang.pipeline.synth_params`; this module holds the
 dataclass, the processing (its only randomness is the noise RNG it is handed) and the encoder.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ class CameraModel:
     qtables: tuple[tuple[int, ...], tuple[int, ...]]
     subsampling: int
     jpeg_optimize: bool
-    exif: dict[str, Any]                     # fixed EXIF profile (see pipeline.synth)
+    exif: dict[str, Any]                     # fixed EXIF profile (see exiflang.pipeline.synth)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -18,8 +18,8 @@ import numpy as np
 import pyexiv2
 from PIL import Image
 
-from pipeline.synth_camera import CameraModel
-from pipeline.synth_scene import SceneInfo
+from exiflang.pipeline.synth_camera import CameraModel
+from exiflang.pipeline.synth_scene import SceneInfo
 
 STREAM_SHOT = 4
 FSTOPS = (1.0, 1.1, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.2, 2.4, 2.5, 2.8, 3.1, 3.2, 3.3, 3.5,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.synth_camera import CFA_PATTERNS, DEMOSAIC, CameraModel
+from exiflang.pipeline.synth_camera import CFA_PATTERNS, DEMOSAIC, CameraModel
 
 STREAM_MAKE = 101
 STREAM_MODEL = 102

@@ -4,7 +4,7 @@ A scene is first *described* (gradient, textures, shapes, illuminant, brightness
 stream keyed on ``(seed, index)`` only, in frame-normalised coordinates, and then *rendered* at
 whatever resolution a camera asks for.  So two cameras shooting image ``index`` see the same
 scene: identical low-frequency content, and identical pixels when their sensors match.  Nothing
-here knows about cameras; `pipeline.synth_camera` turns the radiance into a JPEG.
+here knows about cameras; `exiflang.pipeline.synth_camera` turns the radiance into a JPEG.
 """
 from __future__ import annotations
 

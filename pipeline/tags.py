@@ -1,7 +1,7 @@
 """Tag selection and dataset summaries: tags.json, sizes.json and summary.json from the tables.
 
 Reads only the Parquet tables, so a new threshold never re-downloads or re-shards.  The
-dataset folder may be local or on an object store (:mod:`pipeline.storage`).
+dataset folder may be local or on an object store (:mod:`exiflang.pipeline.storage`).
 ``tags.json`` holds the tags present in more than ``threshold`` of the kept (successful)
 images, most frequent first (ties by name), with their frequencies and a hash of the list.
 """
@@ -17,9 +17,9 @@ from typing import Any, Optional, Sequence
 import pyarrow.compute as pc
 
 from exiflang.errors import CommandError, naming, run_main
-from pipeline import records as st
-from pipeline import storage
-from pipeline.shard_io import atomic_write_json, complete_shards, read_parquet, shard_paths
+from exiflang.pipeline import records as st
+from exiflang.pipeline import storage
+from exiflang.pipeline.shard_io import atomic_write_json, complete_shards, read_parquet, shard_paths
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ Every entry the list holds becomes a row, even a bad one: a URL that is not http
 kept as given, so the downloader fails it with a status and the Parquet table still has its
 row.  Only blank lines and ``#`` comments (txt) are not rows.  Text that is not valid UTF-8
 (raw bytes in a csv/txt line, a ``"\\udcff"`` escape in JSON, a Parquet string column holding
-bad bytes) is kept as surrogate-escaped str, never replaced: see :mod:`pipeline.sources`.
+bad bytes) is kept as surrogate-escaped str, never replaced: see :mod:`exiflang.pipeline.sources`.
 
 Every reader streams: text line by line, Parquet by batches of one row group at a time, so
 a list of any size is read in bounded memory.  The file may be local or on an object store
-(:mod:`pipeline.storage`).
+(:mod:`exiflang.pipeline.storage`).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import math
 import os
 from typing import IO, Any, Iterator, Optional, Sequence
 
-from pipeline import storage
-from pipeline.records import SourceRow
-from pipeline.sources import (READ_ERRORS, EmptySourceError, Source, SourceError, compression_of,
+from exiflang.pipeline import storage
+from exiflang.pipeline.records import SourceRow
+from exiflang.pipeline.sources import (READ_ERRORS, EmptySourceError, Source, SourceError, compression_of,
                               inner_suffix, open_binary, open_text, reason_of)
 
 URL_COLUMNS = ("url", "URL", "image_url", "download_url", "photo_url")

@@ -2,9 +2,9 @@
 
 A plain function, testable without Ray; the driver only fans it out.  Atomicity: tar and
 table are written to local temporary files and renamed into place (or, when the dataset
-folder is on an object store, uploaded whole once complete: :mod:`pipeline.storage`); the
+folder is on an object store, uploaded whole once complete: :mod:`exiflang.pipeline.storage`); the
 stats file is written last and records both files' sizes and hashes, so a shard is whole
-exactly when its stats file exists and matches (:func:`pipeline.shard_io.shard_problem`);
+exactly when its stats file exists and matches (:func:`exiflang.pipeline.shard_io.shard_problem`);
 any other shard is redone.
 
 A row is the unit of failure: whatever goes wrong with one source row (its name or fields,
@@ -12,7 +12,7 @@ its fetch, its bytes, its EXIF, an unexpected exception) ends as that row's stat
 error, and the rest of the shard is written.  Names that are not valid UTF-8 arrive as
 surrogate-escaped str: a local file is read through its real bytes path (``os.fsencode``), a
 URL is fetched with its raw bytes percent-encoded, and the table keeps both escaped text
-and raw bytes (:mod:`pipeline.shard_io`).
+and raw bytes (:mod:`exiflang.pipeline.shard_io`).
 """
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from pipeline import records as st
-from pipeline import storage
-from pipeline.config import ShardConfig
-from pipeline.download import Downloader, FetchResult
-from pipeline.records import SourceRow
-from pipeline.sample import SampleOutcome, process_bytes
-from pipeline.shard_io import (TarShardWriter, is_utf8, json_bytes, remove_partial,
+from exiflang.pipeline import records as st
+from exiflang.pipeline import storage
+from exiflang.pipeline.config import ShardConfig
+from exiflang.pipeline.download import Downloader, FetchResult
+from exiflang.pipeline.records import SourceRow
+from exiflang.pipeline.sample import SampleOutcome, process_bytes
+from exiflang.pipeline.shard_io import (TarShardWriter, is_utf8, json_bytes, remove_partial,
                                safe_text, shard_name, shard_paths, shard_problem, write_stats,
                                write_table)
 
@@ -67,7 +67,7 @@ def read_local(path: str, max_bytes: int) -> FetchResult:
 
 
 def _read_remote(path: str, max_bytes: int, t0: float) -> FetchResult:
-    """A photo in a folder on an object store, read through :mod:`pipeline.storage`."""
+    """A photo in a folder on an object store, read through :mod:`exiflang.pipeline.storage`."""
     try:
         size = storage.size(path)
         if size > max_bytes:
@@ -189,7 +189,7 @@ def _members(rec: dict[str, Any], data: bytes, out: SampleOutcome) -> dict[str, 
 def _side_exif(rows: Sequence[SourceRow], cfg: ShardConfig) -> dict[str, dict[str, str]]:
     if not cfg.yfcc_exif_db:
         return {}
-    from pipeline.yfcc_exif import YfccExifIndex
+    from exiflang.pipeline.yfcc_exif import YfccExifIndex
     # An id that is not valid UTF-8 cannot be in the index (and SQLite cannot take it).
     ids = [r.photo_id for r in rows if r.photo_id and is_utf8(r.photo_id)]
     with YfccExifIndex.open(cfg.yfcc_exif_db) as index:

@@ -13,8 +13,8 @@ import re
 from typing import Iterator, Optional, Sequence
 from urllib.parse import unquote_plus
 
-from pipeline.records import SourceRow
-from pipeline.sources import READ_ERRORS, Source, SourceError, open_text, reason_of
+from exiflang.pipeline.records import SourceRow
+from exiflang.pipeline.sources import READ_ERRORS, Source, SourceError, open_text, reason_of
 
 FIELDS_2014 = (
     "photo_id", "user_id", "user_nickname", "date_taken", "date_uploaded", "capture_device",

@@ -30,10 +30,10 @@ from urllib.parse import unquote_plus
 
 from tqdm import tqdm
 
-from pipeline.exif_names import canonical_tag_name, directory_precedence
-from pipeline.records import SourceRow
-from pipeline.shard_io import is_utf8
-from pipeline.sources import READ_ERRORS, SourceError, open_binary, reason_of
+from exiflang.pipeline.exif_names import canonical_tag_name, directory_precedence
+from exiflang.pipeline.records import SourceRow
+from exiflang.pipeline.shard_io import is_utf8
+from exiflang.pipeline.sources import READ_ERRORS, SourceError, open_binary, reason_of
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"

@@ -80,20 +80,20 @@ def fresh(root: Path) -> bool:
 
 def synthesise(out: Path, *options: str) -> None:
     """``exiflang synth`` of the corpus's cameras and scenes (K, N, seed 0) into ``out``."""
-    from pipeline import synth
+    from exiflang.pipeline import synth
     assert synth.main(["--out", str(out), "--cameras", str(K), "--images", str(N), "--seed", "0",
                        *options, "--no-progress", "--workers", "2"]) == 0
 
 
 def shards(source: Path, out: Path, per_shard: int) -> None:
-    from pipeline import build_shards
+    from exiflang.pipeline import build_shards
     assert build_shards.main(["--source", str(source), "--out", str(out), "--executor", "local",
                               "--rows-per-shard", str(per_shard), "-q"]) == 0
 
 
 def train(run: SynthRun, steps: int, overrides: tuple[str, ...]) -> None:
     """Train `cpu-small` on ``run.train_shards`` (seed 0, one worker), then mark the build done."""
-    from train.main import main as train_main
+    from exiflang.train.main import main as train_main
     torch.manual_seed(0)
     assert train_main(["--data", str(run.train_shards), "--out", str(run.run), "--config", "cpu-small",
                        f"run.steps={steps}", "run.seed=0", "data.num_workers=1",

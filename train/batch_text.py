@@ -4,9 +4,9 @@ from __future__ import annotations
 import random
 from typing import Any, Protocol, Sequence
 
-from pipeline.text import RANDOM_ORDER, render_text
-from train.crops import pad_ids
-from train.loss import text_ids_from_strings
+from exiflang.pipeline.text import RANDOM_ORDER, render_text
+from exiflang.train.crops import pad_ids
+from exiflang.train.loss import text_ids_from_strings
 
 
 class TextSample(Protocol):

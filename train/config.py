@@ -13,8 +13,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from train.loader import DataConfig
-from train.model import ModelConfig
+from exiflang.train.loader import DataConfig
+from exiflang.train.model import ModelConfig
 
 
 @dataclass
@@ -29,7 +29,7 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr: float = 0.0
     grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
-    crop_consistency: float = 0.0    # weight of train.loss.crop_consistency_loss (with data.group_crops)
+    crop_consistency: float = 0.0    # weight of exiflang.train.loss.crop_consistency_loss (with data.group_crops)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list
@@ -44,7 +44,7 @@ class RunConfig:
     ckpt_every: int = 500
     keep_last: int = 2               # checkpoints kept besides the best
     eval_every: int = 0              # held-out numbers every N steps (0: only at the end)
-    eval_data: Optional[str] = None  # held-out shards (folder or URL): train.heldout
+    eval_data: Optional[str] = None  # held-out shards (folder or URL): exiflang.train.heldout
     eval_samples: int = 512          # photos of eval_data used (the first, in sorted tar order)
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda

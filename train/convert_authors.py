@@ -31,10 +31,10 @@ if __package__ in (None, ""):
     # Run as a script (`python train/convert_authors.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.checkpoint import CheckpointError, load_plain  # noqa: E402
-from train.encoders import text_config, torchvision_to_hf_resnet  # noqa: E402
-from train.model import ExifClip, ModelConfig  # noqa: E402
-from train.tokenizer import build_tokenizer  # noqa: E402
+from exiflang.train.checkpoint import CheckpointError, load_plain  # noqa: E402
+from exiflang.train.encoders import text_config, torchvision_to_hf_resnet  # noqa: E402
+from exiflang.train.model import ExifClip, ModelConfig  # noqa: E402
+from exiflang.train.tokenizer import build_tokenizer  # noqa: E402
 
 CLIP_LEFTOVERS = ("model.token_embedding.", "model.positional_embedding", "model.ln_final.",
                   "model.text_projection", "model.logit_scale", "sink_temp")

@@ -4,7 +4,7 @@
 the camera's pixel statistics are the signal — and copies out the boxes as RGB ``uint8``.  No
 resize, flip, colour jitter, EXIF-orientation transpose or ICC conversion.
 
-Modes (the pipeline's image policy, :mod:`pipeline.image_policy`, decides which are accepted, from
+Modes (the pipeline's image policy, :mod:`exiflang.pipeline.image_policy`, decides which are accepted, from
 the header, before the decode): 8-bit modes go through Pillow's ``convert("RGB")`` (grey repeated,
 alpha dropped, CMYK converted naively, palettes expanded); 16-bit grey (``I;16*``, and ``I`` with
 16-bit samples) is scaled by 255/65535; float (``F``), 32-bit integer and other modes are
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.image_policy import SIXTEEN_BIT, PolicyError, decode, default_policy
-from train.normalize import CLIP_MEAN, CLIP_STD
-from train.samples import SampleError
+from exiflang.pipeline.image_policy import SIXTEEN_BIT, PolicyError, decode, default_policy
+from exiflang.train.normalize import CLIP_MEAN, CLIP_STD
+from exiflang.train.samples import SampleError
 
 Box = tuple[int, int, int, int]
 
@@ -73,7 +73,7 @@ _STD = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 def normalise(crops: Sequence[np.ndarray]) -> torch.Tensor:
     """Stack ``uint8 [P,P,3]`` crops into CLIP-normalised ``float32 [B,3,P,P]``.
 
-    ``(x/255 - mean) / std`` per channel, the same arithmetic as :func:`train.normalize.to_clip_tensor`
+    ``(x/255 - mean) / std`` per channel, the same arithmetic as :func:`exiflang.train.normalize.to_clip_tensor`
     (evaluation), so values lie in about [-1.79, 2.15].
     """
     stacked = torch.from_numpy(np.stack(crops))  # [B,P,P,3] uint8

@@ -2,7 +2,7 @@
 
 Both towers come from ``transformers`` and are built offline: random init from a config preset,
 or weights from a local path (never a hub).  Each tower ends in a vector in the joint space; the
-L2 normalisation lives in :mod:`train.model`.
+L2 normalisation lives in :mod:`exiflang.train.model`.
 
 Image: ``ResNetModel`` -> global average pool -> ``Linear(hidden_sizes[-1], embed_dim)`` (bias,
 like the torchvision ``fc`` the authors replaced).  ``image_init`` may be a ``microsoft/resnet-50``
@@ -26,7 +26,7 @@ from transformers import (AlbertConfig, AlbertModel, BertConfig, BertModel, Dist
                           DistilBertModel, PretrainedConfig, PreTrainedModel, ResNetConfig,
                           ResNetModel)
 
-from train.checkpoint import load_plain, load_problem, read_safetensors
+from exiflang.train.checkpoint import load_plain, load_problem, read_safetensors
 
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     # torchvision / microsoft ResNet-50: bottleneck blocks, stride in the 3x3 conv (v1.5).

@@ -22,18 +22,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from train import checkpoint
-from train.config import TrainConfig
-from train.distributed import DistEnv, all_reduce_mean, barrier, gather_to_all
-from train.samples import load_vocabulary
-from train.shard_store import join, read_file
-from train.shuffle import rank_seed
-from train.loader import build_loader, read_policy
-from train.logger import RunLogger
-from train.loss import crop_consistency_loss, DistributedClipLoss
-from train.model import ExifClip, load_weights
-from train.optim import build_optimizer, build_scheduler
-from train.tokenizer import build_tokenizer
+from exiflang.train import checkpoint
+from exiflang.train.config import TrainConfig
+from exiflang.train.distributed import DistEnv, all_reduce_mean, barrier, gather_to_all
+from exiflang.train.samples import load_vocabulary
+from exiflang.train.shard_store import join, read_file
+from exiflang.train.shuffle import rank_seed
+from exiflang.train.loader import build_loader, read_policy
+from exiflang.train.logger import RunLogger
+from exiflang.train.loss import crop_consistency_loss, DistributedClipLoss
+from exiflang.train.model import ExifClip, load_weights
+from exiflang.train.optim import build_optimizer, build_scheduler
+from exiflang.train.tokenizer import build_tokenizer
 
 log = logging.getLogger("exiflang.train")
 

@@ -12,7 +12,7 @@ training's generators:
 - ``eval/i2t_r1``, ``eval/i2t_r5``, ``eval/t2i_r1``, ``eval/t2i_r5``: recall at 1 and 5 of
   retrieving a photo's own sentence among all held-out sentences (photo embedding: the mean of
   its grid patches) and the reverse; a sentence identical to the photo's own counts as a hit;
-- ``eval/camera_top1`` against ``eval/chance`` (:mod:`train.retrieval`) when the set holds
+- ``eval/camera_top1`` against ``eval/chance`` (:mod:`exiflang.train.retrieval`) when the set holds
   photos of two or more cameras; ``eval/metric`` (which ranks the "best" checkpoint) is the
   camera top-1, else ``i2t_r1``.
 
@@ -29,12 +29,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from pipeline.text import render_text
-from train.loader import read_policy
-from train.loss import clip_loss, text_ids_from_strings
-from train.retrieval import CAMERA_TAG, camera_top1_emb, grid_embeddings, grid_patches, iter_samples
-from train.crops import normalise
-from train.shuffle import stable_seed
+from exiflang.pipeline.text import render_text
+from exiflang.train.loader import read_policy
+from exiflang.train.loss import clip_loss, text_ids_from_strings
+from exiflang.train.retrieval import CAMERA_TAG, camera_top1_emb, grid_embeddings, grid_patches, iter_samples
+from exiflang.train.crops import normalise
+from exiflang.train.shuffle import stable_seed
 
 log = logging.getLogger("exiflang.train")
 _CENTRE = 4          # index of the centre patch after the 2x2 grid

@@ -22,7 +22,7 @@ previous good item, or its first (counted as ``substituted``; rare: libjpeg-turb
 damage, truncated PNGs are the usual case).
 
 **Where the shards are.**  ``data`` is a local folder or an fsspec URL (``s3://…``, ``gs://…``,
-``file://…``; :mod:`train.shard_store`): each tar is streamed through one seekable handle that
+``file://…``; :mod:`exiflang.train.shard_store`): each tar is streamed through one seekable handle that
 serves both its headers and its members, with bounded retries and a per-read timeout
 (``read_attempts``, ``read_timeout``).  The batches are the same bytes for bytes either way.
 
@@ -49,12 +49,12 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.text import FORMATS
-from train.batch_text import batch_text
-from train.crops import crop_boxes, decode_crops, normalise
-from train.shard_store import ReadPolicy
-from train.shuffle import rank_seed, shuffled, stable_seed
-from train.samples import (Location, SampleError, ShardError, ShardSet, check_sample,
+from exiflang.pipeline.text import FORMATS
+from exiflang.train.batch_text import batch_text
+from exiflang.train.crops import crop_boxes, decode_crops, normalise
+from exiflang.train.shard_store import ReadPolicy
+from exiflang.train.shuffle import rank_seed, shuffled, stable_seed
+from exiflang.train.samples import (Location, SampleError, ShardError, ShardSet, check_sample,
                            load_vocabulary, open_shards, read_groups, read_member)
 
 log = logging.getLogger("exiflang.train.loader")
@@ -77,7 +77,7 @@ class DataConfig:
     crops_per_image: int = 1       # K crops from each decoded image, each its own sample
     shuffle_buffer: int = 1000     # items (crops); keep >> K * batch_size to separate an image's crops
     num_workers: int = 2
-    text_format: str = "paper"     # pipeline.text.FORMATS
+    text_format: str = "paper"     # exiflang.pipeline.text.FORMATS
     clean_values: bool = False
     tags: Optional[list[str]] = None  # vocabulary override (single-tag supervision: ["Model"])
     tags_file: Optional[str] = None   # default DATA/tags.json
@@ -85,7 +85,7 @@ class DataConfig:
     resampled: bool = False        # shards drawn with replacement (epochs become nominal)
     cropclr: bool = False          # two crops of one image as the positive pair, no text
     # Keep an image's K crops together in one batch (the buffer then shuffles images): B/K
-    # photos per batch, each text encoded once (train.engine dedups identical texts).
+    # photos per batch, each text encoded once (exiflang.train.engine dedups identical texts).
     group_crops: bool = False
     seed: int = 0
     read_attempts: int = 4         # remote reads: tries in all (backoff 0.5 s doubling) ...

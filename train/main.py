@@ -27,11 +27,11 @@ if __package__ in (None, ""):
 # `exiflang --debug train ...` hands --debug through: this command parses it itself.
 ACCEPTS_DEBUG = True
 
-from train.config import PRESETS, load_config, save_config  # noqa: E402
-from train.distributed import init_distributed, shutdown  # noqa: E402
-from train.loader import read_policy  # noqa: E402
-from train.logger import check_wandb  # noqa: E402
-from train.shard_store import is_url, store_for  # noqa: E402
+from exiflang.train.config import PRESETS, load_config, save_config  # noqa: E402
+from exiflang.train.distributed import init_distributed, shutdown  # noqa: E402
+from exiflang.train.loader import read_policy  # noqa: E402
+from exiflang.train.logger import check_wandb  # noqa: E402
+from exiflang.train.shard_store import is_url, store_for  # noqa: E402
 
 log = logging.getLogger("exiflang.train")
 
@@ -106,8 +106,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         _check_out(run)
     except (ValueError, OSError) as exc:
         return _fail(exc, debug)
-    from train.engine import train
-    from train.heldout import HeldOutEvaluator
+    from exiflang.train.engine import train
+    from exiflang.train.heldout import HeldOutEvaluator
     try:
         env = init_distributed(cfg.run.device)   # e.g. device=cuda on a machine without one
     except ValueError as exc:

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase, ResNetConfig
 
-from train import encoders
-from train.checkpoint import read_safetensors
-from train.tokenizer import load_tokenizer
+from exiflang.train import encoders
+from exiflang.train.checkpoint import read_safetensors
+from exiflang.train.tokenizer import load_tokenizer
 
 FORMAT = "exiflang-model"
 FORMAT_VERSION = 1

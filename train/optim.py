@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from train.config import OptimConfig
+from exiflang.train.config import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -2,7 +2,7 @@
 
 - :func:`open_shards` / :func:`load_vocabulary` check the dataset (tars, ``sizes.json``,
   ``tags.json`` and its hash) with one-line errors naming the file; the dataset is a local
-  folder or a URL (:mod:`train.shard_store`);
+  folder or a URL (:mod:`exiflang.train.shard_store`);
 - :func:`read_groups` / :func:`read_member` walk a tar's headers and read members by offset
   (the loader can re-read an image later without holding its bytes);
 - :func:`check_sample` / :func:`probe_image` look at members, ``exif.json`` and the image header
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional, Sequence, Union
 
-from pipeline.image_policy import ImagePolicy, PolicyError, default_policy
-from pipeline.jpeg_check import jpeg_problem
-from pipeline.tags import vocabulary_hash
-from train.shard_store import ReadPolicy, ShardStore, is_url, read_file, store_for
+from exiflang.pipeline.image_policy import ImagePolicy, PolicyError, default_policy
+from exiflang.pipeline.jpeg_check import jpeg_problem
+from exiflang.pipeline.tags import vocabulary_hash
+from exiflang.train.shard_store import ReadPolicy, ShardStore, is_url, read_file, store_for
 
 # Member extensions that hold the image, in the order a sample's members are searched.
 IMAGE_EXTS = ("jpg", "jpeg", "png", "tif", "tiff", "webp")
@@ -175,7 +175,7 @@ def probe_image(data: bytes, patch: int, policy: Optional[ImagePolicy] = None) -
     """Header-only check of one image; returns its ``(width, height)``.
 
     Raises :class:`SampleError` with reason ``not_an_image``, ``too_large`` / ``implausible_size`` /
-    ``unsupported_mode`` (the pipeline's image policy, :mod:`pipeline.image_policy`),
+    ``unsupported_mode`` (the pipeline's image policy, :mod:`exiflang.pipeline.image_policy`),
     ``corrupt_image`` (JPEG structure) or ``too_small`` (a side below ``patch``).
     """
     policy = policy or default_policy()

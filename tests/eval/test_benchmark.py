@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.benchmark import ROW_FORMAT, interleave, main, run_benchmark
-from eval.datasets import read_dataset
-from eval.noi import NoiDetector
+from exiflang.eval.benchmark import ROW_FORMAT, interleave, main, run_benchmark
+from exiflang.eval.datasets import read_dataset
+from exiflang.eval.noi import NoiDetector
 
 RNG = np.random.default_rng(0)
 H, W = 256, 320
@@ -55,7 +55,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from train.model import ExifClip, ModelConfig
+    from exiflang.train.model import ExifClip, ModelConfig
     torch.manual_seed(0)
     return ExifClip(ModelConfig.preset("cpu-small")).save_pretrained(tmp_path_factory.mktemp("m") / "model")
 
@@ -188,7 +188,7 @@ PER_SIDE = 10            # ~90 patches per image instead of ~700 (n = 30): the s
 
 @pytest.fixture(scope="module")
 def heldout_benchmark(synth_run, tmp_path_factory) -> dict:
-    from eval.splices import make_splices
+    from exiflang.eval.splices import make_splices
     root = tmp_path_factory.mktemp("heldout_splices")
     make_splices([synth_run.splice_photos], root / "set", count=24, authentic=24, seed=0, progress=False)
     torch.manual_seed(0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.datasets import DATASETS, MaskError, load_mask, read_dataset
-from eval.images import load_rgb
+from exiflang.eval.datasets import DATASETS, MaskError, load_mask, read_dataset
+from exiflang.eval.images import load_rgb
 
 H, W = 60, 80
 RNG = np.random.default_rng(0)

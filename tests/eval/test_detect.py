@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from eval import detect
-from eval.detector import Detector, legacy_negative
-from eval.overlay import RAMP, colorize, outline, render_overlay
+from exiflang.eval import detect
+from exiflang.eval.detector import Detector, legacy_negative
+from exiflang.eval.overlay import RAMP, colorize, outline, render_overlay
 
 RNG = np.random.default_rng(0)
 NPZ_KEYS = {"heatmap", "mask", "detection", "scores_score_exp", "scores_score_mean_dist",
@@ -26,7 +26,7 @@ NPZ_KEYS = {"heatmap", "mask", "detection", "scores_score_exp", "scores_score_me
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from train.model import ExifClip, ModelConfig
+    from exiflang.train.model import ExifClip, ModelConfig
     torch.manual_seed(0)
     model = ExifClip(ModelConfig.preset("cpu-small", cropclr=True))  # detect reads the image tower only
     return model.save_pretrained(tmp_path_factory.mktemp("model") / "model")
@@ -280,7 +280,7 @@ def test_detector_api_and_default_tau(tiny_model):
     assert res.heatmap.shape == (200, 300) and res.mask.shape == (200, 300)
     assert res.cell_map.ndim == 2 and res.grid.count == len(res.grid.ys) * len(res.grid.xs)
     assert {"embed", "votes", "meanshift", "ncuts", "total"} <= set(res.timings)
-    from train.model import ExifClip
+    from exiflang.train.model import ExifClip
     same = Detector.from_model(ExifClip.from_pretrained(tiny_model).model, per_side=3, device="cpu")
     again = same.detect(rgb)
     np.testing.assert_allclose(again.heatmap, res.heatmap, atol=1e-5)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval import distortion as dist
-from eval import distortion_probe as dp
+from exiflang.eval import distortion as dist
+from exiflang.eval import distortion_probe as dp
 
 
 def _reference_root(r_d: float, k1: float) -> float:
@@ -170,8 +170,8 @@ def test_split_by_camera_keeps_models_apart(photos_dir):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     import torch
-    from train.model import ExifClip, ModelConfig
-    from train.tokenizer import build_tokenizer
+    from exiflang.train.model import ExifClip, ModelConfig
+    from exiflang.train.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
     tok = build_tokenizer("auto", None, max_length=64)
@@ -219,8 +219,8 @@ def test_command_writes_json_and_reports_bad_input(tiny_model, photos_dir, tmp_p
 
 
 def test_batched_grid_embeddings_match_embed_photo(tiny_model):
-    from eval.patches import PatchEmbedder
-    from train.model import ExifClip
+    from exiflang.eval.patches import PatchEmbedder
+    from exiflang.train.model import ExifClip
 
     embedder = PatchEmbedder(ExifClip.from_pretrained(tiny_model).model, device="cpu", batch_size=20)
     crops = np.random.default_rng(6).integers(0, 256, size=(3, 200, 200, 3), dtype=np.uint8)

@@ -8,12 +8,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from eval.eval_tags import eval_tags, main
-from eval.probe import C_GRID, choose_c, probe_predict
-from eval.tag_classes import fit_tag_classes
-from eval.tag_report import markdown
-from eval.votes import plurality
-from eval.zero_shot import ZeroShot, candidate_exifs, template_exif
+from exiflang.eval.eval_tags import eval_tags, main
+from exiflang.eval.probe import C_GRID, choose_c, probe_predict
+from exiflang.eval.tag_classes import fit_tag_classes
+from exiflang.eval.tag_report import markdown
+from exiflang.eval.votes import plurality
+from exiflang.eval.zero_shot import ZeroShot, candidate_exifs, template_exif
 from tests.eval import lookup_fixtures as fx
 
 METHODS = ("knn", "zero_shot", "probe", "majority")
@@ -67,7 +67,7 @@ def _exifs(table) -> list[dict]:
 
 
 def test_numbers_match_a_naive_recomputation(tiny, tiny_report):
-    from eval.embeddings import load_embeddings
+    from exiflang.eval.embeddings import load_embeddings
 
     out, report = tiny_report
     tr, te = load_embeddings(out / "emb_train"), load_embeddings(out / "emb_test")
@@ -128,7 +128,7 @@ def test_bad_inputs(tiny, tiny_report, tmp_path, capsys):
 def test_cropclr_model_has_no_zero_shot(tiny, tmp_path):
     import torch
 
-    from train.model import ExifClip, ModelConfig
+    from exiflang.train.model import ExifClip, ModelConfig
 
     torch.manual_seed(0)
     model_dir = tmp_path / "cropclr"
@@ -142,9 +142,9 @@ def test_cropclr_model_has_no_zero_shot(tiny, tmp_path):
 
 
 def test_zero_shot_candidates_and_argmax(tiny):
-    from eval.embed_batch import TextEncoder
-    from eval.embeddings import load_embeddings
-    from train.model import ExifClip
+    from exiflang.eval.embed_batch import TextEncoder
+    from exiflang.eval.embeddings import load_embeddings
+    from exiflang.train.model import ExifClip
 
     emb = load_embeddings(tiny.emb)
     exifs = _exifs(emb.table)

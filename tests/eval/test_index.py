@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from eval.embed import embed_shards
-from eval.embeddings import load_embeddings
-from eval.index import NotAnIndex, VectorIndex, build_index, main
-from eval.index_build import choose_kind, choose_pq_m, estimate_bytes
-from eval.index_tune import exact_search, lower_bound, per_query_recall, recall_at_k, smallest_meeting
-from pipeline import build_shards, synth
-from train.model import ExifClip, ModelConfig
-from train.tokenizer import build_tokenizer
+from exiflang.eval.embed import embed_shards
+from exiflang.eval.embeddings import load_embeddings
+from exiflang.eval.index import NotAnIndex, VectorIndex, build_index, main
+from exiflang.eval.index_build import choose_kind, choose_pq_m, estimate_bytes
+from exiflang.eval.index_tune import exact_search, lower_bound, per_query_recall, recall_at_k, smallest_meeting
+from exiflang.pipeline import build_shards, synth
+from exiflang.train.model import ExifClip, ModelConfig
+from exiflang.train.tokenizer import build_tokenizer
 
 
 def unit(n: int, d: int, seed: int) -> np.ndarray:

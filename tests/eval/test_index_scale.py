@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval.embeddings import TABLE_COLUMNS, load_embeddings
-from eval.index import VectorIndex, build_index
-from eval.index_build import ArraySource, NpySource, as_source, default_nlist
-from eval.index_tune import exact_search
+from exiflang.eval.embeddings import TABLE_COLUMNS, load_embeddings
+from exiflang.eval.index import VectorIndex, build_index
+from exiflang.eval.index_build import ArraySource, NpySource, as_source, default_nlist
+from exiflang.eval.index_tune import exact_search
 
 
 def unit(n: int, d: int, seed: int) -> np.ndarray:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval import report
-from eval.svg_plot import Series, format_tick, line_chart, nice_ticks
+from exiflang.eval import report
+from exiflang.eval.svg_plot import Series, format_tick, line_chart, nice_ticks
 
 
 class _Tags(HTMLParser):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.images import load_rgb
-from eval.regions import SHAPES, draw_region
-from eval.splices import main, make_splices
+from exiflang.eval.images import load_rgb
+from exiflang.eval.regions import SHAPES, draw_region
+from exiflang.eval.splices import main, make_splices
 
 RNG = np.random.default_rng(0)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.study import main as study_main
-from pipeline import synth
+from exiflang.eval.study import main as study_main
+from exiflang.pipeline import synth
 
 
 @pytest.mark.slow

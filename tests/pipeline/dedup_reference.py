@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import records as st
-from pipeline.shard_io import TarShardWriter, read_tables, shard_paths, write_stats
+from exiflang.pipeline import records as st
+from exiflang.pipeline.shard_io import TarShardWriter, read_tables, shard_paths, write_stats
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import dedup
-from pipeline import records as st
-from pipeline.shard_io import (TarShardWriter, atomic_write_json, is_complete, shard_paths,
+from exiflang.pipeline import dedup
+from exiflang.pipeline import records as st
+from exiflang.pipeline.shard_io import (TarShardWriter, atomic_write_json, is_complete, shard_paths,
                                write_table)
 from tests.pipeline import dedup_reference as ref
 

@@ -4,10 +4,10 @@ import io
 import pytest
 from PIL import Image
 
-from pipeline import records as st
-from pipeline.config import ShardConfig
-from pipeline.jpeg_check import jpeg_problem
-from pipeline.sample import process_bytes
+from exiflang.pipeline import records as st
+from exiflang.pipeline.config import ShardConfig
+from exiflang.pipeline.jpeg_check import jpeg_problem
+from exiflang.pipeline.sample import process_bytes
 
 
 def _decodes(data: bytes) -> bool:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import records as st
-from pipeline.build_shards import main as shards_main
-from pipeline.shard_io import complete_shards, read_tables, shard_paths
+from exiflang.pipeline import records as st
+from exiflang.pipeline.build_shards import main as shards_main
+from exiflang.pipeline.shard_io import complete_shards, read_tables, shard_paths
 
 
 def _tar_members(path: Path) -> dict[str, bytes]:

@@ -11,13 +11,13 @@ from urllib.parse import quote
 
 import pytest
 
-from pipeline import records as st
-from pipeline.build_shards import main as shards_main
-from pipeline.download import DownloadConfig, Downloader
-from pipeline.governor_service import GovernorServer, GovernorUnavailable, RemoteGovernor
-from pipeline.opt_out import agent_token, opt_out
-from pipeline.politeness import ANSWERED, THROTTLED, GovernorLimits, HostGovernor
-from pipeline.shard_io import read_tables
+from exiflang.pipeline import records as st
+from exiflang.pipeline.build_shards import main as shards_main
+from exiflang.pipeline.download import DownloadConfig, Downloader
+from exiflang.pipeline.governor_service import GovernorServer, GovernorUnavailable, RemoteGovernor
+from exiflang.pipeline.opt_out import agent_token, opt_out
+from exiflang.pipeline.politeness import ANSWERED, THROTTLED, GovernorLimits, HostGovernor
+from exiflang.pipeline.shard_io import read_tables
 from tests.http_server import LoopbackServer
 
 _KEYS = itertools.count()

@@ -10,14 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import records as st
-from pipeline.build_shards import main as shards_main
-from pipeline.config import ShardConfig
-from pipeline.records import SourceRow
-from pipeline.shard_io import complete_shards, read_tables, shard_paths, write_table
-from pipeline.sources import open_source
-from pipeline.worker import fetchable_url, process_shard
-from pipeline.yfcc import record_meta
+from exiflang.pipeline import records as st
+from exiflang.pipeline.build_shards import main as shards_main
+from exiflang.pipeline.config import ShardConfig
+from exiflang.pipeline.records import SourceRow
+from exiflang.pipeline.shard_io import complete_shards, read_tables, shard_paths, write_table
+from exiflang.pipeline.sources import open_source
+from exiflang.pipeline.worker import fetchable_url, process_shard
+from exiflang.pipeline.yfcc import record_meta
 from tests.http_server import LoopbackServer
 
 RUN = ["--executor", "local", "--threads", "2", "--rows-per-shard", "10", "--timeout", "2",

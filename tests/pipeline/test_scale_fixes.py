@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from pipeline.config import ShardConfig
-from pipeline.download import DownloadConfig, Downloader
-from pipeline.records import SourceRow
-from pipeline.sources import open_source
-from pipeline.worker import _ordered
-from pipeline.yfcc_exif import YfccSideJoin
+from exiflang.pipeline.config import ShardConfig
+from exiflang.pipeline.download import DownloadConfig, Downloader
+from exiflang.pipeline.records import SourceRow
+from exiflang.pipeline.sources import open_source
+from exiflang.pipeline.worker import _ordered
+from exiflang.pipeline.yfcc_exif import YfccSideJoin
 from tests.http_server import LoopbackServer
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources import FORMATS, SourceError, detect_format, open_source
+from exiflang.pipeline.sources import FORMATS, SourceError, detect_format, open_source
 
 COMPRESSORS = {"": lambda b: b, ".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import storage
-from pipeline.build_shards import main as shards_main
-from pipeline.shard_io import TarShardWriter, read_tables, write_table
+from exiflang.pipeline import storage
+from exiflang.pipeline.build_shards import main as shards_main
+from exiflang.pipeline.shard_io import TarShardWriter, read_tables, write_table
 from tests.http_server import LoopbackServer
 from tests.s3_server import s3_env, s3_server, storage_options
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import records as st
-from pipeline.dedup import remove_cross_shard_duplicates
-from pipeline.shard_io import TarShardWriter, atomic_write_json, shard_paths, write_table
-from pipeline.tags import select_tags, vocabulary_hash, write_sizes_and_summary, write_tags
+from exiflang.pipeline import records as st
+from exiflang.pipeline.dedup import remove_cross_shard_duplicates
+from exiflang.pipeline.shard_io import TarShardWriter, atomic_write_json, shard_paths, write_table
+from exiflang.pipeline.tags import select_tags, vocabulary_hash, write_sizes_and_summary, write_tags
 
 
 def test_strictly_more_than_threshold():

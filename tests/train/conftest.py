@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import build_shards, synth
+from exiflang.pipeline import build_shards, synth
 
 # The smallest useful recipe: cpu-small on 64-px patches, batch 8, 2 crops per photo (6 batches
 # an epoch), text dropout left on so that the run draws from the RNG every step.
@@ -43,7 +43,7 @@ def metrics(run: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def heldout_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 steps from local shards, held-out numbers (the same shards) every 2 steps, TensorBoard on."""
-    from train.main import main as train_main
+    from exiflang.train.main import main as train_main
 
     run = tmp_path_factory.mktemp("heldout_run") / "run"
     assert train_main(train_args(str(tiny_shards), run, *HELDOUT, eval_data=str(tiny_shards))) == 0
@@ -58,7 +58,7 @@ CKPT_TINY = ["--config", "cpu-small", "run.tensorboard=false", "data.batch_size=
 
 def checkpointed_run(root: Path, steps: int) -> tuple[Path, Path]:
     """(shards, RUN) under ``root``: a ``steps``-step run with a checkpoint every 2 steps."""
-    from train.main import main as train_main
+    from exiflang.train.main import main as train_main
 
     assert synth.main(["--out", str(root / "synth"), "--cameras", "2", "--images", "12",
                        "--seed", "1", "--no-progress", "--workers", "1"]) == 0

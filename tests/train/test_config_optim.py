@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from train.config import PRESETS, load_config, save_config
-from train.optim import OptimConfig, build_optimizer, lr_at, param_groups
+from exiflang.train.config import PRESETS, load_config, save_config
+from exiflang.train.optim import OptimConfig, build_optimizer, lr_at, param_groups
 
 
 def test_presets_and_overrides(tmp_path):

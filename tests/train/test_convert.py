@@ -6,10 +6,10 @@ import torch
 from transformers import DistilBertConfig, DistilBertModel
 
 from tests.train.test_model import torchvision_forward, torchvision_resnet_state
-from train import convert_authors
-from train.encoders import torchvision_to_hf_resnet
-from train.model import ExifClip
-from train.tokenizer import build_tokenizer
+from exiflang.train import convert_authors
+from exiflang.train.encoders import torchvision_to_hf_resnet
+from exiflang.train.model import ExifClip
+from exiflang.train.tokenizer import build_tokenizer
 
 
 def authors_state() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train import checkpoint
+from exiflang.train import checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 # 24 photos x 2 crops / (4 a rank x 2 ranks) = 6 batches an epoch: the checkpoint at step 3 is

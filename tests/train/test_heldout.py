@@ -9,10 +9,10 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.train.conftest import metrics, train_args
-from train.config import load_config
-from train.heldout import HeldOutEvaluator, recall_at
-from train.main import main as train_main
-from train.model import ExifClip
+from exiflang.train.config import load_config
+from exiflang.train.heldout import HeldOutEvaluator, recall_at
+from exiflang.train.main import main as train_main
+from exiflang.train.model import ExifClip
 
 KEYS = ("eval/loss", "eval/i2t_r1", "eval/i2t_r5", "eval/t2i_r1", "eval/t2i_r5", "eval/camera_top1")
 
@@ -66,7 +66,7 @@ def test_wandb_asked_for_without_the_package_is_one_line(tiny_shards: Path, tmp_
 
 
 def test_demo_report_draws_the_heldout_curve(heldout_run: Path) -> None:
-    from eval.report import training_section
+    from exiflang.eval.report import training_section
 
     html = training_section(heldout_run)
     assert html.count("<svg") == 2                     # loss (training + held-out), held-out scores

@@ -20,8 +20,8 @@ import json
 import pytest
 
 from tests.synth_run import K, N, N_TRAIN
-from train.model import ExifClip
-from train.retrieval import camera_top1
+from exiflang.train.model import ExifClip
+from exiflang.train.retrieval import camera_top1
 
 
 @pytest.mark.slow

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import build_shards, synth
-from train.crops import decode_crops, normalise, unnormalise
-from train.loader import DataConfig, build_loader
-from train.normalize import CLIP_MEAN, CLIP_STD
-from train.tokenizer import build_tokenizer
+from exiflang.pipeline import build_shards, synth
+from exiflang.train.crops import decode_crops, normalise, unnormalise
+from exiflang.train.loader import DataConfig, build_loader
+from exiflang.train.normalize import CLIP_MEAN, CLIP_STD
+from exiflang.train.tokenizer import build_tokenizer
 
 SAMPLES = 30  # synth images, 4 shards of 8, 8, 8, 6
 
@@ -271,7 +271,7 @@ def test_token_ids_match_the_tokenizer_padding_longest(shards, tokenizer, fmt):
 
 
 def test_resume_decodes_only_what_it_yields(shards, tokenizer, monkeypatch):
-    import train.loader as loader_module
+    import exiflang.train.loader as loader_module
     calls = []
 
     def counting(data, boxes):
@@ -300,14 +300,14 @@ def test_buffered_shuffle_is_a_seeded_permutation_and_seeds_are_stable_across_pr
     import random
     import subprocess
     import sys
-    from train.shuffle import shuffled, stable_seed
+    from exiflang.train.shuffle import shuffled, stable_seed
     items = list(range(200))
     a = list(shuffled(items, 16, random.Random(1)))
     assert sorted(a) == items and a != items
     assert a == list(shuffled(items, 16, random.Random(1)))
     assert list(shuffled(items, 1, random.Random(1))) == items     # a buffer of one keeps the order
     # Python's hash() is salted per process; the loader's seeds must not be.
-    code = "from train.shuffle import stable_seed; print(stable_seed(0, 'epoch', 3))"
+    code = "from exiflang.train.shuffle import stable_seed; print(stable_seed(0, 'epoch', 3))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "123"}, cwd=str(Path(__file__).resolve().parents[2]))
     assert int(other.stdout) == stable_seed(0, "epoch", 3) != stable_seed(0, "epoch", 4)

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from train.loss import (DistributedClipLoss, clip_loss, crop_consistency_loss, cropclr_loss,
+from exiflang.train.loss import (DistributedClipLoss, clip_loss, crop_consistency_loss, cropclr_loss,
                         text_ids_from_strings)
 
 
@@ -147,8 +147,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
 def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
     from types import SimpleNamespace
 
-    from train.engine import _step, unique_rows
-    from train.model import ExifClip, ModelConfig
+    from exiflang.train.engine import _step, unique_rows
+    from exiflang.train.model import ExifClip, ModelConfig
 
     first, inverse = unique_rows(torch.tensor([5, 3, 5, 7, 3]))
     assert first.tolist() == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2, 1]

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from transformers import (DistilBertConfig, DistilBertModel, ResNetConfig,
                           ResNetForImageClassification)
 
-from train import encoders
-from train.model import ExifClip, ModelConfig
-from train.tokenizer import (BERT_UNCASED_SIZE, build_tokenizer, bert_uncased_vocab_path,
+from exiflang.train import encoders
+from exiflang.train.model import ExifClip, ModelConfig
+from exiflang.train.tokenizer import (BERT_UNCASED_SIZE, build_tokenizer, bert_uncased_vocab_path,
                              load_tokenizer, train_wordpiece)
 
 TEXTS = ["Make: Canon, Model: Canon EOS 5D, Exposure Time: 1/200 sec, F-Number: f/8.0",

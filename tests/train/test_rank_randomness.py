@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.loader import DataConfig, build_loader
-from train.samples import read_groups, read_member
-from train.shuffle import rank_seed
-from train.tokenizer import build_tokenizer
+from exiflang.train.loader import DataConfig, build_loader
+from exiflang.train.samples import read_groups, read_member
+from exiflang.train.shuffle import rank_seed
+from exiflang.train.tokenizer import build_tokenizer
 
 COPIES = 8   # per tar, 2 tars
 

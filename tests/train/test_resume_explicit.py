@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.train.conftest import CKPT_TINY, checkpointed_run
-from train import checkpoint
-from train.main import main as train_main
+from exiflang.train import checkpoint
+from exiflang.train.main import main as train_main
 
 TINY = CKPT_TINY
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tests.train.conftest import CKPT_TINY, checkpointed_run
-from train import checkpoint, convert_authors, encoders
-from train.main import main as train_main
-from train.model import ExifClip
+from exiflang.train import checkpoint, convert_authors, encoders
+from exiflang.train.main import main as train_main
+from exiflang.train.model import ExifClip
 
 TINY = CKPT_TINY
 

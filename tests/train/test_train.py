@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import build_shards, synth
-from train.main import main as train_main
+from exiflang.pipeline import build_shards, synth
+from exiflang.train.main import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["run.tensorboard=false", "data.batch_size=8", "data.num_workers=0", "run.log_every=2",

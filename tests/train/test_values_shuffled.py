@@ -6,9 +6,9 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from pipeline.text import FORMATS, render_text
-from train.loader import DataConfig, build_loader
-from train.tokenizer import build_tokenizer
+from exiflang.pipeline.text import FORMATS, render_text
+from exiflang.train.loader import DataConfig, build_loader
+from exiflang.train.tokenizer import build_tokenizer
 
 EXIF = {"Make": "Canon", "Model": "EOS-5D", "ISO Speed Ratings": "400", "Exposure Time": "1/60",
         "F Number": "f/2.8", "Flash": "No", "Unused": "x"}
