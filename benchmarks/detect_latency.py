@@ -1,9 +1,9 @@
 """Splice-detection latency per image: patch embedding, vote averaging, mean shift, ncuts, total.
 
-Our path (:class:`exiflang.eval.detector.Detector`: batched embeddings, one-matmul votes, vectorised mean
+Our path (:class:`exiflang.eval.forensics.detector.Detector`: batched embeddings, one-matmul votes, vectorised mean
 shift, dense-eigh ncuts) against the authors' approach in the same run on the same embeddings:
-the per-pair Python loop for the votes (:func:`exiflang.eval.affinity.cell_consistency_loop`), the loop
-+ KD-tree mean shift (:func:`exiflang.eval.meanshift.mean_shift_map_reference`), and scikit-learn's
+the per-pair Python loop for the votes (:func:`exiflang.eval.forensics.affinity.cell_consistency_loop`), the loop
++ KD-tree mean shift (:func:`exiflang.eval.forensics.meanshift.mean_shift_map_reference`), and scikit-learn's
 ``SpectralClustering`` for the two-way cut.  The embedding stage is the same network in both
 columns and is run once.  Each baseline output is checked against ours (max |difference|).
 
@@ -34,12 +34,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from exiflang.eval.affinity import cell_consistency, cell_consistency_loop, coverage, patch_affinity  # noqa: E402
-from exiflang.eval.detector import Detector  # noqa: E402
-from exiflang.eval.localize import ncuts_similarity  # noqa: E402
-from exiflang.eval.meanshift import mean_shift_map, mean_shift_map_reference  # noqa: E402
-from exiflang.eval.ncuts import ncuts_split  # noqa: E402
-from exiflang.eval.patches import Grid  # noqa: E402
+from exiflang.eval.forensics.affinity import cell_consistency, cell_consistency_loop, coverage, patch_affinity  # noqa: E402
+from exiflang.eval.forensics.detector import Detector  # noqa: E402
+from exiflang.eval.forensics.localize import ncuts_similarity  # noqa: E402
+from exiflang.eval.forensics.meanshift import mean_shift_map, mean_shift_map_reference  # noqa: E402
+from exiflang.eval.forensics.ncuts import ncuts_split  # noqa: E402
+from exiflang.eval.embed.patches import Grid  # noqa: E402
 from exiflang.train.model import ExifClip, ModelConfig  # noqa: E402
 
 

@@ -4,9 +4,9 @@ The server runs in its own process, so only the client's CPU is counted.  Each r
 ``--n`` distinct URLs of one ~100 KB JPEG, one after another on one thread; the fetchers
 are run alternately ``--repeats`` times each, and the min and median CPU per fetch are
 reported.  ``exiflang`` has a host governor of its own (one process); ``exiflang+gov``
-asks a job governor served on a Unix socket by another process (exiflang.pipeline.governor_service)
+asks a job governor served on a Unix socket by another process (exiflang.pipeline.fetch.governor_service)
 for every slot, as a worker of a multi-process job does; that server's CPU is reported too.  ``--baseline
-FILE`` adds a frozen copy of an older ``pipeline/download.py`` (a module defining
+FILE`` adds a frozen copy of an older ``pipeline/fetch/download.py`` (a module defining
 ``Downloader`` and ``DownloadConfig``) for before/after comparisons.  Then the grant round
 trip alone: acquire + release of a slot through the governor's socket, Unix and TCP.
 
@@ -39,8 +39,8 @@ def _serve(root: str, q: "mp.Queue[int]") -> None:
 
 
 def _govern(q: "mp.Queue[tuple[str, str]]") -> None:
-    from exiflang.pipeline.governor_service import GovernorServer
-    from exiflang.pipeline.politeness import HostGovernor
+    from exiflang.pipeline.fetch.governor_service import GovernorServer
+    from exiflang.pipeline.fetch.politeness import HostGovernor
     with GovernorServer(HostGovernor()) as gov:
         q.put((gov.address, gov.key))
         while True:
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--photos", default=str(REPO.parent / "shared" / "data" / "photos"))
-    ap.add_argument("--baseline", help="a frozen older pipeline/download.py to compare with")
+    ap.add_argument("--baseline", help="a frozen older pipeline/fetch/download.py to compare with")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     q: "mp.Queue[int]" = ctx.Queue()
@@ -95,7 +95,7 @@ def main() -> None:
     address, key = gq.get(timeout=60)
     import psutil
     gov_proc = psutil.Process(governor.pid)
-    import exiflang.pipeline.download as current
+    import exiflang.pipeline.fetch.download as current
     fetchers: dict[str, Callable[[list[str]], int]] = {
         "exiflang": _downloader_run(current),
         "exiflang+gov": _downloader_run(current, governor_address=address, governor_key=key)}
@@ -130,8 +130,8 @@ def main() -> None:
 
 def _grant_round_trip(tcp_host: object, n: int) -> None:
     """Wall and CPU (client + server thread) of one acquire + release through the socket."""
-    from exiflang.pipeline.governor_service import GovernorServer, RemoteGovernor
-    from exiflang.pipeline.politeness import GovernorLimits, HostGovernor
+    from exiflang.pipeline.fetch.governor_service import GovernorServer, RemoteGovernor
+    from exiflang.pipeline.fetch.politeness import GovernorLimits, HostGovernor
     with GovernorServer(HostGovernor(), tcp_host=tcp_host) as srv:  # type: ignore[arg-type]
         client = RemoteGovernor(srv.address, srv.key, GovernorLimits())
         for _ in range(200):

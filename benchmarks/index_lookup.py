@@ -35,8 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from exiflang.eval.index import VectorIndex, build_index, set_threads  # noqa: E402
-from exiflang.eval.index_tune import recall_at_k  # noqa: E402
+from exiflang.eval.index.run import VectorIndex, build_index, set_threads  # noqa: E402
+from exiflang.eval.index.tune import recall_at_k  # noqa: E402
 
 K = 10
 
@@ -99,9 +99,9 @@ def end_to_end(index_dir: Path, dim: int, photo: Path, repeats: int = 3) -> dict
     """Median ms per photo: decode, embed (paper ResNet-50, 16 patches of 124 px), search, on CPU."""
     import torch
 
-    from exiflang.eval.embed_batch import PhotoEncoder
+    from exiflang.eval.embed.batch import PhotoEncoder
     from exiflang.eval.images import load_rgb
-    from exiflang.eval.patches import PatchEmbedder
+    from exiflang.eval.embed.patches import PatchEmbedder
     from exiflang.train.model import ExifClip, ModelConfig
 
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ in a temporary folder, a chunk at a time (never whole in memory); a child proces
 index from that file (``build_index(path)``: training on a sample, adding in chunks) and reports
 its peak RSS; this process then loads the index and measures, on 1000 fresh queries of the same
 distribution, queries/s at batch 1 and 256 and recall@10 against exact search.  The baseline is
-that exact search itself (``exiflang.eval.index_tune.exact_search``: the file scanned in 64 MiB chunks,
+that exact search itself (``exiflang.eval.index.tune.exact_search``: the file scanned in 64 MiB chunks,
 the best 10 kept per query), timed alternately with the index (min and median of the repeats;
 on fewer queries than the index, see :func:`alternate`).
 The temporary folder is deleted at the end.
@@ -34,9 +34,9 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from exiflang.eval.index import VectorIndex, build_index, set_threads  # noqa: E402
-from exiflang.eval.index_build import NpySource  # noqa: E402
-from exiflang.eval.index_tune import exact_search, recall_at_k  # noqa: E402
+from exiflang.eval.index.run import VectorIndex, build_index, set_threads  # noqa: E402
+from exiflang.eval.index.build import NpySource  # noqa: E402
+from exiflang.eval.index.tune import exact_search, recall_at_k  # noqa: E402
 
 K = 10
 CHUNK = 100_000  # rows generated per step (the chunk of index_lookup.vectors, so the same stream)

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from exiflang.train.samples import IMAGE_EXTS  # noqa: E402
-from exiflang.train.loader import DataConfig, _SlotStream, build_loader  # noqa: E402
+from exiflang.train.data.samples import IMAGE_EXTS  # noqa: E402
+from exiflang.train.data.loader import DataConfig, _SlotStream, build_loader  # noqa: E402
 from exiflang.train.tokenizer import build_tokenizer  # noqa: E402
 
 

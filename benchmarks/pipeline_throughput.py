@@ -29,11 +29,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from exiflang.pipeline.config import ShardConfig  # noqa: E402
-from exiflang.pipeline.download import DownloadConfig, Downloader  # noqa: E402
+from exiflang.pipeline.fetch.download import DownloadConfig, Downloader  # noqa: E402
 from exiflang.pipeline.driver import JobOptions, build  # noqa: E402
 from exiflang.pipeline.records import SourceRow  # noqa: E402
-from exiflang.pipeline.shard_io import read_tables  # noqa: E402
-from exiflang.pipeline.worker import process_shard  # noqa: E402
+from exiflang.pipeline.shards.files import read_tables  # noqa: E402
+from exiflang.pipeline.shards.worker import process_shard  # noqa: E402
 
 
 def _serve(root: str, q: "mp.Queue[int]") -> None:

@@ -601,7 +601,7 @@ def compare_outputs(a: Path, b: Path) -> dict[str, Any]:
 def check_truth(out: Path, truth_path: Path, max_rows: Optional[int] = None) -> dict[str, Any]:
     """Every truth row exactly once in the tables with its expected status; mismatches by kind."""
     import pyarrow.parquet as pq
-    from exiflang.pipeline.shard_io import read_tables
+    from exiflang.pipeline.shards.files import read_tables
     truth = pq.read_table(truth_path).to_pylist()
     if max_rows is not None:
         truth = [t for t in truth if t["source_index"] < max_rows]
@@ -905,7 +905,7 @@ def i2d_outcome(out: Path) -> tuple[int, list[str]]:
 
 
 def exiflang_outcome(out: Path) -> tuple[int, list[str]]:
-    from exiflang.pipeline.shard_io import read_tables
+    from exiflang.pipeline.shards.files import read_tables
     t = read_tables(out, ["status", "sha256"]).to_pylist()
     shas = [r["sha256"] for r in t if r["status"] == "success"]
     return len(shas), shas

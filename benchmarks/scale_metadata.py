@@ -2,7 +2,7 @@
 
 Dedup (the find pass, which is what grows with N; the rewrite is per shard in both):
 ``reference`` is the naive in-memory pass kept in tests/pipeline/dedup_reference.py,
-``spill`` is exiflang.pipeline.dedup (hash partitions on disk).  Input: fake shard tables with the
+``spill`` is exiflang.pipeline.shards.dedup (hash partitions on disk).  Input: fake shard tables with the
 real schema, 10,000 rows per shard, 90% successful, 5% of rows a copy of an earlier row's
 sha256 (any shard).
 
@@ -45,8 +45,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from exiflang.pipeline.shard_io import SCHEMA, atomic_write_json, shard_paths  # noqa: E402
-from exiflang.pipeline.yfcc import FIELDS_2016  # noqa: E402
+from exiflang.pipeline.shards.files import SCHEMA, atomic_write_json, shard_paths  # noqa: E402
+from exiflang.pipeline.sources.yfcc import FIELDS_2016  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "photos" / "yfcc100m_exif_sample.tsv"
 ROWS_PER_SHARD = 10_000
@@ -138,7 +138,7 @@ def child_dedup(variant: str, data: Path) -> dict[str, Any]:
         from tests.pipeline.dedup_reference import find_cross_shard_duplicates
         run: Callable[[], int] = lambda: sum(map(len, find_cross_shard_duplicates(data).values()))
     else:
-        from exiflang.pipeline.dedup import iter_cross_shard_duplicates
+        from exiflang.pipeline.shards.dedup import iter_cross_shard_duplicates
         run = lambda: sum(len(d) for _, d in iter_cross_shard_duplicates(data))  # noqa: E731
     base = _maxrss_mb()
     disk = _PeakDisk(data)
@@ -153,8 +153,8 @@ def child_dedup(variant: str, data: Path) -> dict[str, Any]:
 
 
 def child_join(variant: str, data: Path, n: int) -> dict[str, Any]:
-    from exiflang.pipeline.sources import open_source
-    from exiflang.pipeline.yfcc_exif import YfccExifIndex, YfccSideJoin
+    from exiflang.pipeline.sources.open import open_source
+    from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex, YfccSideJoin
     db = data / f"bench-{os.getpid()}.sqlite"
     base = _maxrss_mb()
     t0 = time.perf_counter()
@@ -187,7 +187,7 @@ def old_layout_build(side: Path, db: Path) -> int:
     """The full index as built before issue 19: the id a WITHOUT ROWID primary key, rows
     inserted in file order (random id order) with a 256 MB page cache."""
     import sqlite3
-    from exiflang.pipeline.yfcc_exif import split_line
+    from exiflang.pipeline.sources.yfcc_exif import split_line
     conn = sqlite3.connect(db)
     for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -262144"):
         conn.execute(f"PRAGMA {pragma}")

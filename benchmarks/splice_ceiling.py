@@ -3,10 +3,10 @@
 Usage: python benchmarks/splice_ceiling.py SET [SET ...] [--per-side 10 20 30] [--noise 0 0.3]
 
 Each SET is `exiflang make-splices` output (manifest.csv, masks).  For every spliced image the
-patch grid of `exiflang.eval.patches.splice_grid` (P = 124) is laid out and each patch gets the embedding
+patch grid of `exiflang.eval.embed.patches.splice_grid` (P = 124) is laid out and each patch gets the embedding
 a perfect camera model would give: the unit mix ``(1 - s) * host + s * donor`` of two orthogonal
 directions, ``s`` = the share of the patch's pixels inside the mask, plus isotropic Gaussian
-noise of std ``--noise`` per dimension (64 dims).  `exiflang.eval.localize.localize` then runs unchanged
+noise of std ``--noise`` per dimension (64 dims).  `exiflang.eval.forensics.localize.localize` then runs unchanged
 (votes, mean shift) and p-mAP is averaged over the spliced images.  What a trained model scores
 on the same set can be read against this ceiling: on small photos a 124-px patch straddles the
 splice boundary so often that even ideal embeddings cannot outline it.
@@ -25,9 +25,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exiflang.eval.localize import localize  # noqa: E402
-from exiflang.eval.metrics import pixel_ap  # noqa: E402
-from exiflang.eval.patches import Grid, splice_grid  # noqa: E402
+from exiflang.eval.forensics.localize import localize  # noqa: E402
+from exiflang.eval.benchmark.metrics import pixel_ap  # noqa: E402
+from exiflang.eval.embed.patches import Grid, splice_grid  # noqa: E402
 
 DIM = 64
 

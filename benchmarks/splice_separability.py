@@ -12,7 +12,7 @@ those with at most 5 % / at least 95 % of their pixels inside the mask:
   one patch of each side would get from these embeddings;
 - ``spread``: the share of pure host-host pairs farther apart than the mean host-donor
   distance — how often content inside the host looks more different than the other camera;
-- ``p_ap``: the pixel AP of the mean-shift map `exiflang.eval.localize` makes (the benchmark's p-AP).
+- ``p_ap``: the pixel AP of the mean-shift map `exiflang.eval.forensics.localize` makes (the benchmark's p-AP).
 
 An image with ``sep_auc`` near 1 and a low ``p_ap`` fails in the unsupervised step; ``spread``
 says why.  The table prints the means per model and the ratio of each to the first model's
@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exiflang.eval.datasets import CONVENTION, load_mask, read_dataset  # noqa: E402
-from exiflang.eval.detector import Detector  # noqa: E402
+from exiflang.eval.benchmark.datasets import CONVENTION, load_mask, read_dataset  # noqa: E402
+from exiflang.eval.forensics.detector import Detector  # noqa: E402
 from exiflang.eval.images import load_rgb  # noqa: E402
-from exiflang.eval.localize import localize  # noqa: E402
-from exiflang.eval.metrics import pixel_ap, roc_auc  # noqa: E402
+from exiflang.eval.forensics.localize import localize  # noqa: E402
+from exiflang.eval.benchmark.metrics import pixel_ap, roc_auc  # noqa: E402
 
 PURE = 0.05
 

@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from exiflang.pipeline.exif_parse import read_exif  # noqa: E402
-from exiflang.pipeline.text import render_text  # noqa: E402
+from exiflang.pipeline.exif.parse import read_exif  # noqa: E402
+from exiflang.pipeline.exif.text import render_text  # noqa: E402
 from exiflang.train.loss import clip_loss, text_ids_from_strings  # noqa: E402
 from exiflang.train.model import ExifClip, ModelConfig  # noqa: E402
 from exiflang.train.optim import OptimConfig, build_optimizer  # noqa: E402

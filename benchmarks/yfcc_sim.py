@@ -310,9 +310,9 @@ class PhotoPool:
                       "Image Description", "Artist", "Copyright"})
 
     def __init__(self, seed: int, size: int, n_cameras: int = 8) -> None:
-        from exiflang.pipeline.exif_parse import read_exif
-        from exiflang.pipeline.synth import make_image
-        from exiflang.pipeline.synth_params import make_cameras
+        from exiflang.pipeline.exif.parse import read_exif
+        from exiflang.pipeline.synth.corpus import make_image
+        from exiflang.pipeline.synth.params import make_cameras
         cams = make_cameras(seed, min(n_cameras, size), min_width=256, max_width=512)
         self.heads: list[bytes] = []      # SOI + APP segments (EXIF)
         self.tails: list[bytes] = []      # tables, frame, scan, EOI

@@ -67,7 +67,7 @@ section "Splice detection"
 run exiflang detect --model runs/exp1/model "$DATA/forensics/realistic-tampering-sample" --out detections
 run python - <<'EOF'
 from pathlib import Path
-from exiflang.eval.detect import Detector, write_outputs
+from exiflang.eval.forensics.detect import Detector, write_outputs
 from exiflang.eval.images import load_rgb
 photo = sorted(Path("heldout").glob("*.jpg"))[0]
 det = Detector("runs/exp1/model", per_side=30)
@@ -82,8 +82,8 @@ run exiflang benchmark --model runs/exp1/model --dataset folder --root splices -
     --method exif,noi --patches-per-side 30 --save-maps
 
 section "Radial-distortion linear probe"
-run python -m exiflang.eval.distortion --model runs/exp1/model --photos "$DATA/photos" --out dist --per-photo 2 --seed 0
-run python -m exiflang.eval.distortion --random-init cpu-small --photos "$DATA/photos" --out dist_random --per-photo 2
+run python -m exiflang.eval.probes.distortion_probe --model runs/exp1/model --photos "$DATA/photos" --out dist --per-photo 2 --seed 0
+run python -m exiflang.eval.probes.distortion_probe --random-init cpu-small --photos "$DATA/photos" --out dist_random --per-photo 2
 
 section "done"
 echo "every command above ran; outputs under $WORK" >&2

@@ -29,7 +29,7 @@ from PIL import Image
 
 from exiflang.pipeline.image_policy import (RGB_VIA_CONVERT, SIXTEEN_BIT, ImagePolicy, PolicyError, decode,
                                    default_policy, mode_problem)
-from exiflang.train.crops import pil_to_rgb
+from exiflang.train.data.crops import pil_to_rgb
 
 PathLike = Union[str, "os.PathLike[str]"]
 

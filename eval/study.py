@@ -67,7 +67,7 @@ def training_seconds(run: Path, steps: int) -> Optional[float]:
     paused or shared the machine, so a run trained across several sessions still gets a fair
     figure.  None without a log.
     """
-    from exiflang.eval.report import read_jsonl
+    from exiflang.eval.report.html import read_jsonl
     from exiflang.train.config import load_config
 
     path = run / "metrics.jsonl"
@@ -85,7 +85,7 @@ def split_by_camera(photos_dir: Path, out: Path, test_fraction: float, seed: int
 
     Links are named by a hash of the file name so a sorted folder (and every shard) mixes cameras.
     """
-    from exiflang.eval.distortion_probe import camera_keys, split_photos
+    from exiflang.eval.probes.distortion_probe import camera_keys, split_photos
 
     record_path = out / "split.json"
     if record_path.is_file():
@@ -152,9 +152,9 @@ def untrained_model(shards: Path, out: Path, preset: str, seed: int) -> Path:
 
 def evaluate(name: str, model: Path, ctx: dict[str, Any], clock: StageClock) -> dict[str, Any]:
     """Splice benchmark, tag prediction and the distortion probe for one model folder."""
-    from exiflang.eval.benchmark import run_benchmark
-    from exiflang.eval.distortion_probe import run_distortion_probe
-    from exiflang.eval.eval_tags import eval_tags
+    from exiflang.eval.benchmark.run import run_benchmark
+    from exiflang.eval.probes.distortion_probe import run_distortion_probe
+    from exiflang.eval.tags.evaluate import eval_tags
 
     out: Path = ctx["out"] / "eval" / name
     res: dict[str, Any] = {}
@@ -226,7 +226,7 @@ def _compute_line(results: dict[str, Any]) -> str:
 
 
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
-    from exiflang.eval.splices import make_splices
+    from exiflang.eval.benchmark.splices import make_splices
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         name, ctx["train_shards"], out / "runs", args.steps, args.preset, args.seed)) for name in VARIANTS}
     models["untrained"] = untrained_model(ctx["train_shards"], out / "runs" / "untrained", args.preset, args.seed)
     methods = {name: evaluate(name, model, ctx, clock) for name, model in models.items()}
-    from exiflang.eval.benchmark import run_benchmark
+    from exiflang.eval.benchmark.run import run_benchmark
     noi = clock.run("NOI baseline: splice benchmark", lambda: run_benchmark(
         None, "folder", ctx["splices"], out / "eval" / "noi" / "splices", methods=("noi",),
         progress=not args.quiet))

@@ -22,17 +22,17 @@ from exiflang.errors import DEBUG_FLAG, EXIT_BAD_INPUT, debug_enabled, pop_debug
 # never imports torch, and `pipeline` stays free of `train` / `eval`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("exiflang.pipeline.build_shards:main", "build WebDataset shards + Parquet tables from photos"),
-    "synth": ("exiflang.pipeline.synth:main", "write a synthetic camera corpus (real JPEGs with EXIF)"),
-    "select-tags": ("exiflang.pipeline.tags:main", "re-select the tag vocabulary from the Parquet tables"),
+    "synth": ("exiflang.pipeline.synth.corpus:main", "write a synthetic camera corpus (real JPEGs with EXIF)"),
+    "select-tags": ("exiflang.pipeline.shards.tags:main", "re-select the tag vocabulary from the Parquet tables"),
     "convert-authors": ("exiflang.train.convert_authors:main", "convert the authors' released checkpoint"),
     "train": ("exiflang.train.main:main", "train the image + text encoders (one process; torchrun for DDP)"),
-    "embed": ("exiflang.eval.embed:main", "embed the samples of shards with a trained model (npy + Parquet)"),
-    "index": ("exiflang.eval.index:main", "build a FAISS index over embeddings, tuned to a recall target"),
-    "lookup": ("exiflang.eval.lookup:main", "nearest training photos and predicted EXIF for photos"),
-    "eval-tags": ("exiflang.eval.eval_tags:main", "per-tag accuracy: k-NN, zero-shot text, linear probe, majority"),
-    "detect": ("exiflang.eval.detect:main", "zero-shot splice detection and localization maps for images"),
-    "make-splices": ("exiflang.eval.splices:main", "build a spliced/authentic test set from real photos"),
-    "benchmark": ("exiflang.eval.benchmark:main", "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline"),
+    "embed": ("exiflang.eval.embed.run:main", "embed the samples of shards with a trained model (npy + Parquet)"),
+    "index": ("exiflang.eval.index.run:main", "build a FAISS index over embeddings, tuned to a recall target"),
+    "lookup": ("exiflang.eval.index.lookup:main", "nearest training photos and predicted EXIF for photos"),
+    "eval-tags": ("exiflang.eval.tags.evaluate:main", "per-tag accuracy: k-NN, zero-shot text, linear probe, majority"),
+    "detect": ("exiflang.eval.forensics.detect:main", "zero-shot splice detection and localization maps for images"),
+    "make-splices": ("exiflang.eval.benchmark.splices:main", "build a spliced/authentic test set from real photos"),
+    "benchmark": ("exiflang.eval.benchmark.run:main", "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline"),
     "demo": ("exiflang.demo:main", "run the main job end to end on the offline default"),
 }
 

@@ -43,7 +43,7 @@ def split_folder(source: Path, out: Path, every: int = 10) -> tuple[Path, Path]:
         return train, held
     train.mkdir(parents=True, exist_ok=True)
     held.mkdir(parents=True, exist_ok=True)
-    from exiflang.pipeline.sources import IMAGE_EXTENSIONS   # what the shard builder reads
+    from exiflang.pipeline.sources.base import IMAGE_EXTENSIONS   # what the shard builder reads
 
     photos = sorted((p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS),
                     key=lambda p: hashlib.sha1(str(p.relative_to(source)).encode()).hexdigest())
@@ -136,7 +136,7 @@ def _synthesise(dest: Path, title: str, synth_args: list[str]) -> int:
     if (dest / "manifest.csv").exists():
         print("already there, reused")
     else:
-        from exiflang.pipeline.synth import main as synth_main
+        from exiflang.pipeline.synth.corpus import main as synth_main
         rc = synth_main(["--out", str(dest), *synth_args])
         if rc:
             return rc

@@ -1,7 +1,7 @@
 """`make demo`'s evaluation half: embeddings, index and lookup, splice detection and benchmark, the report.
 
 Each step takes the demo folder and what training produced, reuses finished outputs, prints a
-short readable summary, and returns what the HTML report (:mod:`exiflang.eval.report`) shows.
+short readable summary, and returns what the HTML report (:mod:`exiflang.eval.report.html`) shows.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _step(title: str) -> float:
 
 def _truth(path: Path) -> dict[str, str]:
     """The photo's own EXIF (for scoring the lookup only; the lookup itself reads pixels alone)."""
-    from exiflang.pipeline.exif_parse import ExifReadError, read_exif
+    from exiflang.pipeline.exif.parse import ExifReadError, read_exif
     try:
         return read_exif(path.read_bytes())
     except (ExifReadError, OSError):
@@ -32,10 +32,10 @@ def _truth(path: Path) -> dict[str, str]:
 def lookup_step(out: Path, model: Path, shards: Path, held_photos: list[Path], k: int = 10
                 ) -> tuple[list[dict], dict[str, float]]:
     """Embed the training shards, index them, look up every held-out photo; Make/Model accuracy."""
-    from exiflang.eval.embed import embed_shards
-    from exiflang.eval.embeddings import load_embeddings
-    from exiflang.eval.index import build_index
-    from exiflang.eval.lookup import format_lookup, lookup_photos
+    from exiflang.eval.embed.run import embed_shards
+    from exiflang.eval.embed.store import load_embeddings
+    from exiflang.eval.index.run import build_index
+    from exiflang.eval.index.lookup import format_lookup, lookup_photos
 
     t = _step(f"embeddings and index of the training shards -> {out / 'emb'}, {out / 'index'}")
     embed_shards(model, shards, out / "emb", progress=True)
@@ -74,11 +74,11 @@ def _cut_from(manifest: Path, photos: list[Path]) -> bool:
 def splice_step(out: Path, model: Path, held_photos: list[Path], count: int, seed: int
                 ) -> tuple[list[dict], dict[str, Any]]:
     """make-splices from held-out photos, the benchmark (EXIF model and NOI), one detection overlay."""
-    from exiflang.eval.benchmark import run_benchmark
-    from exiflang.eval.detect import write_outputs
-    from exiflang.eval.detector import Detector
+    from exiflang.eval.benchmark.run import run_benchmark
+    from exiflang.eval.forensics.detect import write_outputs
+    from exiflang.eval.forensics.detector import Detector
     from exiflang.eval.images import load_rgb
-    from exiflang.eval.splices import make_splices
+    from exiflang.eval.benchmark.splices import make_splices
 
     t = _step(f"splices between held-out photos of different cameras -> {out / 'splices'}")
     manifest = out / "splices" / "manifest.csv"
@@ -125,7 +125,7 @@ def _benchmark_rows(metrics: dict[str, Any]) -> dict[str, Any]:
 def report_step(out: Path, run: Path, lookup: list[dict], lookup_acc: dict[str, float],
                 detections: list[dict], bench: dict[str, Any], notes: Optional[list[str]] = None) -> Path:
     """The self-contained HTML report of the whole demo."""
-    from exiflang.eval.report import write_report
+    from exiflang.eval.report.html import write_report
 
     result = json.loads((run / "result.json").read_text()) if (run / "result.json").is_file() else {}
     metrics = {"held-out camera retrieval (image -> EXIF text)": {

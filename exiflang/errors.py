@@ -59,8 +59,8 @@ EXPECTED_TYPES = frozenset({
     "zlib.error",
     "_lzma.LZMAError",
     "exiflang.eval.images.ImageError",
-    "exiflang.train.samples.ShardError",
-    "exiflang.train.samples.SampleError",
+    "exiflang.train.data.samples.ShardError",
+    "exiflang.train.data.samples.SampleError",
     "exiflang.errors.CommandError",
 })
 

@@ -23,10 +23,11 @@ if __package__ in (None, ""):
 from exiflang.errors import report  # noqa: E402  (a leaf module: no project imports)
 from exiflang.pipeline import storage  # noqa: E402
 from exiflang.pipeline.config import VERIFY_MODES, ShardConfig  # noqa: E402
-from exiflang.pipeline.download import DownloadConfig  # noqa: E402
+from exiflang.pipeline.fetch.download import DownloadConfig  # noqa: E402
 from exiflang.pipeline.driver import JobOptions, build  # noqa: E402
-from exiflang.pipeline.shard_io import RERUN_CHECKS, safe_text  # noqa: E402
-from exiflang.pipeline.sources import FORMATS, SourceError, open_source  # noqa: E402
+from exiflang.pipeline.shards.files import RERUN_CHECKS, safe_text  # noqa: E402
+from exiflang.pipeline.sources.base import FORMATS, SourceError  # noqa: E402
+from exiflang.pipeline.sources.open import open_source  # noqa: E402
 
 log = logging.getLogger("exiflang.shards")
 
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     storage.makedirs(out_dir)
     rows = source.rows()
     if args.yfcc_exif:
-        from exiflang.pipeline.yfcc_exif import YfccSideJoin
+        from exiflang.pipeline.sources.yfcc_exif import YfccSideJoin
         # Indexed as the rows stream past, with only their ids: no full build up front.
         join = YfccSideJoin(args.yfcc_exif, str(_side_db(out_dir)))
         rows, cfg.yfcc_exif_db = join.rows(rows), join.db_path

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from exiflang.pipeline import storage
-from exiflang.pipeline.download import DownloadConfig
+from exiflang.pipeline.fetch.download import DownloadConfig
 from exiflang.pipeline.image_policy import ImagePolicy, default_policy
 
 

@@ -25,14 +25,14 @@ from tqdm import tqdm
 
 from exiflang.pipeline import reap, storage
 from exiflang.pipeline.config import ShardConfig
-from exiflang.pipeline.dedup import remove_cross_shard_duplicates
-from exiflang.pipeline.governor_service import GovernorServer
+from exiflang.pipeline.shards.dedup import remove_cross_shard_duplicates
+from exiflang.pipeline.fetch.governor_service import GovernorServer
 from exiflang.pipeline.local_pool import run_pool
-from exiflang.pipeline.politeness import HostGovernor
+from exiflang.pipeline.fetch.politeness import HostGovernor
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.shard_io import RERUN_CHECKS, shard_paths, shard_problem
-from exiflang.pipeline.tags import write_sizes_and_summary, write_tags
-from exiflang.pipeline.worker import process_shard
+from exiflang.pipeline.shards.files import RERUN_CHECKS, shard_paths, shard_problem
+from exiflang.pipeline.shards.tags import write_sizes_and_summary, write_tags
+from exiflang.pipeline.shards.worker import process_shard
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def plan_shards(rows: Iterator[SourceRow], rows_per_shard: int,
 def _governed(cfg: ShardConfig, workers: int, tcp_host: Optional[str] = None) -> Iterator[ShardConfig]:
     """``cfg`` pointing every worker at one host governor served from this process.
 
-    Per-host limits hold for the whole job (exiflang.pipeline.politeness): the workers share the
+    Per-host limits hold for the whole job (exiflang.pipeline.fetch.politeness): the workers share the
     governor's state instead of each taking a fraction of the budget.  Unix socket for
     local processes, TCP on ``tcp_host`` for Ray workers.
     """

@@ -37,7 +37,7 @@ from typing import Iterator, Optional
 from PIL import Image
 
 from exiflang.pipeline import records as st
-from exiflang.pipeline.jpeg_check import jpeg_frame
+from exiflang.pipeline.shards.jpeg_check import jpeg_frame
 
 DEFAULT_MAX_PIXELS = 200_000_000      # a 150-MP medium-format photo (14204 x 10652) passes
 HARD_MAX_PIXELS = 1_000_000_000       # no configured limit above this (3 GB as RGB)
@@ -52,7 +52,7 @@ if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < HARD_MAX_PIXE
 # palettes expanded, CMYK/YCbCr converted).
 RGB_VIA_CONVERT = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX",
                              "CMYK", "YCbCr"})
-# 16-bit grey, scaled by 255/65535 (exiflang.train.crops.pil_to_rgb); "I" only with 16-bit samples.
+# 16-bit grey, scaled by 255/65535 (exiflang.train.data.crops.pil_to_rgb); "I" only with 16-bit samples.
 SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _SIXTEEN_BIT_RAW = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 

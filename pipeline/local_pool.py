@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 from exiflang.pipeline import reap
 from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.worker import process_shard
+from exiflang.pipeline.shards.worker import process_shard
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _context() -> Any:
     if "forkserver" not in methods:
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["exiflang.pipeline.worker"])   # imported once, then forked
+    ctx.set_forkserver_preload(["exiflang.pipeline.shards.worker"])   # imported once, then forked
     return ctx
 
 

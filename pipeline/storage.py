@@ -21,7 +21,7 @@ So code written for ``Path`` keeps working on local folders, and the same calls
   file; a killed upload leaves no object, only invisible parts that a bucket's rule for
   incomplete multipart uploads removes.
 * Per shard the stats file is written **last**, once the tar and the table are visible,
-  and deleted **first** when a shard is redone (:mod:`exiflang.pipeline.shard_io`): on an object
+  and deleted **first** when a shard is redone (:mod:`exiflang.pipeline.shards.files`): on an object
   store that ordering is the commit, since a shard counts as complete only when its stats
   file exists and the tar's and table's sizes and hashes match what it records.
 

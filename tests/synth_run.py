@@ -80,7 +80,7 @@ def fresh(root: Path) -> bool:
 
 def synthesise(out: Path, *options: str) -> None:
     """``exiflang synth`` of the corpus's cameras and scenes (K, N, seed 0) into ``out``."""
-    from exiflang.pipeline import synth
+    from exiflang.pipeline.synth import corpus as synth
     assert synth.main(["--out", str(out), "--cameras", str(K), "--images", str(N), "--seed", "0",
                        *options, "--no-progress", "--workers", "2"]) == 0
 

@@ -57,7 +57,7 @@ def test_cli_usage_and_unknown_command(capsys):
 
 def test_split_folder_holds_out_every_tenth_image_the_shard_builder_reads(tmp_path):
     from exiflang.demo import split_folder
-    from exiflang.pipeline.sources import IMAGE_EXTENSIONS
+    from exiflang.pipeline.sources.base import IMAGE_EXTENSIONS
     src = tmp_path / "photos"
     (src / "cam_b").mkdir(parents=True)
     names = [f"cam_a_{i:02d}.jpg" for i in range(12)] + [f"cam_b/{i:02d}.png" for i in range(6)] + \

@@ -154,12 +154,12 @@ def test_debug_flag_anywhere_or_environment_shows_the_traceback(tiny, tmp_path):
 
 
 def test_a_module_run_directly_keeps_the_contract(tmp_path):
-    """``python -m exiflang.eval.detect`` (no dispatcher) gives the same one line."""
+    """``python -m exiflang.eval.forensics.detect`` (no dispatcher) gives the same one line."""
     blocker = tmp_path / "taken"
     blocker.write_text("x")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop(errors.DEBUG_ENV, None)
-    proc = subprocess.run([sys.executable, "-m", "exiflang.eval.detect", "--model", str(tmp_path / "m"), str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "exiflang.eval.forensics.detect", "--model", str(tmp_path / "m"), str(tmp_path),
                            "--out", str(blocker / "sub")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == (

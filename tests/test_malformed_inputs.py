@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from exiflang.pipeline.sources import IMAGE_EXTENSIONS
+from exiflang.pipeline.sources.base import IMAGE_EXTENSIONS
 from tests.eval import lookup_fixtures as fx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_embed_every_kept_sample_embedded_or_skipped(tiny, malformed_shards, tmp
 
 
 def test_embed_of_the_photo_folder_one_row_or_one_skip_line_per_image(tiny, malformed, tmp_path):
-    from exiflang.eval.embed import parser
+    from exiflang.eval.embed.run import parser
 
     if "--images" not in parser().format_help():
         pytest.skip("this `exiflang embed` takes shards only (covered above)")

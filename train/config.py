@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from exiflang.train.loader import DataConfig
+from exiflang.train.data.loader import DataConfig
 from exiflang.train.model import ModelConfig
 
 

@@ -25,10 +25,10 @@ from tqdm import tqdm
 from exiflang.train import checkpoint
 from exiflang.train.config import TrainConfig
 from exiflang.train.distributed import DistEnv, all_reduce_mean, barrier, gather_to_all
-from exiflang.train.samples import load_vocabulary
-from exiflang.train.shard_store import join, read_file
-from exiflang.train.shuffle import rank_seed
-from exiflang.train.loader import build_loader, read_policy
+from exiflang.train.data.samples import load_vocabulary
+from exiflang.train.data.shard_store import join, read_file
+from exiflang.train.data.shuffle import rank_seed
+from exiflang.train.data.loader import build_loader, read_policy
 from exiflang.train.logger import RunLogger
 from exiflang.train.loss import crop_consistency_loss, DistributedClipLoss
 from exiflang.train.model import ExifClip, load_weights

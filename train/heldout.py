@@ -29,12 +29,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from exiflang.pipeline.text import render_text
-from exiflang.train.loader import read_policy
+from exiflang.pipeline.exif.text import render_text
+from exiflang.train.data.loader import read_policy
 from exiflang.train.loss import clip_loss, text_ids_from_strings
 from exiflang.train.retrieval import CAMERA_TAG, camera_top1_emb, grid_embeddings, grid_patches, iter_samples
-from exiflang.train.crops import normalise
-from exiflang.train.shuffle import stable_seed
+from exiflang.train.data.crops import normalise
+from exiflang.train.data.shuffle import stable_seed
 
 log = logging.getLogger("exiflang.train")
 _CENTRE = 4          # index of the centre patch after the 2x2 grid

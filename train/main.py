@@ -29,9 +29,9 @@ ACCEPTS_DEBUG = True
 
 from exiflang.train.config import PRESETS, load_config, save_config  # noqa: E402
 from exiflang.train.distributed import init_distributed, shutdown  # noqa: E402
-from exiflang.train.loader import read_policy  # noqa: E402
+from exiflang.train.data.loader import read_policy  # noqa: E402
 from exiflang.train.logger import check_wandb  # noqa: E402
-from exiflang.train.shard_store import is_url, store_for  # noqa: E402
+from exiflang.train.data.shard_store import is_url, store_for  # noqa: E402
 
 log = logging.getLogger("exiflang.train")
 

@@ -5,7 +5,7 @@ camera-constant tags (those with one value per camera model in the held-out set:
 Model, Software, resolutions, ...) replaced by each camera's values; the image embedding
 (mean over a fixed grid of crops) picks the most similar.  Top-1 accuracy against chance
 1/K says whether the image encoder learned camera traces.  The held-out shards are a local
-folder or a URL (:mod:`exiflang.train.shard_store`).
+folder or a URL (:mod:`exiflang.train.data.shard_store`).
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 
 from exiflang.pipeline.image_policy import ImagePolicy, decode, default_policy
-from exiflang.pipeline.text import render_text
-from exiflang.train.crops import normalise, pil_to_rgb
+from exiflang.pipeline.exif.text import render_text
+from exiflang.train.data.crops import normalise, pil_to_rgb
 from exiflang.train.normalize import to_clip_tensor
-from exiflang.train.samples import IMAGE_EXTS, read_groups, read_member
-from exiflang.train.shard_store import ReadPolicy, store_for
+from exiflang.train.data.samples import IMAGE_EXTS, read_groups, read_member
+from exiflang.train.data.shard_store import ReadPolicy, store_for
 
 CAMERA_TAG = "Model"
 

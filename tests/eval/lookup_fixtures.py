@@ -40,10 +40,11 @@ class TinyRun:
 
 def build(root: Path) -> TinyRun:
     """Build every part of the tiny set-up under ``root`` (a fresh folder)."""
-    from exiflang.eval.embed import embed_shards
-    from exiflang.eval.embeddings import load_embeddings
-    from exiflang.eval.index import build_index
-    from exiflang.pipeline import build_shards, synth
+    from exiflang.eval.embed.run import embed_shards
+    from exiflang.eval.embed.store import load_embeddings
+    from exiflang.eval.index.run import build_index
+    from exiflang.pipeline import build_shards
+    from exiflang.pipeline.synth import corpus as synth
     from exiflang.train.model import ExifClip, ModelConfig
     from exiflang.train.tokenizer import build_tokenizer
 
@@ -73,7 +74,7 @@ def build(root: Path) -> TinyRun:
 def synth_embeddings(run, split: str) -> Path:
     """``run`` (a :class:`tests.synth_run.SynthRun`)'s ``split`` (``train`` | ``heldout``) shards,
     embedded with its model (resuming, so a finished folder is only checked and returned)."""
-    from exiflang.eval.embed import embed_shards
+    from exiflang.eval.embed.run import embed_shards
 
     shards = {"train": run.train_shards, "heldout": run.heldout_shards}[split]
     return embed_shards(run.model, shards, run.root / "eval_emb" / f"{split}_p{SYNTH_PER_SIDE}",

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from exiflang.eval.affinity import (cell_consistency, cell_consistency_loop, cell_size, coverage, grid_stride,
+from exiflang.eval.forensics.affinity import (cell_consistency, cell_consistency_loop, cell_size, coverage, grid_stride,
                            patch_affinity)
-from exiflang.eval.patches import Grid, splice_grid
+from exiflang.eval.embed.patches import Grid, splice_grid
 
 
 def _unit(n: int, d: int = 16, seed: int = 0) -> torch.Tensor:

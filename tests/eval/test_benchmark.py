@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from exiflang.eval.benchmark import ROW_FORMAT, interleave, main, run_benchmark
-from exiflang.eval.datasets import read_dataset
-from exiflang.eval.noi import NoiDetector
+from exiflang.eval.benchmark.run import ROW_FORMAT, interleave, main, run_benchmark
+from exiflang.eval.benchmark.datasets import read_dataset
+from exiflang.eval.forensics.noi import NoiDetector
 
 RNG = np.random.default_rng(0)
 H, W = 256, 320
@@ -188,7 +188,7 @@ PER_SIDE = 10            # ~90 patches per image instead of ~700 (n = 30): the s
 
 @pytest.fixture(scope="module")
 def heldout_benchmark(synth_run, tmp_path_factory) -> dict:
-    from exiflang.eval.splices import make_splices
+    from exiflang.eval.benchmark.splices import make_splices
     root = tmp_path_factory.mktemp("heldout_splices")
     make_splices([synth_run.splice_photos], root / "set", count=24, authentic=24, seed=0, progress=False)
     torch.manual_seed(0)

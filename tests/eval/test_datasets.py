@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exiflang.eval.datasets import DATASETS, MaskError, load_mask, read_dataset
+from exiflang.eval.benchmark.datasets import DATASETS, MaskError, load_mask, read_dataset
 from exiflang.eval.images import load_rgb
 
 H, W = 60, 80

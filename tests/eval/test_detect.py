@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from exiflang.eval import detect
-from exiflang.eval.detector import Detector, legacy_negative
-from exiflang.eval.overlay import RAMP, colorize, outline, render_overlay
+from exiflang.eval.forensics import detect
+from exiflang.eval.forensics.detector import Detector, legacy_negative
+from exiflang.eval.forensics.overlay import RAMP, colorize, outline, render_overlay
 
 RNG = np.random.default_rng(0)
 NPZ_KEYS = {"heatmap", "mask", "detection", "scores_score_exp", "scores_score_mean_dist",

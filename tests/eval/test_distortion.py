@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exiflang.eval import distortion as dist
-from exiflang.eval import distortion_probe as dp
+from exiflang.eval.probes import distortion as dist
+from exiflang.eval.probes import distortion_probe as dp
 
 
 def _reference_root(r_d: float, k1: float) -> float:
@@ -219,7 +219,7 @@ def test_command_writes_json_and_reports_bad_input(tiny_model, photos_dir, tmp_p
 
 
 def test_batched_grid_embeddings_match_embed_photo(tiny_model):
-    from exiflang.eval.patches import PatchEmbedder
+    from exiflang.eval.embed.patches import PatchEmbedder
     from exiflang.train.model import ExifClip
 
     embedder = PatchEmbedder(ExifClip.from_pretrained(tiny_model).model, device="cpu", batch_size=20)

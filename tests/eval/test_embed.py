@@ -13,16 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from exiflang.eval import embed as embed_mod
-from exiflang.eval.embed import embed_shards, main
-from exiflang.eval.embed_batch import normalise_patches, crop_patches
-from exiflang.eval.embeddings import load_embeddings, model_signature, part_paths
+from exiflang.eval.embed import run as embed_mod
+from exiflang.eval.embed.run import embed_shards, main
+from exiflang.eval.embed.batch import normalise_patches, crop_patches
+from exiflang.eval.embed.store import load_embeddings, model_signature, part_paths
 from exiflang.eval.images import load_rgb_bytes
-from exiflang.eval.patches import PatchEmbedder, even_grid, normalise_image
-from exiflang.pipeline import build_shards, synth
-from exiflang.pipeline.text import render_text
+from exiflang.eval.embed.patches import PatchEmbedder, even_grid, normalise_image
+from exiflang.pipeline import build_shards
+from exiflang.pipeline.synth import corpus as synth
+from exiflang.pipeline.exif.text import render_text
 from exiflang.train.model import ExifClip, ModelConfig
-from exiflang.train.samples import IMAGE_EXTS, read_groups, read_member
+from exiflang.train.data.samples import IMAGE_EXTS, read_groups, read_member
 from exiflang.train.tokenizer import build_tokenizer
 
 PATCH, PER_SIDE = 64, 2  # small grids keep the random cpu-small model fast

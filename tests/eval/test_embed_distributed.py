@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exiflang.eval.embed import embed_shards, main
-from exiflang.eval.embed_dist import assign
-from exiflang.eval.embeddings import load_embeddings, part_paths
-from exiflang.eval.index import main as index_main
-from exiflang.eval.lookup import lookup_photos
-from exiflang.pipeline import build_shards, synth
+from exiflang.eval.embed.run import embed_shards, main
+from exiflang.eval.embed.distributed import assign
+from exiflang.eval.embed.store import load_embeddings, part_paths
+from exiflang.eval.index.run import main as index_main
+from exiflang.eval.index.lookup import lookup_photos
+from exiflang.pipeline import build_shards
+from exiflang.pipeline.synth import corpus as synth
 from tests.eval.test_embed import make_model
 
 REPO = Path(__file__).resolve().parents[2]

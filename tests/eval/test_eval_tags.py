@@ -8,12 +8,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from exiflang.eval.eval_tags import eval_tags, main
-from exiflang.eval.probe import C_GRID, choose_c, probe_predict
-from exiflang.eval.tag_classes import fit_tag_classes
-from exiflang.eval.tag_report import markdown
-from exiflang.eval.votes import plurality
-from exiflang.eval.zero_shot import ZeroShot, candidate_exifs, template_exif
+from exiflang.eval.tags.evaluate import eval_tags, main
+from exiflang.eval.tags.probe import C_GRID, choose_c, probe_predict
+from exiflang.eval.tags.classes import fit_tag_classes
+from exiflang.eval.tags.report import markdown
+from exiflang.eval.index.votes import plurality
+from exiflang.eval.tags.zero_shot import ZeroShot, candidate_exifs, template_exif
 from tests.eval import lookup_fixtures as fx
 
 METHODS = ("knn", "zero_shot", "probe", "majority")
@@ -67,7 +67,7 @@ def _exifs(table) -> list[dict]:
 
 
 def test_numbers_match_a_naive_recomputation(tiny, tiny_report):
-    from exiflang.eval.embeddings import load_embeddings
+    from exiflang.eval.embed.store import load_embeddings
 
     out, report = tiny_report
     tr, te = load_embeddings(out / "emb_train"), load_embeddings(out / "emb_test")
@@ -142,8 +142,8 @@ def test_cropclr_model_has_no_zero_shot(tiny, tmp_path):
 
 
 def test_zero_shot_candidates_and_argmax(tiny):
-    from exiflang.eval.embed_batch import TextEncoder
-    from exiflang.eval.embeddings import load_embeddings
+    from exiflang.eval.embed.batch import TextEncoder
+    from exiflang.eval.embed.store import load_embeddings
     from exiflang.train.model import ExifClip
 
     emb = load_embeddings(tiny.emb)

@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exiflang.eval.distortion_probe import camera_keys
+from exiflang.eval.probes.distortion_probe import camera_keys
 from exiflang.eval.images import ImageError, load_rgb, load_rgb_bytes, open_checked
-from exiflang.eval.splices import scan_photo
+from exiflang.eval.benchmark.splices import scan_photo
 from exiflang.pipeline import records as st
 from exiflang.pipeline.config import ShardConfig
-from exiflang.pipeline.sample import process_bytes
+from exiflang.pipeline.shards.sample import process_bytes
 from tests.pipeline.test_image_policy import (BIG, float_tiff, forge_jpeg, forge_png, forge_tiff,
                                               small_jpeg, small_png, small_tiff, tiled_photo)
-from exiflang.train.crops import decode_crops
+from exiflang.train.data.crops import decode_crops
 from exiflang.train.retrieval import read_samples
-from exiflang.train.samples import SampleError, probe_image
+from exiflang.train.data.samples import SampleError, probe_image
 
 # How each refusal reads in a one-line error (the pipeline's status, in words).
 WORDS = {st.TOO_LARGE: "too large", st.IMPLAUSIBLE_SIZE: "implausible size",

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exiflang.eval.embeddings import TABLE_COLUMNS, load_embeddings
-from exiflang.eval.index import VectorIndex, build_index
-from exiflang.eval.index_build import ArraySource, NpySource, as_source, default_nlist
-from exiflang.eval.index_tune import exact_search
+from exiflang.eval.embed.store import TABLE_COLUMNS, load_embeddings
+from exiflang.eval.index.run import VectorIndex, build_index
+from exiflang.eval.index.build import ArraySource, NpySource, as_source, default_nlist
+from exiflang.eval.index.tune import exact_search
 
 
 def unit(n: int, d: int, seed: int) -> np.ndarray:

@@ -16,8 +16,8 @@ PER_SIDE = 10   # as the suite's held-out benchmark
 
 @pytest.fixture(scope="module")
 def bar_metrics(tmp_path_factory) -> dict[int, dict]:
-    from exiflang.eval.benchmark import run_benchmark
-    from exiflang.eval.splices import make_splices
+    from exiflang.eval.benchmark.run import run_benchmark
+    from exiflang.eval.benchmark.splices import make_splices
     run = br.build(sr.cache_dir("bar_run") or tmp_path_factory.mktemp("bar_run"))
     out = {}
     for seed, count in br.SETS:

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from exiflang.eval.affinity import Coverage, cell_consistency, coverage, patch_affinity
-from exiflang.eval.localize import (cells_to_image, localize, ncuts_cells, ncuts_similarity, normalise_map,
+from exiflang.eval.forensics.affinity import Coverage, cell_consistency, coverage, patch_affinity
+from exiflang.eval.forensics.localize import (cells_to_image, localize, ncuts_cells, ncuts_similarity, normalise_map,
                             oriented_heatmap)
-from exiflang.eval.metrics import pixel_ap
-from exiflang.eval.ncuts import best_ncut_split, ncuts_partition, ncuts_split
-from exiflang.eval.patches import splice_grid
-from exiflang.eval.scores import detection_scores
+from exiflang.eval.benchmark.metrics import pixel_ap
+from exiflang.eval.forensics.ncuts import best_ncut_split, ncuts_partition, ncuts_split
+from exiflang.eval.embed.patches import splice_grid
+from exiflang.eval.forensics.scores import detection_scores
 
 
 def _two_source(height: int, width: int, box: tuple[int, int, int, int], noise: float = 0.5,
@@ -232,8 +232,8 @@ def test_score_exp_is_stable_and_matches_the_formula():
 def test_cells_to_image_equals_full_upsample_then_crop() -> None:
     """The separable evaluation equals F.interpolate of the whole padded map, then the crop."""
     import torch.nn.functional as F
-    from exiflang.eval.affinity import Coverage
-    from exiflang.eval.localize import _pad_amounts, cells_to_image
+    from exiflang.eval.forensics.affinity import Coverage
+    from exiflang.eval.forensics.localize import _pad_amounts, cells_to_image
 
     rng = np.random.default_rng(0)
     for cells, cell, origin, (h, w) in [((5, 7), 16, (0, 0), (90, 120)), ((4, 3), 9, (3, 5), (45, 33)),

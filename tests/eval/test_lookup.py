@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exiflang.eval.embeddings import load_embeddings
-from exiflang.eval.lookup import embedding_settings, format_lookup, lookup_photos, main
+from exiflang.eval.embed.store import load_embeddings
+from exiflang.eval.index.lookup import embedding_settings, format_lookup, lookup_photos, main
 from tests.eval import lookup_fixtures as fx
 
 
@@ -43,7 +43,7 @@ def strip_app_segments(data: bytes) -> bytes:
 
 def test_strip_keeps_pixels_and_drops_exif(tiny):
     from exiflang.eval.images import load_rgb_bytes
-    from exiflang.pipeline.exif_parse import read_exif
+    from exiflang.pipeline.exif.parse import read_exif
 
     photo = sorted(tiny.train_photos.iterdir())[0]
     data = photo.read_bytes()
@@ -172,8 +172,8 @@ def test_format_lookup_and_grid_settings(tiny):
 
 def test_lookup_predicts_make_and_model_of_heldout_photos(synth_run, tmp_path):
     """Held-out synthetic photos, EXIF stripped: k-NN Make/Model far above the majority baseline."""
-    from exiflang.eval.index import build_index
-    from exiflang.pipeline.exif_parse import read_exif
+    from exiflang.eval.index.run import build_index
+    from exiflang.pipeline.exif.parse import read_exif
 
     emb = load_embeddings(fx.synth_embeddings(synth_run, "train"))
     build_index(emb, tmp_path / "index")

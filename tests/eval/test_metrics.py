@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from exiflang.eval.metrics import average_precision, ciou, pixel_ap, roc_auc, summarize
+from exiflang.eval.benchmark.metrics import average_precision, ciou, pixel_ap, roc_auc, summarize
 
 
 def _rect_mask(shape=(40, 50), box=(10, 25, 5, 30)) -> np.ndarray:

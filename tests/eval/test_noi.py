@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exiflang.eval.metrics import pixel_ap
-from exiflang.eval.noi import NoiDetector, block_sigma, block_sigma_reference, haar_hh, otsu_threshold, paint
+from exiflang.eval.benchmark.metrics import pixel_ap
+from exiflang.eval.forensics.noi import NoiDetector, block_sigma, block_sigma_reference, haar_hh, otsu_threshold, paint
 
 RNG = np.random.default_rng(0)
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exiflang.eval import report
-from exiflang.eval.svg_plot import Series, format_tick, line_chart, nice_ticks
+from exiflang.eval.report import html as report
+from exiflang.eval.report.svg_plot import Series, format_tick, line_chart, nice_ticks
 
 
 class _Tags(HTMLParser):

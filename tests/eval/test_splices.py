@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from exiflang.eval.images import load_rgb
-from exiflang.eval.regions import SHAPES, draw_region
-from exiflang.eval.splices import main, make_splices
+from exiflang.eval.benchmark.regions import SHAPES, draw_region
+from exiflang.eval.benchmark.splices import main, make_splices
 
 RNG = np.random.default_rng(0)
 

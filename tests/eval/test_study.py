@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from exiflang.eval.study import main as study_main
-from exiflang.pipeline import synth
+from exiflang.pipeline.synth import corpus as synth
 
 
 @pytest.mark.slow

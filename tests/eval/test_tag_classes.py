@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exiflang.eval.tag_classes import fit_one, fit_tag_classes, format_number, parse_number
+from exiflang.eval.tags.classes import fit_one, fit_tag_classes, format_number, parse_number
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -115,7 +115,7 @@ def test_fit_tag_classes_keeps_vocabulary_order():
 
 @pytest.fixture(scope="module")
 def photo_exifs(photos_dir: Path) -> list[dict[str, str]]:
-    from exiflang.pipeline.exif_parse import read_exif
+    from exiflang.pipeline.exif.parse import read_exif
     return [read_exif(p.read_bytes()) for p in sorted(photos_dir.glob("*.jpg"))]
 
 

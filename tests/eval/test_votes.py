@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exiflang.eval.votes import plurality, vote_classes, vote_tags
+from exiflang.eval.index.votes import plurality, vote_classes, vote_tags
 
 # Five neighbours of one query, most similar first, and their EXIF.
 NEIGHBOURS = [

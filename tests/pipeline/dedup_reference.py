@@ -1,6 +1,6 @@
 """Naive reference for cross-shard dedup: every hash of the dataset in one in-memory dict.
 
-This is pipeline/dedup.py as it was before the spilling version (issue 19), kept so that
+This is pipeline/shards/dedup.py as it was before the spilling version (issue 19), kept so that
 tests can check the streaming pass against it row for row and byte for byte, and so that
 benchmarks/scale_metadata.py can measure the memory it needed.  The rule: the first copy
 in (shard, position) read order is kept; a later copy in another shard is dropped from its
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from exiflang.pipeline import records as st
-from exiflang.pipeline.shard_io import TarShardWriter, read_tables, shard_paths, write_stats
+from exiflang.pipeline.shards.files import TarShardWriter, read_tables, shard_paths, write_stats
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import pytest
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline.build_shards import main as shards_main
-from exiflang.pipeline.deadline import Deadline, applied, current, resolve
-from exiflang.pipeline.download import DownloadConfig, Downloader, FetchResult
-from exiflang.pipeline.shard_io import read_tables
+from exiflang.pipeline.fetch.deadline import Deadline, applied, current, resolve
+from exiflang.pipeline.fetch.download import DownloadConfig, Downloader, FetchResult
+from exiflang.pipeline.shards.files import read_tables
 from tests.http_server import LoopbackServer
 
 SLACK = 5.0  # generous: a loaded 2-core machine; the unbounded behaviour took hundreds of seconds

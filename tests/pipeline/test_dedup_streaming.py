@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from exiflang.pipeline import dedup
+from exiflang.pipeline.shards import dedup
 from exiflang.pipeline import records as st
-from exiflang.pipeline.shard_io import (TarShardWriter, atomic_write_json, is_complete, shard_paths,
+from exiflang.pipeline.shards.files import (TarShardWriter, atomic_write_json, is_complete, shard_paths,
                                write_table)
 from tests.pipeline import dedup_reference as ref
 

@@ -14,8 +14,8 @@ from urllib.parse import quote
 import pytest
 
 from exiflang.pipeline import records as st
-from exiflang.pipeline.download import DownloadConfig, Downloader, parse_retry_after, url_error
-from exiflang.pipeline.host_limits import HostLimiter
+from exiflang.pipeline.fetch.download import DownloadConfig, Downloader, parse_retry_after, url_error
+from exiflang.pipeline.fetch.host_limits import HostLimiter
 from tests.http_server import LoopbackServer
 
 FAST = dict(timeout=0.5, deadline=5.0, retries=2, backoff_base=0.01, backoff_max=0.05)

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from exiflang.pipeline.build_shards import main as shards_main
-from exiflang.pipeline.shard_io import complete_shards, read_tables, shard_paths
+from exiflang.pipeline.shards.files import complete_shards, read_tables, shard_paths
 from tests.http_server import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[2]

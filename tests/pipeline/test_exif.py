@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from exiflang.pipeline.exif_format_numbers import decimal_format, simple_rational
-from exiflang.pipeline.exif_names import canonical_tag_name
-from exiflang.pipeline.exif_parse import ExifReadError, read_exif
+from exiflang.pipeline.exif.format_numbers import decimal_format, simple_rational
+from exiflang.pipeline.exif.names import canonical_tag_name
+from exiflang.pipeline.exif.parse import ExifReadError, read_exif
 
 DUMP_LINE = re.compile(r"^\[(Exif IFD0|Exif SubIFD|Interoperability|GPS|Exif Thumbnail) - "
                        r"0x[0-9a-f]+\] (.*?) = (.*)$")

@@ -23,7 +23,7 @@ from exiflang.pipeline import image_policy as ip
 from exiflang.pipeline import records as st
 from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.image_policy import ImagePolicy, PolicyError, default_policy, min_bytes
-from exiflang.pipeline.sample import process_bytes
+from exiflang.pipeline.shards.sample import process_bytes
 
 PHOTO = "Canon_Canon-EOS-20D_d0a3cab9.jpg"   # a real camera JPEG with EXIF
 BIG = (11648, 8736)                          # 101.8 MP, a medium-format camera's size

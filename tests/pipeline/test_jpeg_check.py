@@ -6,8 +6,8 @@ from PIL import Image
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline.config import ShardConfig
-from exiflang.pipeline.jpeg_check import jpeg_problem
-from exiflang.pipeline.sample import process_bytes
+from exiflang.pipeline.shards.jpeg_check import jpeg_problem
+from exiflang.pipeline.shards.sample import process_bytes
 
 
 def _decodes(data: bytes) -> bool:

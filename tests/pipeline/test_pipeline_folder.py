@@ -8,7 +8,7 @@ import pytest
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline.build_shards import main as shards_main
-from exiflang.pipeline.shard_io import complete_shards, read_tables, shard_paths
+from exiflang.pipeline.shards.files import complete_shards, read_tables, shard_paths
 
 
 def _tar_members(path: Path) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ import pytest
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline.build_shards import main as shards_main
-from exiflang.pipeline.shard_io import read_tables
+from exiflang.pipeline.shards.files import read_tables
 from tests.http_server import LoopbackServer
 
 NET = ["--timeout", "0.5", "--retries", "2", "--executor", "local", "--threads", "4",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exiflang.pipeline.build_shards import main as shards_main
-from exiflang.pipeline.shard_io import read_tables
+from exiflang.pipeline.shards.files import read_tables
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ray

@@ -7,7 +7,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from exiflang.pipeline.shard_io import complete_shards, read_tables, shard_paths
+from exiflang.pipeline.shards.files import complete_shards, read_tables, shard_paths
 
 REPO = Path(__file__).resolve().parents[2]
 STABLE = ["key", "photo_id", "url", "status", "error", "width", "height", "bytes", "sha256",

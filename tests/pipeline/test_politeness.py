@@ -13,11 +13,11 @@ import pytest
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline.build_shards import main as shards_main
-from exiflang.pipeline.download import DownloadConfig, Downloader
-from exiflang.pipeline.governor_service import GovernorServer, GovernorUnavailable, RemoteGovernor
-from exiflang.pipeline.opt_out import agent_token, opt_out
-from exiflang.pipeline.politeness import ANSWERED, THROTTLED, GovernorLimits, HostGovernor
-from exiflang.pipeline.shard_io import read_tables
+from exiflang.pipeline.fetch.download import DownloadConfig, Downloader
+from exiflang.pipeline.fetch.governor_service import GovernorServer, GovernorUnavailable, RemoteGovernor
+from exiflang.pipeline.fetch.opt_out import agent_token, opt_out
+from exiflang.pipeline.fetch.politeness import ANSWERED, THROTTLED, GovernorLimits, HostGovernor
+from exiflang.pipeline.shards.files import read_tables
 from tests.http_server import LoopbackServer
 
 _KEYS = itertools.count()

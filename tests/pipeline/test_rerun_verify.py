@@ -10,7 +10,7 @@ import pytest
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline.build_shards import main as shards_main
-from exiflang.pipeline.shard_io import (TarShardWriter, complete_shards, read_tables, shard_paths,
+from exiflang.pipeline.shards.files import (TarShardWriter, complete_shards, read_tables, shard_paths,
                                shard_problem, write_stats, write_table)
 
 RUN = ["--executor", "local", "--threads", "2", "--rows-per-shard", "3", "-q"]

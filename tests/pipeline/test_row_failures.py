@@ -14,10 +14,10 @@ from exiflang.pipeline import records as st
 from exiflang.pipeline.build_shards import main as shards_main
 from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.shard_io import complete_shards, read_tables, shard_paths, write_table
-from exiflang.pipeline.sources import open_source
-from exiflang.pipeline.worker import fetchable_url, process_shard
-from exiflang.pipeline.yfcc import record_meta
+from exiflang.pipeline.shards.files import complete_shards, read_tables, shard_paths, write_table
+from exiflang.pipeline.sources.open import open_source
+from exiflang.pipeline.shards.worker import fetchable_url, process_shard
+from exiflang.pipeline.sources.yfcc import record_meta
 from tests.http_server import LoopbackServer
 
 RUN = ["--executor", "local", "--threads", "2", "--rows-per-shard", "10", "--timeout", "2",

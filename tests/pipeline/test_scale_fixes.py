@@ -11,11 +11,11 @@ import time
 import pytest
 
 from exiflang.pipeline.config import ShardConfig
-from exiflang.pipeline.download import DownloadConfig, Downloader
+from exiflang.pipeline.fetch.download import DownloadConfig, Downloader
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.sources import open_source
-from exiflang.pipeline.worker import _ordered
-from exiflang.pipeline.yfcc_exif import YfccSideJoin
+from exiflang.pipeline.sources.open import open_source
+from exiflang.pipeline.shards.worker import _ordered
+from exiflang.pipeline.sources.yfcc_exif import YfccSideJoin
 from tests.http_server import LoopbackServer
 
 

@@ -12,7 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from exiflang.pipeline.sources import FORMATS, SourceError, detect_format, open_source
+from exiflang.pipeline.sources.base import FORMATS, SourceError
+from exiflang.pipeline.sources.folder import detect_format
+from exiflang.pipeline.sources.open import open_source
 
 COMPRESSORS = {"": lambda b: b, ".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
 

@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from exiflang.pipeline import storage
-from exiflang.pipeline.sources import MultiSource, SourceError, detect_format, open_source
-from exiflang.pipeline.yfcc import FIELDS_2016
+from exiflang.pipeline.sources.base import SourceError
+from exiflang.pipeline.sources.folder import MultiSource, detect_format
+from exiflang.pipeline.sources.open import open_source
+from exiflang.pipeline.sources.yfcc import FIELDS_2016
 from tests.s3_server import s3_server, storage_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +146,7 @@ def _yfcc_file(path: Path, lines: int, description: str = "d" * 8000) -> Path:
 
 _PEAK = """
 import json, resource, sys
-from exiflang.pipeline.sources import open_source
+from exiflang.pipeline.sources.open import open_source
 source = open_source(sys.argv[1])
 n = sum(1 for _ in source.rows())
 print(json.dumps({"rows": n, "format": source.format,

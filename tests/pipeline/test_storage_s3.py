@@ -23,7 +23,7 @@ import pytest
 
 from exiflang.pipeline import storage
 from exiflang.pipeline.build_shards import main as shards_main
-from exiflang.pipeline.shard_io import TarShardWriter, read_tables, write_table
+from exiflang.pipeline.shards.files import TarShardWriter, read_tables, write_table
 from tests.http_server import LoopbackServer
 from tests.s3_server import s3_env, s3_server, storage_options
 

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image, JpegImagePlugin
 from scipy.ndimage import gaussian_filter
 
-from exiflang.pipeline import synth
-from exiflang.pipeline.synth_camera import SUBSAMPLING, CameraModel, capture, encode_jpeg
-from exiflang.pipeline.synth_params import make_cameras, n_makes
-from exiflang.pipeline.synth_scene import render_scene
+from exiflang.pipeline.synth import corpus as synth
+from exiflang.pipeline.synth.camera import SUBSAMPLING, CameraModel, capture, encode_jpeg
+from exiflang.pipeline.synth.params import make_cameras, n_makes
+from exiflang.pipeline.synth.scene import render_scene
 
 SIZE = (192, 144)
 

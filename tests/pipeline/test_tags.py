@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from exiflang.pipeline import records as st
-from exiflang.pipeline.dedup import remove_cross_shard_duplicates
-from exiflang.pipeline.shard_io import TarShardWriter, atomic_write_json, shard_paths, write_table
-from exiflang.pipeline.tags import select_tags, vocabulary_hash, write_sizes_and_summary, write_tags
+from exiflang.pipeline.shards.dedup import remove_cross_shard_duplicates
+from exiflang.pipeline.shards.files import TarShardWriter, atomic_write_json, shard_paths, write_table
+from exiflang.pipeline.shards.tags import select_tags, vocabulary_hash, write_sizes_and_summary, write_tags
 
 
 def test_strictly_more_than_threshold():

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from exiflang.pipeline.text import FORMATS, clean_value, render_text
+from exiflang.pipeline.exif.text import FORMATS, clean_value, render_text
 
 EXIF = {"Make": "Canon", "Model": "Canon EOS 20D", "ISO Speed Ratings": "400 ",
         "Focal Length": "55 mm", "Exposure Time": "1/200 sec", "Extra": "x"}

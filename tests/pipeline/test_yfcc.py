@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from exiflang.pipeline.sources import SourceError, detect_format, open_source
-from exiflang.pipeline.yfcc import FIELDS_2014, FIELDS_2016, YfccSource
-from exiflang.pipeline.yfcc_exif import YfccExifIndex, parse_exif_line, parse_items
+from exiflang.pipeline.sources.base import SourceError
+from exiflang.pipeline.sources.folder import detect_format
+from exiflang.pipeline.sources.open import open_source
+from exiflang.pipeline.sources.yfcc import FIELDS_2014, FIELDS_2016, YfccSource
+from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex, parse_exif_line, parse_items
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -206,7 +208,7 @@ def test_index_opens_read_only_in_other_processes(tmp_path, side_file):
     os.chmod(db, 0o444)                                   # read-only on disk is enough
     os.chmod(tmp_path, 0o555)
     try:
-        code = ("import sys; from exiflang.pipeline.yfcc_exif import YfccExifIndex as I; "
+        code = ("import sys; from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex as I; "
                 f"i = I.open({str(db)!r}); print(i.get({pid!r})['Model'])")
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.strip()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from exiflang.pipeline.sources import SourceError, open_source
-from exiflang.pipeline.yfcc import FIELDS_2014, FIELDS_2016
-from exiflang.pipeline.yfcc_exif import YfccExifIndex, YfccSideJoin
+from exiflang.pipeline.sources.base import SourceError
+from exiflang.pipeline.sources.open import open_source
+from exiflang.pipeline.sources.yfcc import FIELDS_2014, FIELDS_2016
+from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex, YfccSideJoin
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,7 +143,7 @@ def test_reader_in_another_process_while_the_join_writes(tmp_path):
     join = YfccSideJoin(str(side), str(db), block_rows=3, window=4)
     rows = join.rows(open_source(main).rows())
     first = next(rows)                                  # the database exists from here on
-    code = ("import sys, time; from exiflang.pipeline.yfcc_exif import YfccExifIndex as I\n"
+    code = ("import sys, time; from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex as I\n"
             "ids = sys.argv[2].split(','); reads = 0; end = time.time() + 30\n"
             "while time.time() < end:\n"
             "    with I.open(sys.argv[1]) as ix: got = ix.get_many(ids)\n"

@@ -22,11 +22,11 @@ from PIL import Image
 from benchmarks.yfcc_sim import (DEFAULT_SHARES, FATES, SimConfig, SimWorld, YfccSimulator,
                                  host_of, write_files)
 from exiflang.pipeline import records as st
-from exiflang.pipeline.exif_parse import read_exif
-from exiflang.pipeline.jpeg_check import jpeg_problem
-from exiflang.pipeline.shard_io import read_tables
-from exiflang.pipeline.yfcc import YfccSource
-from exiflang.pipeline.yfcc_exif import YfccExifIndex
+from exiflang.pipeline.exif.parse import read_exif
+from exiflang.pipeline.shards.jpeg_check import jpeg_problem
+from exiflang.pipeline.shards.files import read_tables
+from exiflang.pipeline.sources.yfcc import YfccSource
+from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex
 
 REPO = Path(__file__).resolve().parents[2]
 # Every rare fate common enough to appear in a few hundred rows; stalls stay few (each costs

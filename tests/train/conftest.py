@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exiflang.pipeline import build_shards, synth
+from exiflang.pipeline import build_shards
+from exiflang.pipeline.synth import corpus as synth
 
 # The smallest useful recipe: cpu-small on 64-px patches, batch 8, 2 crops per photo (6 batches
 # an epoch), text dropout left on so that the run draws from the RNG every step.

@@ -66,7 +66,7 @@ def test_wandb_asked_for_without_the_package_is_one_line(tiny_shards: Path, tmp_
 
 
 def test_demo_report_draws_the_heldout_curve(heldout_run: Path) -> None:
-    from exiflang.eval.report import training_section
+    from exiflang.eval.report.html import training_section
 
     html = training_section(heldout_run)
     assert html.count("<svg") == 2                     # loss (training + held-out), held-out scores

@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from exiflang.pipeline import build_shards, synth
-from exiflang.train.crops import decode_crops, normalise, unnormalise
-from exiflang.train.loader import DataConfig, build_loader
+from exiflang.pipeline import build_shards
+from exiflang.pipeline.synth import corpus as synth
+from exiflang.train.data.crops import decode_crops, normalise, unnormalise
+from exiflang.train.data.loader import DataConfig, build_loader
 from exiflang.train.normalize import CLIP_MEAN, CLIP_STD
 from exiflang.train.tokenizer import build_tokenizer
 
@@ -271,7 +272,7 @@ def test_token_ids_match_the_tokenizer_padding_longest(shards, tokenizer, fmt):
 
 
 def test_resume_decodes_only_what_it_yields(shards, tokenizer, monkeypatch):
-    import exiflang.train.loader as loader_module
+    import exiflang.train.data.loader as loader_module
     calls = []
 
     def counting(data, boxes):
@@ -300,14 +301,14 @@ def test_buffered_shuffle_is_a_seeded_permutation_and_seeds_are_stable_across_pr
     import random
     import subprocess
     import sys
-    from exiflang.train.shuffle import shuffled, stable_seed
+    from exiflang.train.data.shuffle import shuffled, stable_seed
     items = list(range(200))
     a = list(shuffled(items, 16, random.Random(1)))
     assert sorted(a) == items and a != items
     assert a == list(shuffled(items, 16, random.Random(1)))
     assert list(shuffled(items, 1, random.Random(1))) == items     # a buffer of one keeps the order
     # Python's hash() is salted per process; the loader's seeds must not be.
-    code = "from exiflang.train.shuffle import stable_seed; print(stable_seed(0, 'epoch', 3))"
+    code = "from exiflang.train.data.shuffle import stable_seed; print(stable_seed(0, 'epoch', 3))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "123"}, cwd=str(Path(__file__).resolve().parents[2]))
     assert int(other.stdout) == stable_seed(0, "epoch", 3) != stable_seed(0, "epoch", 4)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from exiflang.train.loader import DataConfig, build_loader
-from exiflang.train.samples import read_groups, read_member
-from exiflang.train.shuffle import rank_seed
+from exiflang.train.data.loader import DataConfig, build_loader
+from exiflang.train.data.samples import read_groups, read_member
+from exiflang.train.data.shuffle import rank_seed
 from exiflang.train.tokenizer import build_tokenizer
 
 COPIES = 8   # per tar, 2 tars

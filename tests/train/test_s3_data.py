@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from tests.s3_server import s3_env, s3_server, storage_options
 from tests.train.conftest import HELDOUT, metrics, train_args
-from exiflang.train.loader import DataConfig, build_loader
+from exiflang.train.data.loader import DataConfig, build_loader
 from exiflang.train.main import main as train_main
-from exiflang.train.samples import open_shards
-from exiflang.train.shard_store import ReadPolicy, store_for
+from exiflang.train.data.samples import open_shards
+from exiflang.train.data.shard_store import ReadPolicy, store_for
 from exiflang.train.tokenizer import build_tokenizer
 
 URL = "s3://exiflang/shards"

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from exiflang.pipeline import build_shards, synth
+from exiflang.pipeline import build_shards
+from exiflang.pipeline.synth import corpus as synth
 from exiflang.train.main import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]

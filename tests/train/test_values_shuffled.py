@@ -6,8 +6,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from exiflang.pipeline.text import FORMATS, render_text
-from exiflang.train.loader import DataConfig, build_loader
+from exiflang.pipeline.exif.text import FORMATS, render_text
+from exiflang.train.data.loader import DataConfig, build_loader
 from exiflang.train.tokenizer import build_tokenizer
 
 EXIF = {"Make": "Canon", "Model": "EOS-5D", "ISO Speed Ratings": "400", "Exposure Time": "1/60",

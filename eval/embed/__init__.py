@@ -1,0 +1,1 @@
+"""eval.embed: photos and shards -> patch and text embeddings on disk (one process or torchrun ranks)."""

@@ -1,0 +1,1 @@
+"""eval.forensics: zero-shot splice detection and localization — patch consistency, mean shift, ncuts, scores, overlays."""

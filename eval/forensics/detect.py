@@ -1,0 +1,352 @@
+"""The ``exiflang detect`` command: splice heatmaps, masks and scores for photos, written per image.
+
+    exiflang detect --model MODEL_DIR IMAGE_OR_FOLDER... --out DIR [--grid paper]
+        [--patches-per-side N] [--patch-size P] [--batch-size B] [--device auto|cpu|cuda]
+        [--no-ncuts] [--tau T] [--legacy-negative] [--max-side 1600] [--no-compress] [--force]
+        [--include-masks]
+
+Per image (``NAME`` = the file stem, made unique when two inputs share it): ``DIR/NAME.npz``
+(the keys of :func:`write_outputs`), ``DIR/NAME.png`` (:mod:`exiflang.eval.forensics.overlay`) and one line of
+``DIR/results.jsonl``; a summary table at the end.  An image whose line says it was done with the
+same source file and settings, and whose npz and png exist, is skipped unless ``--force``;
+``results.jsonl`` is then rewritten with one line per name (earlier lines kept, redone ones
+replaced, in first-seen order).  Failed images get a line with ``"status": "error"`` and are
+retried on the next run.  Files found in a folder that are named like ground-truth masks
+(``*_mask.*``, ``*_gt.*``, ``masks/``, ``ground-truth/``: :func:`exiflang.eval.benchmark.datasets.is_mask_file`)
+are left out, with a count on the terminal, unless ``--include-masks``; files named one by one
+are always run.
+
+Exit codes: 0 every image answered (or skipped as done); 1 some images failed, the rest were
+answered; 2 bad usage, an unusable model folder or output folder, no input images, or every image
+failed (one line ``exiflang detect: error: FILE: reason``; :mod:`exiflang.errors`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from exiflang.eval.forensics.detector import CODE_PER_SIDE, PAPER_PER_SIDE, PATCH, DetectionResult, Detector
+from exiflang.eval.benchmark.datasets import is_mask_file
+from exiflang.eval.images import ImageError, expand_inputs, load_rgb
+from exiflang.eval.forensics.overlay import write_overlay
+from exiflang.eval.embed.patches import Grid
+from exiflang.eval.forensics.scores import DEFAULT_SCORE
+from exiflang.errors import CommandError, check_out_dir, run_main
+
+RESULTS = "results.jsonl"
+PROG = "exiflang detect"
+
+
+def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name: str,
+                  max_side: int = 1600, compress: bool = True) -> dict[str, Any]:
+    """Write ``out_dir/NAME.npz`` and ``out_dir/NAME.png``; return the JSON record.
+
+    ``result``: a :class:`DetectionResult` (or any object with ``heatmap``, ``mask``, ``scores``,
+    ``timings`` and optionally ``grid``/``ncuts_mask``/``ncuts_heatmap``/``cell_map``, e.g. a
+    baseline's result).
+    npz keys (PhotoHolmes' ``heatmap``/``mask``/``detection`` plus ours): ``heatmap`` float32
+    [H,W] 0..1, ``mask`` bool [H,W], ``detection`` float32 [] (= ``score_mean_dist``, else the first
+    score; higher = spliced), ``scores_score_exp``/``scores_score_mean_dist`` float64 [],
+    ``ncuts_mask`` bool [H,W] and ``ncuts_heatmap`` float32 [H,W] 0..1 (the soft ncuts map; both
+    absent with ``--no-ncuts``), ``cell_map`` float32 [rows, cols],
+    ``grid_ys``/``grid_xs`` int64 (patch top-left corners), ``patch`` int64 [].
+    The record: ``name``, ``height``, ``width``, ``patches``, ``grid``, ``scores``,
+    ``splice_fraction`` (0..1), ``timings`` (seconds; adds ``write`` and ``total`` = load +
+    detect + write, the detector's own total kept as ``detect``), ``outputs`` (npz, png paths).
+    ``compress=False`` writes a plain npz: about 2x larger (a 12-MP heatmap is 48 MB raw, ~38 MB
+    deflated) and several seconds faster per 12-MP image.
+    """
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    npz, png = out_dir / f"{name}.npz", out_dir / f"{name}.png"
+    tmp = out_dir / f".{name}.npz.tmp"
+    with open(tmp, "wb") as fh:
+        (np.savez_compressed if compress else np.savez)(fh, **npz_arrays(result))
+    tmp.replace(npz)  # renamed into place: a killed run never leaves a half-written npz
+    fraction = float(result.mask.mean()) if result.mask.size else 0.0
+    caption = "   ".join([name, *(f"{k} {v:.4g}" for k, v in result.scores.items()), f"splice {100 * fraction:.1f}%"])
+    write_overlay(png, rgb, result.heatmap, result.mask, getattr(result, "ncuts_mask", None), caption, max_side)
+    timings = {k: round(float(v), 6) for k, v in result.timings.items()}
+    timings["detect"] = timings.pop("total", round(sum(v for k, v in timings.items() if k != "load"), 6))
+    timings["write"] = round(time.perf_counter() - t0, 6)
+    timings["total"] = round(timings.get("load", 0.0) + timings["detect"] + timings["write"], 6)
+    rec: dict[str, Any] = {"name": name, "height": int(result.heatmap.shape[0]), "width": int(result.heatmap.shape[1])}
+    g = getattr(result, "grid", None)
+    if g is not None:
+        rec["patches"] = g.count
+        rec["grid"] = {"patch": g.patch, "rows": g.shape[0], "cols": g.shape[1], "stride": _stride(g)}
+    return {**rec, "scores": {k: float(v) for k, v in result.scores.items()}, "splice_fraction": round(fraction, 6),
+            "timings": timings, "outputs": {"npz": str(npz), "png": str(png)}}
+
+
+def npz_arrays(result: DetectionResult) -> dict[str, np.ndarray]:
+    """The npz content of :func:`write_outputs` (optional parts only when the result has them)."""
+    scores = result.scores
+    main_score = scores[DEFAULT_SCORE] if DEFAULT_SCORE in scores else next(iter(scores.values()), float("nan"))
+    arrays: dict[str, np.ndarray] = {"heatmap": result.heatmap.astype(np.float32), "mask": result.mask.astype(bool),
+                                     "detection": np.float32(main_score)}
+    arrays.update({f"scores_{k}": np.float64(v) for k, v in scores.items()})
+    if getattr(result, "ncuts_mask", None) is not None:
+        arrays["ncuts_mask"] = result.ncuts_mask.astype(bool)
+    if getattr(result, "ncuts_heatmap", None) is not None:
+        arrays["ncuts_heatmap"] = np.asarray(result.ncuts_heatmap, dtype=np.float32)
+    if getattr(result, "cell_map", None) is not None:
+        arrays["cell_map"] = np.asarray(result.cell_map, dtype=np.float32)
+    g = getattr(result, "grid", None)
+    if g is not None:
+        arrays.update(grid_ys=np.asarray(g.ys, dtype=np.int64), grid_xs=np.asarray(g.xs, dtype=np.int64),
+                      patch=np.int64(g.patch))
+    return arrays
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """``results.jsonl`` -> name -> record (the last line of a name wins; broken lines ignored)."""
+    records: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return records
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # e.g. the half-written last line of a killed run: that image is redone
+        if isinstance(rec, dict) and isinstance(rec.get("name"), str):
+            records.pop(rec["name"], None)
+            records[rec["name"]] = rec
+    return records
+
+
+def assign_names(paths: list[Path], earlier: dict[str, dict[str, Any]]) -> list[str]:
+    """One output name per input: its stem, ``stem-2``, ``stem-3``... when taken.
+
+    Taken = used by an earlier input of this run or by an earlier run's record for another file
+    (compared case-insensitively, for case-insensitive file systems).  A file an earlier run
+    already named keeps its name, so reruns write to the same outputs.
+    """
+    by_path = {rec.get("path"): name for name, rec in earlier.items()}
+    taken = {name.lower(): rec.get("path") for name, rec in earlier.items()}
+    names: list[str] = []
+    used: set[str] = set()
+    for p in paths:
+        key = source_key(p)
+        name = by_path.get(key)
+        if name is None or name.lower() in used:
+            stem, i = p.stem or "image", 1
+            name = stem
+            while name.lower() in used or taken.get(name.lower(), key) != key:
+                i += 1
+                name = f"{stem}-{i}"
+        names.append(name)
+        used.add(name.lower())
+    return names
+
+
+def source_key(path: Path) -> str:
+    """The absolute path (symlinks kept) that identifies an input across runs."""
+    return os.path.abspath(path)
+
+
+def _stride(g: Grid) -> int:
+    return g.ys[1] - g.ys[0] if len(g.ys) > 1 else g.xs[1] - g.xs[0] if len(g.xs) > 1 else 0
+
+
+def source_stamp(path: Path) -> dict[str, int]:
+    """Size and mtime of the input file: a changed file is not 'already done'."""
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def is_done(rec: Optional[dict[str, Any]], path: Path, settings: dict[str, Any]) -> bool:
+    """True when ``rec`` answered this very file with these settings and its outputs exist."""
+    if not rec or rec.get("status") != "ok" or rec.get("path") != source_key(path):
+        return False
+    try:
+        same_source = rec.get("source") == source_stamp(path)
+    except OSError:
+        return False
+    outs = rec.get("outputs", {})
+    return (same_source and rec.get("settings") == settings
+            and all(Path(outs.get(k, "")).is_file() for k in ("npz", "png")))
+
+
+def process(detector: Detector, path: Path, name: str, out_dir: Path, max_side: int,
+            compress: bool = True) -> dict[str, Any]:
+    """Load, detect and write one image -> its ``ok`` record (ImageError/ValueError on bad input)."""
+    t0 = time.perf_counter()
+    stamp = source_stamp(path) if path.is_file() else None
+    rgb = load_rgb(path)
+    load_s = time.perf_counter() - t0
+    try:
+        result = detector.detect(rgb)
+    except ValueError as exc:  # smaller than one patch, wrong pixel layout
+        raise ImageError(path, str(exc)) from None
+    result.timings["load"] = load_s
+    rec = write_outputs(result, rgb, out_dir, name, max_side, compress)
+    return {"name": name, "path": source_key(path), "status": "ok", "source": stamp, **rec,
+            "settings": detector.settings}
+
+
+def fmt_table(records: Iterable[dict[str, Any]], states: dict[str, str]) -> str:
+    """The terminal summary: name | size | patches | score_exp | score_mean_dist | splice area % | seconds | status."""
+    head = ["name", "size", "patches", "score_exp", "score_mean_dist", "splice area %", "seconds", "status"]
+    rows = []
+    for r in records:
+        if r.get("status") == "ok":
+            s = r["scores"]
+            rows.append([r["name"], f"{r['width']}x{r['height']}", str(r["patches"]), f"{s['score_exp']:.4g}",
+                         f"{s['score_mean_dist']:.4f}", f"{100 * r['splice_fraction']:.1f}",
+                         f"{r['timings']['total']:.2f}", states.get(r["name"], "done")])
+        else:
+            rows.append([r["name"], "-", "-", "-", "-", "-", "-", "error"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), "-+-".join("-" * w for w in widths), *map(line, rows)])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Zero-shot splice detection and localization maps.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="images, or folders searched recursively")
+    p.add_argument("--model", required=True, help="model folder (exiflang train's run/model)")
+    p.add_argument("--out", required=True, help="output folder: NAME.npz, NAME.png, results.jsonl")
+    p.add_argument("--grid", choices=("code", "paper"), default=None,
+                   help=f"code: {CODE_PER_SIDE} patches along the longest side (default); paper: {PAPER_PER_SIDE}")
+    p.add_argument("--patches-per-side", type=int, default=None, help="patches along the longest side")
+    p.add_argument("--patch-size", type=int, default=PATCH, help=f"patch size in pixels (default {PATCH})")
+    p.add_argument("--batch-size", type=int, default=256, help="patches per forward pass")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-ncuts", action="store_true", help="skip the normalized-cuts mask")
+    p.add_argument("--tau", type=float, default=None, help="score_exp temperature (default 1/logit scale)")
+    p.add_argument("--legacy-negative", action="store_true",
+                   help="reproduce the authors' evaluator bug: patches become photographic negatives")
+    p.add_argument("--max-side", type=int, default=1600, help="long side of the PNG overlay, pixels")
+    p.add_argument("--no-compress", action="store_true", help="plain npz: faster to write, ~2x larger")
+    p.add_argument("--force", action="store_true", help="redo images already done")
+    p.add_argument("--include-masks", action="store_true",
+                   help="also run on files in folders named like ground-truth masks (*_mask, masks/, ...)")
+    return p
+
+
+def _per_side(args: argparse.Namespace) -> int:
+    grid_n = PAPER_PER_SIDE if args.grid == "paper" else CODE_PER_SIDE
+    if args.patches_per_side is not None and args.grid is not None and args.patches_per_side != grid_n:
+        raise ValueError(f"--grid {args.grid} means {grid_n} patches per side, "
+                         f"--patches-per-side says {args.patches_per_side}")
+    return args.patches_per_side if args.patches_per_side is not None else grid_n
+
+
+def _check_device(device: str) -> None:
+    """A one-line ValueError naming ``--device`` for a device torch does not know or cannot use."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+
+
+def _inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tuple[list[Path], int]:
+    """(inputs to run, how many mask-named files in the named folders were left out).
+
+    Folders are expanded (:func:`exiflang.eval.images.expand_inputs`); duplicates are dropped, and so is
+    anything inside the output folder (our own PNGs).
+    """
+    out_real = out_dir.resolve()
+    seen, paths, masks = set(), [], 0
+    for item in items:
+        root = Path(item).expanduser()
+        skip_masks = not include_masks and root.is_dir()   # a file named by hand always runs
+        for p in expand_inputs([item]):
+            real = p.resolve()
+            if real in seen or (p.is_file() and out_real in real.parents):
+                continue
+            seen.add(real)
+            if skip_masks and is_mask_file(p, root):
+                masks += 1
+                continue
+            paths.append(p)
+    return paths, masks
+
+
+def run(detector: Detector, paths: list[Path], out_dir: Path, force: bool = False, max_side: int = 1600,
+        compress: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Process ``paths`` into ``out_dir`` -> (this run's records in input order, name -> state)."""
+    from tqdm import tqdm
+
+    log_path = out_dir / RESULTS
+    earlier = read_results(log_path)
+    names = assign_names(paths, earlier)
+    records, states = [], {}
+    with open(log_path, "a") as log, tqdm(total=len(paths), desc="detect", unit="img", disable=None) as bar:
+        for path, name in zip(paths, names):
+            if not force and is_done(earlier.get(name), path, detector.settings):
+                records.append(earlier[name])
+                states[name] = "skipped"
+            else:
+                try:
+                    rec = process(detector, path, name, out_dir, max_side, compress)
+                    states[name] = "done"
+                except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+                    msg = str(exc) if isinstance(exc, ImageError) else f"{path}: {type(exc).__name__}: {exc}"
+                    rec = {"name": name, "path": source_key(path), "status": "error", "error": " ".join(msg.split())}
+                    states[name] = "error"
+                    bar.write(f"{PROG}: {rec['error']}", file=sys.stderr)
+                records.append(rec)
+                log.write(json.dumps(rec) + "\n")
+                log.flush()  # progress survives a kill: the next run skips what is done
+            bar.update(1)
+    merged = dict(earlier)
+    merged.update({r["name"]: r for r in records})
+    tmp = out_dir / f".{RESULTS}.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in merged.values()))
+    tmp.replace(log_path)
+    return records, states
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point (exit codes in the module docstring), under :func:`exiflang.errors.run_main`."""
+    return run_main(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    out_dir = check_out_dir(args.out)  # before the model loads: a bad --out costs nothing
+    per_side = _per_side(args)
+    _check_device(args.device)
+    if args.max_side < 64:
+        raise ValueError(f"--max-side {args.max_side}: at least 64")
+    paths, masks = _inputs(args.inputs, out_dir, args.include_masks)
+    if masks:
+        print(f"{PROG}: left out {masks} file(s) named like ground-truth masks (--include-masks runs them)",
+              file=sys.stderr)
+    if not paths:
+        raise CommandError(None, f"no images found in {' '.join(args.inputs)}")
+    try:
+        detector = Detector(args.model, patch=args.patch_size, per_side=per_side, device=args.device,
+                            batch_size=args.batch_size, ncuts=not args.no_ncuts, tau=args.tau,
+                            legacy_negative=args.legacy_negative)
+    except RuntimeError as exc:  # torch: weights that do not fit the folder's config
+        raise CommandError(args.model, f"cannot load the model ({exc})") from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records, states = run(detector, paths, out_dir, args.force, args.max_side, not args.no_compress)
+    print(fmt_table(records, states))
+    failed = sum(s == "error" for s in states.values())
+    print(f"{len(records) - failed} answered ({sum(s == 'skipped' for s in states.values())} skipped as done), "
+          f"{failed} failed -> {out_dir / RESULTS}")
+    if failed == len(records):
+        return 2
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The zero-shot splice detector: one photo's pixels -> heatmap, masks and detection scores.
+
+:class:`Detector` holds a trained model's image tower and runs DESIGN.md §6 on one
+``uint8 [H,W,3]`` photo: the authors' patch grid (:func:`exiflang.eval.embed.patches.splice_grid`, P = 124,
+n = 30), batched patch embeddings from the image normalised once, the cosine affinity, the
+vectorised vote averaging + EXIF-SC mean shift (+ normalized cuts) of
+:func:`exiflang.eval.forensics.localize.localize`, and both detection scores of :func:`exiflang.eval.forensics.scores.detection_scores`.
+No metadata is read: only pixels.
+
+``legacy_negative=True`` reproduces the authors' evaluator, which pushed float 0..255 patches
+through ``ToPILImage``: ``mul(255).byte()`` wraps every pixel ``v`` to ``(-v) mod 256`` (a
+photographic negative).  It is off by default and exists only to compare with their numbers.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from exiflang.eval.forensics.affinity import patch_affinity
+from exiflang.eval.forensics.localize import localize
+from exiflang.eval.embed.patches import Grid, PatchEmbedder, splice_grid
+from exiflang.eval.forensics.scores import detection_scores
+
+PAPER_PER_SIDE = 25   # what the paper says; the authors' code ran with 30 (DESIGN.md §6)
+CODE_PER_SIDE = 30
+PATCH = 124
+
+
+def legacy_negative(rgb: np.ndarray) -> np.ndarray:
+    """``uint8 [H,W,3]`` -> the authors' accidental negative ``(-v) mod 256`` (0 stays 0, 1 -> 255)."""
+    return (np.uint8(0) - rgb).astype(np.uint8)  # uint8 arithmetic wraps, as torch's .byte() did
+
+
+@dataclass
+class DetectionResult:
+    """One photo's detection.
+
+    ``heatmap``: ``float32 [H,W]`` in 0..1, higher = more likely spliced (the mean-shift map,
+    oriented so the smaller region is high).  ``mask``: ``bool [H,W]``, True = spliced (mean-shift).
+    ``ncuts_mask``: ``bool [H,W]`` (True = the smaller normalized-cuts segment) or None when off.
+    ``scores``: ``score_exp`` and ``score_mean_dist``, higher = more likely spliced.
+    ``cell_map``: ``float32 [rows, cols]`` the heatmap on the grid's cells before resizing.
+    ``ncuts_heatmap``: ``float32 [H,W]`` 0..1, the soft normalized-cuts map (high = the ncuts
+    splice side; :mod:`exiflang.eval.forensics.localize`), or None when ncuts is off.
+    ``timings``: seconds per stage (``embed``, ``votes``, ``meanshift``, ``resize``, ``ncuts``,
+    ``scores``, ``total``; the ``detect`` command adds ``load`` and ``write`` and re-totals).
+    ``settings``: the detector's :attr:`Detector.settings` that produced it.
+    """
+
+    heatmap: np.ndarray
+    mask: np.ndarray
+    ncuts_mask: Optional[np.ndarray]
+    scores: dict[str, float]
+    grid: Grid
+    timings: dict[str, float]
+    cell_map: Optional[np.ndarray] = None
+    ncuts_heatmap: Optional[np.ndarray] = None
+    settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def splice_fraction(self) -> float:
+        """Fraction of the image's pixels in ``mask`` (0..1)."""
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+
+class Detector:
+    """A trained model folder's image tower, ready to run on photos of any size.
+
+    ``per_side``: patches along the longest side (30 = the authors' code, 25 = the paper).
+    ``tau``: temperature of ``score_exp``; None -> ``1 / logit_scale`` of the model (0.01 for
+    the fixed scale 100).  ``ncuts``: also compute the normalized-cuts mask.
+    """
+
+    def __init__(self, model_dir: Union[str, "os.PathLike[str]"], *, patch: int = PATCH,
+                 per_side: int = CODE_PER_SIDE, device: str = "auto", batch_size: int = 256,
+                 ncuts: bool = True, tau: Optional[float] = None, iterations: int = 5,
+                 percentile: float = 10.0, legacy_negative: bool = False) -> None:
+        from exiflang.train.model import ExifClip  # here, not at the top: importing DetectionResult stays light
+
+        model = ExifClip.from_pretrained(Path(model_dir)).model
+        self._configure(model, Path(model_dir), patch=patch, per_side=per_side, device=device,
+                        batch_size=batch_size, ncuts=ncuts, tau=tau, iterations=iterations,
+                        percentile=percentile, legacy_negative=legacy_negative)
+
+    @classmethod
+    def from_model(cls, model: Any, *, patch: int = PATCH, per_side: int = CODE_PER_SIDE,
+                   device: str = "auto", batch_size: int = 256, ncuts: bool = True,
+                   tau: Optional[float] = None, iterations: int = 5, percentile: float = 10.0,
+                   legacy_negative: bool = False) -> "Detector":
+        """A detector around an in-memory :class:`exiflang.train.model.ExifClip` (no folder needed)."""
+        self = cls.__new__(cls)
+        self._configure(model, None, patch=patch, per_side=per_side, device=device,
+                        batch_size=batch_size, ncuts=ncuts, tau=tau, iterations=iterations,
+                        percentile=percentile, legacy_negative=legacy_negative)
+        return self
+
+    def _configure(self, model: Any, model_dir: Optional[Path], *, patch: int, per_side: int,
+                   device: str, batch_size: int, ncuts: bool, tau: Optional[float],
+                   iterations: int, percentile: float, legacy_negative: bool) -> None:
+        if patch <= 0 or per_side <= 0 or batch_size <= 0:
+            raise ValueError(f"patch {patch}, per_side {per_side}, batch_size {batch_size}: must be positive")
+        if tau is not None and not tau > 0:
+            raise ValueError(f"tau {tau}: must be positive")
+        self.model_dir = model_dir
+        # The model's logit scale is the temperature it was trained with: exp(A/tau) then matches
+        # the logits of its contrastive loss.
+        self.tau = float(tau) if tau is not None else 1.0 / float(model.logit_scale.detach())
+        self.embedder = PatchEmbedder(model, device=device, batch_size=batch_size)
+        self.patch, self.per_side, self.ncuts = int(patch), int(per_side), bool(ncuts)
+        self.iterations, self.percentile = int(iterations), float(percentile)
+        self.legacy_negative = bool(legacy_negative)
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """What determines the output (a rerun with other settings is not 'already done')."""
+        return {"model": str(self.model_dir) if self.model_dir else None, "patch": self.patch,
+                "per_side": self.per_side, "ncuts": self.ncuts, "tau": self.tau,
+                "iterations": self.iterations, "percentile": self.percentile,
+                "legacy_negative": self.legacy_negative}
+
+    def grid_for(self, height: int, width: int) -> Grid:
+        """The splice grid for an ``height x width`` photo (ValueError when smaller than a patch)."""
+        return splice_grid(height, width, self.patch, self.per_side)
+
+    def embed(self, rgb: np.ndarray) -> tuple[Grid, torch.Tensor]:
+        """``uint8 [H,W,3]`` -> (its splice grid, ``float32 [N,D]`` L2-normalised patch embeddings).
+
+        ValueError for a wrong dtype/shape or an image smaller than one patch.
+        """
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected uint8 [H,W,3] pixels, got {rgb.dtype} {tuple(rgb.shape)}")
+        grid = self.grid_for(rgb.shape[0], rgb.shape[1])
+        pixels = legacy_negative(rgb) if self.legacy_negative else rgb
+        return grid, self.embedder.embed_grid(pixels, grid)
+
+    def analyse(self, emb: torch.Tensor, grid: Grid) -> DetectionResult:
+        """Patch embeddings ``[N,D]`` on ``grid`` -> maps at the image's size and both scores (no ``embed`` timing)."""
+        t_start = time.perf_counter()
+        loc = localize(emb, grid, ncuts=self.ncuts, iterations=self.iterations, percentile=self.percentile)
+        t0 = time.perf_counter()
+        scores = {k: float(v) for k, v in detection_scores(patch_affinity(emb), tau=self.tau).items()}
+        timings = {**{k: float(v) for k, v in loc.timings.items()}, "scores": time.perf_counter() - t0}
+        timings["total"] = time.perf_counter() - t_start
+        return DetectionResult(
+            heatmap=np.asarray(loc.heatmap, dtype=np.float32), mask=np.asarray(loc.mask, dtype=bool),
+            ncuts_mask=None if loc.ncuts_mask is None else np.asarray(loc.ncuts_mask, dtype=bool),
+            scores=scores, grid=grid, timings=timings,
+            cell_map=np.asarray(loc.cell_map, dtype=np.float32), settings=self.settings,
+            ncuts_heatmap=None if loc.ncuts_heatmap is None else np.asarray(loc.ncuts_heatmap, dtype=np.float32))
+
+    def detect(self, rgb: np.ndarray) -> DetectionResult:
+        """``uint8 [H,W,3]`` (0..255) -> :class:`DetectionResult` at the image's size.
+
+        ValueError for a wrong dtype/shape or an image smaller than one patch.
+        """
+        t0 = time.perf_counter()
+        grid, emb = self.embed(rgb)
+        t_embed = time.perf_counter() - t0
+        result = self.analyse(emb, grid)
+        result.timings = {"embed": t_embed, **result.timings, "total": time.perf_counter() - t0}
+        return result

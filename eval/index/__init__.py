@@ -1,0 +1,1 @@
+"""eval.index: FAISS indexes over embeddings, their tuning, and nearest-neighbour metadata lookup with votes."""

@@ -1,0 +1,1 @@
+"""train.data: shards -> batches — listing and streaming shards, sample checks, crops, shuffles and the batch's text."""
