@@ -31,6 +31,7 @@ if __package__ in (None, ""):
     # Run as a script (`python train/convert_authors.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from exiflang.train.card import authors_card, write_model_card  # noqa: E402
 from exiflang.train.checkpoint import CheckpointError, load_plain  # noqa: E402
 from exiflang.train.encoders import text_config, torchvision_to_hf_resnet  # noqa: E402
 from exiflang.train.model import ExifClip, ModelConfig  # noqa: E402
@@ -164,6 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, split = convert(load_checkpoint(args.ckpt, args.unsafe_load), allow_unknown=args.allow_unknown)
         tokenizer = build_tokenizer("folder" if args.tokenizer else "bert-uncased", path=args.tokenizer)
         model.save_pretrained(args.out, tokenizer=tokenizer, tags=tags)
+        write_model_card(args.out, authors_card())  # says: the authors' model, real YFCC100M photos
     except (OSError, ValueError) as exc:
         print(f"exiflang convert-authors: {exc}", file=sys.stderr)
         return 1

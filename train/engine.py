@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from exiflang.train import checkpoint
+from exiflang.train.card import training_card, write_model_card
 from exiflang.train.config import TrainConfig
 from exiflang.train.distributed import DistEnv, all_reduce_mean, barrier, gather_to_all
 from exiflang.train.data.samples import load_vocabulary
@@ -251,10 +252,20 @@ def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = Non
                 _checkpoint(run, pos, model, tokenizer, tags, opt, sched, env, cfg, last_metric)
     finally:
         bar.close()
+    final = {**result, "step": pos.step, "nan_skipped": pos.nan_skipped}
     if env.is_main:
         model.save_pretrained(run / "model", tokenizer=tokenizer, tags=tags)
+        _write_card(run / "model", cfg, tags, final)
     logger.close()
-    return {**result, "step": pos.step, "nan_skipped": pos.nan_skipped}
+    return final
+
+
+def _write_card(model_dir: Path, cfg: TrainConfig, tags: dict, result: dict[str, Any]) -> None:
+    """The model card (what it was trained on, held-out numbers); a failure costs the card, not the run."""
+    try:
+        write_model_card(model_dir, training_card(cfg, tags, result))
+    except (OSError, ValueError) as exc:
+        log.warning("%s: model card not written (%s)", model_dir, exc)
 
 
 def _checkpoint(run: Path, pos: Position, model: ExifClip, tokenizer: Any, tags: dict, opt: Any,

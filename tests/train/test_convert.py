@@ -100,3 +100,12 @@ def test_unknown_and_missing_keys_are_named():
 def test_tokenizer_is_distilbert_uncased_vocab():
     # distilbert-base-uncased ids for "make" and "canon" (same vocabulary as bert-base-uncased).
     assert build_tokenizer()("make canon")["input_ids"] == [101, 2191, 9330, 102]
+
+
+@pytest.mark.slow
+def test_converted_folder_carries_the_authors_card(converted):
+    from exiflang.train.card import read_model_card
+
+    card = read_model_card(converted[0] / "model")
+    assert card["source"].startswith("authors") and card["data"]["real"] is True
+    assert "YFCC100M" in card["summary"] and card["numbers_from"].startswith("the paper")
