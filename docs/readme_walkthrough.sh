@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Runs the README's commands in order on small local data in a scratch folder: the check that every documented command works as written.
+# Runs the commands of README.md and of the stage pages in docs/ in order on small local data in a scratch folder: the check that every documented command works as written.
 #
 # Usage: bash docs/readme_walkthrough.sh [SCRATCH_DIR]     (after `make setup`; ~15 min on 2 cores)
 #
-# The README's placeholders get concrete values here: PHOTOS_OR_LIST -> a synthetic corpus,
+# Sections are named after the page and section a command comes from.  Placeholders get
+# concrete values here: PHOTOS_OR_LIST -> a synthetic corpus, DIR / SET -> held-out synthetic photos,
 # photo.jpg / folder/ -> held-out synthetic photos (the real dev photos for the distortion probe,
 # which needs 702-px context windows), a URL list -> the dev photos served on
 # loopback, 8 GPUs -> 2 CPU processes, the YFCC100M files (not available offline) -> a photo
-# folder. Runs that the README gives full budgets for (300 training steps, n = 30) keep them;
-# the DDP and override examples run 20 steps. `make demo`, `make test`, `make study` and
-# `make bench` are run on their own. Every command is echoed before it runs; the first failure
+# folder, N -> 2, --count 100 -> 6 (20 held-out photos). Runs that the README gives full budgets
+# for (300 training steps, n = 30) keep them; the DDP and override examples run 20 steps.
+# `make demo`, `make test`, `make test-fast`, `make lint`, `make study` and `make bench` are run
+# on their own. Every command is echoed before it runs; the first failure
 # stops the script with its exit status.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,11 +23,11 @@ cd "$WORK"
 run() { echo "+ $*" >&2; "$@"; }
 section() { printf '\n### %s (%s)\n' "$1" "$(date +%T)" >&2; }
 
-section "Synthetic camera corpus"
+section "README 1 / docs/pipeline.md: Synthetic camera corpus"
 run exiflang synth --out photos --cameras 4 --images 200 --seed 0
 mkdir -p heldout && mv photos/00018?_cam*.jpg photos/00019?_cam*.jpg heldout/
 
-section "Dataset pipeline"
+section "README 1 / docs/pipeline.md: Dataset shards"
 run exiflang shards --source photos --out shards
 (cd "$ROOT" && run python pipeline/build_shards.py --source "$WORK/photos" --out "$WORK/shards_script")
 run exiflang shards --source heldout --out heldout_shards --executor local
@@ -37,14 +39,14 @@ sleep 1
 run exiflang shards --source urls.csv.gz --out shards_urls --executor local
 run exiflang select-tags --data shards --threshold 0.3
 
-section "On a Ray cluster"
+section "README 1 / docs/pipeline.md: On a Ray cluster"
 run ray start --head --port=6379 --dashboard-host=127.0.0.1
 run ray job submit --address=http://127.0.0.1:8265 --working-dir "$ROOT" \
     --runtime-env-json='{"excludes": [".venv", "shards", "runs", ".git"]}' \
     -- python pipeline/build_shards.py --source "$WORK/photos" --out "$WORK/shards_ray" --per-host-rate 50
 run ray stop
 
-section "Training"
+section "README 2 / docs/training.md: Training"
 run exiflang train --data shards --out runs/exp1 --config cpu-small
 run exiflang train --data shards --out runs/exp1 --config cpu-small --resume latest
 (cd "$ROOT" && run torchrun --nproc_per_node 2 train/main.py --data "$WORK/shards" --out "$WORK/runs/ddp" \
@@ -52,18 +54,20 @@ run exiflang train --data shards --out runs/exp1 --config cpu-small --resume lat
 run exiflang train --data shards --out runs/exp2 --config cpu-small run.steps=20 \
     optim.lr=3e-4 data.batch_size=64 model.pooling=paper
 
-section "Embeddings and index"
+section "README 3 / docs/evaluation.md: Embeddings and index"
 run exiflang embed --model runs/exp1/model --data shards --out emb
 run exiflang embed --model runs/exp1/model --data shards --out emb_t --text
 run exiflang index --emb emb --out index
 run exiflang index --emb emb --out index_pq --memory-mb 500
+run torchrun --nproc_per_node 2 -m exiflang embed --model runs/exp1/model --data shards --out emb_ranks
+run exiflang embed --model runs/exp1/model --images heldout --out emb_photos
 
-section "Lookup and tag evaluation"
+section "README 3 / docs/evaluation.md: Lookup and tag evaluation"
 run exiflang lookup --model runs/exp1/model --index index heldout/000180_cam*.jpg heldout/ -k 10
 run exiflang lookup --model runs/exp1/model --index index heldout/ -k 5 --weighted --json --out res.jsonl --tags Make,Model
 run exiflang eval-tags --model runs/exp1/model --train shards --test heldout_shards --out tag_eval -k 10
 
-section "Splice detection"
+section "README 4 / docs/forensics.md: Splice detection"
 run exiflang detect --model runs/exp1/model "$DATA/forensics/realistic-tampering-sample" --out detections
 run python - <<'EOF'
 from pathlib import Path
@@ -76,12 +80,16 @@ write_outputs(res, load_rgb(photo), Path("out"), "photo")
 print(sorted(p.name for p in Path("out").iterdir()), res.scores)
 EOF
 
-section "Splice benchmarks"
+section "README 4 / docs/forensics.md: Splice benchmarks"
 run exiflang make-splices --photos heldout --out splices --count 6 --seed 0
 run exiflang benchmark --model runs/exp1/model --dataset folder --root splices --out bench \
     --method exif,noi --patches-per-side 30 --save-maps
 
-section "Radial-distortion linear probe"
+section "docs/evaluation.md: The demo report"
+run python -m exiflang.eval.report.html --out report.html --run runs/exp1 --lookup res.jsonl \
+    --detections detections/results.jsonl --metrics bench/metrics.json
+
+section "docs/evaluation.md: Radial-distortion linear probe"
 run python -m exiflang.eval.probes.distortion_probe --model runs/exp1/model --photos "$DATA/photos" --out dist --per-photo 2 --seed 0
 run python -m exiflang.eval.probes.distortion_probe --random-init cpu-small --photos "$DATA/photos" --out dist_random --per-photo 2
 
