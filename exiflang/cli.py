@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lookup": ("exiflang.eval.index.lookup:main", "nearest training photos and predicted EXIF for photos"),
     "eval-tags": ("exiflang.eval.tags.evaluate:main", "per-tag accuracy: k-NN, zero-shot text, linear probe, majority"),
     "detect": ("exiflang.eval.forensics.detect:main", "zero-shot splice detection and localization maps for images"),
+    "calibrate": ("exiflang.eval.forensics.calibrate:main", "reference detection scores on authentic photos (verdicts)"),
     "make-splices": ("exiflang.eval.benchmark.splices:main", "build a spliced/authentic test set from real photos"),
     "benchmark": ("exiflang.eval.benchmark.run:main", "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline"),
     "demo": ("exiflang.demo:main", "run the main job end to end on the offline default"),

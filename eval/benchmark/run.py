@@ -104,7 +104,7 @@ def write_maps(result: DetectionResult, rgb: np.ndarray, folder: Path, name: str
     """``folder/NAME.npz`` + ``.png``: the detect command's writer for exif, the same keys for NOI."""
     if method == "exif":
         from exiflang.eval.forensics.detect import write_outputs
-        write_outputs(result, rgb, folder, name)
+        write_outputs(result, rgb, folder, name, full_maps=True)  # benchmark maps are for measuring
         return
     from exiflang.eval.forensics.overlay import write_overlay
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,16 @@
     exiflang detect --model MODEL_DIR IMAGE_OR_FOLDER... --out DIR [--grid paper]
         [--patches-per-side N] [--patch-size P] [--batch-size B] [--device auto|cpu|cuda]
         [--no-ncuts] [--tau T] [--legacy-negative] [--max-side 1600] [--no-compress] [--force]
-        [--include-masks]
+        [--include-masks] [--full-maps]
 
 Per image (``NAME`` = the file stem, made unique when two inputs share it): ``DIR/NAME.npz``
-(the keys of :func:`write_outputs`), ``DIR/NAME.png`` (:mod:`exiflang.eval.forensics.overlay`) and one line of
-``DIR/results.jsonl``; a summary table at the end.  An image whose line says it was done with the
+(the keys of :func:`write_outputs`: maps on the grid's cells, a few kB; ``--full-maps`` adds the
+image-size maps, tens of MB for a 12-MP photo; :func:`exiflang.eval.forensics.maps.full_maps`
+rebuilds them from the cells), ``DIR/NAME.png`` (:mod:`exiflang.eval.forensics.overlay`; the splice
+outline is drawn only when the verdict is "spliced") and one line of ``DIR/results.jsonl``; a
+summary table at the end.  Each detection carries a ``verdict`` and ``percentile`` against the
+model folder's authentic reference scores (:mod:`exiflang.eval.forensics.calibration`; "unknown"
+without one), and the terminal's first line says what the model was trained on (its model card).  An image whose line says it was done with the
 same source file and settings, and whose npz and png exist, is skipped unless ``--force``;
 ``results.jsonl`` is then rewritten with one line per name (earlier lines kept, redone ones
 replaced, in first-seen order).  Failed images get a line with ``"status": "error"`` and are
@@ -36,6 +41,7 @@ from exiflang.eval.forensics.detector import CODE_PER_SIDE, PAPER_PER_SIDE, PATC
 from exiflang.eval.benchmark.datasets import is_mask_file
 from exiflang.eval.images import ImageError, expand_inputs, load_rgb
 from exiflang.eval.forensics.overlay import write_overlay
+from exiflang.train.card import describe, read_model_card
 from exiflang.eval.embed.patches import Grid
 from exiflang.eval.forensics.scores import DEFAULT_SCORE
 from exiflang.errors import CommandError, check_out_dir, run_main
@@ -45,34 +51,36 @@ PROG = "exiflang detect"
 
 
 def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name: str,
-                  max_side: int = 1600, compress: bool = True) -> dict[str, Any]:
+                  max_side: int = 1600, compress: bool = True, full_maps: bool = False) -> dict[str, Any]:
     """Write ``out_dir/NAME.npz`` and ``out_dir/NAME.png``; return the JSON record.
 
     ``result``: a :class:`DetectionResult` (or any object with ``heatmap``, ``mask``, ``scores``,
     ``timings`` and optionally ``grid``/``ncuts_mask``/``ncuts_heatmap``/``cell_map``, e.g. a
     baseline's result).
-    npz keys (PhotoHolmes' ``heatmap``/``mask``/``detection`` plus ours): ``heatmap`` float32
-    [H,W] 0..1, ``mask`` bool [H,W], ``detection`` float32 [] (= ``score_mean_dist``, else the first
-    score; higher = spliced), ``scores_score_exp``/``scores_score_mean_dist`` float64 [],
-    ``ncuts_mask`` bool [H,W] and ``ncuts_heatmap`` float32 [H,W] 0..1 (the soft ncuts map; both
-    absent with ``--no-ncuts``), ``cell_map`` float32 [rows, cols],
-    ``grid_ys``/``grid_xs`` int64 (patch top-left corners), ``patch`` int64 [].
+    npz keys: see :func:`npz_arrays` (``full_maps`` adds the image-size maps).
     The record: ``name``, ``height``, ``width``, ``patches``, ``grid``, ``scores``,
-    ``splice_fraction`` (0..1), ``timings`` (seconds; adds ``write`` and ``total`` = load +
-    detect + write, the detector's own total kept as ``detect``), ``outputs`` (npz, png paths).
-    ``compress=False`` writes a plain npz: about 2x larger (a 12-MP heatmap is 48 MB raw, ~38 MB
-    deflated) and several seconds faster per 12-MP image.
+    ``percentile`` (0..100 or None), ``verdict``, ``verdict_reason``, ``reference``,
+    ``splice_fraction`` (0..1, of the mean-shift mask whatever the verdict), ``maps`` ("cells" or
+    "full"), ``timings`` (seconds; adds ``write`` and ``total`` = load + detect + write, the
+    detector's own total kept as ``detect``), ``outputs`` (npz, png paths).  ``compress=False``
+    writes a plain npz (only worth it with ``full_maps``: a 12-MP heatmap is 48 MB raw).
     """
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     npz, png = out_dir / f"{name}.npz", out_dir / f"{name}.png"
     tmp = out_dir / f".{name}.npz.tmp"
     with open(tmp, "wb") as fh:
-        (np.savez_compressed if compress else np.savez)(fh, **npz_arrays(result))
+        (np.savez_compressed if compress else np.savez)(fh, **npz_arrays(result, full_maps))
     tmp.replace(npz)  # renamed into place: a killed run never leaves a half-written npz
     fraction = float(result.mask.mean()) if result.mask.size else 0.0
-    caption = "   ".join([name, *(f"{k} {v:.4g}" for k, v in result.scores.items()), f"splice {100 * fraction:.1f}%"])
-    write_overlay(png, rgb, result.heatmap, result.mask, getattr(result, "ncuts_mask", None), caption, max_side)
+    verdict, pct = getattr(result, "verdict", "unknown"), getattr(result, "percentile", None)
+    judged = f"verdict {verdict}" + (f" (percentile {pct:.1f})" if pct is not None else "")
+    caption = "   ".join([name, judged, *(f"{k} {v:.4g}" for k, v in result.scores.items()),
+                          f"splice {100 * fraction:.1f}%"])
+    # Outline only a splice the verdict stands behind: the mean-shift mask always finds a "smaller
+    # side", on an authentic photo too, and an outline reads as a finding.
+    write_overlay(png, rgb, result.heatmap, result.mask, getattr(result, "ncuts_mask", None), caption, max_side,
+                  outlines=verdict == "spliced")
     timings = {k: round(float(v), 6) for k, v in result.timings.items()}
     timings["detect"] = timings.pop("total", round(sum(v for k, v in timings.items() if k != "load"), 6))
     timings["write"] = round(time.perf_counter() - t0, 6)
@@ -82,23 +90,45 @@ def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name:
     if g is not None:
         rec["patches"] = g.count
         rec["grid"] = {"patch": g.patch, "rows": g.shape[0], "cols": g.shape[1], "stride": _stride(g)}
-    return {**rec, "scores": {k: float(v) for k, v in result.scores.items()}, "splice_fraction": round(fraction, 6),
+    return {**rec, "scores": {k: float(v) for k, v in result.scores.items()},
+            "percentile": pct, "verdict": verdict, "verdict_reason": getattr(result, "verdict_reason", ""),
+            "reference": getattr(result, "reference", {}), "splice_fraction": round(fraction, 6),
+            "maps": "full" if full_maps or getattr(result, "cell_map", None) is None else "cells",
             "timings": timings, "outputs": {"npz": str(npz), "png": str(png)}}
 
 
-def npz_arrays(result: DetectionResult) -> dict[str, np.ndarray]:
-    """The npz content of :func:`write_outputs` (optional parts only when the result has them)."""
+def npz_arrays(result: DetectionResult, full_maps: bool = False) -> dict[str, np.ndarray]:
+    """The npz content of :func:`write_outputs` (optional parts only when the result has them).
+
+    Always: ``detection`` float32 [] (= ``score_mean_dist``, else the first score; higher =
+    spliced), ``scores_score_exp``/``scores_score_mean_dist`` float64 [], ``percentile`` float64
+    [] (0..100, NaN without a reference), ``verdict`` str [], ``image_size`` int64 [2] (H, W).
+    On the grid's cells: ``cell_map`` float32 [rows, cols] 0..1 (the mean-shift heatmap),
+    ``ncuts_cell_map`` float32 [rows, cols] 0..1 and ``ncuts_cells`` bool [rows, cols] (both
+    absent with ``--no-ncuts``), ``grid_ys``/``grid_xs`` int64 (patch top-left corners),
+    ``patch`` int64 []; :func:`exiflang.eval.forensics.maps.full_maps` expands them to [H,W].
+    With ``full_maps`` (or a result without a cell map, e.g. a baseline's), also PhotoHolmes'
+    ``heatmap`` float32 [H,W] 0..1 and ``mask`` bool [H,W], and ``ncuts_mask`` bool [H,W] /
+    ``ncuts_heatmap`` float32 [H,W] 0..1 when the result has them.
+    """
     scores = result.scores
     main_score = scores[DEFAULT_SCORE] if DEFAULT_SCORE in scores else next(iter(scores.values()), float("nan"))
-    arrays: dict[str, np.ndarray] = {"heatmap": result.heatmap.astype(np.float32), "mask": result.mask.astype(bool),
-                                     "detection": np.float32(main_score)}
+    pct = getattr(result, "percentile", None)
+    arrays: dict[str, np.ndarray] = {"detection": np.float32(main_score),
+                                     "percentile": np.float64(np.nan if pct is None else pct),
+                                     "verdict": np.array(getattr(result, "verdict", "unknown")),
+                                     "image_size": np.asarray(result.heatmap.shape[:2], dtype=np.int64)}
     arrays.update({f"scores_{k}": np.float64(v) for k, v in scores.items()})
-    if getattr(result, "ncuts_mask", None) is not None:
-        arrays["ncuts_mask"] = result.ncuts_mask.astype(bool)
-    if getattr(result, "ncuts_heatmap", None) is not None:
-        arrays["ncuts_heatmap"] = np.asarray(result.ncuts_heatmap, dtype=np.float32)
-    if getattr(result, "cell_map", None) is not None:
-        arrays["cell_map"] = np.asarray(result.cell_map, dtype=np.float32)
+    cells = {"cell_map": getattr(result, "cell_map", None), "ncuts_cell_map": getattr(result, "ncuts_cell_map", None),
+             "ncuts_cells": getattr(result, "ncuts_cells", None)}
+    arrays.update({k: np.asarray(v, dtype=bool if k == "ncuts_cells" else np.float32)
+                   for k, v in cells.items() if v is not None})
+    if full_maps or cells["cell_map"] is None:
+        arrays.update(heatmap=result.heatmap.astype(np.float32), mask=result.mask.astype(bool))
+        if getattr(result, "ncuts_mask", None) is not None:
+            arrays["ncuts_mask"] = result.ncuts_mask.astype(bool)
+        if getattr(result, "ncuts_heatmap", None) is not None:
+            arrays["ncuts_heatmap"] = np.asarray(result.ncuts_heatmap, dtype=np.float32)
     g = getattr(result, "grid", None)
     if g is not None:
         arrays.update(grid_ys=np.asarray(g.ys, dtype=np.int64), grid_xs=np.asarray(g.xs, dtype=np.int64),
@@ -162,8 +192,10 @@ def source_stamp(path: Path) -> dict[str, int]:
     return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def is_done(rec: Optional[dict[str, Any]], path: Path, settings: dict[str, Any]) -> bool:
-    """True when ``rec`` answered this very file with these settings and its outputs exist."""
+def is_done(rec: Optional[dict[str, Any]], path: Path, settings: dict[str, Any],
+            expect: Optional[dict[str, Any]] = None) -> bool:
+    """True when ``rec`` answered this very file with these settings and its outputs exist
+    (and its record has the values of ``expect``, e.g. the map format and the reference)."""
     if not rec or rec.get("status") != "ok" or rec.get("path") != source_key(path):
         return False
     try:
@@ -171,12 +203,14 @@ def is_done(rec: Optional[dict[str, Any]], path: Path, settings: dict[str, Any])
     except OSError:
         return False
     outs = rec.get("outputs", {})
+    if any(rec.get(k) != v for k, v in (expect or {}).items()):
+        return False
     return (same_source and rec.get("settings") == settings
             and all(Path(outs.get(k, "")).is_file() for k in ("npz", "png")))
 
 
 def process(detector: Detector, path: Path, name: str, out_dir: Path, max_side: int,
-            compress: bool = True) -> dict[str, Any]:
+            compress: bool = True, full_maps: bool = False) -> dict[str, Any]:
     """Load, detect and write one image -> its ``ok`` record (ImageError/ValueError on bad input)."""
     t0 = time.perf_counter()
     stamp = source_stamp(path) if path.is_file() else None
@@ -187,23 +221,28 @@ def process(detector: Detector, path: Path, name: str, out_dir: Path, max_side: 
     except ValueError as exc:  # smaller than one patch, wrong pixel layout
         raise ImageError(path, str(exc)) from None
     result.timings["load"] = load_s
-    rec = write_outputs(result, rgb, out_dir, name, max_side, compress)
+    rec = write_outputs(result, rgb, out_dir, name, max_side, compress, full_maps)
+    card = describe(read_model_card(detector.model_dir)) if detector.model_dir else ""
     return {"name": name, "path": source_key(path), "status": "ok", "source": stamp, **rec,
-            "settings": detector.settings}
+            "settings": detector.settings, "model_card": card}
 
 
 def fmt_table(records: Iterable[dict[str, Any]], states: dict[str, str]) -> str:
-    """The terminal summary: name | size | patches | score_exp | score_mean_dist | splice area % | seconds | status."""
-    head = ["name", "size", "patches", "score_exp", "score_mean_dist", "splice area %", "seconds", "status"]
+    """The terminal summary: name | size | patches | score_exp | score_mean_dist | percentile | verdict |
+    splice area % | seconds | status."""
+    head = ["name", "size", "patches", "score_exp", "score_mean_dist", "percentile", "verdict", "splice area %",
+            "seconds", "status"]
     rows = []
     for r in records:
         if r.get("status") == "ok":
             s = r["scores"]
+            pct = r.get("percentile")
             rows.append([r["name"], f"{r['width']}x{r['height']}", str(r["patches"]), f"{s['score_exp']:.4g}",
-                         f"{s['score_mean_dist']:.4f}", f"{100 * r['splice_fraction']:.1f}",
+                         f"{s['score_mean_dist']:.4f}", "-" if pct is None else f"{pct:.1f}",
+                         str(r.get("verdict", "unknown")), f"{100 * r['splice_fraction']:.1f}",
                          f"{r['timings']['total']:.2f}", states.get(r["name"], "done")])
         else:
-            rows.append([r["name"], "-", "-", "-", "-", "-", "-", "error"])
+            rows.append([r["name"], "-", "-", "-", "-", "-", "-", "-", "-", "error"])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head), "-+-".join("-" * w for w in widths), *map(line, rows)])
@@ -225,7 +264,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--legacy-negative", action="store_true",
                    help="reproduce the authors' evaluator bug: patches become photographic negatives")
     p.add_argument("--max-side", type=int, default=1600, help="long side of the PNG overlay, pixels")
-    p.add_argument("--no-compress", action="store_true", help="plain npz: faster to write, ~2x larger")
+    p.add_argument("--no-compress", action="store_true", help="plain npz: faster to write, larger")
+    p.add_argument("--full-maps", action="store_true",
+                   help="also store the image-size maps in the npz (tens of MB per 12-MP photo; "
+                        "by default the maps stay on the grid's cells, a few kB)")
     p.add_argument("--force", action="store_true", help="redo images already done")
     p.add_argument("--include-masks", action="store_true",
                    help="also run on files in folders named like ground-truth masks (*_mask, masks/, ...)")
@@ -278,7 +320,7 @@ def _inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tup
 
 
 def run(detector: Detector, paths: list[Path], out_dir: Path, force: bool = False, max_side: int = 1600,
-        compress: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        compress: bool = True, full_maps: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Process ``paths`` into ``out_dir`` -> (this run's records in input order, name -> state)."""
     from tqdm import tqdm
 
@@ -286,14 +328,17 @@ def run(detector: Detector, paths: list[Path], out_dir: Path, force: bool = Fals
     earlier = read_results(log_path)
     names = assign_names(paths, earlier)
     records, states = [], {}
+    # A rerun asking for full maps, or judging against another reference, is not "already done".
+    ref = detector.reference.info() if detector.reference is not None else {}
+    expect = {"maps": "full" if full_maps else "cells", "reference": ref}
     with open(log_path, "a") as log, tqdm(total=len(paths), desc="detect", unit="img", disable=None) as bar:
         for path, name in zip(paths, names):
-            if not force and is_done(earlier.get(name), path, detector.settings):
+            if not force and is_done(earlier.get(name), path, detector.settings, expect):
                 records.append(earlier[name])
                 states[name] = "skipped"
             else:
                 try:
-                    rec = process(detector, path, name, out_dir, max_side, compress)
+                    rec = process(detector, path, name, out_dir, max_side, compress, full_maps)
                     states[name] = "done"
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                     msg = str(exc) if isinstance(exc, ImageError) else f"{path}: {type(exc).__name__}: {exc}"
@@ -310,6 +355,12 @@ def run(detector: Detector, paths: list[Path], out_dir: Path, force: bool = Fals
     tmp.write_text("".join(json.dumps(r) + "\n" for r in merged.values()))
     tmp.replace(log_path)
     return records, states
+
+
+def model_line(model_dir: str | Path) -> str:
+    """The one line saying what the model knows (its card), or that nothing says so."""
+    line = describe(read_model_card(model_dir))
+    return f"model: {line}" if line else "model: no model card: what it was trained on is not recorded"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -336,8 +387,10 @@ def _main(argv: list[str]) -> int:
                             legacy_negative=args.legacy_negative)
     except RuntimeError as exc:  # torch: weights that do not fit the folder's config
         raise CommandError(args.model, f"cannot load the model ({exc})") from exc
+    print(model_line(args.model))
     out_dir.mkdir(parents=True, exist_ok=True)
-    records, states = run(detector, paths, out_dir, args.force, args.max_side, not args.no_compress)
+    records, states = run(detector, paths, out_dir, args.force, args.max_side, not args.no_compress,
+                          args.full_maps)
     print(fmt_table(records, states))
     failed = sum(s == "error" for s in states.values())
     print(f"{len(records) - failed} answered ({sum(s == 'skipped' for s in states.values())} skipped as done), "

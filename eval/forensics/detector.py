@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from exiflang.eval.forensics.affinity import patch_affinity
+from exiflang.eval.forensics.calibration import Reference, judge, load_reference
 from exiflang.eval.forensics.localize import localize
 from exiflang.eval.embed.patches import Grid, PatchEmbedder, splice_grid
 from exiflang.eval.forensics.scores import detection_scores
@@ -51,6 +52,11 @@ class DetectionResult:
     ``timings``: seconds per stage (``embed``, ``votes``, ``meanshift``, ``resize``, ``ncuts``,
     ``scores``, ``total``; the ``detect`` command adds ``load`` and ``write`` and re-totals).
     ``settings``: the detector's :attr:`Detector.settings` that produced it.
+    ``ncuts_cells``: ``bool [rows, cols]`` and ``ncuts_cell_map``: ``float32 [rows, cols]`` 0..1,
+    the ncuts mask and soft map on the grid's cells (None when ncuts is off).
+    ``percentile``: 0..100, the default score's rank among the model's authentic reference photos
+    (:mod:`exiflang.eval.forensics.calibration`), None without a usable reference.  ``verdict``:
+    ``"spliced"``, ``"inconclusive"``, ``"authentic"`` or ``"unknown"``; ``verdict_reason`` says why.
     """
 
     heatmap: np.ndarray
@@ -62,6 +68,12 @@ class DetectionResult:
     cell_map: Optional[np.ndarray] = None
     ncuts_heatmap: Optional[np.ndarray] = None
     settings: dict[str, object] = field(default_factory=dict)
+    ncuts_cells: Optional[np.ndarray] = None
+    ncuts_cell_map: Optional[np.ndarray] = None
+    percentile: Optional[float] = None
+    verdict: str = "unknown"
+    verdict_reason: str = ""
+    reference: dict[str, object] = field(default_factory=dict)
 
     @property
     def splice_fraction(self) -> float:
@@ -74,19 +86,22 @@ class Detector:
 
     ``per_side``: patches along the longest side (30 = the authors' code, 25 = the paper).
     ``tau``: temperature of ``score_exp``; None -> ``1 / logit_scale`` of the model (0.01 for
-    the fixed scale 100).  ``ncuts``: also compute the normalized-cuts mask.
+    the fixed scale 100).  ``ncuts``: also compute the normalized-cuts mask.  ``use_reference``:
+    judge detections against the folder's ``calibration.json`` (:attr:`reference`; settable).
     """
 
     def __init__(self, model_dir: Union[str, "os.PathLike[str]"], *, patch: int = PATCH,
                  per_side: int = CODE_PER_SIDE, device: str = "auto", batch_size: int = 256,
                  ncuts: bool = True, tau: Optional[float] = None, iterations: int = 5,
-                 percentile: float = 10.0, legacy_negative: bool = False) -> None:
+                 percentile: float = 10.0, legacy_negative: bool = False, use_reference: bool = True) -> None:
         from exiflang.train.model import ExifClip  # here, not at the top: importing DetectionResult stays light
 
         model = ExifClip.from_pretrained(Path(model_dir)).model
         self._configure(model, Path(model_dir), patch=patch, per_side=per_side, device=device,
                         batch_size=batch_size, ncuts=ncuts, tau=tau, iterations=iterations,
                         percentile=percentile, legacy_negative=legacy_negative)
+        if use_reference:  # the folder's calibration.json, if any (calibrate itself replaces it)
+            self.reference = load_reference(model_dir)
 
     @classmethod
     def from_model(cls, model: Any, *, patch: int = PATCH, per_side: int = CODE_PER_SIDE,
@@ -115,6 +130,8 @@ class Detector:
         self.patch, self.per_side, self.ncuts = int(patch), int(per_side), bool(ncuts)
         self.iterations, self.percentile = int(iterations), float(percentile)
         self.legacy_negative = bool(legacy_negative)
+        # Authentic-photo scores the verdicts rank against (Detector(model_dir) reads the folder's).
+        self.reference: Optional[Reference] = None
 
     @property
     def settings(self) -> dict[str, object]:
@@ -147,12 +164,17 @@ class Detector:
         scores = {k: float(v) for k, v in detection_scores(patch_affinity(emb), tau=self.tau).items()}
         timings = {**{k: float(v) for k, v in loc.timings.items()}, "scores": time.perf_counter() - t0}
         timings["total"] = time.perf_counter() - t_start
+        pct, verdict, why = judge(scores, self.reference, self.settings)
         return DetectionResult(
             heatmap=np.asarray(loc.heatmap, dtype=np.float32), mask=np.asarray(loc.mask, dtype=bool),
             ncuts_mask=None if loc.ncuts_mask is None else np.asarray(loc.ncuts_mask, dtype=bool),
             scores=scores, grid=grid, timings=timings,
             cell_map=np.asarray(loc.cell_map, dtype=np.float32), settings=self.settings,
-            ncuts_heatmap=None if loc.ncuts_heatmap is None else np.asarray(loc.ncuts_heatmap, dtype=np.float32))
+            ncuts_heatmap=None if loc.ncuts_heatmap is None else np.asarray(loc.ncuts_heatmap, dtype=np.float32),
+            ncuts_cells=None if loc.ncuts_cells is None else np.asarray(loc.ncuts_cells, dtype=bool),
+            ncuts_cell_map=None if loc.ncuts_cell_map is None else np.asarray(loc.ncuts_cell_map, dtype=np.float32),
+            percentile=pct, verdict=verdict, verdict_reason=why,
+            reference={} if self.reference is None else self.reference.info())
 
     def detect(self, rgb: np.ndarray) -> DetectionResult:
         """``uint8 [H,W,3]`` (0..255) -> :class:`DetectionResult` at the image's size.

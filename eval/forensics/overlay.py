@@ -4,7 +4,8 @@ The PNG is for looking at, not for measuring (the npz holds the full-resolution 
 canvas is downscaled so its long side is at most ``max_side`` (1600) pixels.  Left panel: the
 photo.  Right panel: the photo blended ~50 % with the heatmap through a small five-stop colour
 ramp (dark = consistent, bright yellow = likely spliced), the mean-shift mask outlined in cyan
-and the normalized-cuts mask outlined in green.  A strip below holds the colour bar and a
+and the normalized-cuts mask outlined in green (outlines only when asked: ``detect`` asks when the
+verdict is "spliced", so an authentic photo is never drawn with a splice).  A strip below holds the colour bar and a
 one-line legend with the scores.
 """
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((size[1], size[0]), Image.BILINEAR))
 
 
-def _legend(width: int, caption: str) -> Image.Image:
+def _legend(width: int, caption: str, outlines: bool = True) -> Image.Image:
     strip = Image.new("RGB", (width, STRIP), (24, 24, 24))
     bar_w = min(200, width // 4)
     bar = colorize(np.tile(np.linspace(0, 1, bar_w, dtype=np.float32), (12, 1)))
@@ -66,6 +67,9 @@ def _legend(width: int, caption: str) -> Image.Image:
     draw.text((max(8, bar_w - 40), 19), "1 spliced", fill=(220, 220, 220), font=font)
     x = bar_w + 24
     draw.text((x, 4), caption, fill=(235, 235, 235), font=font)
+    if not outlines:
+        draw.text((x, 19), "no splice outline: the verdict is not 'spliced'", fill=(200, 200, 200), font=font)
+        return strip
     draw.text((x, 19), "cyan: mean-shift mask", fill=MEANSHIFT_RGB, font=font)
     x += draw.textlength("cyan: mean-shift mask", font=font) + 16
     draw.text((x, 19), "green: normalized-cuts mask", fill=NCUTS_RGB, font=font)
@@ -74,11 +78,12 @@ def _legend(width: int, caption: str) -> Image.Image:
 
 def render_overlay(rgb: np.ndarray, heatmap: np.ndarray, mask: np.ndarray,
                    ncuts_mask: Optional[np.ndarray] = None, caption: str = "",
-                   max_side: int = 1600, alpha: float = 0.5) -> Image.Image:
+                   max_side: int = 1600, alpha: float = 0.5, outlines: bool = True) -> Image.Image:
     """The overlay as a PIL RGB image.
 
     ``rgb``: ``uint8 [H,W,3]``; ``heatmap``: ``float [H,W]`` 0..1; ``mask``/``ncuts_mask``:
     ``bool [H,W]``.  ``alpha``: weight of the colour map in the right panel (0..1).
+    ``outlines``: draw the mask outlines (False: the heatmap colours only).
     """
     if heatmap.shape != rgb.shape[:2] or mask.shape != rgb.shape[:2]:
         raise ValueError(f"heatmap {heatmap.shape} / mask {mask.shape} do not match image {rgb.shape[:2]}")
@@ -86,21 +91,23 @@ def render_overlay(rgb: np.ndarray, heatmap: np.ndarray, mask: np.ndarray,
     photo = _resize_rgb(rgb, size)
     blend = (1 - alpha) * photo.astype(np.float32) + alpha * colorize(_resize_map(heatmap, size))
     right = np.rint(blend).astype(np.uint8)
-    if ncuts_mask is not None:
+    if outlines and ncuts_mask is not None:
         right[outline(ncuts_mask, size)] = NCUTS_RGB
-    right[outline(mask, size)] = MEANSHIFT_RGB  # drawn last: the main mask stays visible where they meet
+    if outlines:
+        right[outline(mask, size)] = MEANSHIFT_RGB  # drawn last: the main mask stays visible where they meet
     h, w = size
     canvas = Image.new("RGB", (2 * w + GAP, h + STRIP), (24, 24, 24))
     canvas.paste(Image.fromarray(photo), (0, 0))
     canvas.paste(Image.fromarray(right), (w + GAP, 0))
-    canvas.paste(_legend(canvas.width, caption), (0, h))
+    canvas.paste(_legend(canvas.width, caption, outlines), (0, h))
     return canvas
 
 
 def write_overlay(path: Path, rgb: np.ndarray, heatmap: np.ndarray, mask: np.ndarray,
-                  ncuts_mask: Optional[np.ndarray] = None, caption: str = "", max_side: int = 1600) -> Path:
+                  ncuts_mask: Optional[np.ndarray] = None, caption: str = "", max_side: int = 1600,
+                  outlines: bool = True) -> Path:
     """:func:`render_overlay` saved as PNG at ``path`` (written to a temp name, then renamed)."""
-    img = render_overlay(rgb, heatmap, mask, ncuts_mask, caption, max_side)
+    img = render_overlay(rgb, heatmap, mask, ncuts_mask, caption, max_side, outlines=outlines)
     tmp = path.with_name(f".{path.name}.tmp")
     img.save(tmp, format="PNG", compress_level=1)  # ~4x faster than 6, ~15 % larger
     tmp.replace(path)

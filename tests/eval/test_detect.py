@@ -17,11 +17,13 @@ from PIL import Image
 
 from exiflang.eval.forensics import detect
 from exiflang.eval.forensics.detector import Detector, legacy_negative
+from exiflang.eval.forensics.maps import full_maps
 from exiflang.eval.forensics.overlay import RAMP, colorize, outline, render_overlay
 
 RNG = np.random.default_rng(0)
-NPZ_KEYS = {"heatmap", "mask", "detection", "scores_score_exp", "scores_score_mean_dist",
-            "ncuts_mask", "ncuts_heatmap", "cell_map", "grid_ys", "grid_xs", "patch"}
+NPZ_KEYS = {"detection", "scores_score_exp", "scores_score_mean_dist", "percentile", "verdict", "image_size",
+            "cell_map", "ncuts_cell_map", "ncuts_cells", "grid_ys", "grid_xs", "patch"}
+FULL_KEYS = {"heatmap", "mask", "ncuts_mask", "ncuts_heatmap"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
 
 def states(stdout: str) -> dict[str, str]:
     """The summary table's name -> status column."""
-    rows = [line.split(" | ") for line in stdout.splitlines() if line.count(" | ") == 7]
+    rows = [line.split(" | ") for line in stdout.splitlines() if line.count(" | ") == 9]
     return {r[0].strip(): r[-1].strip() for r in rows[1:]}
 
 
@@ -71,12 +73,18 @@ def test_outputs_have_the_documented_keys_and_shapes(tiny_model, tmp_path, capsy
     for name, (h, w) in {"a": (200, 300), "b": (180, 260)}.items():
         with np.load(tmp_path / "out" / f"{name}.npz") as z:
             assert set(z.files) == NPZ_KEYS
-            assert z["heatmap"].shape == (h, w) and z["heatmap"].dtype == np.float32
-            assert 0.0 <= z["heatmap"].min() and z["heatmap"].max() <= 1.0
-            assert z["mask"].shape == (h, w) and z["mask"].dtype == bool
-            assert z["ncuts_mask"].shape == (h, w) and z["ncuts_mask"].dtype == bool
-            assert z["ncuts_heatmap"].shape == (h, w) and z["ncuts_heatmap"].dtype == np.float32
-            assert 0.0 <= z["ncuts_heatmap"].min() and z["ncuts_heatmap"].max() <= 1.0
+            assert tuple(z["image_size"]) == (h, w) and str(z["verdict"]) == "unknown"
+            assert np.isnan(z["percentile"])
+            rows_cols = z["cell_map"].shape
+            assert z["ncuts_cells"].shape == rows_cols and z["ncuts_cells"].dtype == bool
+            assert z["ncuts_cell_map"].shape == rows_cols and z["ncuts_cell_map"].dtype == np.float32
+            maps = full_maps(z)
+            assert maps["heatmap"].shape == (h, w) and maps["heatmap"].dtype == np.float32
+            assert 0.0 <= maps["heatmap"].min() and maps["heatmap"].max() <= 1.0
+            assert maps["mask"].shape == (h, w) and maps["mask"].dtype == bool
+            assert maps["ncuts_mask"].shape == (h, w) and maps["ncuts_mask"].dtype == bool
+            assert maps["ncuts_heatmap"].shape == (h, w) and maps["ncuts_heatmap"].dtype == np.float32
+            assert 0.0 <= maps["ncuts_heatmap"].min() and maps["ncuts_heatmap"].max() <= 1.0
             assert float(z["detection"]) == pytest.approx(float(z["scores_score_mean_dist"]), rel=1e-6)
             assert int(z["patch"]) == 124
             stride = (max(h, w) - 124) // 4
@@ -92,8 +100,38 @@ def test_outputs_have_the_documented_keys_and_shapes(tiny_model, tmp_path, capsy
     assert {"load", "embed", "votes", "meanshift", "ncuts", "write", "total"} <= set(rec["timings"])
     assert rec["timings"]["total"] >= rec["timings"]["embed"] > 0
     assert rec["patches"] == rec["grid"]["rows"] * rec["grid"]["cols"]
+    assert rec["verdict"] == "unknown" and rec["percentile"] is None and rec["maps"] == "cells"
+    assert rec["model_card"] == ""  # the tiny model folder has no card
     with np.load(rec["outputs"]["npz"]) as z:
-        assert rec["splice_fraction"] == pytest.approx(float(z["mask"].mean()), abs=1e-6)
+        assert rec["splice_fraction"] == pytest.approx(float(full_maps(z)["mask"].mean()), abs=1e-3)
+
+
+def test_npz_maps_equal_what_the_detector_computes(tiny_model, tmp_path, capsys):
+    """The cells in the npz rebuild the detector's own image-size maps; --full-maps stores them as computed."""
+    img = tmp_path / "a.png"
+    rgb = spliced()
+    Image.fromarray(rgb).save(img)
+    res = Detector(tiny_model, per_side=4, device="cpu").detect(rgb)
+    assert run(["--model", str(tiny_model), str(img), "--out", str(tmp_path / "cells"), "--patches-per-side", "4"],
+               capsys)[0] == 0
+    assert run(["--model", str(tiny_model), str(img), "--out", str(tmp_path / "full"), "--patches-per-side", "4",
+                "--full-maps"], capsys)[0] == 0
+    with np.load(tmp_path / "cells" / "a.npz") as z, np.load(tmp_path / "full" / "a.npz") as f:
+        assert set(f.files) == NPZ_KEYS | FULL_KEYS
+        np.testing.assert_array_equal(z["cell_map"], res.cell_map)
+        np.testing.assert_array_equal(z["ncuts_cell_map"], res.ncuts_cell_map)
+        np.testing.assert_array_equal(z["ncuts_cells"], res.ncuts_cells)
+        assert float(z["scores_score_mean_dist"]) == res.scores["score_mean_dist"]
+        for key in FULL_KEYS:  # stored as computed
+            np.testing.assert_array_equal(f[key], getattr(res, key))
+        rebuilt = full_maps(z)
+        # Exact but for float32 rounding where the detector flipped its map after resizing.
+        np.testing.assert_allclose(rebuilt["heatmap"], res.heatmap, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(rebuilt["ncuts_heatmap"], res.ncuts_heatmap)
+        np.testing.assert_array_equal(rebuilt["ncuts_mask"], res.ncuts_mask)
+        differ = rebuilt["mask"] != res.mask
+        assert np.all(np.abs(res.heatmap[differ] - 0.5) < 1e-6)
+    assert (tmp_path / "cells" / "a.npz").stat().st_size < (tmp_path / "full" / "a.npz").stat().st_size / 5
 
 
 def test_rerun_skips_force_redoes_and_new_settings_redo(tiny_model, tmp_path, capsys):
@@ -114,7 +152,7 @@ def test_rerun_skips_force_redoes_and_new_settings_redo(tiny_model, tmp_path, ca
     rc, stdout, _ = run(base + ["--no-ncuts"], capsys)
     assert rc == 0 and states(stdout) == {"x": "done"}
     with np.load(out / "x.npz") as z:
-        assert "ncuts_mask" not in z.files and "ncuts_heatmap" not in z.files
+        assert not {"ncuts_mask", "ncuts_heatmap", "ncuts_cells", "ncuts_cell_map"} & set(z.files)
     (rec,) = results(out)
     assert rec["settings"]["ncuts"] is False and rec["timings"].get("ncuts", 0.0) < 0.01
     # A deleted output means the image is redone.
@@ -181,7 +219,7 @@ def test_bad_inputs_are_reported_per_file_and_the_rest_answered(tiny_model, tmp_
     assert "smaller than one 124x124 patch" in recs["tiny"]["error"]
     # Grey and 16-bit grey come out as three equal channels: the same map as the RGB-repeated grey.
     with np.load(out / "grey16.npz") as z:
-        assert z["heatmap"].shape == (200, 300)
+        assert tuple(z["image_size"]) == (200, 300)
 
 
 def test_real_malformed_files_do_not_stop_the_batch(tiny_model, tmp_path, capsys, shared_data):
@@ -197,7 +235,7 @@ def test_real_malformed_files_do_not_stop_the_batch(tiny_model, tmp_path, capsys
     assert len([line for line in stderr.splitlines() if line.startswith("exiflang detect:")]) == len(bad)
     for r in ok:
         with np.load(r["outputs"]["npz"]) as z:
-            assert z["heatmap"].shape == (r["height"], r["width"])
+            assert tuple(z["image_size"]) == (r["height"], r["width"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -262,13 +300,16 @@ def test_a_4000x3000_photo_end_to_end(tiny_model, tmp_path, capsys):
     img = tmp_path / "big.jpg"
     Image.fromarray(noise(3000, 4000)).save(img, quality=85)
     rc, stdout, _ = run(["--model", str(tiny_model), str(img), "--out", str(tmp_path / "out"),
-                         "--batch-size", "128", "--no-compress"], capsys)
+                         "--batch-size", "128"], capsys)
     assert rc == 0
     (rec,) = results(tmp_path / "out")
     assert rec["patches"] == 713 and (rec["grid"]["rows"], rec["grid"]["cols"]) == (23, 31)
+    # Maps on the cells by default: a few kB for a 12-MP photo (its full float32 heatmap is 48 MB).
+    assert (tmp_path / "out" / "big.npz").stat().st_size < 64 * 1024
     with np.load(tmp_path / "out" / "big.npz") as z:
-        assert z["heatmap"].shape == (3000, 4000) and z["mask"].shape == (3000, 4000)
-        assert z["ncuts_mask"].shape == (3000, 4000)
+        maps = full_maps(z)
+        assert maps["heatmap"].shape == (3000, 4000) and maps["mask"].shape == (3000, 4000)
+        assert maps["ncuts_mask"].shape == (3000, 4000)
     assert 1590 <= Image.open(tmp_path / "out" / "big.png").size[0] <= 1600
 
 
