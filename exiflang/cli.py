@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-splices": ("exiflang.eval.benchmark.splices:main", "build a spliced/authentic test set from real photos"),
     "benchmark": ("exiflang.eval.benchmark.run:main", "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline"),
     "demo": ("exiflang.demo:main", "run the main job end to end on the offline default"),
+    "serve": ("exiflang.serve.main:main", "HTTP service + analyst's page: detect, lookup, check-exif"),
 }
 
 
