@@ -25,6 +25,12 @@ def _tracked_modules() -> set[str]:
     return mods
 
 
+def _tracked(folder: str) -> list[str]:
+    """Tracked files under ``folder`` (paths relative to the repository)."""
+    return subprocess.run(["git", "ls-files", folder], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
 def _build_wheel(tmp: Path) -> Path:
     """The wheel built from a copy of the sources (so no build/ or egg-info lands in the tree)."""
     src = tmp / "src"
@@ -44,6 +50,9 @@ def test_wheel_holds_one_namespace_with_every_module(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names}
     assert tops == {"exiflang", wheel.name.split("-py")[0] + ".dist-info"}, tops
     assert {n for n in names if n.endswith(".py")} == _tracked_modules()
+    # The analyst's page (exiflang serve) ships its assets as package data: no CDN at run time.
+    assets = {f for f in _tracked("exiflang/serve/static") if not f.endswith(".py")}
+    assert assets and assets <= set(names), assets - set(names)
 
     # A clean interpreter with only the wheel on its path: the namespace imports, the old
     # top-level names do not (they would collide with users' own train.py / eval / pipeline).

@@ -166,7 +166,9 @@ def build_app(model: Any, index: Any, settings: Settings) -> FastAPI:
 
     async def upload_of(request: Request) -> Upload:
         body = await read_body(request.stream(), request.headers.get("content-length"), settings.max_upload_bytes)
-        return parse(body, request.headers.get("content-type", ""))
+        upload = parse(body, request.headers.get("content-type", ""))
+        request.state.filename = upload.filename
+        return upload
 
     async def call(fn: Callable[[], Any]) -> Any:
         return await gate.run(fn)
@@ -180,8 +182,10 @@ def build_app(model: Any, index: Any, settings: Settings) -> FastAPI:
         return _error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
 
     @app.exception_handler(api.ImageInputError)
-    async def _image_error(_: Request, exc: Exception) -> JSONResponse:
-        return _error(422, f"the photo cannot be used: {exc}")
+    async def _image_error(request: Request, exc: Exception) -> JSONResponse:
+        # The API names bytes "<bytes>": the client knows its file by the name it uploaded.
+        name = getattr(request.state, "filename", "") or "the upload"
+        return _error(422, f"the photo cannot be used: {str(exc).replace('<bytes>', name)}")
 
     @app.exception_handler(Busy)
     async def _busy(_: Request, exc: Busy) -> JSONResponse:

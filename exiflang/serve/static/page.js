@@ -188,7 +188,9 @@ function showCheck(c) {
   const rows = c.per_tag || [];
   const claimed = c.claimed || {};
   const body = $("exif-table").querySelector("tbody");
+  const rest = $("exif-unscored");
   body.textContent = "";
+  rest.textContent = "";
   const seen = new Set();
   for (const r of rows) {
     seen.add(r.tag);
@@ -196,18 +198,26 @@ function showCheck(c) {
     cell(tr, r.tag);
     cell(tr, String(r.claimed ?? claimed[r.tag] ?? ""));
     const s = Number(r.support);
-    cell(tr, Number.isFinite(s) ? s.toPrecision(3) : "—", Number.isFinite(s) && s < 0 ? "low" : "");
     const alt = r.best_alternative;
-    cell(tr, alt === null || alt === undefined ? "—" : (typeof alt === "object" ? (alt.value ?? JSON.stringify(alt)) : String(alt)));
-    body.appendChild(tr);
+    const hasAlt = !(alt === null || alt === undefined);
+    cell(tr, Number.isFinite(s) ? s.toPrecision(3) : "—", Number.isFinite(s) && s < 0 ? "low" : "");
+    cell(tr, hasAlt ? (typeof alt === "object" ? (alt.value ?? JSON.stringify(alt)) : String(alt)) : "—");
+    // Tags the check could not vary (no alternative value to compare with) go below the fold.
+    (hasAlt || (Number.isFinite(s) && s !== 0) ? body : rest).appendChild(tr);
   }
   for (const [tag, value] of Object.entries(claimed)) {
     if (seen.has(tag)) continue;
     const tr = document.createElement("tr");
     cell(tr, tag); cell(tr, String(value)); cell(tr, "not scored"); cell(tr, "—");
-    body.appendChild(tr);
+    rest.appendChild(tr);
   }
-  $("exif-table").hidden = body.children.length === 0;
+  const more = $("exif-more");
+  more.hidden = rest.children.length === 0;
+  rest.hidden = true;
+  more.setAttribute("aria-expanded", "false");
+  more.textContent = "Show " + rest.children.length + " more claimed tags (not scored)";
+  if (body.children.length === 0 && rest.children.length) rest.hidden = false;
+  $("exif-table").hidden = body.children.length + rest.children.length === 0;
 }
 
 function showLookup(res) {
@@ -250,7 +260,7 @@ function resetResults() {
   $("error").hidden = true;
   $("results").hidden = true;
   for (const id of ["verdict", "score-text", "score-raw", "exif-verdict", "exif-status", "camera-verdict", "camera-status"]) $(id).textContent = "";
-  $("exif-table").hidden = true; $("votes-table").hidden = true; $("neighbours-box").hidden = true;
+  $("exif-table").hidden = true; $("exif-more").hidden = true; $("votes-table").hidden = true; $("neighbours-box").hidden = true;
   Object.assign(state, { det: null, check: null, lookup: null, maps: {}, preview: null });
 }
 
@@ -349,6 +359,12 @@ function setupInput() {
   drop.addEventListener("drop", (e) => {
     e.preventDefault(); drop.classList.remove("over");
     if (e.dataTransfer.files.length) analyse(e.dataTransfer.files[0]);
+  });
+  $("exif-more").addEventListener("click", () => {
+    const rest = $("exif-unscored");
+    rest.hidden = !rest.hidden;
+    $("exif-more").setAttribute("aria-expanded", String(!rest.hidden));
+    $("exif-more").textContent = (rest.hidden ? "Show " : "Hide ") + rest.children.length + " more claimed tags (not scored)";
   });
   $("opacity").addEventListener("input", draw);
   $("outline").addEventListener("change", draw);
