@@ -14,15 +14,6 @@ PHOTOS ?=
 
 setup: $(STAMP)
 
-# The page's browser test (tests/serve/test_browser.py) drives Debian's chromium + chromium-driver
-# through selenium; installed here when missing (CI runs as root).  Nothing downloads a browser.
-browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
-	else echo "make: chromium + chromedriver missing (apt-get install chromium chromium-driver as root):" \
-	  "the browser test will fail" >&2; fi
-
 # torch comes from the lock (torch==2.13.0, the local CPU wheel); installing it first,
 # alone, means nothing later can pull a CUDA build.
 $(STAMP): requirements.lock pyproject.toml
@@ -36,7 +27,7 @@ $(STAMP): requirements.lock pyproject.toml
 demo: setup
 	$(BIN)/python -m exiflang.demo --out $(DEMO_DIR) $(if $(PHOTOS),--photos $(PHOTOS),)
 
-test: setup browser
+test: setup
 	$(BIN)/python -m pytest -q --durations=20 tests
 
 # Issue 5's bar on four held-out splice sets: trains `cpu-small` ~20 minutes (tests/bar_run.py).

@@ -31,3 +31,18 @@ def _is_checkout(root: Path) -> bool:
 
 if _is_checkout(_ROOT) and str(_ROOT) not in __path__:
     __path__.append(str(_ROOT))  # exiflang.pipeline -> ROOT/pipeline (see the module doc)
+
+# The Python API (exiflang/api.py), imported on first use so that `import exiflang` (and every
+# command's --help) stays free of torch.
+_API_NAMES = ("load", "load_index", "read_image")
+
+
+def __getattr__(name: str):
+    if name in _API_NAMES:
+        from exiflang import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'exiflang' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API_NAMES])

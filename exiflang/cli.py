@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("exiflang.eval.forensics.calibrate:main", "reference detection scores on authentic photos (verdicts)"),
     "make-splices": ("exiflang.eval.benchmark.splices:main", "build a spliced/authentic test set from real photos"),
     "benchmark": ("exiflang.eval.benchmark.run:main", "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline"),
+    "check-exif": ("exiflang.eval.consistency.command:main", "do the pixels agree with the claimed EXIF? (zero-shot)"),
+    "eval-check-exif": ("exiflang.eval.consistency.evaluate:main", "check-exif as a detector: true vs swapped EXIF, ROC-AUC / AP"),
     "demo": ("exiflang.demo:main", "run the main job end to end on the offline default"),
     "serve": ("exiflang.serve.main:main", "HTTP service + analyst's page: detect, lookup, check-exif"),
 }

@@ -1,0 +1,557 @@
+"""The Python API: load a model folder once, then detect splices, embed, look up cameras and check EXIF of photos.
+
+    import exiflang
+    model = exiflang.load("runs/demo/run/model")            # a trained run's or a converted model folder
+    det = model.detect("photo.jpg")                          # det.score, det.verdict, det.heatmap ...
+    vec = model.embed("photo.jpg")                           # float32 [D], unit length
+    index = exiflang.load_index("runs/demo/index")
+    res = model.lookup("photo.jpg", index, k=10)             # res.neighbours, res.votes, res.known
+    chk = model.check_exif("photo.jpg")                      # chk.score, chk.verdict, chk.per_tag
+
+An ``image`` is a path (``str`` / ``Path``), the file's ``bytes``, a ``PIL.Image`` or a ``uint8
+[H,W,3]`` array.  It is read with the pipeline's image policy (:mod:`exiflang.pipeline.image_policy`:
+pixel limit, plausible size, pixel modes); pixels are never resized, re-encoded or rotated before
+analysis.  A photo that cannot be used raises :class:`ImageInputError` (a ``ValueError``) whose
+message is one line naming it and the reason.  A model folder or index that is not one raises a
+one-line ``FileNotFoundError`` / ``ValueError`` naming the file.  Loading never executes code from
+the folder (JSON, safetensors, tokenizer files).
+
+Every result has ``to_json()`` (plain JSON types, no arrays).  The ``exiflang detect``,
+``lookup`` and ``check-exif`` commands and ``exiflang serve`` compute the same results.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Union
+
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, Any]  # Any: PIL.Image
+
+EMBED_GRID = {"patch": 124, "per_side": 4, "mode": "grid"}   # `exiflang embed`'s defaults
+DETECT_VERDICTS = ("spliced", "authentic", "inconclusive", "unknown")
+CHECK_VERDICTS = ("consistent", "inconsistent", "inconclusive", "no-exif")
+
+
+class ImageInputError(ValueError):
+    """A photo that cannot be used; ``str(err)`` is one line ``"NAME: reason"``."""
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+def _name_of(image: Any) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(image, np.ndarray):
+        return "<array>"
+    return getattr(image, "filename", "") or "<PIL image>"
+
+
+def _from_pil(img: Any, name: str) -> np.ndarray:
+    from exiflang.eval.images import to_rgb_array
+    from exiflang.pipeline.image_policy import default_policy
+
+    width, height = img.size
+    limit = default_policy().max_pixels
+    if width * height > limit:
+        raise ImageInputError(f"{name}: too large: {width}x{height} is {width * height / 1e6:.1f} MP, "
+                              f"over the {limit / 1e6:g} MP limit")
+    try:
+        img.load()
+        arr = to_rgb_array(img)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken images
+        reason = " ".join(str(exc).split())
+        raise ImageInputError(f"{name}: not a usable image ({type(exc).__name__}: {reason})") from None
+    return np.ascontiguousarray(arr)
+
+
+def _from_array(arr: np.ndarray) -> np.ndarray:
+    from exiflang.pipeline.image_policy import default_policy
+
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageInputError(f"<array>: expected uint8 [H,W,3] pixels, got {arr.dtype} {list(arr.shape)}")
+    if arr.shape[0] * arr.shape[1] > default_policy().max_pixels:
+        raise ImageInputError(f"<array>: too large: {arr.shape[1]}x{arr.shape[0]} is over the "
+                              f"{default_policy().max_pixels / 1e6:g} MP limit")
+    if 0 in arr.shape:
+        raise ImageInputError(f"<array>: empty image {list(arr.shape)}")
+    return np.ascontiguousarray(arr)
+
+
+def read_image(image: ImageLike) -> np.ndarray:
+    """Any accepted image -> ``uint8 [H,W,3]`` (0..255, the stored pixels, no rotation or resizing).
+
+    :class:`ImageInputError` (one line naming the input) for a missing, unreadable, refused
+    (too large, implausible size, pixel mode) or malformed image.
+    """
+    from PIL import Image
+
+    from exiflang.eval.images import ImageError, load_rgb, load_rgb_bytes
+
+    try:
+        if isinstance(image, (str, os.PathLike)):
+            return load_rgb(image)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return load_rgb_bytes(bytes(image))
+    except ImageError as exc:
+        raise ImageInputError(str(exc)) from None
+    if isinstance(image, np.ndarray):
+        return _from_array(image)
+    if isinstance(image, Image.Image):
+        return _from_pil(image, _name_of(image))
+    raise ImageInputError(f"{type(image).__name__}: not an image (expected a path, bytes, a PIL image "
+                          "or a uint8 [H,W,3] array)")
+
+
+def read_own_exif(image: ImageLike) -> tuple[dict[str, str], str]:
+    """The EXIF stored in a path's / bytes' file as ``{tag name: value}`` and where it came from.
+
+    A PIL image opened from a file reads that file; an array (or a PIL image made in memory)
+    has no file, hence no EXIF: ``({}, "no file: pixels only")``.  An unreadable EXIF block is
+    ``({}, "EXIF unreadable: ...")`` (the pixels may still be fine).
+    """
+    from exiflang.pipeline.exif.parse import ExifReadError, read_exif
+
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            data = Path(image).read_bytes()
+        except OSError as exc:
+            raise ImageInputError(f"{image}: unreadable ({exc.strerror or exc})") from None
+        source = str(image)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        data, source = bytes(image), "<bytes>"
+    elif getattr(image, "filename", ""):
+        return read_own_exif(image.filename)
+    else:
+        return {}, "no file: pixels only"
+    try:
+        return read_exif(data), source
+    except ExifReadError as exc:
+        return {}, f"EXIF unreadable: {' '.join(str(exc).split())[:200]}"
+
+
+# -- results --------------------------------------------------------------------------------------
+
+def _num(x: float | None, nd: int = 6) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), nd)
+
+
+def _shrink(values: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """``[H,W]`` float or bool -> ``[h,w]`` (``size`` = (h, w)), bilinear (nearest for masks)."""
+    from PIL import Image
+
+    if values.shape == size:
+        return values
+    if values.dtype == bool:
+        img = Image.fromarray(values.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
+        return np.asarray(img) > 127
+    img = Image.fromarray(values.astype(np.float32), mode="F")
+    return np.asarray(img.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR), dtype=np.float32)
+
+
+def map_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(h, w) of the returned maps: the photo's size scaled down so the longer side is <= ``max_side``."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+@dataclass
+class Detection:
+    """One photo's splice detection.
+
+    ``heatmap``: ``float32 [h,w]`` 0..1, high = spliced (mean-shift map); ``[h,w]`` is the photo's
+    ``image_size`` (H, W) scaled down to ``max_side`` on the longer side (equal when smaller).
+    ``mask``: ``bool [h,w]`` (True = spliced) only when ``verdict`` is ``spliced``, else None (an
+    outline is shown only for a splice the verdict stands behind); ``raw_mask``: the mean-shift
+    mask always.
+    ``ncuts_heatmap``: ``float32 [h,w]`` 0..1 or None (ncuts off).  ``cell_map``: ``float32
+    [rows, cols]`` on the patch grid.  ``scores``: every detection score (higher = spliced);
+    ``score``: the default one.  ``verdict``: one of :data:`DETECT_VERDICTS`; ``percentile``:
+    0..100 among the model's authentic reference photos (its ``calibration.json``, ``exiflang
+    calibrate``), or None; without one the verdict is ``unknown``.  ``result``: the detector's
+    full-size :class:`exiflang.eval.forensics.detector.DetectionResult`.
+    """
+
+    heatmap: np.ndarray
+    mask: np.ndarray | None
+    raw_mask: np.ndarray
+    ncuts_heatmap: np.ndarray | None
+    cell_map: np.ndarray
+    scores: dict[str, float]
+    score: float
+    verdict: str
+    percentile: float | None
+    image_size: tuple[int, int]
+    result: Any = field(repr=False, default=None)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Scores, verdict, sizes and the grid (no arrays)."""
+        g = getattr(self.result, "grid", None)
+        out = {"score": _num(self.score), "scores": {k: _num(v) for k, v in self.scores.items()},
+               "verdict": self.verdict, "percentile": _num(self.percentile, 2),
+               "image_size": list(self.image_size), "map_size": list(self.heatmap.shape),
+               "splice_fraction": round(float(self.raw_mask.mean()), 6) if self.raw_mask.size else 0.0,
+               "mask_shown": self.mask is not None,
+               "grid": None if g is None else {"patch": g.patch, "rows": g.shape[0], "cols": g.shape[1]},
+               "timings": {k: round(float(v), 4) for k, v in getattr(self.result, "timings", {}).items()}}
+        return {**out, **self.extra}
+
+    def heatmap_png(self, overlay_on: ImageLike | None = None, max_side: int = 1600) -> bytes:
+        """PNG bytes: the heatmap in colour (``overlay_on=None``), or the photo and the heatmap over it
+        side by side with the splice outline when a mask is shown (the ``detect`` command's PNG)."""
+        from PIL import Image
+
+        from exiflang.eval.forensics.overlay import colorize, render_overlay
+
+        buf = io.BytesIO()
+        if overlay_on is None:
+            Image.fromarray(colorize(self.heatmap)).save(buf, format="PNG")
+            return buf.getvalue()
+        rgb = read_image(overlay_on)
+        if rgb.shape[:2] != self.heatmap.shape:
+            h, w = self.heatmap.shape
+            rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+        mask = self.mask if self.mask is not None else np.zeros(self.heatmap.shape, bool)
+        caption = f"{self.verdict}  score {self.score:.4g}" + (
+            f"  {self.percentile:.0f}th pct of authentic" if self.percentile is not None else "")
+        render_overlay(rgb, self.heatmap, mask, None, caption, max_side).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def save_npz(self, path: PathLike | IO[bytes], full_maps: bool = False) -> None:
+        """The ``detect`` command's npz: scores, ``verdict``, ``percentile``, the maps on the grid's
+        cells (:func:`exiflang.eval.forensics.maps.full_maps` expands them), and with ``full_maps``
+        also the image-size ``heatmap`` / ``mask`` (/ ncuts maps)."""
+        from exiflang.eval.forensics.detect import npz_arrays
+
+        np.savez_compressed(path, **npz_arrays(self.result, full_maps=full_maps))
+
+
+@dataclass
+class Lookup:
+    """Nearest reference photos and per-tag votes for one photo.
+
+    ``neighbours``: ``[{"row", "rank", "similarity" (cosine -1..1), "key", "exif"}]`` best first.
+    ``votes``: ``{tag: [(value, share 0..1), ...]}`` most voted first (share = votes / neighbours
+    having the tag).  ``known``: False = "unknown camera" (the photo is no closer to its
+    neighbours than the index's photos are to theirs: do not trust the votes).
+    """
+
+    neighbours: list[dict]
+    votes: dict[str, list[tuple[str, float]]]
+    known: bool
+    image_size: tuple[int, int]
+    predictions: dict[str, dict] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"known": self.known, "image_size": list(self.image_size), "neighbours": self.neighbours,
+                "votes": {t: [[v, round(s, 4)] for v, s in vs] for t, vs in self.votes.items()},
+                "predictions": self.predictions, **self.extra}
+
+
+@dataclass
+class ExifCheck:
+    """Do the pixels agree with the claimed EXIF?  (:mod:`exiflang.eval.consistency.score`.)
+
+    ``score``: 0..1, higher = the pixels agree with the claim (calibrated on the reference's own
+    photos when ``calibrated``); NaN for ``no-exif``.  ``percentile``: 0..100, the claim's rank among
+    the reference EXIF texts.  ``verdict``: one of :data:`CHECK_VERDICTS`.  ``per_tag``:
+    ``[{"tag", "claimed", "support", "best_alternative"}]``, least supported first (support < 0:
+    the pixels prefer ``best_alternative``).  ``claimed``: the EXIF judged; ``exif_source``: where it
+    came from (a file name, ``given``, or why there is none).
+    """
+
+    score: float
+    percentile: float
+    verdict: str
+    per_tag: list[dict]
+    claimed: dict
+    similarity: float
+    z: float
+    calibrated: bool
+    exif_source: str
+    reference: dict
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "score": _num(self.score, 4), "percentile": _num(self.percentile, 2),
+                "similarity": _num(self.similarity), "z": _num(self.z, 4), "calibrated": self.calibrated,
+                "per_tag": self.per_tag, "claimed": self.claimed, "exif_source": self.exif_source,
+                "reference": self.reference}
+
+
+# -- index ----------------------------------------------------------------------------------------
+
+class Index:
+    """An ``exiflang index`` folder, loaded (vectors, rows, settings).  ``size``: photos in it."""
+
+    def __init__(self, index_dir: PathLike) -> None:
+        from exiflang.eval.index.run import VectorIndex
+
+        self.dir = Path(index_dir)
+        self.vectors = VectorIndex.load(self.dir)
+        self.info: dict = self.vectors.info
+
+    @property
+    def size(self) -> int:
+        return len(self.vectors)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dir": str(self.dir), "name": self.dir.name, "size": self.size, "dim": self.vectors.dim,
+                "kind": self.info.get("kind")}
+
+
+def load_index(index_dir: PathLike) -> Index:
+    """Load an ``exiflang index`` folder (one-line ``ValueError`` naming the file when it is not one)."""
+    return Index(index_dir)
+
+
+# -- model ----------------------------------------------------------------------------------------
+
+def _text_settings(model_dir: Path, card: dict) -> dict:
+    """How the run rendered EXIF as text: its ``config.yaml`` beside the folder, else the card."""
+    from exiflang.eval.embed.run import run_config
+
+    cfg = run_config(model_dir)
+    fmt = cfg.get("text_format") or (card.get("training") or {}).get("text_format") or "paper"
+    # A model trained on shuffled pairs saw every order; vocabulary order is one of them.
+    return {"fmt": {"shuffled": "paper", "values_shuffled": "values"}.get(fmt, fmt),
+            "clean": bool(cfg.get("clean_values", False)), "max_length": cfg.get("max_text_len")}
+
+
+def _read_card(model_dir: Path) -> dict:
+    try:
+        from exiflang.train.card import read_model_card
+    except ImportError:  # a tree without model cards
+        return {}
+    return read_model_card(model_dir)
+
+
+class Model:
+    """A loaded model folder (see :func:`load`); thread-compatible, not re-entrant per call."""
+
+    def __init__(self, model_dir: PathLike, *, device: str = "cpu", threads: int | None = None,
+                 reference: Any = None) -> None:
+        import torch
+
+        from exiflang.eval.embed.patches import PatchEmbedder
+        from exiflang.train.model import ExifClip
+
+        if threads is not None:
+            if int(threads) < 1:
+                raise ValueError(f"threads={threads}: must be at least 1")
+            torch.set_num_threads(int(threads))
+        self.dir = Path(model_dir)
+        self.device = device
+        net, tokenizer, tags = ExifClip.from_pretrained(self.dir)
+        self.card: dict = _read_card(self.dir)
+        self.config = net.config
+        self.vocab: list[str] = list(tags["tags"]) if tags and tags.get("tags") else []
+        self._net, self._tokenizer = net, tokenizer
+        self._embedder = PatchEmbedder(net, device=device)
+        self._detectors: dict[bool, Any] = {}
+        self._searchers: dict[str, Any] = {}
+        self._checkers: dict[str, Any] = {}
+        self._reference = reference
+        self.text = _text_settings(self.dir, self.card)
+
+    # -- description
+    def info(self) -> dict[str, Any]:
+        """JSON-ready: name, folder, architecture summary, embed dim, vocabulary size, text format, card."""
+        c = self.config
+        return {"name": self.dir.name, "dir": str(self.dir),
+                "preset": (self.card.get("training") or {}).get("preset"),
+                "config": {"image_arch": c.image_arch, "text_arch": None if c.cropclr else c.text_arch,
+                           "text_size": c.text_size, "pooling": c.pooling, "logit_scale": c.logit_scale,
+                           "cropclr": c.cropclr},
+                "embed_dim": int(c.embed_dim), "tags": len(self.vocab), "text_format": self.text["fmt"],
+                "has_text_tower": self._net.text is not None,
+                "summary": self.card.get("summary", ""), "card": self.card}
+
+    def __repr__(self) -> str:
+        return f"exiflang.api.Model({str(self.dir)!r}, embed_dim={self.config.embed_dim})"
+
+    # -- detect
+    def _detector(self, ncuts: bool) -> Any:
+        from exiflang.eval.forensics.calibration import load_reference
+        from exiflang.eval.forensics.detector import Detector
+
+        if ncuts not in self._detectors:
+            if self._detectors:  # same weights and embedder, only the ncuts switch differs
+                det = copy.copy(next(iter(self._detectors.values())))
+                det.ncuts = ncuts
+            else:
+                det = Detector.from_model(self._net, device=self.device, ncuts=ncuts)
+                det.model_dir = self.dir
+                det.reference = load_reference(self.dir)   # the folder's calibration.json, if any
+            self._detectors[ncuts] = det
+        return self._detectors[ncuts]
+
+    def detect(self, image: ImageLike, *, max_side: int | None = 1600, ncuts: bool = True) -> Detection:
+        """Zero-shot splice detection of one photo (full resolution; maps returned at <= ``max_side``)."""
+        from exiflang.eval.forensics.scores import DEFAULT_SCORE
+
+        rgb = read_image(image)
+        try:
+            res = self._detector(bool(ncuts)).detect(rgb)
+        except ValueError as exc:  # smaller than one patch
+            raise ImageInputError(f"{_name_of(image)}: {exc}") from None
+        size = map_size(rgb.shape[0], rgb.shape[1], max_side)
+        raw = _shrink(res.mask, size)
+        extra = {"verdict_reason": res.verdict_reason, "reference": res.reference}
+        return Detection(
+            heatmap=_shrink(res.heatmap, size), mask=raw if res.verdict == "spliced" else None, raw_mask=raw,
+            ncuts_heatmap=None if res.ncuts_heatmap is None else _shrink(res.ncuts_heatmap, size),
+            cell_map=np.asarray(res.cell_map, dtype=np.float32), scores=dict(res.scores),
+            score=float(res.scores.get(DEFAULT_SCORE, next(iter(res.scores.values())))),
+            verdict=res.verdict, percentile=None if res.percentile is None else float(res.percentile),
+            image_size=(int(rgb.shape[0]), int(rgb.shape[1])), result=res, extra=extra)
+
+    # -- embed
+    def _photo_encoder(self, grid: dict) -> Any:
+        from exiflang.eval.embed.batch import PhotoEncoder
+
+        return PhotoEncoder(self._embedder, int(grid["patch"]), int(grid["per_side"]), str(grid["mode"]))
+
+    def _embed_rgb(self, rgb: np.ndarray, grid: dict, name: str = "<image>") -> np.ndarray:
+        try:
+            return self._photo_encoder(grid).embed([rgb])[0]
+        except ValueError as exc:  # smaller than one patch
+            raise ImageInputError(f"{name}: {exc}") from None
+
+    def embed(self, image: ImageLike, *, patch: int = 124, per_side: int = 4, mode: str = "grid") -> np.ndarray:
+        """``float32 [D]`` unit vector: the mean of the photo's patch embeddings (an even
+        ``per_side x per_side`` grid of ``patch``-px patches, as ``exiflang embed``), re-normalised."""
+        return self._embed_rgb(read_image(image), {"patch": patch, "per_side": per_side, "mode": mode},
+                               _name_of(image))
+
+    # -- lookup
+    def _searcher(self, index: Index) -> Any:
+        from exiflang.eval.index.lookup import Searcher
+
+        key = str(index.dir.resolve())
+        if key not in self._searchers:
+            s = Searcher(self.dir, index.dir, device=self.device)
+            s.index = index.vectors            # share the loaded index and weights: one copy of each
+            s.encoder.embedder = self._embedder
+            self._searchers[key] = s
+        return self._searchers[key]
+
+    def lookup(self, image: ImageLike, index: Index | PathLike, k: int = 10) -> Lookup:
+        """The ``k`` nearest photos of ``index`` (embedded as the index was) and their per-tag votes."""
+        if k < 1:
+            raise ValueError(f"k={k}: must be at least 1")
+        index = index if isinstance(index, Index) else load_index(index)
+        searcher = self._searcher(index)
+        rgb = read_image(image)
+        try:
+            query = searcher.encoder.embed([rgb])
+        except ValueError as exc:
+            raise ImageInputError(f"{_name_of(image)}: {exc}") from None
+        ans = searcher.answer(query, k, False, self.vocab)[0]
+        neighbours = [{"row": int(_row(index, n)), **n} for n in ans["neighbours"]]
+        extra = {key: v for key, v in ans.items() if key not in ("neighbours", "predictions", "known")}
+        return Lookup(neighbours=neighbours, votes=_votes(neighbours, self.vocab),
+                      known=bool(ans.get("known", True)), image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+                      predictions=ans.get("predictions", {}), extra=extra)
+
+    # -- check-exif
+    def _reference_source(self, reference: Any) -> Any:
+        from exiflang.eval.consistency.reference import training_data
+
+        ref = reference if reference is not None else self._reference
+        if ref is not None:
+            return ref
+        found = training_data(self.dir, self.card)
+        if found is None:
+            raise ValueError(f"{self.dir}: no reference EXIF set: its training shards are not found; pass "
+                             "reference= (an index, embeddings or shards folder)")
+        return found
+
+    def checker(self, reference: Any = None) -> Any:
+        """The :class:`exiflang.eval.consistency.score.Checker` for ``reference`` (built once, cached)."""
+        from exiflang.eval.consistency.reference import DEFAULT_GRID, Reference, load_reference
+        from exiflang.eval.consistency.score import Checker
+        from exiflang.eval.embed.batch import TextEncoder
+
+        ref = self._reference_source(reference)
+        key = str(Path(ref.dir).resolve()) if isinstance(ref, Index) else \
+            f"ref:{id(ref)}" if isinstance(ref, Reference) else str(Path(ref).resolve())
+        if key not in self._checkers:
+            if self._net.text is None or self._tokenizer is None:
+                raise ValueError(f"{self.dir}: this model has no text tower: check-exif needs one")
+            if isinstance(ref, Reference):
+                loaded = ref
+            else:
+                path = ref.dir if isinstance(ref, Index) else Path(ref)
+                enc = self._photo_encoder(DEFAULT_GRID)
+                loaded = load_reference(path, embed=enc.embed, grid=DEFAULT_GRID)
+            if loaded.vectors is not None and loaded.vectors.shape[1] != self.config.embed_dim:
+                raise ValueError(f"{loaded.source}: vectors of dimension {loaded.vectors.shape[1]}, this "
+                                 f"model's are {self.config.embed_dim}: not embedded with this model")
+            text = TextEncoder(self._net, self._tokenizer, self.vocab, self.text["fmt"], clean=self.text["clean"],
+                               max_length=self.text["max_length"], device=self._embedder.device)
+            self._checkers[key] = Checker(text, loaded)
+        return self._checkers[key]
+
+    def check_exif(self, image: ImageLike, exif: dict | None = None, *, reference: Any = None,
+                   per_tag: bool = True) -> ExifCheck:
+        """Do the pixels agree with ``exif`` (default: the EXIF stored in the path's / bytes' file)?"""
+        checker = self.checker(reference)
+        rgb = read_image(image)
+        if exif is None:
+            claimed, source = read_own_exif(image)
+        else:
+            if not isinstance(exif, dict):
+                raise ValueError(f"exif: expected a dict of tag -> value, got {type(exif).__name__}")
+            claimed, source = {str(k): str(v) for k, v in exif.items()}, "given"
+        vec = self._embed_rgb(rgb, checker.reference.grid, _name_of(image))
+        res = checker.check(vec, claimed, per_tag=per_tag)
+        return ExifCheck(score=res.score, percentile=res.percentile, verdict=res.verdict, per_tag=res.per_tag,
+                         claimed=res.claimed, similarity=res.similarity, z=res.z, calibrated=res.calibrated,
+                         exif_source=source, reference=checker.info())
+
+
+def _row(index: Index, neighbour: dict) -> int:
+    """The index row of a neighbour (its key's row in ``rows.parquet``)."""
+    if "row" in neighbour:
+        return int(neighbour["row"])
+    rows = getattr(index, "_row_of_key", None)
+    if rows is None:
+        rows = {str(k): i for i, k in enumerate(index.vectors.table["key"].tolist())}
+        index._row_of_key = rows
+    return rows.get(str(neighbour.get("key")), -1)
+
+
+def _votes(neighbours: list[dict], vocab: list[str], top: int = 5) -> dict[str, list[tuple[str, float]]]:
+    """Per tag, its ``top`` values among the neighbours with the share of those having the tag."""
+    out = {}
+    for tag in vocab:
+        vals = [str(n["exif"][tag]).strip() for n in neighbours if n.get("exif", {}).get(tag) is not None]
+        if vals:
+            counts = sorted(Counter(vals).items(), key=lambda vc: (-vc[1], vc[0]))[:top]
+            out[tag] = [(v, c / len(vals)) for v, c in counts]
+    return out
+
+
+def load(model_dir: PathLike, *, device: str = "cpu", threads: int | None = None,
+         reference: Any = None) -> Model:
+    """Load a model folder (a trained run's ``model/`` or a converted authors' checkpoint).
+
+    ``device``: ``cpu`` | ``cuda`` | ``auto``; ``threads``: CPU threads torch may use (None: its
+    default).  ``reference``: the default reference of :meth:`Model.check_exif` (an index,
+    embeddings or shards folder, or an :class:`Index`); None -> the model's training shards when
+    they can be found.
+    """
+    return Model(model_dir, device=device, threads=threads, reference=reference)

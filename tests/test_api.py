@@ -1,0 +1,204 @@
+"""The Python API (exiflang/api.py) on the tiny random-init model of tests/eval/lookup_fixtures.py:
+every input kind gives the same answer, detect == the Detector's arrays, lookup == the Searcher's
+answer, check-exif's fields and verdicts, one-line ImageInputErrors, and `import exiflang` stays light."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import exiflang
+from exiflang import api
+from tests.eval import lookup_fixtures as fx
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> fx.TinyRun:
+    return fx.build(tmp_path_factory.mktemp("api_tiny"))
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    return exiflang.load(tiny.model, threads=2)
+
+
+@pytest.fixture(scope="module")
+def photo(tiny) -> Path:
+    return sorted(tiny.test_photos.iterdir())[0]
+
+
+def test_import_exiflang_does_not_import_torch() -> None:
+    code = "import sys, exiflang; assert callable(exiflang.load); print('torch' in sys.modules)"
+    # `exiflang.load` is looked up lazily: touching the name must not import the API's modules yet.
+    code = "import sys, exiflang; print('torch' in sys.modules, 'exiflang.api' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_info_is_json(model, tiny) -> None:
+    info = model.info()
+    json.dumps(info)
+    assert info["embed_dim"] == 128 and info["tags"] == len(model.vocab) > 0
+    assert info["name"] == tiny.model.name and isinstance(info["card"], dict)
+    assert model.card == info["card"]
+
+
+def test_every_input_kind_reads_the_same_pixels(photo) -> None:
+    ref = api.read_image(photo)
+    data = photo.read_bytes()
+    assert ref.dtype == np.uint8 and ref.ndim == 3 and ref.shape[2] == 3
+    for other in (str(photo), data, bytearray(data), Image.open(io.BytesIO(data)), ref.copy()):
+        assert np.array_equal(api.read_image(other), ref)
+
+
+def test_embed_equal_on_path_bytes_pil_array(model, photo) -> None:
+    data = photo.read_bytes()
+    vecs = [model.embed(x) for x in (photo, data, Image.open(io.BytesIO(data)), api.read_image(photo))]
+    assert vecs[0].shape == (128,) and vecs[0].dtype == np.float32
+    assert abs(float(np.linalg.norm(vecs[0])) - 1.0) < 1e-5
+    for v in vecs[1:]:
+        np.testing.assert_array_equal(v, vecs[0])
+
+
+def test_detect_equals_detector_arrays(model, tiny, photo) -> None:
+    from exiflang.eval.forensics.detector import Detector
+
+    det = model.detect(photo.read_bytes())
+    rgb = api.read_image(photo)
+    ref = Detector(tiny.model, device="cpu").detect(rgb)
+    assert det.image_size == rgb.shape[:2] == det.heatmap.shape      # smaller than max_side: full size
+    np.testing.assert_allclose(det.heatmap, ref.heatmap, atol=1e-5)
+    np.testing.assert_array_equal(det.raw_mask, ref.mask)
+    np.testing.assert_allclose(det.cell_map, ref.cell_map, atol=1e-5)
+    np.testing.assert_allclose(det.ncuts_heatmap, ref.ncuts_heatmap, atol=1e-5)
+    assert det.scores.keys() == ref.scores.keys()
+    for k, v in ref.scores.items():
+        assert det.scores[k] == pytest.approx(v, abs=1e-5)
+    assert det.score == det.scores["score_mean_dist"]
+    assert det.verdict in api.DETECT_VERDICTS
+    assert det.verdict == ref.verdict and det.percentile == ref.percentile
+    assert (det.mask is not None) == (det.verdict == "spliced")
+    doc = det.to_json()
+    json.dumps(doc)
+    assert doc["image_size"] == list(rgb.shape[:2]) and doc["verdict"] == det.verdict
+    png = det.heatmap_png()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(io.BytesIO(png)).size == rgb.shape[1::-1]
+    assert det.heatmap_png(overlay_on=rgb)[:8] == b"\x89PNG\r\n\x1a\n"
+    buf = io.BytesIO()
+    det.save_npz(buf)
+    buf.seek(0)
+    with np.load(buf) as z:
+        np.testing.assert_allclose(z["cell_map"], ref.cell_map, atol=1e-5)
+        assert str(z["verdict"]) == det.verdict and "heatmap" not in z
+    buf = io.BytesIO()
+    det.save_npz(buf, full_maps=True)
+    buf.seek(0)
+    with np.load(buf) as z:
+        np.testing.assert_allclose(z["heatmap"], ref.heatmap, atol=1e-5)
+
+
+def test_map_size_and_shrink() -> None:
+    assert api.map_size(3000, 4000, 1600) == (1200, 1600)
+    assert api.map_size(300, 400, 1600) == (300, 400)
+    assert api.map_size(300, 400, None) == (300, 400)
+    heat = np.linspace(0, 1, 400 * 300, dtype=np.float32).reshape(300, 400)
+    small = api._shrink(heat, (150, 200))
+    assert small.shape == (150, 200) and small.dtype == np.float32 and 0 <= small.min() <= small.max() <= 1
+    mask = np.zeros((300, 400), bool)
+    mask[:, 200:] = True
+    assert api._shrink(mask, (150, 200)).dtype == bool and api._shrink(mask, (150, 200))[:, 100:].all()
+
+
+def test_lookup_equals_searcher(model, tiny, photo) -> None:
+    from exiflang.eval.index.lookup import lookup_photos
+
+    index = exiflang.load_index(tiny.index)
+    assert index.size == 12
+    res = model.lookup(str(photo), index, k=3)
+    ref = lookup_photos(tiny.model, tiny.index, [photo], k=3, device="cpu")[0]
+    assert [n["key"] for n in res.neighbours] == [n["key"] for n in ref["neighbours"]]
+    for a, b in zip(res.neighbours, ref["neighbours"]):
+        assert a["similarity"] == pytest.approx(b["similarity"], abs=1e-5)
+        assert 0 <= a["row"] < index.size
+        assert index.vectors.table["key"].iloc[a["row"]] == a["key"]
+    for values in res.votes.values():
+        shares = [s for _, s in values]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    assert res.votes["Make"][0][0] == ref["predictions"]["Make"]["value"]
+    assert isinstance(res.known, bool)
+    json.dumps(res.to_json())
+    assert model.lookup(photo.read_bytes(), tiny.index, k=3).neighbours == res.neighbours  # a path works too
+
+
+def test_check_exif_inputs_and_fields(model, tiny, photo) -> None:
+    own = model.check_exif(photo, reference=tiny.emb)
+    assert own.verdict in api.CHECK_VERDICTS and own.verdict != "no-exif"
+    assert own.claimed["Make"] and own.exif_source == str(photo)
+    assert 0 <= own.score <= 1 and 0 <= own.percentile <= 100 and own.calibrated
+    by_bytes = model.check_exif(photo.read_bytes(), reference=tiny.emb)
+    assert by_bytes.score == pytest.approx(own.score, abs=1e-6) and by_bytes.percentile == own.percentile
+    given = model.check_exif(api.read_image(photo), own.claimed, reference=tiny.emb, per_tag=False)
+    assert given.exif_source == "given" and given.score == pytest.approx(own.score, abs=1e-6)
+    assert {r["tag"] for r in own.per_tag} <= set(model.vocab)
+    for r in own.per_tag:
+        assert r.keys() >= {"tag", "claimed", "support", "best_alternative"}
+    supports = [r["support"] for r in own.per_tag if r["support"] is not None]
+    assert supports == sorted(supports)                          # least supported first
+    doc = own.to_json()
+    json.dumps(doc)
+    assert doc["reference"]["reference"] == str(tiny.emb)
+    # Pixels only (an array carries no file) or an empty claim: nothing to check.
+    for claim in (None, {}, {"Foo": "1"}):
+        chk = model.check_exif(api.read_image(photo) if claim is None else photo, claim, reference=tiny.emb)
+        assert chk.verdict == "no-exif" and chk.per_tag == [] and chk.to_json()["score"] is None
+
+
+def test_check_exif_default_reference_is_the_training_shards(model, tiny, photo, tmp_path) -> None:
+    with pytest.raises(ValueError, match="no reference EXIF set"):
+        model.check_exif(photo)        # the tiny model has no card or run config naming its shards
+    chk = exiflang.load(tiny.model, reference=tiny.train_shards).check_exif(photo, per_tag=False)
+    assert chk.reference["reference"] == str(tiny.train_shards) and chk.calibrated
+
+
+def test_check_exif_reference_index(model, tiny, photo) -> None:
+    chk = model.check_exif(photo, reference=exiflang.load_index(tiny.index), per_tag=False)
+    assert chk.calibrated and chk.reference["reference_rows"] == 12
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("missing.jpg", "missing.jpg: no such file"),
+    (b"", "empty file"),
+    (b"not an image at all", "not a readable image"),
+    (np.zeros((64, 64), np.uint8), r"expected uint8 \[H,W,3\]"),
+    (np.zeros((64, 64, 3), np.float32), r"expected uint8 \[H,W,3\]"),
+    (12345, "not an image"),
+])
+def test_bad_inputs_are_one_line_image_input_errors(model, bad, match, tmp_path) -> None:
+    with pytest.raises(api.ImageInputError, match=match) as err:
+        model.embed(str(tmp_path / bad) if isinstance(bad, str) else bad)
+    assert "\n" not in str(err.value) and isinstance(err.value, ValueError)
+
+
+def test_too_small_and_truncated_images(model, photo, tmp_path) -> None:
+    small = io.BytesIO()
+    Image.new("RGB", (100, 80)).save(small, "PNG")
+    for call in (model.detect, model.embed):
+        with pytest.raises(api.ImageInputError, match="smaller than one 124x124 patch"):
+            call(small.getvalue())
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(photo.read_bytes()[:200])
+    with pytest.raises(api.ImageInputError, match=r"cut\.jpg"):
+        model.detect(cut)
+
+
+def test_not_a_model_or_index(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"config\.json: missing"):
+        exiflang.load(tmp_path)
+    with pytest.raises(ValueError, match=r"index\.json: missing"):
+        exiflang.load_index(tmp_path)
