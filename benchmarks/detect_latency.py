@@ -2,8 +2,8 @@
 
 Our path (:class:`exiflang.eval.forensics.detector.Detector`: batched embeddings, one-matmul votes, vectorised mean
 shift, dense-eigh ncuts) against the authors' approach in the same run on the same embeddings:
-the per-pair Python loop for the votes (:func:`exiflang.eval.forensics.affinity.cell_consistency_loop`), the loop
-+ KD-tree mean shift (:func:`exiflang.eval.forensics.meanshift.mean_shift_map_reference`), and scikit-learn's
+the per-pair Python loop for the votes (``cell_consistency_loop``), the loop + KD-tree mean shift
+(``mean_shift_map_reference``; both test oracles in ``tests/eval/reference_forensics.py``), and scikit-learn's
 ``SpectralClustering`` for the two-way cut.  The embedding stage is the same network in both
 columns and is run once.  Each baseline output is checked against ours (max |difference|).
 
@@ -34,13 +34,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from exiflang.eval.forensics.affinity import cell_consistency, cell_consistency_loop, coverage, patch_affinity  # noqa: E402
+from exiflang.eval.embed.patches import Grid  # noqa: E402
+from exiflang.eval.forensics.affinity import cell_consistency, coverage, patch_affinity  # noqa: E402
 from exiflang.eval.forensics.detector import Detector  # noqa: E402
 from exiflang.eval.forensics.localize import ncuts_similarity  # noqa: E402
-from exiflang.eval.forensics.meanshift import mean_shift_map, mean_shift_map_reference  # noqa: E402
+from exiflang.eval.forensics.meanshift import mean_shift_map  # noqa: E402
 from exiflang.eval.forensics.ncuts import ncuts_split  # noqa: E402
-from exiflang.eval.embed.patches import Grid  # noqa: E402
 from exiflang.train.model import ExifClip, ModelConfig  # noqa: E402
+from tests.eval.reference_forensics import cell_consistency_loop, mean_shift_map_reference  # noqa: E402
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

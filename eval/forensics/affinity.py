@@ -133,33 +133,3 @@ def cell_consistency(affinity: torch.Tensor, cov: Coverage) -> torch.Tensor:
     votes = c_mat.T @ (1.0 - a) @ c_mat
     counts = c_mat.sum(0)
     return votes / (counts[:, None] * counts[None, :] + _COUNT_EPS)
-
-
-def cell_consistency_loop(affinity: torch.Tensor, grid: Grid, cell: Optional[int] = None,
-                          max_cells: int = DEFAULT_MAX_CELLS) -> torch.Tensor:
-    """Reference for :func:`cell_consistency`: the authors' Python loop over every patch pair.
-
-    Each ordered pair adds its distance to the block of cell pairs the two patches cover, and 1
-    to the matching vote counts (which start at 1e-4).  Slow (``N²`` Python steps); for tests and
-    the latency baseline.  Same cell rule and output layout as :func:`coverage` /
-    :func:`cell_consistency`, but computed from the corners directly, not from the matrix.
-    """
-    a = _check_affinity(affinity, grid.count)
-    side = cell_size(grid, max_cells) if cell is None else int(cell)
-    oy, ox = grid.ys[0], grid.xs[0]
-    rows = _cells_along(grid.ys, grid.patch, side)
-    cols = _cells_along(grid.xs, grid.patch, side)
-
-    def span(start: int, origin: int) -> slice:
-        # First cell whose block ends after `start`, last cell whose block starts before start+P.
-        return slice((start - origin) // side, -(-(start + grid.patch - origin) // side))
-
-    spans = [(span(y, oy), span(x, ox)) for y, x in grid.corners().tolist()]
-    votes = torch.zeros(rows, cols, rows, cols, dtype=torch.float64)
-    counts = torch.full((rows, cols, rows, cols), _COUNT_EPS, dtype=torch.float64)
-    dist = (1.0 - a.to(torch.float64)).tolist()
-    for i, (ya, xa) in enumerate(spans):
-        for j, (yb, xb) in enumerate(spans):
-            votes[ya, xa, yb, xb] += dist[i][j]
-            counts[ya, xa, yb, xb] += 1.0
-    return (votes / counts).reshape(rows * cols, rows * cols).to(torch.float32)

@@ -17,14 +17,14 @@ What is implemented, exactly (``X`` = the original points ``[M, F]``, ``Y`` = th
 
 The authors updated ``Y`` in place, point after point (later points in a sweep see earlier
 points' new positions); here every point of a sweep reads the previous sweep's positions, which
-is what a matrix product computes.  :func:`mean_shift_map_reference` implements the same
-synchronous rule with plain loops and a KD-tree.  With the cell map as points, the mode is a
-row of distances from the dominant (most self-consistent) region: high = inconsistent.
+is what a matrix product computes.  The tests' oracle, ``mean_shift_map_reference`` in
+``tests/eval/reference_forensics.py``, implements the same synchronous rule with plain loops and
+a KD-tree.  With the cell map as points, the mode is a row of distances from the dominant (most
+self-consistent) region: high = inconsistent.
 """
 from __future__ import annotations
 
 import numpy as np
-import scipy.spatial
 import torch
 
 _FLOOR = 1e-6
@@ -85,24 +85,3 @@ def mean_shift_map(points: torch.Tensor | np.ndarray, iterations: int = 5,
                    percentile: float = 10.0) -> torch.Tensor:
     """``[M,F]`` points (rows of the cell map) -> ``float32 [F]``: the densest mode, vectorised."""
     return mean_shift_mode(points, iterations, percentile)[0]
-
-
-def mean_shift_map_reference(points: torch.Tensor | np.ndarray, iterations: int = 5,
-                             percentile: float = 10.0) -> torch.Tensor:
-    """The same synchronous rule with plain loops over points and a KD-tree (the authors' tools).
-
-    For tests and the latency baseline; ``float32 [F]`` like :func:`mean_shift_map`.
-    """
-    x = _check_points(points).numpy()
-    tree = scipy.spatial.cKDTree(x)
-    h = bandwidth(scipy.spatial.distance.cdist(x, x), float(np.linalg.norm(x, axis=1).max()), percentile)
-    y = x.copy()
-    for _ in range(int(iterations)):
-        previous = y.copy()
-        for i in range(len(y)):
-            neighbours = tree.query_ball_point(previous[i], r=h)
-            if neighbours:
-                y[i] = previous[neighbours].mean(axis=0)
-    counts = np.array([len(tree.query_ball_point(y[i], r=h)) for i in range(len(y))])
-    tied = np.flatnonzero(counts == counts.max())
-    return torch.from_numpy(y[tied].mean(axis=0)).to(torch.float32)

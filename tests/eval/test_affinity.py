@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from exiflang.eval.forensics.affinity import (cell_consistency, cell_consistency_loop, cell_size, coverage, grid_stride,
-                           patch_affinity)
 from exiflang.eval.embed.patches import Grid, splice_grid
+from exiflang.eval.forensics.affinity import cell_consistency, cell_size, coverage, grid_stride, patch_affinity
+from tests.eval.reference_forensics import cell_consistency_loop
 
 
 def _unit(n: int, d: int = 16, seed: int = 0) -> torch.Tensor:

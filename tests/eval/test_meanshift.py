@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from exiflang.eval.forensics.affinity import cell_consistency, coverage, patch_affinity
-from exiflang.eval.forensics.meanshift import mean_shift_map, mean_shift_map_reference, mean_shift_mode
 from exiflang.eval.embed.patches import splice_grid
+from exiflang.eval.forensics.affinity import cell_consistency, coverage, patch_affinity
+from exiflang.eval.forensics.meanshift import mean_shift_map, mean_shift_mode
+from tests.eval.reference_forensics import mean_shift_map_reference
 
 
 def _clusters(sizes: list[int], dim: int, spread: float, seed: int) -> np.ndarray:

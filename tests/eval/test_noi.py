@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from exiflang.eval.benchmark.metrics import pixel_ap
-from exiflang.eval.forensics.noi import NoiDetector, block_sigma, block_sigma_reference, haar_hh, otsu_threshold, paint
+from exiflang.eval.forensics.noi import NoiDetector, block_sigma, haar_hh, otsu_threshold, paint
+from tests.eval.reference_forensics import block_sigma_reference
 
 RNG = np.random.default_rng(0)
 
