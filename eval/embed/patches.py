@@ -14,7 +14,7 @@ normalised tensor in batches, under ``torch.no_grad`` (and bf16 autocast on CUDA
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -149,9 +149,3 @@ class PatchEmbedder:
         """One photo's embedding: the mean of an :func:`even_grid`'s patch embeddings, re-normalised -> ``[D]``."""
         grid = even_grid(rgb.shape[0], rgb.shape[1], patch, per_side)
         return torch.nn.functional.normalize(self.embed_grid(rgb, grid).mean(0), dim=0)
-
-
-def embed_photos(embedder: PatchEmbedder, photos: Sequence[np.ndarray], patch: int = 124,
-                 per_side: int = 4) -> torch.Tensor:
-    """Several photos -> ``float32 [len(photos), D]``, rows L2-normalised (see :meth:`PatchEmbedder.embed_photo`)."""
-    return torch.stack([embedder.embed_photo(p, patch, per_side) for p in photos])

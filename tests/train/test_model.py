@@ -12,8 +12,7 @@ from transformers import (DistilBertConfig, DistilBertModel, ResNetConfig,
 
 from exiflang.train import encoders
 from exiflang.train.model import ExifClip, ModelConfig
-from exiflang.train.tokenizer import (BERT_UNCASED_SIZE, build_tokenizer, bert_uncased_vocab_path,
-                             load_tokenizer, train_wordpiece)
+from exiflang.train.tokenizer import BERT_UNCASED_SIZE, bert_uncased_vocab_path, build_tokenizer, load_tokenizer
 
 TEXTS = ["Make: Canon, Model: Canon EOS 5D, Exposure Time: 1/200 sec, F-Number: f/8.0",
          "Make: NIKON CORPORATION, Model: NIKON D70, ISO Speed Ratings: 200"]
@@ -158,13 +157,6 @@ def test_packaged_vocab_is_bert_uncased_and_tokenizer_roundtrips(tmp_path):
     assert build_tokenizer(path=str(tmp_path / "vocab"))(TEXTS[1])["input_ids"] == tok(TEXTS[1])["input_ids"]
     with pytest.raises(FileNotFoundError, match="nowhere"):
         build_tokenizer("folder", path=str(tmp_path / "nowhere"))
-
-
-def test_trained_wordpiece_tokenizer(tmp_path):
-    tok = train_wordpiece(TEXTS * 20, vocab_size=200, min_frequency=1)
-    assert tok.pad_token_id == 0 and 5 < len(tok) <= 200
-    assert "[UNK]" not in tok.convert_ids_to_tokens(tok(TEXTS[0])["input_ids"])
-    assert build_tokenizer("train", texts=TEXTS * 20, vocab_size=200)(TEXTS[1])["input_ids"][0] == tok.cls_token_id
 
 
 # ---------------------------------------------------------------- model
