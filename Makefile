@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 DEMO_DIR ?= runs/demo
 PHOTOS ?=
 
-.PHONY: setup demo test test-bar bench study clean
+.PHONY: setup demo test test-fast test-bar bench study clean
 
 setup: $(STAMP)
 
@@ -27,12 +27,20 @@ $(STAMP): requirements.lock pyproject.toml
 demo: setup
 	$(BIN)/python -m exiflang.demo --out $(DEMO_DIR) $(if $(PHOTOS),--photos $(PHOTOS),)
 
+# The whole suite, every tier (what CI runs).  The shared trained run is cached between sessions
+# by its inputs (tests/synth_run.py; EXIFLANG_TEST_CACHE=off builds it afresh).
 test: setup
 	$(BIN)/python -m pytest -q --durations=20 tests
 
-# Issue 5's bar on four held-out splice sets: trains `cpu-small` ~20 minutes (tests/bar_run.py).
+# The unit tier for the edit loop: no slow (> ~5 s) and no integration (Ray, torchrun, servers,
+# whole command chains) tests; a few minutes on 2 cores.
+test-fast: setup
+	$(BIN)/python -m pytest -q --durations=20 -m "not slow and not integration" tests
+
+# The splice bar (p-mAP and detection AP >= 0.8) on four held-out splice sets: trains
+# `cpu-small` ~20 minutes (tests/bar_run.py, tests/eval/test_splice_bar.py).
 test-bar: setup
-	EXIFLANG_BAR=1 $(BIN)/python -m pytest -q -s tests/eval/test_issue_bar.py
+	EXIFLANG_BAR=1 $(BIN)/python -m pytest -q -s tests/eval/test_splice_bar.py
 
 # The small-scale study of the README ("Results at small scale"): STUDY_STEPS per model.
 STUDY_STEPS ?= 1500

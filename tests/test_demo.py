@@ -8,6 +8,7 @@ import pytest
 from exiflang.cli import main as cli_main
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     import ray

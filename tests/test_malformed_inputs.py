@@ -109,6 +109,7 @@ def test_lookup_one_answer_or_one_error_line_per_image(tiny, malformed):
     assert all(r["error"].startswith(r["file"] + ": ") for r in bad)
 
 
+@pytest.mark.slow
 def test_embed_every_kept_sample_embedded_or_skipped(tiny, malformed_shards, tmp_path):
     proc = exiflang("embed", "--model", str(tiny.model), "--data", str(malformed_shards),
                     "--out", str(tmp_path / "emb"), "--per-side", "1", "--no-progress", *SMALL)
@@ -119,6 +120,7 @@ def test_embed_every_kept_sample_embedded_or_skipped(tiny, malformed_shards, tmp
     assert proc.stdout.startswith(f"embedded {counts['rows']} photos")
 
 
+@pytest.mark.slow
 def test_embed_of_the_photo_folder_one_row_or_one_skip_line_per_image(tiny, malformed, tmp_path):
     from exiflang.eval.embed.run import parser
 

@@ -86,6 +86,7 @@ def test_assignment_is_balanced_and_deterministic():
     assert assign([5, 5], 3) == [0, 1] and assign([], 2) == []
 
 
+@pytest.mark.integration
 def test_two_ranks_equal_one_process_and_resume_redoes_only_the_lost_part(corpus, tmp_path):
     out = tmp_path / "two"
     res = torchrun(corpus, out, "--data", str(corpus["shards"]), "--text")
@@ -102,6 +103,7 @@ def test_two_ranks_equal_one_process_and_resume_redoes_only_the_lost_part(corpus
     assert_same_output(corpus["one"], out)
 
 
+@pytest.mark.integration
 def test_rank_zero_refusal_reaches_every_rank(corpus, tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()
@@ -112,6 +114,7 @@ def test_rank_zero_refusal_reaches_every_rank(corpus, tmp_path):
     assert sorted(p.name for p in junk.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.integration
 def test_limit_is_refused_under_torchrun(corpus, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,6 +15,7 @@ from exiflang.eval.study import main as study_main
 from exiflang.pipeline.synth import corpus as synth
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_study_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
     photos = tmp_path / "photos"

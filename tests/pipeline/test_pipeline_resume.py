@@ -7,6 +7,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
 from exiflang.pipeline.shards.files import complete_shards, read_tables, shard_paths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +27,7 @@ def _snapshot(out: Path) -> tuple[list, dict]:
     return table, tars
 
 
+@pytest.mark.integration
 def test_kill_mid_run_then_resume_matches_uninterrupted(tmp_path, photos_dir):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -257,6 +257,7 @@ def test_throttled_host_refuses_bursts(world, sim):
 
 # -- a crawl of the simulated world by the pipeline ----------------------------------------
 
+@pytest.mark.integration
 def test_pipeline_crawl_matches_the_ground_truth(tmp_path):
     world = SimWorld(SimConfig(n_rows=220, seed=7, shares=TEST_SHARES, pool_size=12,
                                stall_seconds=20.0, retry_after=1.0, throttle_concurrency=4,

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from exiflang.train import checkpoint
 
+pytestmark = pytest.mark.integration  # torchrun, 2 processes
+
 REPO = Path(__file__).resolve().parents[2]
 # 24 photos x 2 crops / (4 a rank x 2 ranks) = 6 batches an epoch: the checkpoint at step 3 is
 # mid-epoch, and the resumed run crosses into epoch 1 at step 6.  Text dropout stays on, and

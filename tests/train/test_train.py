@@ -46,6 +46,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+@pytest.mark.integration
 def test_kill_then_resume_equals_uninterrupted(data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(_cmd(data, tmp_path / "clean"), check=True, env=env, timeout=600,
@@ -69,6 +70,7 @@ def test_kill_then_resume_equals_uninterrupted(data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.integration
 def test_torchrun_two_processes_on_cpu(data, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
