@@ -270,7 +270,9 @@ class ExifCheck:
     the reference EXIF texts.  ``verdict``: one of :data:`CHECK_VERDICTS`.  ``per_tag``:
     ``[{"tag", "claimed", "support", "best_alternative"}]``, least supported first (support < 0:
     the pixels prefer ``best_alternative``).  ``claimed``: the EXIF judged; ``exif_source``: where it
-    came from (a file name, ``given``, or why there is none).
+    came from (a file name, ``given``, or why there is none); ``reason``: why the verdict is
+    ``inconclusive`` or ``no-exif`` regardless of the score ("" otherwise), e.g. a claimed camera
+    the reference has no photo of.
     """
 
     score: float
@@ -283,12 +285,13 @@ class ExifCheck:
     calibrated: bool
     exif_source: str
     reference: dict
+    reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "score": _num(self.score, 4), "percentile": _num(self.percentile, 2),
                 "similarity": _num(self.similarity), "z": _num(self.z, 4), "calibrated": self.calibrated,
-                "per_tag": self.per_tag, "claimed": self.claimed, "exif_source": self.exif_source,
-                "reference": self.reference}
+                "reason": self.reason, "per_tag": self.per_tag, "claimed": self.claimed,
+                "exif_source": self.exif_source, "reference": self.reference}
 
 
 # -- index ----------------------------------------------------------------------------------------
@@ -520,7 +523,7 @@ class Model:
         res = checker.check(vec, claimed, per_tag=per_tag)
         return ExifCheck(score=res.score, percentile=res.percentile, verdict=res.verdict, per_tag=res.per_tag,
                          claimed=res.claimed, similarity=res.similarity, z=res.z, calibrated=res.calibrated,
-                         exif_source=source, reference=checker.info())
+                         exif_source=source, reference=checker.info(), reason=res.reason)
 
 
 def _row(index: Index, neighbour: dict) -> int:

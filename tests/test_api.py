@@ -153,6 +153,11 @@ def test_check_exif_inputs_and_fields(model, tiny, photo) -> None:
     doc = own.to_json()
     json.dumps(doc)
     assert doc["reference"]["reference"] == str(tiny.emb)
+    # A camera no reference photo has: not judged, whatever the score (a synthetic model scored
+    # genuine real photos "inconsistent" before this rule; docs/check_exif.md).
+    alien = model.check_exif(photo, dict(own.claimed, Model="Nothing 1"), reference=tiny.emb, per_tag=False)
+    assert alien.verdict == "inconclusive" and "Model 'Nothing 1' is not among" in alien.reason
+    assert own.reason == "" and alien.to_json()["reason"] == alien.reason
     # Pixels only (an array carries no file) or an empty claim: nothing to check.
     for claim in (None, {}, {"Foo": "1"}):
         chk = model.check_exif(api.read_image(photo) if claim is None else photo, claim, reference=tiny.emb)
@@ -202,3 +207,68 @@ def test_not_a_model_or_index(tmp_path) -> None:
         exiflang.load(tmp_path)
     with pytest.raises(ValueError, match=r"index\.json: missing"):
         exiflang.load_index(tmp_path)
+
+
+# -- the check-exif command (same tiny model) ------------------------------------------------------
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from exiflang.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_exif_command(tiny, photo, tmp_path, capsys) -> None:
+    code, out, err = run_cli(["check-exif", str(photo), str(tiny.test_photos), "--model", str(tiny.model),
+                              "--reference", str(tiny.emb), "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    n = 1 + len(list(tiny.test_photos.iterdir()))
+    assert len(lines) == n and lines[0].startswith(f"{photo}: ") and "percentile" in lines[0]
+    recs = [json.loads(x) for x in (tmp_path / "out" / "check_exif.jsonl").read_text().splitlines()]
+    assert len(recs) == n and recs[0]["file"] == str(photo) and recs[0]["verdict"] in api.CHECK_VERDICTS
+    assert recs[0]["per_tag"] and recs[0]["calibrated"]
+
+
+def test_check_exif_command_given_claim_and_failures(tiny, photo, tmp_path, capsys) -> None:
+    claim = tmp_path / "claim.json"
+    claim.write_text(json.dumps({"Make": "Nobody", "Model": "Nothing 1"}))
+    base = ["--model", str(tiny.model), "--reference", str(tiny.emb), "--no-per-tag"]
+    code, out, err = run_cli(["check-exif", str(photo), str(tmp_path / "gone.jpg"), "--exif", str(claim), *base],
+                             capsys)
+    assert code == 1 and out.count("\n") == 1 and "gone.jpg: no such file" in err   # one answered, one failed
+    code, _, err = run_cli(["check-exif", str(tmp_path / "gone.jpg"), *base], capsys)
+    assert code == 2 and "gone.jpg" in err                                          # nothing answered
+    claim.write_text("[1, 2]")
+    code, _, err = run_cli(["check-exif", str(photo), "--exif", str(claim), *base], capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "claim.json: expected a non-empty JSON object" in err
+
+
+@pytest.mark.parametrize("what", ["model", "reference", "out"])
+def test_check_exif_command_bad_folders_exit_2(tiny, photo, tmp_path, capsys, what) -> None:
+    (tmp_path / "file").write_text("x")
+    args = {"model": str(tiny.model), "reference": str(tiny.emb), "out": str(tmp_path / "o")}
+    args[what] = str(tmp_path / "file") if what == "out" else str(tmp_path)
+    code, _, err = run_cli(["check-exif", str(photo), *(f"--{k}={v}" for k, v in args.items())], capsys)
+    assert code == 2, err
+    assert err.startswith("exiflang check-exif: error: ") and err.strip().count("\n") == 0
+
+
+# -- docs/api.md's examples ------------------------------------------------------------------------
+
+def test_docs_api_examples_run(tiny, photo, monkeypatch, capsys) -> None:
+    """Every ```python block of docs/api.md, in order, in one namespace, on the tiny model."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+    assert len(blocks) >= 5
+    for name, value in {"EXIFLANG_MODEL": tiny.model, "EXIFLANG_INDEX": tiny.index, "EXIFLANG_PHOTO": photo,
+                        "EXIFLANG_REFERENCE": tiny.emb}.items():
+        monkeypatch.setenv(name, str(value))
+    namespace: dict = {"__name__": "docs_api"}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/api.md[python block {i + 1}]", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "not a readable image" in out and namespace["chk"].verdict != "no-exif"

@@ -64,7 +64,9 @@ def summary_line(file: str, rec: dict[str, Any]) -> str:
     """One readable line for a photo's result."""
     if rec["verdict"] == "no-exif":
         return f"{file}: no-exif (no tag of the model's vocabulary to check; {rec.get('exif_source', '')})"
-    line = f"{file}: {rec['verdict']}  score {rec['score']:.2f}, {rec['percentile']:.0f}th percentile"
+    line = f"{file}: {rec['verdict']}  score {rec['score']:.2f}, percentile {rec['percentile']:.0f}"
+    if rec.get("reason"):
+        line += f" ({rec['reason']})"
     weak = next((t for t in rec.get("per_tag", []) if t.get("support") is not None and t["support"] < 0), None)
     if weak:
         line += f"; least supported: {weak['tag']}={weak['claimed']} (prefers {weak['best_alternative']})"

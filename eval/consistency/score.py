@@ -12,8 +12,11 @@ and a claimed EXIF ``c`` rendered exactly as in training (:class:`exiflang.eval.
   EXIF (consistent) and with another reference photo's EXIF (inconsistent), in equal numbers;
   0..1, higher = the pixels agree with the claim.  ``verdict``: ``consistent`` at or above
   ``band[1]``, ``inconsistent`` at or below ``band[0]``, ``inconclusive`` between; ``no-exif``
-  when the claim has no tag of the model's vocabulary.  A reference without photo vectors cannot
-  be calibrated: ``score`` is then the percentile / 100 and ``calibrated`` is False.
+  when the claim has no tag of the model's vocabulary; ``inconclusive`` whatever the score when
+  the claim names a Make or Model no reference photo has (``reason`` says so: the model cannot
+  judge a camera it has no reference for, and genuine photos of such cameras score low).  A
+  reference without photo vectors cannot be calibrated: ``score`` is then the percentile / 100
+  and ``calibrated`` is False.
 - ``per_tag``: for each claimed vocabulary tag, the claim with that one tag set to each of the
   reference's most common other values; ``support`` = similarity(claim) - max similarity(swaps)
   (cosine units; negative = the pixels prefer ``best_alternative``), least supported first.
@@ -31,6 +34,7 @@ import numpy as np
 from exiflang.eval.consistency.reference import Reference, distinct, sample_rows
 
 BAND = (0.25, 0.75)
+CAMERA_TAGS = ("Make", "Model")
 EPS = 1e-6
 
 
@@ -65,13 +69,14 @@ class Check:
     calibrated: bool
     per_tag: list[dict] = field(default_factory=list)
     tags_used: int = 0
+    reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         def num(x: float, nd: int = 6) -> float | None:
             return None if x is None or not math.isfinite(x) else round(float(x), nd)
         return {"verdict": self.verdict, "score": num(self.score, 4), "percentile": num(self.percentile, 2),
                 "similarity": num(self.similarity), "z": num(self.z, 4), "calibrated": self.calibrated,
-                "tags_used": self.tags_used, "per_tag": self.per_tag, "claimed": self.claimed}
+                "reason": self.reason, "tags_used": self.tags_used, "per_tag": self.per_tag, "claimed": self.claimed}
 
 
 def verdict_of(score: float, band: tuple[float, float] = BAND) -> str:
@@ -103,6 +108,7 @@ class Checker:
         self.rows = [rows[i] for i in sample_rows(len(rows), max_texts, seed)]   # reference rows ranked against
         self.texts = self.embed_claims([reference.exifs[i] for i in self.rows])   # [R, D]
         self.alternatives = self._alternatives(reference.exifs)
+        self._known = {t: set(v) for t, v in self.alternatives.items()}
         self.calibration = self._calibrate(max_calibration, seed) if reference.vectors is not None else None
 
     def _render(self, exif: dict) -> str:
@@ -167,12 +173,27 @@ class Checker:
         for i, c in enumerate(claims):
             if i not in results:
                 out.append(Check(c, math.nan, math.nan, math.nan, math.nan, "no-exif",
-                                 self.calibration is not None))
+                                 self.calibration is not None, reason="no tag of the model's vocabulary"))
                 continue
             s, p, zz, sc = (float(x) for x in results[i])
-            out.append(Check(c, s, p, zz, sc, verdict_of(sc, self.band), self.calibration is not None,
-                             tags_used=len(self.used_tags(c))))
+            verdict, reason = verdict_of(sc, self.band), self.unknown_camera(c)
+            if reason:
+                verdict = "inconclusive"
+            out.append(Check(c, s, p, zz, sc, verdict, self.calibration is not None,
+                             tags_used=len(self.used_tags(c)), reason=reason))
         return out
+
+    def unknown_camera(self, claimed: dict) -> str:
+        """Why the claim cannot be judged ("" when it can): it names a camera (Make / Model) that
+        no reference photo has.  The model has learnt nothing of such a camera, so a low score
+        says nothing about the claim (genuine photos of unseen cameras score low too)."""
+        unknown = [f"{t} {str(claimed[t]).strip()!r}" for t in CAMERA_TAGS
+                   if claimed.get(t) is not None and self.alternatives.get(t)
+                   and str(claimed[t]).strip() not in self._known.get(t, set())]
+        if not unknown:
+            return ""
+        verb = "is" if len(unknown) == 1 else "are"
+        return f"the claimed {' and '.join(unknown)} {verb} not among the reference's cameras: not judged"
 
     def visible_tags(self, claimed: dict) -> set[str]:
         """The claimed vocabulary tags whose value lies within the text tower's ``max_length`` tokens
