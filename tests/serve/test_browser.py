@@ -40,7 +40,7 @@ def _text(drv, element_id: str) -> str:
 
 
 def test_page_shows_overlay_verdict_and_claimed_exif(page, tiny, tmp_path, artifacts):
-    browser.wait_for(page, lambda d: _text(d, "model-line").startswith("Model:"), 30, "the model line")
+    browser.wait_for(page, lambda d: "reference index" in _text(d, "model-line"), 30, "the model line")
     spliced = browser.spliced_jpeg(tiny.test_photos, tmp_path)
     browser.choose(page, spliced)
     browser.wait_for(page, lambda d: _text(d, "verdict"), 300, "the detection verdict")

@@ -373,10 +373,10 @@ function setupInput() {
 
 function describeCard(info) {
   const m = info.model || {};
-  const card = m.card || {};
-  const bits = [m.name || "model"];
-  if (card.trained_on || card.data) bits.push("trained on " + JSON.stringify(card.trained_on || card.data));
-  $("model-line").textContent = "Model: " + bits.join(", ") + (info.index ? "; reference index: " + info.index.name : "; no reference index");
+  const summary = m.summary || (m.card && m.card.summary) || "no model card: what it was trained on is not known";
+  $("model-line").textContent = "Model " + (m.name || "") + ": " + summary
+    + (info.index ? "; reference index: " + info.index.name + (info.index.size ? " (" + info.index.size + " photos)" : "")
+                  : "; no reference index");
   $("card").textContent = JSON.stringify(m, null, 2);
   $("card-box").hidden = false;
 }
