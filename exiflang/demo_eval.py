@@ -97,6 +97,7 @@ def splice_step(out: Path, model: Path, held_photos: list[Path], count: int, see
     print((out / "benchmark" / "metrics.md").read_text().rstrip())
     print(f"({time.perf_counter() - t:.1f} s; per image: {out / 'benchmark' / 'per_image.csv'})")
 
+    calibrate_step(model, held_photos)
     t = _step("detect on one generated splice")
     spliced = sorted((out / "splices" / "spliced").glob("*.png"))
     if not spliced:
@@ -107,9 +108,30 @@ def splice_step(out: Path, model: Path, held_photos: list[Path], count: int, see
     truth = out / "splices" / "masks" / spliced[0].name
     det = {"name": rec["name"], "overlay_png": rec["outputs"]["png"], "scores": rec["scores"],
            "timings": rec["timings"], "truth_mask_png": str(truth) if truth.is_file() else None}
-    print(f"{spliced[0].name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rec["scores"].items())
+    print(f"{spliced[0].name}: verdict {rec['verdict']} (percentile {rec['percentile']}), "
+          + ", ".join(f"{k} {v:.4f}" for k, v in rec["scores"].items())
           + f"; overlay {rec['outputs']['png']} ({time.perf_counter() - t:.1f} s)")
     return [det], metrics
+
+
+def calibrate_step(model: Path, photos: list[Path], limit: int = 60) -> None:
+    """The model's reference of authentic detection scores (``calibration.json``: detection
+    verdicts), from up to ``limit`` of the held-out photos the splices are cut from; kept when done."""
+    from exiflang.eval.forensics.calibrate import calibrate, pick_photos
+    from exiflang.eval.forensics.calibration import load_reference, save_reference
+    from exiflang.eval.forensics.detector import Detector
+
+    if load_reference(model) is not None:
+        return
+    t = _step(f"reference detection scores of authentic held-out photos -> {model / 'calibration.json'}")
+    picked = pick_photos([str(p) for p in photos], limit, seed=0)
+    try:
+        ref, _ = calibrate(Detector(model, ncuts=False, use_reference=False), picked, source="demo: held-out photos")
+    except ValueError as exc:  # too few usable photos: detections stay "unknown"
+        print(f"no reference, verdicts stay 'unknown': {exc}")
+        return
+    save_reference(model, ref)
+    print(f"{ref.photos} authentic photos scored ({time.perf_counter() - t:.1f} s)")
 
 
 def _benchmark_rows(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -91,7 +91,8 @@ def _band(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _photos(items: list[str], limit: int, seed: int) -> list[Path]:
+def pick_photos(items: list[str], limit: int, seed: int) -> list[Path]:
+    """Images of ``items`` (mask-named files inside folders left out), at most ``limit`` drawn with ``seed``."""
     from exiflang.eval.benchmark.datasets import is_mask_file
     from exiflang.eval.images import expand_inputs
 
@@ -116,7 +117,7 @@ def _main(argv: list[str]) -> int:
         raise ValueError(f"--limit {args.limit}: at least 1")
     band = _band(args.band)
     per_side = args.patches_per_side or (PAPER_PER_SIDE if args.grid == "paper" else CODE_PER_SIDE)
-    paths = _photos(args.photos, args.limit, args.seed)
+    paths = pick_photos(args.photos, args.limit, args.seed)
     if not paths:
         raise CommandError(None, f"no images found in {' '.join(args.photos)}")
     try:

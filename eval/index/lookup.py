@@ -7,12 +7,17 @@ Each query is decoded from its pixels only (:func:`exiflang.eval.images.load_rgb
 has any, is never read), embedded exactly as the index's embeddings were (the patch size, grid
 and mode recorded with them), and searched for its ``k`` nearest training photos.  For every tag
 of the model's vocabulary the neighbours vote (:mod:`exiflang.eval.index.votes`): the predicted value, its vote
-share, and how many neighbours had the tag.
+share, and how many neighbours had the tag.  A photo farther from its nearest index photos than
+the index's own photos are from theirs (:mod:`exiflang.eval.index.abstain`) is ``known: false``:
+the terminal says "unknown camera" instead of the votes.  The first line says what the model was
+trained on (its model card).
 
 Output: a table per photo on the terminal; ``--json`` prints JSON Lines instead (one object per
-photo: ``file``, ``width``, ``height``, ``neighbours`` [{rank, key, shard, similarity, exif}],
-``predictions`` {tag: {value, share, votes, cast, n_with_tag, similarity}}; a photo that failed
-is ``{"file", "error"}``); ``--out FILE`` writes the JSON Lines to a file as well.
+photo: ``file``, ``width``, ``height``, ``known``, ``familiarity`` {known, distance, threshold,
+rank}, ``model_card`` (one line), ``neighbours`` [{rank, key, shard, similarity, exif}],
+``predictions`` {tag: {value, share, votes, cast, n_with_tag, similarity}} (kept when not known:
+read them as guesses); a photo that failed is ``{"file", "error"}``); ``--out FILE`` writes the
+JSON Lines to a file as well.
 
 Exit status: 0 every photo answered; 1 some photos failed (each named on stderr) and the rest
 were answered; 2 bad usage, a model folder or index that is not one or does not match, an
@@ -33,7 +38,9 @@ import numpy as np
 from exiflang.eval.embed.batch import PhotoEncoder
 from exiflang.eval.images import ImageError, expand_inputs, load_rgb
 from exiflang.eval.embed.patches import PatchEmbedder
+from exiflang.eval.index import abstain
 from exiflang.eval.index.votes import vote_tags
+from exiflang.train.card import describe, read_model_card
 from exiflang.errors import CommandError, check_out_file, run_main
 
 log = logging.getLogger("exiflang.eval")
@@ -81,6 +88,16 @@ class Searcher:
         self.encoder = PhotoEncoder(PatchEmbedder(model, device=device, batch_size=batch_size),
                                     int(self.grid["patch"]), int(self.grid["per_side"]), str(self.grid["mode"]))
         self._exif_cache: dict[int, dict] = {}
+        self.card = read_model_card(model_dir)
+        self._familiarity: Optional[abstain.Familiarity] = None
+        self._fitted = False
+
+    @property
+    def familiarity(self) -> Optional[abstain.Familiarity]:
+        """The index's own neighbour distances (:func:`exiflang.eval.index.abstain.fit`), measured on first use."""
+        if not self._fitted:
+            self._familiarity, self._fitted = abstain.fit(self.index.index), True
+        return self._familiarity
 
     def exif(self, row: int) -> dict:
         """The EXIF dict of index row ``row`` (parsed once)."""
@@ -117,10 +134,16 @@ class Searcher:
         """``float32 [Q, D]`` -> per query ``{"neighbours": [...], "predictions": {...}}``."""
         if len(query) == 0:
             return []
-        sims, ids = self.index.search(np.ascontiguousarray(query, dtype=np.float32), k)
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        fam = self.familiarity
+        # One search serves both: the first k for the votes, the abstention's candidates.
+        sims, ids = self.index.search(query, max(k, fam.candidates if fam else 0))
+        dist = abstain.kth_distances(fam, self.index.index, query, ids) if fam else np.full(len(query), np.nan)
+        sims, ids = sims[:, :k], ids[:, :k]
         table = self.index.table
+        card = describe(self.card)
         results = []
-        for srow, irow in zip(sims, ids):
+        for srow, irow, d in zip(sims, ids, dist):
             neighbours = []
             for rank, (s, i) in enumerate(((float(s), int(i)) for s, i in zip(srow, irow) if i >= 0), 1):
                 neighbours.append({"rank": rank, "key": str(table["key"].iloc[i]),
@@ -128,7 +151,9 @@ class Searcher:
                                    "similarity": round(s, 6), "exif": self.exif(i)})
             votes = vote_tags([n["exif"] for n in neighbours], [n["similarity"] for n in neighbours],
                               tags, weighted)
-            results.append({"neighbours": neighbours,
+            judged = abstain.judge(fam, float(d))
+            results.append({"known": judged["known"], "familiarity": judged, "model_card": card,
+                            "neighbours": neighbours,
                             "predictions": {t: _rounded(v.to_dict()) for t, v in votes.items()}})
         return results
 
@@ -183,6 +208,13 @@ def format_lookup(result: dict, max_neighbours: int = 10) -> str:
     for n in nb[:max_neighbours]:
         lines.append(f"  {n['rank']:>4}  {n['similarity']:>7.4f}  {_cut(n['key'], 24):<24}  {_cut(_make(n['exif']), 48)}")
     preds = result["predictions"]
+    if not result.get("known", True):
+        fam = result.get("familiarity", {})
+        lines.append(f"  unknown camera: this photo is farther from its nearest index photos (distance "
+                     f"{fam.get('distance', float('nan')):.3g}) than {fam.get('rank', 100):.0f}% of the index's "
+                     f"photos are from theirs (threshold {fam.get('threshold', float('nan')):.3g}); "
+                     "no tag is predicted")
+        return "\n".join(lines)
     if preds:
         width = min(max(len(t) for t in preds), 32)
         lines.append(f"  {'tag':<{width}}  {'predicted':<40}  {'share':>5}  with tag")
@@ -236,6 +268,9 @@ def _main(argv: list[str]) -> int:
         searcher = Searcher(args.model, args.index, device=args.device, batch_size=args.batch_size, grid=grid)
     except RuntimeError as exc:  # torch or faiss: a device it cannot use, weights that do not fit
         raise CommandError(None, str(exc)) from exc
+    if not args.json:
+        line = describe(searcher.card)
+        print(f"model: {line}" if line else "model: no model card: what it was trained on is not recorded")
     results = searcher.lookup(files, args.k, args.weighted, tags)
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if args.out:
