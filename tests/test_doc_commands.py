@@ -5,6 +5,7 @@ reads each bash block of the pages, finds the project's commands in it (``exifla
 ``python pipeline/build_shards.py``, ``torchrun ... train/main.py``, ``python -m MODULE``,
 ``python benchmarks/X.py``) and checks each ``--option`` against that command's ``--help``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,10 +21,16 @@ import pytest
 from exiflang import cli
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/pipeline.md", "docs/training.md", "docs/evaluation.md",
-         "docs/forensics.md", "docs/full-scale.md", "docs/embedding.md"]
-SCRIPTS = {"pipeline/build_shards.py": "exiflang.pipeline.build_shards",
-           "train/main.py": "exiflang.train.main"}
+PAGES = [
+    "README.md",
+    "docs/pipeline.md",
+    "docs/training.md",
+    "docs/evaluation.md",
+    "docs/forensics.md",
+    "docs/full-scale.md",
+    "docs/embedding.md",
+]
+SCRIPTS = {"pipeline/build_shards.py": "exiflang.pipeline.build_shards", "train/main.py": "exiflang.train.main"}
 
 
 def bash_lines(page: Path) -> list[str]:
@@ -42,20 +49,20 @@ def bash_lines(page: Path) -> list[str]:
 def commands(line: str) -> list[tuple[str, list[str]]]:
     """``(target, argv)`` for each project command in one shell line; target names a parser."""
     found = []
-    for part in re.split(r"&&|;|\s\|\s", line):   # not the | of `a|b` choices
+    for part in re.split(r"&&|;|\s\|\s", line):  # not the | of `a|b` choices
         words = shlex.split(part.replace("[", " ").replace("]", " "), posix=True)
         for i, w in enumerate(words):
             if w == "exiflang" and i + 1 < len(words) and words[i + 1] in cli.COMMANDS:
-                found.append((f"exiflang {words[i + 1]}", words[i + 2:]))
+                found.append((f"exiflang {words[i + 1]}", words[i + 2 :]))
                 break
             if w in SCRIPTS or (w.endswith(".py") and w.startswith("benchmarks/")):
-                found.append((w, words[i + 1:]))
+                found.append((w, words[i + 1 :]))
                 break
             if w == "-m" and i + 1 < len(words) and words[i + 1].startswith("exiflang"):
                 if words[i + 1] == "exiflang" and i + 2 < len(words):
-                    found.append((f"exiflang {words[i + 2]}", words[i + 3:]))
+                    found.append((f"exiflang {words[i + 2]}", words[i + 3 :]))
                 else:
-                    found.append((f"-m {words[i + 1]}", words[i + 2:]))
+                    found.append((f"-m {words[i + 1]}", words[i + 2 :]))
                 break
     return found
 
@@ -94,12 +101,21 @@ def documented() -> dict[str, set[str]]:
 
 def test_pages_show_the_stage_commands() -> None:
     found = documented()
-    for target in ("exiflang shards", "pipeline/build_shards.py", "exiflang train", "train/main.py",
-                   "exiflang embed", "exiflang index", "exiflang lookup", "exiflang detect",
-                   "exiflang benchmark"):
+    for target in (
+        "exiflang shards",
+        "pipeline/build_shards.py",
+        "exiflang train",
+        "train/main.py",
+        "exiflang embed",
+        "exiflang index",
+        "exiflang lookup",
+        "exiflang detect",
+        "exiflang benchmark",
+    ):
         assert target in found, f"{target} is not in any page's bash block"
 
 
+@pytest.mark.slow  # imports every command's module (torch, transformers, faiss): ~40 s on 2 loaded cores
 @pytest.mark.parametrize("target", sorted(documented()))
 def test_documented_options_exist(target: str) -> None:
     text = help_text(target)
