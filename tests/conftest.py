@@ -1,4 +1,5 @@
 """Shared fixtures: where the real data lives, and the environment every test runs in."""
+
 from __future__ import annotations
 
 import os
@@ -31,14 +32,30 @@ def photos_dir(shared_data: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_run(tmp_path_factory):
-    """The shared trained `cpu-small` run on the synthetic corpus (see tests/synth_run.py)."""
+    """The shared trained `cpu-small` run on the synthetic corpus, cached between sessions by its
+    inputs (see tests/synth_run.py); read-only: derived files go under its ``scratch``."""
     from tests import synth_run as sr
-    return sr.build(sr.cache_dir() or tmp_path_factory.mktemp("synth_run"))
+
+    with sr.cached(
+        "synth_run",
+        sr.input_key(Path(sr.__file__)),
+        sr.build,
+        tmp_path_factory.mktemp("synth_run_scratch"),
+        lambda: tmp_path_factory.mktemp("synth_run"),
+    ) as run:
+        yield run
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests on the shared trained run get a longer limit: the first of them pays for building it
-    (~5 minutes on 2 idle cores, far more on a loaded machine), inside pytest-timeout's clock."""
+    """Tiers: tests on the shared trained run are ``slow``, tests marked ``ray`` are
+    ``integration`` (pyproject.toml's markers; ``make test-fast`` leaves both out).
+
+    Tests on the shared trained run get a longer limit: the first of them may pay for building
+    it (~10 minutes on 2 idle cores when not cached, far more on a loaded machine), inside
+    pytest-timeout's clock."""
     for item in items:
         if "synth_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.timeout(3600))
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("ray"):  # a Ray runtime is an integration test's
+            item.add_marker(pytest.mark.integration)

@@ -73,9 +73,10 @@ def build(root: Path) -> TinyRun:
 
 def synth_embeddings(run, split: str) -> Path:
     """``run`` (a :class:`tests.synth_run.SynthRun`)'s ``split`` (``train`` | ``heldout``) shards,
-    embedded with its model (resuming, so a finished folder is only checked and returned)."""
+    embedded with its model into the session's scratch folder (never the cached run: embeddings
+    come from eval code), resuming, so a finished folder is only checked and returned."""
     from exiflang.eval.embed.run import embed_shards
 
     shards = {"train": run.train_shards, "heldout": run.heldout_shards}[split]
-    return embed_shards(run.model, shards, run.root / "eval_emb" / f"{split}_p{SYNTH_PER_SIDE}",
+    return embed_shards(run.model, shards, run.scratch / "eval_emb" / f"{split}_p{SYNTH_PER_SIDE}",
                         per_side=SYNTH_PER_SIDE, progress=False)
