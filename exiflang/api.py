@@ -25,6 +25,7 @@ import copy
 import io
 import math
 import os
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,6 +368,7 @@ class Model:
         self._searchers: dict[str, Any] = {}
         self._checkers: dict[str, Any] = {}
         self._reference = reference
+        self._lock = threading.RLock()   # the caches below are filled once, also under a service's threads
         self.text = _text_settings(self.dir, self.card)
 
     # -- description
@@ -387,6 +389,10 @@ class Model:
 
     # -- detect
     def _detector(self, ncuts: bool) -> Any:
+        with self._lock:
+            return self._detector_locked(ncuts)
+
+    def _detector_locked(self, ncuts: bool) -> Any:
         from exiflang.eval.forensics.calibration import load_reference
         from exiflang.eval.forensics.detector import Detector
 
@@ -441,9 +447,13 @@ class Model:
 
     # -- lookup
     def _searcher(self, index: Index) -> Any:
+        key = str(index.dir.resolve())
+        with self._lock:
+            return self._searchers[key] if key in self._searchers else self._new_searcher(key, index)
+
+    def _new_searcher(self, key: str, index: Index) -> Any:
         from exiflang.eval.index.lookup import Searcher
 
-        key = str(index.dir.resolve())
         if key not in self._searchers:
             s = Searcher(self.dir, index.dir, device=self.device)
             s.index = index.vectors            # share the loaded index and weights: one copy of each
@@ -484,6 +494,10 @@ class Model:
 
     def checker(self, reference: Any = None) -> Any:
         """The :class:`exiflang.eval.consistency.score.Checker` for ``reference`` (built once, cached)."""
+        with self._lock:
+            return self._checker_locked(reference)
+
+    def _checker_locked(self, reference: Any) -> Any:
         from exiflang.eval.consistency.reference import DEFAULT_GRID, Reference, load_reference
         from exiflang.eval.consistency.score import Checker
         from exiflang.eval.embed.batch import TextEncoder

@@ -176,6 +176,19 @@ def test_check_exif_reference_index(model, tiny, photo) -> None:
     assert chk.calibrated and chk.reference["reference_rows"] == 12
 
 
+
+def test_concurrent_calls_share_one_model(model, tiny, photo) -> None:
+    """A service's worker threads share one Model: the same answers as one call at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = model.check_exif(photo, reference=tiny.emb, per_tag=False).score
+    with ThreadPoolExecutor(4) as pool:
+        scores = list(pool.map(lambda _: model.check_exif(photo, reference=tiny.emb).score, range(8)))
+        vecs = list(pool.map(lambda _: model.embed(photo), range(4)))
+    assert scores == pytest.approx([one] * 8, abs=1e-6)
+    for v in vecs[1:]:
+        np.testing.assert_allclose(v, vecs[0], atol=1e-6)
+
 @pytest.mark.parametrize("bad, match", [
     ("missing.jpg", "missing.jpg: no such file"),
     (b"", "empty file"),

@@ -24,6 +24,7 @@ and a claimed EXIF ``c`` rendered exactly as in training (:class:`exiflang.eval.
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,9 @@ class Checker:
             raise ValueError(f"{reference.source}: the reference has no EXIF rows")
         self.text_encoder, self.reference, self.band = text_encoder, reference, band
         self.vocab = list(text_encoder.vocab)
+        # A service's worker threads share this checker; Hugging Face fast tokenizers have raised
+        # "Already borrowed" on concurrent calls (not seen with the pinned version): one at a time.
+        self._text_lock = threading.Lock()
         self.max_alternatives = max_alternatives
         rows = distinct(reference.exifs, self._render)
         if not rows:
@@ -118,7 +122,8 @@ class Checker:
         """EXIF dicts -> ``float32 [n, D]`` text embeddings, rows L2-normalised."""
         if not claims:
             return np.zeros((0, 0), np.float32)
-        return self.text_encoder.embed(list(claims), [f"check:{i}" for i in range(len(claims))])
+        with self._text_lock:
+            return self.text_encoder.embed(list(claims), [f"check:{i}" for i in range(len(claims))])
 
     def _alternatives(self, exifs: Sequence[dict]) -> dict[str, list[str]]:
         """Per vocabulary tag, its reference values, most common first (ties: string order)."""
@@ -203,7 +208,8 @@ class Checker:
         text = self._render(claimed)
         if tok is None or not getattr(tok, "is_fast", False):
             return set(used)
-        enc = tok(text, truncation=True, max_length=self.text_encoder.max_length, return_offsets_mapping=True)
+        with self._text_lock:
+            enc = tok(text, truncation=True, max_length=self.text_encoder.max_length, return_offsets_mapping=True)
         last = max((e for _, e in enc["offset_mapping"]), default=0)
         out, pos = set(), 0
         for tag in used:  # rendered in vocabulary order (the checker renders without shuffling)
