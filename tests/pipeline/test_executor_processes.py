@@ -56,6 +56,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+@pytest.mark.integration  # a shard-builder driver process killed mid-run
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)])
 def test_no_worker_outlives_the_driver(tmp_path, photos_dir, sig, code):
     with LoopbackServer(photos_dir) as srv:
