@@ -189,6 +189,34 @@ def test_concurrent_calls_share_one_model(model, tiny, photo) -> None:
     for v in vecs[1:]:
         np.testing.assert_allclose(v, vecs[0], atol=1e-6)
 
+
+def test_reference_without_vectors_is_uncalibrated(model, tiny, photo) -> None:
+    from exiflang.eval.consistency.reference import Reference, from_embeddings
+
+    emb = from_embeddings(tiny.emb)
+    bare = Reference(emb.exifs, None, emb.grid, "bare")
+    chk = model.check_exif(photo, reference=bare, per_tag=False)
+    assert not chk.calibrated and chk.score == pytest.approx(chk.percentile / 100)
+    assert chk.reference["calibration"] is None
+
+
+def test_index_reference_reads_back_its_vectors(tiny, tmp_path) -> None:
+    import shutil
+
+    from exiflang.eval.consistency.reference import from_embeddings, from_index
+
+    emb = from_embeddings(tiny.emb)
+    via_emb = from_index(tiny.index)                     # its embeddings folder still exists
+    moved = tmp_path / "index"
+    shutil.copytree(tiny.index, moved)
+    info = json.loads((moved / "index.json").read_text())
+    info.setdefault("sources", {})["embeddings"] = str(tmp_path / "gone")
+    (moved / "index.json").write_text(json.dumps(info))
+    via_faiss = from_index(moved)                        # gone: read back from the FAISS index
+    for ref in (via_emb, via_faiss):
+        assert ref.exifs == emb.exifs and ref.vectors is not None
+        np.testing.assert_allclose(ref.vectors, emb.vectors, atol=1e-6)
+
 @pytest.mark.parametrize("bad, match", [
     ("missing.jpg", "missing.jpg: no such file"),
     (b"", "empty file"),
