@@ -121,7 +121,7 @@ def preview_jpeg(rgb: np.ndarray, size: tuple[int, int]) -> bytes:
     """``uint8 [H,W,3]`` -> a JPEG of it resized to ``size`` = (h, w) (what the page draws maps on)."""
     img = Image.fromarray(rgb)
     if img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.BILINEAR)
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     return buf.getvalue()

@@ -93,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
 
     model = api.load(args.model, device=args.device, threads=args.threads)
     index = api.load_index(args.index) if args.index else None
+    print(
+        "exiflang serve: preparing check-exif's reference EXIF set (once; embedding training shards "
+        "can take minutes: --reference INDEX is quicker)",
+        file=sys.stderr,
+        flush=True,
+    )
     reference, why_not = check_reference(model, args.reference, index)
     settings = Settings(
         max_upload_mb=args.max_upload_mb,

@@ -230,8 +230,17 @@ function showLookup(res) {
     v.className = "verdict known";
   }
   const body = $("votes-table").querySelector("tbody");
+  const rest = $("votes-more-rows");
   body.textContent = "";
-  for (const [tag, values] of Object.entries(res.votes || {})) {
+  rest.textContent = "";
+  // The camera's identity first, then the tags the neighbours agree on most; the rest folded.
+  const FIRST = ["Make", "Model", "Lens Model", "Software"];
+  const tags = Object.entries(res.votes || {}).sort(([a, va], [b, vb]) => {
+    const ra = FIRST.indexOf(a), rb = FIRST.indexOf(b);
+    if (ra !== rb) return (ra < 0 ? 99 : ra) - (rb < 0 ? 99 : rb);
+    return (vb[0] ? vb[0][1] : 0) - (va[0] ? va[0][1] : 0);
+  });
+  tags.forEach(([tag, values], n) => {
     const tr = document.createElement("tr");
     cell(tr, tag);
     const td = cell(tr, "");
@@ -240,8 +249,13 @@ function showLookup(res) {
       span.textContent = (i ? "; " : "") + value + " (" + Math.round(100 * share) + "%)";
       td.appendChild(span);
     });
-    body.appendChild(tr);
-  }
+    (n < 8 ? body : rest).appendChild(tr);
+  });
+  const more = $("votes-more");
+  more.hidden = !res.known || rest.children.length === 0;
+  rest.hidden = true;
+  more.setAttribute("aria-expanded", "false");
+  more.textContent = "Show " + rest.children.length + " more tags";
   $("votes-table").hidden = !res.known || body.children.length === 0;
   const list = $("neighbours");
   list.textContent = "";
@@ -260,7 +274,7 @@ function resetResults() {
   $("error").hidden = true;
   $("results").hidden = true;
   for (const id of ["verdict", "score-text", "score-raw", "exif-verdict", "exif-status", "camera-verdict", "camera-status"]) $(id).textContent = "";
-  $("exif-table").hidden = true; $("exif-more").hidden = true; $("votes-table").hidden = true; $("neighbours-box").hidden = true;
+  $("exif-table").hidden = true; $("exif-more").hidden = true; $("votes-table").hidden = true; $("votes-more").hidden = true; $("neighbours-box").hidden = true;
   Object.assign(state, { det: null, check: null, lookup: null, maps: {}, preview: null });
 }
 
@@ -365,6 +379,12 @@ function setupInput() {
     rest.hidden = !rest.hidden;
     $("exif-more").setAttribute("aria-expanded", String(!rest.hidden));
     $("exif-more").textContent = (rest.hidden ? "Show " : "Hide ") + rest.children.length + " more claimed tags (not scored)";
+  });
+  $("votes-more").addEventListener("click", () => {
+    const rest = $("votes-more-rows");
+    rest.hidden = !rest.hidden;
+    $("votes-more").setAttribute("aria-expanded", String(!rest.hidden));
+    $("votes-more").textContent = (rest.hidden ? "Show " : "Hide ") + rest.children.length + " more tags";
   });
   $("opacity").addEventListener("input", draw);
   $("outline").addEventListener("change", draw);
