@@ -37,15 +37,6 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q --durations=20 -m "not slow and not integration" tests
 
-# The splice bar (p-mAP and detection AP >= 0.8) on four held-out splice sets: trains
-# `cpu-small` ~20 minutes (tests/bar_run.py, tests/eval/test_splice_bar.py).
-test-bar: setup
-	EXIFLANG_BAR=1 $(BIN)/python -m pytest -q -s tests/eval/test_splice_bar.py
-
-# The small-scale study of the README ("Results at small scale"): STUDY_STEPS per model.
-STUDY_STEPS ?= 1500
-study: setup
-	$(BIN)/python -m exiflang.eval.study --out runs/study --steps $(STUDY_STEPS)
 # The lint gate (CI runs it before the tests): ruff lint + format check over the tree, mypy over the
 # packages.  mypy reads a fresh tree of symlinks, build/typecheck/exiflang/{*.py,serve,pipeline,
 # train,eval}, because a checkout maps exiflang.pipeline/.train/.eval onto the root folders only at
@@ -68,6 +59,15 @@ fmt: setup
 	$(BIN)/ruff check --fix --exit-zero .
 	$(BIN)/ruff format .
 
+# The splice bar (p-mAP and detection AP >= 0.8) on four held-out splice sets: trains
+# `cpu-small` ~20 minutes (tests/bar_run.py, tests/eval/test_splice_bar.py).
+test-bar: setup
+	EXIFLANG_BAR=1 $(BIN)/python -m pytest -q -s tests/eval/test_splice_bar.py
+
+# The small-scale study of the README ("Results at small scale"): STUDY_STEPS per model.
+STUDY_STEPS ?= 1500
+study: setup
+	$(BIN)/python -m exiflang.eval.study --out runs/study --steps $(STUDY_STEPS)
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline_throughput.py
