@@ -204,17 +204,17 @@ def test_command_writes_json_and_reports_bad_input(tiny_model, photos_dir, tmp_p
         (photo_dir / p.name).symlink_to(p)
     (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "out"
-    rc = dist.main(["--model", str(tiny_model), "--photos", str(photo_dir), "--out", str(out),
+    rc = dp.main(["--model", str(tiny_model), "--photos", str(photo_dir), "--out", str(out),
                     "--per-photo", "2", "--split", "photo", "--device", "cpu", "--no-progress"])
     assert rc == 0
     res = json.loads((out / "distortion.json").read_text())
     assert res["n_train"] + res["n_test"] == 6 and len(res["skipped"]) == 1
     assert res["features"] == "embed" and res["feature_dim"] == 128  # 4x4 patch-embedding mean
     assert "broken.jpg" in res["skipped"][0] and "accuracy" in capsys.readouterr().out
-    rc = dist.main(["--model", str(tmp_path / "nope"), "--photos", str(photo_dir), "--out", str(out)])
+    rc = dp.main(["--model", str(tmp_path / "nope"), "--photos", str(photo_dir), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nope" in err and len(err.splitlines()) == 1
-    assert dist.main(["--random-init", "cpu-small", "--photos", str(tmp_path / "empty"),
+    assert dp.main(["--random-init", "cpu-small", "--photos", str(tmp_path / "empty"),
                       "--out", str(out)]) == 2
 
 
