@@ -69,7 +69,8 @@ def child_build(args: argparse.Namespace) -> int:
     """The build, alone in its process so that its peak RSS is the build's: prints one JSON line."""
     set_threads(args.threads)
     # RSS before the build (interpreter, numpy, faiss, pandas): the build's own share is the rest.
-    before_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+    status = Path("/proc/self/status").read_text().splitlines()
+    before_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     t0 = time.perf_counter()
     info = build_index(Path(args.child_build), Path(args.child_out), kind=args.kind, recall_target=args.recall,
                        memory_budget_mb=args.memory_mb, k=K)
@@ -130,7 +131,8 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict:
     row = {"n": n, "dim": args.dim, "kind": info["kind"], "generate_s": gen_s, "build_s": built["build_s"],
            "build_seconds": info["build_seconds"], "params": info["params"], "mb": info["bytes"] / 2**20,
            "bytes_per_vector": info["bytes"] / n, "raw_mb": n * args.dim * 4 / 2**20,
-           "peak_rss_mb": built["peak_rss_mb"], "rss_before_mb": built["rss_before_mb"], "recall": recall_at_k(found, truth),
+           "peak_rss_mb": built["peak_rss_mb"], "rss_before_mb": built["rss_before_mb"],
+           "recall": recall_at_k(found, truth),
            "build_recall_lcb": info["recall_at_k_lower_95"], "truth_s": truth_s,
            "truth_qps_batch_all": len(queries) / truth_s,
            **{k: {"min": min(v), "median": statistics.median(v), "all": v} for k, v in runs.items()}}
@@ -146,7 +148,8 @@ def emit(row: dict) -> None:
     print(f"| {row['n']:,} | {row['kind']} ({p}) | {row['build_s']:.0f} | {row['mb']:.0f} "
           f"| {row['bytes_per_vector']:.0f} | {row['peak_rss_mb']:.0f} ({row['rss_before_mb']:.0f} before; "
           f"raw {row['raw_mb']:.0f}) "
-          f"| {row['index_1']['min']:.0f} / {med['index_1']:.0f} | {row['index_256']['min']:.0f} / {med['index_256']:.0f} "
+          f"| {row['index_1']['min']:.0f} / {med['index_1']:.0f} "
+          f"| {row['index_256']['min']:.0f} / {med['index_256']:.0f} "
           f"| {row['recall']:.3f} | {row['exact_1']['min']:.2f} / {med['exact_1']:.2f} "
           f"| {row['exact_256']['min']:.1f} / {med['exact_256']:.1f} | {med['index_1'] / med['exact_1']:.0f}x "
           f"| {med['index_256'] / med['exact_256']:.0f}x |", flush=True)

@@ -117,7 +117,7 @@ def s3_vs_local(shards: Path, tokenizer, batch: int, reps: int) -> list[tuple[st
             for name in (list(sources) if r % 2 == 0 else list(sources)[::-1]):
                 cfg = DataConfig(data=sources[name], batch_size=batch, crops_per_image=4,
                                  num_workers=0, shuffle_buffer=max(256, 16 * batch))
-                crops, _, wall = timed(lambda: loader_crops(cfg, tokenizer, 1))
+                crops, _, wall = timed(lambda cfg=cfg: loader_crops(cfg, tokenizer, 1))
                 rates[name].append(crops / wall)
         return [(name, rates[name], crops) for name in sources]
     finally:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in (1, 4, 16):
             cfg = DataConfig(data=str(shards), batch_size=args.batch_size, crops_per_image=k,
                              num_workers=0, shuffle_buffer=max(256, 4 * k * args.batch_size))
-            count = timed(lambda: loader_crops(cfg, tokenizer, args.epochs))
+            count = timed(lambda cfg=cfg: loader_crops(cfg, tokenizer, args.epochs))
             rows.append((f"loader, K={k} crops per decode", *count, "crops"))
         cfg = DataConfig(data=str(shards), batch_size=args.batch_size, num_workers=0)
         count = timed(lambda: fast_forward(cfg, tokenizer, args.epochs))

@@ -17,8 +17,9 @@ crawled by ``exiflang shards --source yfcc100m_dataset --yfcc-exif yfcc100m_exif
 * ``kill``: the same crawl (``--kill-rows`` lines, default ``min(--rows, 10000)``) killed with
   SIGKILL to the driver's process group once half its shards are complete, then rerun to the
   end; its tars (sha256) and tables (all columns but ``seconds`` and ``attempts``, which are
-  timing, and the timing notes in ``error``: see :func:`_untimed`) must equal an uninterrupted run's (``full`` when the sizes agree, else a ``ref``
-  run of ``--kill-rows``).  Reports the processes left alive by the kill and the resume time.
+  timing, and the timing notes in ``error``: see :func:`_untimed`) must equal an uninterrupted
+  run's (``full`` when the sizes agree, else a ``ref`` run of ``--kill-rows``).  Reports the
+  processes left alive by the kill and the resume time.
 
 Part 2 -- ``compare``: ``--compare-rows`` photos (every one a success: a second simulated
 world with no failures and no throttling, so both tools do the same work) as one Parquet URL
@@ -233,7 +234,7 @@ class SimProcess:
     """A simulator in its own process (its CPU is not the crawler's)."""
 
     def __init__(self, spec: dict[str, Any], log: Path) -> None:
-        self._log = open(log, "ab")
+        self._log = open(log, "ab")  # noqa: SIM115 -- the child's stderr for its lifetime; close() closes it
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_serve",
                                       json.dumps(spec)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log, cwd=REPO)
@@ -465,7 +466,7 @@ def measured(cmd: list[str], work: Path, name: str, env: dict[str, str],
     pid_file = Path(str(out_json) + ".pid")
     for p in (out_json, pid_file):
         p.unlink(missing_ok=True)
-    log = open(work / f"{name}.log", "wb")
+    log = open(work / f"{name}.log", "wb")  # noqa: SIM115 -- the wrapper's stdout until it exits; closed below
     wrapper = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_wrap",
                                 str(out_json), "--", *cmd], cwd=REPO, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
@@ -1019,7 +1020,7 @@ def part2(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> d
             "cpu_ms_per_photo_min": min(cpp), "cpu_ms_per_photo_median": statistics.median(cpp),
             "cpu_s_median": statistics.median(r["cpu_s"] for r in rows),
             "all_byte_exact": all(r["byte_exact"] for r in rows), "runs": rows}
-    for n, t in table.items():
+    for t in table.values():
         base = t.get("img2dataset")
         for v in ("exiflang-ray", "exiflang-local"):
             if base and v in t:

@@ -8,9 +8,9 @@ sha256 (any shard).
 
 Side-file join: ``full`` is YfccExifIndex.build (the whole side file into SQLite before the
 first download), ``full-old`` the same with the table layout it had before issue 19 (the id
-as a WITHOUT ROWID primary key; rebuilt here), ``stream`` is YfccSideJoin over the whole job, ``stream-10%`` over the first
-tenth (as with --max-rows), ``shuffled`` the stream join with the side file's lines shuffled
-(its worst case), ``source`` only reads the main file (work the job does anyway).  Input: a
+as a WITHOUT ROWID primary key; rebuilt here), ``stream`` is YfccSideJoin over the whole job,
+``stream-10%`` over the first tenth (as with --max-rows), ``shuffled`` the stream join with the
+side file's lines shuffled (its worst case), ``source`` only reads the main file (work the job does anyway).  Input: a
 2016-layout main file (1% videos) and a side file in its order, one line per main line as
 YFCC publishes it; 25% of lines empty (no EXIF), the others the first 30 items of a real
 metadata-extractor dump from shared/data (about 1.2 KB), each under its own photo id.
@@ -136,10 +136,14 @@ class _PeakDisk(threading.Thread):
 def child_dedup(variant: str, data: Path) -> dict[str, Any]:
     if variant == "reference":
         from tests.pipeline.dedup_reference import find_cross_shard_duplicates
-        run: Callable[[], int] = lambda: sum(map(len, find_cross_shard_duplicates(data).values()))
+
+        def run() -> int:
+            return sum(map(len, find_cross_shard_duplicates(data).values()))
     else:
         from exiflang.pipeline.shards.dedup import iter_cross_shard_duplicates
-        run = lambda: sum(len(d) for _, d in iter_cross_shard_duplicates(data))  # noqa: E731
+
+        def run() -> int:
+            return sum(len(d) for _, d in iter_cross_shard_duplicates(data))
     base = _maxrss_mb()
     disk = _PeakDisk(data)
     disk.start()

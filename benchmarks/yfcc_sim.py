@@ -445,9 +445,11 @@ def write_files(world: SimWorld, out_dir: str | Path, port: int,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"2016": out / "yfcc100m_dataset", "2014": out / "yfcc100m_dataset_2014"}
-    mains = {k: open(paths[k], "w", encoding="ascii", newline="\n", buffering=1 << 20)
+    # Several files open at once, closed together in the finally below (one `with` per file cannot
+    # be written for a variable set of layouts).
+    mains = {k: open(paths[k], "w", encoding="ascii", newline="\n", buffering=1 << 20)  # noqa: SIM115
              for k in layouts}
-    exif = open(out / "yfcc100m_exif", "w", encoding="ascii", buffering=1 << 20) if side_file else None
+    exif = open(out / "yfcc100m_exif", "w", encoding="ascii", buffering=1 << 20) if side_file else None  # noqa: SIM115
     truth = _TruthWriter(out / "truth.parquet")
     counts: Counter[str] = Counter()
     t0 = time.perf_counter()

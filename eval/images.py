@@ -64,7 +64,7 @@ def open_checked(data: bytes, name: PathLike = "<bytes>",
         raise ImageError(name, str(exc)) from None
     except Image.UnidentifiedImageError:
         raise ImageError(name, "not a readable image (no format Pillow knows)") from None
-    except Exception as exc:  # Pillow raises many types for broken headers
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken headers
         raise ImageError(name, f"not a readable image ({type(exc).__name__}: {exc})") from None
 
 
@@ -77,7 +77,7 @@ def load_rgb_bytes(data: bytes, name: PathLike = "<bytes>",
         with img:
             decode(img)  # full decode, bounded by the policy's pixel limit
             arr = to_rgb_array(img)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad image
         raise ImageError(name, f"pixel data does not decode ({type(exc).__name__}: {exc})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
         raise ImageError(name, f"unexpected pixel array shape {arr.shape}")

@@ -20,6 +20,7 @@ previous run finished, so an interrupted study continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -101,7 +102,7 @@ def split_by_camera(photos_dir: Path, out: Path, test_fraction: float, seed: int
             link = folder / f"{digest}_{p.name}"
             if not link.exists():
                 link.symlink_to(p.resolve())
-    record = {"photos": len(photos), "test_fraction": test_fraction, "seed": seed,
+    record: dict[str, Any] = {"photos": len(photos), "test_fraction": test_fraction, "seed": seed,
               "train": {"photos": len(train), "cameras": sorted({keys[str(p)] for p in train})},
               "test": {"photos": len(test), "cameras": sorted({keys[str(p)] for p in test})}}
     assert not set(record["train"]["cameras"]) & set(record["test"]["cameras"])
@@ -240,12 +241,14 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
                            "test_photos": expand_inputs([str(out / "split" / "test")]),
                            "splices": out / "splices"}
     for side in ("train", "test"):
-        clock.run(f"shards: {side}", lambda: build_shards(out / "split" / side, ctx[f"{side}_shards"]))
+        build = functools.partial(build_shards, out / "split" / side, ctx[f"{side}_shards"])
+        clock.run(f"shards: {side}", build)
     if not (ctx["splices"] / "manifest.csv").is_file():
         clock.run("make-splices from the held-out cameras", lambda: make_splices(
             ctx["test_photos"], ctx["splices"], args.splices, seed=args.seed, progress=not args.quiet))
-    models = {name: clock.run(f"train {name}", lambda: train_variant(
-        name, ctx["train_shards"], out / "runs", args.steps, args.preset, args.seed)) for name in VARIANTS}
+    models = {name: clock.run(f"train {name}", functools.partial(
+        train_variant, name, ctx["train_shards"], out / "runs", args.steps, args.preset, args.seed))
+        for name in VARIANTS}
     models["untrained"] = untrained_model(ctx["train_shards"], out / "runs" / "untrained", args.preset, args.seed)
     methods = {name: evaluate(name, model, ctx, clock) for name, model in models.items()}
     from exiflang.eval.benchmark.run import run_benchmark

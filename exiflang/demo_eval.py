@@ -150,7 +150,7 @@ def report_step(out: Path, run: Path, lookup: list[dict], lookup_acc: dict[str, 
     from exiflang.eval.report.html import write_report
 
     result = json.loads((run / "result.json").read_text()) if (run / "result.json").is_file() else {}
-    metrics = {"held-out camera retrieval (image -> EXIF text)": {
+    metrics: dict[str, dict] = {"held-out camera retrieval (image -> EXIF text)": {
                    "top-1": result.get("eval/camera_top1"), "chance": result.get("eval/chance")},
                "lookup (k-NN vote over the training photos)": lookup_acc,
                "splice benchmark (generated splices of held-out photos)": _benchmark_rows(bench)}

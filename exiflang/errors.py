@@ -247,7 +247,7 @@ def run_main(prog: str, main: MainFn, argv: Optional[Sequence[str]] = None, *,
     _active_debug.append(debug or found)
     try:
         return int(main(raw if keep_debug_flag else stripped) or 0)
-    except (Exception, KeyboardInterrupt) as exc:  # SystemExit is not caught: argparse owns it
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the one error contract; SystemExit is not caught: argparse owns it
         return report(prog, exc)
     finally:
         _active_debug.pop()

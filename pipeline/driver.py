@@ -18,8 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 from tqdm import tqdm
 
@@ -30,7 +29,7 @@ from exiflang.pipeline.fetch.governor_service import GovernorServer
 from exiflang.pipeline.local_pool import run_pool
 from exiflang.pipeline.fetch.politeness import HostGovernor
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.shards.files import RERUN_CHECKS, shard_paths, shard_problem
+from exiflang.pipeline.shards.files import RERUN_CHECKS, shard_problem
 from exiflang.pipeline.shards.tags import write_sizes_and_summary, write_tags
 from exiflang.pipeline.shards.worker import process_shard
 
@@ -291,7 +290,3 @@ def build(source_rows: Iterator[SourceRow], cfg: ShardConfig, opts: JobOptions) 
                    vocabulary_size=len(tags["tags"]), skipped_complete_shards=skipped["shards"])
     return summary
 
-
-def shard_files(out_dir: Path, shard: int) -> Sequence[Path]:
-    """The files of one shard (for tools and tests)."""
-    return list(shard_paths(out_dir, shard).values())

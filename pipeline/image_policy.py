@@ -74,11 +74,18 @@ class PolicyError(ValueError):
         self.status, self.reason = status, reason
 
 
+def _tiles(img: Image.Image) -> list:
+    """The decoder tiles of an opened, not yet loaded image (``ImageFile.tile``; none on a plain
+    ``Image``, which has nothing left to decode)."""
+    return getattr(img, "tile", None) or []
+
+
 def _rawmode(img: Image.Image) -> Optional[str]:
     """The sample layout of the first tile (``"I;16B"``, ``"I;32S"``...), or ``None``."""
-    if not img.tile:
+    tiles = _tiles(img)
+    if not tiles:
         return None
-    args = img.tile[0][3]  # (codec, extents, offset, args)
+    args = tiles[0][3]  # (codec, extents, offset, args)
     if isinstance(args, str):
         return args
     return args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else None
@@ -167,7 +174,8 @@ def min_bytes(img: Image.Image, data: bytes) -> int:
         return _tiff_min(img)
     if fmt == "GIF":
         return math.ceil(width * height * 3 / (4096 * 8))
-    if img.tile and img.tile[0][0] == "raw":
+    tiles = _tiles(img)
+    if tiles and tiles[0][0] == "raw":
         return height * math.ceil(width / 8)
     return 0
 

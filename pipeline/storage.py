@@ -1,4 +1,4 @@
-"""Where the pipeline reads and writes: local paths and object stores (``s3://``, ``gs://``, ...) behind one small fsspec layer.
+"""Where the pipeline reads and writes: local paths and object stores (``s3://``, ...) behind one small fsspec layer.
 
 **Paths.** A local path (``str`` or :class:`~pathlib.Path`) or a ``file://`` URL is local:
 it is handled with the standard library exactly as before, and :func:`resolve` gives it

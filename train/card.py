@@ -1,4 +1,4 @@
-"""Model cards: what a model folder was trained on, written beside its weights as ``model_card.json`` and read back as plain JSON.
+"""Model cards: what a model folder was trained on, as ``model_card.json`` beside its weights, read back as plain JSON.
 
 A card is a JSON object (every key optional; readers must cope with any subset)::
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import yaml
 
@@ -32,7 +32,7 @@ class OptimConfig:
     crop_consistency: float = 0.0    # weight of exiflang.train.loss.crop_consistency_loss (with data.group_crops)
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # YAML gives a list
+        self.betas = cast("tuple[float, float]", tuple(self.betas))  # YAML gives a list
 
 
 @dataclass
@@ -127,7 +127,8 @@ def _defaults(section: str) -> dict[str, Any]:
 def load_config(preset_or_yaml: str = "paper", overrides: Sequence[str] = (),
                 data: Optional[str] = None) -> TrainConfig:
     """Resolve a preset name or YAML path plus ``section.key=value`` overrides."""
-    preset, from_file = preset_or_yaml, {}
+    preset = preset_or_yaml
+    from_file: dict[str, Any] = {}
     path = Path(preset_or_yaml)
     if preset_or_yaml.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():

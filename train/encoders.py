@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(layer_type="basic", depths=[1, 1, 1, 1],
                   hidden_sizes=[32, 64, 128, 256], embedding_size=32),
 }
-_TEXT_CLASSES: dict[str, tuple[type, type]] = {
+_TEXT_CLASSES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "distilbert": (DistilBertConfig, DistilBertModel),
     "albert": (AlbertConfig, AlbertModel),
     "bert": (BertConfig, BertModel),
@@ -54,6 +54,7 @@ TEXT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                                        num_attention_heads=2, intermediate_size=256)},
 }
 POOLINGS = ("mean", "paper")
+_M = TypeVar("_M", bound=PreTrainedModel)
 
 _TV_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv|bn)(\d+)\.(.+)$")
 _TV_DOWN = re.compile(r"^layer(\d+)\.(\d+)\.downsample\.([01])\.(.+)$")
@@ -155,7 +156,10 @@ class ImageEncoder(nn.Module):
     def __init__(self, backbone: ResNetModel, embed_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.proj = nn.Linear(backbone.config.hidden_sizes[-1], embed_dim)
+        sizes = backbone.config.hidden_sizes
+        if not sizes:
+            raise ValueError("ResNet config without hidden_sizes")
+        self.proj = nn.Linear(sizes[-1], embed_dim)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values`` CLIP-normalised float ``[B,3,H,W]`` (any H, W >= 32) -> unnormalised ``[B,D]``."""
@@ -198,13 +202,15 @@ def build_text_backbone(arch: str, config: Optional[PretrainedConfig] = None,
     model_cls = _TEXT_CLASSES[arch][1]
     extra = {} if arch == "distilbert" else {"add_pooling_layer": False}
     if init is None:
+        if config is None:
+            raise ValueError(f"a {arch} text backbone needs a config or a text_init folder")
         return model_cls(config, **extra)
     if not Path(init).is_dir():
         raise FileNotFoundError(f"{init}: text_init must be a local {arch} model folder")
     return _from_folder(model_cls, Path(init), **extra)
 
 
-def _from_folder(model_cls: type, path: Path, **kwargs: Any) -> PreTrainedModel:
+def _from_folder(model_cls: type[_M], path: Path, **kwargs: Any) -> _M:
     """``from_pretrained`` of a local folder (transformers reads pickles with ``weights_only``);
     any failure is one ``ValueError`` line naming the folder."""
     try:
@@ -235,6 +241,7 @@ class TextEncoder(nn.Module):
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             # clamp: an all-padding row (should not happen) gives 0, not NaN.
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        else:
+        else:  # "paper": the first token's state, layer-normed
+            assert self.norm is not None
             pooled = self.norm(hidden[:, 0])
         return pooled if self.proj is None else self.proj(pooled)

@@ -1,4 +1,4 @@
-"""Held-out numbers while training: contrastive loss, image<->text retrieval and camera top-1 on a fixed held-out shard set.
+"""Held-out numbers while training: contrastive loss, image<->text retrieval and camera top-1 on fixed held-out shards.
 
 The set is ``run.eval_data`` (a folder or a URL): its first ``run.eval_samples`` usable photos
 in sorted tar order, decoded once when the run starts and kept as uint8 patches (a 2x2 grid

@@ -46,7 +46,7 @@ class RunLogger:
     def __init__(self, run: Path, enabled: bool, tensorboard: bool = True, wandb: str = "off",
                  project: str = "exiflang", config: Optional[dict] = None) -> None:
         self.enabled = enabled
-        self._fh = open(run / "metrics.jsonl", "a") if enabled else None
+        self._fh = open(run / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115 -- open for the run; close()
         self._tb: Optional[Any] = None
         self._wandb: Optional[Any] = None
         if enabled and tensorboard:

@@ -68,6 +68,8 @@ def _local_rows_loss(img: torch.Tensor, txt: torch.Tensor, all_img: torch.Tensor
     if ids is None:
         labels = torch.arange(len(img), device=img.device) + offset
         return (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
+    if all_ids is None:
+        raise ValueError("ids given without all_ids: both or neither")
     ids, all_ids = ids.to(logits_i2t.device), all_ids.to(logits_i2t.device)  # loaders give CPU ids
     positives = ids[:, None] == all_ids[None, :]  # a symmetric relation: same mask both ways
     return (_row_losses(logits_i2t, positives).mean() + _row_losses(logits_t2i, positives).mean()) / 2

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedTokenizerBase, ResNetConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, ResNetConfig, ResNetModel
 
 from exiflang.train import encoders
 from exiflang.train.checkpoint import read_safetensors
@@ -36,12 +36,14 @@ from exiflang.train.tokenizer import load_tokenizer
 FORMAT = "exiflang-model"
 FORMAT_VERSION = 1
 LOGIT_SCALES = ("fixed", "learned")
+_STRICT_ERRORS: tuple[type[Exception], ...]
 try:  # transformers' config classes validate fields with this (huggingface_hub >= 0.35)
-    from huggingface_hub.errors import StrictDataclassError as _StrictError
+    from huggingface_hub.errors import StrictDataclassError
+    _STRICT_ERRORS = (StrictDataclassError,)
 except ImportError:  # pragma: no cover - older hub: those checks raise TypeError/ValueError
-    _StrictError = TypeError
+    _STRICT_ERRORS = ()
 # What building a model from a damaged-but-parseable config.json raises.
-_CONFIG_ERRORS = (ValueError, TypeError, KeyError, AttributeError, _StrictError)
+_CONFIG_ERRORS = (ValueError, TypeError, KeyError, AttributeError, *_STRICT_ERRORS)
 
 
 @dataclass
@@ -150,18 +152,19 @@ class ExifClip(nn.Module):
             self.register_buffer("log_logit_scale", log_scale)
 
     @staticmethod
-    def _image_backbone(config: ModelConfig, use_init: bool) -> nn.Module:
+    def _image_backbone(config: ModelConfig, use_init: bool) -> ResNetModel:
         if config.image_config is not None:
             rcfg = ResNetConfig.from_dict(config.image_config)
         else:
             rcfg = encoders.resnet_config(config.image_arch, config.image_overrides)
         backbone = encoders.build_resnet(rcfg, config.image_init if use_init else None)
         if not config.image_stem_pool:
-            backbone.embedder.pooler = nn.Identity()  # parameter-free: weights are unchanged
+            # Parameter-free: weights are unchanged (the stem's MaxPool2d slot takes a no-op module).
+            backbone.embedder.pooler = nn.Identity()  # type: ignore[assignment]
         return backbone
 
     @staticmethod
-    def _text_backbone(config: ModelConfig, use_init: bool) -> nn.Module:
+    def _text_backbone(config: ModelConfig, use_init: bool) -> PreTrainedModel:
         if use_init and config.text_init:
             return encoders.build_text_backbone(config.text_arch, init=config.text_init)
         if config.text_config is not None:

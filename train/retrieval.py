@@ -84,7 +84,7 @@ def grid_crops(img: Image.Image, patch: int, per_side: int = 2) -> torch.Tensor:
 
 def camera_constant_tags(exifs: Sequence[dict[str, str]], vocab: Sequence[str]) -> list[str]:
     """Vocabulary tags whose value never varies within a camera model (given >= 2 cameras)."""
-    values: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    values: dict[str, dict[Optional[str], set]] = defaultdict(lambda: defaultdict(set))
     for exif in exifs:
         cam = exif.get(CAMERA_TAG)
         for tag in vocab:

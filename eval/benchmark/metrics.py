@@ -18,7 +18,7 @@ average over spliced images only.  :func:`summarize` aggregates records; see its
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TypeGuard
 
 import numpy as np
 import scipy.stats
@@ -92,7 +92,8 @@ def _check_map(heatmap: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     return values, _binary(m)
 
 
-def _both_orientations(heatmap: np.ndarray, mask: np.ndarray):
+def _both_orientations(heatmap: np.ndarray, mask: np.ndarray
+                       ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], int, int]:
     """One ascending sort serves both polarities -> ((tp, fp) for map, (tp, fp) for 1 - map, P, Nn)."""
     values, y = _check_map(heatmap, mask)
     order = np.argsort(values, kind="stable")
@@ -135,11 +136,11 @@ def ciou(heatmap: np.ndarray, mask: np.ndarray, mode: str = "independent") -> fl
                _ciou_one(*inverted, positives, negatives, mode))
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:  # an int or numpy float passes too: float() reads it
     return value is not None and isinstance(value, (int, float, np.floating)) and math.isfinite(value)
 
 
-def _mean_or_none(values: Iterable[float]) -> tuple[float | None, int]:
+def _mean_or_none(values: Iterable[Any]) -> tuple[float | None, int]:
     kept = [float(v) for v in values if _finite(v)]
     return (float(np.mean(kept)) if kept else None), len(kept)
 
@@ -169,8 +170,8 @@ def summarize(records: list[dict], map_keys: Sequence[str] = ("pixel_ap", "ciou"
     names = sorted({name for r in records for name in (r.get("scores") or {})})
     detection = {}
     for name in names:
-        rows = [(bool(r.get("spliced")), (r.get("scores") or {}).get(name)) for r in records]
-        rows = [(label, float(score)) for label, score in rows if _finite(score)]
+        given = [(bool(r.get("spliced")), (r.get("scores") or {}).get(name)) for r in records]
+        rows = [(label, float(score)) for label, score in given if _finite(score)]
         labels = np.array([label for label, _ in rows], dtype=bool)
         scores = np.array([score for _, score in rows], dtype=np.float64)
         both = labels.any() and (~labels).any()

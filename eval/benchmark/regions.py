@@ -118,7 +118,7 @@ def draw_region(rng: np.random.Generator, height: int, width: int,
         target = rng.uniform(lo, hi)
         aspect = math.exp(rng.uniform(math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1])))
         unit = _polygon_unit(rng) if shape == "polygon" else None
-        fill = {"rectangle": 1.0, "ellipse": math.pi / 4}.get(shape) or _shoelace(unit)
+        fill = _shoelace(unit) if unit is not None else {"rectangle": 1.0, "ellipse": math.pi / 4}[shape]
         box_area = target * total / fill
         bh, bw = round(math.sqrt(box_area / aspect)), round(math.sqrt(box_area * aspect))
         if not (2 <= bh <= max_h and 2 <= bw <= max_w):
@@ -128,7 +128,7 @@ def draw_region(rng: np.random.Generator, height: int, width: int,
         mask = _rasterise(shape, height, width, y0, x0, bh, bw, unit)
         if lo <= mask.mean() <= hi:
             return _region(mask, shape)
-    mask = _fallback(height, width, lo, hi, max_h, max_w)
-    if mask is None:
+    fallback = _fallback(height, width, lo, hi, max_h, max_w)
+    if fallback is None:
         raise ValueError(f"no region of {lo:.0%}-{hi:.0%} of a {width}x{height} window fits in {max_w}x{max_h}")
-    return _region(mask, "rectangle")
+    return _region(fallback, "rectangle")

@@ -65,7 +65,8 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def summarize_methods(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
-    """Method -> :func:`exiflang.eval.benchmark.metrics.summarize` of its rows, plus ``default_score`` and ``seconds_mean``."""
+    """Method -> :func:`exiflang.eval.benchmark.metrics.summarize` of its rows, plus ``default_score``
+    and ``seconds_mean``."""
     out: dict[str, Any] = {}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -110,7 +111,7 @@ def markdown_table(metrics: dict[str, Any]) -> str:
 
 def write_markdown(path: Path, metrics: dict[str, Any]) -> None:
     """``metrics.md``: a heading with the counts, the table, and the unusable images."""
-    counts = next(iter(metrics["methods"].values()), {})
+    counts: dict[str, Any] = next(iter(metrics["methods"].values()), {})
     head = (f"# Benchmark: {metrics['dataset']} ({metrics['images']} images; "
             f"{counts.get('spliced', 0)} spliced + {counts.get('authentic', 0)} authentic answered)\n\n"
             "p-mAP and cIoU over spliced images with a usable mask; detection mAP and ROC-AUC over "

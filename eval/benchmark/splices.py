@@ -38,7 +38,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -236,7 +236,7 @@ def generate(maker: SpliceMaker, out: Path, count: int, authentic: int, seed: in
     bar.close()
 
 
-def make_splices(photos: list[str | Path], out: str | Path, count: int, seed: int = 0, *,
+def make_splices(photos: Sequence[str | Path], out: str | Path, count: int, seed: int = 0, *,
                  authentic: Optional[int] = None, max_side: Optional[int] = DEFAULT_MAX_SIDE,
                  min_side: int = DEFAULT_MIN_SIDE, area: tuple[float, float] = (0.05, 0.40),
                  shapes: tuple[str, ...] = SHAPES, force: bool = False,

@@ -70,7 +70,7 @@ def decide(ranks: Ranks, fn: Callable[[], T]) -> T:
     if ranks.is_main:
         try:
             result = fn()
-        except Exception as exc:  # handed to every rank, which all end with the same one-line error
+        except Exception as exc:  # noqa: BLE001 - handed to every rank, which all end with the same one-line error
             error = exc
     if ranks.world > 1:
         box = [(result, error)]

@@ -1,4 +1,4 @@
-"""`exiflang embed`: embed every sample of a shards folder (or a plain photo folder) with a trained model, resumable per part.
+"""`exiflang embed`: embed every sample of a shards folder (or a plain photo folder) with a trained model, resumably.
 
     exiflang embed --model MODEL_DIR (--data SHARDS | --images FOLDER [--per-part 500]) --out EMB
                    [--per-side 4] [--single-patch] [--patch-size 124] [--text] [--text-format F]
@@ -20,8 +20,9 @@ the text tower.  Output: :mod:`exiflang.eval.embed.store`; one shard: :mod:`exif
 Resume: parts (shards) whose ``done.json`` exists are skipped, the rest redone from scratch,
 whatever the number of ranks, and rows come back in sorted-shard, tar order either way.
 Rerunning into an ``EMB`` made with another model (weights, dimension or vocabulary), grid, text
-setting, data folder (photo listing, ``--per-part``) or ``--limit`` is a one-line error.  The data folder's ``tags.json`` may differ from the model's (a test set keeps
-its own vocabulary); both are recorded in ``meta.json``.
+setting, data folder (photo listing, ``--per-part``) or ``--limit`` is a one-line error.  The data
+folder's ``tags.json`` may differ from the model's (a test set keeps its own vocabulary); both are
+recorded in ``meta.json``.
 
 Exit status: 0 done; 2 bad input or usage, an unusable model or output folder (one line on
 stderr, ``exiflang embed: error: FILE: reason``; :mod:`exiflang.errors`).
@@ -87,7 +88,7 @@ def list_parts(data: Path, images: bool, per_part: int) -> tuple[list[Part], dic
     """``data``'s parts in output order, and the settings folder mode adds (``{}`` for shards)."""
     if not images:
         shards = open_shards(str(data))
-        return [Part(Path(n).stem, size, tar=shards.root / n) for n, size in zip(shards.names, shards.sizes)], {}
+        return [Part(Path(n).stem, size, tar=Path(shards.root) / n) for n, size in zip(shards.names, shards.sizes)], {}
     if per_part < 1:
         raise ValueError(f"--per-part {per_part}: must be at least 1")
     files = list_photos(data)

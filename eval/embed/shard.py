@@ -169,13 +169,14 @@ def embed_samples(samples: Iterable[Sample], shard: str, paths: dict[str, Path],
 
     At most ``budget`` samples are read (``None``: all); returns the ``done.json`` stats.
     """
-    t0, skipped = time.perf_counter(), Counter()
-    images, texts, rows, buffer, read = [], [], [], [], 0
+    t0, skipped = time.perf_counter(), Counter[str]()
+    images, texts, rows, read = [], [], [], 0
+    buffer: list[Sample] = []
 
     def flush() -> None:
         if not buffer:
             return
-        images.append(ctx.photos.embed_patches([s.patches for s in buffer]))
+        images.append(ctx.photos.embed_patches([_patches(s) for s in buffer]))
         if ctx.texts is not None:
             texts.append(ctx.texts.embed([s.exif for s in buffer], [s.key for s in buffer]))
         for s in buffer:
@@ -206,6 +207,12 @@ def embed_samples(samples: Iterable[Sample], shard: str, paths: dict[str, Path],
     return {"shard": shard, "rows": len(rows), "samples_read": read, "skipped": dict(skipped),
             "seconds": round(seconds, 3), "photos_per_s": round(len(rows) / max(seconds, 1e-9), 2),
             "device": ctx.device, "settings_key": ctx.settings_key}
+
+
+def _patches(s: Sample) -> np.ndarray:
+    """The patches of a sample that ``prepare`` cut (only those reach the buffer)."""
+    assert s.patches is not None, s.name
+    return s.patches
 
 
 def _opt_str(value: Any) -> Optional[str]:

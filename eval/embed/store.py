@@ -198,7 +198,7 @@ def _load_part(folder: Path, stem: str, meta: dict) -> tuple[np.ndarray, Optiona
         table = pd.read_parquet(paths["table"])
     except FileNotFoundError:
         raise FileNotFoundError(f"{paths['table']}: missing (embeddings part)") from None
-    except Exception as exc:  # pyarrow raises several types for a damaged file
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise ValueError(f"{paths['table']}: not a readable Parquet table ({type(exc).__name__})") from None
     if len(table) != rows or list(table.columns) != list(TABLE_COLUMNS):
         raise ValueError(f"{paths['table']}: expected {rows} rows with columns {list(TABLE_COLUMNS)}")

@@ -1,1 +1,1 @@
-"""eval.forensics: zero-shot splice detection and localization — patch consistency, mean shift, ncuts, scores, overlays."""
+"""eval.forensics: zero-shot splice detection and localization — patch consistency, mean shift, ncuts, overlays."""

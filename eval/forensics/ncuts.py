@@ -1,4 +1,4 @@
-"""Two-way normalized cuts (Shi & Malik 2000) on a dense similarity matrix: the smaller segment's nodes and the soft split.
+"""Two-way normalized cuts (Shi & Malik 2000) on a dense similarity matrix: the smaller segment and the soft split.
 
 Method: ``D = diag(W 1)``; the second-smallest generalized eigenvector of ``(D - W) y = λ D y``
 is ``y = D^-1/2 z`` with ``z`` the eigenvector of the second-largest eigenvalue of ``D^-1/2 W

@@ -245,7 +245,8 @@ class NpySource(VectorSource):
         with open(path, "rb") as fh:
             fh.seek(at)
             if dtype == np.float32:  # straight into the output: no temporary
-                got = fh.readinto(memoryview(into).cast("B"))
+                # An ndarray is a buffer; numpy's stubs declare __buffer__ only for Python >= 3.12.
+                got = fh.readinto(memoryview(into).cast("B"))  # type: ignore[arg-type]
                 ok = got == into.nbytes
             else:
                 block = np.fromfile(fh, dtype=dtype, count=into.size)
@@ -288,7 +289,7 @@ def _reserve_codes(index: faiss.Index, n: int) -> None:
     and back to 0 keeps the capacity, so the adds never reallocate.
     """
     codes = getattr(index, "codes", None)
-    if index.ntotal == 0 and hasattr(codes, "resize") and hasattr(index, "code_size"):
+    if index.ntotal == 0 and codes is not None and hasattr(codes, "resize") and hasattr(index, "code_size"):
         codes.resize(n * index.code_size)
         codes.resize(0)
 
@@ -315,7 +316,9 @@ def _untrained_ivf(kind: str, n: int, dim: int, pool: int, memory_budget_mb: Opt
     metric = faiss.METRIC_INNER_PRODUCT
     nlist = default_nlist(n, pool)
     quantizer = faiss.IndexFlatIP(dim)
-    size, params = TRAIN_PER_LIST * nlist, {}
+    size = TRAIN_PER_LIST * nlist
+    params: dict[str, int] = {}
+    index: faiss.IndexIVF
     if kind == "ivf-flat":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
     else:
@@ -323,10 +326,11 @@ def _untrained_ivf(kind: str, n: int, dim: int, pool: int, memory_budget_mb: Opt
         m = choose_pq_m(n, dim, nlist, memory_budget_mb)
         # 256 centroids per sub-quantizer need >= 256 training points; tiny sets get fewer bits.
         nbits = int(min(8, max(1, np.log2(max(min(size, pool) // 4, 2)))))
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, metric)
+        ivfpq = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, metric)
         params.update(m=m, nbits=nbits)
-        index.pq.cp.min_points_per_centroid = 1
-        index.pq.cp.niter = KMEANS_ITERS
+        ivfpq.pq.cp.min_points_per_centroid = 1
+        ivfpq.pq.cp.niter = KMEANS_ITERS
+        index = ivfpq
     index.cp.niter = KMEANS_ITERS
     index.cp.seed = seed
     # The sample sizes above are chosen on purpose; faiss's "too few points" warning is noise.
@@ -348,6 +352,7 @@ def build(vectors: Union[np.ndarray, VectorSource], kind: str, pool: np.ndarray,
     metric = faiss.METRIC_INNER_PRODUCT
     t0 = time.perf_counter()
     params: dict = {}
+    index: faiss.Index
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
@@ -378,6 +383,7 @@ def add_refine(built: Built, vectors: Union[np.ndarray, VectorSource], pool: np.
     vectors = as_source(vectors)
     dim = vectors.shape[1]
     t0 = time.perf_counter()
+    refine: faiss.Index
     if how == "flat":
         refine = faiss.IndexFlatIP(dim)
     else:

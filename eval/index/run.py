@@ -102,7 +102,7 @@ class VectorIndex:
                              f"{info_path.name} says {info.get('n')} of {info.get('dim')}")
         try:
             table = pd.read_parquet(rows_path)
-        except Exception as exc:  # missing or damaged: pyarrow raises several types
+        except Exception as exc:  # noqa: BLE001 - missing or damaged: pyarrow raises several types
             raise NotAnIndex(f"{rows_path}: not a readable Parquet table ({type(exc).__name__})") from None
         if len(table) != index.ntotal:
             raise NotAnIndex(f"{rows_path}: {len(table)} rows for {index.ntotal} vectors")
@@ -166,7 +166,7 @@ def _folder_source(folder: Path, side: str) -> tuple[NpySource, pd.DataFrame, di
         files.append((paths[side], int(done["rows"])))
         try:
             tables.append(pd.read_parquet(paths["table"]))
-        except Exception as exc:  # missing or damaged: pyarrow raises several types
+        except Exception as exc:  # noqa: BLE001 - missing or damaged: pyarrow raises several types
             raise ValueError(f"{paths['table']}: not a readable Parquet table ({type(exc).__name__})") from None
         if len(tables[-1]) != files[-1][1]:
             raise ValueError(f"{paths['table']}: {len(tables[-1])} rows for {files[-1][1]} vectors")

@@ -184,7 +184,10 @@ def set_param(index: faiss.Index, name: str, value: float) -> None:
     """Set ``nprobe`` / ``efSearch`` / ``k_factor`` on an index or the one it wraps."""
     if name == "efSearch":
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-        faiss.downcast_index(inner).hnsw.efSearch = int(value)
+        graph = faiss.downcast_index(inner)
+        if not isinstance(graph, faiss.IndexHNSW):
+            raise ValueError(f"efSearch: {type(graph).__name__} is not an HNSW index")
+        graph.hnsw.efSearch = int(value)
         return
     faiss.ParameterSpace().set_index_parameter(index, "k_factor_rf" if name == "k_factor" else name, value)
 
@@ -250,7 +253,8 @@ def tune(index: faiss.Index, kind: str, probe: RecallProbe, target: float, n: in
     chosen: Optional[dict] = None
     for ov in outer:
         fixed = {outer_name: ov} if outer_name else {}
-        i = smallest_meeting(lambda v: measure(quick, {**fixed, inner_name: v})["recall"], inner, target)
+        # Called before the loop moves on, so the closure's `fixed` is this iteration's.
+        i = smallest_meeting(lambda v: measure(quick, {**fixed, inner_name: v})["recall"], inner, target)  # noqa: B023
         while i is not None and i < len(inner):
             point = measure(probe, {**fixed, inner_name: inner[i]})
             if point["recall_lcb"] >= target:

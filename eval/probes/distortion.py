@@ -228,9 +228,12 @@ def make_probe_set(photos: Sequence[Path], n_per_photo: int = 8, seed: int = 0, 
     Unreadable photos and photos smaller than the context window are skipped, each with a
     one-line reason in ``skipped`` (also logged).
     """
-    crops, k1s, idx, skipped = [], [], [], []
+    crops: list[np.ndarray] = []
+    k1s: list[np.ndarray] = []
+    idx: list[np.ndarray] = []
+    skipped: list[str] = []
     for index, c, k1, reason in iter_probe_crops(photos, n_per_photo, seed, crop):
-        if c is None:
+        if c is None or k1 is None:  # both None together: a skipped photo
             log.warning("skipped %s", reason)
             skipped.append(reason)
             continue

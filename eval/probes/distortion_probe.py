@@ -185,7 +185,7 @@ def camera_keys(photos: Sequence[Path]) -> list[str]:
                 with open_checked(p.read_bytes(), p) as img:  # the image policy, header only
                     exif = img.getexif()
                 key = f"{exif.get(0x010F, '')} {exif.get(0x0110, '')}".strip()  # Make, Model
-            except Exception:  # unreadable: the probe reports it later; here it is its own group
+            except Exception:  # noqa: BLE001 - unreadable: the probe reports it later; here it is its own group
                 key = ""
         keys.append(key or f"file:{p.name}")
     return keys

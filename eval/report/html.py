@@ -93,7 +93,7 @@ def image_data_uri(source: Union[PathLike, np.ndarray], max_width: int, max_heig
     """
     rgb = load_rgb(source) if not isinstance(source, np.ndarray) else source
     img = Image.fromarray(np.ascontiguousarray(rgb))
-    img.thumbnail((max_width, max_height or max_width * 4), Image.LANCZOS)
+    img.thumbnail((max_width, max_height or max_width * 4), Image.Resampling.LANCZOS)
     if kind in ("png", "auto"):
         buf = io.BytesIO()
         img.save(buf, "PNG", optimize=True)

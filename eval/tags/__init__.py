@@ -1,1 +1,1 @@
-"""eval.tags: predicting EXIF tag values from pixels — classes, k-NN / zero-shot / linear-probe evaluation and its report."""
+"""eval.tags: predicting EXIF tag values from pixels — classes, k-NN / zero-shot / linear-probe scores, report."""

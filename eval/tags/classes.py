@@ -23,11 +23,12 @@ raw train value inside it (zero-shot text ranking renders that value).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -160,7 +161,7 @@ def _bin_labels(edges: Sequence[float], unit: str, fractions: bool) -> list[str]
     suffix = f" {unit}" if unit else ""
     if not f:
         return [f"all{suffix}"]
-    return ([f"< {f[0]}{suffix}"] + [f"[{a}, {b}){suffix}" for a, b in zip(f[:-1], f[1:])]
+    return ([f"< {f[0]}{suffix}"] + [f"[{a}, {b}){suffix}" for a, b in itertools.pairwise(f)]
             + [f">= {f[-1]}{suffix}"])
 
 
@@ -178,7 +179,7 @@ def fit_one(tag: str, raw: Sequence[Optional[str]], *, min_frac: float = 0.01, m
     numbers = {v: parse_number(v) for v in counter}
     n_num = sum(c for v, c in counter.items() if numbers[v] is not None)
     distinct = {x for x in numbers.values() if x is not None}
-    base = dict(tag=tag, n_present=len(present), n_images=len(raw))
+    base: dict[str, Any] = dict(tag=tag, n_present=len(present), n_images=len(raw))
     if not present:
         return TagClasses(kind="none", labels=[], representative=[], counts=[], **base)
     if n_num >= numeric_frac * len(present) and len(distinct) > max_bins:
@@ -191,8 +192,8 @@ def fit_one(tag: str, raw: Sequence[Optional[str]], *, min_frac: float = 0.01, m
         counts = np.bincount(bins, minlength=len(labels)).tolist()
         reps = []
         for b in range(len(labels)):
-            inside = Counter(v for v in present if numbers[v] is not None
-                             and int(np.searchsorted(edges, numbers[v], side="right")) == b)
+            inside = Counter(v for v in present if (x := numbers[v]) is not None
+                             and int(np.searchsorted(edges, x, side="right")) == b)
             reps.append(min(inside.items(), key=lambda vc: (-vc[1], vc[0]))[0])
         others = Counter({v: c for v, c in counter.items() if numbers[v] is None})
         kept = _kept(others, len(present), min_frac, min_count)
@@ -207,7 +208,7 @@ def fit_one(tag: str, raw: Sequence[Optional[str]], *, min_frac: float = 0.01, m
                       values={v: i for i, (v, _) in enumerate(kept)}, **base)
 
 
-def fit_tag_classes(exifs: Sequence[Mapping[str, str]], tags: Sequence[str], **options: float) -> dict[str, TagClasses]:
+def fit_tag_classes(exifs: Sequence[Mapping[str, str]], tags: Sequence[str], **options: Any) -> dict[str, TagClasses]:
     """Per tag of ``tags`` (in order), its :class:`TagClasses` fitted on the train ``exifs``.
 
     ``options``: ``min_frac``, ``min_count``, ``max_bins``, ``numeric_frac``

@@ -1,1 +1,1 @@
-"""pipeline.exif: reading a photo's EXIF, naming and describing its tags as metadata-extractor does, and the text the model reads."""
+"""pipeline.exif: reading a photo's EXIF, naming its tags as metadata-extractor does, and the text the model reads."""

@@ -135,12 +135,12 @@ def _exiv2_rows(data: bytes) -> tuple[list[dict[str, Any]], str]:
             api = img._exiv2api_image
             try:
                 rows = api.read_exif_detail()
-            except Exception:
+            except Exception:  # noqa: BLE001 - exiv2's C++ exceptions arrive as several types
                 # exiv2 converts UNICODE comments to UTF-8 while listing, and one malformed
                 # comment makes the whole listing throw: drop the comment tags, list again.
                 _drop_comment_tags(api)
                 rows = api.read_exif_detail()
-    except Exception as exc:    # pybind11 maps exiv2's C++ exceptions onto several Python types
+    except Exception as exc:    # noqa: BLE001 - pybind11 maps exiv2's C++ exceptions onto several Python types
         raise ExifReadError(_one_line(exc)) from None
     return rows, mime
 
@@ -153,7 +153,7 @@ def _drop_comment_tags(api: Any) -> None:
     """
     try:
         api.modify_exif([[key, "", "_delete"] for key in COMMENT_KEYS], "utf-8")
-    except Exception:   # the rewrite after the erase failed; the listing is retried anyway
+    except Exception:   # noqa: BLE001 - the rewrite after the erase failed; the listing is retried anyway
         pass
 
 

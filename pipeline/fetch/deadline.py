@@ -118,12 +118,13 @@ def resolve(host: str, port: int, seconds: float) -> list[Any]:
         return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)  # a literal: no lookup
     except ValueError:
         pass
-    done, box = threading.Event(), {}
+    done = threading.Event()
+    box: dict[str, Any] = {}
 
     def lookup() -> None:
         try:
             box["infos"] = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
-        except BaseException as exc:  # handed to the waiting thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             box["error"] = exc
         finally:
             done.set()
@@ -209,7 +210,7 @@ class BoundedHTTPResponse(http.client.HTTPResponse):
 class _BoundedConnect:
     """Mixin for urllib3 connections: bounded DNS + connect, bounded responses."""
 
-    response_class = BoundedHTTPResponse
+    response_class: type[http.client.HTTPResponse] = BoundedHTTPResponse
 
     def _new_conn(self) -> socket.socket:
         deadline = current()

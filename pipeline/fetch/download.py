@@ -262,7 +262,7 @@ class Downloader:
                 break
             try:
                 res = self._fetch_one(candidate, row)
-            except Exception as exc:  # a bug here must cost one row, not the shard
+            except Exception as exc:  # noqa: BLE001 - a bug here must cost one row, not the shard
                 res = FetchResult(candidate, None, st.DOWNLOAD_FAILED, None, None,
                                   _one_line(f"internal error: {type(exc).__name__}: {exc}"), 0, 0.0)
             attempts += res.attempts
@@ -346,7 +346,9 @@ class Downloader:
             return self._direct
         parts = urlsplit(url)
         proxy = self._proxies.get(parts.scheme.lower())
-        if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or "", self._proxies):
+        # proxy_bypass_environment: urllib's own no_proxy matcher, public but missing from typeshed.
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if not proxy or bypass(parts.hostname or "", self._proxies):
             return self._direct
         with self._lock:
             manager = self._via.get(proxy)
@@ -439,7 +441,7 @@ class Downloader:
                 if not chunk:
                     break
                 n -= len(chunk)
-        except Exception:  # the outcome is already decided; the connection is simply dropped
+        except Exception:  # noqa: BLE001 - the outcome is already decided; the connection is simply dropped
             pass
 
 

@@ -204,7 +204,8 @@ def find_cross_shard_duplicates(out_dir: storage.PathLike, *, partition_rows: in
 
 def _samples(src: tarfile.TarFile, drop: set[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
     """The tar's samples not in ``drop``: consecutive members sharing a key, as written."""
-    key, members = "", {}
+    key = ""
+    members: dict[str, bytes] = {}
     for member in src:
         name, _, ext = member.name.partition(".")
         if name in drop:

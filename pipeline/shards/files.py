@@ -235,7 +235,8 @@ class TarShardWriter:
     def __init__(self, path: PathLike) -> None:
         self.path = storage.resolve(path)
         self.tmp = storage.staging_path(self.path)
-        self._tar = tarfile.open(self.tmp, "w", format=tarfile.GNU_FORMAT)
+        # Open for the writer's lifetime; commit() / abort() close it.
+        self._tar = tarfile.open(self.tmp, "w", format=tarfile.GNU_FORMAT)  # noqa: SIM115
         self.count = 0
 
     def add(self, key: str, members: dict[str, bytes]) -> None:

@@ -99,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="exiflang select-tags", description=main.__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="exiflang select-tags", description=(main.__doc__ or "").split("\n")[0])
     ap.add_argument("--data", required=True, help="dataset folder written by `exiflang shards`")
     ap.add_argument("--threshold", type=float, default=0.5,
                     help="keep tags present in more than this fraction of kept images")

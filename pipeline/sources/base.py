@@ -18,7 +18,7 @@ import lzma
 import os
 import zlib
 from pathlib import Path
-from typing import IO, BinaryIO, Iterator, Optional
+from typing import IO, BinaryIO, Iterator, Optional, cast
 
 from exiflang.pipeline import storage
 from exiflang.pipeline.records import SourceRow
@@ -87,7 +87,7 @@ def open_binary(path: str | os.PathLike) -> tuple[IO[bytes], BinaryIO]:
     except OSError as exc:
         raise SourceError(path, f"cannot read: {reason_of(exc)}") from exc
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")), raw  # a BufferedIOBase: IO[bytes] at run time
     if kind == "bzip2":
         return bz2.BZ2File(raw, mode="rb"), raw
     if kind == "xz":

@@ -17,7 +17,7 @@ import csv
 import json
 import math
 import os
-from typing import IO, Any, Iterator, Optional, Sequence
+from typing import IO, Any, Iterator, Literal, Optional, Sequence
 
 from exiflang.pipeline import storage
 from exiflang.pipeline.records import SourceRow
@@ -84,10 +84,8 @@ class UrlListSource(Source):
         self._reset()
         reader = {"txt": self._txt, "csv": self._delimited, "tsv": self._delimited,
                   "jsonl": self._jsonl, "parquet": self._parquet}[self.kind]
-        index = 0
-        for url, photo_id, meta in reader():
+        for index, (url, photo_id, meta) in enumerate(reader()):
             yield self._row(index, url, photo_id, meta)
-            index += 1
 
     def _row(self, index: int, url: Optional[str], photo_id: Optional[str],
              meta: dict[str, str]) -> SourceRow:
@@ -137,7 +135,7 @@ class UrlListSource(Source):
                     record = json.loads(line)
                 except ValueError as exc:
                     self._flag("malformed")
-                    yield "", None, {"source_error": f"line {number}: invalid JSON ({exc.msg})"}
+                    yield "", None, {"source_error": f"line {number}: invalid JSON ({_json_reason(exc)})"}
                     continue
                 yield self._from_record(record, number)
 
@@ -215,7 +213,7 @@ class _reading:
         self.fh = open_text(self.path)
         return self.fh
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> Literal[False]:
         self.fh.close()
         if isinstance(exc, READ_ERRORS) and not isinstance(exc, SourceError):
             raise SourceError(self.path, f"unreadable: {reason_of(exc)}") from exc
@@ -291,11 +289,17 @@ def _check(source: UrlListSource) -> None:
         _check_json_line(source, first)
 
 
+def _json_reason(exc: ValueError) -> str:
+    """The parser's message without its position (json.loads also raises plain ValueErrors, e.g. an
+    integer over the digit limit, which have no ``msg``)."""
+    return exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+
+
 def _check_json_line(source: UrlListSource, line: str) -> None:
     try:
         record = json.loads(line)
     except ValueError as exc:
-        raise SourceError(source.path, f"not JSON Lines: first line is not JSON ({exc.msg})") from exc
+        raise SourceError(source.path, f"not JSON Lines: first line is not JSON ({_json_reason(exc)})") from exc
     if isinstance(record, dict) and pick_column(list(record), URL_COLUMNS, source.url_column) is None:
         looked = repr(source.url_column) if source.url_column else ", ".join(URL_COLUMNS)
         raise SourceError(source.path, f"no URL field in the first record (looked for {looked}; "

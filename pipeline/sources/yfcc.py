@@ -138,7 +138,7 @@ class YfccSource(Source):
         index = number = 0
         try:
             with open_text(self.path) as fh:
-                for number, line in enumerate(fh, 1):
+                for number, line in enumerate(fh, 1):  # noqa: B007 -- `number` is read by the error below
                     row = self._parse(index, line)
                     if row is not None:
                         yield row

@@ -25,7 +25,7 @@ import sqlite3
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Generator, Iterable, Iterator, Optional, Sequence
 from urllib.parse import unquote_plus
 
 from tqdm import tqdm
@@ -253,7 +253,7 @@ class YfccSideJoin:
         self.counts = {"lines": 0, "malformed": 0, "filtered": 0, "matched": 0, "missing": 0,
                        "spilled": 0, "duplicates": 0, "rows": 0}
         self._conn: Optional[sqlite3.Connection] = None
-        self._lines: Optional[Iterator[tuple[str, str]]] = None
+        self._lines: Optional[Generator[tuple[str, str], None, None]] = None
         self._pending: OrderedDict[str, str] = OrderedDict()
         self._eof = False
 
@@ -305,6 +305,7 @@ class YfccSideJoin:
         for pid, _ in out:
             del wanted[pid]
         self.counts["matched"] += len(out)
+        assert self._lines is not None, "_resolve() before _start()"
         while wanted and not self._eof:
             record = next(self._lines, None)
             if record is None:
@@ -336,26 +337,31 @@ class YfccSideJoin:
         self.counts["spilled"] += 1
         return [self._pending.popitem(last=False)]
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None, "used before _start()"
+        return self._conn
+
     def _in_db(self, ids: list[str]) -> list[str]:
         ids = [i for i in ids if is_utf8(i)]   # SQLite cannot bind a lone surrogate
         found: list[str] = []
         for start in range(0, len(ids), LOOKUP_CHUNK):
             chunk = ids[start:start + LOOKUP_CHUNK]
-            found += [r[0] for r in self._conn.execute(
+            found += [r[0] for r in self._db.execute(
                 f"SELECT photo_id FROM exif WHERE photo_id IN ({','.join('?' * len(chunk))})",
                 chunk)]
         return found
 
     def _insert(self, records: list[tuple[str, str]]) -> None:
-        before = self._conn.total_changes
+        before = self._db.total_changes
         # OR IGNORE: a line spilled earlier is an earlier line of the same id, and wins.
-        self._conn.executemany("INSERT OR IGNORE INTO exif VALUES (?, ?)", records)
-        self.counts["rows"] += self._conn.total_changes - before
-        self._conn.commit()
+        self._db.executemany("INSERT OR IGNORE INTO exif VALUES (?, ?)", records)
+        self.counts["rows"] += self._db.total_changes - before
+        self._db.commit()
 
     def _write_info(self, info: dict[str, str]) -> None:
-        self._conn.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", sorted(info.items()))
-        self._conn.commit()
+        self._db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", sorted(info.items()))
+        self._db.commit()
 
     def close(self) -> None:
         """Record the counts in the database (a full index once the file was read to its end)."""
@@ -414,7 +420,7 @@ def _create_tables(conn: sqlite3.Connection) -> None:
 
 
 def _records(side_file: str, photo_ids: Optional[set[str]],
-             counts: dict[str, int]) -> Iterator[tuple[str, str]]:
+             counts: dict[str, int]) -> Generator[tuple[str, str], None, None]:
     """(photo id, raw items) per good line, with a progress bar over on-disk bytes."""
     stream, raw = open_binary(side_file)
     total = os.path.getsize(side_file)

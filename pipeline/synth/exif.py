@@ -67,7 +67,7 @@ def _aperture(cam: CameraModel, rng: np.random.Generator, focal: float, program:
     stops = [s for s in FSTOPS if widest - 0.05 <= s <= cam.fnum_range[2]] or [cam.fnum_range[0]]
     if len(stops) == 1:
         return stops[0], stops
-    if program == 2:  # program AE: brighter scene -> smaller aperture
+    if program == 2:  # program AE: brighter scene -> smaller aperture  # noqa: SIM108 -- one comment per branch
         i = int(round(0.8 * (ev - 9.0) + rng.normal(0, 0.8)))
     else:             # photographer's choice, mostly the wider stops
         i = int(rng.integers(0, min(len(stops), 10)))
@@ -182,7 +182,7 @@ def thumbnail(cam: CameraModel, rgb: np.ndarray) -> bytes | None:
         return None
     h, w = rgb.shape[:2]
     buf = io.BytesIO()
-    Image.fromarray(rgb).resize((160, max(1, round(160 * h / w))), Image.BILINEAR).save(
+    Image.fromarray(rgb).resize((160, max(1, round(160 * h / w))), Image.Resampling.BILINEAR).save(
         buf, "JPEG", quality=80)
     return buf.getvalue()
 

@@ -110,6 +110,12 @@ class _Sample:
     ids: Optional[list[int]] = None
 
 
+def _crop(sample: _Sample, j: int) -> Any:
+    """Crop ``j`` of a sample that _collate decoded (failed ones were replaced by a decoded one)."""
+    assert sample.crops is not None, sample.key
+    return sample.crops[j]
+
+
 class _SlotStream:
     """The item stream and batches of one slot (rank, worker role)."""
 
@@ -149,11 +155,12 @@ class _SlotStream:
         for p in itertools.count():
             samples = self._resampled() if self.cfg.resampled else self._one_pass(p)
             rng, n = random.Random(self._key("shuffle", p)), 0
+            items: Iterator[tuple[_Sample, int]]
             if self.cfg.group_crops:   # shuffle images, then emit each one's K crops in a row
                 items = ((s, i) for s in shuffled(samples, max(1, size // k), rng) for i in range(k))
             else:
                 items = shuffled(((s, i) for s in samples for i in range(k)), size, rng)
-            for n, item in enumerate(items, 1):
+            for n, item in enumerate(items, 1):  # noqa: B007 -- `n` counts the pass, checked below
                 yield item
             if n == 0:
                 raise DataError(f"{self.ds.shards.root}: no usable sample in the shards of rank "
@@ -262,9 +269,9 @@ class _SlotStream:
     def _tensors(self, items: list[tuple[_Sample, int]]) -> dict:
         n = 2 if self.cfg.cropclr else 1
         out: dict[str, Any] = {"keys": [s.key for s, _ in items],
-                               "images": normalise([s.crops[n * i] for s, i in items])}
+                               "images": normalise([_crop(s, n * i) for s, i in items])}
         if self.cfg.cropclr:
-            out["images2"] = normalise([s.crops[n * i + 1] for s, i in items])
+            out["images2"] = normalise([_crop(s, n * i + 1) for s, i in items])
         else:
             out.update(batch_text(items, self.ds.vocab, self.ds.tokenizer, fmt=self.cfg.text_format,
                                   clean=self.cfg.clean_values, max_len=self.cfg.max_text_len))

@@ -106,13 +106,16 @@ def read_groups(source: Union[Path, BinaryIO]) -> Iterator[tuple[str, dict[str, 
     also read members from between samples (``tarfile`` seeks back to its next header).
     """
     try:
-        opened = (tarfile.open(source, "r:") if isinstance(source, (str, Path))
-                  else tarfile.open(fileobj=source, mode="r:"))  # type: ignore[call-overload]
+        # Entered by the `with` just below (SIM115 cannot see through the conditional).
+        opened = (tarfile.open(source, "r:") if isinstance(source, (str, Path))  # noqa: SIM115
+                  else tarfile.open(fileobj=source, mode="r:"))  # noqa: SIM115
         with opened as tar:
             key: Optional[str] = None
             members: dict[str, Location] = {}
             while (info := tar.next()) is not None:
-                tar.members.clear()  # TarFile keeps every header otherwise: flat memory on big tars
+                # TarFile keeps every header otherwise (its `members` list, missing from typeshed):
+                # flat memory on big tars.
+                tar.members.clear()  # type: ignore[attr-defined]
                 folder, _, name = info.name.rpartition("/")
                 stem, dot, ext = name.partition(".")
                 if not info.isreg() or not dot:
@@ -183,7 +186,7 @@ def probe_image(data: bytes, patch: int, policy: Optional[ImagePolicy] = None) -
         img = policy.open(data)
     except PolicyError as exc:
         raise SampleError(exc.status, exc.reason) from None
-    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types (OSError, SyntaxError, ValueError...)
         raise SampleError("not_an_image", str(exc)) from None
     with img:
         fmt, size = img.format, img.size

@@ -1,4 +1,4 @@
-"""Where the shards live (a folder or an fsspec URL): listing and streamed reads, with bounded retries and a per-read timeout.
+"""Where the shards live (a folder or an fsspec URL): listing and streamed reads, bounded retries, a per-read timeout.
 
 ``--data`` and ``--eval-data`` are either a local folder (read with ``open()``, as always) or a
 URL that fsspec understands: ``s3://bucket/prefix``, ``gs://…``, ``file:///abs/path``.  A URL is
@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, TypeVar, Union
+from typing import Any, BinaryIO, Callable, Optional, TypeVar, Union, cast
 
 T = TypeVar("T")
 _NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -177,7 +177,8 @@ class RetryingFile:
 
     def size(self) -> int:
         if self._size is None:
-            self._size = int(with_retries(self.name, lambda: self._file().size, self._policy,
+            # The opener gives an fsspec buffered file (typed here as BinaryIO): it has ``size``.
+            self._size = int(with_retries(self.name, lambda: cast(Any, self._file()).size, self._policy,
                                           self._timed, on_retry=self._drop))
         return self._size
 
