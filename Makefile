@@ -14,6 +14,15 @@ PHOTOS ?=
 
 setup: $(STAMP)
 
+# The page's browser test (tests/serve/test_browser.py) drives Debian's chromium + chromium-driver
+# through selenium; installed here when missing (CI runs as root).  Nothing downloads a browser.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "make: chromium + chromedriver missing (apt-get install chromium chromium-driver as root):" \
+	  "the browser test will fail" >&2; fi
+
 # torch comes from the lock (torch==2.13.0, the local CPU wheel); installing it first,
 # alone, means nothing later can pull a CUDA build.
 $(STAMP): requirements.lock pyproject.toml
@@ -29,7 +38,7 @@ demo: setup
 
 # The whole suite, every tier (what CI runs).  The shared trained run is cached between sessions
 # by its inputs (tests/synth_run.py; EXIFLANG_TEST_CACHE=off builds it afresh).
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q --durations=20 tests
 
 # The unit tier for the edit loop: no slow (> ~5 s) and no integration (Ray, torchrun, servers,
