@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -103,7 +104,7 @@ def authors_card() -> dict[str, Any]:
 def training_card(cfg: Any, tags: Optional[dict[str, Any]], result: dict[str, Any]) -> dict[str, Any]:
     """The card of a finished ``exiflang train`` run: its config ``cfg`` (a TrainConfig), the
     shards' ``tags`` (tags.json) and the trainer's final ``result`` (``eval/*`` = held-out numbers)."""
-    data = corpus_facts(str(cfg.data.data))
+    data = dict(_facts(str(cfg.data.data)))
     if data.get("photos") is None and tags and tags.get("num_images") is not None:
         data["photos"] = int(tags["num_images"])
     training = {"steps": result.get("step", cfg.run.steps), "preset": getattr(cfg, "preset", None),
@@ -138,6 +139,12 @@ def corpus_facts(data: str) -> dict[str, Any]:
     else:  # not made by `exiflang synth`; whether it is camera output is not known from here
         facts.update(synthetic=False, kind="photos not made by exiflang synth")
     return facts
+
+
+@lru_cache(maxsize=4)
+def _facts(data: str) -> dict[str, Any]:
+    """:func:`corpus_facts`, once per process and corpus (every checkpoint writes a card)."""
+    return corpus_facts(data)
 
 
 def _json(path: Path) -> Optional[dict]:

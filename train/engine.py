@@ -276,8 +276,9 @@ def _checkpoint(run: Path, pos: Position, model: ExifClip, tokenizer: Any, tags:
     if env.is_main:
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "position": vars(pos).copy(), "config": cfg.to_dict()}
-        checkpoint.save(run, pos.step, model, tokenizer, tags, state, cfg.run.keep_last, metric,
-                        rngs=rngs)
+        final = checkpoint.save(run, pos.step, model, tokenizer, tags, state, cfg.run.keep_last, metric,
+                                rngs=rngs)
+        _write_card(final, cfg, tags, {"step": pos.step})  # a checkpoint is a model folder too
     barrier(env)
 
 

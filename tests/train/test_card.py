@@ -18,6 +18,9 @@ def test_training_writes_a_card_naming_the_synthetic_cameras(heldout_run: Path) 
     assert set(card["heldout"]) >= {"loss", "i2t_r1", "camera_top1"}
     assert card["summary"] == ("model trained on 24 synthetic photos of 3 camera models (4 steps); "
                                "answers about real cameras are unreliable")
+    # The checkpoint folder (a model folder too) carries its own card, steps at that point.
+    ckpt = read_model_card(heldout_run / "checkpoints" / "step-0000004")
+    assert ckpt["training"]["steps"] == 4 and ckpt["data"]["cameras"] == 3
 
 
 def test_absent_or_broken_card_reads_as_empty(tmp_path: Path) -> None:
