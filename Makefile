@@ -47,20 +47,22 @@ test-fast: setup
 	$(BIN)/python -m pytest -q --durations=20 -m "not slow and not integration" tests
 
 # The lint gate (CI runs it before the tests): ruff lint + format check over the tree, mypy over the
-# packages.  mypy reads a fresh tree of symlinks, build/typecheck/exiflang/{*.py,serve,pipeline,
-# train,eval}, because a checkout maps exiflang.pipeline/.train/.eval onto the root folders only at
-# run time (exiflang/__init__.py); its paths are mapped back to the checkout's in the report.
+# packages; all three report, then any failure fails.  mypy reads a fresh tree of symlinks,
+# build/typecheck/exiflang/{*.py,serve,pipeline,train,eval}, because a checkout maps
+# exiflang.pipeline/.train/.eval onto the root folders only at run time (exiflang/__init__.py); its
+# paths are mapped back to the checkout's in the report.
 TYPECHECK := build/typecheck
 lint: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/exiflang
 	for p in exiflang/* pipeline train eval; do \
 	  case "$$p" in *__pycache__*) continue;; esac; \
 	  ln -s "$(CURDIR)/$$p" "$(TYPECHECK)/exiflang/$$(basename $$p)"; done
-	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
-	  --cache-dir $(CURDIR)/build/mypy_cache -p exiflang > ../mypy.out; rc=$$?; \
-	  sed -E 's#^exiflang/(pipeline|train|eval)/#\1/#' ../mypy.out; exit $$rc
+	rc=0; \
+	$(BIN)/ruff check . || rc=1; \
+	$(BIN)/ruff format --check . || rc=1; \
+	cd $(TYPECHECK) && MYPYPATH=. $(abspath $(BIN))/mypy --config-file $(CURDIR)/pyproject.toml \
+	  --cache-dir $(CURDIR)/build/mypy_cache -p exiflang > ../mypy.out || rc=1; \
+	sed -E 's#^exiflang/(pipeline|train|eval)/#\1/#' ../mypy.out; exit $$rc
 
 # The autofixes, in one pass over the tree: safe fixes, then the formatter.  What remains after it
 # is for hand-fixing (`make lint` lists it).

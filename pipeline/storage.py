@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
-Location = Union[Path, str]          # a local Path, or a remote URL as str
+Location = Path | str               # a local Path, or a remote URL as str
 OPTIONS_ENV = "EXIFLANG_STORAGE_OPTIONS"
 STAGING_ENV = "EXIFLANG_STAGING_DIR"
 _LOCAL_PROTOCOLS = ("file", "local")

@@ -46,7 +46,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.missing{color:#888;fo
 .err{color:#b00020}.ok{color:#137333;font-weight:bold}.bad{color:#b00020;font-weight:bold}
 .row{display:flex;gap:18px;flex-wrap:wrap;align-items:flex-start}img{border:1px solid #ccc;max-width:100%}
 .muted{color:#666;font-size:.9em}pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:.85em}"""
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def esc(value: Any) -> str:

@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, cast
 
 from urllib3 import PoolManager, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -216,16 +216,17 @@ class _BoundedConnect:
         deadline = current()
         if deadline is None:
             return super()._new_conn()  # type: ignore[misc]
-        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None  # type: ignore[attr-defined]
+        conn = cast(HTTPConnection, self)  # this mixin is only ever mixed into urllib3's connections
+        timeout = conn.timeout if isinstance(conn.timeout, (int, float)) else None
         try:
-            return open_connection(self._dns_host, self.port, timeout, deadline,  # type: ignore[attr-defined]
-                                   self.source_address, self.socket_options)  # type: ignore[attr-defined]
+            return open_connection(conn._dns_host, conn.port, timeout, deadline, conn.source_address,
+                                   conn.socket_options)
         except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[attr-defined,arg-type]
+            raise NameResolutionError(conn.host, conn, exc) from exc
         except TimeoutError as exc:
-            raise ConnectTimeoutError(self, f"connection to {self.host} timed out: {exc}") from exc  # type: ignore[attr-defined]
+            raise ConnectTimeoutError(conn, f"connection to {conn.host} timed out: {exc}") from exc
         except OSError as exc:
-            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
 
 
 class BoundedHTTPConnection(_BoundedConnect, HTTPConnection):

@@ -99,6 +99,13 @@ class ShardError(Exception):
     """A tar that cannot be read any further."""
 
 
+def _open_tar(source: Union[Path, BinaryIO]) -> tarfile.TarFile:
+    """The tar at a path, or in an open seekable binary file, opened for streamed reading."""
+    if isinstance(source, (str, Path)):
+        return tarfile.open(source, "r:")
+    return tarfile.open(fileobj=source, mode="r:")
+
+
 def read_groups(source: Union[Path, BinaryIO]) -> Iterator[tuple[str, dict[str, Location]]]:
     """A tar's samples in order: key and ``{ext: (offset, size)}``; reads headers, seeks past data.
 
@@ -106,10 +113,7 @@ def read_groups(source: Union[Path, BinaryIO]) -> Iterator[tuple[str, dict[str, 
     also read members from between samples (``tarfile`` seeks back to its next header).
     """
     try:
-        # Entered by the `with` just below (SIM115 cannot see through the conditional).
-        opened = (tarfile.open(source, "r:") if isinstance(source, (str, Path))  # noqa: SIM115
-                  else tarfile.open(fileobj=source, mode="r:"))  # noqa: SIM115
-        with opened as tar:
+        with _open_tar(source) as tar:
             key: Optional[str] = None
             members: dict[str, Location] = {}
             while (info := tar.next()) is not None:
