@@ -37,7 +37,7 @@ VARIANTS: dict[str, list[str]] = {
     "cropclr": ["data.cropclr=true"],            # image-to-image, no metadata
     "model-tag": ["data.tags=[Model]"],           # single-tag supervision
 }
-# Full-scale YFCC numbers quoted by DESIGN.md (paper Table 5 and the authors' README); not ours.
+# Full-scale YFCC numbers quoted by docs/design.md (paper Table 5 and the authors' README); not ours.
 PAPER = {"tags_exif": 0.35, "tags_majority": 0.12, "columbia_p_map": 0.94, "columbia_det_map": 0.98}
 
 

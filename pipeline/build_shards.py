@@ -1,7 +1,7 @@
 """Entry point of the dataset pipeline: `exiflang shards` / `python pipeline/build_shards.py`.
 
 Starts Ray embedded, or joins a cluster with ``--address`` / ``RAY_ADDRESS`` (as under
-``ray job submit``), and writes WebDataset shards plus Parquet tag tables (DESIGN.md §3).
+``ray job submit``), and writes WebDataset shards plus Parquet tag tables (docs/design.md §3).
 """
 from __future__ import annotations
 

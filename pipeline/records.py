@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-# Status values of DESIGN.md §3, one per source row in the shard's Parquet table.
+# Status values of docs/design.md §3, one per source row in the shard's Parquet table.
 SUCCESS = "success"
 DOWNLOAD_FAILED = "download_failed"
 HTTP_ERROR = "http_error"

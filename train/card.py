@@ -90,7 +90,7 @@ def describe(card: dict[str, Any]) -> str:
 
 
 def authors_card() -> dict[str, Any]:
-    """The card of the authors' released checkpoint (facts from the paper, DESIGN.md)."""
+    """The card of the authors' released checkpoint (facts from the paper, docs/design.md)."""
     return {"source": "authors' release (converted)",
             "data": {"kind": "YFCC100M photos with EXIF (Zheng et al., CVPR 2023)", "real": True,
                      "synthetic": False, "photos": None, "cameras": None,

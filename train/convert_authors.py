@@ -1,6 +1,6 @@
 """Convert the authors' released checkpoint (``wrapper_75_new.pth``) into an exiflang model folder.
 
-Their ``EXIFNet`` wraps an OpenAI-CLIP object whose towers were swapped (DESIGN.md §4), so the
+Their ``EXIFNet`` wraps an OpenAI-CLIP object whose towers were swapped (docs/design.md §4), so the
 state dict (under ``checkpoint["model"]``) holds:
 
 - ``model.visual.*`` — a torchvision ResNet-50 whose ``fc`` is ``Linear(2048, 768)``: mapped to
@@ -13,7 +13,7 @@ state dict (under ``checkpoint["model"]``) holds:
 The result is the ``paper`` preset: mean pooling (their ``avg_word_embs=True``), fixed logit
 scale 100 (CLIP ViT-B/32's ``logit_scale.exp()``, which their trainer used), the BERT uncased
 tokenizer (distilbert-base-uncased's vocabulary).  Their training text was the ``code`` format
-with value cleaning (DESIGN.md §3); their 44-tag vocabulary is not published, pass ``--tags``.
+with value cleaning (docs/design.md §3); their 44-tag vocabulary is not published, pass ``--tags``.
 
 Usage: ``exiflang convert-authors CKPT --out MODEL_DIR [--tags tags.json] [--tokenizer DIR]``.
 """

@@ -1,4 +1,4 @@
-"""Forensic benchmark readers: each published folder layout (DESIGN.md §6) and its mask convention.
+"""Forensic benchmark readers: each published folder layout (docs/design.md §6) and its mask convention.
 
 Every reader lists ``Item(name, image, mask, spliced)`` tuples (``mask`` None for authentic
 images, or when a spliced image's mask file is missing) in a sorted, deterministic order, and

@@ -23,7 +23,7 @@ CSV_COLUMNS = ["name", "method", "spliced", "image", "height", "width", *MAP_COL
                *SCORE_COLUMNS, "seconds", "note"]
 # The score each method's headline detection number uses (the README's default).
 DEFAULT_SCORE = {"exif": EXIF_DEFAULT, "noi": "score_noi"}
-# Authors' README, released model (DESIGN.md §6): (p-mAP, detection mAP); None = not given.
+# Authors' README, released model (docs/design.md §6): (p-mAP, detection mAP); None = not given.
 REFERENCE = {"columbia": (0.94, 0.98), "dso1": (0.62, 0.66), "rt": (0.23, 0.53),
              "inthewild": (0.54, None), "hays": (0.31, None)}
 

@@ -2,7 +2,7 @@
 
 Two grids:
 
-- :func:`splice_grid` — the forensic grid of the authors' code (DESIGN.md §6): patch ``P``
+- :func:`splice_grid` — the forensic grid of the authors' code (docs/design.md §6): patch ``P``
   (124), ``stride = max((max(H, W) - P) // n, 1)`` with ``n`` = 30 (the paper says 25), the same
   stride along both axes, top-left corners ``0, stride, 2*stride, ... <= side - P``, raster order;
 - :func:`even_grid` — ``per_side x per_side`` patches spread evenly from edge to edge (the

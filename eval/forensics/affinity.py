@@ -1,4 +1,4 @@
-"""Patch affinity and its vote averaging onto grid cells: the 4-D consistency map of DESIGN.md §6.
+"""Patch affinity and its vote averaging onto grid cells: the 4-D consistency map of docs/design.md §6.
 
 Cells
 -----

@@ -1,6 +1,6 @@
 """The zero-shot splice detector: one photo's pixels -> heatmap, masks and detection scores.
 
-:class:`Detector` holds a trained model's image tower and runs DESIGN.md §6 on one
+:class:`Detector` holds a trained model's image tower and runs docs/design.md §6 on one
 ``uint8 [H,W,3]`` photo: the authors' patch grid (:func:`exiflang.eval.embed.patches.splice_grid`, P = 124,
 n = 30), batched patch embeddings from the image normalised once, the cosine affinity, the
 vectorised vote averaging + EXIF-SC mean shift (+ normalized cuts) of
@@ -28,7 +28,7 @@ from exiflang.eval.forensics.localize import localize
 from exiflang.eval.embed.patches import Grid, PatchEmbedder, splice_grid
 from exiflang.eval.forensics.scores import detection_scores
 
-PAPER_PER_SIDE = 25   # what the paper says; the authors' code ran with 30 (DESIGN.md §6)
+PAPER_PER_SIDE = 25   # what the paper says; the authors' code ran with 30 (docs/design.md §6)
 CODE_PER_SIDE = 30
 PATCH = 124
 

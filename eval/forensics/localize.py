@@ -1,6 +1,6 @@
 """Splice localization from patch embeddings: vote averaging, mean-shift heatmap, ncuts mask and map, at image size.
 
-Steps (DESIGN.md §6): affinity -> 4-D cell map (:mod:`exiflang.eval.forensics.affinity`) -> mean-shift mode
+Steps (docs/design.md §6): affinity -> 4-D cell map (:mod:`exiflang.eval.forensics.affinity`) -> mean-shift mode
 (:mod:`exiflang.eval.forensics.meanshift`) reshaped to the cell grid -> min-max normalised to 0..1 (a constant
 map stays 0) -> resized bilinearly to the image -> oriented: if more than half of the area
 covered by patches is above 0.5, the map is inverted (the smaller region is the splice) ->

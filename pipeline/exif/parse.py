@@ -1,6 +1,6 @@
 """Read the EXIF of JPEG/TIFF/PNG bytes with pyexiv2, as ``{tag name: human-readable value}``.
 
-Names and values are metadata-extractor's (see DESIGN.md §3 and exif_format*), keyed by
+Names and values are metadata-extractor's (see docs/design.md §3 and exif_format*), keyed by
 :func:`exiflang.pipeline.exif.names.canonical_tag_name`, so they line up with YFCC100M's side file.
 
 What is kept: the standard directories only -- IFD0 ("Exif IFD0"), the Exif SubIFD,

@@ -9,7 +9,7 @@ Formats (ablations of the paper's Table 5):
 - ``values_shuffled`` — ``values`` in a random order per call (no tag names, no order): with the
   three above, the four cells of the tag-format ablation (names x order).
 
-``clean=True`` applies the authors' value cleaning (off by default, DESIGN.md §3).
+``clean=True`` applies the authors' value cleaning (off by default, docs/design.md §3).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Which kind of input a path is, and the one entry point that opens it as a stream of source rows.
 
-Three formats (DESIGN.md §2): a ``folder`` of images (walked here), a list of ``urls``
+Three formats (docs/design.md §2): a ``folder`` of images (walked here), a list of ``urls``
 (txt/csv/tsv/jsonl/parquet: :mod:`exiflang.pipeline.sources.url_lists`) and a ``yfcc`` main file
 (:mod:`exiflang.pipeline.sources.yfcc`).  Any file may be gzip-, bzip2- or xz-compressed; compression is
 recognised from the file's first bytes, so a misnamed file still opens.  Also here: the
