@@ -8,7 +8,9 @@
 # photo.jpg / folder/ -> held-out synthetic photos (the real dev photos for the distortion probe,
 # which needs 702-px context windows), a URL list -> the dev photos served on
 # loopback, 8 GPUs -> 2 CPU processes, the YFCC100M files (not available offline) -> a photo
-# folder, N -> 2, --count 100 -> 6 (20 held-out photos). Runs that the README gives full budgets
+# folder, N -> 2, --count 100 -> 6 (20 held-out photos). Shared-machine guards: the head gets a
+# temp dir and agent port of its own, and `ray stop` becomes stopping that head by process id
+# (`ray stop` would end other jobs' Ray runtimes too). Runs that the README gives full budgets
 # for (300 training steps, n = 30) keep them; the DDP and override examples run 20 steps.
 # `make demo`, `make test`, `make test-fast`, `make lint`, `make study` and `make bench` are run
 # on their own. Every command is echoed before it runs; the first failure
@@ -40,11 +42,39 @@ run exiflang shards --source urls.csv.gz --out shards_urls --executor local
 run exiflang select-tags --data shards --threshold 0.3
 
 section "README 1 / docs/pipeline.md: On a Ray cluster"
-run ray start --head --port=6379 --dashboard-host=127.0.0.1
-run ray job submit --address=http://127.0.0.1:8265 --working-dir "$ROOT" \
-    --runtime-env-json='{"excludes": [".venv", "shards", "runs", ".git"]}' \
-    -- python pipeline/build_shards.py --source "$WORK/photos" --out "$WORK/shards_ray" --per-host-rate 50
-run ray stop
+# This head keeps its files in a temp dir of its own, so that its processes can be told apart
+# from other Ray runtimes on a shared machine: `ray stop` would end every one of them, so the
+# head is stopped by process id instead (head_pids).
+RAYTMP=$(mktemp -d /tmp/walk-ray.XXXXXX)
+head_pids() {  # this head's processes and all their descendants
+    local todo found=""
+    todo=$(pgrep -f -- "$RAYTMP" || true)
+    while [ -n "$todo" ]; do
+        found="$found $todo"
+        todo=$(for p in $todo; do pgrep -P "$p" || true; done)
+    done
+    echo $found
+}
+stop_head() { local p; p=$(head_pids); [ -z "$p" ] || kill $p 2>/dev/null || true; sleep 5; p=$(head_pids); [ -z "$p" ] || kill -9 $p 2>/dev/null || true; }
+trap 'kill $SERVER 2>/dev/null || true; stop_head' EXIT
+# The agent's HTTP port (52365 by default) is taken whenever another Ray runs here: a free one.
+AGENT_PORT=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+run ray start --head --port=6379 --dashboard-host=127.0.0.1 --temp-dir="$RAYTMP" \
+    --dashboard-agent-listen-port="$AGENT_PORT"
+owner=$(ss -ltnp 2>/dev/null | sed -n 's/.*127.0.0.1:8265 .*pid=\([0-9]*\).*/\1/p' | head -1)
+if [ -z "$owner" ] || ! tr '\0' ' ' < "/proc/$owner/cmdline" | grep -q -- "$RAYTMP"; then
+    echo "port 8265 is not this head's dashboard (another Ray runtime holds it): not submitting" >&2; exit 1
+fi
+# On a loaded machine the head's job agent comes up after `ray start` returns: retry until it does.
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    if run ray job submit --address=http://127.0.0.1:8265 --working-dir "$ROOT" \
+        --runtime-env-json='{"excludes": [".venv", "shards", "runs", ".git"]}' \
+        -- python pipeline/build_shards.py --source "$WORK/photos" --out "$WORK/shards_ray" --per-host-rate 50 \
+        2> >(tee "$WORK/submit.err" >&2); then break; fi
+    grep -q "No available agent" "$WORK/submit.err" && [ "$attempt" -lt 10 ] || exit 1
+    sleep 10
+done
+stop_head    # stands for `ray stop` (see above)
 
 section "README 2 / docs/training.md: Training"
 run exiflang train --data shards --out runs/exp1 --config cpu-small
