@@ -81,7 +81,8 @@ def evaluate(model: Any, photos: Sequence[Path], reference: Any, *, seed: int = 
     from exiflang.api import ImageInputError, read_image, read_own_exif
 
     checker = model.checker(reference)
-    vecs, exifs, names, skipped = [], [], [], defaultdict(int)
+    vecs, exifs, names = [], [], []
+    skipped: defaultdict[str, int] = defaultdict(int)
     for p in photos:
         try:
             exif, _ = read_own_exif(p)

@@ -149,9 +149,10 @@ class Checker:
         from sklearn.metrics import roc_auc_score
 
         pick = sample_rows(len(self.rows), limit, seed + 1)
-        if len(pick) < 4:
+        vectors = self.reference.vectors  # present: the constructor calls this only then
+        if len(pick) < 4 or vectors is None:
             return None
-        vec = self.reference.vectors[[self.rows[i] for i in pick]]
+        vec = vectors[[self.rows[i] for i in pick]]
         other = np.random.default_rng(seed + 2).permutation(len(pick))
         other = np.where(other == np.arange(len(pick)), (other + 1) % len(pick), other)  # never itself
         _, _, z_pos = self.stats(vec, self.texts[pick])
@@ -242,11 +243,11 @@ class Checker:
                 best[tag] = (s, alt)
         rows = []
         for tag in self.used_tags(claimed):
-            s_alt, alt = best.get(tag, (math.nan, None))
+            s_alt, best_alt = best.get(tag, (math.nan, None))
             support = similarity - s_alt if math.isfinite(s_alt) else math.nan
             rows.append({"tag": tag, "claimed": str(claimed[tag]).strip(),
                          "support": None if not math.isfinite(support) else round(support, 6),
-                         "best_alternative": alt, "seen": tag in seen})
+                         "best_alternative": best_alt, "seen": tag in seen})
         rows.sort(key=lambda r: (r["support"] is None, r["support"] if r["support"] is not None else 0.0))
         return rows
 

@@ -1,4 +1,4 @@
-"""The ``exiflang calibrate`` command: measure a model's detection scores on authentic photos and store them as its reference.
+"""The ``exiflang calibrate`` command: a model's detection scores on authentic photos, stored as its reference.
 
     exiflang calibrate --model MODEL_DIR --photos AUTHENTIC_IMAGE_OR_FOLDER... [--limit 200]
         [--grid code|paper] [--patches-per-side N] [--patch-size P] [--batch-size B]

@@ -1,4 +1,4 @@
-"""Detection verdicts: a model's reference distribution of detection scores on authentic photos, and where a new score falls in it.
+"""Detection verdicts: a model's reference detection scores on authentic photos, and where a new score falls.
 
 ``MODEL_DIR/calibration.json`` (written by ``exiflang calibrate --model M --photos AUTHENTIC_DIR``,
 and by ``make demo`` on its held-out authentic photos) holds the detection scores of photos known

@@ -1,4 +1,4 @@
-"""The detect npz's maps: kept on the grid's cells by default, expanded to image size exactly as the detector does on reading.
+"""The detect npz's maps: kept on the grid's cells by default, expanded to image size as the detector reads them.
 
 Every full-size map the detector makes is a function of a cell map and the patch grid
 (:func:`exiflang.eval.forensics.localize.cells_to_image`): the mean-shift ``heatmap`` of

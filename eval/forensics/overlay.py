@@ -39,7 +39,7 @@ def display_size(height: int, width: int, max_side: int) -> tuple[int, int]:
 
 def outline(mask: np.ndarray, size: tuple[int, int], width: int = 3) -> np.ndarray:
     """``bool [H,W]`` -> ``bool [h,w]`` boundary pixels at display ``size`` (h, w), about ``width`` px thick."""
-    small = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
+    small = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)
     k = 2 * (width // 2) + 1
     # Dilation minus erosion: a band on both sides of the edge, visible at any zoom.
     edge = np.asarray(small.filter(ImageFilter.MaxFilter(k))) != np.asarray(small.filter(ImageFilter.MinFilter(k)))
@@ -48,12 +48,12 @@ def outline(mask: np.ndarray, size: tuple[int, int], width: int = 3) -> np.ndarr
 
 def _resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     img = Image.fromarray(rgb)
-    return np.asarray(img if img.size == (size[1], size[0]) else img.resize((size[1], size[0]), Image.BILINEAR))
+    return np.asarray(img if img.size == (size[1], size[0]) else img.resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def _resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     img = Image.fromarray(values.astype(np.float32), mode="F")
-    return np.asarray(img.resize((size[1], size[0]), Image.BILINEAR))
+    return np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def _legend(width: int, caption: str, outlines: bool = True) -> Image.Image:
@@ -65,7 +65,7 @@ def _legend(width: int, caption: str, outlines: bool = True) -> Image.Image:
     font = ImageFont.load_default()
     draw.text((8, 19), "0 consistent", fill=(220, 220, 220), font=font)
     draw.text((max(8, bar_w - 40), 19), "1 spliced", fill=(220, 220, 220), font=font)
-    x = bar_w + 24
+    x: float = bar_w + 24  # advanced by text widths below
     draw.text((x, 4), caption, fill=(235, 235, 235), font=font)
     if not outlines:
         draw.text((x, 19), "no splice outline: the verdict is not 'spliced'", fill=(200, 200, 200), font=font)

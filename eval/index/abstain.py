@@ -66,7 +66,8 @@ def vectors_of(index: Any, ids: np.ndarray) -> Optional[np.ndarray]:
     if not len(ids):
         return np.zeros((0, index.d), np.float32)
     try:
-        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        # DirectMap is a swig class missing from faiss's type information.
+        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
             ivf.make_direct_map()  # lets reconstruct() find a row's list
         return np.asarray(index.reconstruct_batch(ids), dtype=np.float32).reshape(len(ids), index.d)
     except RuntimeError:
@@ -116,6 +117,8 @@ def fit(index: Any, *, k: int = K, candidates: int = CANDIDATES, percentile: flo
     mean, whiten = _whitening(x.astype(np.float64), shrink)
     probe = np.sort(rng.choice(n, size=min(n, sample), replace=False))
     q = vectors_of(index, probe)
+    if q is None:
+        return None
     cand = min(candidates, n - 1)
     _, ids = index.search(np.ascontiguousarray(q, dtype=np.float32), cand + 1)
     # Leave one out: drop the photo itself from its own candidates (keep the first C others).
