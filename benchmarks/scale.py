@@ -474,6 +474,7 @@ def measured(cmd: list[str], work: Path, name: str, env: dict[str, str],
     sampler.start()
     handle = RunHandle(pid_file)
     t0 = time.perf_counter()
+    load0 = os.getloadavg()
     try:
         while wrapper.poll() is None:
             elapsed = time.perf_counter() - t0
@@ -494,6 +495,7 @@ def measured(cmd: list[str], work: Path, name: str, env: dict[str, str],
                peak_tree_rss_mb=round(sampler.peak_sum), cpu_by_role=sampler.cpu_by_role(),
                cpu_sampled=round(sum(sampler.cpu.values()), 2), rss_series=sampler.series,
                killed_at=handle.killed_at, samples=sampler.samples,
+               loadavg=[[round(x, 2) for x in load0], [round(x, 2) for x in os.getloadavg()]],
                processes=Counter(sampler.roles.values()))
     if res["rc"] != 0 and handle.killed_at is None:
         tail = (work / f"{name}.log").read_bytes()[-3000:].decode(errors="replace")
@@ -752,10 +754,13 @@ def summarize_run(res: dict[str, Any], out: Path, rows: int) -> dict[str, Any]:
             "disk_kb_per_row": round(disk["total"] / 1024 / rows, 2),
             "outlived": res["outlived"], "job_seconds": job.get("seconds"),
             "cpu_method": res["cpu_method"], "cpu_rusage_s": round(res["cpu_rusage"], 1),
-            "cpu_sampled_s": res["cpu_sampled"], "rss_series": res["rss_series"]}
+            "cpu_sampled_s": res["cpu_sampled"], "rss_series": res["rss_series"],
+            "loadavg_start_end": res["loadavg"]}
 
 
-def part1(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def part1(args: argparse.Namespace, work: Path, log: Callable[[str], None],
+          result: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Fills ``result`` as it goes (the caller keeps what was measured if a later step fails)."""
     files = work / "world"
     shutil.rmtree(files, ignore_errors=True)
     spec = {"config": {"n_rows": args.rows, "seed": args.seed}, "files": str(files)}
@@ -768,7 +773,8 @@ def part1(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> d
     env = bench_env()
     cfg = SimConfig()
     throttle = (cfg.throttle_concurrency, int(cfg.throttle_rate))
-    result: dict[str, Any] = {"world": {"rows": args.rows, "photos": photos, "fates": summary["fates"]}}
+    result = {} if result is None else result
+    result["world"] = {"rows": args.rows, "photos": photos, "fates": summary["fates"]}
     try:
         # -- full run, with a 429 storm on one farm ------------------------------------------
         out_full = work / "full"
@@ -809,52 +815,62 @@ def part1(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> d
             f"{'PASS' if (full['storm'] or {}).get('pass') else 'FAIL/none'}")
         if args.no_kill:
             return result
-        # -- kill -9 at ~50% and rerun --------------------------------------------------------
-        k = min(args.kill_rows or min(args.rows, 10_000), args.rows)
-        max_rows = None if k >= args.rows else k
-        k_photos = photos if max_rows is None else min(photos, k)
-        n_shards = math.ceil(k_photos / args.rows_per_shard)
-        ref = out_full
-        if max_rows is not None:
-            ref = work / "ref"
-            shutil.rmtree(ref, ignore_errors=True)
-            sim.ctl("reset")
-            log(f"ref: uninterrupted run of the first {k} photo rows")
-            rres = measured(yfcc_cmd(files, sim.port, ref, args, max_rows), work, "ref", env)
-            result["ref"] = summarize_run(rres, ref, k_photos)
-            result["ref"]["truth"] = check_truth(ref, truth, k)
-        out_kill = work / "kill"
-        shutil.rmtree(out_kill, ignore_errors=True)
-        sim.ctl("reset")
-        target = max(1, n_shards // 2)
-
-        def watch_kill(elapsed: float, handle: RunHandle) -> None:
-            if handle.killed_at is None and completed_shards(out_kill) >= target:
-                handle.kill()
-        log(f"kill: {k} rows, SIGKILL to the driver's group at {target}/{n_shards} shards")
-        kres = measured(yfcc_cmd(files, sim.port, out_kill, args, max_rows), work, "kill", env,
-                        watch_kill)
-        done_at_kill = completed_shards(out_kill)
-        sim.ctl("reset")
-        log("resume: the same command again")
-        rres2 = measured(yfcc_cmd(files, sim.port, out_kill, args, max_rows), work, "resume", env)
-        job = json.loads((out_kill / "job.json").read_text())
-        kill = {"rows": k_photos if max_rows is None else k, "shards": n_shards,
-                "killed_at_s": kres["killed_at"], "shards_complete_at_kill": done_at_kill,
-                "outlived_kill": kres["outlived"], "kill_run_cpu_s": round(kres["cpu"], 1),
-                "resume": summarize_run(rres2, out_kill, k_photos),
-                "skipped_complete_shards": job.get("skipped_complete_shards"),
-                "same_as_uninterrupted": compare_outputs(ref if max_rows is not None else out_full, out_kill),
-                "truth": check_truth(out_kill, truth, max_rows)}
-        kill["resume_wall_s"] = kill["resume"]["wall_s"]
-        result["kill"] = kill
-        log(f"  killed at {kres['killed_at']} s with {done_at_kill}/{n_shards} shards; resume "
-            f"{kill['resume_wall_s']} s; same shards: {kill['same_as_uninterrupted']['same']}; "
-            f"truth {'PASS' if kill['truth']['pass'] else 'FAIL'}")
+        try:
+            _kill_and_resume(args, work, log, sim, files, truth, photos, env, out_full, result)
+        except RuntimeError as exc:   # a run failed: keep the full run's numbers, say why
+            result["kill_error"] = str(exc)[-3000:]
+            log(f"  kill/resume failed: {str(exc)[:300]}")
     finally:
         result["sim_cpu_s"] = round(sim.cpu_seconds(), 1)
         sim.close()
     return result
+
+
+def _kill_and_resume(args: argparse.Namespace, work: Path, log: Callable[[str], None],
+                     sim: SimProcess, files: Path, truth: Path, photos: int, env: dict[str, str],
+                     out_full: Path, result: dict[str, Any]) -> None:
+    # -- kill -9 at ~50% and rerun --------------------------------------------------------
+    k = min(args.kill_rows or min(args.rows, 10_000), args.rows)
+    max_rows = None if k >= args.rows else k
+    k_photos = photos if max_rows is None else min(photos, k)
+    n_shards = math.ceil(k_photos / args.rows_per_shard)
+    ref = out_full
+    if max_rows is not None:
+        ref = work / "ref"
+        shutil.rmtree(ref, ignore_errors=True)
+        sim.ctl("reset")
+        log(f"ref: uninterrupted run of the first {k} photo rows")
+        rres = measured(yfcc_cmd(files, sim.port, ref, args, max_rows), work, "ref", env)
+        result["ref"] = summarize_run(rres, ref, k_photos)
+        result["ref"]["truth"] = check_truth(ref, truth, k)
+    out_kill = work / "kill"
+    shutil.rmtree(out_kill, ignore_errors=True)
+    sim.ctl("reset")
+    target = max(1, n_shards // 2)
+
+    def watch_kill(elapsed: float, handle: RunHandle) -> None:
+        if handle.killed_at is None and completed_shards(out_kill) >= target:
+            handle.kill()
+    log(f"kill: {k} rows, SIGKILL to the driver's group at {target}/{n_shards} shards")
+    kres = measured(yfcc_cmd(files, sim.port, out_kill, args, max_rows), work, "kill", env,
+                    watch_kill)
+    done_at_kill = completed_shards(out_kill)
+    sim.ctl("reset")
+    log("resume: the same command again")
+    rres2 = measured(yfcc_cmd(files, sim.port, out_kill, args, max_rows), work, "resume", env)
+    job = json.loads((out_kill / "job.json").read_text())
+    kill = {"rows": k_photos if max_rows is None else k, "shards": n_shards,
+            "killed_at_s": kres["killed_at"], "shards_complete_at_kill": done_at_kill,
+            "outlived_kill": kres["outlived"], "kill_run_cpu_s": round(kres["cpu"], 1),
+            "resume": summarize_run(rres2, out_kill, k_photos),
+            "skipped_complete_shards": job.get("skipped_complete_shards"),
+            "same_as_uninterrupted": compare_outputs(ref if max_rows is not None else out_full, out_kill),
+            "truth": check_truth(out_kill, truth, max_rows)}
+    kill["resume_wall_s"] = kill["resume"]["wall_s"]
+    result["kill"] = kill
+    log(f"  killed at {kres['killed_at']} s with {done_at_kill}/{n_shards} shards; resume "
+        f"{kill['resume_wall_s']} s; same shards: {kill['same_as_uninterrupted']['same']}; "
+        f"truth {'PASS' if kill['truth']['pass'] else 'FAIL'}")
 
 
 # =========================================================================== part 2
@@ -1000,7 +1016,7 @@ def part2(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> d
                            "successes": ok, "photos_per_s": round(ok / res["wall"], 1),
                            "cpu_ms_per_photo": round(1000 * res["cpu"] / max(1, ok), 3),
                            "byte_exact": sorted(shas) == expected, "peak_rss_mb": res["peak_rss_mb"],
-                           "cpu_by_role": res["cpu_by_role"],
+                           "cpu_by_role": res["cpu_by_role"], "loadavg_start_end": res["loadavg"],
                            "disk_mb": round(folder_bytes(out)["total"] / 2**20, 1)}
                     runs.setdefault((n, v), []).append(row)
                     log(f"  {n} photos, {v} round {r}: {row['wall_s']} s, {row['photos_per_s']} "
@@ -1133,9 +1149,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                                "loadavg_start": [round(x, 2) for x in load],
                                "args": {k: str(v) for k, v in vars(args).items()}}
     try:
-        results["part1"] = part1(args, work, log)
+        results["part1"] = {}
+        part1(args, work, log, results["part1"])
         if not args.no_compare:
-            results["part2"] = part2(args, work, log)
+            try:
+                results["part2"] = part2(args, work, log)
+            except RuntimeError as exc:   # a run failed: keep part 1, say why
+                results["part2_error"] = str(exc)[-3000:]
+                log(f"part 2 failed: {str(exc)[:300]}")
     finally:
         results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         results["total_s"] = round(time.perf_counter() - t0, 1)
@@ -1160,6 +1181,7 @@ def verdict(results: dict[str, Any]) -> bool:
         checks.append(p1["full"]["storm"]["pass"])
     if "kill" in p1:
         checks += [p1["kill"]["truth"]["pass"], p1["kill"]["same_as_uninterrupted"]["same"]]
+    checks += [not p1.get("kill_error"), not results.get("part2_error")]
     return all(bool(c) for c in checks)
 
 
