@@ -37,6 +37,21 @@ def test_embedded_ray_matches_local_executor(tmp_path, photos_dir):
         assert json.loads((tmp_path / "ray" / name).read_text()) == json.loads((tmp_path / "local" / name).read_text())
 
 
+def _stop_head(ray_tmp: Path) -> None:
+    """End this test's Ray head and only it: every process whose command line names its temp dir.
+
+    ``ray stop --force`` would kill every Ray process of the machine, other jobs' included."""
+    import psutil
+
+    from exiflang.pipeline.reap import terminate
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(ray_tmp) in " ".join(proc.info["cmdline"] or []):
+            mine.append(proc)
+    terminate(mine)
+
+
 @pytest.mark.slow
 def test_ray_job_submit_on_a_local_head(tmp_path, photos_dir):
     ray_bin = Path(sys.executable).parent / "ray"
@@ -61,7 +76,7 @@ def test_ray_job_submit_on_a_local_head(tmp_path, photos_dir):
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "succeeded" in (res.stdout + res.stderr).lower()
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, timeout=120, capture_output=True)
+        _stop_head(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     table = read_tables(out)
     assert table.num_rows == 20
