@@ -126,6 +126,10 @@ def _evaluate(out: Path, run: Path, train_src: Path, held_src: Path, args: argpa
     if detections:
         print(f"splice overlay: {detections[0]['overlay_png']}")
     print(f"report: {report}")
+    # The analyst's page on this model and index (docs/serve.md); --reference makes check-exif
+    # rank claims among the index's EXIF instead of embedding the training shards at start.
+    print(f"\nopen the page: exiflang serve --model {run / 'model'} --index {out / 'index'} "
+          f"--reference {out / 'index'}   # then http://127.0.0.1:8000/")
     return 0
 
 

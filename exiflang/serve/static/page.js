@@ -394,7 +394,7 @@ function setupInput() {
 function describeCard(info) {
   const m = info.model || {};
   const summary = m.summary || (m.card && m.card.summary) || "no model card: what it was trained on is not known";
-  $("model-line").textContent = "Model " + (m.name || "") + ": " + summary
+  $("model-line").textContent = "Model" + (m.name && m.name !== "model" ? " " + m.name : "") + ": " + summary
     + (info.index ? "; reference index: " + info.index.name + (info.index.size ? " (" + info.index.size + " photos)" : "")
                   : "; no reference index");
   $("card").textContent = JSON.stringify(m, null, 2);
