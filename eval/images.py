@@ -27,9 +27,16 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-from exiflang.pipeline.image_policy import (RGB_VIA_CONVERT, SIXTEEN_BIT, ImagePolicy, PolicyError, decode,
-                                   default_policy, mode_problem)
-from exiflang.train.data.crops import pil_to_rgb
+from exiflang.pipeline.image_policy import (
+    RGB_VIA_CONVERT,
+    SIXTEEN_BIT,
+    ImagePolicy,
+    PolicyError,
+    decode,
+    default_policy,
+    mode_problem,
+    pil_to_rgb,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+import numpy as np
 from PIL import Image
 
 from exiflang.pipeline import records as st
@@ -266,3 +267,14 @@ def decode(img: Image.Image) -> None:
     width, height = img.size
     with _BUDGET.hold(width * height):
         img.load()
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as ``uint8 [H,W,3]`` in 0..255 (16-bit grey scaled, other modes
+    through ``convert("RGB")``); the one conversion training and evaluation both use."""
+    if img.mode in SIXTEEN_BIT:
+        grey = np.asarray(img).astype(np.int64)
+        # 0..65535 -> 0..255, rounded; values outside (32-bit "I" data) are clipped.
+        grey = np.clip((grey + 128) // 257, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from exiflang.pipeline.image_policy import ImagePolicy, decode, default_policy
 from exiflang.pipeline.exif.text import render_text
-from exiflang.train.data.crops import normalise, pil_to_rgb
-from exiflang.train.normalize import to_clip_tensor
+from exiflang.pipeline.image_policy import ImagePolicy, decode, default_policy, pil_to_rgb
+from exiflang.train.data.crops import normalise
 from exiflang.train.data.samples import IMAGE_EXTS, read_groups, read_member
 from exiflang.train.data.shard_store import ReadPolicy, store_for
+from exiflang.train.normalize import to_clip_tensor
 
 CAMERA_TAG = "Model"
 

@@ -18,11 +18,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from exiflang.pipeline.image_policy import SIXTEEN_BIT, PolicyError, decode, default_policy
-from exiflang.train.normalize import CLIP_MEAN, CLIP_STD
+from exiflang.pipeline.image_policy import PolicyError, decode, default_policy, pil_to_rgb
 from exiflang.train.data.samples import SampleError
+from exiflang.train.normalize import CLIP_MEAN, CLIP_STD
 
 Box = tuple[int, int, int, int]
 
@@ -34,17 +33,6 @@ def crop_boxes(size: tuple[int, int], patch: int, n: int, rng: random.Random) ->
         x, y = rng.randrange(w - patch + 1), rng.randrange(h - patch + 1)
         boxes.append((x, y, x + patch, y + patch))
     return boxes
-
-
-def pil_to_rgb(img: Image.Image) -> np.ndarray:
-    """A loaded Pillow image as ``uint8 [H,W,3]`` in 0..255 (16-bit grey scaled, other modes
-    through ``convert("RGB")``); the one conversion training and evaluation both use."""
-    if img.mode in SIXTEEN_BIT:
-        grey = np.asarray(img).astype(np.int64)
-        # 0..65535 -> 0..255, rounded; values outside (32-bit "I" data) are clipped.
-        grey = np.clip((grey + 128) // 257, 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
 
 def decode_crops(data: bytes, boxes: Sequence[Box]) -> list[np.ndarray]:
