@@ -15,10 +15,12 @@ Per image (``heatmap`` any real values, ``mask`` bool or 0/1, same shape; True =
 Both are undefined (NaN) when the mask has only one class (an authentic image): p-mAP and cIoU
 average over spliced images only.  :func:`summarize` aggregates records; see its docstring.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence, TypeGuard
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeGuard
 
 import numpy as np
 import scipy.stats
@@ -92,8 +94,9 @@ def _check_map(heatmap: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     return values, _binary(m)
 
 
-def _both_orientations(heatmap: np.ndarray, mask: np.ndarray
-                       ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], int, int]:
+def _both_orientations(
+    heatmap: np.ndarray, mask: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], int, int]:
     """One ascending sort serves both polarities -> ((tp, fp) for map, (tp, fp) for 1 - map, P, Nn)."""
     values, y = _check_map(heatmap, mask)
     order = np.argsort(values, kind="stable")
@@ -114,7 +117,7 @@ def pixel_ap(heatmap: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _ciou_one(tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int, mode: str) -> float:
-    tp = np.append(0, tp).astype(np.float64)   # the "nothing predicted" threshold first
+    tp = np.append(0, tp).astype(np.float64)  # the "nothing predicted" threshold first
     fp = np.append(0, fp).astype(np.float64)
     iou_pos = tp / (positives + fp)
     iou_neg = (negatives - fp) / (positives + negatives - tp)
@@ -132,8 +135,7 @@ def ciou(heatmap: np.ndarray, mask: np.ndarray, mode: str = "independent") -> fl
     direct, inverted, positives, negatives = _both_orientations(heatmap, mask)
     if positives == 0 or negatives == 0:
         return float("nan")
-    return max(_ciou_one(*direct, positives, negatives, mode),
-               _ciou_one(*inverted, positives, negatives, mode))
+    return max(_ciou_one(*direct, positives, negatives, mode), _ciou_one(*inverted, positives, negatives, mode))
 
 
 def _finite(value: Any) -> TypeGuard[float]:  # an int or numpy float passes too: float() reads it
@@ -181,8 +183,11 @@ def summarize(records: list[dict], map_keys: Sequence[str] = ("pixel_ap", "ciou"
             "count": len(rows),
         }
     return {
-        "images": len(records), "spliced": len(spliced), "authentic": len(records) - len(spliced),
+        "images": len(records),
+        "spliced": len(spliced),
+        "authentic": len(records) - len(spliced),
         "p_map": localization.get("pixel_ap", {}).get("mean"),
         "ciou": localization.get("ciou", {}).get("mean"),
-        "localization": localization, "detection": detection,
+        "localization": localization,
+        "detection": detection,
     }

@@ -3,13 +3,15 @@
 Rows are dicts keyed by :data:`CSV_COLUMNS`; metric and score cells are floats or None (an
 empty cell).  Aggregates come from :func:`exiflang.eval.benchmark.metrics.summarize`, one call per method.
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,13 +21,17 @@ from exiflang.eval.forensics.scores import DEFAULT_SCORE as EXIF_DEFAULT
 SCORE_COLUMNS = ("score_exp", "score_mean_dist", "score_noi")
 MAP_COLUMNS = ("pixel_ap", "ciou", "pixel_ap_ncuts", "ciou_ncuts")
 FLOAT_COLUMNS = MAP_COLUMNS + SCORE_COLUMNS + ("seconds",)
-CSV_COLUMNS = ["name", "method", "spliced", "image", "height", "width", *MAP_COLUMNS,
-               *SCORE_COLUMNS, "seconds", "note"]
+CSV_COLUMNS = ["name", "method", "spliced", "image", "height", "width", *MAP_COLUMNS, *SCORE_COLUMNS, "seconds", "note"]
 # The score each method's headline detection number uses (the README's default).
 DEFAULT_SCORE = {"exif": EXIF_DEFAULT, "noi": "score_noi"}
 # Authors' README, released model (docs/design.md §6): (p-mAP, detection mAP); None = not given.
-REFERENCE = {"columbia": (0.94, 0.98), "dso1": (0.62, 0.66), "rt": (0.23, 0.53),
-             "inthewild": (0.54, None), "hays": (0.31, None)}
+REFERENCE = {
+    "columbia": (0.94, 0.98),
+    "dso1": (0.62, 0.66),
+    "rt": (0.23, 0.53),
+    "inthewild": (0.54, None),
+    "hays": (0.31, None),
+}
 
 
 def _cell(value: Any) -> str:
@@ -49,8 +55,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open(newline="") as fh:
-        return [{k: _parse(k, v or "") for k, v in row.items() if k in CSV_COLUMNS}
-                for row in csv.DictReader(fh)]
+        return [{k: _parse(k, v or "") for k, v in row.items() if k in CSV_COLUMNS} for row in csv.DictReader(fh)]
 
 
 def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -71,8 +76,14 @@ def summarize_methods(rows: Sequence[dict[str, Any]], methods: Sequence[str]) ->
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         keys = [k for k in MAP_COLUMNS if any(r.get(k) is not None for r in mine)] or ["pixel_ap", "ciou"]
-        records = [{"spliced": bool(r["spliced"]), **{k: r.get(k) for k in keys},
-                    "scores": {k: r[k] for k in SCORE_COLUMNS if r.get(k) is not None}} for r in mine]
+        records = [
+            {
+                "spliced": bool(r["spliced"]),
+                **{k: r.get(k) for k in keys},
+                "scores": {k: r[k] for k in SCORE_COLUMNS if r.get(k) is not None},
+            }
+            for r in mine
+        ]
         summary = summarize(records, map_keys=tuple(keys))
         seconds = [r["seconds"] for r in mine if r.get("seconds") is not None]
         summary["default_score"] = DEFAULT_SCORE.get(method)
@@ -81,43 +92,52 @@ def summarize_methods(rows: Sequence[dict[str, Any]], methods: Sequence[str]) ->
     return out
 
 
-def _num(value: Optional[float]) -> str:
+def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
 def markdown_table(metrics: dict[str, Any]) -> str:
     """The Markdown summary: one row per method and detection score (p-mAP/cIoU on the first)."""
-    lines = ["| method | p-mAP | cIoU | detection score | det. mAP | ROC-AUC | s / image |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | p-mAP | cIoU | detection score | det. mAP | ROC-AUC | s / image |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for method, s in metrics["methods"].items():
         scores = sorted(s["detection"], key=lambda k: (k != s.get("default_score"), k)) or [None]
         for i, score in enumerate(scores):
             det = s["detection"].get(score, {}) if score else {}
             label = f"{score} (default)" if score and score == s.get("default_score") else (score or "")
             first = i == 0
-            lines.append(f"| {method if first else ''} | {_num(s['p_map']) if first else ''} | "
-                         f"{_num(s['ciou']) if first else ''} | {label} | {_num(det.get('ap'))} | "
-                         f"{_num(det.get('roc_auc'))} | {_num(s['seconds_mean']) if first else ''} |")
+            lines.append(
+                f"| {method if first else ''} | {_num(s['p_map']) if first else ''} | "
+                f"{_num(s['ciou']) if first else ''} | {label} | {_num(det.get('ap'))} | "
+                f"{_num(det.get('roc_auc'))} | {_num(s['seconds_mean']) if first else ''} |"
+            )
         loc = s.get("localization", {})
         if "pixel_ap_ncuts" in loc:
-            lines.append(f"| {method} (ncuts map) | {_num(loc['pixel_ap_ncuts']['mean'])} | "
-                         f"{_num(loc.get('ciou_ncuts', {}).get('mean'))} |  |  |  |  |")
+            lines.append(
+                f"| {method} (ncuts map) | {_num(loc['pixel_ap_ncuts']['mean'])} | "
+                f"{_num(loc.get('ciou_ncuts', {}).get('mean'))} |  |  |  |  |"
+            )
     ref = REFERENCE.get(metrics["dataset"])
     if ref:
-        lines.append(f"| authors' README (released model) | {_num(ref[0])} |  |  | "
-                     f"{_num(ref[1])} |  |  |")
+        lines.append(f"| authors' README (released model) | {_num(ref[0])} |  |  | {_num(ref[1])} |  |  |")
     return "\n".join(lines)
 
 
 def write_markdown(path: Path, metrics: dict[str, Any]) -> None:
     """``metrics.md``: a heading with the counts, the table, and the unusable images."""
     counts: dict[str, Any] = next(iter(metrics["methods"].values()), {})
-    head = (f"# Benchmark: {metrics['dataset']} ({metrics['images']} images; "
-            f"{counts.get('spliced', 0)} spliced + {counts.get('authentic', 0)} authentic answered)\n\n"
-            "p-mAP and cIoU over spliced images with a usable mask; detection mAP and ROC-AUC over "
-            "spliced + authentic; n/a where a dataset has one class only.\n\n")
+    head = (
+        f"# Benchmark: {metrics['dataset']} ({metrics['images']} images; "
+        f"{counts.get('spliced', 0)} spliced + {counts.get('authentic', 0)} authentic answered)\n\n"
+        "p-mAP and cIoU over spliced images with a usable mask; detection mAP and ROC-AUC over "
+        "spliced + authentic; n/a where a dataset has one class only.\n\n"
+    )
     tail = ""
     if metrics["unusable"] or metrics["localization_skipped"]:
-        tail = (f"\n\n{len(metrics['unusable'])} image(s) unusable, "
-                f"{len(metrics['localization_skipped'])} without a usable mask: see metrics.json.")
+        tail = (
+            f"\n\n{len(metrics['unusable'])} image(s) unusable, "
+            f"{len(metrics['localization_skipped'])} without a usable mask: see metrics.json."
+        )
     path.write_text(head + markdown_table(metrics) + tail + "\n")

@@ -30,25 +30,27 @@ the seconds the method took (pixels loaded, not counting the load).  Outputs in 
 Exit status: 0 all answered; 1 some images could not be read or run (listed), the rest answered;
 2 bad usage, no dataset at ``--root``, an unusable model folder, or nothing answered.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from exiflang.eval.benchmark.report import read_rows, summarize_methods, write_markdown, write_rows
-from exiflang.eval.benchmark.datasets import CONVENTION, DATASETS, Item, MaskError, load_mask, read_dataset
-from exiflang.eval.forensics.detector import CODE_PER_SIDE, PATCH, DetectionResult
-from exiflang.eval.images import ImageError, load_rgb
-from exiflang.eval.benchmark.metrics import ciou, pixel_ap
-from exiflang.eval.forensics.noi import NoiDetector
 from exiflang.errors import CommandError, check_out_dir, run_main
+from exiflang.eval.benchmark.datasets import CONVENTION, DATASETS, Item, MaskError, load_mask, read_dataset
+from exiflang.eval.benchmark.metrics import ciou, pixel_ap
+from exiflang.eval.benchmark.report import read_rows, summarize_methods, write_markdown, write_rows
+from exiflang.eval.forensics.detector import CODE_PER_SIDE, PATCH, DetectionResult
+from exiflang.eval.forensics.noi import NoiDetector
+from exiflang.eval.images import ImageError, load_rgb
 
 METHODS = ("exif", "noi")
 # What a per-image row means; rows of another format in --out are redone, not resumed.
@@ -62,22 +64,32 @@ def interleave(items: list[Item]) -> list[Item]:
     authentic = [i for i in items if not i.spliced]
     out: list[Item] = []
     for k in range(max(len(spliced), len(authentic))):
-        out += spliced[k:k + 1] + authentic[k:k + 1]
+        out += spliced[k : k + 1] + authentic[k : k + 1]
     return out
 
 
-def build_detectors(methods: Sequence[str], model_dir: Optional[str | Path], *, patch: int,
-                    per_side: int, device: str, batch_size: int, ncuts: bool,
-                    noi_block: int) -> dict[str, Any]:
+def build_detectors(
+    methods: Sequence[str],
+    model_dir: str | Path | None,
+    *,
+    patch: int,
+    per_side: int,
+    device: str,
+    batch_size: int,
+    ncuts: bool,
+    noi_block: int,
+) -> dict[str, Any]:
     """Method name -> an object with ``detect(rgb) -> DetectionResult`` and ``settings``."""
     detectors: dict[str, Any] = {}
     for method in methods:
         if method == "exif":
             if model_dir is None:
                 raise ValueError("method exif needs --model MODEL_DIR")
-            from exiflang.eval.forensics.detector import Detector   # imports torch + transformers: only when asked
-            detectors[method] = Detector(model_dir, patch=patch, per_side=per_side, device=device,
-                                         batch_size=batch_size, ncuts=ncuts)
+            from exiflang.eval.forensics.detector import Detector  # imports torch + transformers: only when asked
+
+            detectors[method] = Detector(
+                model_dir, patch=patch, per_side=per_side, device=device, batch_size=batch_size, ncuts=ncuts
+            )
         elif method == "noi":
             detectors[method] = NoiDetector(block=noi_block)
         else:
@@ -85,13 +97,21 @@ def build_detectors(methods: Sequence[str], model_dir: Optional[str | Path], *, 
     return detectors
 
 
-def score_row(item: Item, method: str, result: DetectionResult, mask: Optional[np.ndarray],
-              seconds: float, note: str) -> dict[str, Any]:
+def score_row(
+    item: Item, method: str, result: DetectionResult, mask: np.ndarray | None, seconds: float, note: str
+) -> dict[str, Any]:
     """One per-image CSV row (see :data:`exiflang.eval.benchmark.report.CSV_COLUMNS`)."""
-    row: dict[str, Any] = {"name": item.name, "method": method, "spliced": int(item.spliced),
-                           "image": str(item.image), "height": result.heatmap.shape[0],
-                           "width": result.heatmap.shape[1], "seconds": round(seconds, 4),
-                           "note": note, **result.scores}
+    row: dict[str, Any] = {
+        "name": item.name,
+        "method": method,
+        "spliced": int(item.spliced),
+        "image": str(item.image),
+        "height": result.heatmap.shape[0],
+        "width": result.heatmap.shape[1],
+        "seconds": round(seconds, 4),
+        "note": note,
+        **result.scores,
+    }
     if mask is not None:
         row["pixel_ap"], row["ciou"] = pixel_ap(result.heatmap, mask), ciou(result.heatmap, mask)
         soft = result.ncuts_heatmap
@@ -104,19 +124,24 @@ def write_maps(result: DetectionResult, rgb: np.ndarray, folder: Path, name: str
     """``folder/NAME.npz`` + ``.png``: the detect command's writer for exif, the same keys for NOI."""
     if method == "exif":
         from exiflang.eval.forensics.detect import write_outputs
+
         write_outputs(result, rgb, folder, name, full_maps=True)  # benchmark maps are for measuring
         return
     from exiflang.eval.forensics.overlay import write_overlay
+
     folder.mkdir(parents=True, exist_ok=True)
     main_score = next(iter(result.scores.values()))
-    np.savez_compressed(folder / f"{name}.npz", heatmap=result.heatmap.astype(np.float32),
-                        mask=result.mask.astype(bool), detection=np.float32(main_score),
-                        **{f"scores_{k}": np.float64(v) for k, v in result.scores.items()})
-    write_overlay(folder / f"{name}.png", rgb, result.heatmap, result.mask, None,
-                  f"{name}   {method} {main_score:.4g}")
+    np.savez_compressed(
+        folder / f"{name}.npz",
+        heatmap=result.heatmap.astype(np.float32),
+        mask=result.mask.astype(bool),
+        detection=np.float32(main_score),
+        **{f"scores_{k}": np.float64(v) for k, v in result.scores.items()},
+    )
+    write_overlay(folder / f"{name}.png", rgb, result.heatmap, result.mask, None, f"{name}   {method} {main_score:.4g}")
 
 
-def _mask_for(item: Item, rgb: np.ndarray, convention: str) -> tuple[Optional[np.ndarray], str]:
+def _mask_for(item: Item, rgb: np.ndarray, convention: str) -> tuple[np.ndarray | None, str]:
     """The item's ground truth (or None) and a note saying why localization is skipped."""
     if not item.spliced:
         return None, ""
@@ -139,16 +164,20 @@ def _check_settings(out: Path, settings: dict[str, Any], force: bool) -> bool:
     if path.exists() and not force:
         old = json.loads(path.read_text())
         if old.get("row_format", 1) != ROW_FORMAT:
-            print(f"{out}: rows of an older format (row_format {old.get('row_format', 1)}): redone",
-                  file=sys.stderr)
-            old, stale = {}, True      # its rows are all redone: nothing to keep or clash with
+            print(f"{out}: rows of an older format (row_format {old.get('row_format', 1)}): redone", file=sys.stderr)
+            old, stale = {}, True  # its rows are all redone: nothing to keep or clash with
         # Methods and --limit may change between runs (rows are per image and method); a
         # setting absent on one side (no model for a NOI-only run) is no clash either.
-        differ = sorted(k for k, v in settings.items() if k not in ("methods", "limit")
-                        and v is not None and old.get(k) is not None and old[k] != v)
+        differ = sorted(
+            k
+            for k, v in settings.items()
+            if k not in ("methods", "limit") and v is not None and old.get(k) is not None and old[k] != v
+        )
         if differ:
-            raise ValueError(f"{out}: holds results made with other settings ({', '.join(differ)}); "
-                             "pass --force or choose another --out")
+            raise ValueError(
+                f"{out}: holds results made with other settings ({', '.join(differ)}); "
+                "pass --force or choose another --out"
+            )
     merged = {**old, **{k: v for k, v in settings.items() if v is not None}}
     merged["methods"] = sorted(set(old.get("methods", [])) | set(settings["methods"]))
     merged["row_format"] = ROW_FORMAT
@@ -156,8 +185,9 @@ def _check_settings(out: Path, settings: dict[str, Any], force: bool) -> bool:
     return stale
 
 
-def evaluate_item(item: Item, todo: Sequence[str], detectors: dict[str, Any], convention: str,
-                  maps_dir: Optional[Path]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def evaluate_item(
+    item: Item, todo: Sequence[str], detectors: dict[str, Any], convention: str, maps_dir: Path | None
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Run the ``todo`` methods on one item -> (its CSV rows, its problems as {name, method, reason}).
 
     Problems are printed to stderr as they happen (one line each); an unreadable image gives
@@ -188,26 +218,54 @@ def evaluate_item(item: Item, todo: Sequence[str], detectors: dict[str, Any], co
     return rows, bad
 
 
-def run_benchmark(model_dir: Optional[str | Path], dataset: str, root: str | Path, out: str | Path,
-                  methods: Sequence[str] = METHODS, *, limit: Optional[int] = None,
-                  per_side: int = CODE_PER_SIDE, patch: int = PATCH, device: str = "auto",
-                  batch_size: int = 256, ncuts: bool = True, noi_block: int = 8,
-                  save_maps: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_benchmark(
+    model_dir: str | Path | None,
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    methods: Sequence[str] = METHODS,
+    *,
+    limit: int | None = None,
+    per_side: int = CODE_PER_SIDE,
+    patch: int = PATCH,
+    device: str = "auto",
+    batch_size: int = 256,
+    ncuts: bool = True,
+    noi_block: int = 8,
+    save_maps: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run ``methods`` over ``dataset`` at ``root``; write the outputs under ``out`` and return metrics.json's dict.
 
     ValueError (one line) for bad options, a missing dataset layout or a settings clash.
     """
     items = read_dataset(dataset, root)
     if limit is not None:
-        items = interleave(items)[:max(0, limit)]
-    detectors = build_detectors(methods, model_dir, patch=patch, per_side=per_side, device=device,
-                                batch_size=batch_size, ncuts=ncuts, noi_block=noi_block)
+        items = interleave(items)[: max(0, limit)]
+    detectors = build_detectors(
+        methods,
+        model_dir,
+        patch=patch,
+        per_side=per_side,
+        device=device,
+        batch_size=batch_size,
+        ncuts=ncuts,
+        noi_block=noi_block,
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"dataset": dataset, "root": str(Path(root).resolve()),
-                "model": str(Path(model_dir).resolve()) if model_dir and "exif" in methods else None,
-                "methods": list(methods), "per_side": per_side, "patch": patch, "ncuts": ncuts,
-                "noi_block": noi_block, "limit": limit}
+    settings = {
+        "dataset": dataset,
+        "root": str(Path(root).resolve()),
+        "model": str(Path(model_dir).resolve()) if model_dir and "exif" in methods else None,
+        "methods": list(methods),
+        "per_side": per_side,
+        "patch": patch,
+        "ncuts": ncuts,
+        "noi_block": noi_block,
+        "limit": limit,
+    }
     stale = _check_settings(out, settings, force)
     csv_path = out / "per_image.csv"
     rows = {} if force or stale else {(r["name"], r["method"]): r for r in read_rows(csv_path)}
@@ -215,19 +273,26 @@ def run_benchmark(model_dir: Optional[str | Path], dataset: str, root: str | Pat
     for item in tqdm(items, desc=f"benchmark {dataset}", unit="img", disable=not progress):
         todo = [m for m in methods if (item.name, m) not in rows]
         if todo:
-            new, problems = evaluate_item(item, todo, detectors, CONVENTION[dataset],
-                                          out / "maps" if save_maps else None)
+            new, problems = evaluate_item(
+                item, todo, detectors, CONVENTION[dataset], out / "maps" if save_maps else None
+            )
             rows.update({(r["name"], r["method"]): r for r in new})
             bad += problems
-            write_rows(csv_path, rows.values())   # after every image: a killed run keeps its work
+            write_rows(csv_path, rows.values())  # after every image: a killed run keeps its work
     write_rows(csv_path, rows.values())
     names = {i.name for i in items}
     current = [r for r in rows.values() if r["name"] in names]
     skipped = {r["name"]: r["note"] for r in current if r.get("note")}
-    metrics = {"dataset": dataset, "root": settings["root"], "model": settings["model"],
-               "settings": settings, "images": len(items),
-               "methods": summarize_methods(current, methods), "unusable": bad,
-               "localization_skipped": [{"name": k, "reason": v} for k, v in sorted(skipped.items())]}
+    metrics = {
+        "dataset": dataset,
+        "root": settings["root"],
+        "model": settings["model"],
+        "settings": settings,
+        "images": len(items),
+        "methods": summarize_methods(current, methods),
+        "unusable": bad,
+        "localization_skipped": [{"name": k, "reason": v} for k, v in sorted(skipped.items())],
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_markdown(out / "metrics.md", metrics)
     return metrics
@@ -241,8 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", default=",".join(METHODS), help="comma list of exif,noi (default both)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (classes interleaved)")
-    p.add_argument("--patches-per-side", type=int, default=CODE_PER_SIDE,
-                   help=f"patches along the longest side (default {CODE_PER_SIDE}, the authors' code; the paper says 25)")
+    p.add_argument(
+        "--patches-per-side",
+        type=int,
+        default=CODE_PER_SIDE,
+        help=f"patches along the longest side (default {CODE_PER_SIDE}, the authors' code; the paper says 25)",
+    )
     p.add_argument("--patch-size", type=int, default=PATCH)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
@@ -254,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 all answered, 1 some images unusable, 2 bad input (:func:`exiflang.errors.run_main`)."""
     return run_main("exiflang benchmark", _main, argv)
 
@@ -264,12 +333,23 @@ def _main(argv: list[str]) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     check_out_dir(args.out)  # before the dataset is read: a bad --out costs nothing
     try:
-        metrics = run_benchmark(args.model, args.dataset, args.root, args.out, methods,
-                                limit=args.limit, per_side=args.patches_per_side,
-                                patch=args.patch_size, device=args.device,
-                                batch_size=args.batch_size, ncuts=not args.no_ncuts,
-                                noi_block=args.noi_block, save_maps=args.save_maps,
-                                force=args.force, progress=not args.no_progress)
+        metrics = run_benchmark(
+            args.model,
+            args.dataset,
+            args.root,
+            args.out,
+            methods,
+            limit=args.limit,
+            per_side=args.patches_per_side,
+            patch=args.patch_size,
+            device=args.device,
+            batch_size=args.batch_size,
+            ncuts=not args.no_ncuts,
+            noi_block=args.noi_block,
+            save_maps=args.save_maps,
+            force=args.force,
+            progress=not args.no_progress,
+        )
     except RuntimeError as exc:  # torch: a device it cannot use, weights that do not fit
         raise CommandError(None, str(exc)) from exc
     print((Path(args.out) / "metrics.md").read_text(), end="")
