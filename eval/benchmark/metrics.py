@@ -12,8 +12,14 @@ Per image (``heatmap`` any real values, ``mask`` bool or 0/1, same shape; True =
   where ``~label`` on an integer mask made the pristine IoU always 1: ``(1 + best IoU) / 2``,
   only for comparing with published numbers).
 
-Both are undefined (NaN) when the mask has only one class (an authentic image): p-mAP and cIoU
-average over spliced images only.  :func:`summarize` aggregates records; see its docstring.
+- :func:`threshold_metrics` = the numbers PhotoHolmes and TruFor tables print: pixel F1, IoU (of
+  the spliced class) and MCC at the best threshold (every distinct value tried, plus "nothing
+  predicted"; each metric at its own best threshold, max over map / 1 - map like p-AP) and at
+  the fixed threshold ``map >= 0.5`` (the map as given: the detectors orient it so that 1 =
+  spliced), and the pixel ROC-AUC of the map as given.  All from one sort of the pixels.
+
+All are undefined (NaN) when the mask has only one class (an authentic image): localization
+metrics average over spliced images only.  :func:`summarize` aggregates records; see its docstring.
 """
 
 from __future__ import annotations
@@ -136,6 +142,64 @@ def ciou(heatmap: np.ndarray, mask: np.ndarray, mode: str = "independent") -> fl
     if positives == 0 or negatives == 0:
         return float("nan")
     return max(_ciou_one(*direct, positives, negatives, mode), _ciou_one(*inverted, positives, negatives, mode))
+
+
+FIXED_THRESHOLD = 0.5
+THRESHOLD_KEYS = ("f1_best", "iou_best", "mcc_best", "f1_fixed", "iou_fixed", "mcc_fixed", "pixel_auc")
+
+
+def _f1_iou_mcc(
+    tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel F1, IoU and MCC of the spliced class at each operating point (arrays of equal shape).
+
+    ``positives > 0`` keeps F1's and IoU's denominators positive; MCC is 0 where a marginal is
+    empty (everything or nothing predicted), scikit-learn's convention.
+    """
+    tp, fp = np.asarray(tp, np.float64), np.asarray(fp, np.float64)
+    fn, tn = positives - tp, negatives - fp
+    f1 = 2.0 * tp / (tp + fp + positives)
+    iou = tp / (fp + positives)
+    denom = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)  # float64: no overflow at 10^7 pixels
+    mcc = np.divide(tp * tn - fp * fn, np.sqrt(denom), out=np.zeros_like(tp), where=denom > 0)
+    return f1, iou, mcc
+
+
+def threshold_metrics(heatmap: np.ndarray, mask: np.ndarray, fixed: float = FIXED_THRESHOLD) -> dict[str, float]:
+    """Per-image F1/IoU/MCC at the best and at a fixed threshold, and pixel ROC-AUC -> :data:`THRESHOLD_KEYS`.
+
+    ``heatmap`` any real values ``[H, W]``; ``mask`` bool or 0/1 ``[H, W]``, True = spliced.
+    ``*_best``: max over every threshold ``map >= t`` (t each distinct value, plus "nothing
+    predicted") and over map / 1 - map, each metric at its own best threshold; in 0..1 (MCC
+    -1..1, so its best is >= 0).  ``*_fixed``: ``map >= fixed`` on the map as given.
+    ``pixel_auc``: ROC-AUC of the map as given (scikit-learn's, ties averaged), 0..1, 0.5 =
+    chance.  All NaN when the mask has one class only.
+    """
+    direct, inverted, positives, negatives = _both_orientations(heatmap, mask)
+    if positives == 0 or negatives == 0:
+        return {key: float("nan") for key in THRESHOLD_KEYS}
+    best = [-np.inf, -np.inf, -np.inf]
+    for tp, fp in (direct, inverted):
+        curves = _f1_iou_mcc(np.append(0, tp), np.append(0, fp), positives, negatives)
+        best = [max(b, float(c.max())) for b, c in zip(best, curves)]
+    values, y = _check_map(heatmap, mask)
+    pred = values >= fixed
+    tp_fixed, fp_fixed = int(np.count_nonzero(pred & y)), int(np.count_nonzero(pred & ~y))
+    fixed_curves = _f1_iou_mcc(np.array([tp_fixed]), np.array([fp_fixed]), positives, negatives)
+    # ROC through the direct prefixes (one point per distinct value, ties as one diagonal step):
+    # the trapezoid area equals the Mann-Whitney AUC with averaged ranks.
+    tpr = np.append(0, direct[0]) / positives
+    fpr = np.append(0, direct[1]) / negatives
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    return {
+        "f1_best": best[0],
+        "iou_best": best[1],
+        "mcc_best": best[2],
+        "f1_fixed": float(fixed_curves[0][0]),
+        "iou_fixed": float(fixed_curves[1][0]),
+        "mcc_fixed": float(fixed_curves[2][0]),
+        "pixel_auc": auc,
+    }
 
 
 def _finite(value: Any) -> TypeGuard[float]:  # an int or numpy float passes too: float() reads it

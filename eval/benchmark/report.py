@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from exiflang.eval.benchmark.metrics import summarize
+from exiflang.eval.benchmark.metrics import FIXED_THRESHOLD, THRESHOLD_KEYS, summarize
 from exiflang.eval.forensics.scores import DEFAULT_SCORE as EXIF_DEFAULT
 
 SCORE_COLUMNS = ("score_exp", "score_mean_dist", "score_noi")
-MAP_COLUMNS = ("pixel_ap", "ciou", "pixel_ap_ncuts", "ciou_ncuts")
+# THRESHOLD_KEYS (F1/IoU/MCC best and fixed, pixel AUC) came later: CSVs from before lack them.
+MAP_COLUMNS = ("pixel_ap", "ciou", "pixel_ap_ncuts", "ciou_ncuts", *THRESHOLD_KEYS)
 FLOAT_COLUMNS = MAP_COLUMNS + SCORE_COLUMNS + ("seconds",)
 CSV_COLUMNS = ["name", "method", "spliced", "image", "height", "width", *MAP_COLUMNS, *SCORE_COLUMNS, "seconds", "note"]
 # The score each method's headline detection number uses (the README's default).
@@ -69,9 +70,14 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def lacks_threshold_metrics(row: dict[str, Any]) -> bool:
+    """A row from a CSV written before :data:`THRESHOLD_KEYS` existed: scored (p-AP) but no F1."""
+    return row.get("pixel_ap") is not None and any(row.get(k) is None for k in THRESHOLD_KEYS)
+
+
 def summarize_methods(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
-    """Method -> :func:`exiflang.eval.benchmark.metrics.summarize` of its rows, plus ``default_score``
-    and ``seconds_mean``."""
+    """Method -> :func:`exiflang.eval.benchmark.metrics.summarize` of its rows, plus ``default_score``,
+    ``image_auroc`` (its detection ROC-AUC) and ``seconds_mean``."""
     out: dict[str, Any] = {}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -87,6 +93,8 @@ def summarize_methods(rows: Sequence[dict[str, Any]], methods: Sequence[str]) ->
         summary = summarize(records, map_keys=tuple(keys))
         seconds = [r["seconds"] for r in mine if r.get("seconds") is not None]
         summary["default_score"] = DEFAULT_SCORE.get(method)
+        # The detection ROC-AUC of the default score, under the name other benchmarks give it.
+        summary["image_auroc"] = summary["detection"].get(DEFAULT_SCORE.get(method), {}).get("roc_auc")
         summary["seconds_mean"] = float(np.mean(seconds)) if seconds else None
         out[method] = summary
     return out
@@ -94,6 +102,35 @@ def summarize_methods(rows: Sequence[dict[str, Any]], methods: Sequence[str]) ->
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def published_table(metrics: dict[str, Any]) -> str:
+    """The metrics PhotoHolmes / TruFor tables print, per method: per-image pixel F1, IoU, MCC at the
+    best and the fixed threshold, pixel AUROC (means over spliced images), image AUROC (default score)."""
+    lines = [
+        "| method | F1 best | IoU best | MCC best | F1 @0.5 | IoU @0.5 | MCC @0.5 | pixel AUROC "
+        "| image AUROC (score) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, s in metrics["methods"].items():
+        loc = s.get("localization", {})
+        cells = [_num(loc.get(k, {}).get("mean")) for k in THRESHOLD_KEYS]
+        score = s.get("default_score")
+        det = s["detection"].get(score, {}) if score else {}
+        lines.append(f"| {method} | {' | '.join(cells)} | {_num(det.get('roc_auc'))} ({score or 'n/a'}) |")
+    return "\n".join(lines)
+
+
+NOTES = (
+    "cIoU (the authors' class-balanced IoU, each class at its own threshold) is at least 0.5 for any "
+    "map, a constant one included "
+    "(predicting everything gives spliced IoU P/(P+N), nothing gives pristine IoU N/(P+N), which sum "
+    "to 1): read 0.5 as its floor, not as a score.  F1/IoU/MCC best: each at its own best threshold "
+    f"per image, max over map and 1 - map, then averaged over spliced images; @{FIXED_THRESHOLD:g}: "
+    f"map >= {FIXED_THRESHOLD:g} as given "
+    "(1 = spliced); pixel AUROC per image as given, averaged.  All pixels count (no band around the "
+    "mask's edge is left out).  See docs/forensics.md."
+)
 
 
 def markdown_table(metrics: dict[str, Any]) -> str:
@@ -140,4 +177,5 @@ def write_markdown(path: Path, metrics: dict[str, Any]) -> None:
             f"\n\n{len(metrics['unusable'])} image(s) unusable, "
             f"{len(metrics['localization_skipped'])} without a usable mask: see metrics.json."
         )
-    path.write_text(head + markdown_table(metrics) + tail + "\n")
+    published = "\n\nAs PhotoHolmes / TruFor tables report them:\n\n" + published_table(metrics)
+    path.write_text(head + markdown_table(metrics) + published + "\n\n" + NOTES + tail + "\n")

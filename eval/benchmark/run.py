@@ -10,17 +10,20 @@ mean-shift heatmap, normalized-cuts mask, ``score_exp`` and ``score_mean_dist``)
 hand-crafted noise-inconsistency baseline (:class:`exiflang.eval.forensics.noi.NoiDetector`, ``score_noi``), run by
 the same harness so every number has a non-learned reference beside it.
 
-Per image and method: p-AP and cIoU of the heatmap (spliced images with a usable mask; for
+Per image and method: p-AP, cIoU and the metrics other benchmarks print (pixel F1, IoU and MCC at
+the best and at the 0.5 threshold, pixel ROC-AUC: :func:`exiflang.eval.benchmark.metrics.threshold_metrics`)
+of the heatmap (spliced images with a usable mask; for
 ``exif`` also of the soft normalized-cuts map, as ``pixel_ap_ncuts``/``ciou_ncuts``), each detection score and
 the seconds the method took (pixels loaded, not counting the load).  Outputs in ``--out``:
 
 - ``per_image.csv`` — one row per (image, method), columns
   :data:`exiflang.eval.benchmark.report.CSV_COLUMNS`; rewritten after every image, so an interrupted run
-  keeps what it did.  A rerun skips (image, method) pairs
-  already there unless ``--force``; ``settings.json`` records what the rows were made with and a
-  rerun with other settings is refused (use ``--force`` or another ``--out``);
+  keeps what it did.  A rerun skips (image, method) pairs already there unless ``--force`` (a
+  scored row from before the F1/IoU/MCC columns is redone); ``settings.json`` records what the
+  rows were made with and a rerun with other settings is refused (use ``--force`` or another ``--out``);
 - ``metrics.json`` — per method :func:`exiflang.eval.benchmark.metrics.summarize` (p-mAP and cIoU over spliced
-  images, detection AP and ROC-AUC per score over spliced + authentic), counts, and every
+  images, the threshold metrics under ``localization``, detection AP and ROC-AUC (image AUROC) per
+  score over spliced + authentic), counts, and every
   unusable image or mask with its reason; ``metrics.md`` — the same as a Markdown table;
 - ``maps/METHOD/NAME.npz`` + ``.png`` with ``--save-maps``.
 
@@ -46,8 +49,15 @@ from tqdm import tqdm
 
 from exiflang.errors import CommandError, check_out_dir, run_main
 from exiflang.eval.benchmark.datasets import CONVENTION, DATASETS, Item, MaskError, load_mask, read_dataset
-from exiflang.eval.benchmark.metrics import ciou, pixel_ap
-from exiflang.eval.benchmark.report import read_rows, summarize_methods, write_markdown, write_rows
+from exiflang.eval.benchmark.metrics import ciou, pixel_ap, threshold_metrics
+from exiflang.eval.benchmark.report import (
+    NOTES,
+    lacks_threshold_metrics,
+    read_rows,
+    summarize_methods,
+    write_markdown,
+    write_rows,
+)
 from exiflang.eval.forensics.detector import CODE_PER_SIDE, PATCH, DetectionResult
 from exiflang.eval.forensics.noi import NoiDetector
 from exiflang.eval.images import ImageError, load_rgb
@@ -114,6 +124,7 @@ def score_row(
     }
     if mask is not None:
         row["pixel_ap"], row["ciou"] = pixel_ap(result.heatmap, mask), ciou(result.heatmap, mask)
+        row.update(threshold_metrics(result.heatmap, mask))
         soft = result.ncuts_heatmap
         if soft is not None:
             row["pixel_ap_ncuts"], row["ciou_ncuts"] = pixel_ap(soft, mask), ciou(soft, mask)
@@ -268,7 +279,13 @@ def run_benchmark(
     }
     stale = _check_settings(out, settings, force)
     csv_path = out / "per_image.csv"
-    rows = {} if force or stale else {(r["name"], r["method"]): r for r in read_rows(csv_path)}
+    # Rows from a CSV older than the F1/IoU/MCC/AUC columns are redone (the maps are not kept, so
+    # the new metrics cannot be computed from the row), the rest resumed.
+    rows = (
+        {}
+        if force or stale
+        else {(r["name"], r["method"]): r for r in read_rows(csv_path) if not lacks_threshold_metrics(r)}
+    )
     bad: list[dict[str, str]] = []
     for item in tqdm(items, desc=f"benchmark {dataset}", unit="img", disable=not progress):
         todo = [m for m in methods if (item.name, m) not in rows]
@@ -292,6 +309,7 @@ def run_benchmark(
         "methods": summarize_methods(current, methods),
         "unusable": bad,
         "localization_skipped": [{"name": k, "reason": v} for k, v in sorted(skipped.items())],
+        "notes": NOTES,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_markdown(out / "metrics.md", metrics)
