@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence, cast
 import yaml
 
 from exiflang.train.data.loader import DataConfig
+from exiflang.train.encoders import text_init_folder
 from exiflang.train.model import ModelConfig
 
 
@@ -161,6 +162,7 @@ def load_config(preset_or_yaml: str = "paper", overrides: Sequence[str] = (),
                       optim=OptimConfig(**sections["optim"]), run=RunConfig(**sections["run"]),
                       preset=preset)
     cfg.model.validate()
+    text_init_folder(cfg.model.text_init)  # an unknown name / missing package: one line, now
     if cfg.optim.crop_consistency and (not cfg.data.group_crops or cfg.data.cropclr):
         # Without grouping a batch rarely holds two crops of a photo: the term would be ~0.
         raise ValueError("optim.crop_consistency needs data.group_crops=true (and no data.cropclr)")

