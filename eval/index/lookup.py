@@ -211,7 +211,7 @@ def format_lookup(result: dict, max_neighbours: int = 10) -> str:
     if not result.get("known", True):
         fam = result.get("familiarity", {})
         lines.append(f"  unknown camera: this photo is farther from its nearest index photos (distance "
-                     f"{fam.get('distance', float('nan')):.3g}) than {fam.get('rank', 100):.0f}% of the index's "
+                     f"{fam.get('distance', float('nan')):.3g}) than {fam.get('rank', 100):.1f}% of the index's "
                      f"photos are from theirs (threshold {fam.get('threshold', float('nan')):.3g}); "
                      "no tag is predicted")
         return "\n".join(lines)
