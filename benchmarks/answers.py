@@ -1,4 +1,4 @@
-"""How often lookup abstains and what detection verdicts say, on real photos against a model trained on synthetic cameras.
+"""How often lookup abstains and what detection verdicts say, on real photos, for a model trained on synthetic cameras.
 
 Lookup ("unknown camera", :mod:`exiflang.eval.index.abstain`): the share of photos answered
 (``known``) among held-out photos of the index's own synthetic cameras (should be answered) and
@@ -48,7 +48,8 @@ def lookup_rates(model: str, index: str, heldout: list[Path], real: list[Path]) 
         truth = [read_exif(Path(r["file"]).read_bytes()).get("Make", "").strip() for r in res]
         hit = np.array([r["predictions"]["Make"]["value"] == t for r, t in zip(res, truth)])
         acc_known = f"{hit[known].mean():.3f}" if known.any() else "-"
-        print(f"{name:<40} {len(res):>4} {known.mean():>9.3f} {1 - known.mean():>15.3f} {hit.mean():>14.3f} {acc_known:>9}")
+        print(f"{name:<40} {len(res):>4} {known.mean():>9.3f} {1 - known.mean():>15.3f} "
+              f"{hit.mean():>14.3f} {acc_known:>9}")
 
 
 def verdict_table(title: str, rows: list[tuple[str, dict]], ref) -> None:

@@ -130,8 +130,8 @@ def read_own_exif(image: ImageLike) -> tuple[dict[str, str], str]:
         source = str(image)
     elif isinstance(image, (bytes, bytearray, memoryview)):
         data, source = bytes(image), "<bytes>"
-    elif getattr(image, "filename", ""):
-        return read_own_exif(image.filename)
+    elif filename := getattr(image, "filename", ""):
+        return read_own_exif(filename)
     else:
         return {}, "no file: pixels only"
     try:
@@ -153,10 +153,11 @@ def _shrink(values: np.ndarray, size: tuple[int, int], nearest: bool = False) ->
     if values.shape == size:
         return values
     if values.dtype == bool:
-        img = Image.fromarray(values.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
+        img = Image.fromarray(values.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)
         return np.asarray(img) > 127
     img = Image.fromarray(values.astype(np.float32), mode="F")
-    return np.asarray(img.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR), dtype=np.float32)
+    return np.asarray(img.resize((size[1], size[0]), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR),
+                      dtype=np.float32)
 
 
 def map_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
@@ -223,7 +224,7 @@ class Detection:
         rgb = read_image(overlay_on)
         if rgb.shape[:2] != self.heatmap.shape:
             h, w = self.heatmap.shape
-            rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+            rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
         mask = self.mask if self.mask is not None else np.zeros(self.heatmap.shape, bool)
         caption = f"{self.verdict}  score {self.score:.4g}" + (
             f"  {self.percentile:.0f}th pct of authentic" if self.percentile is not None else "")
@@ -236,7 +237,8 @@ class Detection:
         also the image-size ``heatmap`` / ``mask`` (/ ncuts maps)."""
         from exiflang.eval.forensics.detect import npz_arrays
 
-        np.savez_compressed(path, **npz_arrays(self.result, full_maps=full_maps))
+        # numpy's stubs read **kwds as savez's allow_pickle flag; they are the named arrays.
+        np.savez_compressed(path, **npz_arrays(self.result, full_maps=full_maps))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -547,7 +549,8 @@ def _row(index: Index, neighbour: dict) -> int:
     rows = getattr(index, "_row_of_key", None)
     if rows is None:
         rows = {str(k): i for i, k in enumerate(index.vectors.table["key"].tolist())}
-        index._row_of_key = rows
+        # A lazily built cache kept on the index object it describes.
+        index._row_of_key = rows  # type: ignore[attr-defined]
     return rows.get(str(neighbour.get("key")), -1)
 
 

@@ -222,7 +222,7 @@ def test_os_errors_name_the_file_in_the_way(tmp_path):
         os.replace(src, tmp_path / "dir")  # onto a folder: the destination is what the user named
     assert errors.one_line(info.value) == f"{tmp_path / 'dir'}: is a folder, not a file"
     with pytest.raises(OSError) as info:
-        open(tmp_path / "missing.txt")
+        (tmp_path / "missing.txt").read_text()
     assert errors.one_line(info.value) == f"{tmp_path / 'missing.txt'}: No such file or directory"
     assert errors.is_expected(info.value)
 

@@ -12,14 +12,14 @@ rebuilds them from the cells), ``DIR/NAME.png`` (:mod:`exiflang.eval.forensics.o
 outline is drawn only when the verdict is "spliced") and one line of ``DIR/results.jsonl``; a
 summary table at the end.  Each detection carries a ``verdict`` and ``percentile`` against the
 model folder's authentic reference scores (:mod:`exiflang.eval.forensics.calibration`; "unknown"
-without one), and the terminal's first line says what the model was trained on (its model card).  An image whose line says it was done with the
-same source file and settings, and whose npz and png exist, is skipped unless ``--force``;
-``results.jsonl`` is then rewritten with one line per name (earlier lines kept, redone ones
-replaced, in first-seen order).  Failed images get a line with ``"status": "error"`` and are
-retried on the next run.  Files found in a folder that are named like ground-truth masks
-(``*_mask.*``, ``*_gt.*``, ``masks/``, ``ground-truth/``: :func:`exiflang.eval.benchmark.datasets.is_mask_file`)
-are left out, with a count on the terminal, unless ``--include-masks``; files named one by one
-are always run.
+without one), and the terminal's first line says what the model was trained on (its model card).
+An image whose line says it was done with the same source file and settings, and whose npz and
+png exist, is skipped unless ``--force``; ``results.jsonl`` is then rewritten with one line per
+name (earlier lines kept, redone ones replaced, in first-seen order).  Failed images get a line
+with ``"status": "error"`` and are retried on the next run.  Files found in a folder that are
+named like ground-truth masks (``*_mask.*``, ``*_gt.*``, ``masks/``, ``ground-truth/``:
+:func:`exiflang.eval.benchmark.datasets.is_mask_file`) are left out, with a count on the terminal,
+unless ``--include-masks``; files named one by one are always run.
 
 Exit codes: 0 every image answered (or skipped as done); 1 some images failed, the rest were
 answered; 2 bad usage, an unusable model folder or output folder, no input images, or every image
@@ -70,7 +70,8 @@ def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name:
     npz, png = out_dir / f"{name}.npz", out_dir / f"{name}.png"
     tmp = out_dir / f".{name}.npz.tmp"
     with open(tmp, "wb") as fh:
-        (np.savez_compressed if compress else np.savez)(fh, **npz_arrays(result, full_maps))
+        # numpy's stubs read **kwds as savez's allow_pickle flag; they are the named arrays.
+        (np.savez_compressed if compress else np.savez)(fh, **npz_arrays(result, full_maps))  # type: ignore[arg-type]
     tmp.replace(npz)  # renamed into place: a killed run never leaves a half-written npz
     fraction = float(result.mask.mean()) if result.mask.size else 0.0
     verdict, pct = getattr(result, "verdict", "unknown"), getattr(result, "percentile", None)
@@ -125,8 +126,8 @@ def npz_arrays(result: DetectionResult, full_maps: bool = False) -> dict[str, np
                    for k, v in cells.items() if v is not None})
     if full_maps or cells["cell_map"] is None:
         arrays.update(heatmap=result.heatmap.astype(np.float32), mask=result.mask.astype(bool))
-        if getattr(result, "ncuts_mask", None) is not None:
-            arrays["ncuts_mask"] = result.ncuts_mask.astype(bool)
+        if (ncuts_mask := getattr(result, "ncuts_mask", None)) is not None:
+            arrays["ncuts_mask"] = ncuts_mask.astype(bool)
         if getattr(result, "ncuts_heatmap", None) is not None:
             arrays["ncuts_heatmap"] = np.asarray(result.ncuts_heatmap, dtype=np.float32)
     g = getattr(result, "grid", None)

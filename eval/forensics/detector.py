@@ -4,7 +4,8 @@
 ``uint8 [H,W,3]`` photo: the authors' patch grid (:func:`exiflang.eval.embed.patches.splice_grid`, P = 124,
 n = 30), batched patch embeddings from the image normalised once, the cosine affinity, the
 vectorised vote averaging + EXIF-SC mean shift (+ normalized cuts) of
-:func:`exiflang.eval.forensics.localize.localize`, and both detection scores of :func:`exiflang.eval.forensics.scores.detection_scores`.
+:func:`exiflang.eval.forensics.localize.localize`, and both detection scores of
+:func:`exiflang.eval.forensics.scores.detection_scores`.
 No metadata is read: only pixels.
 
 ``legacy_negative=True`` reproduces the authors' evaluator, which pushed float 0..255 patches
@@ -90,6 +91,9 @@ class Detector:
     judge detections against the folder's ``calibration.json`` (:attr:`reference`; settable).
     """
 
+    # Authentic-photo scores the verdicts rank against (Detector(model_dir) reads the folder's).
+    reference: Optional[Reference]
+
     def __init__(self, model_dir: Union[str, "os.PathLike[str]"], *, patch: int = PATCH,
                  per_side: int = CODE_PER_SIDE, device: str = "auto", batch_size: int = 256,
                  ncuts: bool = True, tau: Optional[float] = None, iterations: int = 5,
@@ -130,8 +134,7 @@ class Detector:
         self.patch, self.per_side, self.ncuts = int(patch), int(per_side), bool(ncuts)
         self.iterations, self.percentile = int(iterations), float(percentile)
         self.legacy_negative = bool(legacy_negative)
-        # Authentic-photo scores the verdicts rank against (Detector(model_dir) reads the folder's).
-        self.reference: Optional[Reference] = None
+        self.reference = None
 
     @property
     def settings(self) -> dict[str, object]:

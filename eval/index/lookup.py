@@ -144,7 +144,7 @@ class Searcher:
         card = describe(self.card)
         results = []
         for srow, irow, d in zip(sims, ids, dist):
-            neighbours = []
+            neighbours: list[dict[str, Any]] = []
             for rank, (s, i) in enumerate(((float(s), int(i)) for s, i in zip(srow, irow) if i >= 0), 1):
                 neighbours.append({"rank": rank, "key": str(table["key"].iloc[i]),
                                    "shard": str(table["shard"].iloc[i]) if "shard" in table else None,

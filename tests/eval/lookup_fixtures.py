@@ -1,8 +1,8 @@
 """Set-ups shared by the lookup and eval-tags tests: a tiny random-model run, and embeddings of the trained synth run.
 
-:func:`build` — a tiny, fast set-up for unit tests: 16 synthetic JPEGs from 3 cameras (256-320 px wide) split 12 train / 4 test, shards of each
-(``--executor local``), a random-init ``cpu-small`` model saved as a model folder with the
-train shards' ``tags.json``, the train shards embedded (2x2 grid) and indexed.  About 10 s.
+:func:`build` — a tiny, fast set-up for unit tests: 16 synthetic JPEGs from 3 cameras (256-320 px wide)
+split 12 train / 4 test, shards of each (``--executor local``), a random-init ``cpu-small`` model saved
+as a model folder with the train shards' ``tags.json``, the train shards embedded (2x2 grid) and indexed.  About 10 s.
 Random weights are enough to check plumbing, formats and errors; whether anything is *learned*
 is the "must work" tests' job (the shared trained synth run).
 

@@ -204,7 +204,7 @@ def test_bad_inputs_are_reported_per_file_and_the_rest_answered(tiny_model, tmp_
     expected = _bad_inputs(tmp_path / "in")
     out = tmp_path / "out"
     missing = tmp_path / "missing.jpg"
-    rc, stdout, stderr = run(["--model", str(tiny_model), str(tmp_path / "in"), str(missing),
+    rc, _, stderr = run(["--model", str(tiny_model), str(tmp_path / "in"), str(missing),
                               "--out", str(out), "--patches-per-side", "2"], capsys)
     assert rc == 1
     recs = {r["name"]: r for r in results(out)}
@@ -225,7 +225,7 @@ def test_bad_inputs_are_reported_per_file_and_the_rest_answered(tiny_model, tmp_
 def test_real_malformed_files_do_not_stop_the_batch(tiny_model, tmp_path, capsys, shared_data):
     folder = shared_data / "malformed"
     n = len(list(folder.glob("*.jpg")))
-    rc, stdout, stderr = run(["--model", str(tiny_model), str(folder), "--out", str(tmp_path / "out"),
+    rc, _, stderr = run(["--model", str(tiny_model), str(folder), "--out", str(tmp_path / "out"),
                               "--patches-per-side", "2", "--no-ncuts"], capsys)
     recs = results(tmp_path / "out")
     assert len(recs) == n
@@ -299,7 +299,7 @@ def test_a_4000x3000_photo_end_to_end(tiny_model, tmp_path, capsys):
     """The authors' grid (n = 30) on a 12-MP JPEG: 31 x 23 = 713 patches, maps at full size."""
     img = tmp_path / "big.jpg"
     Image.fromarray(noise(3000, 4000)).save(img, quality=85)
-    rc, stdout, _ = run(["--model", str(tiny_model), str(img), "--out", str(tmp_path / "out"),
+    rc, _, _ = run(["--model", str(tiny_model), str(img), "--out", str(tmp_path / "out"),
                          "--batch-size", "128"], capsys)
     assert rc == 0
     (rec,) = results(tmp_path / "out")

@@ -40,7 +40,7 @@ def _check_structure(report: dict, out) -> None:
     assert lines[0] == "| tag | classes | n | kNN | zero-shot | probe | majority |"
     assert len(lines) == 2 + len(report["tags"]) + 1 and "**average" in lines[-1]
     assert report["n_tags_evaluated"] == len(report["tags"]) > 0
-    for tag, t in report["tags"].items():
+    for t in report["tags"].values():
         assert t["n_classes"] >= 2 and t["n_test"] > 0 and len(t["labels"]) == t["n_classes"]
         for m in METHODS:
             assert t["accuracy"][m] is None or 0.0 <= t["accuracy"][m] <= 1.0

@@ -71,7 +71,7 @@ def test_same_decision_in_pipeline_trainer_and_eval(photos_dir, tmp_path):
             assert probe_image(data, 124) and decode_crops(data, [(0, 0, 124, 124)])[0].shape == (124, 124, 3)
             assert load_rgb(path).dtype == np.uint8
             continue
-        for call in (lambda: probe_image(data, 124), lambda: decode_crops(data, [(0, 0, 124, 124)])):
+        for call in (lambda data=data: probe_image(data, 124), lambda data=data: decode_crops(data, [(0, 0, 124, 124)])):
             with pytest.raises(SampleError) as err:
                 call()
             assert err.value.reason == expected, name

@@ -92,9 +92,9 @@ def test_kind_rules():
 def test_smallest_meeting_matches_linear_scan():
     ladder = tuple(range(1, 41))
     for threshold in (0.0, 0.3, 0.55, 0.99, 1.01):
-        calls = []
+        calls: list[int] = []
 
-        def score(v: int) -> float:
+        def score(v: int, calls: list[int] = calls) -> float:
             calls.append(v)
             return v / 40
 

@@ -89,7 +89,7 @@ def test_cell_level_ncuts_when_cells_are_patches():
 def test_orientation_marks_the_smaller_side():
     grid = splice_grid(300, 400)
     cov = coverage(grid)
-    rows, cols = cov.cells
+    _, cols = cov.cells
     high = np.zeros(cov.cells, np.float32)
     high[:, : int(cols * 0.7)] = 2.0                   # 70% of the cells far from the mode
     cell_map, heatmap, inverted = oriented_heatmap(torch.from_numpy(high.ravel()), grid, cov)

@@ -19,7 +19,7 @@ from exiflang.eval.report.svg_plot import Series, format_tick, line_chart, nice_
 class _Tags(HTMLParser):
     """Collects start tags with their attributes, and checks every opened element is closed."""
 
-    VOID = {"meta", "img", "br", "hr", "input", "link"}
+    VOID = frozenset({"meta", "img", "br", "hr", "input", "link"})
 
     def __init__(self) -> None:
         super().__init__()

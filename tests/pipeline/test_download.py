@@ -314,7 +314,7 @@ def test_per_host_rate_respected(srv):
     assert elapsed >= (n - 1) / rate * 0.95
     # Seen from the server, with slack for its own scheduling jitter: no bunching.
     starts = sorted(t for t, _ in srv.log)
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 0.5 / rate and starts[-1] - starts[0] >= (n - 1) / rate - 0.03, gaps
 
 

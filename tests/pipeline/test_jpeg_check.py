@@ -15,7 +15,7 @@ def _decodes(data: bytes) -> bool:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - the oracle: any failure of Pillow's full decode means "does not decode"
         return False
 
 

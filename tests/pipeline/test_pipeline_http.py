@@ -59,7 +59,7 @@ def test_url_list_with_misbehaving_routes(tmp_path, server, photos_dir):
 
 def test_csv_list_with_side_file_join(tmp_path, server, shared_data):
     photos = shared_data / "photos"
-    ids = list(csv.DictReader(open(photos / "yfcc100m_exif_sample_ids.csv")))[:12]
+    ids = list(csv.DictReader((photos / "yfcc100m_exif_sample_ids.csv").read_text().splitlines()))[:12]
     lst = tmp_path / "list.csv"
     with open(lst, "w", newline="") as fh:
         w = csv.writer(fh)

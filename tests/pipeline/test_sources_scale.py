@@ -121,7 +121,7 @@ def test_parquet_shard_is_read_by_row_groups(tmp_path):
         data[start:start + col.total_compressed_size - 32] = b"\xa5" * (col.total_compressed_size - 32)
     path.write_bytes(bytes(data))
     got = []
-    with pytest.raises(SourceError, match="part-1.parquet: unreadable Parquet"):
+    with pytest.raises(SourceError, match=r"part-1.parquet: unreadable Parquet"):
         for row in open_source(root).rows():
             got.append((row.index, row.photo_id))
     assert got == [(i, f"p{i}") for i in range(100 + 3 * 4096)]

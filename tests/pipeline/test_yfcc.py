@@ -122,8 +122,8 @@ def side_file(photos_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def expected_camera(photos_dir) -> dict[str, tuple[str, str]]:
-    files = {r["photo_id"]: r["file"] for r in csv.DictReader(open(photos_dir / "yfcc100m_exif_sample_ids.csv"))}
-    manifest = {r["file"]: r for r in csv.DictReader(open(photos_dir / "manifest.csv"))}
+    files = {r["photo_id"]: r["file"] for r in csv.DictReader((photos_dir / "yfcc100m_exif_sample_ids.csv").read_text().splitlines())}
+    manifest = {r["file"]: r for r in csv.DictReader((photos_dir / "manifest.csv").read_text().splitlines())}
     return {pid: (manifest[f]["make"].strip(), manifest[f]["model"].strip()) for pid, f in files.items()}
 
 
@@ -175,8 +175,8 @@ def test_index_build_get_and_reuse(tmp_path, side_file):
     pid, tags = parse_exif_line(lines[5])
     assert index.get(pid) == tags and pid in index
     assert index.get("123") is None
-    many = index.get_many([parse_exif_line(l)[0] for l in lines[:3]] + ["123", "", None])
-    assert list(many) == [parse_exif_line(l)[0] for l in lines[:3]]
+    many = index.get_many([parse_exif_line(line)[0] for line in lines[:3]] + ["123", "", None])
+    assert list(many) == [parse_exif_line(line)[0] for line in lines[:3]]
     assert sorted(os.listdir(tmp_path)) == ["exif.sqlite"]          # no temporary left behind
     stamp = db.stat().st_mtime_ns
     again = YfccExifIndex.build(str(side_file), str(db), photo_ids={pid})
@@ -187,7 +187,7 @@ def test_index_filter_compression_malformed_and_rebuild(tmp_path, side_file):
     lines = side_file.read_text().splitlines()
     src = tmp_path / "yfcc100m_exif.bz2"
     src.write_bytes(bz2.compress(("\n".join(lines[:10] + ["broken line", lines[0]]) + "\n").encode()))
-    keep = {parse_exif_line(l)[0] for l in lines[:4]}
+    keep = {parse_exif_line(line)[0] for line in lines[:4]}
     db = tmp_path / "exif.sqlite"
     index = YfccExifIndex.build(str(src), str(db), photo_ids=keep)
     assert len(index) == 4 and set(index.get_many(sorted(keep))) == keep
@@ -228,7 +228,7 @@ def test_index_folder_is_created(tmp_path, side_file):
 
 
 def test_index_errors_are_one_line(tmp_path):
-    with pytest.raises(SourceError, match="nope.tsv: no such YFCC EXIF side file"):
+    with pytest.raises(SourceError, match=r"nope.tsv: no such YFCC EXIF side file"):
         YfccExifIndex.build(str(tmp_path / "nope.tsv"), str(tmp_path / "x.sqlite"))
     with pytest.raises(SourceError, match="no such YFCC EXIF index"):
         YfccExifIndex.open(str(tmp_path / "x.sqlite"))

@@ -1,4 +1,5 @@
 """Config presets/overrides/YAML, optimiser parameter groups and the learning-rate schedule."""
+import itertools
 import math
 
 import pytest
@@ -58,4 +59,4 @@ def test_warmup_then_cosine():
     assert lr_at(60, 110, cfg) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
     assert lr_at(110, 110, cfg) == pytest.approx(0.1)
     values = [lr_at(s, 110, cfg) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))

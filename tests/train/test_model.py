@@ -121,7 +121,7 @@ def test_image_init_from_torchvision_file_and_hf_folder(tmp_path):
 
     bad = torchvision_resnet_state("basic", (1, 1, 1, 1), (16, 32, 64, 128), stem=16)
     torch.save(bad, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="bad.pth"):
+    with pytest.raises(ValueError, match=r"bad.pth"):
         ExifClip(ModelConfig.preset("cpu-small", image_init=str(tmp_path / "bad.pth")))
 
 

@@ -64,7 +64,7 @@ def test_fresh_or_tmp_only_folder_starts_from_zero(tmp_path):
 def test_index_naming_a_vanished_checkpoint_is_an_error(run):
     for p in (ck(run, 2), ck(run, 4)):
         shutil.rmtree(p)
-    with pytest.raises(checkpoint.CheckpointError, match="latest.json: names step-0000004, but no checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"latest.json: names step-0000004, but no checkpoint"):
         checkpoint.resolve(run, "latest")
 
 

@@ -94,7 +94,7 @@ def test_old_state_with_pickled_numpy_rng_is_refused(tmp_path):
 def test_crafted_image_init_file_is_refused(run, tmp_path, capsys):
     marker, evil = tmp_path / "touched", tmp_path / "resnet.pth"
     torch.save({"state_dict": TouchFile(marker)}, evil)
-    with pytest.raises(ValueError, match="resnet.pth: refused"):
+    with pytest.raises(ValueError, match=r"resnet.pth: refused"):
         encoders.read_state_dict(evil)
     rc = train_main(["--data", str(run[0]), "--out", str(tmp_path / "r"), *TINY, "run.steps=1",
                      f"model.image_init={evil}"])
@@ -107,7 +107,7 @@ def test_crafted_pickle_in_a_hf_init_folder_is_refused(tmp_path):
     folder, marker = tmp_path / "distil", tmp_path / "touched"
     DistilBertConfig(n_layers=1, dim=32, n_heads=2, hidden_dim=64).save_pretrained(folder)
     torch.save({"embeddings.word_embeddings.weight": TouchFile(marker)}, folder / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="distil: cannot load this model folder .*refused") as exc:
+    with pytest.raises(ValueError, match=r"distil: cannot load this model folder .*refused") as exc:
         encoders.build_text_backbone("distilbert", init=str(folder))
     assert not marker.exists() and "\n" not in str(exc.value)
 
@@ -116,7 +116,7 @@ def test_model_folder_with_a_pickle_as_weights_is_refused(run, tmp_path):
     folder, marker = tmp_path / "model", tmp_path / "touched"
     shutil.copytree(run[1] / "model", folder)
     (folder / "model.safetensors").write_bytes(pickle.dumps(TouchFile(marker)))
-    with pytest.raises(ValueError, match="model.safetensors: not a readable safetensors file"):
+    with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors file"):
         ExifClip.from_pretrained(folder)
     assert not marker.exists()
 
