@@ -14,6 +14,7 @@ tampered image against both halves).
     python benchmarks/answers.py --model RUN/model --index INDEX --heldout HELDOUT_DIR \\
         --synthetic-authentic DIR [--photos ../shared/data/photos] [--tampered FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def lookup_rates(model: str, index: str, heldout: list[Path], real: list[Path]) 
         truth = [read_exif(Path(r["file"]).read_bytes()).get("Make", "").strip() for r in res]
         hit = np.array([r["predictions"]["Make"]["value"] == t for r, t in zip(res, truth)])
         acc_known = f"{hit[known].mean():.3f}" if known.any() else "-"
-        print(f"{name:<40} {len(res):>4} {known.mean():>9.3f} {1 - known.mean():>15.3f} "
-              f"{hit.mean():>14.3f} {acc_known:>9}")
+        print(
+            f"{name:<40} {len(res):>4} {known.mean():>9.3f} {1 - known.mean():>15.3f} "
+            f"{hit.mean():>14.3f} {acc_known:>9}"
+        )
 
 
 def verdict_table(title: str, rows: list[tuple[str, dict]], ref) -> None:
@@ -57,8 +60,10 @@ def verdict_table(title: str, rows: list[tuple[str, dict]], ref) -> None:
     for _, scores in rows:
         counts[judge(scores, ref, ref.settings)[1]] += 1
     n = len(rows)
-    print(f"  {title:<58} n={n:<4} " + "  ".join(f"{v} {counts[v] / n:.2f}"
-                                                for v in ("authentic", "inconclusive", "spliced", "unknown")))
+    print(
+        f"  {title:<58} n={n:<4} "
+        + "  ".join(f"{v} {counts[v] / n:.2f}" for v in ("authentic", "inconclusive", "spliced", "unknown"))
+    )
 
 
 def detection_verdicts(model: str, synth_authentic: list[Path], real: list[Path], tampered: Path) -> None:
@@ -69,8 +74,10 @@ def detection_verdicts(model: str, synth_authentic: list[Path], real: list[Path]
     (tamp,), _ = authentic_scores(det, [tampered])
     key = "score_mean_dist"
     print(f"\ndetection verdicts (band 90-99th percentile; default score {key}; grid n=30)")
-    print(f"  {key}: synthetic authentic median {np.median([s[key] for s in synth]):.4f}, real authentic median "
-          f"{np.median([s[key] for s in real_scores]):.4f}, tampered {tamp[key]:.4f}")
+    print(
+        f"  {key}: synthetic authentic median {np.median([s[key] for s in synth]):.4f}, real authentic median "
+        f"{np.median([s[key] for s in real_scores]):.4f}, tampered {tamp[key]:.4f}"
+    )
     ref_synth = reference_from_scores(synth, det.settings, "synthetic authentic")
     print(f"(a) reference: {len(synth)} authentic synthetic photos")
     verdict_table("real authentic photos", list(zip(real_ok, real_scores)), ref_synth)
@@ -78,7 +85,7 @@ def detection_verdicts(model: str, synth_authentic: list[Path], real: list[Path]
     print(f"  real tampered image: percentile {pct}, verdict {verdict}")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(real_scores))
-    halves = [order[: len(order) // 2], order[len(order) // 2:]]
+    halves = [order[: len(order) // 2], order[len(order) // 2 :]]
     print(f"(b) reference: real authentic photos, two-fold ({len(halves[0])} / {len(halves[1])})")
     judged = []
     for i, (ref_half, test_half) in enumerate((halves, halves[::-1])):
@@ -87,8 +94,10 @@ def detection_verdicts(model: str, synth_authentic: list[Path], real: list[Path]
         pct, verdict, _ = judge(tamp, ref, det.settings)
         print(f"  real tampered image vs half {i}: percentile {pct}, verdict {verdict}")
     counts = Counter(judge(s, ref, det.settings)[1] for _, s, ref in judged)
-    print(f"  real authentic photos, held-out half: n={len(judged)} " +
-          "  ".join(f"{v} {counts[v] / len(judged):.2f}" for v in ("authentic", "inconclusive", "spliced")))
+    print(
+        f"  real authentic photos, held-out half: n={len(judged)} "
+        + "  ".join(f"{v} {counts[v] / len(judged):.2f}" for v in ("authentic", "inconclusive", "spliced"))
+    )
 
 
 def main() -> None:

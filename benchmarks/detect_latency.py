@@ -17,6 +17,7 @@ Target: everything but the embeddings <= 10 % of the total on CPU; < 0.5 s per 4
 ``--loop-max-patches M`` times the per-pair loop on the first grid rows holding at most M
 patches and extrapolates by the pair count (N/n)^2 (marked ``*`` in the table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,7 +62,7 @@ def loop_votes(affinity: torch.Tensor, grid: Grid, max_patches: int) -> tuple[fl
     """The authors' per-pair loop -> (max |loop - ours| on the grid it ran on, seconds, extrapolated?)."""
     if max_patches > 0 and grid.count > max_patches:
         sub = sub_grid(grid, max_patches)
-        aff = affinity[:sub.count, :sub.count]   # raster order: the first rows' patches come first
+        aff = affinity[: sub.count, : sub.count]  # raster order: the first rows' patches come first
         loop_map, sec = timed(lambda: cell_consistency_loop(aff, sub))
         diff = float((loop_map - cell_consistency(aff, coverage(sub))).abs().max())
         return diff, sec * (grid.count / sub.count) ** 2, True
@@ -95,20 +97,37 @@ def bench_size(detector: Detector, height: int, width: int, repeats: int, loop_m
     votes_diff, t_votes, extrapolated = loop_votes(affinity, grid, loop_max)
     ms_ref, t_ms = timed(lambda: mean_shift_map_reference(cell_map))
     ncut_ref, t_nc = sklearn_ncuts(ncuts_similarity(cell_map))
-    base = {"embed": ours_med["embed"], "votes": t_votes, "meanshift": t_ms, "ncuts": t_nc,
-            "resize": ours_med.get("resize", 0.0), "scores": ours_med.get("scores", 0.0)}  # shared stages
+    base = {
+        "embed": ours_med["embed"],
+        "votes": t_votes,
+        "meanshift": t_ms,
+        "ncuts": t_nc,
+        "resize": ours_med.get("resize", 0.0),
+        "scores": ours_med.get("scores", 0.0),
+    }  # shared stages
     base["total"] = sum(base.values())
     ours_split = ncuts_split(ncuts_similarity(cell_map))
-    return {"size": f"{width}x{height}", "patches": grid.count, "cells": cov.count, "ours": ours_med,
-            "authors": base, "votes_extrapolated": extrapolated,
-            "check": {"votes_max_abs_diff": votes_diff,
-                      "meanshift_max_abs_diff": float((ms_ref - mean_shift_map(cell_map)).abs().max()),
-                      "ncuts_agreement": float(max((ours_split == ncut_ref).mean(), (ours_split != ncut_ref).mean()))}}
+    return {
+        "size": f"{width}x{height}",
+        "patches": grid.count,
+        "cells": cov.count,
+        "ours": ours_med,
+        "authors": base,
+        "votes_extrapolated": extrapolated,
+        "check": {
+            "votes_max_abs_diff": votes_diff,
+            "meanshift_max_abs_diff": float((ms_ref - mean_shift_map(cell_map)).abs().max()),
+            "ncuts_agreement": float(max((ours_split == ncut_ref).mean(), (ours_split != ncut_ref).mean())),
+        },
+    }
 
 
 def table(r: dict[str, Any]) -> str:
-    lines = [f"\n{r['size']}: {r['patches']} patches, {r['cells']} cells",
-             f"{'stage':<10} | {'ours s':>9} | {'authors-style s':>15} | {'ratio':>7}", "-" * 51]
+    lines = [
+        f"\n{r['size']}: {r['patches']} patches, {r['cells']} cells",
+        f"{'stage':<10} | {'ours s':>9} | {'authors-style s':>15} | {'ratio':>7}",
+        "-" * 51,
+    ]
     for stage in ("embed", "votes", "meanshift", "ncuts", "resize", "scores", "total"):
         o, a = r["ours"].get(stage, 0.0), r["authors"].get(stage, 0.0)
         mark = "*" if stage == "votes" and r["votes_extrapolated"] else " "
@@ -119,11 +138,14 @@ def table(r: dict[str, Any]) -> str:
         share = 100 * (t["total"] - t["embed"]) / t["total"]
         lines.append(f"non-embedding share of total ({who}): {share:.1f}%  (target <= 10%)")
     c = r["check"]
-    lines.append(f"check: votes max|diff| {c['votes_max_abs_diff']:.2e}, mean shift max|diff| "
-                 f"{c['meanshift_max_abs_diff']:.2e}, ncuts label agreement {c['ncuts_agreement']:.3f}")
+    lines.append(
+        f"check: votes max|diff| {c['votes_max_abs_diff']:.2e}, mean shift max|diff| "
+        f"{c['meanshift_max_abs_diff']:.2e}, ncuts label agreement {c['ncuts_agreement']:.3f}"
+    )
     if r["votes_extrapolated"]:
-        lines.append("* per-pair loop timed on the first grid rows (its check is on those) and "
-                     "extrapolated by the pair count")
+        lines.append(
+            "* per-pair loop timed on the first grid rows (its check is on those) and extrapolated by the pair count"
+        )
     return "\n".join(lines)
 
 
@@ -142,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     model = ExifClip(ModelConfig.preset(args.preset, cropclr=True)).eval()  # the image tower alone
     detector = Detector.from_model(model, per_side=args.per_side, device=args.device, batch_size=args.batch_size)
     dev = detector.embedder.device
-    print(f"device {dev} ({torch.get_num_threads()} CPU threads), preset {args.preset}, n = {args.per_side}, "
-          f"repeats {args.repeats}")
+    print(
+        f"device {dev} ({torch.get_num_threads()} CPU threads), preset {args.preset}, n = {args.per_side}, "
+        f"repeats {args.repeats}"
+    )
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
     results = []
     for width, height in sizes:

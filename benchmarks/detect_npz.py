@@ -1,4 +1,6 @@
-"""detect's output per photo: npz size and time, maps on the grid's cells (default) against full-size maps (``--full-maps``, the old default).
+"""detect's output per photo: npz size and time, maps on the grid's cells against full-size maps.
+
+Cells are the default; full-size maps (``--full-maps``) were the old default.
 
 One photo, one model: the detection is run once per repeat and both writers are timed on it,
 alternating which goes first (A/B, B/A, ...); min and median over the repeats.  Also the whole
@@ -7,6 +9,7 @@ for each mode, alternated the same way.
 
     python benchmarks/detect_npz.py --model MODEL_DIR --photo PHOTO.jpg [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,15 +59,20 @@ def main() -> None:
     h, w = rgb.shape[:2]
     print(f"photo {args.photo} ({w}x{h}, {w * h / 1e6:.1f} MP), model {args.model}, {args.repeats} repeats, CPU")
     base = "full maps (--full-maps)"
-    head = (f"{'npz maps':<24} {'npz bytes':>12} {'size ratio':>10} {'write s min/med':>16} "
-            f"{'photo s min/med':>16} {'time ratio min/med':>18}")
+    head = (
+        f"{'npz maps':<24} {'npz bytes':>12} {'size ratio':>10} {'write s min/med':>16} "
+        f"{'photo s min/med':>16} {'time ratio min/med':>18}"
+    )
     print(head)
     print("-" * len(head))
     for mode in MODES:
         wmin, wmed = min(write_s[mode]), statistics.median(write_s[mode])
         tmin, tmed = min(total_s[mode]), statistics.median(total_s[mode])
-        print(f"{mode:<24} {size[mode]:>12,} {size[base] / size[mode]:>9.0f}x {wmin:>7.2f}/{wmed:<7.2f} "
-              f"{tmin:>7.2f}/{tmed:<7.2f} {min(total_s[base]) / tmin:>8.2f}x/{statistics.median(total_s[base]) / tmed:.2f}x")
+        print(
+            f"{mode:<24} {size[mode]:>12,} {size[base] / size[mode]:>9.0f}x {wmin:>7.2f}/{wmed:<7.2f} "
+            f"{tmin:>7.2f}/{tmed:<7.2f} {min(total_s[base]) / tmin:>8.2f}x/"
+            f"{statistics.median(total_s[base]) / tmed:.2f}x"
+        )
     print("ratios: full maps / this mode (size; min and median time per photo of `exiflang detect`)")
 
 

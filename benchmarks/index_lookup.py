@@ -17,6 +17,7 @@ Distributions:
     python benchmarks/index_lookup.py [--sizes 100000,1000000] [--dim 768] [--quick]
                                       [--dists uniform,clustered] [--kinds auto] [--json FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def vectors(dist: str, n: int, dim: int, seed: int, centres: int, chunk: int = 1
         x = rng.standard_normal((m, dim), dtype=np.float32)
         if c is not None:
             x = c[rng.integers(0, centres, m)] + x / np.sqrt(dim)
-        out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
 
@@ -64,7 +65,7 @@ def search_speed(search, queries: np.ndarray, batch: int, limit: int) -> float:
     q = queries[:limit]
     t0 = time.perf_counter()
     for s in range(0, len(q), batch):
-        search(q[s:s + batch])
+        search(q[s : s + batch])
     return len(q) / (time.perf_counter() - t0)
 
 
@@ -76,9 +77,15 @@ def flat_row(base: np.ndarray, queries: np.ndarray) -> tuple[dict, np.ndarray]:
     build = time.perf_counter() - t0
     _, truth = index.search(queries, K)
     search = functools.partial(index.search, k=K)  # no closure over `index`, which is freed below
-    row = {"index": "flat", "params": "exact", "build_s": build, "mb": base.nbytes / 2**20,
-           "qps_1": search_speed(search, queries, 1, 50),
-           "qps_256": search_speed(search, queries, 256, len(queries)), "recall": 1.0}
+    row = {
+        "index": "flat",
+        "params": "exact",
+        "build_s": build,
+        "mb": base.nbytes / 2**20,
+        "qps_1": search_speed(search, queries, 1, 50),
+        "qps_256": search_speed(search, queries, 256, len(queries)),
+        "recall": 1.0,
+    }
     del index, search
     return row, truth
 
@@ -90,11 +97,17 @@ def approx_row(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, kind: s
     index = VectorIndex.load(folder)
     _, found = index.search(queries, K)
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items() if k not in ("train_size",))
-    return {"index": info["kind"], "params": params, "build_s": build, "mb": info["bytes"] / 2**20,
-            "qps_1": search_speed(lambda q: index.search(q, K), queries, 1, 200),
-            "qps_256": search_speed(lambda q: index.search(q, K), queries, 256, len(queries)),
-            "recall": recall_at_k(found, truth), "tuned_recall": info["recall_at_k"],
-            "tune_s": info["build_seconds"].get("tune", 0.0)}
+    return {
+        "index": info["kind"],
+        "params": params,
+        "build_s": build,
+        "mb": info["bytes"] / 2**20,
+        "qps_1": search_speed(lambda q: index.search(q, K), queries, 1, 200),
+        "qps_256": search_speed(lambda q: index.search(q, K), queries, 256, len(queries)),
+        "recall": recall_at_k(found, truth),
+        "tuned_recall": info["recall_at_k"],
+        "tune_s": info["build_seconds"].get("tune", 0.0),
+    }
 
 
 def end_to_end(index_dir: Path, dim: int, photo: Path, repeats: int = 3) -> dict:
@@ -102,8 +115,8 @@ def end_to_end(index_dir: Path, dim: int, photo: Path, repeats: int = 3) -> dict
     import torch
 
     from exiflang.eval.embed.batch import PhotoEncoder
-    from exiflang.eval.images import load_rgb
     from exiflang.eval.embed.patches import PatchEmbedder
+    from exiflang.eval.images import load_rgb
     from exiflang.train.model import ExifClip, ModelConfig
 
     torch.manual_seed(0)
@@ -124,8 +137,14 @@ def end_to_end(index_dir: Path, dim: int, photo: Path, repeats: int = 3) -> dict
             for name, v in (("decode", t1 - t0), ("embed", t2 - t1), ("search", t3 - t2)):
                 times[name].append(v * 1e3)
     out = {k: float(np.median(v)) for k, v in times.items()}
-    out.update(total=sum(out.values()), photo=photo.name, pixels=f"{rgb.shape[1]}x{rgb.shape[0]}",
-               index=index.info["kind"], n=len(index), torch_threads=torch.get_num_threads())
+    out.update(
+        total=sum(out.values()),
+        photo=photo.name,
+        pixels=f"{rgb.shape[1]}x{rgb.shape[0]}",
+        index=index.info["kind"],
+        n=len(index),
+        torch_threads=torch.get_num_threads(),
+    )
     return out
 
 
@@ -133,8 +152,11 @@ def emit(row: dict, flat: dict, dist: str, n: int, rows: list) -> None:
     """Complete a result row (ratio against the flat baseline of its case), print it, keep it."""
     row.update(dist=dist, n=n, speedup=row["qps_256"] / flat["qps_256"])
     rows.append(row)
-    print(f"| {n:,} | {dist} | {row['index']} | {row['params']} | {row['build_s']:.1f} | {row['mb']:.0f} "
-          f"| {row['qps_1']:.0f} | {row['qps_256']:.0f} | {row['recall']:.3f} | {row['speedup']:.1f}x |", flush=True)
+    print(
+        f"| {n:,} | {dist} | {row['index']} | {row['params']} | {row['build_s']:.1f} | {row['mb']:.0f} "
+        f"| {row['qps_1']:.0f} | {row['qps_256']:.0f} | {row['recall']:.3f} | {row['speedup']:.1f}x |",
+        flush=True,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -166,13 +188,18 @@ def default_photo() -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     threads = set_threads(args.threads)
-    print(f"faiss {faiss.__version__}, {threads} threads, dim {args.dim}, load average {os.getloadavg()[0]:.1f} "
-          f"(the CPU may be shared: absolute numbers vary with load, ratios within a row less)", flush=True)
+    print(
+        f"faiss {faiss.__version__}, {threads} threads, dim {args.dim}, load average {os.getloadavg()[0]:.1f} "
+        f"(the CPU may be shared: absolute numbers vary with load, ratios within a row less)",
+        flush=True,
+    )
     rows, last_index = [], None
     work = Path(tempfile.mkdtemp(prefix="index_bench-"))
     result = {"rows": rows, "threads": threads, "dim": args.dim}
-    print("\n| vectors | distribution | index | parameters | build s | MB | q/s batch 1 | q/s batch 256 "
-          "| recall@10 | batch-256 speed vs flat |")
+    print(
+        "\n| vectors | distribution | index | parameters | build s | MB | q/s batch 1 | q/s batch 256 "
+        "| recall@10 | batch-256 speed vs flat |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for dist in args.dists.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
@@ -190,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_e2e and last_index is not None and args.dim > 0:
         e2e = end_to_end(last_index, args.dim, Path(args.photo) if args.photo else default_photo())
         result["end_to_end"] = e2e
-        print(f"\nend-to-end lookup per photo ({e2e['photo']}, {e2e['pixels']}; paper ResNet-50, 16 patches of "
-              f"124 px, {e2e['torch_threads']} torch threads; {e2e['index']} index of {e2e['n']:,}): decode "
-              f"{e2e['decode']:.0f} ms + embed {e2e['embed']:.0f} ms + search {e2e['search']:.1f} ms = "
-              f"{e2e['total']:.0f} ms")
+        print(
+            f"\nend-to-end lookup per photo ({e2e['photo']}, {e2e['pixels']}; paper ResNet-50, 16 patches of "
+            f"124 px, {e2e['torch_threads']} torch threads; {e2e['index']} index of {e2e['n']:,}): decode "
+            f"{e2e['decode']:.0f} ms + embed {e2e['embed']:.0f} ms + search {e2e['search']:.1f} ms = "
+            f"{e2e['total']:.0f} ms"
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

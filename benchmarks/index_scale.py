@@ -15,6 +15,7 @@ The temporary folder is deleted at the end.
                                      [--memory-mb M] [--recall 0.9] [--repeats 3] [--exact-queries 256]
                                      [--exact-batch1 3] [--json FILE] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from exiflang.eval.index.run import VectorIndex, build_index, set_threads  # noqa: E402
 from exiflang.eval.index.build import NpySource  # noqa: E402
+from exiflang.eval.index.run import VectorIndex, build_index, set_threads  # noqa: E402
 from exiflang.eval.index.tune import exact_search, recall_at_k  # noqa: E402
 
 K = 10
@@ -72,19 +73,39 @@ def child_build(args: argparse.Namespace) -> int:
     status = Path("/proc/self/status").read_text().splitlines()
     before_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     t0 = time.perf_counter()
-    info = build_index(Path(args.child_build), Path(args.child_out), kind=args.kind, recall_target=args.recall,
-                       memory_budget_mb=args.memory_mb, k=K)
+    info = build_index(
+        Path(args.child_build),
+        Path(args.child_out),
+        kind=args.kind,
+        recall_target=args.recall,
+        memory_budget_mb=args.memory_mb,
+        k=K,
+    )
     seconds = time.perf_counter() - t0
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"build_s": seconds, "peak_rss_mb": peak_kb / 1024, "rss_before_mb": before_kb / 1024,
-                      "info": info}))
+    print(
+        json.dumps({"build_s": seconds, "peak_rss_mb": peak_kb / 1024, "rss_before_mb": before_kb / 1024, "info": info})
+    )
     return 0
 
 
 def run_build(base: Path, out: Path, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child-build", str(base), "--child-out", str(out), "--kind", args.kind,
-           "--recall", str(args.recall)] + (["--memory-mb", str(args.memory_mb)] if args.memory_mb else []) + \
-          (["--threads", str(args.threads)] if args.threads else [])
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--child-build",
+            str(base),
+            "--child-out",
+            str(out),
+            "--kind",
+            args.kind,
+            "--recall",
+            str(args.recall),
+        ]
+        + (["--memory-mb", str(args.memory_mb)] if args.memory_mb else [])
+        + (["--threads", str(args.threads)] if args.threads else [])
+    )
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -92,7 +113,7 @@ def run_build(base: Path, out: Path, args: argparse.Namespace) -> dict:
 def qps(search, queries: np.ndarray, batch: int) -> float:
     t0 = time.perf_counter()
     for s in range(0, len(queries), batch):
-        search(queries[s:s + batch])
+        search(queries[s : s + batch])
     return len(queries) / (time.perf_counter() - t0)
 
 
@@ -106,9 +127,9 @@ def alternate(index: VectorIndex, source: NpySource, queries: np.ndarray, args: 
     runs: dict[str, list[float]] = {"index_1": [], "index_256": [], "exact_1": [], "exact_256": []}
     for _ in range(args.repeats):
         runs["index_1"].append(qps(lambda q: index.search(q, K), queries[:200], 1))
-        runs["exact_1"].append(qps(lambda q: exact_search(source, q, K), queries[:args.exact_batch1], 1))
+        runs["exact_1"].append(qps(lambda q: exact_search(source, q, K), queries[: args.exact_batch1], 1))
         runs["index_256"].append(qps(lambda q: index.search(q, K), queries, 256))
-        runs["exact_256"].append(qps(lambda q: exact_search(source, q, K), queries[:args.exact_queries], 256))
+        runs["exact_256"].append(qps(lambda q: exact_search(source, q, K), queries[: args.exact_queries], 256))
     return runs
 
 
@@ -128,14 +149,25 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict:
     found = index.search(queries, K)[1]
     runs = alternate(index, source, queries, args)
     info = built["info"]
-    row = {"n": n, "dim": args.dim, "kind": info["kind"], "generate_s": gen_s, "build_s": built["build_s"],
-           "build_seconds": info["build_seconds"], "params": info["params"], "mb": info["bytes"] / 2**20,
-           "bytes_per_vector": info["bytes"] / n, "raw_mb": n * args.dim * 4 / 2**20,
-           "peak_rss_mb": built["peak_rss_mb"], "rss_before_mb": built["rss_before_mb"],
-           "recall": recall_at_k(found, truth),
-           "build_recall_lcb": info["recall_at_k_lower_95"], "truth_s": truth_s,
-           "truth_qps_batch_all": len(queries) / truth_s,
-           **{k: {"min": min(v), "median": statistics.median(v), "all": v} for k, v in runs.items()}}
+    row = {
+        "n": n,
+        "dim": args.dim,
+        "kind": info["kind"],
+        "generate_s": gen_s,
+        "build_s": built["build_s"],
+        "build_seconds": info["build_seconds"],
+        "params": info["params"],
+        "mb": info["bytes"] / 2**20,
+        "bytes_per_vector": info["bytes"] / n,
+        "raw_mb": n * args.dim * 4 / 2**20,
+        "peak_rss_mb": built["peak_rss_mb"],
+        "rss_before_mb": built["rss_before_mb"],
+        "recall": recall_at_k(found, truth),
+        "build_recall_lcb": info["recall_at_k_lower_95"],
+        "truth_s": truth_s,
+        "truth_qps_batch_all": len(queries) / truth_s,
+        **{k: {"min": min(v), "median": statistics.median(v), "all": v} for k, v in runs.items()},
+    }
     del index
     base.unlink()
     shutil.rmtree(out, ignore_errors=True)
@@ -145,14 +177,17 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict:
 def emit(row: dict) -> None:
     p = ", ".join(f"{k}={v}" for k, v in row["params"].items() if k != "train_size")
     med = {k: row[k]["median"] for k in ("index_1", "index_256", "exact_1", "exact_256")}
-    print(f"| {row['n']:,} | {row['kind']} ({p}) | {row['build_s']:.0f} | {row['mb']:.0f} "
-          f"| {row['bytes_per_vector']:.0f} | {row['peak_rss_mb']:.0f} ({row['rss_before_mb']:.0f} before; "
-          f"raw {row['raw_mb']:.0f}) "
-          f"| {row['index_1']['min']:.0f} / {med['index_1']:.0f} "
-          f"| {row['index_256']['min']:.0f} / {med['index_256']:.0f} "
-          f"| {row['recall']:.3f} | {row['exact_1']['min']:.2f} / {med['exact_1']:.2f} "
-          f"| {row['exact_256']['min']:.1f} / {med['exact_256']:.1f} | {med['index_1'] / med['exact_1']:.0f}x "
-          f"| {med['index_256'] / med['exact_256']:.0f}x |", flush=True)
+    print(
+        f"| {row['n']:,} | {row['kind']} ({p}) | {row['build_s']:.0f} | {row['mb']:.0f} "
+        f"| {row['bytes_per_vector']:.0f} | {row['peak_rss_mb']:.0f} ({row['rss_before_mb']:.0f} before; "
+        f"raw {row['raw_mb']:.0f}) "
+        f"| {row['index_1']['min']:.0f} / {med['index_1']:.0f} "
+        f"| {row['index_256']['min']:.0f} / {med['index_256']:.0f} "
+        f"| {row['recall']:.3f} | {row['exact_1']['min']:.2f} / {med['exact_1']:.2f} "
+        f"| {row['exact_256']['min']:.1f} / {med['exact_256']:.1f} | {med['index_1'] / med['exact_1']:.0f}x "
+        f"| {med['index_256'] / med['exact_256']:.0f}x |",
+        flush=True,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -184,10 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_build:
         return child_build(args)
     threads = set_threads(args.threads)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, {threads} FAISS threads, dim {args.dim}, "
-          f"load average {os.getloadavg()[0]:.1f}; q/s as min / median of {args.repeats} alternating runs", flush=True)
-    print("\n| vectors | index | build s | MB on disk | bytes/vector | build peak RSS MB | q/s batch 1 | q/s batch 256 "
-          "| recall@10 | exact q/s batch 1 | exact q/s batch 256 | batch-1 vs exact | batch-256 vs exact |")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, {threads} FAISS threads, dim {args.dim}, "
+        f"load average {os.getloadavg()[0]:.1f}; q/s as min / median of {args.repeats} alternating runs",
+        flush=True,
+    )
+    print(
+        "\n| vectors | index | build s | MB on disk | bytes/vector | build peak RSS MB | q/s batch 1 | q/s batch 256 "
+        "| recall@10 | exact q/s batch 1 | exact q/s batch 256 | batch-1 vs exact | batch-256 vs exact |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     rows: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="index_scale-", dir=args.workdir))

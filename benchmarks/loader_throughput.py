@@ -15,6 +15,7 @@ network wait are the point), min and median of each, and the ratio of the median
     python benchmarks/loader_throughput.py [--photos DIR] [--epochs 2] [--batch-size 32]
                                            [--reps 5] [--only all|s3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +35,32 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from exiflang.train.data.samples import IMAGE_EXTS  # noqa: E402
 from exiflang.train.data.loader import DataConfig, _SlotStream, build_loader  # noqa: E402
+from exiflang.train.data.samples import IMAGE_EXTS  # noqa: E402
 from exiflang.train.tokenizer import build_tokenizer  # noqa: E402
 
 
 def build_shards(photos: Path, out: Path) -> None:
     """``exiflang shards --executor local`` on the photo folder."""
-    subprocess.run([sys.executable, "-m", "exiflang.cli", "shards", "--source", str(photos),
-                    "--out", str(out), "--executor", "local", "--rows-per-shard", "16", "-q"],
-                   check=True, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exiflang.cli",
+            "shards",
+            "--source",
+            str(photos),
+            "--out",
+            str(out),
+            "--executor",
+            "local",
+            "--rows-per-shard",
+            "16",
+            "-q",
+        ],
+        check=True,
+        cwd=REPO,
+    )
 
 
 def timed(fn) -> tuple[int, float, float]:
@@ -90,10 +107,18 @@ def fast_forward(cfg: DataConfig, tokenizer, epochs: int) -> int:
 
 def s3_server_process() -> tuple[subprocess.Popen, str]:
     """A loopback S3 server (tests/s3_server.py, bucket ``exiflang``) in its own process; its endpoint."""
-    code = ("import sys; from tests.s3_server import s3_server\n"
-            "with s3_server() as ep:\n    print(ep, flush=True); sys.stdin.read()")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    code = (
+        "import sys; from tests.s3_server import s3_server\n"
+        "with s3_server() as ep:\n    print(ep, flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
 
@@ -102,6 +127,7 @@ def s3_vs_local(shards: Path, tokenizer, batch: int, reps: int) -> list[tuple[st
     """(source, crops per wall second of each run, crops a run) for local disk and loopback S3,
     alternating A B B A ... so that drift in the machine's load falls on both alike."""
     import fsspec
+
     from tests.s3_server import s3_env
 
     server, endpoint = s3_server_process()
@@ -114,9 +140,14 @@ def s3_vs_local(shards: Path, tokenizer, batch: int, reps: int) -> list[tuple[st
         rates: dict[str, list[float]] = {name: [] for name in sources}
         crops = 0
         for r in range(reps):
-            for name in (list(sources) if r % 2 == 0 else list(sources)[::-1]):
-                cfg = DataConfig(data=sources[name], batch_size=batch, crops_per_image=4,
-                                 num_workers=0, shuffle_buffer=max(256, 16 * batch))
+            for name in list(sources) if r % 2 == 0 else list(sources)[::-1]:
+                cfg = DataConfig(
+                    data=sources[name],
+                    batch_size=batch,
+                    crops_per_image=4,
+                    num_workers=0,
+                    shuffle_buffer=max(256, 16 * batch),
+                )
                 crops, _, wall = timed(lambda cfg=cfg: loader_crops(cfg, tokenizer, 1))
                 rates[name].append(crops / wall)
         return [(name, rates[name], crops) for name in sources]
@@ -131,8 +162,9 @@ def print_s3_rows(rows: list[tuple[str, list[float], int]], reps: int) -> None:
     for name, rates, crops in rows:
         print(f"| {name} | {crops} | {statistics.median(rates):.1f} | {min(rates):.1f} |")
     (_, local, _), (_, s3, _) = rows
-    print(f"\nS3 / local: median {statistics.median(s3) / statistics.median(local):.3f}, "
-          f"min {min(s3) / min(local):.3f}")
+    print(
+        f"\nS3 / local: median {statistics.median(s3) / statistics.median(local):.3f}, min {min(s3) / min(local):.3f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,8 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         base = n / cpu
         rows = [("floor: read + full decode", n, cpu, wall, "decodes")]
         for k in (1, 4, 16):
-            cfg = DataConfig(data=str(shards), batch_size=args.batch_size, crops_per_image=k,
-                             num_workers=0, shuffle_buffer=max(256, 4 * k * args.batch_size))
+            cfg = DataConfig(
+                data=str(shards),
+                batch_size=args.batch_size,
+                crops_per_image=k,
+                num_workers=0,
+                shuffle_buffer=max(256, 4 * k * args.batch_size),
+            )
             count = timed(lambda cfg=cfg: loader_crops(cfg, tokenizer, args.epochs))
             rows.append((f"loader, K={k} crops per decode", *count, "crops"))
         cfg = DataConfig(data=str(shards), batch_size=args.batch_size, num_workers=0)

@@ -8,6 +8,7 @@ CPU seconds of the whole job (driver and workers).  The tars are checked identic
 
     python benchmarks/local_executor.py [--copies 4] [--workers 1 2] [--repeats 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,8 @@ def _become_subreaper() -> None:
     """Pool workers are the forkserver's children, and it is reparented when the driver
     exits; as a subreaper this process inherits and reaps them, so their CPU is counted."""
     import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(36, 1)   # PR_SET_CHILD_SUBREAPER (Linux)
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER (Linux)
 
 
 def _reap_orphans(seconds: float = 10.0) -> None:
@@ -42,7 +44,7 @@ def _reap_orphans(seconds: float = 10.0) -> None:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return   # none left
+            return  # none left
         if pid == 0:
             time.sleep(0.05)
 
@@ -58,12 +60,23 @@ def _link_photos(photos: Path, folder: Path, copies: int) -> int:
 
 def _run(src: Path, out: Path, workers: int) -> tuple[float, float]:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(REPO / "pipeline" / "build_shards.py"), "--source", str(src),
-           "--out", str(out), "--executor", "local", "--workers", str(workers),
-           "--rows-per-shard", "32", "-q"]
+    cmd = [
+        sys.executable,
+        str(REPO / "pipeline" / "build_shards.py"),
+        "--source",
+        str(src),
+        "--out",
+        str(out),
+        "--executor",
+        "local",
+        "--workers",
+        str(workers),
+        "--rows-per-shard",
+        "32",
+        "-q",
+    ]
     c0, t0 = _children_cpu(), time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     _reap_orphans()
     return wall, _children_cpu() - c0
@@ -94,9 +107,11 @@ def main() -> None:
         print(f"{rows} rows, {os.cpu_count()} CPUs")
         base = min(walls[args.workers[0]])
         for w in args.workers:
-            print(f"workers {w}: wall min {min(walls[w]):.1f} s, median {statistics.median(walls[w]):.1f} s "
-                  f"({rows / min(walls[w]):.0f} rows/s, x{base / min(walls[w]):.2f}); "
-                  f"CPU {statistics.median(cpus[w]):.1f} s")
+            print(
+                f"workers {w}: wall min {min(walls[w]):.1f} s, median {statistics.median(walls[w]):.1f} s "
+                f"({rows / min(walls[w]):.0f} rows/s, x{base / min(walls[w]):.2f}); "
+                f"CPU {statistics.median(cpus[w]):.1f} s"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -8,6 +8,7 @@ share the workers' GIL.
 
     python benchmarks/pipeline_throughput.py [--repeats 6] [--threads 16] [--workers 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from exiflang.pipeline.config import ShardConfig  # noqa: E402
-from exiflang.pipeline.fetch.download import DownloadConfig, Downloader  # noqa: E402
 from exiflang.pipeline.driver import JobOptions, build  # noqa: E402
+from exiflang.pipeline.fetch.download import DownloadConfig, Downloader  # noqa: E402
 from exiflang.pipeline.records import SourceRow  # noqa: E402
 from exiflang.pipeline.shards.files import read_tables  # noqa: E402
 from exiflang.pipeline.shards.worker import process_shard  # noqa: E402
 
 
-def _serve(root: str, q: "mp.Queue[int]") -> None:
+def _serve(root: str, q: mp.Queue[int]) -> None:
     from tests.http_server import LoopbackServer
+
     with LoopbackServer(Path(root)) as srv:
         q.put(srv.port)
         while True:
@@ -54,8 +56,11 @@ def floor(urls: list[str], threads: int, out: Path) -> tuple[float, float, int]:
     """Fetch and append to a tar only; returns (wall s, cpu s, bytes)."""
     total = 0
     t0, c0 = time.perf_counter(), _cpu()
-    with Downloader(DownloadConfig(per_host_concurrency=threads)) as dl, \
-            ThreadPoolExecutor(threads) as pool, tarfile.open(out, "w") as tar:
+    with (
+        Downloader(DownloadConfig(per_host_concurrency=threads)) as dl,
+        ThreadPoolExecutor(threads) as pool,
+        tarfile.open(out, "w") as tar,
+    ):
         for i, res in enumerate(pool.map(dl.fetch, urls)):
             info = tarfile.TarInfo(f"{i:08d}.jpg")
             info.size = len(res.data or b"")
@@ -66,8 +71,13 @@ def floor(urls: list[str], threads: int, out: Path) -> tuple[float, float, int]:
 
 def _cfg(out: Path, threads: int, per_shard: int) -> ShardConfig:
     # Repeats of one photo are the point here, so dedup is off: every row is full work.
-    return ShardConfig(out_dir=str(out), threads=threads, rows_per_shard=per_shard, dedup=False,
-                       download=DownloadConfig(per_host_concurrency=threads))
+    return ShardConfig(
+        out_dir=str(out),
+        threads=threads,
+        rows_per_shard=per_shard,
+        dedup=False,
+        download=DownloadConfig(per_host_concurrency=threads),
+    )
 
 
 def worker_direct(urls: list[str], threads: int, out: Path) -> tuple[float, float, int, float]:
@@ -78,8 +88,9 @@ def worker_direct(urls: list[str], threads: int, out: Path) -> tuple[float, floa
 
 
 def ray_driven(urls: list[str], threads: int, workers: int, out: Path) -> tuple[float, float, int, float]:
-    import ray
     import psutil
+    import ray
+
     rows = iter([SourceRow(index=i, url=u) for i, u in enumerate(urls)])
     per_shard = max(1, len(urls) // (workers * 2))
     ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False)
@@ -94,6 +105,7 @@ def ray_driven(urls: list[str], threads: int, workers: int, out: Path) -> tuple[
     ray.shutdown()
     table = read_tables(out, ["bytes"])
     import json
+
     rss = max(json.loads(p.read_text()).get("peak_rss_mb", 0) for p in out.glob("*_stats.json"))
     return wall, cpu, sum(b or 0 for b in table["bytes"].to_pylist()), rss
 
@@ -123,14 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="Ray workers")
     args = ap.parse_args(argv)
     names = sorted(p.name for p in Path(args.photos).glob("*.jpg"))
-    q: "mp.Queue[int]" = mp.get_context("spawn").Queue()
+    q: mp.Queue[int] = mp.get_context("spawn").Queue()
     server = mp.get_context("spawn").Process(target=_serve, args=(args.photos, q), daemon=True)
     server.start()
     port = q.get(timeout=60)
     urls = [f"http://127.0.0.1:{port}/files/{n}?i={r}" for r in range(args.repeats) for n in names]
     tmp = Path(tempfile.mkdtemp(prefix="exiflang-bench-"))
     try:
-        floor(urls[: len(names)], args.threads, tmp / "warm.tar")           # warm server cache
+        floor(urls[: len(names)], args.threads, tmp / "warm.tar")  # warm server cache
         fw, fc, fb, frss = _isolated(floor, urls, args.threads, tmp / "floor.tar")
         dw, dc, db, drss = _isolated(worker_direct, urls, args.threads, tmp / "direct")
         rw, rc, rb, rrss = ray_driven(urls, args.threads, args.workers, tmp / "ray")
@@ -143,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| path | photos/s | photos per CPU-s | MB/s | ratio to floor (per CPU-s) | peak RSS per worker |")
     print("|---|---|---|---|---|---|")
     base = n / fc
-    for name, w, c, b, rss in (("(a) floor: fetch + tar append", fw, fc, fb, frss),
-                               ("(b) full worker, called directly", dw, dc, db, drss),
-                               (f"(b) full worker, Ray x{args.workers}", rw, rc, rb, rrss)):
+    for name, w, c, b, rss in (
+        ("(a) floor: fetch + tar append", fw, fc, fb, frss),
+        ("(b) full worker, called directly", dw, dc, db, drss),
+        (f"(b) full worker, Ray x{args.workers}", rw, rc, rb, rrss),
+    ):
         per_cpu = n / c if c > 0 else float("nan")
         rss_s = f"{rss:.0f} MB" if rss else "-"
         print(f"| {name} | {n / w:.0f} | {per_cpu:.0f} | {b / 2**20 / w:.0f} | {per_cpu / base:.2f} | {rss_s} |")

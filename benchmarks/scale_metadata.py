@@ -20,6 +20,7 @@ imports as ``base``); variants alternate within each round; min and median over 
 
     python benchmarks/scale_metadata.py [--sizes 100000,1000000] [--runs 2] [--dir DIR] [--json FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -56,6 +58,7 @@ JOIN = ("full", "full-old", "stream", "stream-10%", "source", "shuffled")
 
 # -- inputs ------------------------------------------------------------------------------------
 
+
 def make_shards(folder: Path, n: int, seed: int = 0) -> None:
     """Complete shard tables (no tars: the find pass reads tables only) of ``n`` rows."""
     rng = np.random.default_rng(seed)
@@ -67,19 +70,24 @@ def make_shards(folder: Path, n: int, seed: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for shard, start in enumerate(range(0, n, ROWS_PER_SHARD)):
         m = min(ROWS_PER_SHARD, n - start)
-        cols = {"key": [f"{shard:05d}_{p:05d}" for p in range(m)],
-                "shard": np.full(m, shard, np.int32), "position": np.arange(m, dtype=np.int32),
-                "status": np.where(success[start:start + m], "success", "http_error").tolist(),
-                "sha256": shas[start:start + m].tolist()}
-        table = pa.table({f.name: pa.array(cols[f.name], f.type) if f.name in cols
-                          else pa.nulls(m, f.type) for f in SCHEMA}, schema=SCHEMA)
+        cols = {
+            "key": [f"{shard:05d}_{p:05d}" for p in range(m)],
+            "shard": np.full(m, shard, np.int32),
+            "position": np.arange(m, dtype=np.int32),
+            "status": np.where(success[start : start + m], "success", "http_error").tolist(),
+            "sha256": shas[start : start + m].tolist(),
+        }
+        table = pa.table(
+            {f.name: pa.array(cols[f.name], f.type) if f.name in cols else pa.nulls(m, f.type) for f in SCHEMA},
+            schema=SCHEMA,
+        )
         paths = shard_paths(folder, shard)
         pq.write_table(table, paths["parquet"], compression="zstd")
         atomic_write_json(paths["stats"], {"shard": shard, "rows": m})
 
 
 def _photo_id(i: int) -> str:
-    return str(5_000_000_000 + (i * 2_654_435_761) % 4_294_967_296)   # unique for i < 2**32
+    return str(5_000_000_000 + (i * 2_654_435_761) % 4_294_967_296)  # unique for i < 2**32
 
 
 def _side_line(i: int, pool: list[str]) -> str:
@@ -88,20 +96,31 @@ def _side_line(i: int, pool: list[str]) -> str:
 
 def make_yfcc(folder: Path, n: int) -> dict[str, Path]:
     """Main file, side file in its order, and the same side file shuffled."""
-    pool = [",".join(line.rstrip("\n").split("\t", 1)[1].split(",")[:30])
-            for line in SAMPLE.open(encoding="utf-8")]
+    pool = [",".join(line.rstrip("\n").split("\t", 1)[1].split(",")[:30]) for line in SAMPLE.open(encoding="utf-8")]
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {k: folder / name for k, name in (("main", "yfcc100m_dataset"),
-                                               ("side", "yfcc100m_exif"),
-                                               ("shuffled", "yfcc100m_exif_shuffled"))}
+    paths = {
+        k: folder / name
+        for k, name in (("main", "yfcc100m_dataset"), ("side", "yfcc100m_exif"), ("shuffled", "yfcc100m_exif_shuffled"))
+    }
     base = dict.fromkeys(FIELDS_2016, "")
-    base.update(server_id="2087", farm_id="3", secret="5ecf2c5be4", original_secret="9c41e0ca5a",
-                original_extension="jpg", title="a+title", user_tags="sea,sun")
+    base.update(
+        server_id="2087",
+        farm_id="3",
+        secret="5ecf2c5be4",
+        original_secret="9c41e0ca5a",
+        original_extension="jpg",
+        title="a+title",
+        user_tags="sea,sun",
+    )
     with paths["main"].open("w") as main, paths["side"].open("w") as side:
         for i in range(n):
             pid = _photo_id(i)
-            base.update(line_number=str(i), photo_id=pid, marker="1" if i % 100 == 99 else "0",
-                        download_url=f"http://farm3.staticflickr.com/2087/{pid}_5ecf2c5be4.jpg")
+            base.update(
+                line_number=str(i),
+                photo_id=pid,
+                marker="1" if i % 100 == 99 else "0",
+                download_url=f"http://farm3.staticflickr.com/2087/{pid}_5ecf2c5be4.jpg",
+            )
             main.write("\t".join(base[f] for f in FIELDS_2016) + "\n")
             side.write(_side_line(i, pool))
     order = list(range(n))
@@ -112,6 +131,7 @@ def make_yfcc(folder: Path, n: int) -> dict[str, Path]:
 
 
 # -- children (one measurement per process) ---------------------------------------------------
+
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -128,7 +148,7 @@ class _PeakDisk(threading.Thread):
         while not self.stop.wait(0.02):
             try:
                 size = sum(_folder_bytes(p) for p in self.root.glob(".dedup-*"))
-            except OSError:         # a spill file removed while listed
+            except OSError:  # a spill file removed while listed
                 continue
             self.peak = max(self.peak, size)
 
@@ -144,6 +164,7 @@ def child_dedup(variant: str, data: Path) -> dict[str, Any]:
 
         def run() -> int:
             return sum(len(d) for _, d in iter_cross_shard_duplicates(data))
+
     base = _maxrss_mb()
     disk = _PeakDisk(data)
     disk.start()
@@ -152,13 +173,13 @@ def child_dedup(variant: str, data: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     disk.stop.set()
     disk.join()
-    return {"seconds": seconds, "rss_mb": _maxrss_mb(), "base_mb": base, "dups": dups,
-            "disk_mb": disk.peak / 2**20}
+    return {"seconds": seconds, "rss_mb": _maxrss_mb(), "base_mb": base, "dups": dups, "disk_mb": disk.peak / 2**20}
 
 
 def child_join(variant: str, data: Path, n: int) -> dict[str, Any]:
     from exiflang.pipeline.sources.open import open_source
     from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex, YfccSideJoin
+
     db = data / f"bench-{os.getpid()}.sqlite"
     base = _maxrss_mb()
     t0 = time.perf_counter()
@@ -183,15 +204,23 @@ def child_join(variant: str, data: Path, n: int) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     size = db.stat().st_size if db.exists() else 0
     db.unlink(missing_ok=True)
-    return {"seconds": seconds, "first_row_s": seconds if variant.startswith("full") else first,
-            "rss_mb": _maxrss_mb(), "base_mb": base, "rows": rows, "disk_mb": size / 2**20}
+    return {
+        "seconds": seconds,
+        "first_row_s": seconds if variant.startswith("full") else first,
+        "rss_mb": _maxrss_mb(),
+        "base_mb": base,
+        "rows": rows,
+        "disk_mb": size / 2**20,
+    }
 
 
 def old_layout_build(side: Path, db: Path) -> int:
     """The full index as built before issue 19: the id a WITHOUT ROWID primary key, rows
     inserted in file order (random id order) with a 256 MB page cache."""
     import sqlite3
+
     from exiflang.pipeline.sources.yfcc_exif import split_line
+
     conn = sqlite3.connect(db)
     for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -262144"):
         conn.execute(f"PRAGMA {pragma}")
@@ -216,28 +245,26 @@ def _maxrss_mb() -> float:
 
 # -- driver ------------------------------------------------------------------------------------
 
+
 def measure(kind: str, variant: str, data: Path, n: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", kind, variant, str(data), str(n)]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "TQDM_DISABLE": "1"})
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if out.returncode:
         raise RuntimeError(f"{kind} {variant} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def rounds(kind: str, variants: tuple[str, ...], data: Path, n: int,
-           runs: int) -> dict[str, list[dict[str, Any]]]:
+def rounds(kind: str, variants: tuple[str, ...], data: Path, n: int, runs: int) -> dict[str, list[dict[str, Any]]]:
     """Each variant ``runs`` times, alternating, the order reversed every other round."""
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for r in range(runs):
-        for v in (variants if r % 2 == 0 else variants[::-1]):
+        for v in variants if r % 2 == 0 else variants[::-1]:
             results[v].append(measure(kind, v, data, n))
             print(f"  {kind} n={n} {v} run {r + 1}: {results[v][-1]}", file=sys.stderr)
     return results
 
 
-def summarise(n: int, kind: str, results: dict[str, list[dict[str, Any]]],
-              baseline: str) -> list[dict[str, Any]]:
+def summarise(n: int, kind: str, results: dict[str, list[dict[str, Any]]], baseline: str) -> list[dict[str, Any]]:
     def stat(v: str, key: str, f: Callable) -> float:
         return f([r[key] for r in results[v] if r.get(key) is not None] or [float("nan")])
 
@@ -255,18 +282,21 @@ def summarise(n: int, kind: str, results: dict[str, list[dict[str, Any]]],
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'phase':6} {'N':>9} {'variant':11} {'s min':>8} {'s med':>8} {'x base':>7} "
-            f"{'1st row s':>9} {'RSS MB':>7} {'(base)':>6} {'x base':>7} {'disk MB':>8} "
-            f"{'MB/1M':>8} {'out':>8}")
+    head = (
+        f"{'phase':6} {'N':>9} {'variant':11} {'s min':>8} {'s med':>8} {'x base':>7} "
+        f"{'1st row s':>9} {'RSS MB':>7} {'(base)':>6} {'x base':>7} {'disk MB':>8} "
+        f"{'MB/1M':>8} {'out':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        first = f"{r['first_row_s_med']:9.2f}" if r["first_row_s_med"] == r["first_row_s_med"] \
-            else f"{'':9}"
-        print(f"{r['phase']:6} {r['n']:>9} {r['variant']:11} {r['seconds_min']:8.2f} "
-              f"{r['seconds_med']:8.2f} {r['time_ratio']:7.2f} {first} {r['rss_mb_med']:7.0f} "
-              f"{r['base_mb_med']:6.0f} {r['rss_ratio']:7.2f} {r['disk_mb_med']:8.1f} "
-              f"{r['disk_mb_per_1m']:8.1f} {r['extra']:>8}")
+        first = f"{r['first_row_s_med']:9.2f}" if r["first_row_s_med"] == r["first_row_s_med"] else f"{'':9}"
+        print(
+            f"{r['phase']:6} {r['n']:>9} {r['variant']:11} {r['seconds_min']:8.2f} "
+            f"{r['seconds_med']:8.2f} {r['time_ratio']:7.2f} {first} {r['rss_mb_med']:7.0f} "
+            f"{r['base_mb_med']:6.0f} {r['rss_ratio']:7.2f} {r['disk_mb_med']:8.1f} "
+            f"{r['disk_mb_per_1m']:8.1f} {r['extra']:>8}"
+        )
 
 
 def main() -> int:
@@ -288,14 +318,12 @@ def main() -> int:
         shutil.rmtree(data, ignore_errors=True)
         try:
             make_shards(data / "shards", n)
-            table += summarise(n, "dedup", rounds("dedup", DEDUP, data / "shards", n, args.runs),
-                               "reference")
+            table += summarise(n, "dedup", rounds("dedup", DEDUP, data / "shards", n, args.runs), "reference")
             make_yfcc(data / "yfcc", n)
             side_mb = (data / "yfcc" / "yfcc100m_exif").stat().st_size / 2**20
             print(f"  n={n}: side file {side_mb:.1f} MB", file=sys.stderr)
             variants = tuple(args.join_variants.split(","))
-            table += summarise(n, "join", rounds("join", variants, data / "yfcc", n, args.runs),
-                               variants[0])
+            table += summarise(n, "join", rounds("join", variants, data / "yfcc", n, args.runs), variants[0])
         finally:
             shutil.rmtree(data, ignore_errors=True)
         print_table(table)

@@ -12,6 +12,7 @@ on the same set can be read against this ceiling: on small photos a 124-px patch
 splice boundary so often that even ideal embeddings cannot outline it.
 The first set is the baseline of the "ratio" column.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,16 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exiflang.eval.forensics.localize import localize  # noqa: E402
-from exiflang.eval.benchmark.metrics import pixel_ap  # noqa: E402
-from exiflang.eval.embed.patches import Grid, splice_grid  # noqa: E402
+from exiflang.eval.benchmark.metrics import pixel_ap
+from exiflang.eval.embed.patches import Grid, splice_grid
+from exiflang.eval.forensics.localize import localize
 
 DIM = 64
 
 
-def ideal_embeddings(mask: np.ndarray, per_side: int, noise: float, rng: np.random.Generator,
-                     patch: int = 124) -> tuple[torch.Tensor, Grid]:
+def ideal_embeddings(
+    mask: np.ndarray, per_side: int, noise: float, rng: np.random.Generator, patch: int = 124
+) -> tuple[torch.Tensor, Grid]:
     """``bool [H,W]`` mask -> (``float32 [N, 64]`` unit embeddings of the grid's patches, the grid)."""
     grid = splice_grid(mask.shape[0], mask.shape[1], patch, per_side)
     share = grid.mask_share(mask)

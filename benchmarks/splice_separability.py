@@ -18,6 +18,7 @@ An image with ``sep_auc`` near 1 and a low ``p_ap`` fails in the unsupervised st
 says why.  The table prints the means per model and the ratio of each to the first model's
 (``--random-init`` adds an untrained model of that preset as the first, the baseline).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exiflang.eval.benchmark.datasets import CONVENTION, load_mask, read_dataset  # noqa: E402
-from exiflang.eval.forensics.detector import Detector  # noqa: E402
-from exiflang.eval.images import load_rgb  # noqa: E402
-from exiflang.eval.forensics.localize import localize  # noqa: E402
-from exiflang.eval.benchmark.metrics import pixel_ap, roc_auc  # noqa: E402
+from exiflang.eval.benchmark.datasets import CONVENTION, load_mask, read_dataset
+from exiflang.eval.benchmark.metrics import pixel_ap, roc_auc
+from exiflang.eval.forensics.detector import Detector
+from exiflang.eval.forensics.localize import localize
+from exiflang.eval.images import load_rgb
 
 PURE = 0.05
 
@@ -49,8 +50,8 @@ def image_stats(det: Detector, rgb: np.ndarray, mask: np.ndarray) -> dict[str, f
     if host.sum() < 2 or donor.sum() < 2:
         return out
     dist = 1.0 - (emb @ emb.T).double().numpy()
-    np.fill_diagonal(dist, np.nan)          # a patch is not evidence about its own group
-    score = np.nanmean(dist[:, host], 1) - np.nanmean(dist[:, donor], 1)   # high = donor-like
+    np.fill_diagonal(dist, np.nan)  # a patch is not evidence about its own group
+    score = np.nanmean(dist[:, host], 1) - np.nanmean(dist[:, donor], 1)  # high = donor-like
     pure = host | donor
     out["sep_auc"] = roc_auc(donor[pure], score[pure])
     host_host = dist[np.ix_(host, host)]
@@ -64,10 +65,12 @@ def detectors(models: list[str], random_init: str | None, per_side: int) -> list
     out = []
     if random_init:
         from exiflang.train.model import ExifClip, ModelConfig
+
         torch.manual_seed(0)
         model = ExifClip(ModelConfig.preset(random_init)).eval()
-        out.append((f"untrained {random_init}", Detector.from_model(model, per_side=per_side,
-                                                                    device="cpu", ncuts=False)))
+        out.append(
+            (f"untrained {random_init}", Detector.from_model(model, per_side=per_side, device="cpu", ncuts=False))
+        )
     out += [(m, Detector(m, per_side=per_side, device="cpu", ncuts=False)) for m in models]
     return out
 
@@ -87,17 +90,26 @@ def main(argv: list[str] | None = None) -> int:
             rgb = load_rgb(item.image)
             stats.append(image_stats(det, rgb, load_mask(item.mask, rgb.shape, CONVENTION["folder"])))
             s = stats[-1]
-            print(f"{label}  {item.name}: sep_auc {s['sep_auc']:.3f}  spread {s['spread']:.2f}  "
-                  f"p_ap {s['p_ap']:.2f}", file=sys.stderr)
-        means.append((label, {k: float(np.nanmean([s[k] for s in stats])) for k in stats[0]},
-                      float(np.mean([s["p_ap"] < 0.5 for s in stats]))))
+            print(
+                f"{label}  {item.name}: sep_auc {s['sep_auc']:.3f}  spread {s['spread']:.2f}  p_ap {s['p_ap']:.2f}",
+                file=sys.stderr,
+            )
+        means.append(
+            (
+                label,
+                {k: float(np.nanmean([s[k] for s in stats])) for k in stats[0]},
+                float(np.mean([s["p_ap"] < 0.5 for s in stats])),
+            )
+        )
     base = means[0][1]
     print(f"\n{len(rows)} spliced images of {args.set}, n = {args.per_side}\n")
     print("| model | sep_auc | spread | p-mAP | share p-AP < 0.5 | p-mAP / first |")
     print("|---|---|---|---|---|---|")
     for label, m, failed in means:
-        print(f"| {label} | {m['sep_auc']:.3f} | {m['spread']:.3f} | {m['p_ap']:.3f} | {failed:.2f} | "
-              f"{m['p_ap'] / base['p_ap']:.2f}x |")
+        print(
+            f"| {label} | {m['sep_auc']:.3f} | {m['spread']:.3f} | {m['p_ap']:.3f} | {failed:.2f} | "
+            f"{m['p_ap'] / base['p_ap']:.2f}x |"
+        )
     return 0
 
 

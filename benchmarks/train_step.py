@@ -8,6 +8,7 @@ utilisation against a measured bf16 matmul peak.
 
     python benchmarks/train_step.py [--batch 16] [--steps 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,12 @@ def dev_texts(photos: Path) -> list[str]:
 def _batch(tok, texts: list[str], n: int, device: torch.device) -> dict[str, torch.Tensor]:
     chosen = [texts[i % len(texts)] for i in range(n)]
     enc = tok(chosen, padding=True, truncation=True, max_length=512, return_tensors="pt")
-    return {"images": torch.randn(n, 3, 124, 124, device=device),
-            "input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
-            "text_ids": text_ids_from_strings(chosen)}
+    return {
+        "images": torch.randn(n, 3, 124, 124, device=device),
+        "input_ids": enc["input_ids"].to(device),
+        "attention_mask": enc["attention_mask"].to(device),
+        "text_ids": text_ids_from_strings(chosen),
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -61,7 +65,7 @@ def time_steps(model: ExifClip, batch: dict, steps: int, train: bool, bf16: bool
         _sync(device)
         t0 = time.perf_counter()
         if train:
-            with (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.enable_grad()):
+            with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.enable_grad():
                 img, txt, scale = model(batch["images"], batch["input_ids"], batch["attention_mask"])
                 loss = clip_loss(img.float(), txt.float(), scale.float(), text_ids=batch["text_ids"])
             opt.zero_grad(set_to_none=True)
@@ -86,7 +90,7 @@ def matmul_peak(device: torch.device) -> float:
     for _ in range(20):
         a @ a
     _sync(device)
-    return 20 * 2 * 8192 ** 3 / (time.perf_counter() - t0) / 1e12
+    return 20 * 2 * 8192**3 / (time.perf_counter() - t0) / 1e12
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,15 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     tok = build_tokenizer("bert-uncased", max_length=512)
     n_tok = sum(len(tok(t)["input_ids"]) for t in texts) / len(texts)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"\n{device} ({torch.get_num_threads()} threads), {len(texts)} dev texts, "
-          f"mean {n_tok:.0f} tokens; model `paper` (ResNet-50 + DistilBERT base)\n")
+    print(
+        f"\n{device} ({torch.get_num_threads()} threads), {len(texts)} dev texts, "
+        f"mean {n_tok:.0f} tokens; model `paper` (ResNet-50 + DistilBERT base)\n"
+    )
     model = ExifClip(ModelConfig.preset("paper", vocab_size=len(tok))).to(device)
     batches = args.batch if device.type == "cpu" else [256, 512, 1024]
     print("| batch | precision | forward only s/step | train s/step | train samples/s | train / forward |")
     print("|---|---|---|---|---|---|")
     for b in batches:
         batch = _batch(tok, texts, b, device)
-        for bf16 in ([False] if device.type == "cpu" else [True]):
+        for bf16 in [False] if device.type == "cpu" else [True]:
             fwd = time_steps(model, batch, args.steps, train=False, bf16=bf16)
             trn = time_steps(model, batch, args.steps, train=True, bf16=bf16)
             print(f"| {b} | {'bf16' if bf16 else 'fp32'} | {fwd:.3f} | {trn:.3f} | {b / trn:.1f} | {trn / fwd:.2f} |")
@@ -115,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         # ResNet-50 at 124 px ~ 4.1 GFLOPs * (124/224)^2 forward; DistilBERT ~ 2 * 66M * tokens.
         flops = 3 * (4.1e9 * (124 / 224) ** 2 + 2 * 66e6 * n_tok)
         peak = matmul_peak(device)
-        print(f"\nmeasured bf16 peak {peak:.0f} TFLOP/s; model FLOPs/sample ~{flops / 1e9:.1f} G "
-              f"(fwd+bwd); MFU at batch {b}: {b / trn * flops / 1e12 / peak:.1%}")
+        print(
+            f"\nmeasured bf16 peak {peak:.0f} TFLOP/s; model FLOPs/sample ~{flops / 1e9:.1f} G "
+            f"(fwd+bwd); MFU at batch {b}: {b / trn * flops / 1e12 / peak:.1%}"
+        )
     return 0
 
 

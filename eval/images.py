@@ -18,11 +18,12 @@ policy refuses -> ``ImageError``.  Modes:
   per channel); a layout Pillow cannot decode gives an error saying so;
 - float (``F``), 32-bit integer and any other mode: refused with the mode in the message.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -58,8 +59,7 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return pil_to_rgb(img)  # the trainer's own conversion: test pixels match training pixels
 
 
-def open_checked(data: bytes, name: PathLike = "<bytes>",
-                 policy: Optional[ImagePolicy] = None) -> Image.Image:
+def open_checked(data: bytes, name: PathLike = "<bytes>", policy: ImagePolicy | None = None) -> Image.Image:
     """``data``'s header opened (not decoded) and passed through the image policy; :class:`ImageError`
     naming ``name`` if it is empty, unreadable or refused (too large, implausible size, mode)."""
     if not data:
@@ -75,8 +75,7 @@ def open_checked(data: bytes, name: PathLike = "<bytes>",
         raise ImageError(name, f"not a readable image ({type(exc).__name__}: {exc})") from None
 
 
-def load_rgb_bytes(data: bytes, name: PathLike = "<bytes>",
-                   policy: Optional[ImagePolicy] = None) -> np.ndarray:
+def load_rgb_bytes(data: bytes, name: PathLike = "<bytes>", policy: ImagePolicy | None = None) -> np.ndarray:
     """Check the header (:func:`open_checked`), decode ``data`` fully -> ``uint8 [H,W,3]``;
     :class:`ImageError` naming ``name`` on failure."""
     img = open_checked(data, name, policy)

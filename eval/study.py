@@ -17,6 +17,7 @@ Writes ``OUT/results.json`` and ``OUT/results.md`` (the README's "Results at sma
 with the number of photos, the steps, and the seconds each stage took.  Every stage reuses what a
 previous run finished, so an interrupted study continues where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,16 +27,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
-from exiflang.eval.images import expand_inputs
 from exiflang.errors import CommandError, check_out_dir, run_main
+from exiflang.eval.images import expand_inputs
 
 VARIANTS: dict[str, list[str]] = {
-    "exif": [],                                   # the full method
-    "cropclr": ["data.cropclr=true"],            # image-to-image, no metadata
-    "model-tag": ["data.tags=[Model]"],           # single-tag supervision
+    "exif": [],  # the full method
+    "cropclr": ["data.cropclr=true"],  # image-to-image, no metadata
+    "model-tag": ["data.tags=[Model]"],  # single-tag supervision
 }
 # Full-scale YFCC numbers quoted by docs/design.md (paper Table 5 and the authors' README); not ours.
 PAPER = {"tags_exif": 0.35, "tags_majority": 0.12, "columbia_p_map": 0.94, "columbia_det_map": 0.98}
@@ -61,7 +63,7 @@ class StageClock:
         return result
 
 
-def training_seconds(run: Path, steps: int) -> Optional[float]:
+def training_seconds(run: Path, steps: int) -> float | None:
     """Training time of a run from its own log: median seconds per step x steps.
 
     The median of the logged windows (``samples_per_s``) ignores windows in which the run was
@@ -102,9 +104,13 @@ def split_by_camera(photos_dir: Path, out: Path, test_fraction: float, seed: int
             link = folder / f"{digest}_{p.name}"
             if not link.exists():
                 link.symlink_to(p.resolve())
-    record: dict[str, Any] = {"photos": len(photos), "test_fraction": test_fraction, "seed": seed,
-              "train": {"photos": len(train), "cameras": sorted({keys[str(p)] for p in train})},
-              "test": {"photos": len(test), "cameras": sorted({keys[str(p)] for p in test})}}
+    record: dict[str, Any] = {
+        "photos": len(photos),
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "train": {"photos": len(train), "cameras": sorted({keys[str(p)] for p in train})},
+        "test": {"photos": len(test), "cameras": sorted({keys[str(p)] for p in test})},
+    }
     assert not set(record["train"]["cameras"]) & set(record["test"]["cameras"])
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -112,23 +118,35 @@ def split_by_camera(photos_dir: Path, out: Path, test_fraction: float, seed: int
 
 def build_shards(source: Path, out: Path) -> None:
     from exiflang.pipeline.build_shards import main as shards_main
+
     if (out / "summary.json").is_file():
         return
-    if shards_main(["--source", str(source), "--out", str(out), "--executor", "local",
-                    "--rows-per-shard", "64", "-q"]):
+    if shards_main(["--source", str(source), "--out", str(out), "--executor", "local", "--rows-per-shard", "64", "-q"]):
         raise RuntimeError(f"building shards from {source} failed")
 
 
 def train_variant(name: str, shards: Path, runs: Path, steps: int, preset: str, seed: int) -> Path:
     """Train one variant (reused when its model folder exists); returns the model folder."""
     from exiflang.train.main import main as train_main
+
     run = runs / name
     if (run / "model" / "model.safetensors").is_file():
         print(f"{name}: already trained, reused")
         return run / "model"
-    args = ["--data", str(shards), "--out", str(run), "--config", preset, f"run.steps={steps}",
-            f"run.seed={seed}", f"run.ckpt_every={max(steps // 4, 1)}", *VARIANTS[name],
-            "--resume", "latest"]
+    args = [
+        "--data",
+        str(shards),
+        "--out",
+        str(run),
+        "--config",
+        preset,
+        f"run.steps={steps}",
+        f"run.seed={seed}",
+        f"run.ckpt_every={max(steps // 4, 1)}",
+        *VARIANTS[name],
+        "--resume",
+        "latest",
+    ]
     if train_main(args):
         raise RuntimeError(f"training {name} failed (see {run})")
     return run / "model"
@@ -137,6 +155,7 @@ def train_variant(name: str, shards: Path, runs: Path, steps: int, preset: str, 
 def untrained_model(shards: Path, out: Path, preset: str, seed: int) -> Path:
     """The same architecture at random init, with the tokenizer and tags the trained models use."""
     import torch
+
     from exiflang.train.config import load_config
     from exiflang.train.engine import build_model, make_tokenizer, read_tags
 
@@ -159,14 +178,34 @@ def evaluate(name: str, model: Path, ctx: dict[str, Any], clock: StageClock) -> 
 
     out: Path = ctx["out"] / "eval" / name
     res: dict[str, Any] = {}
-    res["splices"] = clock.run(f"{name}: splice benchmark", lambda: run_benchmark(
-        model, "folder", ctx["splices"], out / "splices", methods=("exif",), device=ctx["device"],
-        progress=ctx["progress"]))["methods"]["exif"]
+    res["splices"] = clock.run(
+        f"{name}: splice benchmark",
+        lambda: run_benchmark(
+            model,
+            "folder",
+            ctx["splices"],
+            out / "splices",
+            methods=("exif",),
+            device=ctx["device"],
+            progress=ctx["progress"],
+        ),
+    )["methods"]["exif"]
     res["tags"] = clock.run(f"{name}: eval-tags", lambda: _tags(eval_tags, model, ctx, out))
-    res["distortion"] = clock.run(f"{name}: radial-distortion probe", lambda: _cached(
-        out / "distortion.json", lambda: run_distortion_probe(
-            model, ctx["train_photos"], ctx["test_photos"], per_photo=ctx["per_photo"],
-            seed=ctx["seed"], device=ctx["device"], progress=ctx["progress"])))
+    res["distortion"] = clock.run(
+        f"{name}: radial-distortion probe",
+        lambda: _cached(
+            out / "distortion.json",
+            lambda: run_distortion_probe(
+                model,
+                ctx["train_photos"],
+                ctx["test_photos"],
+                per_photo=ctx["per_photo"],
+                seed=ctx["seed"],
+                device=ctx["device"],
+                progress=ctx["progress"],
+            ),
+        ),
+    )
     return res
 
 
@@ -175,9 +214,18 @@ def _tags(eval_tags: Callable[..., dict], model: Path, ctx: dict[str, Any], out:
     # Model-tag variant's own vocabulary is the single tag "Model", which held-out cameras
     # never share with training ones.
     vocab = json.loads((ctx["train_shards"] / "tags.json").read_text())["tags"]
-    return _cached(out / "tags" / "tag_eval.json", lambda: eval_tags(
-        model, ctx["train_shards"], ctx["test_shards"], out / "tags", device=ctx["device"],
-        progress=ctx["progress"], vocab=vocab))
+    return _cached(
+        out / "tags" / "tag_eval.json",
+        lambda: eval_tags(
+            model,
+            ctx["train_shards"],
+            ctx["test_shards"],
+            out / "tags",
+            device=ctx["device"],
+            progress=ctx["progress"],
+            vocab=vocab,
+        ),
+    )
 
 
 def _cached(path: Path, make: Callable[[], dict]) -> dict:
@@ -189,30 +237,39 @@ def _cached(path: Path, make: Callable[[], dict]) -> dict:
     return result
 
 
-def _f(value: Optional[float]) -> str:
+def _f(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
 def results_markdown(results: dict[str, Any]) -> str:
     """The one table: every method side by side, then the setting it was measured in."""
-    head = ("| method | splice p-mAP | cIoU | detection AP | tag acc. k-NN | zero-shot | probe | "
-            "majority | distortion probe acc. | (majority) |")
+    head = (
+        "| method | splice p-mAP | cIoU | detection AP | tag acc. k-NN | zero-shot | probe | "
+        "majority | distortion probe acc. | (majority) |"
+    )
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for name, r in results["methods"].items():
         s, t, d = r.get("splices") or {}, (r.get("tags") or {}).get("average") or {}, r.get("distortion") or {}
         det = (s.get("detection") or {}).get(s.get("default_score") or "", {})
-        lines.append(f"| {name} | {_f(s.get('p_map'))} | {_f(s.get('ciou'))} | {_f(det.get('ap'))} | "
-                     f"{_f(t.get('knn'))} | {_f(t.get('zero_shot'))} | {_f(t.get('probe'))} | "
-                     f"{_f(t.get('majority'))} | {_f(d.get('accuracy'))} | {_f(d.get('majority'))} |")
-    lines.append(f"| paper (full-scale YFCC, ResNet-50; not this run) | Columbia {PAPER['columbia_p_map']} | | "
-                 f"Columbia {PAPER['columbia_det_map']} | {PAPER['tags_exif']} (Table 5) | | | "
-                 f"{PAPER['tags_majority']} | | |")
+        lines.append(
+            f"| {name} | {_f(s.get('p_map'))} | {_f(s.get('ciou'))} | {_f(det.get('ap'))} | "
+            f"{_f(t.get('knn'))} | {_f(t.get('zero_shot'))} | {_f(t.get('probe'))} | "
+            f"{_f(t.get('majority'))} | {_f(d.get('accuracy'))} | {_f(d.get('majority'))} |"
+        )
+    lines.append(
+        f"| paper (full-scale YFCC, ResNet-50; not this run) | Columbia {PAPER['columbia_p_map']} | | "
+        f"Columbia {PAPER['columbia_det_map']} | {PAPER['tags_exif']} (Table 5) | | | "
+        f"{PAPER['tags_majority']} | | |"
+    )
     sp = results["split"]
-    lines += ["", f"{sp['photos']} photos: {sp['train']['photos']} for training "
-              f"({len(sp['train']['cameras'])} camera models), {sp['test']['photos']} held out "
-              f"({len(sp['test']['cameras'])} other models). Each model: `{results['preset']}`, "
-              f"{results['steps']} steps. Splice set: {results['splice_count']} spliced + "
-              f"{results['splice_count']} authentic. {_compute_line(results)}"]
+    lines += [
+        "",
+        f"{sp['photos']} photos: {sp['train']['photos']} for training "
+        f"({len(sp['train']['cameras'])} camera models), {sp['test']['photos']} held out "
+        f"({len(sp['test']['cameras'])} other models). Each model: `{results['preset']}`, "
+        f"{results['steps']} steps. Splice set: {results['splice_count']} spliced + "
+        f"{results['splice_count']} authentic. {_compute_line(results)}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -221,9 +278,11 @@ def _compute_line(results: dict[str, Any]) -> str:
     train = results.get("training_seconds") or {}
     parts = [f"{name} {sec / 60:.0f}" for name, sec in train.items() if sec]
     evaluation = sum(v for k, v in results["timings"].items() if not k.startswith("train "))
-    return (f"Compute: {results['cpus']} CPU cores; training "
-            f"{', '.join(parts) or 'n/a'} minutes (median step time x steps); everything else "
-            f"{evaluation / 60:.0f} minutes.")
+    return (
+        f"Compute: {results['cpus']} CPU cores; training "
+        f"{', '.join(parts) or 'n/a'} minutes (median step time x steps); everything else "
+        f"{evaluation / 60:.0f} minutes."
+    )
 
 
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
@@ -232,40 +291,69 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock(out / "timings.json")
-    split = clock.run("split by camera model", lambda: split_by_camera(
-        Path(args.photos), out / "split", args.test_fraction, args.seed))
-    ctx: dict[str, Any] = {"out": out, "device": args.device, "seed": args.seed,
-                           "per_photo": args.per_photo, "progress": not args.quiet,
-                           "train_shards": out / "shards" / "train", "test_shards": out / "shards" / "test",
-                           "train_photos": expand_inputs([str(out / "split" / "train")]),
-                           "test_photos": expand_inputs([str(out / "split" / "test")]),
-                           "splices": out / "splices"}
+    split = clock.run(
+        "split by camera model",
+        lambda: split_by_camera(Path(args.photos), out / "split", args.test_fraction, args.seed),
+    )
+    ctx: dict[str, Any] = {
+        "out": out,
+        "device": args.device,
+        "seed": args.seed,
+        "per_photo": args.per_photo,
+        "progress": not args.quiet,
+        "train_shards": out / "shards" / "train",
+        "test_shards": out / "shards" / "test",
+        "train_photos": expand_inputs([str(out / "split" / "train")]),
+        "test_photos": expand_inputs([str(out / "split" / "test")]),
+        "splices": out / "splices",
+    }
     for side in ("train", "test"):
         build = functools.partial(build_shards, out / "split" / side, ctx[f"{side}_shards"])
         clock.run(f"shards: {side}", build)
     if not (ctx["splices"] / "manifest.csv").is_file():
-        clock.run("make-splices from the held-out cameras", lambda: make_splices(
-            ctx["test_photos"], ctx["splices"], args.splices, seed=args.seed, progress=not args.quiet))
-    models = {name: clock.run(f"train {name}", functools.partial(
-        train_variant, name, ctx["train_shards"], out / "runs", args.steps, args.preset, args.seed))
-        for name in VARIANTS}
+        clock.run(
+            "make-splices from the held-out cameras",
+            lambda: make_splices(
+                ctx["test_photos"], ctx["splices"], args.splices, seed=args.seed, progress=not args.quiet
+            ),
+        )
+    models = {
+        name: clock.run(
+            f"train {name}",
+            functools.partial(
+                train_variant, name, ctx["train_shards"], out / "runs", args.steps, args.preset, args.seed
+            ),
+        )
+        for name in VARIANTS
+    }
     models["untrained"] = untrained_model(ctx["train_shards"], out / "runs" / "untrained", args.preset, args.seed)
     methods = {name: evaluate(name, model, ctx, clock) for name, model in models.items()}
     from exiflang.eval.benchmark.run import run_benchmark
-    noi = clock.run("NOI baseline: splice benchmark", lambda: run_benchmark(
-        None, "folder", ctx["splices"], out / "eval" / "noi" / "splices", methods=("noi",),
-        progress=not args.quiet))
+
+    noi = clock.run(
+        "NOI baseline: splice benchmark",
+        lambda: run_benchmark(
+            None, "folder", ctx["splices"], out / "eval" / "noi" / "splices", methods=("noi",), progress=not args.quiet
+        ),
+    )
     methods["NOI (hand-crafted)"] = {"splices": noi["methods"]["noi"]}
-    results = {"split": split, "preset": args.preset, "steps": args.steps, "splice_count": args.splices,
-               "cpus": os.cpu_count(), "methods": methods, "timings": clock.seconds,
-               "training_seconds": {name: training_seconds(out / "runs" / name, args.steps) for name in VARIANTS},
-               "seconds_total": round(sum(clock.seconds.values()), 1)}
+    results = {
+        "split": split,
+        "preset": args.preset,
+        "steps": args.steps,
+        "splice_count": args.splices,
+        "cpus": os.cpu_count(),
+        "methods": methods,
+        "timings": clock.seconds,
+        "training_seconds": {name: training_seconds(out / "runs" / name, args.steps) for name in VARIANTS},
+        "seconds_total": round(sum(clock.seconds.values()), 1),
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(results_markdown(results))
     return results
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m exiflang.eval.study``: 0 done, 2 bad input (one line; :func:`exiflang.errors.run_main`)."""
     return run_main("exiflang study", _main, argv)
 

@@ -13,6 +13,7 @@ so that ``exiflang.pipeline`` is that same ``pipeline/`` folder.  The root is re
 project's own files, never by a folder name alone, so a foreign ``pipeline`` package next to
 an installed exiflang is never adopted.  See docs/architecture.md.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,6 +41,7 @@ _API_NAMES = ("load", "load_index", "read_image")
 def __getattr__(name: str):
     if name in _API_NAMES:
         from exiflang import api
+
         return getattr(api, name)
     raise AttributeError(f"module 'exiflang' has no attribute {name!r}")
 

@@ -1,4 +1,5 @@
 """`python -m exiflang` runs the console script."""
+
 import sys
 
 from exiflang.cli import main

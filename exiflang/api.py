@@ -19,6 +19,7 @@ the folder (JSON, safetensors, tokenizer files).
 Every result has ``to_json()`` (plain JSON types, no arrays).  The ``exiflang detect``,
 ``lookup`` and ``check-exif`` commands and ``exiflang serve`` compute the same results.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,7 +37,7 @@ import numpy as np
 PathLike = Union[str, "os.PathLike[str]"]
 ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, Any]  # Any: PIL.Image
 
-EMBED_GRID = {"patch": 124, "per_side": 4, "mode": "grid"}   # `exiflang embed`'s defaults
+EMBED_GRID = {"patch": 124, "per_side": 4, "mode": "grid"}  # `exiflang embed`'s defaults
 DETECT_VERDICTS = ("spliced", "authentic", "inconclusive", "unknown")
 CHECK_VERDICTS = ("consistent", "inconsistent", "inconclusive", "no-exif")
 
@@ -46,6 +47,7 @@ class ImageInputError(ValueError):
 
 
 # -- images ---------------------------------------------------------------------------------------
+
 
 def _name_of(image: Any) -> str:
     if isinstance(image, (str, os.PathLike)):
@@ -64,8 +66,9 @@ def _from_pil(img: Any, name: str) -> np.ndarray:
     width, height = img.size
     limit = default_policy().max_pixels
     if width * height > limit:
-        raise ImageInputError(f"{name}: too large: {width}x{height} is {width * height / 1e6:.1f} MP, "
-                              f"over the {limit / 1e6:g} MP limit")
+        raise ImageInputError(
+            f"{name}: too large: {width}x{height} is {width * height / 1e6:.1f} MP, over the {limit / 1e6:g} MP limit"
+        )
     try:
         img.load()
         arr = to_rgb_array(img)
@@ -81,8 +84,10 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageInputError(f"<array>: expected uint8 [H,W,3] pixels, got {arr.dtype} {list(arr.shape)}")
     if arr.shape[0] * arr.shape[1] > default_policy().max_pixels:
-        raise ImageInputError(f"<array>: too large: {arr.shape[1]}x{arr.shape[0]} is over the "
-                              f"{default_policy().max_pixels / 1e6:g} MP limit")
+        raise ImageInputError(
+            f"<array>: too large: {arr.shape[1]}x{arr.shape[0]} is over the "
+            f"{default_policy().max_pixels / 1e6:g} MP limit"
+        )
     if 0 in arr.shape:
         raise ImageInputError(f"<array>: empty image {list(arr.shape)}")
     return np.ascontiguousarray(arr)
@@ -109,8 +114,9 @@ def read_image(image: ImageLike) -> np.ndarray:
         return _from_array(image)
     if isinstance(image, Image.Image):
         return _from_pil(image, _name_of(image))
-    raise ImageInputError(f"{type(image).__name__}: not an image (expected a path, bytes, a PIL image "
-                          "or a uint8 [H,W,3] array)")
+    raise ImageInputError(
+        f"{type(image).__name__}: not an image (expected a path, bytes, a PIL image or a uint8 [H,W,3] array)"
+    )
 
 
 def read_own_exif(image: ImageLike) -> tuple[dict[str, str], str]:
@@ -142,6 +148,7 @@ def read_own_exif(image: ImageLike) -> tuple[dict[str, str], str]:
 
 # -- results --------------------------------------------------------------------------------------
 
+
 def _num(x: float | None, nd: int = 6) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else round(float(x), nd)
 
@@ -156,8 +163,10 @@ def _shrink(values: np.ndarray, size: tuple[int, int], nearest: bool = False) ->
         img = Image.fromarray(values.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)
         return np.asarray(img) > 127
     img = Image.fromarray(values.astype(np.float32), mode="F")
-    return np.asarray(img.resize((size[1], size[0]), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR),
-                      dtype=np.float32)
+    return np.asarray(
+        img.resize((size[1], size[0]), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR),
+        dtype=np.float32,
+    )
 
 
 def map_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
@@ -201,13 +210,18 @@ class Detection:
     def to_json(self) -> dict[str, Any]:
         """Scores, verdict, sizes and the grid (no arrays)."""
         g = getattr(self.result, "grid", None)
-        out = {"score": _num(self.score), "scores": {k: _num(v) for k, v in self.scores.items()},
-               "verdict": self.verdict, "percentile": _num(self.percentile, 2),
-               "image_size": list(self.image_size), "map_size": list(self.heatmap.shape),
-               "splice_fraction": round(float(self.raw_mask.mean()), 6) if self.raw_mask.size else 0.0,
-               "mask_shown": self.mask is not None,
-               "grid": None if g is None else {"patch": g.patch, "rows": g.shape[0], "cols": g.shape[1]},
-               "timings": {k: round(float(v), 4) for k, v in getattr(self.result, "timings", {}).items()}}
+        out = {
+            "score": _num(self.score),
+            "scores": {k: _num(v) for k, v in self.scores.items()},
+            "verdict": self.verdict,
+            "percentile": _num(self.percentile, 2),
+            "image_size": list(self.image_size),
+            "map_size": list(self.heatmap.shape),
+            "splice_fraction": round(float(self.raw_mask.mean()), 6) if self.raw_mask.size else 0.0,
+            "mask_shown": self.mask is not None,
+            "grid": None if g is None else {"patch": g.patch, "rows": g.shape[0], "cols": g.shape[1]},
+            "timings": {k: round(float(v), 4) for k, v in getattr(self.result, "timings", {}).items()},
+        }
         return {**out, **self.extra}
 
     def heatmap_png(self, overlay_on: ImageLike | None = None, max_side: int = 1600) -> bytes:
@@ -227,7 +241,8 @@ class Detection:
             rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
         mask = self.mask if self.mask is not None else np.zeros(self.heatmap.shape, bool)
         caption = f"{self.verdict}  score {self.score:.4g}" + (
-            f"  {self.percentile:.0f}th pct of authentic" if self.percentile is not None else "")
+            f"  {self.percentile:.0f}th pct of authentic" if self.percentile is not None else ""
+        )
         render_overlay(rgb, self.heatmap, mask, None, caption, max_side).save(buf, format="PNG")
         return buf.getvalue()
 
@@ -259,9 +274,14 @@ class Lookup:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"known": self.known, "image_size": list(self.image_size), "neighbours": self.neighbours,
-                "votes": {t: [[v, round(s, 4)] for v, s in vs] for t, vs in self.votes.items()},
-                "predictions": self.predictions, **self.extra}
+        return {
+            "known": self.known,
+            "image_size": list(self.image_size),
+            "neighbours": self.neighbours,
+            "votes": {t: [[v, round(s, 4)] for v, s in vs] for t, vs in self.votes.items()},
+            "predictions": self.predictions,
+            **self.extra,
+        }
 
 
 @dataclass
@@ -291,13 +311,23 @@ class ExifCheck:
     reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "score": _num(self.score, 4), "percentile": _num(self.percentile, 2),
-                "similarity": _num(self.similarity), "z": _num(self.z, 4), "calibrated": self.calibrated,
-                "reason": self.reason, "per_tag": self.per_tag, "claimed": self.claimed,
-                "exif_source": self.exif_source, "reference": self.reference}
+        return {
+            "verdict": self.verdict,
+            "score": _num(self.score, 4),
+            "percentile": _num(self.percentile, 2),
+            "similarity": _num(self.similarity),
+            "z": _num(self.z, 4),
+            "calibrated": self.calibrated,
+            "reason": self.reason,
+            "per_tag": self.per_tag,
+            "claimed": self.claimed,
+            "exif_source": self.exif_source,
+            "reference": self.reference,
+        }
 
 
 # -- index ----------------------------------------------------------------------------------------
+
 
 class Index:
     """An ``exiflang index`` folder, loaded (vectors, rows, settings).  ``size``: photos in it."""
@@ -314,8 +344,13 @@ class Index:
         return len(self.vectors)
 
     def to_json(self) -> dict[str, Any]:
-        return {"dir": str(self.dir), "name": self.dir.name, "size": self.size, "dim": self.vectors.dim,
-                "kind": self.info.get("kind")}
+        return {
+            "dir": str(self.dir),
+            "name": self.dir.name,
+            "size": self.size,
+            "dim": self.vectors.dim,
+            "kind": self.info.get("kind"),
+        }
 
 
 def load_index(index_dir: PathLike) -> Index:
@@ -325,6 +360,7 @@ def load_index(index_dir: PathLike) -> Index:
 
 # -- model ----------------------------------------------------------------------------------------
 
+
 def _text_settings(model_dir: Path, card: dict) -> dict:
     """How the run rendered EXIF as text: its ``config.yaml`` beside the folder, else the card."""
     from exiflang.eval.embed.run import run_config
@@ -332,8 +368,11 @@ def _text_settings(model_dir: Path, card: dict) -> dict:
     cfg = run_config(model_dir)
     fmt = cfg.get("text_format") or (card.get("training") or {}).get("text_format") or "paper"
     # A model trained on shuffled pairs saw every order; vocabulary order is one of them.
-    return {"fmt": {"shuffled": "paper", "values_shuffled": "values"}.get(fmt, fmt),
-            "clean": bool(cfg.get("clean_values", False)), "max_length": cfg.get("max_text_len")}
+    return {
+        "fmt": {"shuffled": "paper", "values_shuffled": "values"}.get(fmt, fmt),
+        "clean": bool(cfg.get("clean_values", False)),
+        "max_length": cfg.get("max_text_len"),
+    }
 
 
 def _read_card(model_dir: Path) -> dict:
@@ -347,8 +386,9 @@ def _read_card(model_dir: Path) -> dict:
 class Model:
     """A loaded model folder (see :func:`load`); thread-compatible, not re-entrant per call."""
 
-    def __init__(self, model_dir: PathLike, *, device: str = "cpu", threads: int | None = None,
-                 reference: Any = None) -> None:
+    def __init__(
+        self, model_dir: PathLike, *, device: str = "cpu", threads: int | None = None, reference: Any = None
+    ) -> None:
         import torch
 
         from exiflang.eval.embed.patches import PatchEmbedder
@@ -370,21 +410,32 @@ class Model:
         self._searchers: dict[str, Any] = {}
         self._checkers: dict[str, Any] = {}
         self._reference = reference
-        self._lock = threading.RLock()   # the caches below are filled once, also under a service's threads
+        self._lock = threading.RLock()  # the caches below are filled once, also under a service's threads
         self.text = _text_settings(self.dir, self.card)
 
     # -- description
     def info(self) -> dict[str, Any]:
         """JSON-ready: name, folder, architecture summary, embed dim, vocabulary size, text format, card."""
         c = self.config
-        return {"name": self.dir.name, "dir": str(self.dir),
-                "preset": (self.card.get("training") or {}).get("preset"),
-                "config": {"image_arch": c.image_arch, "text_arch": None if c.cropclr else c.text_arch,
-                           "text_size": c.text_size, "pooling": c.pooling, "logit_scale": c.logit_scale,
-                           "cropclr": c.cropclr},
-                "embed_dim": int(c.embed_dim), "tags": len(self.vocab), "text_format": self.text["fmt"],
-                "has_text_tower": self._net.text is not None,
-                "summary": self.card.get("summary", ""), "card": self.card}
+        return {
+            "name": self.dir.name,
+            "dir": str(self.dir),
+            "preset": (self.card.get("training") or {}).get("preset"),
+            "config": {
+                "image_arch": c.image_arch,
+                "text_arch": None if c.cropclr else c.text_arch,
+                "text_size": c.text_size,
+                "pooling": c.pooling,
+                "logit_scale": c.logit_scale,
+                "cropclr": c.cropclr,
+            },
+            "embed_dim": int(c.embed_dim),
+            "tags": len(self.vocab),
+            "text_format": self.text["fmt"],
+            "has_text_tower": self._net.text is not None,
+            "summary": self.card.get("summary", ""),
+            "card": self.card,
+        }
 
     def __repr__(self) -> str:
         return f"exiflang.api.Model({str(self.dir)!r}, embed_dim={self.config.embed_dim})"
@@ -405,7 +456,7 @@ class Model:
             else:
                 det = Detector.from_model(self._net, device=self.device, ncuts=ncuts)
                 det.model_dir = self.dir
-                det.reference = load_reference(self.dir)   # the folder's calibration.json, if any
+                det.reference = load_reference(self.dir)  # the folder's calibration.json, if any
             self._detectors[ncuts] = det
         return self._detectors[ncuts]
 
@@ -422,12 +473,19 @@ class Model:
         raw = _shrink(res.mask, size)
         extra = {"verdict_reason": res.verdict_reason, "reference": res.reference}
         return Detection(
-            heatmap=_shrink(res.heatmap, size), mask=raw if res.verdict == "spliced" else None, raw_mask=raw,
+            heatmap=_shrink(res.heatmap, size),
+            mask=raw if res.verdict == "spliced" else None,
+            raw_mask=raw,
             ncuts_heatmap=None if res.ncuts_heatmap is None else _shrink(res.ncuts_heatmap, size),
-            cell_map=np.asarray(res.cell_map, dtype=np.float32), scores=dict(res.scores),
+            cell_map=np.asarray(res.cell_map, dtype=np.float32),
+            scores=dict(res.scores),
             score=float(res.scores.get(DEFAULT_SCORE, next(iter(res.scores.values())))),
-            verdict=res.verdict, percentile=None if res.percentile is None else float(res.percentile),
-            image_size=(int(rgb.shape[0]), int(rgb.shape[1])), result=res, extra=extra)
+            verdict=res.verdict,
+            percentile=None if res.percentile is None else float(res.percentile),
+            image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+            result=res,
+            extra=extra,
+        )
 
     # -- embed
     def _photo_encoder(self, grid: dict) -> Any:
@@ -444,8 +502,7 @@ class Model:
     def embed(self, image: ImageLike, *, patch: int = 124, per_side: int = 4, mode: str = "grid") -> np.ndarray:
         """``float32 [D]`` unit vector: the mean of the photo's patch embeddings (an even
         ``per_side x per_side`` grid of ``patch``-px patches, as ``exiflang embed``), re-normalised."""
-        return self._embed_rgb(read_image(image), {"patch": patch, "per_side": per_side, "mode": mode},
-                               _name_of(image))
+        return self._embed_rgb(read_image(image), {"patch": patch, "per_side": per_side, "mode": mode}, _name_of(image))
 
     # -- lookup
     def _searcher(self, index: Index) -> Any:
@@ -458,7 +515,7 @@ class Model:
 
         if key not in self._searchers:
             s = Searcher(self.dir, index.dir, device=self.device)
-            s.index = index.vectors            # share the loaded index and weights: one copy of each
+            s.index = index.vectors  # share the loaded index and weights: one copy of each
             s.encoder.embedder = self._embedder
             self._searchers[key] = s
         return self._searchers[key]
@@ -477,9 +534,14 @@ class Model:
         ans = searcher.answer(query, k, False, self.vocab)[0]
         neighbours = [{"row": int(_row(index, n)), **n} for n in ans["neighbours"]]
         extra = {key: v for key, v in ans.items() if key not in ("neighbours", "predictions", "known")}
-        return Lookup(neighbours=neighbours, votes=_votes(neighbours, self.vocab),
-                      known=bool(ans.get("known", True)), image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
-                      predictions=ans.get("predictions", {}), extra=extra)
+        return Lookup(
+            neighbours=neighbours,
+            votes=_votes(neighbours, self.vocab),
+            known=bool(ans.get("known", True)),
+            image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+            predictions=ans.get("predictions", {}),
+            extra=extra,
+        )
 
     # -- check-exif
     def _reference_source(self, reference: Any) -> Any:
@@ -490,8 +552,10 @@ class Model:
             return ref
         found = training_data(self.dir, self.card)
         if found is None:
-            raise ValueError(f"{self.dir}: no reference EXIF set: its training shards are not found; pass "
-                             "reference= (an index, embeddings or shards folder)")
+            raise ValueError(
+                f"{self.dir}: no reference EXIF set: its training shards are not found; pass "
+                "reference= (an index, embeddings or shards folder)"
+            )
         return found
 
     def checker(self, reference: Any = None) -> Any:
@@ -505,8 +569,13 @@ class Model:
         from exiflang.eval.embed.batch import TextEncoder
 
         ref = self._reference_source(reference)
-        key = str(Path(ref.dir).resolve()) if isinstance(ref, Index) else \
-            f"ref:{id(ref)}" if isinstance(ref, Reference) else str(Path(ref).resolve())
+        key = (
+            str(Path(ref.dir).resolve())
+            if isinstance(ref, Index)
+            else f"ref:{id(ref)}"
+            if isinstance(ref, Reference)
+            else str(Path(ref).resolve())
+        )
         if key not in self._checkers:
             if self._net.text is None or self._tokenizer is None:
                 raise ValueError(f"{self.dir}: this model has no text tower: check-exif needs one")
@@ -517,15 +586,25 @@ class Model:
                 enc = self._photo_encoder(DEFAULT_GRID)
                 loaded = load_reference(path, embed=enc.embed, grid=DEFAULT_GRID)
             if loaded.vectors is not None and loaded.vectors.shape[1] != self.config.embed_dim:
-                raise ValueError(f"{loaded.source}: vectors of dimension {loaded.vectors.shape[1]}, this "
-                                 f"model's are {self.config.embed_dim}: not embedded with this model")
-            text = TextEncoder(self._net, self._tokenizer, self.vocab, self.text["fmt"], clean=self.text["clean"],
-                               max_length=self.text["max_length"], device=self._embedder.device)
+                raise ValueError(
+                    f"{loaded.source}: vectors of dimension {loaded.vectors.shape[1]}, this "
+                    f"model's are {self.config.embed_dim}: not embedded with this model"
+                )
+            text = TextEncoder(
+                self._net,
+                self._tokenizer,
+                self.vocab,
+                self.text["fmt"],
+                clean=self.text["clean"],
+                max_length=self.text["max_length"],
+                device=self._embedder.device,
+            )
             self._checkers[key] = Checker(text, loaded)
         return self._checkers[key]
 
-    def check_exif(self, image: ImageLike, exif: dict | None = None, *, reference: Any = None,
-                   per_tag: bool = True) -> ExifCheck:
+    def check_exif(
+        self, image: ImageLike, exif: dict | None = None, *, reference: Any = None, per_tag: bool = True
+    ) -> ExifCheck:
         """Do the pixels agree with ``exif`` (default: the EXIF stored in the path's / bytes' file)?"""
         checker = self.checker(reference)
         rgb = read_image(image)
@@ -537,9 +616,19 @@ class Model:
             claimed, source = {str(k): str(v) for k, v in exif.items()}, "given"
         vec = self._embed_rgb(rgb, checker.reference.grid, _name_of(image))
         res = checker.check(vec, claimed, per_tag=per_tag)
-        return ExifCheck(score=res.score, percentile=res.percentile, verdict=res.verdict, per_tag=res.per_tag,
-                         claimed=res.claimed, similarity=res.similarity, z=res.z, calibrated=res.calibrated,
-                         exif_source=source, reference=checker.info(), reason=res.reason)
+        return ExifCheck(
+            score=res.score,
+            percentile=res.percentile,
+            verdict=res.verdict,
+            per_tag=res.per_tag,
+            claimed=res.claimed,
+            similarity=res.similarity,
+            z=res.z,
+            calibrated=res.calibrated,
+            exif_source=source,
+            reference=checker.info(),
+            reason=res.reason,
+        )
 
 
 def _row(index: Index, neighbour: dict) -> int:
@@ -565,8 +654,7 @@ def _votes(neighbours: list[dict], vocab: list[str], top: int = 5) -> dict[str, 
     return out
 
 
-def load(model_dir: PathLike, *, device: str = "cpu", threads: int | None = None,
-         reference: Any = None) -> Model:
+def load(model_dir: PathLike, *, device: str = "cpu", threads: int | None = None, reference: Any = None) -> Model:
     """Load a model folder (a trained run's ``model/`` or a converted authors' checkpoint).
 
     ``device``: ``cpu`` | ``cuda`` | ``auto``; ``threads``: CPU threads torch may use (None: its

@@ -8,13 +8,13 @@ The flag is taken out of the arguments before the command parses them, unless it
 ``ACCEPTS_DEBUG = True`` (it declares ``--debug`` itself and then gets it, also when given before
 the command).
 """
+
 from __future__ import annotations
 
 import functools
 import importlib
 import os
 import sys
-from typing import Optional
 
 from exiflang.errors import DEBUG_FLAG, EXIT_BAD_INPUT, debug_enabled, pop_debug, run_main
 
@@ -31,11 +31,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lookup": ("exiflang.eval.index.lookup:main", "nearest training photos and predicted EXIF for photos"),
     "eval-tags": ("exiflang.eval.tags.evaluate:main", "per-tag accuracy: k-NN, zero-shot text, linear probe, majority"),
     "detect": ("exiflang.eval.forensics.detect:main", "zero-shot splice detection and localization maps for images"),
-    "calibrate": ("exiflang.eval.forensics.calibrate:main", "reference detection scores on authentic photos (verdicts)"),
+    "calibrate": (
+        "exiflang.eval.forensics.calibrate:main",
+        "reference detection scores on authentic photos (verdicts)",
+    ),
     "make-splices": ("exiflang.eval.benchmark.splices:main", "build a spliced/authentic test set from real photos"),
-    "benchmark": ("exiflang.eval.benchmark.run:main", "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline"),
+    "benchmark": (
+        "exiflang.eval.benchmark.run:main",
+        "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline",
+    ),
     "check-exif": ("exiflang.eval.consistency.command:main", "do the pixels agree with the claimed EXIF? (zero-shot)"),
-    "eval-check-exif": ("exiflang.eval.consistency.evaluate:main", "check-exif as a detector: true vs swapped EXIF, ROC-AUC / AP"),
+    "eval-check-exif": (
+        "exiflang.eval.consistency.evaluate:main",
+        "check-exif as a detector: true vs swapped EXIF, ROC-AUC / AP",
+    ),
     "demo": ("exiflang.demo:main", "run the main job end to end on the offline default"),
     "serve": ("exiflang.serve.main:main", "HTTP service + analyst's page: detect, lookup, check-exif"),
 }
@@ -45,8 +54,11 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: exiflang [--debug] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`exiflang COMMAND --help` for a command's options; --debug (or EXIFLANG_DEBUG=1) "
-                  "shows the traceback of an error."]
+    lines += [
+        "",
+        "`exiflang COMMAND --help` for a command's options; --debug (or EXIFLANG_DEBUG=1) "
+        "shows the traceback of an error.",
+    ]
     return "\n".join(lines)
 
 
@@ -63,7 +75,7 @@ def _call(name: str, argv: list[str]) -> int:
     return int(getattr(module, func)(argv) or 0)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Dispatch ``argv`` (default ``sys.argv[1:]``); returns the command's exit code (0..2, 130)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

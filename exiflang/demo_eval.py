@@ -3,6 +3,7 @@
 Each step takes the demo folder and what training produced, reuses finished outputs, prints a
 short readable summary, and returns what the HTML report (:mod:`exiflang.eval.report.html`) shows.
 """
+
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 CAMERA_TAGS = ("Make", "Model")
 
@@ -23,19 +24,21 @@ def _step(title: str) -> float:
 def _truth(path: Path) -> dict[str, str]:
     """The photo's own EXIF (for scoring the lookup only; the lookup itself reads pixels alone)."""
     from exiflang.pipeline.exif.parse import ExifReadError, read_exif
+
     try:
         return read_exif(path.read_bytes())
     except (ExifReadError, OSError):
         return {}
 
 
-def lookup_step(out: Path, model: Path, shards: Path, held_photos: list[Path], k: int = 10
-                ) -> tuple[list[dict], dict[str, float]]:
+def lookup_step(
+    out: Path, model: Path, shards: Path, held_photos: list[Path], k: int = 10
+) -> tuple[list[dict], dict[str, float]]:
     """Embed the training shards, index them, look up every held-out photo; Make/Model accuracy."""
     from exiflang.eval.embed.run import embed_shards
     from exiflang.eval.embed.store import load_embeddings
-    from exiflang.eval.index.run import build_index
     from exiflang.eval.index.lookup import format_lookup, lookup_photos
+    from exiflang.eval.index.run import build_index
 
     t = _step(f"embeddings and index of the training shards -> {out / 'emb'}, {out / 'index'}")
     embed_shards(model, shards, out / "emb", progress=True)
@@ -58,8 +61,11 @@ def lookup_step(out: Path, model: Path, shards: Path, held_photos: list[Path], k
     if results:
         print(format_lookup(results[0], max_neighbours=5))
     acc = {f"{tag} accuracy": h[0] / h[1] for tag, h in hits.items() if h[1]}
-    print("held-out " + ", ".join(f"{k_} {v:.3f}" for k_, v in acc.items())
-          + f" ({time.perf_counter() - t:.1f} s; all answers in {out / 'lookup.jsonl'})")
+    print(
+        "held-out "
+        + ", ".join(f"{k_} {v:.3f}" for k_, v in acc.items())
+        + f" ({time.perf_counter() - t:.1f} s; all answers in {out / 'lookup.jsonl'})"
+    )
     return results, acc
 
 
@@ -71,14 +77,15 @@ def _cut_from(manifest: Path, photos: list[Path]) -> bool:
     return all(Path(u).resolve() in allowed for u in used)
 
 
-def splice_step(out: Path, model: Path, held_photos: list[Path], count: int, seed: int
-                ) -> tuple[list[dict], dict[str, Any]]:
+def splice_step(
+    out: Path, model: Path, held_photos: list[Path], count: int, seed: int
+) -> tuple[list[dict], dict[str, Any]]:
     """make-splices from held-out photos, the benchmark (EXIF model and NOI), one detection overlay."""
     from exiflang.eval.benchmark.run import run_benchmark
+    from exiflang.eval.benchmark.splices import make_splices
     from exiflang.eval.forensics.detect import write_outputs
     from exiflang.eval.forensics.detector import Detector
     from exiflang.eval.images import load_rgb
-    from exiflang.eval.benchmark.splices import make_splices
 
     t = _step(f"splices between held-out photos of different cameras -> {out / 'splices'}")
     manifest = out / "splices" / "manifest.csv"
@@ -106,11 +113,18 @@ def splice_step(out: Path, model: Path, held_photos: list[Path], count: int, see
     result = Detector(model).detect(rgb)
     rec = write_outputs(result, rgb, out / "detect", spliced[0].stem)
     truth = out / "splices" / "masks" / spliced[0].name
-    det = {"name": rec["name"], "overlay_png": rec["outputs"]["png"], "scores": rec["scores"],
-           "timings": rec["timings"], "truth_mask_png": str(truth) if truth.is_file() else None}
-    print(f"{spliced[0].name}: verdict {rec['verdict']} (percentile {rec['percentile']}), "
-          + ", ".join(f"{k} {v:.4f}" for k, v in rec["scores"].items())
-          + f"; overlay {rec['outputs']['png']} ({time.perf_counter() - t:.1f} s)")
+    det = {
+        "name": rec["name"],
+        "overlay_png": rec["outputs"]["png"],
+        "scores": rec["scores"],
+        "timings": rec["timings"],
+        "truth_mask_png": str(truth) if truth.is_file() else None,
+    }
+    print(
+        f"{spliced[0].name}: verdict {rec['verdict']} (percentile {rec['percentile']}), "
+        + ", ".join(f"{k} {v:.4f}" for k, v in rec["scores"].items())
+        + f"; overlay {rec['outputs']['png']} ({time.perf_counter() - t:.1f} s)"
+    )
     return [det], metrics
 
 
@@ -144,15 +158,33 @@ def _benchmark_rows(metrics: dict[str, Any]) -> dict[str, Any]:
     return rows
 
 
-def report_step(out: Path, run: Path, lookup: list[dict], lookup_acc: dict[str, float],
-                detections: list[dict], bench: dict[str, Any], notes: Optional[list[str]] = None) -> Path:
+def report_step(
+    out: Path,
+    run: Path,
+    lookup: list[dict],
+    lookup_acc: dict[str, float],
+    detections: list[dict],
+    bench: dict[str, Any],
+    notes: list[str] | None = None,
+) -> Path:
     """The self-contained HTML report of the whole demo."""
     from exiflang.eval.report.html import write_report
 
     result = json.loads((run / "result.json").read_text()) if (run / "result.json").is_file() else {}
-    metrics: dict[str, dict] = {"held-out camera retrieval (image -> EXIF text)": {
-                   "top-1": result.get("eval/camera_top1"), "chance": result.get("eval/chance")},
-               "lookup (k-NN vote over the training photos)": lookup_acc,
-               "splice benchmark (generated splices of held-out photos)": _benchmark_rows(bench)}
-    return write_report(out / "report.html", title="exiflang demo", run_dir=run, lookup=lookup[:3],
-                        detections=detections, metrics=metrics, notes=notes)
+    metrics: dict[str, dict] = {
+        "held-out camera retrieval (image -> EXIF text)": {
+            "top-1": result.get("eval/camera_top1"),
+            "chance": result.get("eval/chance"),
+        },
+        "lookup (k-NN vote over the training photos)": lookup_acc,
+        "splice benchmark (generated splices of held-out photos)": _benchmark_rows(bench),
+    }
+    return write_report(
+        out / "report.html",
+        title="exiflang demo",
+        run_dir=run,
+        lookup=lookup[:3],
+        detections=detections,
+        metrics=metrics,
+        notes=notes,
+    )

@@ -18,51 +18,55 @@ The traceback is printed (before the line) only with ``--debug`` on the command 
 
 This module imports nothing of the project and no heavy library, so any layer may use it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Union
 
 EXIT_OK = 0
-EXIT_INTERNAL = 1       # a bug: an exception no command expects
-EXIT_BAD_INPUT = 2      # bad usage, data, model, checkpoint or output path: the user can fix it
+EXIT_INTERNAL = 1  # a bug: an exception no command expects
+EXIT_BAD_INPUT = 2  # bad usage, data, model, checkpoint or output path: the user can fix it
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "EXIFLANG_DEBUG"
-MAX_REASON = 1000       # characters: a pyarrow or Pillow message can be long, a line must stay readable
+MAX_REASON = 1000  # characters: a pyarrow or Pillow message can be long, a line must stay readable
 
 PathLike = Union[str, "os.PathLike[str]"]
-MainFn = Callable[[list[str]], Optional[int]]
+MainFn = Callable[[list[str]], int | None]
 
 # Exception types that mean "this input cannot be used", named by "module.QualName" so that
 # checking them never imports pyarrow, Pillow, safetensors, yaml or torch (an exception of a
 # type whose module was never imported cannot occur).  Subclasses count: the MRO is searched.
-EXPECTED_TYPES = frozenset({
-    "builtins.OSError",            # PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError,
-                                   # FileNotFoundError, pyarrow's ArrowIOError, PIL.UnidentifiedImageError
-    "builtins.ValueError",         # bad option values, json.JSONDecodeError, UnicodeError, ArrowInvalid
-    "builtins.EOFError",           # truncated pickles, gzip/bz2 streams
-    "builtins.KeyError",           # a key missing from a damaged JSON / table
-    "builtins.MemoryError",        # an input too large for this machine
-    "pyarrow.lib.ArrowException",
-    "PIL.Image.DecompressionBombError",
-    "safetensors._safetensors_rust.SafetensorError",
-    "yaml.error.YAMLError",
-    "zipfile.BadZipFile",
-    "tarfile.TarError",
-    "_pickle.UnpicklingError",
-    "pickle.UnpicklingError",
-    "zlib.error",
-    "_lzma.LZMAError",
-    "exiflang.eval.images.ImageError",
-    "exiflang.train.data.samples.ShardError",
-    "exiflang.train.data.samples.SampleError",
-    "exiflang.errors.CommandError",
-})
+EXPECTED_TYPES = frozenset(
+    {
+        "builtins.OSError",  # PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError,
+        # FileNotFoundError, pyarrow's ArrowIOError, PIL.UnidentifiedImageError
+        "builtins.ValueError",  # bad option values, json.JSONDecodeError, UnicodeError, ArrowInvalid
+        "builtins.EOFError",  # truncated pickles, gzip/bz2 streams
+        "builtins.KeyError",  # a key missing from a damaged JSON / table
+        "builtins.MemoryError",  # an input too large for this machine
+        "pyarrow.lib.ArrowException",
+        "PIL.Image.DecompressionBombError",
+        "safetensors._safetensors_rust.SafetensorError",
+        "yaml.error.YAMLError",
+        "zipfile.BadZipFile",
+        "tarfile.TarError",
+        "_pickle.UnpicklingError",
+        "pickle.UnpicklingError",
+        "zlib.error",
+        "_lzma.LZMAError",
+        "exiflang.eval.images.ImageError",
+        "exiflang.train.data.samples.ShardError",
+        "exiflang.train.data.samples.SampleError",
+        "exiflang.errors.CommandError",
+    }
+)
 
 _active_debug: list[bool] = []  # one entry per run_main on the stack: nested mains inherit --debug
 
@@ -73,7 +77,7 @@ class CommandError(Exception):
     ``path`` may be ``None`` for a failure that concerns no file (a bad option combination).
     """
 
-    def __init__(self, path: Optional[PathLike], reason: str) -> None:
+    def __init__(self, path: PathLike | None, reason: str) -> None:
         self.path = None if path is None else str(path)
         self.reason = " ".join(str(reason).split())
         super().__init__(self.reason if self.path is None else f"{self.path}: {self.reason}")
@@ -108,7 +112,7 @@ def naming(path: PathLike) -> Iterator[None]:
         raise
 
 
-def file_of(exc: BaseException) -> Optional[str]:
+def file_of(exc: BaseException) -> str | None:
     """The file an exception is about, or ``None`` when nothing names one."""
     # Most specific first: the OS's own file name, the file a project error names, then the
     # file an enclosing ``naming`` block was reading.
@@ -121,7 +125,7 @@ def file_of(exc: BaseException) -> Optional[str]:
     return None
 
 
-def _blocking_file(path: str) -> Optional[str]:
+def _blocking_file(path: str) -> str | None:
     """The nearest existing non-folder at or above ``path`` (what makes a mkdir fail), if any."""
     p = Path(path)
     for cand in (p, *p.parents):
@@ -193,7 +197,7 @@ def one_line(exc: BaseException) -> str:
         # A message that already starts with the file, or quotes it, need not say it twice.
         for prefix in (f"{file}: ", f"{file}:"):
             if reason.startswith(prefix):
-                reason = reason[len(prefix):]
+                reason = reason[len(prefix) :]
                 break
         reason = reason.replace(f" '{file}'", "").replace(f' "{file}"', "")
     if len(reason) > MAX_REASON:
@@ -233,8 +237,9 @@ def report(prog: str, exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
-def run_main(prog: str, main: MainFn, argv: Optional[Sequence[str]] = None, *,
-             debug: bool = False, keep_debug_flag: bool = False) -> int:
+def run_main(
+    prog: str, main: MainFn, argv: Sequence[str] | None = None, *, debug: bool = False, keep_debug_flag: bool = False
+) -> int:
     """Run ``main(argv)`` under the error contract; returns its exit code (0..2, or 130).
 
     ``argv`` defaults to ``sys.argv[1:]``.  ``--debug`` is taken out of ``argv`` (unless

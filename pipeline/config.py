@@ -1,15 +1,15 @@
 """Typed settings of one shard-building job (what every worker needs to know)."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from exiflang.pipeline import storage
 from exiflang.pipeline.fetch.download import DownloadConfig
 from exiflang.pipeline.image_policy import ImagePolicy, default_policy
-
 
 VERIFY_MODES = ("structure", "draft", "full", "header")
 
@@ -19,20 +19,20 @@ class ShardConfig:
     """Everything a shard worker needs besides its rows; serialisable to JSON."""
 
     out_dir: str = "shards"
-    rows_per_shard: int = 500          # full-resolution photos are ~1-5 MB: ~1 GB tars
-    threads: int = 16                   # concurrent fetches inside one worker (I/O bound)
-    patch_size: int = 124               # shorter side below this -> too_small
-    min_tags: int = 10                  # fewer EXIF tags than this -> too_few_tags
+    rows_per_shard: int = 500  # full-resolution photos are ~1-5 MB: ~1 GB tars
+    threads: int = 16  # concurrent fetches inside one worker (I/O bound)
+    patch_size: int = 124  # shorter side below this -> too_small
+    min_tags: int = 10  # fewer EXIF tags than this -> too_few_tags
     # Image-size policy (exiflang.pipeline.image_policy): more pixels -> too_large; 1 .. 1e9,
     # default EXIFLANG_MAX_PIXELS or 200 MP, the same default the trainer and eval use.
     max_pixels: int = field(default_factory=lambda: default_policy().max_pixels)
     # How much of each image to decode to check it: "structure" (JPEG marker walk, other
     # formats fully decoded), "draft" (JPEG 1/8-scale decode), "full", or "header" only.
     verify: str = "structure"
-    max_value_chars: int = 256          # longer EXIF values are truncated
-    exif_prefer: str = "image"          # on disagreement keep the "image" or the "yfcc" value
-    dedup: bool = True                  # mark repeated bytes (same sha256) as duplicate
-    yfcc_exif_db: Optional[str] = None  # SQLite index of the YFCC side file, if given
+    max_value_chars: int = 256  # longer EXIF values are truncated
+    exif_prefer: str = "image"  # on disagreement keep the "image" or the "yfcc" value
+    dedup: bool = True  # mark repeated bytes (same sha256) as duplicate
+    yfcc_exif_db: str | None = None  # SQLite index of the YFCC side file, if given
     # fsspec options for s3:// / gs:// paths (exiflang.pipeline.storage); they travel with the config
     # so Ray and pool workers reach the same store.  Secrets are masked in config.json.
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -66,5 +66,7 @@ def _masked(options: Any) -> Any:
     """``options`` with the value of every secret-looking key replaced by ``"***"``."""
     if not isinstance(options, dict):
         return options
-    return {k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
-            else _masked(v) for k, v in options.items()}
+    return {
+        k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict) else _masked(v)
+        for k, v in options.items()
+    }

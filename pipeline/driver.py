@@ -7,6 +7,7 @@ every process it started (GCS, raylet, dashboard and runtime-env agents, workers
 still alive is terminated (SIGTERM, then SIGKILL after 5 s), so none outlives the job.
 SIGINT ends the build with KeyboardInterrupt, SIGTERM with status 143 (128 + 15).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -17,18 +18,19 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 from tqdm import tqdm
 
 from exiflang.pipeline import reap, storage
 from exiflang.pipeline.config import ShardConfig
-from exiflang.pipeline.shards.dedup import remove_cross_shard_duplicates
 from exiflang.pipeline.fetch.governor_service import GovernorServer
-from exiflang.pipeline.local_pool import run_pool
 from exiflang.pipeline.fetch.politeness import HostGovernor
+from exiflang.pipeline.local_pool import run_pool
 from exiflang.pipeline.records import SourceRow
+from exiflang.pipeline.shards.dedup import remove_cross_shard_duplicates
 from exiflang.pipeline.shards.files import RERUN_CHECKS, shard_problem
 from exiflang.pipeline.shards.tags import write_sizes_and_summary, write_tags
 from exiflang.pipeline.shards.worker import process_shard
@@ -40,20 +42,21 @@ log = logging.getLogger(__name__)
 class JobOptions:
     """How the job runs, as opposed to what each shard does (:class:`ShardConfig`)."""
 
-    executor: str = "ray"            # "ray" or "local" (worker processes on this machine)
-    workers: Optional[int] = None    # concurrent shards; default: the Ray cluster's / this machine's CPUs
-    address: Optional[str] = None    # a Ray cluster; default RAY_ADDRESS, else embedded
-    shard_retries: int = 2           # extra attempts for a shard whose task failed
+    executor: str = "ray"  # "ray" or "local" (worker processes on this machine)
+    workers: int | None = None  # concurrent shards; default: the Ray cluster's / this machine's CPUs
+    address: str | None = None  # a Ray cluster; default RAY_ADDRESS, else embedded
+    shard_retries: int = 2  # extra attempts for a shard whose task failed
     tag_threshold: float = 0.5
-    max_rows: Optional[int] = None   # stop after this many source rows (smoke runs)
-    progress: bool = True            # a tqdm bar of rows done
+    max_rows: int | None = None  # stop after this many source rows (smoke runs)
+    progress: bool = True  # a tqdm bar of rows done
     # How a shard with a stats file is checked before it is skipped: "hash" (sizes and
     # sha256 of tar and table, about one read of the dataset) or "size" (stat only).
     rerun_check: str = "hash"
 
 
-def plan_shards(rows: Iterator[SourceRow], rows_per_shard: int,
-                max_rows: Optional[int] = None) -> Iterator[tuple[int, list[SourceRow]]]:
+def plan_shards(
+    rows: Iterator[SourceRow], rows_per_shard: int, max_rows: int | None = None
+) -> Iterator[tuple[int, list[SourceRow]]]:
     """Cut the row stream into consecutive shards: shard i holds rows [i*n, (i+1)*n).
 
     Deterministic for a deterministic source, which is what makes resume exact.
@@ -68,7 +71,7 @@ def plan_shards(rows: Iterator[SourceRow], rows_per_shard: int,
 
 
 @contextlib.contextmanager
-def _governed(cfg: ShardConfig, workers: int, tcp_host: Optional[str] = None) -> Iterator[ShardConfig]:
+def _governed(cfg: ShardConfig, workers: int, tcp_host: str | None = None) -> Iterator[ShardConfig]:
     """``cfg`` pointing every worker at one host governor served from this process.
 
     Per-host limits hold for the whole job (exiflang.pipeline.fetch.politeness): the workers share the
@@ -76,12 +79,11 @@ def _governed(cfg: ShardConfig, workers: int, tcp_host: Optional[str] = None) ->
     local processes, TCP on ``tcp_host`` for Ray workers.
     """
     with GovernorServer(HostGovernor(cfg.download.limits()), tcp_host) as server:
-        dl = replace(cfg.download, governor_address=server.address, governor_key=server.key,
-                     governor_share=workers)
+        dl = replace(cfg.download, governor_address=server.address, governor_key=server.key, governor_share=workers)
         yield replace(cfg, download=dl)
 
 
-_REAP_GRACE_S = 5.0                 # SIGTERM -> SIGKILL grace for Ray's leftover processes
+_REAP_GRACE_S = 5.0  # SIGTERM -> SIGKILL grace for Ray's leftover processes
 
 
 class _EmbeddedRay:
@@ -101,20 +103,19 @@ class _EmbeddedRay:
         self.stopped = True
         self.handlers: dict[int, Any] = {}
 
-    def start(self, ray: Any, num_cpus: Optional[int]) -> None:
+    def start(self, ray: Any, num_cpus: int | None) -> None:
         self.before = {p.pid for p in _descendants()}
         self.stopped = False
         atexit.register(self.stop)
         self._install()
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-                     configure_logging=False)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
         except SystemExit as exc:
             # Ray's own SIGTERM handler, set while it starts, exits with code 15.
             if exc.code == signal.SIGTERM:
                 raise SystemExit(128 + signal.SIGTERM) from None
             raise
-        self._install()   # ray.init replaced the SIGTERM handler with its own
+        self._install()  # ray.init replaced the SIGTERM handler with its own
 
     def stop(self) -> None:
         """Shut Ray down and terminate its leftover processes; restore the signal handlers."""
@@ -124,6 +125,7 @@ class _EmbeddedRay:
         ours = [p for p in _descendants() if p.pid not in self.before]
         try:
             import ray
+
             ray.shutdown()
         except Exception as exc:  # noqa: BLE001 - the reaping below still runs
             log.warning("ray.shutdown() failed: %s", exc)
@@ -133,12 +135,12 @@ class _EmbeddedRay:
 
     def _install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
-            return   # signal handlers can only be set from the main thread
+            return  # signal handlers can only be set from the main thread
         for sig in (signal.SIGINT, signal.SIGTERM):
             current = signal.getsignal(sig)
             if current is signal.SIG_IGN:
                 continue
-            self.handlers.setdefault(sig, current)   # the handler from before Ray
+            self.handlers.setdefault(sig, current)  # the handler from before Ray
             signal.signal(sig, self._on_signal)
 
     def _restore(self) -> None:
@@ -149,24 +151,23 @@ class _EmbeddedRay:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stopped:
-            return      # already stopping: a second Ctrl-C must not cut the reaping short
+            return  # already stopping: a second Ctrl-C must not cut the reaping short
         previous = self.handlers.get(signum)
         if callable(previous):
-            previous(signum, frame)        # e.g. Python's SIGINT handler: KeyboardInterrupt
+            previous(signum, frame)  # e.g. Python's SIGINT handler: KeyboardInterrupt
             return
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        raise SystemExit(128 + signum)     # SIGTERM's default action, as status 143
+        raise SystemExit(128 + signum)  # SIGTERM's default action, as status 143
 
 
 def _descendants() -> list[Any]:
     import psutil
+
     try:
         return psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
-
-
 
 
 @contextlib.contextmanager
@@ -175,6 +176,7 @@ def _ray_session(opts: JobOptions) -> Iterator[Any]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
+
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         yield ray
@@ -191,10 +193,11 @@ def _ray_session(opts: JobOptions) -> Iterator[Any]:
         embedded.stop()
 
 
-def _run_local(shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
-               on_done: Callable[[dict], None], opts: JobOptions) -> list[int]:
+def _run_local(
+    shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig, on_done: Callable[[dict], None], opts: JobOptions
+) -> list[int]:
     workers = opts.workers or os.cpu_count() or 1
-    if workers > 1:   # processes, not threads: the GIL would hold the job to one core
+    if workers > 1:  # processes, not threads: the GIL would hold the job to one core
         with _governed(cfg, workers) as shared:
             return run_pool(shards, shared, on_done, workers, opts.shard_retries)
     failed = []
@@ -210,24 +213,36 @@ def _run_local(shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
     return failed
 
 
-def _run_ray(shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
-             on_done: Callable[[dict], None], opts: JobOptions) -> list[int]:
+def _run_ray(
+    shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig, on_done: Callable[[dict], None], opts: JobOptions
+) -> list[int]:
     with _ray_session(opts) as ray:
         return _fan_out(ray, shards, cfg, on_done, opts)
 
 
-def _fan_out(ray: Any, shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
-             on_done: Callable[[dict], None], opts: JobOptions) -> list[int]:
+def _fan_out(
+    ray: Any,
+    shards: Iterator[tuple[int, list[SourceRow]]],
+    cfg: ShardConfig,
+    on_done: Callable[[dict], None],
+    opts: JobOptions,
+) -> list[int]:
     workers = opts.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(num_cpus=1, max_retries=opts.shard_retries,
-                      retry_exceptions=True)(process_shard)
+    task = ray.remote(num_cpus=1, max_retries=opts.shard_retries, retry_exceptions=True)(process_shard)
     # The driver's node address: Ray workers on other nodes reach the governor there.
     with _governed(cfg, workers, ray.util.get_node_ip_address()) as shared:
         return _submit_all(ray, task, shards, ray.put(shared), on_done, opts, workers)
 
 
-def _submit_all(ray: Any, task: Any, shards: Iterator[tuple[int, list[SourceRow]]], cfg_ref: Any,
-                on_done: Callable[[dict], None], opts: JobOptions, workers: int) -> list[int]:
+def _submit_all(
+    ray: Any,
+    task: Any,
+    shards: Iterator[tuple[int, list[SourceRow]]],
+    cfg_ref: Any,
+    on_done: Callable[[dict], None],
+    opts: JobOptions,
+    workers: int,
+) -> list[int]:
     pending: dict[Any, int] = {}
     failed: list[int] = []
 
@@ -238,8 +253,12 @@ def _submit_all(ray: Any, task: Any, shards: Iterator[tuple[int, list[SourceRow]
             try:
                 on_done(ray.get(done[0]))
             except Exception as exc:  # noqa: BLE001 - a shard that failed all its retries
-                log.error("shard %05d failed after %d attempts: %s", shard,
-                          opts.shard_retries + 1, str(exc).splitlines()[-1] if str(exc) else exc)
+                log.error(
+                    "shard %05d failed after %d attempts: %s",
+                    shard,
+                    opts.shard_retries + 1,
+                    str(exc).splitlines()[-1] if str(exc) else exc,
+                )
                 failed.append(shard)
 
     # Bounded in-flight tasks: the source may be 100M rows, never materialised at once.
@@ -253,13 +272,11 @@ def _submit_all(ray: Any, task: Any, shards: Iterator[tuple[int, list[SourceRow]
 def build(source_rows: Iterator[SourceRow], cfg: ShardConfig, opts: JobOptions) -> dict[str, Any]:
     """Build every shard not yet complete, then dedupe and select tags; returns the summary."""
     if opts.rerun_check not in RERUN_CHECKS:
-        raise ValueError(f"rerun_check must be one of {', '.join(RERUN_CHECKS)}, "
-                         f"not {opts.rerun_check!r}")
-    out_dir = storage.resolve(cfg.out_dir)   # a local Path, or an object-store URL
+        raise ValueError(f"rerun_check must be one of {', '.join(RERUN_CHECKS)}, not {opts.rerun_check!r}")
+    out_dir = storage.resolve(cfg.out_dir)  # a local Path, or an object-store URL
     storage.makedirs(out_dir)
     t0 = time.time()
-    bar = tqdm(desc="rows", unit="row", dynamic_ncols=True, mininterval=1.0,
-               disable=not opts.progress)
+    bar = tqdm(desc="rows", unit="row", dynamic_ncols=True, mininterval=1.0, disable=not opts.progress)
     skipped = {"shards": 0}
 
     def todo() -> Iterator[tuple[int, list[SourceRow]]]:
@@ -286,7 +303,10 @@ def build(source_rows: Iterator[SourceRow], cfg: ShardConfig, opts: JobOptions) 
         remove_cross_shard_duplicates(out_dir)
     summary = write_sizes_and_summary(out_dir)
     tags = write_tags(out_dir, opts.tag_threshold, cfg.min_tags)
-    summary.update(failed_shards=failed, seconds=round(time.time() - t0, 2),
-                   vocabulary_size=len(tags["tags"]), skipped_complete_shards=skipped["shards"])
+    summary.update(
+        failed_shards=failed,
+        seconds=round(time.time() - t0, 2),
+        vocabulary_size=len(tags["tags"]),
+        skipped_complete_shards=skipped["shards"],
+    )
     return summary
-

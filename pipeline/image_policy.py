@@ -24,15 +24,16 @@ policy accepts; when it does fire (over 2 x that) its error is mapped to ``too_l
 warnings filter is touched.  :func:`decode` loads an image while holding its pixel count from a
 per-process budget, so many threads cannot decode large images at once.
 """
+
 from __future__ import annotations
 
 import io
 import math
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -40,10 +41,10 @@ from PIL import Image
 from exiflang.pipeline import records as st
 from exiflang.pipeline.shards.jpeg_check import jpeg_frame
 
-DEFAULT_MAX_PIXELS = 200_000_000      # a 150-MP medium-format photo (14204 x 10652) passes
-HARD_MAX_PIXELS = 1_000_000_000       # no configured limit above this (3 GB as RGB)
+DEFAULT_MAX_PIXELS = 200_000_000  # a 150-MP medium-format photo (14204 x 10652) passes
+HARD_MAX_PIXELS = 1_000_000_000  # no configured limit above this (3 GB as RGB)
 MAX_PIXELS_ENV = "EXIFLANG_MAX_PIXELS"
-DECODE_BUDGET_PIXELS = 400_000_000    # pixels being decoded at once per process (1.2 GB RGB)
+DECODE_BUDGET_PIXELS = 400_000_000  # pixels being decoded at once per process (1.2 GB RGB)
 
 # Set once, at import (under the import lock, before any caller runs): never changed again.
 if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < HARD_MAX_PIXELS:
@@ -51,17 +52,15 @@ if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < HARD_MAX_PIXE
 
 # Modes Pillow's convert("RGB") turns into camera-like RGB (grey repeated, alpha dropped,
 # palettes expanded, CMYK/YCbCr converted).
-RGB_VIA_CONVERT = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX",
-                             "CMYK", "YCbCr"})
+RGB_VIA_CONVERT = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
 # 16-bit grey, scaled by 255/65535 (exiflang.train.data.crops.pil_to_rgb); "I" only with 16-bit samples.
 SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _SIXTEEN_BIT_RAW = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
 # Best-case ratios (uncompressed bytes per stored byte) of the codecs, see min_bytes().
-_DEFLATE = 1032      # a 258-byte match needs >= 1 bit of length code + >= 1 bit of distance code
+_DEFLATE = 1032  # a 258-byte match needs >= 1 bit of length code + >= 1 bit of distance code
 _LZW = 4096 * 8 / 9  # a code of >= 9 bits (TIFF) stands for <= 4096 bytes: ~3641
-_TIFF_RATIO = {"raw": 1, "packbits": 64, "tiff_lzw": _LZW, "tiff_deflate": _DEFLATE,
-               "tiff_adobe_deflate": _DEFLATE}
+_TIFF_RATIO = {"raw": 1, "packbits": 64, "tiff_lzw": _LZW, "tiff_deflate": _DEFLATE, "tiff_adobe_deflate": _DEFLATE}
 _TIFF_FAX = {"tiff_ccitt", "group3", "group4"}
 _TIFF_JPEG = {"jpeg", "tiff_jpeg"}
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -81,7 +80,7 @@ def _tiles(img: Image.Image) -> list:
     return getattr(img, "tile", None) or []
 
 
-def _rawmode(img: Image.Image) -> Optional[str]:
+def _rawmode(img: Image.Image) -> str | None:
     """The sample layout of the first tile (``"I;16B"``, ``"I;32S"``...), or ``None``."""
     tiles = _tiles(img)
     if not tiles:
@@ -92,7 +91,7 @@ def _rawmode(img: Image.Image) -> Optional[str]:
     return args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else None
 
 
-def mode_problem(img: Image.Image) -> Optional[str]:
+def mode_problem(img: Image.Image) -> str | None:
     """``None`` if ``img``'s pixel mode is one the policy converts to RGB, else the reason."""
     mode = img.mode
     if mode in RGB_VIA_CONVERT or (mode in SIXTEEN_BIT and mode != "I"):
@@ -116,8 +115,10 @@ def _jpeg_min(data: bytes) -> int:
     vmax = max(v for _, v in frame.sampling)
     if hmax < 1 or vmax < 1:
         return 0
-    blocks = min(math.ceil(math.ceil(frame.width * h / hmax) / 8) *
-                 math.ceil(math.ceil(frame.height * v / vmax) / 8) for h, v in frame.sampling)
+    blocks = min(
+        math.ceil(math.ceil(frame.width * h / hmax) / 8) * math.ceil(math.ceil(frame.height * v / vmax) / 8)
+        for h, v in frame.sampling
+    )
     return math.ceil(blocks / 8)
 
 
@@ -188,22 +189,30 @@ class ImagePolicy:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) \
-                or not 1 <= self.max_pixels <= HARD_MAX_PIXELS:
-            raise ValueError(f"max_pixels must be a whole number from 1 to {HARD_MAX_PIXELS}, "
-                             f"not {self.max_pixels!r}")
+        if (
+            isinstance(self.max_pixels, bool)
+            or not isinstance(self.max_pixels, int)
+            or not 1 <= self.max_pixels <= HARD_MAX_PIXELS
+        ):
+            raise ValueError(f"max_pixels must be a whole number from 1 to {HARD_MAX_PIXELS}, not {self.max_pixels!r}")
 
     def check(self, img: Image.Image, data: bytes) -> None:
         """Raise :class:`PolicyError` if the opened (not loaded) ``img`` of ``data`` is refused."""
         width, height = img.size
         if width * height > self.max_pixels:
-            raise PolicyError(st.TOO_LARGE, f"too large: {width}x{height} is {width * height / 1e6:.1f} "
-                                            f"MP, over the {self.max_pixels / 1e6:g} MP limit")
+            raise PolicyError(
+                st.TOO_LARGE,
+                f"too large: {width}x{height} is {width * height / 1e6:.1f} "
+                f"MP, over the {self.max_pixels / 1e6:g} MP limit",
+            )
         floor = min_bytes(img, data)
         if len(data) < floor:
-            raise PolicyError(st.IMPLAUSIBLE_SIZE, f"implausible size: {len(data)} bytes cannot hold "
-                              f"a {width}x{height} {img.format} image (its best compression needs "
-                              f"{floor})")
+            raise PolicyError(
+                st.IMPLAUSIBLE_SIZE,
+                f"implausible size: {len(data)} bytes cannot hold "
+                f"a {width}x{height} {img.format} image (its best compression needs "
+                f"{floor})",
+            )
         problem = mode_problem(img)
         if problem:
             raise PolicyError(st.UNSUPPORTED_MODE, problem)
@@ -216,8 +225,7 @@ class ImagePolicy:
         try:
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
-            raise PolicyError(st.TOO_LARGE, f"too large: over the {self.max_pixels / 1e6:g} MP "
-                                            f"limit ({exc})") from None
+            raise PolicyError(st.TOO_LARGE, f"too large: over the {self.max_pixels / 1e6:g} MP limit ({exc})") from None
         try:
             self.check(img, data)
         except PolicyError:
@@ -234,8 +242,9 @@ def default_policy() -> ImagePolicy:
     try:
         return ImagePolicy(int(raw))
     except ValueError:
-        raise ValueError(f"{MAX_PIXELS_ENV}={raw!r}: must be a whole number of pixels from 1 to "
-                         f"{HARD_MAX_PIXELS}") from None
+        raise ValueError(
+            f"{MAX_PIXELS_ENV}={raw!r}: must be a whole number of pixels from 1 to {HARD_MAX_PIXELS}"
+        ) from None
 
 
 class _PixelBudget:

@@ -28,6 +28,7 @@ As with any non-``fork`` multiprocessing, each worker imports the ``__main__`` m
 driver: a script that calls :func:`exiflang.pipeline.driver.build` with this executor must keep its
 work under ``if __name__ == "__main__":`` (``exiflang shards`` and pytest do).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,9 +39,10 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from exiflang.pipeline import reap
 from exiflang.pipeline.config import ShardConfig
@@ -49,8 +51,8 @@ from exiflang.pipeline.shards.worker import process_shard
 
 log = logging.getLogger(__name__)
 
-_GRACE_S = 5.0          # SIGTERM -> SIGKILL grace for the pool's processes
-_ORPHANED = 128 + 15    # a worker's exit status when its driver died (as if SIGTERM)
+_GRACE_S = 5.0  # SIGTERM -> SIGKILL grace for the pool's processes
+_ORPHANED = 128 + 15  # a worker's exit status when its driver died (as if SIGTERM)
 
 
 def _worker_init(driver: int) -> None:
@@ -61,11 +63,11 @@ def _worker_init(driver: int) -> None:
 
 def _exit_with(driver: int) -> None:
     try:
-        fd = os.pidfd_open(driver)    # readable once the process has exited; immune to pid reuse
+        fd = os.pidfd_open(driver)  # readable once the process has exited; immune to pid reuse
     except ProcessLookupError:
         os._exit(_ORPHANED)
     except (AttributeError, OSError):
-        fd = None                     # no pidfd here: poll the pid
+        fd = None  # no pidfd here: poll the pid
     while True:
         if fd is not None:
             select.select([fd], [], [])
@@ -75,7 +77,7 @@ def _exit_with(driver: int) -> None:
             os.kill(driver, 0)
         except ProcessLookupError:
             os._exit(_ORPHANED)
-        except PermissionError:       # the pid was reused by someone else's process
+        except PermissionError:  # the pid was reused by someone else's process
             os._exit(_ORPHANED)
 
 
@@ -84,7 +86,7 @@ def _context() -> Any:
     if "forkserver" not in methods:
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["exiflang.pipeline.shards.worker"])   # imported once, then forked
+    ctx.set_forkserver_preload(["exiflang.pipeline.shards.worker"])  # imported once, then forked
     return ctx
 
 
@@ -95,13 +97,14 @@ class _Pool:
         self.cfg, self.workers, self.retries = cfg, workers, retries
         self.pending: dict[Future, tuple[int, list[SourceRow], int]] = {}
         self.failed: list[int] = []
-        self.orphans: list[tuple[int, list[SourceRow], int]] = []   # lost with a broken pool
+        self.orphans: list[tuple[int, list[SourceRow], int]] = []  # lost with a broken pool
         self.pids: set[int] = set()
         self.pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=_worker_init,
-                                   initargs=(os.getpid(),))
+        return ProcessPoolExecutor(
+            self.workers, mp_context=_context(), initializer=_worker_init, initargs=(os.getpid(),)
+        )
 
     def submit(self, shard: int, rows: list[SourceRow], attempt: int = 0) -> None:
         fut = self.pool.submit(process_shard, shard, rows, self.cfg)
@@ -125,8 +128,7 @@ class _Pool:
             if broken:
                 self._replace()
 
-    def _retry(self, shard: int, rows: list[SourceRow], attempt: int, exc: BaseException,
-               resubmit: bool) -> None:
+    def _retry(self, shard: int, rows: list[SourceRow], attempt: int, exc: BaseException, resubmit: bool) -> None:
         log.warning("shard %05d attempt %d failed: %s", shard, attempt + 1, exc)
         if attempt >= self.retries:
             self.failed.append(shard)
@@ -156,8 +158,6 @@ class _Pool:
         reap.terminate(self.pids, _GRACE_S)
 
 
-
-
 @contextlib.contextmanager
 def _sigterm_raises() -> Iterator[None]:
     """While the pool runs, SIGTERM unwinds the driver (SystemExit 143) so the pool is reaped."""
@@ -175,8 +175,13 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def run_pool(shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig,
-             on_done: Callable[[dict], None], workers: int, retries: int) -> list[int]:
+def run_pool(
+    shards: Iterator[tuple[int, list[SourceRow]]],
+    cfg: ShardConfig,
+    on_done: Callable[[dict], None],
+    workers: int,
+    retries: int,
+) -> list[int]:
     """Build ``shards`` on ``workers`` processes (at most ``2 * workers`` in flight); failed shards."""
     with _sigterm_raises():
         pool = _Pool(cfg, workers, retries)

@@ -33,6 +33,7 @@ protocol only (``{"s3": {"endpoint_url": ...}, "gs": {...}}``); the other entrie
 every protocol.  Listing caches are off unless asked for: workers in other processes write
 into the folders the driver lists.
 """
+
 from __future__ import annotations
 
 import errno
@@ -42,11 +43,12 @@ import os
 import re
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional, Union
+from typing import IO, Any, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
-Location = Path | str               # a local Path, or a remote URL as str
+Location = Path | str  # a local Path, or a remote URL as str
 OPTIONS_ENV = "EXIFLANG_STORAGE_OPTIONS"
 STAGING_ENV = "EXIFLANG_STAGING_DIR"
 _LOCAL_PROTOCOLS = ("file", "local")
@@ -64,7 +66,7 @@ class StorageError(ValueError):
         super().__init__(f"{path}: {self.reason}")
 
 
-def parse_options(text: Optional[str], where: str = "--storage-options") -> dict[str, Any]:
+def parse_options(text: str | None, where: str = "--storage-options") -> dict[str, Any]:
     """A JSON object of storage options (None or blank: empty); StorageError otherwise."""
     if text is None or not text.strip():
         return {}
@@ -77,7 +79,7 @@ def parse_options(text: Optional[str], where: str = "--storage-options") -> dict
     return value
 
 
-def configure(options: Optional[dict[str, Any]]) -> None:
+def configure(options: dict[str, Any] | None) -> None:
     """Set this process's storage options (over those of ``EXIFLANG_STORAGE_OPTIONS``).
 
     Called by the command with ``--storage-options`` and by every shard worker with the
@@ -101,10 +103,11 @@ def options_for(protocol: str) -> dict[str, Any]:
 
 def _known() -> set[str]:
     from fsspec.registry import known_implementations
+
     return set(known_implementations)
 
 
-def protocol_of(path: PathLike) -> Optional[str]:
+def protocol_of(path: PathLike) -> str | None:
     """The protocol of a remote URL (``s3``), or None for a local path or ``file://`` URL."""
     found = _SCHEME.match(path) if isinstance(path, str) else None
     if found is None:
@@ -126,7 +129,7 @@ def resolve(path: PathLike) -> Location:
         head, rest = text.split("://", 1)
         return f"{head}://{rest.rstrip('/')}" if rest.strip("/") else text
     if text.lower().startswith("file://"):
-        text = text[len("file://"):]
+        text = text[len("file://") :]
     return Path(text)
 
 
@@ -146,6 +149,7 @@ def basename(path: PathLike) -> str:
 def filesystem(path: PathLike) -> tuple[Any, str]:
     """``(fsspec filesystem, path within it)`` for a remote URL."""
     import fsspec
+
     url = os.fspath(path)
     protocol = protocol_of(url)
     try:
@@ -167,6 +171,7 @@ def _url(fs: Any, inner: str) -> str:
 
 
 # -- reading --------------------------------------------------------------------------------
+
 
 def open_read(path: PathLike, **kwargs: Any) -> IO[bytes]:
     """Open for reading bytes (streamed; seekable).  FileNotFoundError if there is none."""
@@ -242,8 +247,7 @@ def glob(pattern: PathLike) -> list[Location]:
         found: list[Location] = [Path(p) for p in globlib.glob(local, recursive=True) if os.path.isfile(p)]
     else:
         fs, inner = filesystem(loc)
-        found = [_url(fs, p) for p, info in fs.glob(inner, detail=True).items()
-                 if info.get("type") == "file"]
+        found = [_url(fs, p) for p, info in fs.glob(inner, detail=True).items() if info.get("type") == "file"]
     return sorted(found, key=path_order)
 
 
@@ -277,6 +281,7 @@ def _walk_remote(fs: Any, folder: str) -> Iterator[str]:
 
 
 # -- writing --------------------------------------------------------------------------------
+
 
 def makedirs(path: PathLike) -> None:
     """Create a local folder (and parents); nothing on an object store (no folders there)."""
@@ -319,7 +324,7 @@ def commit(staged: Path, path: PathLike) -> None:
     try:
         if isinstance(loc, Path):
             with open(staged, "rb+") as fh:
-                os.fsync(fh.fileno())   # the data is on disk before the name says it is there
+                os.fsync(fh.fileno())  # the data is on disk before the name says it is there
             staged.replace(loc)
             return
         fs, inner = filesystem(loc)
@@ -357,5 +362,5 @@ def _named(exc: OSError, path: str) -> OSError:
     code = exc.errno if exc.errno is not None else errno.EIO
     try:
         return type(exc)(code, reason, path)
-    except TypeError:   # a library's own OSError subclass with another signature
+    except TypeError:  # a library's own OSError subclass with another signature
         return OSError(code, reason, path)

@@ -42,6 +42,7 @@ The client key of the counted routes is ``key`` if given, else the whole request
 each distinct URL has its own count.  Statistics (``hits``, ``max_in_flight``, ``connections``,
 ``log``) are for assertions; :meth:`reset_stats` clears them between tests.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -50,18 +51,18 @@ import socket
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Optional
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 _JUNK = bytes(range(256)) * 256  # 64 KiB block repeated for /big
 
 
 class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"    # keep-alive: connections are reused between requests
-    server: "_Server"
-    timeout = 60                     # idle keep-alive connections do not pin a thread forever
+    protocol_version = "HTTP/1.1"  # keep-alive: connections are reused between requests
+    server: _Server
+    timeout = 60  # idle keep-alive connections do not pin a thread forever
 
     def setup(self) -> None:
         super().setup()
@@ -97,8 +98,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             owner._leave()
 
-    def send_body(self, code: int, body: bytes, ctype: str = "text/plain",
-                  headers: Optional[dict[str, str]] = None) -> None:
+    def send_body(
+        self, code: int, body: bytes, ctype: str = "text/plain", headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -114,14 +116,14 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128         # the benchmark opens many connections at once
-    owner: "LoopbackServer"
+    request_queue_size = 128  # the benchmark opens many connections at once
+    owner: LoopbackServer
 
 
 class LoopbackServer:
     """The server on 127.0.0.1 (a free port) in a daemon thread; a context manager."""
 
-    def __init__(self, root_dir: Optional[Path] = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, root_dir: Path | None = None, host: str = "127.0.0.1") -> None:
         self.root_dir = Path(root_dir).resolve() if root_dir is not None else None
         self.host = host
         self._lock = threading.Lock()
@@ -129,16 +131,17 @@ class LoopbackServer:
         self._cache: dict[str, bytes] = {}
         self._keys: Counter[str] = Counter()
         self._open: set[socket.socket] = set()
-        self._httpd: Optional[_Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
         self.reset_stats()
 
     # lifecycle -----------------------------------------------------------------------
-    def start(self) -> "LoopbackServer":
+    def start(self) -> LoopbackServer:
         self._httpd = _Server((self.host, 0), _Handler)
         self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="loopback-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="loopback-http", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -158,7 +161,7 @@ class LoopbackServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> LoopbackServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -181,13 +184,13 @@ class LoopbackServer:
     def reset_stats(self) -> None:
         """Clear request counts, the in-flight peak, the connection count and the log."""
         with self._lock:
-            self.hits: Counter[str] = Counter()          # per path, query excluded
-            self.target_hits: Counter[str] = Counter()   # per path + query
+            self.hits: Counter[str] = Counter()  # per path, query excluded
+            self.target_hits: Counter[str] = Counter()  # per path + query
             # A live gauge, not a statistic: requests of an earlier test (a /slow stall the
             # client gave up on) are still running and will leave during the next test.
             self.in_flight = getattr(self, "in_flight", 0)
             self.max_in_flight = self.in_flight
-            self.connections = 0                         # TCP connections accepted
+            self.connections = 0  # TCP connections accepted
             self.held_now = getattr(self, "held_now", 0)  # /held requests inside their delay
             self.held_max = self.held_now
             self.log: deque[tuple[float, str]] = deque(maxlen=100_000)  # (monotonic, target)
@@ -221,7 +224,7 @@ class LoopbackServer:
             return self._keys[key]
 
     # content -------------------------------------------------------------------------
-    def file_bytes(self, name: str) -> Optional[bytes]:
+    def file_bytes(self, name: str) -> bytes | None:
         """Bytes of ``root_dir/name`` (cached after the first read), or None."""
         if self.root_dir is None or not name:
             return None
@@ -251,18 +254,27 @@ class LoopbackServer:
         else:
             h.send_body(200, b"ok\n")
 
-    def _route(self, path: str) -> Optional[Callable[[_Handler, str, dict[str, str]], None]]:
+    def _route(self, path: str) -> Callable[[_Handler, str, dict[str, str]], None] | None:
         if path.startswith("/files/"):
-            return lambda h, p, q: self._send_file(h, unquote(p[len("/files/"):]))
+            return lambda h, p, q: self._send_file(h, unquote(p[len("/files/") :]))
         if path.startswith("/status/"):
             return self._r_status
-        return {"/429": self._r_429, "/flaky500": self._r_flaky500, "/slow": self._r_slow,
-                "/trickle": self._r_trickle, "/trickle-headers": self._r_trickle_headers,
-                "/truncated": self._r_truncated,
-                "/redirect-loop": self._r_redirect_loop, "/redirect": self._r_redirect,
-                "/notimage": self._r_notimage, "/big": self._r_big,
-                "/headers": self._r_headers, "/robots": self._r_robots, "/held": self._r_held,
-                "/storm": self._r_storm}.get(path)
+        return {
+            "/429": self._r_429,
+            "/flaky500": self._r_flaky500,
+            "/slow": self._r_slow,
+            "/trickle": self._r_trickle,
+            "/trickle-headers": self._r_trickle_headers,
+            "/truncated": self._r_truncated,
+            "/redirect-loop": self._r_redirect_loop,
+            "/redirect": self._r_redirect,
+            "/notimage": self._r_notimage,
+            "/big": self._r_big,
+            "/headers": self._r_headers,
+            "/robots": self._r_robots,
+            "/held": self._r_held,
+            "/storm": self._r_storm,
+        }.get(path)
 
     # misbehaving routes ----------------------------------------------------------------
     def _r_status(self, h: _Handler, path: str, q: dict[str, str]) -> None:
@@ -300,20 +312,22 @@ class LoopbackServer:
         for i in range(0, len(data or b""), chunk):
             if self._stop.wait(interval):
                 break
-            h.wfile.write((data or b"")[i:i + chunk])
+            h.wfile.write((data or b"")[i : i + chunk])
         h.close_connection = True
 
     def _r_trickle_headers(self, h: _Handler, path: str, q: dict[str, str]) -> None:
         # Each byte comes well within any per-read timeout; only a total deadline ends this.
         data = (self.file_bytes(q["file"]) if "file" in q else b"ok\n") or b""
-        head = (f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n"
-                f"X-Pad: {'p' * int(q.get('pad', '200'))}\r\nConnection: close\r\n\r\n").encode()
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n"
+            f"X-Pad: {'p' * int(q.get('pad', '200'))}\r\nConnection: close\r\n\r\n"
+        ).encode()
         h.close_connection = True
         interval = float(q.get("interval", "0.5"))
         for i in range(len(head)):
             if self._stop.wait(interval):
                 return
-            h.wfile.write(head[i:i + 1])
+            h.wfile.write(head[i : i + 1])
         h.wfile.write(data)
 
     def _r_truncated(self, h: _Handler, path: str, q: dict[str, str]) -> None:

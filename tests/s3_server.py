@@ -5,15 +5,15 @@ Tests that read or write ``s3://`` paths start one with :func:`s3_server`; it bi
 :func:`storage_options` (endpoint + dummy credentials), or through the environment that
 :func:`s3_env` returns for subprocesses (``AWS_ENDPOINT_URL`` is honoured by botocore >= 1.31).
 """
+
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def _free_port() -> int:
@@ -25,16 +25,21 @@ def _free_port() -> int:
 @contextmanager
 def s3_server(buckets: tuple[str, ...] = ("exiflang",)) -> Iterator[str]:
     """Run moto's S3 server on 127.0.0.1; yields its endpoint URL with ``buckets`` created."""
-    from moto.server import ThreadedMotoServer
     import boto3
+    from moto.server import ThreadedMotoServer
 
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         for bucket in buckets:
             client.create_bucket(Bucket=bucket)
         yield endpoint
@@ -44,8 +49,11 @@ def s3_server(buckets: tuple[str, ...] = ("exiflang",)) -> Iterator[str]:
 
 def storage_options(endpoint: str) -> dict:
     """fsspec ``storage_options`` for s3fs against ``endpoint``."""
-    return {"key": "testing", "secret": "testing",
-            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+    return {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
 
 
 def s3_env(endpoint: str) -> dict[str, str]:

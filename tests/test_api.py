@@ -1,6 +1,7 @@
 """The Python API (exiflang/api.py) on the tiny random-init model of tests/eval/lookup_fixtures.py:
 every input kind gives the same answer, detect == the Detector's arrays, lookup == the Searcher's
 answer, check-exif's fields and verdicts, one-line ImageInputErrors, and `import exiflang` stays light."""
+
 from __future__ import annotations
 
 import io
@@ -72,7 +73,7 @@ def test_detect_equals_detector_arrays(model, tiny, photo) -> None:
     det = model.detect(photo.read_bytes())
     rgb = api.read_image(photo)
     ref = Detector(tiny.model, device="cpu").detect(rgb)
-    assert det.image_size == rgb.shape[:2] == det.heatmap.shape      # smaller than max_side: full size
+    assert det.image_size == rgb.shape[:2] == det.heatmap.shape  # smaller than max_side: full size
     np.testing.assert_allclose(det.heatmap, ref.heatmap, atol=1e-5)
     np.testing.assert_array_equal(det.raw_mask, ref.mask)
     np.testing.assert_allclose(det.cell_map, ref.cell_map, atol=1e-5)
@@ -149,7 +150,7 @@ def test_check_exif_inputs_and_fields(model, tiny, photo) -> None:
     for r in own.per_tag:
         assert r.keys() >= {"tag", "claimed", "support", "best_alternative"}
     supports = [r["support"] for r in own.per_tag if r["support"] is not None]
-    assert supports == sorted(supports)                          # least supported first
+    assert supports == sorted(supports)  # least supported first
     doc = own.to_json()
     json.dumps(doc)
     assert doc["reference"]["reference"] == str(tiny.emb)
@@ -166,7 +167,7 @@ def test_check_exif_inputs_and_fields(model, tiny, photo) -> None:
 
 def test_check_exif_default_reference_is_the_training_shards(model, tiny, photo, tmp_path) -> None:
     with pytest.raises(ValueError, match="no reference EXIF set"):
-        model.check_exif(photo)        # the tiny model has no card or run config naming its shards
+        model.check_exif(photo)  # the tiny model has no card or run config naming its shards
     chk = exiflang.load(tiny.model, reference=tiny.train_shards).check_exif(photo, per_tag=False)
     assert chk.reference["reference"] == str(tiny.train_shards) and chk.calibrated
 
@@ -174,7 +175,6 @@ def test_check_exif_default_reference_is_the_training_shards(model, tiny, photo,
 def test_check_exif_reference_index(model, tiny, photo) -> None:
     chk = model.check_exif(photo, reference=exiflang.load_index(tiny.index), per_tag=False)
     assert chk.calibrated and chk.reference["reference_rows"] == 12
-
 
 
 def test_concurrent_calls_share_one_model(model, tiny, photo) -> None:
@@ -206,25 +206,29 @@ def test_index_reference_reads_back_its_vectors(tiny, tmp_path) -> None:
     from exiflang.eval.consistency.reference import from_embeddings, from_index
 
     emb = from_embeddings(tiny.emb)
-    via_emb = from_index(tiny.index)                     # its embeddings folder still exists
+    via_emb = from_index(tiny.index)  # its embeddings folder still exists
     moved = tmp_path / "index"
     shutil.copytree(tiny.index, moved)
     info = json.loads((moved / "index.json").read_text())
     info.setdefault("sources", {})["embeddings"] = str(tmp_path / "gone")
     (moved / "index.json").write_text(json.dumps(info))
-    via_faiss = from_index(moved)                        # gone: read back from the FAISS index
+    via_faiss = from_index(moved)  # gone: read back from the FAISS index
     for ref in (via_emb, via_faiss):
         assert ref.exifs == emb.exifs and ref.vectors is not None
         np.testing.assert_allclose(ref.vectors, emb.vectors, atol=1e-6)
 
-@pytest.mark.parametrize("bad, match", [
-    ("missing.jpg", "missing.jpg: no such file"),
-    (b"", "empty file"),
-    (b"not an image at all", "not a readable image"),
-    (np.zeros((64, 64), np.uint8), r"expected uint8 \[H,W,3\]"),
-    (np.zeros((64, 64, 3), np.float32), r"expected uint8 \[H,W,3\]"),
-    (12345, "not an image"),
-])
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("missing.jpg", "missing.jpg: no such file"),
+        (b"", "empty file"),
+        (b"not an image at all", "not a readable image"),
+        (np.zeros((64, 64), np.uint8), r"expected uint8 \[H,W,3\]"),
+        (np.zeros((64, 64, 3), np.float32), r"expected uint8 \[H,W,3\]"),
+        (12345, "not an image"),
+    ],
+)
 def test_bad_inputs_are_one_line_image_input_errors(model, bad, match, tmp_path) -> None:
     with pytest.raises(api.ImageInputError, match=match) as err:
         model.embed(str(tmp_path / bad) if isinstance(bad, str) else bad)
@@ -252,6 +256,7 @@ def test_not_a_model_or_index(tmp_path) -> None:
 
 # -- the check-exif command (same tiny model) ------------------------------------------------------
 
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     from exiflang.cli import main
 
@@ -261,8 +266,20 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_check_exif_command(tiny, photo, tmp_path, capsys) -> None:
-    code, out, err = run_cli(["check-exif", str(photo), str(tiny.test_photos), "--model", str(tiny.model),
-                              "--reference", str(tiny.emb), "--out", str(tmp_path / "out")], capsys)
+    code, out, err = run_cli(
+        [
+            "check-exif",
+            str(photo),
+            str(tiny.test_photos),
+            "--model",
+            str(tiny.model),
+            "--reference",
+            str(tiny.emb),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     lines = out.strip().splitlines()
     n = 1 + len(list(tiny.test_photos.iterdir()))
@@ -276,11 +293,12 @@ def test_check_exif_command_given_claim_and_failures(tiny, photo, tmp_path, caps
     claim = tmp_path / "claim.json"
     claim.write_text(json.dumps({"Make": "Nobody", "Model": "Nothing 1"}))
     base = ["--model", str(tiny.model), "--reference", str(tiny.emb), "--no-per-tag"]
-    code, out, err = run_cli(["check-exif", str(photo), str(tmp_path / "gone.jpg"), "--exif", str(claim), *base],
-                             capsys)
-    assert code == 1 and out.count("\n") == 1 and "gone.jpg: no such file" in err   # one answered, one failed
+    code, out, err = run_cli(
+        ["check-exif", str(photo), str(tmp_path / "gone.jpg"), "--exif", str(claim), *base], capsys
+    )
+    assert code == 1 and out.count("\n") == 1 and "gone.jpg: no such file" in err  # one answered, one failed
     code, _, err = run_cli(["check-exif", str(tmp_path / "gone.jpg"), *base], capsys)
-    assert code == 2 and "gone.jpg" in err                                          # nothing answered
+    assert code == 2 and "gone.jpg" in err  # nothing answered
     claim.write_text("[1, 2]")
     code, _, err = run_cli(["check-exif", str(photo), "--exif", str(claim), *base], capsys)
     assert code == 2 and err.strip().count("\n") == 0 and "claim.json: expected a non-empty JSON object" in err
@@ -298,6 +316,7 @@ def test_check_exif_command_bad_folders_exit_2(tiny, photo, tmp_path, capsys, wh
 
 # -- docs/api.md's examples ------------------------------------------------------------------------
 
+
 def test_docs_api_examples_run(tiny, photo, monkeypatch, capsys) -> None:
     """Every ```python block of docs/api.md, in order, in one namespace, on the tiny model."""
     import re
@@ -305,8 +324,12 @@ def test_docs_api_examples_run(tiny, photo, monkeypatch, capsys) -> None:
     text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
     assert len(blocks) >= 5
-    for name, value in {"EXIFLANG_MODEL": tiny.model, "EXIFLANG_INDEX": tiny.index, "EXIFLANG_PHOTO": photo,
-                        "EXIFLANG_REFERENCE": tiny.emb}.items():
+    for name, value in {
+        "EXIFLANG_MODEL": tiny.model,
+        "EXIFLANG_INDEX": tiny.index,
+        "EXIFLANG_PHOTO": photo,
+        "EXIFLANG_REFERENCE": tiny.emb,
+    }.items():
         monkeypatch.setenv(name, str(value))
     namespace: dict = {"__name__": "docs_api"}
     for i, block in enumerate(blocks):

@@ -1,5 +1,6 @@
 """A shortened `make demo`: synthetic corpus -> shards with embedded Ray -> training -> lookup ->
 splices, benchmark and a detection overlay -> report.html; then a rerun reuses it."""
+
 import csv
 import json
 
@@ -12,12 +13,26 @@ from exiflang.cli import main as cli_main
 @pytest.mark.ray
 def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     import ray
-    args = ["demo", "--out", str(tmp_path), "--cameras", "3", "--images", "40", "--workers", "1",
-            "--steps", "3", "--splices", "2"]
+
+    args = [
+        "demo",
+        "--out",
+        str(tmp_path),
+        "--cameras",
+        "3",
+        "--images",
+        "40",
+        "--workers",
+        "1",
+        "--steps",
+        "3",
+        "--splices",
+        "2",
+    ]
     try:
         assert cli_main(args) == 0
         first = json.loads((tmp_path / "shards" / "summary.json").read_text())
-        assert first["status_counts"]["success"] == 36      # every 10th photo is held out
+        assert first["status_counts"]["success"] == 36  # every 10th photo is held out
         assert (tmp_path / "run" / "model" / "model.safetensors").exists()
         tags = json.loads((tmp_path / "shards" / "tags.json").read_text())
         assert {"Make", "Model", "ISO Speed Ratings", "Exposure Time"} <= set(tags["tags"])
@@ -59,19 +74,23 @@ def test_cli_usage_and_unknown_command(capsys):
 def test_split_folder_holds_out_every_tenth_image_the_shard_builder_reads(tmp_path):
     from exiflang.demo import split_folder
     from exiflang.pipeline.sources.base import IMAGE_EXTENSIONS
+
     src = tmp_path / "photos"
     (src / "cam_b").mkdir(parents=True)
-    names = [f"cam_a_{i:02d}.jpg" for i in range(12)] + [f"cam_b/{i:02d}.png" for i in range(6)] + \
-            ["cam_b/raw.tif", "notes.txt", "cam_b/list.csv"]
+    names = (
+        [f"cam_a_{i:02d}.jpg" for i in range(12)]
+        + [f"cam_b/{i:02d}.png" for i in range(6)]
+        + ["cam_b/raw.tif", "notes.txt", "cam_b/list.csv"]
+    )
     for n in names:
         (src / n).write_bytes(b"x")
     train, held = split_folder(src, tmp_path / "split")
     linked = sorted(p.resolve() for p in [*train.iterdir(), *held.iterdir()])
     images = sorted(p.resolve() for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    assert linked == images and len(images) == 19          # every image once, nothing else
-    assert len(list(held.iterdir())) == 1                  # every 10th of 19
+    assert linked == images and len(images) == 19  # every image once, nothing else
+    assert len(list(held.iterdir())) == 1  # every 10th of 19
     # Links are ordered by a hash of the path, so sorted link names do not follow the cameras.
     order = [p.resolve().parent.name for p in sorted(train.iterdir())]
     assert order != sorted(order)
-    again = split_folder(src, tmp_path / "split")          # a second call reuses the split
+    again = split_folder(src, tmp_path / "split")  # a second call reuses the split
     assert again == (train, held) and len(list(train.iterdir())) == 18

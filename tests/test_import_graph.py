@@ -1,12 +1,17 @@
 """The package's import graph: no cycles (in-function imports included) and layers pipeline -> train -> eval."""
+
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = {"exiflang": REPO / "exiflang", "exiflang.pipeline": REPO / "pipeline",
-           "exiflang.train": REPO / "train", "exiflang.eval": REPO / "eval"}
+FOLDERS = {
+    "exiflang": REPO / "exiflang",
+    "exiflang.pipeline": REPO / "pipeline",
+    "exiflang.train": REPO / "train",
+    "exiflang.eval": REPO / "eval",
+}
 # Lower layers never import higher ones.  exiflang's own top-level modules (cli, demo, errors)
 # sit beside the layers: errors is a leaf every layer may use; cli and demo use every layer.
 LAYER = {"exiflang.pipeline": 0, "exiflang.train": 1, "exiflang.eval": 2}
@@ -96,8 +101,12 @@ def test_no_import_cycles() -> None:
 
 
 def test_layers_never_import_upwards() -> None:
-    bad = [(m, t) for m, ts in graph().items() for t in ts
-           if layer(m) is not None and layer(t) is not None and layer(t) > layer(m)]
+    bad = [
+        (m, t)
+        for m, ts in graph().items()
+        for t in ts
+        if layer(m) is not None and layer(t) is not None and layer(t) > layer(m)
+    ]
     assert not bad, bad
     # and the lower layers never reach the front ends (cli, demo)
     front = {"exiflang.cli", "exiflang.demo", "exiflang.demo_eval", "exiflang.__main__"}

@@ -14,6 +14,7 @@ Commands run as subprocesses (a decoder crash must not take pytest down with it)
 random-weight model and index of tests/eval/lookup_fixtures.py, with small patches (32 px) so
 the whole module takes well under a minute.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def images_in(folder: Path) -> list[Path]:
 def exiflang(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("EXIFLANG_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "exiflang", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "exiflang", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-3000:]
     assert proc.returncode in (0, 1), (proc.returncode, proc.stderr[-3000:])  # 2 would mean "nothing usable"
     return proc
@@ -66,8 +68,20 @@ def error_lines(stderr: str, prog: str) -> list[str]:
 def malformed_shards(malformed: Path, tmp_path_factory) -> Path:
     """The pipeline's shards of the folder (min-tags 0, small patches: keep all it can decode)."""
     out = tmp_path_factory.mktemp("malformed") / "shards"
-    exiflang("shards", "--source", str(malformed), "--out", str(out), "--executor", "local", "-q",
-             "--min-tags", "0", "--patch-size", "16")
+    exiflang(
+        "shards",
+        "--source",
+        str(malformed),
+        "--out",
+        str(out),
+        "--executor",
+        "local",
+        "-q",
+        "--min-tags",
+        "0",
+        "--patch-size",
+        "16",
+    )
     return out
 
 
@@ -87,8 +101,21 @@ def test_shards_one_row_with_a_status_per_image(malformed, malformed_shards):
 def test_detect_one_result_or_one_error_line_per_image(tiny, malformed, tmp_path):
     images = images_in(malformed)
     out = tmp_path / "detect"
-    proc = exiflang("detect", "--model", str(tiny.model), str(malformed), "--out", str(out),
-                    "--patches-per-side", "2", "--no-ncuts", "--max-side", "64", "--no-compress", *SMALL)
+    proc = exiflang(
+        "detect",
+        "--model",
+        str(tiny.model),
+        str(malformed),
+        "--out",
+        str(out),
+        "--patches-per-side",
+        "2",
+        "--no-ncuts",
+        "--max-side",
+        "64",
+        "--no-compress",
+        *SMALL,
+    )
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(Path(r["path"]).name for r in records) == sorted(p.name for p in images)
     bad = [r for r in records if r["status"] == "error"]
@@ -99,8 +126,20 @@ def test_detect_one_result_or_one_error_line_per_image(tiny, malformed, tmp_path
 
 def test_lookup_one_answer_or_one_error_line_per_image(tiny, malformed):
     images = images_in(malformed)
-    proc = exiflang("lookup", "--model", str(tiny.model), "--index", str(tiny.index), str(malformed), "--json",
-                    "-k", "3", "--per-side", "1", *SMALL)
+    proc = exiflang(
+        "lookup",
+        "--model",
+        str(tiny.model),
+        "--index",
+        str(tiny.index),
+        str(malformed),
+        "--json",
+        "-k",
+        "3",
+        "--per-side",
+        "1",
+        *SMALL,
+    )
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["file"] for r in rows] == [str(p) for p in images]
     bad = [r for r in rows if "error" in r]
@@ -111,8 +150,19 @@ def test_lookup_one_answer_or_one_error_line_per_image(tiny, malformed):
 
 @pytest.mark.slow
 def test_embed_every_kept_sample_embedded_or_skipped(tiny, malformed_shards, tmp_path):
-    proc = exiflang("embed", "--model", str(tiny.model), "--data", str(malformed_shards),
-                    "--out", str(tmp_path / "emb"), "--per-side", "1", "--no-progress", *SMALL)
+    proc = exiflang(
+        "embed",
+        "--model",
+        str(tiny.model),
+        "--data",
+        str(malformed_shards),
+        "--out",
+        str(tmp_path / "emb"),
+        "--per-side",
+        "1",
+        "--no-progress",
+        *SMALL,
+    )
     samples = sum(json.loads((malformed_shards / "sizes.json").read_text()).values())
     counts = json.loads((tmp_path / "emb" / "meta.json").read_text())["counts"]
     assert counts["samples_read"] == samples
@@ -127,8 +177,19 @@ def test_embed_of_the_photo_folder_one_row_or_one_skip_line_per_image(tiny, malf
     if "--images" not in parser().format_help():
         pytest.skip("this `exiflang embed` takes shards only (covered above)")
     images = images_in(malformed)
-    proc = exiflang("embed", "--model", str(tiny.model), "--images", str(malformed),
-                    "--out", str(tmp_path / "emb"), "--per-side", "1", "--no-progress", *SMALL)
+    proc = exiflang(
+        "embed",
+        "--model",
+        str(tiny.model),
+        "--images",
+        str(malformed),
+        "--out",
+        str(tmp_path / "emb"),
+        "--per-side",
+        "1",
+        "--no-progress",
+        *SMALL,
+    )
     counts = json.loads((tmp_path / "emb" / "meta.json").read_text())["counts"]
     assert counts["samples_read"] == len(images)
     assert counts["rows"] + sum(counts["skipped"].values()) == len(images)

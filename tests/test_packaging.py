@@ -1,4 +1,5 @@
 """The installed package is one namespace: ``exiflang`` and nothing else at the top level."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,14 +10,14 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = {"exiflang": "exiflang", "pipeline": "exiflang/pipeline", "train": "exiflang/train",
-           "eval": "exiflang/eval"}
+FOLDERS = {"exiflang": "exiflang", "pipeline": "exiflang/pipeline", "train": "exiflang/train", "eval": "exiflang/eval"}
 
 
 def _tracked_modules() -> set[str]:
     """Every tracked .py of the four package folders, as its path inside the wheel."""
-    out = subprocess.run(["git", "ls-files", *FOLDERS], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        ["git", "ls-files", *FOLDERS], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     mods = set()
     for f in out:
         if f.endswith(".py"):
@@ -27,8 +28,9 @@ def _tracked_modules() -> set[str]:
 
 def _tracked(folder: str) -> list[str]:
     """Tracked files under ``folder`` (paths relative to the repository)."""
-    return subprocess.run(["git", "ls-files", folder], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.split()
+    return subprocess.run(
+        ["git", "ls-files", folder], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
 
 
 def _build_wheel(tmp: Path) -> Path:
@@ -37,10 +39,28 @@ def _build_wheel(tmp: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in [*FOLDERS, "pyproject.toml", "README.md"]:
         p = REPO / name
-        (shutil.copytree(p, src / name, ignore=ignore) if p.is_dir() else
-         (src.mkdir(exist_ok=True), shutil.copy2(p, src / name)))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+        (
+            shutil.copytree(p, src / name, ignore=ignore)
+            if p.is_dir()
+            else (src.mkdir(exist_ok=True), shutil.copy2(p, src / name))
+        )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return next((tmp / "dist").glob("exiflang-*.whl"))
 
 
@@ -59,17 +79,25 @@ def test_wheel_holds_one_namespace_with_every_module(tmp_path: Path) -> None:
     env_dir, site = tmp_path / "venv", tmp_path / "site"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import importlib, sys\n"
-            "import exiflang, exiflang.pipeline, exiflang.train, exiflang.eval\n"
-            "assert exiflang.pipeline.__file__.startswith(sys.argv[1]), exiflang.pipeline.__file__\n"
-            "for name in ('pipeline', 'train', 'eval'):\n"
-            "    try:\n"
-            "        importlib.import_module(name)\n"
-            "    except ModuleNotFoundError:\n"
-            "        continue\n"
-            "    raise SystemExit(f'import {name} worked')\n"
-            "print('ok')\n")
+    code = (
+        "import importlib, sys\n"
+        "import exiflang, exiflang.pipeline, exiflang.train, exiflang.eval\n"
+        "assert exiflang.pipeline.__file__.startswith(sys.argv[1]), exiflang.pipeline.__file__\n"
+        "for name in ('pipeline', 'train', 'eval'):\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError:\n"
+        "        continue\n"
+        "    raise SystemExit(f'import {name} worked')\n"
+        "print('ok')\n"
+    )
     py = env_dir / "bin" / "python"
-    r = subprocess.run([str(py), "-c", code, str(site)], cwd=tmp_path, capture_output=True, text=True,
-                       env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=60)
+    r = subprocess.run(
+        [str(py), "-c", code, str(site)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

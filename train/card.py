@@ -17,6 +17,7 @@ and answers ``{}`` for a folder without one.  Whether a corpus is synthetic is d
 facts, not names: the photos' folder (or the folder their files link to) holds the
 ``cameras.json`` that ``exiflang synth`` writes beside its manifest.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,15 +27,15 @@ import tempfile
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 log = logging.getLogger("exiflang.train")
 
 CARD = "model_card.json"
 FORMAT = "exiflang-model-card"
 FORMAT_VERSION = 1
-NAMES_SHOWN = 12        # camera names listed in the card up to this many cameras
-MAX_TABLES = 256        # shard tables read to count cameras (a YFCC-sized corpus is sampled)
+NAMES_SHOWN = 12  # camera names listed in the card up to this many cameras
+MAX_TABLES = 256  # shard tables read to count cameras (a YFCC-sized corpus is sampled)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -91,30 +92,48 @@ def describe(card: dict[str, Any]) -> str:
 
 def authors_card() -> dict[str, Any]:
     """The card of the authors' released checkpoint (facts from the paper, docs/design.md)."""
-    return {"source": "authors' release (converted)",
-            "data": {"kind": "YFCC100M photos with EXIF (Zheng et al., CVPR 2023)", "real": True,
-                     "synthetic": False, "photos": None, "cameras": None,
-                     "note": "trained by the paper's authors on real Flickr photos; counts per the paper, "
-                             "not re-measured here"},
-            "training": {"preset": "paper", "text_format": "code"},
-            "heldout": {}, "numbers_from": "the paper (Zheng, Shrivastava, Owens, CVPR 2023)",
-            "summary": "the authors' released model, trained on real YFCC100M photos per the paper"}
+    return {
+        "source": "authors' release (converted)",
+        "data": {
+            "kind": "YFCC100M photos with EXIF (Zheng et al., CVPR 2023)",
+            "real": True,
+            "synthetic": False,
+            "photos": None,
+            "cameras": None,
+            "note": "trained by the paper's authors on real Flickr photos; counts per the paper, not re-measured here",
+        },
+        "training": {"preset": "paper", "text_format": "code"},
+        "heldout": {},
+        "numbers_from": "the paper (Zheng, Shrivastava, Owens, CVPR 2023)",
+        "summary": "the authors' released model, trained on real YFCC100M photos per the paper",
+    }
 
 
-def training_card(cfg: Any, tags: Optional[dict[str, Any]], result: dict[str, Any]) -> dict[str, Any]:
+def training_card(cfg: Any, tags: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
     """The card of a finished ``exiflang train`` run: its config ``cfg`` (a TrainConfig), the
     shards' ``tags`` (tags.json) and the trainer's final ``result`` (``eval/*`` = held-out numbers)."""
     data = dict(_facts(str(cfg.data.data)))
     if data.get("photos") is None and tags and tags.get("num_images") is not None:
         data["photos"] = int(tags["num_images"])
-    training = {"steps": result.get("step", cfg.run.steps), "preset": getattr(cfg, "preset", None),
-                "text_format": cfg.data.text_format, "patch_size": cfg.data.patch_size,
-                "batch_size": cfg.data.batch_size, "seed": cfg.run.seed,
-                "tags": len(tags.get("tags", [])) if tags else None}
-    heldout = {k.split("/", 1)[1]: v for k, v in result.items()
-               if k.startswith("eval/") and isinstance(v, (int, float))}
-    return {"source": "exiflang train", "data": data, "training": training, "heldout": heldout,
-            "heldout_set": getattr(cfg.run, "eval_data", None)}
+    training = {
+        "steps": result.get("step", cfg.run.steps),
+        "preset": getattr(cfg, "preset", None),
+        "text_format": cfg.data.text_format,
+        "patch_size": cfg.data.patch_size,
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.run.seed,
+        "tags": len(tags.get("tags", [])) if tags else None,
+    }
+    heldout = {
+        k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("eval/") and isinstance(v, (int, float))
+    }
+    return {
+        "source": "exiflang train",
+        "data": data,
+        "training": training,
+        "heldout": heldout,
+        "heldout_set": getattr(cfg.run, "eval_data", None),
+    }
 
 
 def corpus_facts(data: str) -> dict[str, Any]:
@@ -147,7 +166,7 @@ def _facts(data: str) -> dict[str, Any]:
     return corpus_facts(data)
 
 
-def _json(path: Path) -> Optional[dict]:
+def _json(path: Path) -> dict | None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
@@ -181,7 +200,7 @@ def _count_cameras(root: Path) -> tuple[Counter, set, str]:
     return cameras, makes, f"{len(picked)} of {len(tables)} shard tables"
 
 
-def _synth_manifest(source: Optional[str]) -> Optional[Path]:
+def _synth_manifest(source: str | None) -> Path | None:
     """The ``cameras.json`` of ``exiflang synth`` behind a photo folder (directly or via its links)."""
     if not source or not Path(source).is_dir():
         return None

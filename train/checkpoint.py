@@ -16,6 +16,7 @@ one-line :class:`CheckpointError` naming it.  Weights are safetensors (no code a
 (state + weights + config present), whatever ``latest.json`` says; a run with no checkpoint
 folder starts at step 0; folders that are all incomplete are an error, never a silent restart.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ STATE = "train_state.pt"
 WEIGHTS = "model.safetensors"
 COMPLETE = (STATE, WEIGHTS, "config.json")  # what a checkpoint folder needs to be resumed from
 STATE_FORMAT = "exiflang-train-state"
-STATE_VERSION = 2                           # 2: plain data, RNG keyed by rank
+STATE_VERSION = 2  # 2: plain data, RNG keyed by rank
 _REQUIRED = ("optimizer", "scheduler", "position", "rng", "step")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
@@ -54,9 +55,15 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": {"version": version, "state": list(words), "gauss_next": gauss},
-        "numpy": {"kind": str(kind), "keys": [int(k) for k in keys], "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state()}
+        "numpy": {
+            "kind": str(kind),
+            "keys": [int(k) for k in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -67,8 +74,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(w) for w in py["state"]), py["gauss_next"]))
     npy = state["numpy"]
-    np.random.set_state((npy["kind"], np.asarray(npy["keys"], dtype=np.uint32), int(npy["pos"]),
-                         int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    np.random.set_state(
+        (
+            npy["kind"],
+            np.asarray(npy["keys"], dtype=np.uint32),
+            int(npy["pos"]),
+            int(npy["has_gauss"]),
+            float(npy["cached_gaussian"]),
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -103,16 +117,29 @@ def check_plain(obj: Any, where: str = "state") -> None:
         raise TypeError(f"training state {where}: {type(obj).__name__} is not plain data")
 
 
-def save(run: Path, step: int, model: Any, tokenizer: Any, tags: Optional[dict],
-         state: dict[str, Any], keep_last: int, metric: Optional[float] = None,
-         rngs: Optional[dict[int, dict[str, Any]]] = None) -> Path:
+def save(
+    run: Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    tags: dict | None,
+    state: dict[str, Any],
+    keep_last: int,
+    metric: float | None = None,
+    rngs: dict[int, dict[str, Any]] | None = None,
+) -> Path:
     """Write checkpoint ``step`` atomically, point ``latest.json`` at it, prune old ones.
 
     ``rngs``: RNG states by rank (default: this process's, as rank 0).
     """
-    doc = {**state, "format": STATE_FORMAT, "format_version": STATE_VERSION, "step": step,
-           "rng": {str(r): s for r, s in (rngs or {0: rng_state()}).items()}}
-    check_plain(doc)   # before writing anything: a non-plain state could not be resumed from
+    doc = {
+        **state,
+        "format": STATE_FORMAT,
+        "format_version": STATE_VERSION,
+        "step": step,
+        "rng": {str(r): s for r, s in (rngs or {0: rng_state()}).items()},
+    }
+    check_plain(doc)  # before writing anything: a non-plain state could not be resumed from
     ckdir = run / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     tmp = ckdir / f".step-{step:07d}.tmp"
@@ -152,12 +179,11 @@ def _write_index(ckdir: Path, index: dict[str, Any]) -> None:
 
 def _step_folders(ckdir: Path) -> list[Path]:
     """``step-N`` folders of ``ckdir`` in step order (temporary ``.step-N.tmp`` ones excluded)."""
-    found = [(int(m.group(1)), p) for p in ckdir.glob("step-*")
-             if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in ckdir.glob("step-*") if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
-def _prune(ckdir: Path, keep_last: int, best: Optional[str]) -> None:
+def _prune(ckdir: Path, keep_last: int, best: str | None) -> None:
     steps = _step_folders(ckdir)
     for p in steps[: max(0, len(steps) - keep_last)]:
         if p.name != best:
@@ -169,7 +195,7 @@ def missing_files(path: Path) -> list[str]:
     return [name for name in COMPLETE if not (path / name).is_file()]
 
 
-def resolve(run: Path, which: str) -> Optional[Path]:
+def resolve(run: Path, which: str) -> Path | None:
     """The checkpoint folder to resume ``run`` from, or None to start at step 0.
 
     ``which``: ``latest`` -> the newest complete ``RUN/checkpoints/step-N`` (``latest.json`` is
@@ -184,18 +210,26 @@ def resolve(run: Path, which: str) -> Optional[Path]:
     folders, named = _step_folders(ckdir), _read_index(ckdir).get("latest")
     if not folders:
         if named:
-            raise CheckpointError(f"{ckdir / 'latest.json'}: names {named}, but no checkpoint folder "
-                                  f"is left; refusing to start over (remove {ckdir} to train from step 0)")
+            raise CheckpointError(
+                f"{ckdir / 'latest.json'}: names {named}, but no checkpoint folder "
+                f"is left; refusing to start over (remove {ckdir} to train from step 0)"
+            )
         return None
     complete = [p for p in folders if not missing_files(p)]
     if not complete:
-        raise CheckpointError(f"{ckdir}: {len(folders)} checkpoint folder(s), none complete (each needs "
-                              f"{', '.join(COMPLETE)}); refusing to start over (pass --resume FOLDER "
-                              f"or remove {ckdir} to train from step 0)")
+        raise CheckpointError(
+            f"{ckdir}: {len(folders)} checkpoint folder(s), none complete (each needs "
+            f"{', '.join(COMPLETE)}); refusing to start over (pass --resume FOLDER "
+            f"or remove {ckdir} to train from step 0)"
+        )
     newest = complete[-1]
     if named != newest.name:
-        log.warning("%s: names %r, the newest complete checkpoint is %s: resuming from it",
-                    ckdir / "latest.json", named, newest.name)
+        log.warning(
+            "%s: names %r, the newest complete checkpoint is %s: resuming from it",
+            ckdir / "latest.json",
+            named,
+            newest.name,
+        )
     return newest
 
 
@@ -221,7 +255,7 @@ def load_plain(file: Path, hint: str = "") -> Any:
             return torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing") from None
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a damaged file
+    except Exception as exc:
         problem, refused = load_problem(exc)
         raise CheckpointError(f"{file}: {problem}{hint if refused else ''}") from exc
 
@@ -248,8 +282,10 @@ def load_problem(exc: BaseException) -> tuple[str, bool]:
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if found or (isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text):
         what = found.group(1) if found else "object that is not plain data"
-        return (f"refused: it holds a pickled {what}, not only tensors and plain values, and "
-                "unpickling it could run code", True)
+        return (
+            f"refused: it holds a pickled {what}, not only tensors and plain values, and unpickling it could run code",
+            True,
+        )
     return f"unreadable ({type(exc).__name__}: {text[:200]})", False
 
 
@@ -260,8 +296,11 @@ def load_state(path: Path) -> dict[str, Any]:
     unreadable, holds non-plain pickled objects, or lacks the keys of a training state.
     """
     file = path / STATE
-    state = load_plain(file, hint=" (a crafted file, or one from an older exiflang that pickled "
-                                  "numpy RNG state: it cannot be resumed from; remove its folder)")
+    state = load_plain(
+        file,
+        hint=" (a crafted file, or one from an older exiflang that pickled "
+        "numpy RNG state: it cannot be resumed from; remove its folder)",
+    )
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: not an exiflang training state (a {type(state).__name__})")
     missing = [k for k in _REQUIRED if k not in state]

@@ -17,13 +17,15 @@ with value cleaning (docs/design.md §3); their 44-tag vocabulary is not publish
 
 Usage: ``exiflang convert-authors CKPT --out MODEL_DIR [--tags tags.json] [--tokenizer DIR]``.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -31,14 +33,20 @@ if __package__ in (None, ""):
     # Run as a script (`python train/convert_authors.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exiflang.train.card import authors_card, write_model_card  # noqa: E402
-from exiflang.train.checkpoint import CheckpointError, load_plain  # noqa: E402
-from exiflang.train.encoders import text_config, torchvision_to_hf_resnet  # noqa: E402
-from exiflang.train.model import ExifClip, ModelConfig  # noqa: E402
-from exiflang.train.tokenizer import build_tokenizer  # noqa: E402
+from exiflang.train.card import authors_card, write_model_card
+from exiflang.train.checkpoint import CheckpointError, load_plain
+from exiflang.train.encoders import text_config, torchvision_to_hf_resnet
+from exiflang.train.model import ExifClip, ModelConfig
+from exiflang.train.tokenizer import build_tokenizer
 
-CLIP_LEFTOVERS = ("model.token_embedding.", "model.positional_embedding", "model.ln_final.",
-                  "model.text_projection", "model.logit_scale", "sink_temp")
+CLIP_LEFTOVERS = (
+    "model.token_embedding.",
+    "model.positional_embedding",
+    "model.ln_final.",
+    "model.text_projection",
+    "model.logit_scale",
+    "sink_temp",
+)
 # Older transformers saved DistilBERT's position_ids buffer; it is recomputed, so drop it.
 REBUILT_BUFFERS = ("model.transformer.embeddings.position_ids",)
 
@@ -53,8 +61,8 @@ class Split(NamedTuple):
 
 def split_authors_state(state: dict[str, torch.Tensor]) -> Split:
     """Rename the authors' keys to :class:`ExifClip` keys; list dropped and unrecognised keys."""
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    visual = {k[len("model.visual."):]: v for k, v in state.items() if k.startswith("model.visual.")}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    visual = {k[len("model.visual.") :]: v for k, v in state.items() if k.startswith("model.visual.")}
     backbone, head, unknown_visual = torchvision_to_hf_resnet(visual)
     tensors = {f"image.backbone.{k}": v for k, v in backbone.items()}
     tensors.update({f"image.proj.{k}": v for k, v in head.items()})
@@ -67,7 +75,7 @@ def split_authors_state(state: dict[str, torch.Tensor]) -> Split:
             if key in REBUILT_BUFFERS:
                 ignored.append(key)
             else:
-                tensors["text.backbone." + key[len("model.transformer."):]] = value
+                tensors["text.backbone." + key[len("model.transformer.") :]] = value
         elif key.startswith(CLIP_LEFTOVERS):
             ignored.append(key)
         else:
@@ -81,8 +89,9 @@ def infer_config(tensors: dict[str, torch.Tensor]) -> ModelConfig:
     """The ``paper`` preset, sized from the tensors (joint dim, vocab, DistilBERT depth/width)."""
     words = tensors["text.backbone.embeddings.word_embeddings.weight"]
     layers = {int(k.split(".")[4]) for k in tensors if k.startswith("text.backbone.transformer.layer.")}
-    config = ModelConfig.preset("paper", embed_dim=int(tensors["image.proj.weight"].shape[0]),
-                                vocab_size=int(words.shape[0]))
+    config = ModelConfig.preset(
+        "paper", embed_dim=int(tensors["image.proj.weight"].shape[0]), vocab_size=int(words.shape[0])
+    )
     tcfg = text_config("distilbert", "base", int(words.shape[0]))
     tcfg.dim = int(words.shape[1])
     tcfg.n_heads = max(1, tcfg.dim // 64)
@@ -104,13 +113,13 @@ def load_checkpoint(path: Path, unsafe: bool = False) -> dict[str, torch.Tensor]
     if unsafe:
         try:
             ckpt: Any = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - one line for the user
+        except Exception as exc:
             raise ValueError(f"{path}: cannot load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
     else:
         try:
             ckpt = load_plain(path, hint=" (if you trust the file, retry with --unsafe-load)")
         except CheckpointError as exc:  # its message is "{path}: why"
-            raise ValueError(f"{path}: cannot load: {str(exc)[len(str(path)) + 2:]}") from exc
+            raise ValueError(f"{path}: cannot load: {str(exc)[len(str(path)) + 2 :]}") from exc
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: no state dict of tensors (expected checkpoint['model'])")
@@ -121,10 +130,15 @@ def convert(state: dict[str, torch.Tensor], *, allow_unknown: bool = False) -> t
     """Build the :class:`ExifClip` holding the authors' weights; ``ValueError`` lists bad keys."""
     split = split_authors_state(state)
     if split.unknown and not allow_unknown:
-        raise ValueError(f"{len(split.unknown)} unrecognised keys: {', '.join(split.unknown[:8])}"
-                         f"{' ...' if len(split.unknown) > 8 else ''} (pass --allow-unknown to drop them)")
-    for needed in ("image.proj.weight", "text.backbone.embeddings.word_embeddings.weight",
-                   "text.backbone.transformer.layer.0.ffn.lin1.weight"):
+        raise ValueError(
+            f"{len(split.unknown)} unrecognised keys: {', '.join(split.unknown[:8])}"
+            f"{' ...' if len(split.unknown) > 8 else ''} (pass --allow-unknown to drop them)"
+        )
+    for needed in (
+        "image.proj.weight",
+        "text.backbone.embeddings.word_embeddings.weight",
+        "text.backbone.transformer.layer.0.ffn.lin1.weight",
+    ):
         if needed not in split.tensors:
             raise ValueError(f"not the authors' layout: {needed} has no source key")
     model = ExifClip(infer_config(split.tensors), use_init_paths=False)
@@ -134,26 +148,31 @@ def convert(state: dict[str, torch.Tensor], *, allow_unknown: bool = False) -> t
     extra = sorted(k for k in tensors if k not in own)
     shapes = sorted(k for k in tensors if k in own and tensors[k].shape != own[k].shape)
     if missing or extra or shapes:
-        raise ValueError(f"checkpoint does not fit ResNet-50 + DistilBERT: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}, other shapes {shapes[:5]}")
+        raise ValueError(
+            f"checkpoint does not fit ResNet-50 + DistilBERT: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}, other shapes {shapes[:5]}"
+        )
     model.load_state_dict(tensors, strict=False)
     return model.eval(), split
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="exiflang convert-authors", description=__doc__.splitlines()[0])
     p.add_argument("ckpt", type=Path, help="the authors' checkpoint, e.g. wrapper_75_new.pth")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--tags", type=Path, help="tags.json to store beside the model")
     p.add_argument("--tokenizer", help="local tokenizer folder (default: packaged BERT uncased)")
     p.add_argument("--allow-unknown", action="store_true", help="drop unrecognised keys")
-    p.add_argument("--unsafe-load", action="store_true",
-                   help="torch.load with weights_only=False (runs pickled code: trusted files only)")
+    p.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="torch.load with weights_only=False (runs pickled code: trusted files only)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns 0 on success, 1 with a one-line error otherwise."""
     args = parse_args(argv)
     try:
@@ -174,8 +193,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if split.unknown:
         print(f"dropped {len(split.unknown)} unrecognised keys: {', '.join(split.unknown)}")
     if tags is None:
-        print("note: no --tags given; the authors' tag vocabulary is unpublished, so text "
-              "rendering with this model needs a tags.json of your own", file=sys.stderr)
+        print(
+            "note: no --tags given; the authors' tag vocabulary is unpublished, so text "
+            "rendering with this model needs a tags.json of your own",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
 """The one place that reads torchrun's environment and sets up torch.distributed."""
+
 from __future__ import annotations
 
 import gc

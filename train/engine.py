@@ -6,6 +6,7 @@ Randomness: each process seeds python/numpy/torch from ``rank_seed(run.seed, ran
 the seed itself), so ranks draw their own dropout masks; DDP copies rank 0's initial weights to
 every rank.  Each rank's RNG state is gathered into the checkpoint and restored on its rank.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,11 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,14 +27,14 @@ from tqdm import tqdm
 from exiflang.train import checkpoint
 from exiflang.train.card import training_card, write_model_card
 from exiflang.train.config import TrainConfig
-from exiflang.train.encoders import text_init_folder
-from exiflang.train.distributed import DistEnv, all_reduce_mean, barrier, gather_to_all
+from exiflang.train.data.loader import build_loader, read_policy
 from exiflang.train.data.samples import load_vocabulary
 from exiflang.train.data.shard_store import join, read_file
 from exiflang.train.data.shuffle import rank_seed
-from exiflang.train.data.loader import build_loader, read_policy
+from exiflang.train.distributed import DistEnv, all_reduce_mean, barrier, gather_to_all
+from exiflang.train.encoders import text_init_folder
 from exiflang.train.logger import RunLogger
-from exiflang.train.loss import crop_consistency_loss, DistributedClipLoss
+from exiflang.train.loss import DistributedClipLoss, crop_consistency_loss
 from exiflang.train.model import ExifClip, load_weights
 from exiflang.train.optim import build_optimizer, build_scheduler
 from exiflang.train.tokenizer import build_tokenizer
@@ -97,9 +99,14 @@ class Batches:
         self.skipped_before = 0
 
     def _loader(self) -> Any:
-        return build_loader(self.cfg.data, self.tokenizer, rank=self.env.rank,
-                            world_size=self.env.world_size, epoch=self.pos.epoch,
-                            start_batch=self.pos.batch)
+        return build_loader(
+            self.cfg.data,
+            self.tokenizer,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            epoch=self.pos.epoch,
+            start_batch=self.pos.batch,
+        )
 
     def next(self) -> dict:
         try:
@@ -138,7 +145,7 @@ def _step(model: Any, loss_fn: Any, batch: dict, env: DistEnv, cfg: TrainConfig)
             # elsewhere duplicates are rare and the dropout draws of existing recipes stay as they were.
             first, inverse = unique_rows(batch["text_ids"])
             ids, mask = ids[first], mask[first]
-            length = max(1, int(mask.sum(1).max()))      # the longest kept text, not the batch's
+            length = max(1, int(mask.sum(1).max()))  # the longest kept text, not the batch's
             ids, mask = ids[:, :length], mask[:, :length]
         img, txt, scale = model(images, ids.to(env.device), mask.to(env.device))
         if inverse is not None:
@@ -166,8 +173,7 @@ def unique_rows(text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(first, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
 
 
-def _restore(run: Path, resume: Optional[str], model: ExifClip, opt: Any, sched: Any,
-             rank: int = 0) -> Position:
+def _restore(run: Path, resume: str | None, model: ExifClip, opt: Any, sched: Any, rank: int = 0) -> Position:
     """The position to start from: step 0 without ``resume`` (or ``latest`` in a run with no
     checkpoint), else the checkpoint's weights, optimizer, scheduler and RNG loaded (one-line
     errors naming the file; nothing in a checkpoint is unpickled beyond plain data)."""
@@ -186,8 +192,17 @@ def _restore(run: Path, resume: Optional[str], model: ExifClip, opt: Any, sched:
     return pos
 
 
-def _optimise(ddp: Any, model: ExifClip, loss_fn: Any, batch: dict, opt: Any, sched: Any,
-              pos: Position, env: DistEnv, cfg: TrainConfig) -> torch.Tensor:
+def _optimise(
+    ddp: Any,
+    model: ExifClip,
+    loss_fn: Any,
+    batch: dict,
+    opt: Any,
+    sched: Any,
+    pos: Position,
+    env: DistEnv,
+    cfg: TrainConfig,
+) -> torch.Tensor:
     """One guarded optimiser step: backward, clip, skip on a non-finite loss or gradient."""
     ddp.train()
     loss = _step(ddp, loss_fn, batch, env, cfg)
@@ -206,8 +221,9 @@ def _optimise(ddp: Any, model: ExifClip, loss_fn: Any, batch: dict, opt: Any, sc
     return loss
 
 
-def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = None,
-          evaluate: Optional[Any] = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, run: Path, env: DistEnv, resume: str | None = None, evaluate: Any | None = None
+) -> dict[str, Any]:
     """Train ``cfg.run.steps`` optimiser steps into ``run``; returns the final metrics.
 
     ``evaluate(model, tokenizer, tags) -> dict`` (rank 0) runs every ``eval_every`` steps and
@@ -220,17 +236,22 @@ def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = Non
     opt = build_optimizer(model, cfg.optim)
     sched = build_scheduler(opt, cfg.run.steps, cfg.optim)
     pos = _restore(run, resume, model, opt, sched, env.rank)
-    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
-           if env.distributed else model)
+    ddp = (
+        torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.local_rank] if env.device.type == "cuda" else None
+        )
+        if env.distributed
+        else model
+    )
     loss_fn = DistributedClipLoss()
     batches = Batches(cfg, tokenizer, env, pos)
-    logger = RunLogger(run, env.is_main, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project,
-                       cfg.to_dict())
-    bar = tqdm(total=cfg.run.steps, initial=pos.step, desc="train", unit="step",
-               disable=not env.is_main, dynamic_ncols=True)
+    logger = RunLogger(run, env.is_main, cfg.run.tensorboard, cfg.run.wandb, cfg.run.wandb_project, cfg.to_dict())
+    bar = tqdm(
+        total=cfg.run.steps, initial=pos.step, desc="train", unit="step", disable=not env.is_main, dynamic_ncols=True
+    )
     window = {"t0": time.perf_counter(), "wait": 0.0, "n": 0, "loss": 0.0, "steps": 0}
     result: dict[str, Any] = {}
-    last_metric: Optional[float] = None
+    last_metric: float | None = None
     try:  # the bar ends its line on failure too, so that an error is the last line printed
         while pos.step < cfg.run.steps:
             t_wait = time.perf_counter()
@@ -245,8 +266,11 @@ def train(cfg: TrainConfig, run: Path, env: DistEnv, resume: Optional[str] = Non
             if pos.step % cfg.run.log_every == 0 or last:
                 result = _log(logger, window, pos, model, opt, batches, env, cfg)
                 bar.set_postfix(loss=f"{result['loss']:.3f}")
-            if evaluate is not None and env.is_main and (
-                    last or (cfg.run.eval_every and pos.step % cfg.run.eval_every == 0)):
+            if (
+                evaluate is not None
+                and env.is_main
+                and (last or (cfg.run.eval_every and pos.step % cfg.run.eval_every == 0))
+            ):
                 scores = {f"eval/{k}": v for k, v in evaluate(model, tokenizer, tags).items()}
                 last_metric = scores.get("eval/metric", last_metric)
                 logger.log(pos.step, scores)
@@ -271,28 +295,54 @@ def _write_card(model_dir: Path, cfg: TrainConfig, tags: dict, result: dict[str,
         log.warning("%s: model card not written (%s)", model_dir, exc)
 
 
-def _checkpoint(run: Path, pos: Position, model: ExifClip, tokenizer: Any, tags: dict, opt: Any,
-                sched: Any, env: DistEnv, cfg: TrainConfig, metric: Optional[float]) -> None:
+def _checkpoint(
+    run: Path,
+    pos: Position,
+    model: ExifClip,
+    tokenizer: Any,
+    tags: dict,
+    opt: Any,
+    sched: Any,
+    env: DistEnv,
+    cfg: TrainConfig,
+    metric: float | None,
+) -> None:
     """Rank 0 writes checkpoint ``pos.step`` with every rank's RNG state (each rank's own dropout
     stream, gathered from all ranks); all ranks wait for it."""
     rngs = dict(enumerate(gather_to_all(checkpoint.rng_state(), env)))
     if env.is_main:
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "position": vars(pos).copy(), "config": cfg.to_dict()}
-        final = checkpoint.save(run, pos.step, model, tokenizer, tags, state, cfg.run.keep_last, metric,
-                                rngs=rngs)
+        state = {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "position": vars(pos).copy(),
+            "config": cfg.to_dict(),
+        }
+        final = checkpoint.save(run, pos.step, model, tokenizer, tags, state, cfg.run.keep_last, metric, rngs=rngs)
         _write_card(final, cfg, tags, {"step": pos.step})  # a checkpoint is a model folder too
     barrier(env)
 
 
-def _log(logger: RunLogger, window: dict, pos: Position, model: ExifClip, opt: Any,
-         batches: Batches, env: DistEnv, cfg: TrainConfig) -> dict[str, Any]:
+def _log(
+    logger: RunLogger,
+    window: dict,
+    pos: Position,
+    model: ExifClip,
+    opt: Any,
+    batches: Batches,
+    env: DistEnv,
+    cfg: TrainConfig,
+) -> dict[str, Any]:
     elapsed = max(1e-9, time.perf_counter() - window["t0"])
-    metrics = {"loss": window["loss"] / max(1, window["steps"]), "lr": opt.param_groups[0]["lr"],
-               "logit_scale": float(model.logit_scale),
-               "samples_per_s": window["n"] * env.world_size / elapsed,
-               "data_wait_frac": window["wait"] / elapsed, "epoch": pos.epoch,
-               "skipped_samples": batches.skipped(), "nan_skipped": pos.nan_skipped}
+    metrics = {
+        "loss": window["loss"] / max(1, window["steps"]),
+        "lr": opt.param_groups[0]["lr"],
+        "logit_scale": float(model.logit_scale),
+        "samples_per_s": window["n"] * env.world_size / elapsed,
+        "data_wait_frac": window["wait"] / elapsed,
+        "epoch": pos.epoch,
+        "skipped_samples": batches.skipped(),
+        "nan_skipped": pos.nan_skipped,
+    }
     if not math.isfinite(metrics["loss"]):
         log.warning("step %d: loss is %s", pos.step, metrics["loss"])
     logger.log(pos.step, metrics)

@@ -19,26 +19,28 @@ training's generators:
 Sentences use the run's ``data.text_format``; the random-order formats draw one fixed order
 per photo (seeded by its key), so every evaluation reads the same sentences.
 """
+
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from exiflang.pipeline.exif.text import render_text
+from exiflang.train.data.crops import normalise
 from exiflang.train.data.loader import read_policy
+from exiflang.train.data.shuffle import stable_seed
 from exiflang.train.loss import clip_loss, text_ids_from_strings
 from exiflang.train.retrieval import CAMERA_TAG, camera_top1_emb, grid_embeddings, grid_patches, iter_samples
-from exiflang.train.data.crops import normalise
-from exiflang.train.data.shuffle import stable_seed
 
 log = logging.getLogger("exiflang.train")
-_CENTRE = 4          # index of the centre patch after the 2x2 grid
-_TEXT_CHUNK = 64     # sentences per text-encoder call
+_CENTRE = 4  # index of the centre patch after the 2x2 grid
+_TEXT_CHUNK = 64  # sentences per text-encoder call
 
 
 @dataclass
@@ -58,8 +60,9 @@ def load_heldout(cfg: Any) -> HeldOutSet:
     least one patch on each side.  One-line ``OSError`` / ``ValueError`` for a set that cannot
     be read or holds no usable photo."""
     patch, keys, exifs, rows = cfg.data.patch_size, [], [], []
-    for key, img, exif in iter_samples(cfg.run.eval_data, cfg.run.eval_samples, read_policy(cfg.data),
-                                       cfg.data.storage_options):
+    for key, img, exif in iter_samples(
+        cfg.run.eval_data, cfg.run.eval_samples, read_policy(cfg.data), cfg.data.storage_options
+    ):
         if min(img.size) < patch:
             continue
         w, h = img.size
@@ -74,13 +77,13 @@ def load_heldout(cfg: Any) -> HeldOutSet:
 
 
 @torch.no_grad()
-def _text_embeddings(model: Any, tokenizer: Any, texts: Sequence[str], max_len: int,
-                     device: str) -> torch.Tensor:
+def _text_embeddings(model: Any, tokenizer: Any, texts: Sequence[str], max_len: int, device: str) -> torch.Tensor:
     """``[N, D]`` L2-normalised sentence embeddings, in chunks."""
     out = []
     for i in range(0, len(texts), _TEXT_CHUNK):
-        tok = tokenizer(list(texts[i:i + _TEXT_CHUNK]), padding=True, truncation=True,
-                        max_length=max_len, return_tensors="pt")
+        tok = tokenizer(
+            list(texts[i : i + _TEXT_CHUNK]), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
         out.append(model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device)))
     return torch.cat(out)
 
@@ -93,41 +96,63 @@ def recall_at(sim: torch.Tensor, same: torch.Tensor, k: int) -> float:
 
 
 @torch.no_grad()
-def _loss(model: Any, held: HeldOutSet, txt: torch.Tensor, ids: torch.Tensor, batch: int,
-          device: str) -> float:
+def _loss(model: Any, held: HeldOutSet, txt: torch.Tensor, ids: torch.Tensor, batch: int, device: str) -> float:
     """The training loss over full batches of centre patches (one batch of all when fewer)."""
     size = min(batch, len(held))
     losses = []
     for i in range(0, len(held) - size + 1, size):
-        img = model.encode_image(normalise(list(held.patches[i:i + size, _CENTRE])).to(device))
-        losses.append(float(clip_loss(img.float(), txt[i:i + size].float(), model.logit_scale.float(),
-                                      text_ids=ids[i:i + size])))
+        img = model.encode_image(normalise(list(held.patches[i : i + size, _CENTRE])).to(device))
+        losses.append(
+            float(
+                clip_loss(img.float(), txt[i : i + size].float(), model.logit_scale.float(), text_ids=ids[i : i + size])
+            )
+        )
     return float(np.mean(losses))
 
 
 @torch.no_grad()
-def heldout_metrics(model: Any, tokenizer: Any, vocab: Sequence[str], held: HeldOutSet, *,
-                    fmt: str, clean: bool, batch: int, max_len: int, device: str = "cpu") -> dict[str, float]:
+def heldout_metrics(
+    model: Any,
+    tokenizer: Any,
+    vocab: Sequence[str],
+    held: HeldOutSet,
+    *,
+    fmt: str,
+    clean: bool,
+    batch: int,
+    max_len: int,
+    device: str = "cpu",
+) -> dict[str, float]:
     """The numbers of the module docstring (keys without the ``eval/`` prefix)."""
     was_training = model.training
     model.eval()
     try:
-        texts = [render_text(e, vocab, fmt, clean=clean, rng=random.Random(stable_seed("heldout", k)))
-                 for k, e in zip(held.keys, held.exifs)]
+        texts = [
+            render_text(e, vocab, fmt, clean=clean, rng=random.Random(stable_seed("heldout", k)))
+            for k, e in zip(held.keys, held.exifs)
+        ]
         ids = text_ids_from_strings(texts)
         txt = _text_embeddings(model, tokenizer, texts, max_len, device)
         img = grid_embeddings(model, list(held.patches[:, :_CENTRE]), device)
         same = (ids[:, None] == ids[None, :]).to(img.device)
         sim = img @ txt.T
-        out = {"loss": _loss(model, held, txt, ids, batch, device),
-               "i2t_r1": recall_at(sim, same, 1), "i2t_r5": recall_at(sim, same, 5),
-               "t2i_r1": recall_at(sim.T, same, 1), "t2i_r5": recall_at(sim.T, same, 5),
-               "images": float(len(held)), "metric": 0.0}
+        out = {
+            "loss": _loss(model, held, txt, ids, batch, device),
+            "i2t_r1": recall_at(sim, same, 1),
+            "i2t_r5": recall_at(sim, same, 5),
+            "t2i_r1": recall_at(sim.T, same, 1),
+            "t2i_r5": recall_at(sim.T, same, 5),
+            "images": float(len(held)),
+            "metric": 0.0,
+        }
         out["metric"] = out["i2t_r1"]
         with_cam = [n for n, e in enumerate(held.exifs) if CAMERA_TAG in e]
         try:
-            out.update(camera_top1_emb(model, tokenizer, vocab, img[with_cam],
-                                       [held.exifs[n] for n in with_cam], fmt=fmt, device=device))
+            out.update(
+                camera_top1_emb(
+                    model, tokenizer, vocab, img[with_cam], [held.exifs[n] for n in with_cam], fmt=fmt, device=device
+                )
+            )
         except ValueError as exc:  # e.g. one camera in the held-out set: the rest still counts
             log.info("held-out camera top-1 skipped: %s", exc)
         return out
@@ -141,20 +166,28 @@ class HeldOutEvaluator:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        self.held: Optional[HeldOutSet] = None
+        self.held: HeldOutSet | None = None
 
-    def load(self) -> "HeldOutEvaluator":
+    def load(self) -> HeldOutEvaluator:
         self.held = load_heldout(self.cfg)
         log.info("held-out set: %d photos from %s", len(self.held), self.cfg.run.eval_data)
         return self
 
     def __call__(self, model: Any, tokenizer: Any, tags: dict) -> dict[str, float]:
-        if getattr(model, "text", None) is None:   # CropCLR: no sentences to retrieve
+        if getattr(model, "text", None) is None:  # CropCLR: no sentences to retrieve
             return {}
         if self.held is None:
             self.load()
         assert self.held is not None
         data = self.cfg.data
-        return heldout_metrics(model, tokenizer, tags["tags"], self.held, fmt=data.text_format,
-                               clean=data.clean_values, batch=data.batch_size,
-                               max_len=data.max_text_len, device=str(next(model.parameters()).device))
+        return heldout_metrics(
+            model,
+            tokenizer,
+            tags["tags"],
+            self.held,
+            fmt=data.text_format,
+            clean=data.clean_values,
+            batch=data.batch_size,
+            max_len=data.max_text_len,
+            device=str(next(model.parameters()).device),
+        )

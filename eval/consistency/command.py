@@ -19,6 +19,7 @@ Exit status: 0 every photo answered; 1 some failed (each named on stderr); 2 bad
 model, reference or ``--exif`` file, an unusable ``--out``, or no photo answered (one line
 ``exiflang check-exif: error: FILE: reason``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ RESULTS = "check_exif.jsonl"
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders (recursive)")
     ap.add_argument("--model", required=True, help="model folder (with a text tower)")
     ap.add_argument("--reference", help="index, embeddings or shards folder (default: the training shards)")
@@ -85,7 +87,7 @@ def _main(argv: list[str]) -> int:
         return 0 if exc.code == 0 else 2
     from exiflang.eval.images import expand_inputs
 
-    out = check_out_dir(args.out) if args.out else None   # before any slow work
+    out = check_out_dir(args.out) if args.out else None  # before any slow work
     claim = read_claim(args.exif) if args.exif else None
     files = expand_inputs(args.photos)
     if not files:
@@ -93,7 +95,7 @@ def _main(argv: list[str]) -> int:
     import exiflang.api as api
 
     model = api.load(args.model, device=args.device, threads=args.threads)
-    model.checker(args.reference)                       # a bad reference fails here, once
+    model.checker(args.reference)  # a bad reference fails here, once
     records = []
     for path in files:
         try:

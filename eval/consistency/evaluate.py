@@ -17,6 +17,7 @@ percentile, the raw similarity and ``z``); ROC-AUC and average precision (scikit
 each kind of swap, and the verdicts' counts.  Photos whose claims are unusable (no vocabulary tag)
 are left out and counted.  The JSON written holds the settings, the counts and the metrics.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,12 @@ def metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
 
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
     s = np.concatenate([pos, neg])
-    return {"auc": round(float(roc_auc_score(y, s)), 4), "ap": round(float(average_precision_score(y, s)), 4),
-            "n_pos": int(len(pos)), "n_neg": int(len(neg))}
+    return {
+        "auc": round(float(roc_auc_score(y, s)), 4),
+        "ap": round(float(average_precision_score(y, s)), 4),
+        "n_pos": int(len(pos)),
+        "n_neg": int(len(neg)),
+    }
 
 
 def evaluate(model: Any, photos: Sequence[Path], reference: Any, *, seed: int = 0) -> dict[str, Any]:
@@ -101,8 +106,15 @@ def evaluate(model: Any, photos: Sequence[Path], reference: Any, *, seed: int = 
     cams = [camera_of(e) for e in exifs]
     true = checker.score_many(vec, exifs)
     pairs = swap_pairs(cams, seed)
-    report: dict[str, Any] = {"photos": len(exifs), "skipped": dict(skipped), "cameras": len(set(cams)),
-                              "reference": checker.info(), "seed": seed, "metrics": {}, "verdicts": {}}
+    report: dict[str, Any] = {
+        "photos": len(exifs),
+        "skipped": dict(skipped),
+        "cameras": len(set(cams)),
+        "reference": checker.info(),
+        "seed": seed,
+        "metrics": {},
+        "verdicts": {},
+    }
     report["verdicts"]["true"] = _counts(true)
     for kind, kp in pairs.items():
         if not kp:
@@ -111,7 +123,8 @@ def evaluate(model: Any, photos: Sequence[Path], reference: Any, *, seed: int = 
         report["verdicts"][kind] = _counts(swapped)
         report["metrics"][kind] = {
             name: metrics(np.array([getattr(c, name) for c in true]), np.array([getattr(c, name) for c in swapped]))
-            for name in SCORES}
+            for name in SCORES
+        }
     return report
 
 
@@ -123,8 +136,9 @@ def _counts(checks: Sequence[Any]) -> dict[str, int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", required=True, help="model folder")
     ap.add_argument("--photos", required=True, nargs="+", help="held-out photos or folders (with their EXIF)")
     ap.add_argument("--reference", help="index, embeddings or shards folder (default: the training shards)")
@@ -156,15 +170,21 @@ def _main(argv: list[str]) -> int:
     t0 = time.time()
     model = api.load(args.model, device=args.device, threads=args.threads)
     report = evaluate(model, files, args.reference, seed=args.seed)
-    report.update(model=str(args.model), command=" ".join(["exiflang", "eval-check-exif", *argv]),
-                  seconds=round(time.time() - t0, 1), date=time.strftime("%Y-%m-%d", time.gmtime()),
-                  machine=f"{platform.machine()} Python {platform.python_version()}")
+    report.update(
+        model=str(args.model),
+        command=" ".join(["exiflang", "eval-check-exif", *argv]),
+        seconds=round(time.time() - t0, 1),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        machine=f"{platform.machine()} Python {platform.python_version()}",
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     for kind, m in report["metrics"].items():
-        print(f"{kind:<13} score AUC {m['score']['auc']:.3f} AP {m['score']['ap']:.3f}   "
-              f"percentile AUC {m['percentile']['auc']:.3f}   "
-              f"(n {m['score']['n_pos']} true, {m['score']['n_neg']} swapped)")
+        print(
+            f"{kind:<13} score AUC {m['score']['auc']:.3f} AP {m['score']['ap']:.3f}   "
+            f"percentile AUC {m['percentile']['auc']:.3f}   "
+            f"(n {m['score']['n_pos']} true, {m['score']['n_neg']} swapped)"
+        )
     return 0
 
 

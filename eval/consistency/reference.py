@@ -13,6 +13,7 @@ being the photo whose EXIF is ``exifs[i]``) plus the patch grid they were embedd
 
 Every failure is a one-line ``FileNotFoundError`` / ``ValueError`` naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ import numpy as np
 
 log = logging.getLogger("exiflang.eval")
 
-DEFAULT_GRID = {"patch": 124, "per_side": 4, "mode": "grid"}   # `exiflang embed`'s defaults
+DEFAULT_GRID = {"patch": 124, "per_side": 4, "mode": "grid"}  # `exiflang embed`'s defaults
 
 
 @dataclass
@@ -99,8 +100,9 @@ def from_index(folder: Path) -> Reference:
     return Reference(exifs, vectors, grid or embedding_settings(index.info), str(folder))
 
 
-def from_shards(folder: Path, embed: Callable[[list[np.ndarray]], np.ndarray], grid: dict,
-                max_photos: int = 256) -> Reference:
+def from_shards(
+    folder: Path, embed: Callable[[list[np.ndarray]], np.ndarray], grid: dict, max_photos: int = 256
+) -> Reference:
     """A shards folder: the first ``max_photos`` usable samples (shard order), embedded with ``embed``
     (decoded ``uint8 [H,W,3]`` photos -> ``float32 [n, D]``)."""
     from exiflang.eval.embed.shard import read_shard
@@ -140,12 +142,18 @@ def kind_of(path: Path) -> str:
         return "embeddings"
     if path.is_dir() and any(path.glob("*.tar")):
         return "shards"
-    raise ValueError(f"{path}: not a reference (an `exiflang index` folder, an `exiflang embed` "
-                     "folder or an `exiflang shards` folder)")
+    raise ValueError(
+        f"{path}: not a reference (an `exiflang index` folder, an `exiflang embed` "
+        "folder or an `exiflang shards` folder)"
+    )
 
 
-def load_reference(path: str | Path, embed: Callable[[list[np.ndarray]], np.ndarray] | None = None,
-                   grid: dict | None = None, max_photos: int = 256) -> Reference:
+def load_reference(
+    path: str | Path,
+    embed: Callable[[list[np.ndarray]], np.ndarray] | None = None,
+    grid: dict | None = None,
+    max_photos: int = 256,
+) -> Reference:
     """Any reference folder (see the module docstring); shards need ``embed`` and ``grid``."""
     folder = Path(path)
     kind = kind_of(folder)
@@ -164,6 +172,7 @@ def training_data(model_dir: Path, card: dict) -> Path | None:
     cands: list[Any] = [(card.get("data") or {}).get("path")]
     try:
         from exiflang.eval.embed.run import run_config
+
         cands.append(run_config(model_dir).get("data"))
     except ImportError:  # pragma: no cover - yaml missing
         pass

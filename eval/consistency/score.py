@@ -21,6 +21,7 @@ and a claimed EXIF ``c`` rendered exactly as in training (:class:`exiflang.eval.
   reference's most common other values; ``support`` = similarity(claim) - max similarity(swaps)
   (cosine units; negative = the pixels prefer ``best_alternative``), least supported first.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,14 +48,19 @@ class Calibration:
     b: float
     n_pos: int
     n_neg: int
-    auc: float          # how well z separated the fitting pairs (in-sample, 0.5 = chance)
+    auc: float  # how well z separated the fitting pairs (in-sample, 0.5 = chance)
 
     def __call__(self, z: np.ndarray | float) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(self.a * np.asarray(z, dtype=np.float64) + self.b)))
 
     def to_json(self) -> dict:
-        return {"a": round(self.a, 6), "b": round(self.b, 6), "n_pos": self.n_pos, "n_neg": self.n_neg,
-                "fit_auc": round(self.auc, 4)}
+        return {
+            "a": round(self.a, 6),
+            "b": round(self.b, 6),
+            "n_pos": self.n_pos,
+            "n_neg": self.n_neg,
+            "fit_auc": round(self.auc, 4),
+        }
 
 
 @dataclass
@@ -75,9 +81,19 @@ class Check:
     def to_json(self) -> dict[str, Any]:
         def num(x: float, nd: int = 6) -> float | None:
             return None if x is None or not math.isfinite(x) else round(float(x), nd)
-        return {"verdict": self.verdict, "score": num(self.score, 4), "percentile": num(self.percentile, 2),
-                "similarity": num(self.similarity), "z": num(self.z, 4), "calibrated": self.calibrated,
-                "reason": self.reason, "tags_used": self.tags_used, "per_tag": self.per_tag, "claimed": self.claimed}
+
+        return {
+            "verdict": self.verdict,
+            "score": num(self.score, 4),
+            "percentile": num(self.percentile, 2),
+            "similarity": num(self.similarity),
+            "z": num(self.z, 4),
+            "calibrated": self.calibrated,
+            "reason": self.reason,
+            "tags_used": self.tags_used,
+            "per_tag": self.per_tag,
+            "claimed": self.claimed,
+        }
 
 
 def verdict_of(score: float, band: tuple[float, float] = BAND) -> str:
@@ -95,9 +111,17 @@ class Checker:
     swapped values tried per tag.
     """
 
-    def __init__(self, text_encoder: Any, reference: Reference, *, max_texts: int = 256,
-                 max_calibration: int = 256, max_alternatives: int = 4,
-                 band: tuple[float, float] = BAND, seed: int = 0) -> None:
+    def __init__(
+        self,
+        text_encoder: Any,
+        reference: Reference,
+        *,
+        max_texts: int = 256,
+        max_calibration: int = 256,
+        max_alternatives: int = 4,
+        band: tuple[float, float] = BAND,
+        seed: int = 0,
+    ) -> None:
         if not len(reference):
             raise ValueError(f"{reference.source}: the reference has no EXIF rows")
         self.text_encoder, self.reference, self.band = text_encoder, reference, band
@@ -109,8 +133,8 @@ class Checker:
         rows = distinct(reference.exifs, self._render)
         if not rows:
             raise ValueError(f"{reference.source}: no reference EXIF has a tag of the model's vocabulary")
-        self.rows = [rows[i] for i in sample_rows(len(rows), max_texts, seed)]   # reference rows ranked against
-        self.texts = self.embed_claims([reference.exifs[i] for i in self.rows])   # [R, D]
+        self.rows = [rows[i] for i in sample_rows(len(rows), max_texts, seed)]  # reference rows ranked against
+        self.texts = self.embed_claims([reference.exifs[i] for i in self.rows])  # [R, D]
         self.alternatives = self._alternatives(reference.exifs)
         self._known = {t: set(v) for t, v in self.alternatives.items()}
         self.calibration = self._calibrate(max_calibration, seed) if reference.vectors is not None else None
@@ -136,7 +160,7 @@ class Checker:
     def stats(self, vectors: np.ndarray, claim_text: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Photos ``[n, D]`` and their claims' texts ``[n, D]`` -> (similarity, percentile, z), each ``[n]``."""
         sims = np.einsum("nd,nd->n", vectors, claim_text).astype(np.float64)
-        ref = vectors.astype(np.float64) @ self.texts.T.astype(np.float64)             # [n, R]
+        ref = vectors.astype(np.float64) @ self.texts.T.astype(np.float64)  # [n, R]
         below = (ref < sims[:, None]).sum(1) + 0.5 * (ref == sims[:, None]).sum(1)
         pct = 100.0 * below / ref.shape[1]
         z = (sims - ref.mean(1)) / (ref.std(1) + EPS)
@@ -160,8 +184,9 @@ class Checker:
         x = np.concatenate([z_pos, z_neg])[:, None]
         y = np.concatenate([np.ones(len(z_pos)), np.zeros(len(z_neg))])
         fit = LogisticRegression(C=1.0).fit(x, y)
-        return Calibration(float(fit.coef_[0, 0]), float(fit.intercept_[0]), len(z_pos), len(z_neg),
-                           float(roc_auc_score(y, x[:, 0])))
+        return Calibration(
+            float(fit.coef_[0, 0]), float(fit.intercept_[0]), len(z_pos), len(z_neg), float(roc_auc_score(y, x[:, 0]))
+        )
 
     def used_tags(self, claimed: dict) -> list[str]:
         return [t for t in self.vocab if claimed.get(t) is not None and str(claimed[t]).strip()]
@@ -178,24 +203,49 @@ class Checker:
         results = dict(zip(idx, zip(sims, pct, z, score))) if idx else {}
         for i, c in enumerate(claims):
             if i not in results:
-                out.append(Check(c, math.nan, math.nan, math.nan, math.nan, "no-exif",
-                                 self.calibration is not None, reason="no tag of the model's vocabulary"))
+                out.append(
+                    Check(
+                        c,
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        "no-exif",
+                        self.calibration is not None,
+                        reason="no tag of the model's vocabulary",
+                    )
+                )
                 continue
             s, p, zz, sc = (float(x) for x in results[i])
             verdict, reason = verdict_of(sc, self.band), self.unknown_camera(c)
             if reason:
                 verdict = "inconclusive"
-            out.append(Check(c, s, p, zz, sc, verdict, self.calibration is not None,
-                             tags_used=len(self.used_tags(c)), reason=reason))
+            out.append(
+                Check(
+                    c,
+                    s,
+                    p,
+                    zz,
+                    sc,
+                    verdict,
+                    self.calibration is not None,
+                    tags_used=len(self.used_tags(c)),
+                    reason=reason,
+                )
+            )
         return out
 
     def unknown_camera(self, claimed: dict) -> str:
         """Why the claim cannot be judged ("" when it can): it names a camera (Make / Model) that
         no reference photo has.  The model has learnt nothing of such a camera, so a low score
         says nothing about the claim (genuine photos of unseen cameras score low too)."""
-        unknown = [f"{t} {str(claimed[t]).strip()!r}" for t in CAMERA_TAGS
-                   if claimed.get(t) is not None and self.alternatives.get(t)
-                   and str(claimed[t]).strip() not in self._known.get(t, set())]
+        unknown = [
+            f"{t} {str(claimed[t]).strip()!r}"
+            for t in CAMERA_TAGS
+            if claimed.get(t) is not None
+            and self.alternatives.get(t)
+            and str(claimed[t]).strip() not in self._known.get(t, set())
+        ]
         if not unknown:
             return ""
         verb = "is" if len(unknown) == 1 else "are"
@@ -245,9 +295,15 @@ class Checker:
         for tag in self.used_tags(claimed):
             s_alt, best_alt = best.get(tag, (math.nan, None))
             support = similarity - s_alt if math.isfinite(s_alt) else math.nan
-            rows.append({"tag": tag, "claimed": str(claimed[tag]).strip(),
-                         "support": None if not math.isfinite(support) else round(support, 6),
-                         "best_alternative": best_alt, "seen": tag in seen})
+            rows.append(
+                {
+                    "tag": tag,
+                    "claimed": str(claimed[tag]).strip(),
+                    "support": None if not math.isfinite(support) else round(support, 6),
+                    "best_alternative": best_alt,
+                    "seen": tag in seen,
+                }
+            )
         rows.sort(key=lambda r: (r["support"] is None, r["support"] if r["support"] is not None else 0.0))
         return rows
 
@@ -260,6 +316,10 @@ class Checker:
 
     def info(self) -> dict[str, Any]:
         """What the scores were measured against (JSON-ready)."""
-        return {"reference": self.reference.source, "reference_rows": len(self.reference),
-                "reference_texts": int(self.texts.shape[0]), "band": list(self.band),
-                "calibration": None if self.calibration is None else self.calibration.to_json()}
+        return {
+            "reference": self.reference.source,
+            "reference_rows": len(self.reference),
+            "reference_texts": int(self.texts.shape[0]),
+            "band": list(self.band),
+            "calibration": None if self.calibration is None else self.calibration.to_json(),
+        }

@@ -9,11 +9,13 @@
 - :class:`TextEncoder` — EXIF dicts -> float32 ``[n, D]`` through the model's text tower, rendered
   exactly as the trainer renders them (format, value cleaning, vocabulary, max length).
 """
+
 from __future__ import annotations
 
 import random
 import zlib
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ def photo_grid(height: int, width: int, patch: int, per_side: int, mode: str) ->
 def crop_patches(rgb: np.ndarray, grid: Grid) -> np.ndarray:
     """``uint8 [H,W,3]`` -> ``uint8 [N,P,P,3]``, the grid's patches in raster order (a copy)."""
     p = grid.patch
-    return np.stack([rgb[y:y + p, x:x + p] for y, x in grid.corners().tolist()])
+    return np.stack([rgb[y : y + p, x : x + p] for y, x in grid.corners().tolist()])
 
 
 def normalise_patches(patches: np.ndarray) -> torch.Tensor:
@@ -54,15 +56,14 @@ def normalise_patches(patches: np.ndarray) -> torch.Tensor:
 class PhotoEncoder:
     """Batched photo embeddings (see the module docstring); ``embedder.batch_size`` patches per forward."""
 
-    def __init__(self, embedder: PatchEmbedder, patch: int = 124, per_side: int = 4,
-                 mode: str = "grid") -> None:
+    def __init__(self, embedder: PatchEmbedder, patch: int = 124, per_side: int = 4, mode: str = "grid") -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
         self.embedder, self.patch, self.per_side, self.mode = embedder, patch, per_side, mode
 
     @property
     def patches_per_photo(self) -> int:
-        return 1 if self.mode == "single" else self.per_side ** 2
+        return 1 if self.mode == "single" else self.per_side**2
 
     @property
     def photos_per_batch(self) -> int:
@@ -80,7 +81,7 @@ class PhotoEncoder:
         owner = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(per_photo)])
         allp = np.concatenate(per_photo)
         bs = self.embedder.batch_size
-        parts = [self.embedder.embed_tensor(normalise_patches(allp[s:s + bs])) for s in range(0, len(allp), bs)]
+        parts = [self.embedder.embed_tensor(normalise_patches(allp[s : s + bs])) for s in range(0, len(allp), bs)]
         emb = torch.cat(parts)
         sums = torch.zeros(len(per_photo), emb.shape[1], dtype=torch.float32).index_add_(0, owner, emb)
         return torch.nn.functional.normalize(sums, dim=1).numpy()
@@ -103,9 +104,18 @@ class TextEncoder:
     format is seeded by the sample key, so a rerun gives the same rows.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, vocab: Sequence[str], fmt: str = "paper", *,
-                 clean: bool = False, max_length: Optional[int] = None, device: torch.device | str = "cpu",
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        vocab: Sequence[str],
+        fmt: str = "paper",
+        *,
+        clean: bool = False,
+        max_length: int | None = None,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+    ) -> None:
         if getattr(model, "text", None) is None or tokenizer is None:
             raise ValueError("this model has no text tower or no tokenizer: --text is not available")
         self.model, self.tokenizer, self.vocab = model, tokenizer, list(vocab)
@@ -123,11 +133,15 @@ class TextEncoder:
         texts = [self.render(e, k) for e, k in zip(exifs, keys)]
         out = []
         for s in range(0, len(texts), self.batch_size):
-            tok = self.tokenizer(texts[s:s + self.batch_size], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
+            tok = self.tokenizer(
+                texts[s : s + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             use_bf16 = self.device.type == "cuda"
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                emb = self.model.encode_text(tok["input_ids"].to(self.device),
-                                             tok["attention_mask"].to(self.device))
+                emb = self.model.encode_text(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
             out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)

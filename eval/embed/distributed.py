@@ -13,12 +13,14 @@ The waits use their own gloo group with a long timeout: ranks wait at the end fo
 rank's whole share, which on a large set is far longer than torch's 30-minute default.  A rank
 that dies makes torchrun stop the others, so nothing waits forever.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch.distributed as dist
 
@@ -34,7 +36,7 @@ class Ranks:
 
     env: DistEnv
     device: str
-    group: Optional[Any] = None   # the gloo group the waits use (None alone)
+    group: Any | None = None  # the gloo group the waits use (None alone)
 
     @property
     def rank(self) -> int:
@@ -66,7 +68,7 @@ def join(device: str) -> Ranks:
 def decide(ranks: Ranks, fn: Callable[[], T]) -> T:
     """``fn()`` run on rank 0 only; every rank returns its result or raises its exception."""
     result: Any = None
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     if ranks.is_main:
         try:
             result = fn()

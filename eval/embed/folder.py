@@ -16,12 +16,13 @@ folder mode keeps (fewer than its ``min_tags`` EXIF tags, duplicates); a part ho
 them batches differently, and its vectors may then differ in the last float bits (~1e-7:
 CPU matrix kernels can round differently with the batch's size).
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from exiflang.eval.embed.shard import Sample
 from exiflang.pipeline.config import ShardConfig
@@ -29,7 +30,7 @@ from exiflang.pipeline.exif.parse import ExifReadError, read_exif
 from exiflang.pipeline.sources.folder import FolderSource
 
 PREFIX = "images"
-PER_PART = ShardConfig.rows_per_shard   # the shard builder's default, so default parts match default shards
+PER_PART = ShardConfig.rows_per_shard  # the shard builder's default, so default parts match default shards
 
 
 def list_photos(folder: Path) -> list[str]:
@@ -61,8 +62,7 @@ def chunk(files: Sequence[str], per_part: int) -> list[tuple[str, list[str]]]:
     """``(stem, files)`` of each part: ``per_part`` consecutive photos (the last may hold fewer)."""
     if per_part < 1:
         raise ValueError(f"--per-part {per_part}: must be at least 1")
-    return [(f"{PREFIX}-{i // per_part:05d}", list(files[i:i + per_part]))
-            for i in range(0, len(files), per_part)]
+    return [(f"{PREFIX}-{i // per_part:05d}", list(files[i : i + per_part])) for i in range(0, len(files), per_part)]
 
 
 def relative_key(folder: Path, path: str) -> str:

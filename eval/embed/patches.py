@@ -11,10 +11,12 @@ Two grids:
 :class:`PatchEmbedder` normalises the image once (CLIP mean/std) and cuts the patches from the
 normalised tensor in batches, under ``torch.no_grad`` (and bf16 autocast on CUDA).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +52,7 @@ class Grid:
         """``float64 [N]`` in 0..1: the share of each patch's pixels inside ``mask`` (``bool [H,W]``),
         raster order — how far a patch lies in a splice."""
         p = self.patch
-        return np.array([mask[y:y + p, x:x + p].mean() for y, x in self.corners().tolist()])
+        return np.array([mask[y : y + p, x : x + p].mean() for y, x in self.corners().tolist()])
 
 
 def _check_size(height: int, width: int, patch: int) -> None:
@@ -66,8 +68,9 @@ def splice_grid(height: int, width: int, patch: int = 124, per_side: int = 30) -
     if per_side <= 0:
         raise ValueError(f"patches per side {per_side}: must be positive")
     stride = max((max(height, width) - patch) // per_side, 1)
-    return Grid(height, width, patch, tuple(range(0, height - patch + 1, stride)),
-                tuple(range(0, width - patch + 1, stride)))
+    return Grid(
+        height, width, patch, tuple(range(0, height - patch + 1, stride)), tuple(range(0, width - patch + 1, stride))
+    )
 
 
 def even_grid(height: int, width: int, patch: int = 124, per_side: int = 4) -> Grid:
@@ -94,7 +97,7 @@ def normalise_image(rgb: np.ndarray) -> torch.Tensor:
 
 def cut_patches(image: torch.Tensor, corners: np.ndarray, patch: int) -> torch.Tensor:
     """``[3,H,W]`` + ``[N,2]`` (y, x) corners -> ``[N,3,P,P]`` (a copy)."""
-    return torch.stack([image[:, y:y + patch, x:x + patch] for y, x in corners.tolist()])
+    return torch.stack([image[:, y : y + patch, x : x + patch] for y, x in corners.tolist()])
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -111,8 +114,9 @@ class PatchEmbedder:
     [B,D]``).  Output rows are L2-normalised ``float32`` on the CPU.
     """
 
-    def __init__(self, model: Any, device: str | torch.device = "auto", batch_size: int = 256,
-                 precision: str = "auto") -> None:
+    def __init__(
+        self, model: Any, device: str | torch.device = "auto", batch_size: int = 256, precision: str = "auto"
+    ) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.batch_size = max(1, int(batch_size))
@@ -124,7 +128,7 @@ class PatchEmbedder:
 
     def _batches(self, image: torch.Tensor, corners: np.ndarray, patch: int) -> Iterator[torch.Tensor]:
         for start in range(0, len(corners), self.batch_size):
-            yield cut_patches(image, corners[start:start + self.batch_size], patch)
+            yield cut_patches(image, corners[start : start + self.batch_size], patch)
 
     @torch.no_grad()
     def embed_tensor(self, patches: torch.Tensor) -> torch.Tensor:
@@ -136,8 +140,7 @@ class PatchEmbedder:
         return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
 
     @torch.no_grad()
-    def embed_grid(self, rgb: np.ndarray, grid: Grid,
-                   normalised: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def embed_grid(self, rgb: np.ndarray, grid: Grid, normalised: torch.Tensor | None = None) -> torch.Tensor:
         """Every patch of ``grid`` over ``rgb`` (``uint8 [H,W,3]``) -> ``float32 [N,D]``, raster order."""
         if rgb.shape[:2] != (grid.height, grid.width):
             raise ValueError(f"grid is for {grid.width}x{grid.height}, image is {rgb.shape[1]}x{rgb.shape[0]}")

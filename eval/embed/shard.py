@@ -12,6 +12,7 @@ loop over any sample stream (a photo folder's: :mod:`exiflang.eval.embed.folder`
 Batches never span two parts: a part's rows depend only on its own samples, which is what lets
 ranks embed parts separately and still write the bytes one process would (:mod:`exiflang.eval.embed.distributed`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,10 +20,11 @@ import json
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,9 +36,18 @@ from exiflang.eval.images import ImageError, load_rgb_bytes
 from exiflang.train.data.samples import IMAGE_EXTS, ShardError, read_groups, read_member
 
 log = logging.getLogger("exiflang.eval")
-SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("photo_id", pa.string()),
-                    ("url", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
-                    ("exif", pa.string()), ("n_tags", pa.int64())])
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("photo_id", pa.string()),
+        ("url", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("exif", pa.string()),
+        ("n_tags", pa.int64()),
+    ]
+)
 assert tuple(SCHEMA.names) == TABLE_COLUMNS
 
 
@@ -45,15 +56,15 @@ class Sample:
     """One sample read from a tar (undecoded), or a skip: ``reason`` set and ``detail`` says why."""
 
     key: str
-    name: str                      # "TAR:KEY.ext", for messages
+    name: str  # "TAR:KEY.ext", for messages
     data: bytes = b""
     exif: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     reason: str = ""
     detail: str = ""
-    patches: Optional[np.ndarray] = None   # uint8 [N,P,P,3] once prepared
-    size: tuple[int, int] = (0, 0)         # (height, width)
-    path: str = ""                         # a photo file the worker reads (folder mode), else ""
+    patches: np.ndarray | None = None  # uint8 [N,P,P,3] once prepared
+    size: tuple[int, int] = (0, 0)  # (height, width)
+    path: str = ""  # a photo file the worker reads (folder mode), else ""
 
 
 def read_shard(tar: Path) -> Iterator[Sample]:
@@ -107,11 +118,12 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ah
 Loader = Callable[[Sample], Sample]
 
 
-def prepare(encoder: PhotoEncoder, load: Optional[Loader] = None) -> Callable[[Sample], Sample]:
+def prepare(encoder: PhotoEncoder, load: Loader | None = None) -> Callable[[Sample], Sample]:
     """A worker function: decode one sample and cut its patches (the full image is dropped at once).
 
     ``load``: fills ``data``/``exif`` first, on the same worker thread (reading a photo file).
     """
+
     def run(s: Sample) -> Sample:
         if load is not None and not s.reason:
             s = load(s)
@@ -127,6 +139,7 @@ def prepare(encoder: PhotoEncoder, load: Optional[Loader] = None) -> Callable[[S
             s.reason, s.detail = "too_small", str(exc)
         s.data = b""
         return s
+
     return run
 
 
@@ -135,14 +148,14 @@ class Context:
     """What every shard needs: the encoders, the settings key, and the shared progress bar."""
 
     photos: PhotoEncoder
-    texts: Optional[TextEncoder]
+    texts: TextEncoder | None
     settings_key: str
     workers: int
     bar: Any
     device: str
 
 
-def _write_part(paths: dict[str, Path], image: np.ndarray, text: Optional[np.ndarray], rows: list[dict]) -> None:
+def _write_part(paths: dict[str, Path], image: np.ndarray, text: np.ndarray | None, rows: list[dict]) -> None:
     """Arrays and table under temporary names, then renamed (``done.json`` is the caller's, last)."""
     staged = []
     for name, arr in (("image", image), ("text", text)):
@@ -158,13 +171,19 @@ def _write_part(paths: dict[str, Path], image: np.ndarray, text: Optional[np.nda
         src.replace(dst)
 
 
-def embed_shard(tar: Path, paths: dict[str, Path], ctx: Context, budget: Optional[int]) -> dict:
+def embed_shard(tar: Path, paths: dict[str, Path], ctx: Context, budget: int | None) -> dict:
     """Embed one tar into its part files; returns the stats written to its ``done.json``."""
     return embed_samples(read_shard(tar), tar.name, paths, ctx, budget)
 
 
-def embed_samples(samples: Iterable[Sample], shard: str, paths: dict[str, Path], ctx: Context,
-                  budget: Optional[int], load: Optional[Loader] = None) -> dict:
+def embed_samples(
+    samples: Iterable[Sample],
+    shard: str,
+    paths: dict[str, Path],
+    ctx: Context,
+    budget: int | None,
+    load: Loader | None = None,
+) -> dict:
     """Embed one part's samples (in order) into its part files; ``shard`` labels its rows.
 
     At most ``budget`` samples are read (``None``: all); returns the ``done.json`` stats.
@@ -180,9 +199,18 @@ def embed_samples(samples: Iterable[Sample], shard: str, paths: dict[str, Path],
         if ctx.texts is not None:
             texts.append(ctx.texts.embed([s.exif for s in buffer], [s.key for s in buffer]))
         for s in buffer:
-            rows.append({"key": s.key, "shard": shard, "photo_id": _opt_str(s.info.get("photo_id")),
-                         "url": _opt_str(s.info.get("url")), "height": s.size[0], "width": s.size[1],
-                         "exif": json.dumps(s.exif, ensure_ascii=False), "n_tags": len(s.exif)})
+            rows.append(
+                {
+                    "key": s.key,
+                    "shard": shard,
+                    "photo_id": _opt_str(s.info.get("photo_id")),
+                    "url": _opt_str(s.info.get("url")),
+                    "height": s.size[0],
+                    "width": s.size[1],
+                    "exif": json.dumps(s.exif, ensure_ascii=False),
+                    "n_tags": len(s.exif),
+                }
+            )
         buffer.clear()
 
     if budget is not None:
@@ -204,9 +232,16 @@ def embed_samples(samples: Iterable[Sample], shard: str, paths: dict[str, Path],
     text = (np.concatenate(texts) if texts else np.zeros((0, dim), np.float32)) if ctx.texts else None
     _write_part(paths, image, text, rows)
     seconds = time.perf_counter() - t0
-    return {"shard": shard, "rows": len(rows), "samples_read": read, "skipped": dict(skipped),
-            "seconds": round(seconds, 3), "photos_per_s": round(len(rows) / max(seconds, 1e-9), 2),
-            "device": ctx.device, "settings_key": ctx.settings_key}
+    return {
+        "shard": shard,
+        "rows": len(rows),
+        "samples_read": read,
+        "skipped": dict(skipped),
+        "seconds": round(seconds, 3),
+        "photos_per_s": round(len(rows) / max(seconds, 1e-9), 2),
+        "device": ctx.device,
+        "settings_key": ctx.settings_key,
+    }
 
 
 def _patches(s: Sample) -> np.ndarray:
@@ -215,5 +250,5 @@ def _patches(s: Sample) -> np.ndarray:
     return s.patches
 
 
-def _opt_str(value: Any) -> Optional[str]:
+def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)

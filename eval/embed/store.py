@@ -22,6 +22,7 @@ error (the vectors or the predicted tags would not line up); different weights w
 dimension and vocabulary is only a warning (a retrained checkpoint of the same setup is a
 legitimate, if degraded, query model).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,7 +56,7 @@ class Embeddings:
     """
 
     image: np.ndarray
-    text: Optional[np.ndarray]
+    text: np.ndarray | None
     table: pd.DataFrame
     meta: dict
 
@@ -100,7 +101,7 @@ def file_sha256(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
-def tags_summary(doc: Optional[dict]) -> Optional[dict]:
+def tags_summary(doc: dict | None) -> dict | None:
     """``{"hash", "n"}`` of a ``tags.json`` document; the hash is of its tag list as it stands.
 
     The list's own hash (not the stored ``hash`` field) is used because a trainer's tag override
@@ -126,12 +127,14 @@ def model_signature(model_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{weights}: missing (not an exiflang model folder)")
     tags_path = folder / "tags.json"
     tags = tags_summary(read_json(tags_path, "model vocabulary")) if tags_path.is_file() else None
-    return {"embed_dim": int(config.embed_dim), "tags_hash": tags["hash"] if tags else None,
-            "weights_sha256": file_sha256(weights)}
+    return {
+        "embed_dim": int(config.embed_dim),
+        "tags_hash": tags["hash"] if tags else None,
+        "weights_sha256": file_sha256(weights),
+    }
 
 
-def check_model_against(signature: dict, model_dir: str | Path, source: Path, *,
-                        strict: bool = False) -> None:
+def check_model_against(signature: dict, model_dir: str | Path, source: Path, *, strict: bool = False) -> None:
     """Raise a one-line ``ValueError`` naming both files when ``model_dir`` cannot query vectors
     described by ``signature`` (read from ``source``): another dimension or tag vocabulary.
 
@@ -140,14 +143,20 @@ def check_model_against(signature: dict, model_dir: str | Path, source: Path, *,
     own = model_signature(model_dir)
     folder = Path(model_dir)
     if own["embed_dim"] != signature.get("embed_dim"):
-        raise ValueError(f"{folder / 'config.json'}: embedding dimension {own['embed_dim']} does not "
-                         f"match {source} ({signature.get('embed_dim')})")
+        raise ValueError(
+            f"{folder / 'config.json'}: embedding dimension {own['embed_dim']} does not "
+            f"match {source} ({signature.get('embed_dim')})"
+        )
     if own["tags_hash"] != signature.get("tags_hash"):
-        raise ValueError(f"{folder / 'tags.json'}: tag vocabulary hash {own['tags_hash']} does not "
-                         f"match {source} ({signature.get('tags_hash')}): another model's vectors")
+        raise ValueError(
+            f"{folder / 'tags.json'}: tag vocabulary hash {own['tags_hash']} does not "
+            f"match {source} ({signature.get('tags_hash')}): another model's vectors"
+        )
     if own["weights_sha256"] != signature.get("weights_sha256"):
-        msg = (f"{folder / 'model.safetensors'}: other weights than the model {source} was "
-               "embedded with (same dimension and vocabulary); similarities will be degraded")
+        msg = (
+            f"{folder / 'model.safetensors'}: other weights than the model {source} was "
+            "embedded with (same dimension and vocabulary); similarities will be degraded"
+        )
         if strict:
             raise ValueError(msg)
         log.warning(msg)
@@ -169,8 +178,12 @@ def read_meta(folder: Path) -> dict:
 def part_paths(folder: Path, stem: str) -> dict[str, Path]:
     """The files of one shard's part (see the module docstring)."""
     parts = folder / "parts"
-    return {"image": parts / f"{stem}.image.npy", "text": parts / f"{stem}.text.npy",
-            "table": parts / f"{stem}.parquet", "done": parts / f"{stem}.done.json"}
+    return {
+        "image": parts / f"{stem}.image.npy",
+        "text": parts / f"{stem}.text.npy",
+        "table": parts / f"{stem}.parquet",
+        "done": parts / f"{stem}.done.json",
+    }
 
 
 def _load_array(path: Path, rows: int, dim: int) -> np.ndarray:
@@ -185,12 +198,14 @@ def _load_array(path: Path, rows: int, dim: int) -> np.ndarray:
     return arr
 
 
-def _load_part(folder: Path, stem: str, meta: dict) -> tuple[np.ndarray, Optional[np.ndarray], pd.DataFrame]:
+def _load_part(folder: Path, stem: str, meta: dict) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
     paths = part_paths(folder, stem)
     done = read_json(paths["done"], "shard not embedded; rerun `exiflang embed`")
     if done.get("settings_key") != meta.get("settings_key"):
-        raise ValueError(f"{paths['done']}: embedded with other settings or another model than "
-                         f"{folder / 'meta.json'} says; re-embed into a new folder")
+        raise ValueError(
+            f"{paths['done']}: embedded with other settings or another model than "
+            f"{folder / 'meta.json'} says; re-embed into a new folder"
+        )
     rows, dim = int(done["rows"]), int(meta["dim"])
     image = _load_array(paths["image"], rows, dim)
     text = _load_array(paths["text"], rows, dim) if meta.get("text") else None
@@ -215,14 +230,17 @@ def load_embeddings(folder: str | Path) -> Embeddings:
     meta = {**read_meta(root), "path": str(root.resolve())}  # "path": in memory only, for sources
     if not meta.get("complete"):
         done = sum(part_paths(root, s)["done"].is_file() for s in meta.get("shards", []))
-        raise ValueError(f"{root / 'meta.json'}: embedding not finished ({done} of "
-                         f"{len(meta.get('shards', []))} shards done); rerun `exiflang embed` with the same arguments")
+        raise ValueError(
+            f"{root / 'meta.json'}: embedding not finished ({done} of "
+            f"{len(meta.get('shards', []))} shards done); rerun `exiflang embed` with the same arguments"
+        )
     parts = [_load_part(root, stem, meta) for stem in meta["shards"]]
     dim = int(meta["dim"])
     if not parts:
         image = np.zeros((0, dim), np.float32)
-        return Embeddings(image, image.copy() if meta.get("text") else None,
-                          pd.DataFrame({c: [] for c in TABLE_COLUMNS}), meta)
+        return Embeddings(
+            image, image.copy() if meta.get("text") else None, pd.DataFrame({c: [] for c in TABLE_COLUMNS}), meta
+        )
     image = np.concatenate([p[0] for p in parts])
     text = np.concatenate([p[1] for p in parts]) if meta.get("text") else None
     table = pd.concat([p[2] for p in parts], ignore_index=True)

@@ -22,11 +22,11 @@ included, as in the authors' code), computed as one product ``Cᵀ (1 - A) C / (
 Every cell of a :func:`exiflang.eval.embed.patches.splice_grid` is covered; a grid with gaps wider than a
 cell (not one this project builds) would leave cells with no votes, which read as 0.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -50,10 +50,10 @@ def patch_affinity(emb: torch.Tensor) -> torch.Tensor:
 class Coverage:
     """Which patches cover which cells; cells in raster order (row-major over ``cells``)."""
 
-    matrix: torch.Tensor          # float32 [N_patches, N_cells], 1 where a patch covers a cell
-    cells: tuple[int, int]        # (rows, cols) of cells
-    cell: int                     # cell side in pixels (the grid stride unless merged)
-    origin: tuple[int, int] = (0, 0)   # (y, x) pixel of cell (0, 0)'s top-left corner
+    matrix: torch.Tensor  # float32 [N_patches, N_cells], 1 where a patch covers a cell
+    cells: tuple[int, int]  # (rows, cols) of cells
+    cell: int  # cell side in pixels (the grid stride unless merged)
+    origin: tuple[int, int] = (0, 0)  # (y, x) pixel of cell (0, 0)'s top-left corner
 
     @property
     def count(self) -> int:
@@ -93,7 +93,7 @@ def _axis_coverage(corners: tuple[int, ...], patch: int, cell: int) -> np.ndarra
     return (starts[None, :] < y + patch) & (starts[None, :] + cell > y)
 
 
-def coverage(grid: Grid, cell: Optional[int] = None, max_cells: int = DEFAULT_MAX_CELLS) -> Coverage:
+def coverage(grid: Grid, cell: int | None = None, max_cells: int = DEFAULT_MAX_CELLS) -> Coverage:
     """The patch-to-cell coverage matrix of ``grid`` (see the module docstring for the cell rule).
 
     ``cell``: the cell side in pixels; ``None`` picks :func:`cell_size` (the stride, merged when

@@ -14,13 +14,13 @@ draws that many photos (seeded) from a larger folder.
 Exit codes: 0 written; 2 bad usage, an unusable model folder, or fewer than
 :data:`~exiflang.eval.forensics.calibration.MIN_PHOTOS` photos answered (one line; :mod:`exiflang.errors`).
 """
+
 from __future__ import annotations
 
 import argparse
 import random
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -50,34 +50,48 @@ def authentic_scores(detector: Detector, paths: list[Path]) -> tuple[list[dict[s
     return scores, errors
 
 
-def calibrate(detector: Detector, paths: list[Path], source: str = "",
-              band: tuple[float, float] = BAND) -> tuple[Reference, list[str]]:
+def calibrate(
+    detector: Detector, paths: list[Path], source: str = "", band: tuple[float, float] = BAND
+) -> tuple[Reference, list[str]]:
     """The reference of ``paths`` (authentic photos) under ``detector``'s settings, and the errors.
 
     ValueError when fewer than :data:`MIN_PHOTOS` photos could be scored.
     """
     scores, errors = authentic_scores(detector, paths)
     if len(scores) < MIN_PHOTOS:
-        raise ValueError(f"only {len(scores)} of {len(paths)} photos could be scored; "
-                         f"a reference needs at least {MIN_PHOTOS}")
+        raise ValueError(
+            f"only {len(scores)} of {len(paths)} photos could be scored; a reference needs at least {MIN_PHOTOS}"
+        )
     return reference_from_scores(scores, detector.settings, source, band=band), errors
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Reference detection scores of authentic photos.")
     p.add_argument("--model", required=True, help="model folder; calibration.json is written into it")
-    p.add_argument("--photos", nargs="+", required=True, metavar="IMAGE_OR_FOLDER",
-                   help="authentic photos, or folders searched recursively")
+    p.add_argument(
+        "--photos",
+        nargs="+",
+        required=True,
+        metavar="IMAGE_OR_FOLDER",
+        help="authentic photos, or folders searched recursively",
+    )
     p.add_argument("--limit", type=int, default=200, help="at most this many photos, drawn with --seed")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grid", choices=("code", "paper"), default=None,
-                   help=f"code: {CODE_PER_SIDE} patches along the longest side (default); paper: {PAPER_PER_SIDE}")
+    p.add_argument(
+        "--grid",
+        choices=("code", "paper"),
+        default=None,
+        help=f"code: {CODE_PER_SIDE} patches along the longest side (default); paper: {PAPER_PER_SIDE}",
+    )
     p.add_argument("--patches-per-side", type=int, default=None)
     p.add_argument("--patch-size", type=int, default=PATCH)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
-    p.add_argument("--band", default=f"{BAND[0]:g},{BAND[1]:g}",
-                   help="percentiles LOW,HIGH: below LOW authentic, from HIGH spliced, between inconclusive")
+    p.add_argument(
+        "--band",
+        default=f"{BAND[0]:g},{BAND[1]:g}",
+        help="percentiles LOW,HIGH: below LOW authentic, from HIGH spliced, between inconclusive",
+    )
     return p
 
 
@@ -106,7 +120,7 @@ def pick_photos(items: list[str], limit: int, seed: int) -> list[Path]:
     return paths
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point (exit codes in the module docstring), under :func:`exiflang.errors.run_main`."""
     return run_main(PROG, _main, argv)
 
@@ -121,8 +135,15 @@ def _main(argv: list[str]) -> int:
     if not paths:
         raise CommandError(None, f"no images found in {' '.join(args.photos)}")
     try:
-        detector = Detector(args.model, patch=args.patch_size, per_side=per_side, device=args.device,
-                            batch_size=args.batch_size, ncuts=False, use_reference=False)
+        detector = Detector(
+            args.model,
+            patch=args.patch_size,
+            per_side=per_side,
+            device=args.device,
+            batch_size=args.batch_size,
+            ncuts=False,
+            use_reference=False,
+        )
     except RuntimeError as exc:
         raise CommandError(args.model, f"cannot load the model ({exc})") from exc
     ref, errors = calibrate(detector, paths, source=", ".join(args.photos), band=band)
@@ -131,8 +152,10 @@ def _main(argv: list[str]) -> int:
     out = save_reference(args.model, ref)
     q = np.percentile(ref.scores[ref.score], [50, band[0], band[1]])
     print(f"{ref.photos} authentic photos scored ({len(errors)} skipped) -> {out}")
-    print(f"{ref.score}: median {q[0]:.4g}, {band[0]:g}th percentile {q[1]:.4g} (above: inconclusive), "
-          f"{band[1]:g}th {q[2]:.4g} (above: spliced)")
+    print(
+        f"{ref.score}: median {q[0]:.4g}, {band[0]:g}th percentile {q[1]:.4g} (above: inconclusive), "
+        f"{band[1]:g}th {q[2]:.4g} (above: spliced)"
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ too small (< :data:`MIN_PHOTOS`), or it was measured with other detector setting
 grid measures another score).  The band is a choice, not a fit: 90 % of authentic photos come
 out "authentic", about 1 % "spliced".
 """
+
 from __future__ import annotations
 
 import json
@@ -24,17 +25,18 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any
 
 import numpy as np
 
 REFERENCE = "calibration.json"
 FORMAT = "exiflang-detection-reference"
 FORMAT_VERSION = 1
-BAND = (90.0, 99.0)          # percentiles: [authentic | inconclusive | spliced]
-MIN_PHOTOS = 10              # fewer reference photos than this give no verdict
+BAND = (90.0, 99.0)  # percentiles: [authentic | inconclusive | spliced]
+MIN_PHOTOS = 10  # fewer reference photos than this give no verdict
 # Settings that change what a score measures; a reference only applies to detections made with the same.
 MATCHED = ("patch", "per_side", "legacy_negative")
 VERDICTS = ("spliced", "authentic", "inconclusive", "unknown")
@@ -44,8 +46,8 @@ VERDICTS = ("spliced", "authentic", "inconclusive", "unknown")
 class Reference:
     """Sorted authentic-photo scores per score key, and what produced them."""
 
-    scores: dict[str, np.ndarray]                    # key -> float64 [n] ascending
-    score: str = "score_mean_dist"                   # the key verdicts use
+    scores: dict[str, np.ndarray]  # key -> float64 [n] ascending
+    score: str = "score_mean_dist"  # the key verdicts use
     settings: dict[str, Any] = field(default_factory=dict)
     band: tuple[float, float] = BAND
     source: str = ""
@@ -54,14 +56,14 @@ class Reference:
     def photos(self) -> int:
         return int(len(self.scores.get(self.score, ())))
 
-    def percentile(self, value: float, key: Optional[str] = None) -> float:
+    def percentile(self, value: float, key: str | None = None) -> float:
         """0..100: the share of reference scores (of ``key``, default :attr:`score`) below ``value``, ties half."""
         ref = self.scores[key or self.score]
         below = np.searchsorted(ref, value, side="left")
         upto = np.searchsorted(ref, value, side="right")
         return float(100.0 * (below + 0.5 * (upto - below)) / len(ref))
 
-    def applies_to(self, settings: dict[str, Any]) -> Optional[str]:
+    def applies_to(self, settings: dict[str, Any]) -> str | None:
         """``None`` when detections made with ``settings`` can be judged by this reference, else why not."""
         if self.photos < MIN_PHOTOS:
             return f"the reference has {self.photos} photos (at least {MIN_PHOTOS} needed)"
@@ -82,8 +84,7 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def judge(scores: dict[str, float], ref: Optional[Reference], settings: dict[str, Any]
-          ) -> tuple[Optional[float], str, str]:
+def judge(scores: dict[str, float], ref: Reference | None, settings: dict[str, Any]) -> tuple[float | None, str, str]:
     """(percentile or None, verdict, why) for one detection's ``scores`` made with ``settings``."""
     if ref is None:
         return None, "unknown", "the model has no reference distribution (exiflang calibrate)"
@@ -98,13 +99,19 @@ def judge(scores: dict[str, float], ref: Optional[Reference], settings: dict[str
     return round(p, 3), verdict, f"percentile {p:.1f} among {ref.photos} authentic photos"
 
 
-def reference_from_scores(per_photo: Iterable[dict[str, float]], settings: dict[str, Any], source: str = "",
-                          score: str = "score_mean_dist", band: tuple[float, float] = BAND) -> Reference:
+def reference_from_scores(
+    per_photo: Iterable[dict[str, float]],
+    settings: dict[str, Any],
+    source: str = "",
+    score: str = "score_mean_dist",
+    band: tuple[float, float] = BAND,
+) -> Reference:
     """A :class:`Reference` from the score dicts of authentic photos (non-finite scores dropped)."""
     rows = list(per_photo)
     keys = sorted({k for r in rows for k in r})
-    scores = {k: np.sort(np.asarray([r[k] for r in rows if k in r and math.isfinite(r[k])], dtype=np.float64))
-              for k in keys}
+    scores = {
+        k: np.sort(np.asarray([r[k] for r in rows if k in r and math.isfinite(r[k])], dtype=np.float64)) for k in keys
+    }
     if score not in scores:
         raise ValueError(f"no {score} among the reference scores ({', '.join(keys) or 'none'})")
     if not 0 <= band[0] <= band[1] <= 100:
@@ -112,11 +119,19 @@ def reference_from_scores(per_photo: Iterable[dict[str, float]], settings: dict[
     return Reference(scores, score, dict(settings), (float(band[0]), float(band[1])), source)
 
 
-def save_reference(model_dir: Union[str, "os.PathLike[str]"], ref: Reference) -> Path:
+def save_reference(model_dir: str | os.PathLike[str], ref: Reference) -> Path:
     """Write ``MODEL_DIR/calibration.json`` atomically; returns its path."""
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "score": ref.score,
-           "scores": {k: [float(x) for x in v] for k, v in ref.scores.items()}, "photos": ref.photos,
-           "settings": ref.settings, "band": list(ref.band), "source": ref.source, "created": time.time()}
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "score": ref.score,
+        "scores": {k: [float(x) for x in v] for k, v in ref.scores.items()},
+        "photos": ref.photos,
+        "settings": ref.settings,
+        "band": list(ref.band),
+        "source": ref.source,
+        "created": time.time(),
+    }
     folder = Path(model_dir)
     fd, tmp = tempfile.mkstemp(prefix=f".{REFERENCE}.", dir=folder)
     with os.fdopen(fd, "w") as fh:
@@ -125,7 +140,7 @@ def save_reference(model_dir: Union[str, "os.PathLike[str]"], ref: Reference) ->
     return folder / REFERENCE
 
 
-def load_reference(model_dir: Union[str, "os.PathLike[str]", None]) -> Optional[Reference]:
+def load_reference(model_dir: str | os.PathLike[str] | None) -> Reference | None:
     """``MODEL_DIR/calibration.json`` -> :class:`Reference`; None when there is none.
 
     A file that is there but unreadable is a one-line ``ValueError`` naming it (a damaged
@@ -142,9 +157,14 @@ def load_reference(model_dir: Union[str, "os.PathLike[str]", None]) -> Optional[
             raise ValueError(f"not an {FORMAT} file")
         scores = {str(k): np.sort(np.asarray(v, dtype=np.float64)) for k, v in doc["scores"].items()}
         band = tuple(float(b) for b in doc.get("band", BAND))
-        ref = Reference(scores, str(doc.get("score", "score_mean_dist")), dict(doc.get("settings") or {}),
-                        (band[0], band[1]), str(doc.get("source", "")))
-        ref.scores[ref.score]  # noqa: B018 - KeyError below when the verdict's score is missing
+        ref = Reference(
+            scores,
+            str(doc.get("score", "score_mean_dist")),
+            dict(doc.get("settings") or {}),
+            (band[0], band[1]),
+            str(doc.get("source", "")),
+        )
+        ref.scores[ref.score]
     except (OSError, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a usable detection reference ({' '.join(str(exc).split())[:120]})") from None
     return ref

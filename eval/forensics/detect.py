@@ -25,6 +25,7 @@ Exit codes: 0 every image answered (or skipped as done); 1 some images failed, t
 answered; 2 bad usage, an unusable model folder or output folder, no input images, or every image
 failed (one line ``exiflang detect: error: FILE: reason``; :mod:`exiflang.errors`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,26 +33,34 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import numpy as np
 
-from exiflang.eval.forensics.detector import CODE_PER_SIDE, PAPER_PER_SIDE, PATCH, DetectionResult, Detector
-from exiflang.eval.benchmark.datasets import is_mask_file
-from exiflang.eval.images import ImageError, expand_inputs, load_rgb
-from exiflang.eval.forensics.overlay import write_overlay
-from exiflang.train.card import describe, read_model_card
-from exiflang.eval.embed.patches import Grid
-from exiflang.eval.forensics.scores import DEFAULT_SCORE
 from exiflang.errors import CommandError, check_out_dir, run_main
+from exiflang.eval.benchmark.datasets import is_mask_file
+from exiflang.eval.embed.patches import Grid
+from exiflang.eval.forensics.detector import CODE_PER_SIDE, PAPER_PER_SIDE, PATCH, DetectionResult, Detector
+from exiflang.eval.forensics.overlay import write_overlay
+from exiflang.eval.forensics.scores import DEFAULT_SCORE
+from exiflang.eval.images import ImageError, expand_inputs, load_rgb
+from exiflang.train.card import describe, read_model_card
 
 RESULTS = "results.jsonl"
 PROG = "exiflang detect"
 
 
-def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name: str,
-                  max_side: int = 1600, compress: bool = True, full_maps: bool = False) -> dict[str, Any]:
+def write_outputs(
+    result: DetectionResult,
+    rgb: np.ndarray,
+    out_dir: Path,
+    name: str,
+    max_side: int = 1600,
+    compress: bool = True,
+    full_maps: bool = False,
+) -> dict[str, Any]:
     """Write ``out_dir/NAME.npz`` and ``out_dir/NAME.png``; return the JSON record.
 
     ``result``: a :class:`DetectionResult` (or any object with ``heatmap``, ``mask``, ``scores``,
@@ -76,12 +85,21 @@ def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name:
     fraction = float(result.mask.mean()) if result.mask.size else 0.0
     verdict, pct = getattr(result, "verdict", "unknown"), getattr(result, "percentile", None)
     judged = f"verdict {verdict}" + (f" (percentile {pct:.1f})" if pct is not None else "")
-    caption = "   ".join([name, judged, *(f"{k} {v:.4g}" for k, v in result.scores.items()),
-                          f"splice {100 * fraction:.1f}%"])
+    caption = "   ".join(
+        [name, judged, *(f"{k} {v:.4g}" for k, v in result.scores.items()), f"splice {100 * fraction:.1f}%"]
+    )
     # Outline only a splice the verdict stands behind: the mean-shift mask always finds a "smaller
     # side", on an authentic photo too, and an outline reads as a finding.
-    write_overlay(png, rgb, result.heatmap, result.mask, getattr(result, "ncuts_mask", None), caption, max_side,
-                  outlines=verdict == "spliced")
+    write_overlay(
+        png,
+        rgb,
+        result.heatmap,
+        result.mask,
+        getattr(result, "ncuts_mask", None),
+        caption,
+        max_side,
+        outlines=verdict == "spliced",
+    )
     timings = {k: round(float(v), 6) for k, v in result.timings.items()}
     timings["detect"] = timings.pop("total", round(sum(v for k, v in timings.items() if k != "load"), 6))
     timings["write"] = round(time.perf_counter() - t0, 6)
@@ -91,11 +109,18 @@ def write_outputs(result: DetectionResult, rgb: np.ndarray, out_dir: Path, name:
     if g is not None:
         rec["patches"] = g.count
         rec["grid"] = {"patch": g.patch, "rows": g.shape[0], "cols": g.shape[1], "stride": _stride(g)}
-    return {**rec, "scores": {k: float(v) for k, v in result.scores.items()},
-            "percentile": pct, "verdict": verdict, "verdict_reason": getattr(result, "verdict_reason", ""),
-            "reference": getattr(result, "reference", {}), "splice_fraction": round(fraction, 6),
-            "maps": "full" if full_maps or getattr(result, "cell_map", None) is None else "cells",
-            "timings": timings, "outputs": {"npz": str(npz), "png": str(png)}}
+    return {
+        **rec,
+        "scores": {k: float(v) for k, v in result.scores.items()},
+        "percentile": pct,
+        "verdict": verdict,
+        "verdict_reason": getattr(result, "verdict_reason", ""),
+        "reference": getattr(result, "reference", {}),
+        "splice_fraction": round(fraction, 6),
+        "maps": "full" if full_maps or getattr(result, "cell_map", None) is None else "cells",
+        "timings": timings,
+        "outputs": {"npz": str(npz), "png": str(png)},
+    }
 
 
 def npz_arrays(result: DetectionResult, full_maps: bool = False) -> dict[str, np.ndarray]:
@@ -115,15 +140,21 @@ def npz_arrays(result: DetectionResult, full_maps: bool = False) -> dict[str, np
     scores = result.scores
     main_score = scores[DEFAULT_SCORE] if DEFAULT_SCORE in scores else next(iter(scores.values()), float("nan"))
     pct = getattr(result, "percentile", None)
-    arrays: dict[str, np.ndarray] = {"detection": np.float32(main_score),
-                                     "percentile": np.float64(np.nan if pct is None else pct),
-                                     "verdict": np.array(getattr(result, "verdict", "unknown")),
-                                     "image_size": np.asarray(result.heatmap.shape[:2], dtype=np.int64)}
+    arrays: dict[str, np.ndarray] = {
+        "detection": np.float32(main_score),
+        "percentile": np.float64(np.nan if pct is None else pct),
+        "verdict": np.array(getattr(result, "verdict", "unknown")),
+        "image_size": np.asarray(result.heatmap.shape[:2], dtype=np.int64),
+    }
     arrays.update({f"scores_{k}": np.float64(v) for k, v in scores.items()})
-    cells = {"cell_map": getattr(result, "cell_map", None), "ncuts_cell_map": getattr(result, "ncuts_cell_map", None),
-             "ncuts_cells": getattr(result, "ncuts_cells", None)}
-    arrays.update({k: np.asarray(v, dtype=bool if k == "ncuts_cells" else np.float32)
-                   for k, v in cells.items() if v is not None})
+    cells = {
+        "cell_map": getattr(result, "cell_map", None),
+        "ncuts_cell_map": getattr(result, "ncuts_cell_map", None),
+        "ncuts_cells": getattr(result, "ncuts_cells", None),
+    }
+    arrays.update(
+        {k: np.asarray(v, dtype=bool if k == "ncuts_cells" else np.float32) for k, v in cells.items() if v is not None}
+    )
     if full_maps or cells["cell_map"] is None:
         arrays.update(heatmap=result.heatmap.astype(np.float32), mask=result.mask.astype(bool))
         if (ncuts_mask := getattr(result, "ncuts_mask", None)) is not None:
@@ -132,8 +163,9 @@ def npz_arrays(result: DetectionResult, full_maps: bool = False) -> dict[str, np
             arrays["ncuts_heatmap"] = np.asarray(result.ncuts_heatmap, dtype=np.float32)
     g = getattr(result, "grid", None)
     if g is not None:
-        arrays.update(grid_ys=np.asarray(g.ys, dtype=np.int64), grid_xs=np.asarray(g.xs, dtype=np.int64),
-                      patch=np.int64(g.patch))
+        arrays.update(
+            grid_ys=np.asarray(g.ys, dtype=np.int64), grid_xs=np.asarray(g.xs, dtype=np.int64), patch=np.int64(g.patch)
+        )
     return arrays
 
 
@@ -193,8 +225,9 @@ def source_stamp(path: Path) -> dict[str, int]:
     return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def is_done(rec: Optional[dict[str, Any]], path: Path, settings: dict[str, Any],
-            expect: Optional[dict[str, Any]] = None) -> bool:
+def is_done(
+    rec: dict[str, Any] | None, path: Path, settings: dict[str, Any], expect: dict[str, Any] | None = None
+) -> bool:
     """True when ``rec`` answered this very file with these settings and its outputs exist
     (and its record has the values of ``expect``, e.g. the map format and the reference)."""
     if not rec or rec.get("status") != "ok" or rec.get("path") != source_key(path):
@@ -206,12 +239,20 @@ def is_done(rec: Optional[dict[str, Any]], path: Path, settings: dict[str, Any],
     outs = rec.get("outputs", {})
     if any(rec.get(k) != v for k, v in (expect or {}).items()):
         return False
-    return (same_source and rec.get("settings") == settings
-            and all(Path(outs.get(k, "")).is_file() for k in ("npz", "png")))
+    return (
+        same_source and rec.get("settings") == settings and all(Path(outs.get(k, "")).is_file() for k in ("npz", "png"))
+    )
 
 
-def process(detector: Detector, path: Path, name: str, out_dir: Path, max_side: int,
-            compress: bool = True, full_maps: bool = False) -> dict[str, Any]:
+def process(
+    detector: Detector,
+    path: Path,
+    name: str,
+    out_dir: Path,
+    max_side: int,
+    compress: bool = True,
+    full_maps: bool = False,
+) -> dict[str, Any]:
     """Load, detect and write one image -> its ``ok`` record (ImageError/ValueError on bad input)."""
     t0 = time.perf_counter()
     stamp = source_stamp(path) if path.is_file() else None
@@ -224,24 +265,51 @@ def process(detector: Detector, path: Path, name: str, out_dir: Path, max_side: 
     result.timings["load"] = load_s
     rec = write_outputs(result, rgb, out_dir, name, max_side, compress, full_maps)
     card = describe(read_model_card(detector.model_dir)) if detector.model_dir else ""
-    return {"name": name, "path": source_key(path), "status": "ok", "source": stamp, **rec,
-            "settings": detector.settings, "model_card": card}
+    return {
+        "name": name,
+        "path": source_key(path),
+        "status": "ok",
+        "source": stamp,
+        **rec,
+        "settings": detector.settings,
+        "model_card": card,
+    }
 
 
 def fmt_table(records: Iterable[dict[str, Any]], states: dict[str, str]) -> str:
     """The terminal summary: name | size | patches | score_exp | score_mean_dist | percentile | verdict |
     splice area % | seconds | status."""
-    head = ["name", "size", "patches", "score_exp", "score_mean_dist", "percentile", "verdict", "splice area %",
-            "seconds", "status"]
+    head = [
+        "name",
+        "size",
+        "patches",
+        "score_exp",
+        "score_mean_dist",
+        "percentile",
+        "verdict",
+        "splice area %",
+        "seconds",
+        "status",
+    ]
     rows = []
     for r in records:
         if r.get("status") == "ok":
             s = r["scores"]
             pct = r.get("percentile")
-            rows.append([r["name"], f"{r['width']}x{r['height']}", str(r["patches"]), f"{s['score_exp']:.4g}",
-                         f"{s['score_mean_dist']:.4f}", "-" if pct is None else f"{pct:.1f}",
-                         str(r.get("verdict", "unknown")), f"{100 * r['splice_fraction']:.1f}",
-                         f"{r['timings']['total']:.2f}", states.get(r["name"], "done")])
+            rows.append(
+                [
+                    r["name"],
+                    f"{r['width']}x{r['height']}",
+                    str(r["patches"]),
+                    f"{s['score_exp']:.4g}",
+                    f"{s['score_mean_dist']:.4f}",
+                    "-" if pct is None else f"{pct:.1f}",
+                    str(r.get("verdict", "unknown")),
+                    f"{100 * r['splice_fraction']:.1f}",
+                    f"{r['timings']['total']:.2f}",
+                    states.get(r["name"], "done"),
+                ]
+            )
         else:
             rows.append([r["name"], "-", "-", "-", "-", "-", "-", "-", "-", "error"])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
@@ -254,32 +322,46 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="images, or folders searched recursively")
     p.add_argument("--model", required=True, help="model folder (exiflang train's run/model)")
     p.add_argument("--out", required=True, help="output folder: NAME.npz, NAME.png, results.jsonl")
-    p.add_argument("--grid", choices=("code", "paper"), default=None,
-                   help=f"code: {CODE_PER_SIDE} patches along the longest side (default); paper: {PAPER_PER_SIDE}")
+    p.add_argument(
+        "--grid",
+        choices=("code", "paper"),
+        default=None,
+        help=f"code: {CODE_PER_SIDE} patches along the longest side (default); paper: {PAPER_PER_SIDE}",
+    )
     p.add_argument("--patches-per-side", type=int, default=None, help="patches along the longest side")
     p.add_argument("--patch-size", type=int, default=PATCH, help=f"patch size in pixels (default {PATCH})")
     p.add_argument("--batch-size", type=int, default=256, help="patches per forward pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-ncuts", action="store_true", help="skip the normalized-cuts mask")
     p.add_argument("--tau", type=float, default=None, help="score_exp temperature (default 1/logit scale)")
-    p.add_argument("--legacy-negative", action="store_true",
-                   help="reproduce the authors' evaluator bug: patches become photographic negatives")
+    p.add_argument(
+        "--legacy-negative",
+        action="store_true",
+        help="reproduce the authors' evaluator bug: patches become photographic negatives",
+    )
     p.add_argument("--max-side", type=int, default=1600, help="long side of the PNG overlay, pixels")
     p.add_argument("--no-compress", action="store_true", help="plain npz: faster to write, larger")
-    p.add_argument("--full-maps", action="store_true",
-                   help="also store the image-size maps in the npz (tens of MB per 12-MP photo; "
-                        "by default the maps stay on the grid's cells, a few kB)")
+    p.add_argument(
+        "--full-maps",
+        action="store_true",
+        help="also store the image-size maps in the npz (tens of MB per 12-MP photo; "
+        "by default the maps stay on the grid's cells, a few kB)",
+    )
     p.add_argument("--force", action="store_true", help="redo images already done")
-    p.add_argument("--include-masks", action="store_true",
-                   help="also run on files in folders named like ground-truth masks (*_mask, masks/, ...)")
+    p.add_argument(
+        "--include-masks",
+        action="store_true",
+        help="also run on files in folders named like ground-truth masks (*_mask, masks/, ...)",
+    )
     return p
 
 
 def _per_side(args: argparse.Namespace) -> int:
     grid_n = PAPER_PER_SIDE if args.grid == "paper" else CODE_PER_SIDE
     if args.patches_per_side is not None and args.grid is not None and args.patches_per_side != grid_n:
-        raise ValueError(f"--grid {args.grid} means {grid_n} patches per side, "
-                         f"--patches-per-side says {args.patches_per_side}")
+        raise ValueError(
+            f"--grid {args.grid} means {grid_n} patches per side, --patches-per-side says {args.patches_per_side}"
+        )
     return args.patches_per_side if args.patches_per_side is not None else grid_n
 
 
@@ -307,7 +389,7 @@ def _inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tup
     seen, paths, masks = set(), [], 0
     for item in items:
         root = Path(item).expanduser()
-        skip_masks = not include_masks and root.is_dir()   # a file named by hand always runs
+        skip_masks = not include_masks and root.is_dir()  # a file named by hand always runs
         for p in expand_inputs([item]):
             real = p.resolve()
             if real in seen or (p.is_file() and out_real in real.parents):
@@ -320,8 +402,15 @@ def _inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tup
     return paths, masks
 
 
-def run(detector: Detector, paths: list[Path], out_dir: Path, force: bool = False, max_side: int = 1600,
-        compress: bool = True, full_maps: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def run(
+    detector: Detector,
+    paths: list[Path],
+    out_dir: Path,
+    force: bool = False,
+    max_side: int = 1600,
+    compress: bool = True,
+    full_maps: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Process ``paths`` into ``out_dir`` -> (this run's records in input order, name -> state)."""
     from tqdm import tqdm
 
@@ -364,7 +453,7 @@ def model_line(model_dir: str | Path) -> str:
     return f"model: {line}" if line else "model: no model card: what it was trained on is not recorded"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point (exit codes in the module docstring), under :func:`exiflang.errors.run_main`."""
     return run_main(PROG, _main, argv)
 
@@ -378,24 +467,34 @@ def _main(argv: list[str]) -> int:
         raise ValueError(f"--max-side {args.max_side}: at least 64")
     paths, masks = _inputs(args.inputs, out_dir, args.include_masks)
     if masks:
-        print(f"{PROG}: left out {masks} file(s) named like ground-truth masks (--include-masks runs them)",
-              file=sys.stderr)
+        print(
+            f"{PROG}: left out {masks} file(s) named like ground-truth masks (--include-masks runs them)",
+            file=sys.stderr,
+        )
     if not paths:
         raise CommandError(None, f"no images found in {' '.join(args.inputs)}")
     try:
-        detector = Detector(args.model, patch=args.patch_size, per_side=per_side, device=args.device,
-                            batch_size=args.batch_size, ncuts=not args.no_ncuts, tau=args.tau,
-                            legacy_negative=args.legacy_negative)
+        detector = Detector(
+            args.model,
+            patch=args.patch_size,
+            per_side=per_side,
+            device=args.device,
+            batch_size=args.batch_size,
+            ncuts=not args.no_ncuts,
+            tau=args.tau,
+            legacy_negative=args.legacy_negative,
+        )
     except RuntimeError as exc:  # torch: weights that do not fit the folder's config
         raise CommandError(args.model, f"cannot load the model ({exc})") from exc
     print(model_line(args.model))
     out_dir.mkdir(parents=True, exist_ok=True)
-    records, states = run(detector, paths, out_dir, args.force, args.max_side, not args.no_compress,
-                          args.full_maps)
+    records, states = run(detector, paths, out_dir, args.force, args.max_side, not args.no_compress, args.full_maps)
     print(fmt_table(records, states))
     failed = sum(s == "error" for s in states.values())
-    print(f"{len(records) - failed} answered ({sum(s == 'skipped' for s in states.values())} skipped as done), "
-          f"{failed} failed -> {out_dir / RESULTS}")
+    print(
+        f"{len(records) - failed} answered ({sum(s == 'skipped' for s in states.values())} skipped as done), "
+        f"{failed} failed -> {out_dir / RESULTS}"
+    )
     if failed == len(records):
         return 2
     return 1 if failed else 0

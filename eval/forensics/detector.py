@@ -12,24 +12,25 @@ No metadata is read: only pixels.
 through ``ToPILImage``: ``mul(255).byte()`` wraps every pixel ``v`` to ``(-v) mod 256`` (a
 photographic negative).  It is off by default and exists only to compare with their numbers.
 """
+
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
 
+from exiflang.eval.embed.patches import Grid, PatchEmbedder, splice_grid
 from exiflang.eval.forensics.affinity import patch_affinity
 from exiflang.eval.forensics.calibration import Reference, judge, load_reference
 from exiflang.eval.forensics.localize import localize
-from exiflang.eval.embed.patches import Grid, PatchEmbedder, splice_grid
 from exiflang.eval.forensics.scores import detection_scores
 
-PAPER_PER_SIDE = 25   # what the paper says; the authors' code ran with 30 (docs/design.md §6)
+PAPER_PER_SIDE = 25  # what the paper says; the authors' code ran with 30 (docs/design.md §6)
 CODE_PER_SIDE = 30
 PATCH = 124
 
@@ -62,16 +63,16 @@ class DetectionResult:
 
     heatmap: np.ndarray
     mask: np.ndarray
-    ncuts_mask: Optional[np.ndarray]
+    ncuts_mask: np.ndarray | None
     scores: dict[str, float]
     grid: Grid
     timings: dict[str, float]
-    cell_map: Optional[np.ndarray] = None
-    ncuts_heatmap: Optional[np.ndarray] = None
+    cell_map: np.ndarray | None = None
+    ncuts_heatmap: np.ndarray | None = None
     settings: dict[str, object] = field(default_factory=dict)
-    ncuts_cells: Optional[np.ndarray] = None
-    ncuts_cell_map: Optional[np.ndarray] = None
-    percentile: Optional[float] = None
+    ncuts_cells: np.ndarray | None = None
+    ncuts_cell_map: np.ndarray | None = None
+    percentile: float | None = None
     verdict: str = "unknown"
     verdict_reason: str = ""
     reference: dict[str, object] = field(default_factory=dict)
@@ -92,36 +93,89 @@ class Detector:
     """
 
     # Authentic-photo scores the verdicts rank against (Detector(model_dir) reads the folder's).
-    reference: Optional[Reference]
+    reference: Reference | None
 
-    def __init__(self, model_dir: Union[str, "os.PathLike[str]"], *, patch: int = PATCH,
-                 per_side: int = CODE_PER_SIDE, device: str = "auto", batch_size: int = 256,
-                 ncuts: bool = True, tau: Optional[float] = None, iterations: int = 5,
-                 percentile: float = 10.0, legacy_negative: bool = False, use_reference: bool = True) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        patch: int = PATCH,
+        per_side: int = CODE_PER_SIDE,
+        device: str = "auto",
+        batch_size: int = 256,
+        ncuts: bool = True,
+        tau: float | None = None,
+        iterations: int = 5,
+        percentile: float = 10.0,
+        legacy_negative: bool = False,
+        use_reference: bool = True,
+    ) -> None:
         from exiflang.train.model import ExifClip  # here, not at the top: importing DetectionResult stays light
 
         model = ExifClip.from_pretrained(Path(model_dir)).model
-        self._configure(model, Path(model_dir), patch=patch, per_side=per_side, device=device,
-                        batch_size=batch_size, ncuts=ncuts, tau=tau, iterations=iterations,
-                        percentile=percentile, legacy_negative=legacy_negative)
+        self._configure(
+            model,
+            Path(model_dir),
+            patch=patch,
+            per_side=per_side,
+            device=device,
+            batch_size=batch_size,
+            ncuts=ncuts,
+            tau=tau,
+            iterations=iterations,
+            percentile=percentile,
+            legacy_negative=legacy_negative,
+        )
         if use_reference:  # the folder's calibration.json, if any (calibrate itself replaces it)
             self.reference = load_reference(model_dir)
 
     @classmethod
-    def from_model(cls, model: Any, *, patch: int = PATCH, per_side: int = CODE_PER_SIDE,
-                   device: str = "auto", batch_size: int = 256, ncuts: bool = True,
-                   tau: Optional[float] = None, iterations: int = 5, percentile: float = 10.0,
-                   legacy_negative: bool = False) -> "Detector":
+    def from_model(
+        cls,
+        model: Any,
+        *,
+        patch: int = PATCH,
+        per_side: int = CODE_PER_SIDE,
+        device: str = "auto",
+        batch_size: int = 256,
+        ncuts: bool = True,
+        tau: float | None = None,
+        iterations: int = 5,
+        percentile: float = 10.0,
+        legacy_negative: bool = False,
+    ) -> Detector:
         """A detector around an in-memory :class:`exiflang.train.model.ExifClip` (no folder needed)."""
         self = cls.__new__(cls)
-        self._configure(model, None, patch=patch, per_side=per_side, device=device,
-                        batch_size=batch_size, ncuts=ncuts, tau=tau, iterations=iterations,
-                        percentile=percentile, legacy_negative=legacy_negative)
+        self._configure(
+            model,
+            None,
+            patch=patch,
+            per_side=per_side,
+            device=device,
+            batch_size=batch_size,
+            ncuts=ncuts,
+            tau=tau,
+            iterations=iterations,
+            percentile=percentile,
+            legacy_negative=legacy_negative,
+        )
         return self
 
-    def _configure(self, model: Any, model_dir: Optional[Path], *, patch: int, per_side: int,
-                   device: str, batch_size: int, ncuts: bool, tau: Optional[float],
-                   iterations: int, percentile: float, legacy_negative: bool) -> None:
+    def _configure(
+        self,
+        model: Any,
+        model_dir: Path | None,
+        *,
+        patch: int,
+        per_side: int,
+        device: str,
+        batch_size: int,
+        ncuts: bool,
+        tau: float | None,
+        iterations: int,
+        percentile: float,
+        legacy_negative: bool,
+    ) -> None:
         if patch <= 0 or per_side <= 0 or batch_size <= 0:
             raise ValueError(f"patch {patch}, per_side {per_side}, batch_size {batch_size}: must be positive")
         if tau is not None and not tau > 0:
@@ -139,10 +193,16 @@ class Detector:
     @property
     def settings(self) -> dict[str, object]:
         """What determines the output (a rerun with other settings is not 'already done')."""
-        return {"model": str(self.model_dir) if self.model_dir else None, "patch": self.patch,
-                "per_side": self.per_side, "ncuts": self.ncuts, "tau": self.tau,
-                "iterations": self.iterations, "percentile": self.percentile,
-                "legacy_negative": self.legacy_negative}
+        return {
+            "model": str(self.model_dir) if self.model_dir else None,
+            "patch": self.patch,
+            "per_side": self.per_side,
+            "ncuts": self.ncuts,
+            "tau": self.tau,
+            "iterations": self.iterations,
+            "percentile": self.percentile,
+            "legacy_negative": self.legacy_negative,
+        }
 
     def grid_for(self, height: int, width: int) -> Grid:
         """The splice grid for an ``height x width`` photo (ValueError when smaller than a patch)."""
@@ -169,15 +229,22 @@ class Detector:
         timings["total"] = time.perf_counter() - t_start
         pct, verdict, why = judge(scores, self.reference, self.settings)
         return DetectionResult(
-            heatmap=np.asarray(loc.heatmap, dtype=np.float32), mask=np.asarray(loc.mask, dtype=bool),
+            heatmap=np.asarray(loc.heatmap, dtype=np.float32),
+            mask=np.asarray(loc.mask, dtype=bool),
             ncuts_mask=None if loc.ncuts_mask is None else np.asarray(loc.ncuts_mask, dtype=bool),
-            scores=scores, grid=grid, timings=timings,
-            cell_map=np.asarray(loc.cell_map, dtype=np.float32), settings=self.settings,
+            scores=scores,
+            grid=grid,
+            timings=timings,
+            cell_map=np.asarray(loc.cell_map, dtype=np.float32),
+            settings=self.settings,
             ncuts_heatmap=None if loc.ncuts_heatmap is None else np.asarray(loc.ncuts_heatmap, dtype=np.float32),
             ncuts_cells=None if loc.ncuts_cells is None else np.asarray(loc.ncuts_cells, dtype=bool),
             ncuts_cell_map=None if loc.ncuts_cell_map is None else np.asarray(loc.ncuts_cell_map, dtype=np.float32),
-            percentile=pct, verdict=verdict, verdict_reason=why,
-            reference={} if self.reference is None else self.reference.info())
+            percentile=pct,
+            verdict=verdict,
+            verdict_reason=why,
+            reference={} if self.reference is None else self.reference.info(),
+        )
 
     def detect(self, rgb: np.ndarray) -> DetectionResult:
         """``uint8 [H,W,3]`` (0..255) -> :class:`DetectionResult` at the image's size.

@@ -30,21 +30,21 @@ it spans the whole image, upsampled by the integer cell side with
 block centres) and cropped to the image, so the uncovered right/bottom margin (less than one
 stride) takes the value of the nearest cells.
 """
+
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from exiflang.eval.embed.patches import Grid
 from exiflang.eval.forensics.affinity import Coverage, cell_consistency, coverage, patch_affinity
 from exiflang.eval.forensics.meanshift import mean_shift_mode
 from exiflang.eval.forensics.ncuts import ncuts_partition
-from exiflang.eval.embed.patches import Grid
 
 # The ncuts kernel's width as a fraction of the distances' standard deviation.  Chosen on two
 # held-out synthetic splice sets (0.1 to 2 tried, seven models; 0.25-0.5 best); on a third set,
@@ -56,17 +56,17 @@ NCUTS_SIGMA = 0.5
 class Localization:
     """One image's localization; every map has the image's ``[H, W]`` or the cell grid's shape."""
 
-    heatmap: np.ndarray                 # float32 [H,W], 0..1, higher = more likely spliced (mean shift)
-    mask: np.ndarray                    # bool [H,W], heatmap > 0.5: the predicted splice (smaller side)
-    cell_map: np.ndarray                # float32 [rows, cols], the heatmap at cell resolution, 0..1
-    ncuts_mask: Optional[np.ndarray]    # bool [H,W] (the smaller ncuts segment) or None
-    timings: dict[str, float]           # seconds: "votes", "meanshift", "ncuts" (0 when skipped), "resize"
-    inverted: bool = False              # True when the mean-shift map was flipped to make the splice smaller
-    bandwidth: float = 0.0              # the mean-shift bandwidth h
-    ncuts_cells: Optional[np.ndarray] = field(default=None)   # bool [rows, cols], the ncuts splice cells
-    cell: int = 0                       # cell side in pixels
-    ncuts_heatmap: Optional[np.ndarray] = None    # float32 [H,W], 0..1, the soft ncuts map (None when off)
-    ncuts_cell_map: Optional[np.ndarray] = None   # float32 [rows, cols], the same at cell resolution
+    heatmap: np.ndarray  # float32 [H,W], 0..1, higher = more likely spliced (mean shift)
+    mask: np.ndarray  # bool [H,W], heatmap > 0.5: the predicted splice (smaller side)
+    cell_map: np.ndarray  # float32 [rows, cols], the heatmap at cell resolution, 0..1
+    ncuts_mask: np.ndarray | None  # bool [H,W] (the smaller ncuts segment) or None
+    timings: dict[str, float]  # seconds: "votes", "meanshift", "ncuts" (0 when skipped), "resize"
+    inverted: bool = False  # True when the mean-shift map was flipped to make the splice smaller
+    bandwidth: float = 0.0  # the mean-shift bandwidth h
+    ncuts_cells: np.ndarray | None = field(default=None)  # bool [rows, cols], the ncuts splice cells
+    cell: int = 0  # cell side in pixels
+    ncuts_heatmap: np.ndarray | None = None  # float32 [H,W], 0..1, the soft ncuts map (None when off)
+    ncuts_cell_map: np.ndarray | None = None  # float32 [rows, cols], the same at cell resolution
 
 
 def _pad_amounts(origin: int, n_cells: int, cell: int, size: int) -> tuple[int, int]:
@@ -83,8 +83,11 @@ def cells_to_image(cell_map: np.ndarray | torch.Tensor, cov: Coverage, height: i
         raise ValueError(f"cell map shape {tuple(cells.shape)} does not match the coverage's {cov.cells}")
     top, bottom = _pad_amounts(cov.origin[0], cov.cells[0], cov.cell, height)
     left, right = _pad_amounts(cov.origin[1], cov.cells[1], cov.cell, width)
-    x = F.pad(cells[None, None], (left, right, top, bottom), mode="replicate")[0, 0] if any(
-        (top, bottom, left, right)) else cells
+    x = (
+        F.pad(cells[None, None], (left, right, top, bottom), mode="replicate")[0, 0]
+        if any((top, bottom, left, right))
+        else cells
+    )
     # Bilinear upsampling by the cell size (align_corners=False), evaluated only at the pixels
     # kept: separable weights [H, rows] and [W, cols] instead of the whole padded upsampled map,
     # which for a very elongated image (one huge stride) would be gigabytes.
@@ -153,13 +156,14 @@ def oriented_heatmap(mode: torch.Tensor, grid: Grid, cov: Coverage) -> tuple[np.
     inverted = bool((heatmap[rows, cols] > 0.5).mean() > 0.5)
     if inverted:
         cell_map = 1.0 - cell_map
-        np.subtract(1.0, heatmap, out=heatmap)   # in place: a 4000x3000 map is 48 MB
+        np.subtract(1.0, heatmap, out=heatmap)  # in place: a 4000x3000 map is 48 MB
     # Bilinear weights are convex, so the resized map stays within the cell map's 0..1.
     return cell_map.astype(np.float32, copy=False), heatmap, inverted
 
 
-def ncuts_cells(affinity: torch.Tensor, cell_dist: torch.Tensor, cov: Coverage,
-                level: str = "patches") -> tuple[np.ndarray, np.ndarray]:
+def ncuts_cells(
+    affinity: torch.Tensor, cell_dist: torch.Tensor, cov: Coverage, level: str = "patches"
+) -> tuple[np.ndarray, np.ndarray]:
     """The ncuts split at cell resolution -> (bool ``[rows, cols]`` splice side, float32
     ``[rows, cols]`` soft map 0..1, high = the splice side) (module docstring)."""
     if level == "cells":
@@ -170,32 +174,37 @@ def ncuts_cells(affinity: torch.Tensor, cell_dist: torch.Tensor, cov: Coverage,
     side, soft = ncuts_partition(ncuts_similarity(1.0 - affinity))
     # One product for both: [K, 2] = per cell, the share of covering patches on the splice side
     # and their mean soft value.
-    per_patch = torch.from_numpy(np.stack([side, soft], axis=1).astype(np.float32))      # [N, 2]
-    votes = (cov.matrix.T @ per_patch) / cov.matrix.sum(0).clamp(min=1.0)[:, None]       # [K, 2]
-    return ((votes[:, 0] > 0.5).reshape(cov.cells).numpy(),
-            normalise_map(votes[:, 1].reshape(cov.cells).numpy()))
+    per_patch = torch.from_numpy(np.stack([side, soft], axis=1).astype(np.float32))  # [N, 2]
+    votes = (cov.matrix.T @ per_patch) / cov.matrix.sum(0).clamp(min=1.0)[:, None]  # [K, 2]
+    return ((votes[:, 0] > 0.5).reshape(cov.cells).numpy(), normalise_map(votes[:, 1].reshape(cov.cells).numpy()))
 
 
-def localize(emb: torch.Tensor, grid: Grid, *, ncuts: bool = True, iterations: int = 5,
-             percentile: float = 10.0, cov: Optional[Coverage] = None,
-             ncuts_level: str = "patches") -> Localization:
+def localize(
+    emb: torch.Tensor,
+    grid: Grid,
+    *,
+    ncuts: bool = True,
+    iterations: int = 5,
+    percentile: float = 10.0,
+    cov: Coverage | None = None,
+    ncuts_level: str = "patches",
+) -> Localization:
     """``[N,D]`` L2-normalised patch embeddings in ``grid``'s raster order -> :class:`Localization`.
 
     ``cov``: a precomputed :func:`exiflang.eval.forensics.affinity.coverage` of ``grid`` (default: built here).
     ``ncuts_level``: ``"patches"`` or ``"cells"``, the graph normalized cuts splits.
     """
     if emb.ndim != 2 or emb.shape[0] != grid.count:
-        raise ValueError(f"embeddings of shape {tuple(emb.shape)} do not match a grid of "
-                         f"{grid.count} patches")
+        raise ValueError(f"embeddings of shape {tuple(emb.shape)} do not match a grid of {grid.count} patches")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     cov = coverage(grid) if cov is None else cov
-    affinity = patch_affinity(emb)                                         # [N, N]
-    cell_dist = cell_consistency(affinity, cov)                            # [K, K]
+    affinity = patch_affinity(emb)  # [N, N]
+    cell_dist = cell_consistency(affinity, cov)  # [K, K]
     timings["votes"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    mode, h = mean_shift_mode(cell_dist, iterations, percentile)           # [K]
+    mode, h = mean_shift_mode(cell_dist, iterations, percentile)  # [K]
     timings["meanshift"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -211,5 +220,6 @@ def localize(emb: torch.Tensor, grid: Grid, *, ncuts: bool = True, iterations: i
         ncuts_mask = cells_to_image(cut_cells.astype(np.float32), cov, grid.height, grid.width) > 0.5
         soft_map = cells_to_image(soft_cells, cov, grid.height, grid.width)
         timings["ncuts"] = time.perf_counter() - start
-    return Localization(heatmap, mask, cell_map, ncuts_mask, timings, inverted, h, cut_cells, cov.cell,
-                        soft_map, soft_cells)
+    return Localization(
+        heatmap, mask, cell_map, ncuts_mask, timings, inverted, h, cut_cells, cov.cell, soft_map, soft_cells
+    )

@@ -10,9 +10,11 @@ on the smaller side it subtracted after resizing, the cells are stored already f
 mask pixel can differ only where the heatmap is within 1e-6 of 0.5.  ``detect --full-maps``
 stores the detector's own full-size arrays as well.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +26,9 @@ FULL_KEYS = ("heatmap", "mask", "ncuts_heatmap", "ncuts_mask")
 def grid_of(arrays: Mapping[str, Any]) -> Grid:
     """The patch grid recorded in a detect npz (``image_size``, ``patch``, ``grid_ys``, ``grid_xs``)."""
     h, w = (int(v) for v in np.asarray(arrays["image_size"]).reshape(2))
-    return Grid(h, w, int(arrays["patch"]), tuple(int(y) for y in arrays["grid_ys"]),
-                tuple(int(x) for x in arrays["grid_xs"]))
+    return Grid(
+        h, w, int(arrays["patch"]), tuple(int(y) for y in arrays["grid_ys"]), tuple(int(x) for x in arrays["grid_xs"])
+    )
 
 
 def full_maps(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -46,8 +49,9 @@ def full_maps(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
     heat = cells_to_image(np.asarray(arrays["cell_map"], dtype=np.float32), cov, grid.height, grid.width)
     out = {"heatmap": heat, "mask": heat > 0.5}
     if "ncuts_cell_map" in files:
-        out["ncuts_heatmap"] = cells_to_image(np.asarray(arrays["ncuts_cell_map"], np.float32), cov,
-                                              grid.height, grid.width)
+        out["ncuts_heatmap"] = cells_to_image(
+            np.asarray(arrays["ncuts_cell_map"], np.float32), cov, grid.height, grid.width
+        )
     if "ncuts_cells" in files:
         cut = np.asarray(arrays["ncuts_cells"]).astype(np.float32)
         out["ncuts_mask"] = cells_to_image(cut, cov, grid.height, grid.width) > 0.5

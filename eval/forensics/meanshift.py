@@ -22,6 +22,7 @@ is what a matrix product computes.  The tests' oracle, ``mean_shift_map_referenc
 a KD-tree.  With the cell map as points, the mode is a row of distances from the dominant (most
 self-consistent) region: high = inconsistent.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,9 @@ def _sq_distances(y: torch.Tensor, x: torch.Tensor, x_sq: torch.Tensor) -> torch
     return d2.clamp_(min=0.0)
 
 
-def mean_shift_mode(points: torch.Tensor | np.ndarray, iterations: int = 5,
-                    percentile: float = 10.0) -> tuple[torch.Tensor, float]:
+def mean_shift_mode(
+    points: torch.Tensor | np.ndarray, iterations: int = 5, percentile: float = 10.0
+) -> tuple[torch.Tensor, float]:
     """Vectorised mean shift (see the module docstring) -> (mode ``float32 [F]``, bandwidth ``h``).
 
     ``points``: ``[M, F]`` finite values.  Costs ``2 * iterations + 2`` ``[M,F]x[F,M]`` products.
@@ -72,7 +74,7 @@ def mean_shift_mode(points: torch.Tensor | np.ndarray, iterations: int = 5,
     h2 = h * h
     y = x.clone()
     for _ in range(int(iterations)):
-        near = (_sq_distances(y, x, x_sq) <= h2).to(torch.float64)   # [M, M]: moving i, original j
+        near = (_sq_distances(y, x, x_sq) <= h2).to(torch.float64)  # [M, M]: moving i, original j
         counts = near.sum(1, keepdim=True)
         moved = (near @ y) / counts.clamp(min=1.0)
         y = torch.where(counts > 0, moved, y)
@@ -81,7 +83,6 @@ def mean_shift_mode(points: torch.Tensor | np.ndarray, iterations: int = 5,
     return (y[tied].mean(0) + centre).to(torch.float32), h
 
 
-def mean_shift_map(points: torch.Tensor | np.ndarray, iterations: int = 5,
-                   percentile: float = 10.0) -> torch.Tensor:
+def mean_shift_map(points: torch.Tensor | np.ndarray, iterations: int = 5, percentile: float = 10.0) -> torch.Tensor:
     """``[M,F]`` points (rows of the cell map) -> ``float32 [F]``: the densest mode, vectorised."""
     return mean_shift_mode(points, iterations, percentile)[0]

@@ -11,9 +11,8 @@ Guards: a graph in several connected components (positive off-diagonal entries a
 split at zero cost into its largest component and the rest; a graph without edges, a single
 node, or an eigenvector with a single value gives no split (all False).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 import scipy.sparse.csgraph
@@ -21,7 +20,7 @@ import scipy.sparse.linalg
 import torch
 
 _SYM_TOL = 1e-5
-_DENSE_UP_TO = 64   # below this many nodes a dense eigendecomposition is cheaper than Lanczos
+_DENSE_UP_TO = 64  # below this many nodes a dense eigendecomposition is cheaper than Lanczos
 
 
 def _check_similarity(similarity: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -48,7 +47,7 @@ def _smaller(side: np.ndarray) -> np.ndarray:
 def _components_split(w: np.ndarray) -> np.ndarray | None:
     """Largest connected component vs the rest when the graph is disconnected, else None."""
     if (w > 0).all():
-        return None             # a dense similarity such as exp(-d/σ): connected, skip the graph search
+        return None  # a dense similarity such as exp(-d/σ): connected, skip the graph search
     edges = w > 0
     np.fill_diagonal(edges, False)
     n_comp, labels = scipy.sparse.csgraph.connected_components(edges, directed=False)
@@ -93,7 +92,7 @@ def best_ncut_split(w: np.ndarray, y: np.ndarray) -> tuple[np.ndarray | None, fl
     ws = w[np.ix_(order, order)]
     degree = ws.sum(1)
     total = degree.sum()
-    assoc_a = np.cumsum(degree)[:-1]                    # split after position k: A = order[:k+1]
+    assoc_a = np.cumsum(degree)[:-1]  # split after position k: A = order[:k+1]
     within_a = np.diagonal(ws.cumsum(0).cumsum(1))[:-1]  # sum of W over A x A
     cut = assoc_a - within_a
     assoc_b = total - assoc_a
@@ -105,12 +104,13 @@ def best_ncut_split(w: np.ndarray, y: np.ndarray) -> tuple[np.ndarray | None, fl
     ncut = np.where(valid, ncut, np.inf)
     k = int(np.argmin(ncut))
     side = np.zeros(len(y), dtype=bool)
-    side[order[:k + 1]] = True
+    side[order[: k + 1]] = True
     return side, float(ncut[k])
 
 
-def ncuts_partition(similarity: torch.Tensor | np.ndarray,
-                    max_ncut: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
+def ncuts_partition(
+    similarity: torch.Tensor | np.ndarray, max_ncut: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``[M,M]`` non-negative symmetric similarity -> (bool ``[M]`` side, float64 ``[M]`` soft split).
 
     ``side``: True = the smaller of 2 segments; all False when there is nothing to split (see the
@@ -138,7 +138,7 @@ def ncuts_partition(similarity: torch.Tensor | np.ndarray,
     return side, (y if y[side].mean() >= y[~side].mean() else -y)
 
 
-def ncuts_split(similarity: torch.Tensor | np.ndarray, max_ncut: Optional[float] = None) -> np.ndarray:
+def ncuts_split(similarity: torch.Tensor | np.ndarray, max_ncut: float | None = None) -> np.ndarray:
     """``[M,M]`` non-negative symmetric similarity -> bool ``[M]``, True = the smaller of 2 segments
     (the side of :func:`ncuts_partition`)."""
     return ncuts_partition(similarity, max_ncut)[0]

@@ -24,17 +24,18 @@ left, with the robust median estimator of Donoho & Johnstone:
 detector, so the benchmark harness runs both alike; its ``grid`` describes the blocks (patch =
 block size in pixels, corners at multiples of it) and ``ncuts_mask`` is None.
 """
+
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
-from exiflang.eval.forensics.detector import DetectionResult
 from exiflang.eval.embed.patches import Grid
+from exiflang.eval.forensics.detector import DetectionResult
 
-MAD_TO_SIGMA = 0.6745   # median(|N(0, s^2)|) = 0.6745 s
-EPS = 0.5               # grey levels; about the noise of 8-bit quantisation (0.29) and a bit more
+MAD_TO_SIGMA = 0.6745  # median(|N(0, s^2)|) = 0.6745 s
+EPS = 0.5  # grey levels; about the noise of 8-bit quantisation (0.29) and a bit more
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -58,7 +59,7 @@ def block_sigma(hh: np.ndarray, block: int) -> np.ndarray:
     rows, cols = hh.shape[0] // block, hh.shape[1] // block
     if rows == 0 or cols == 0:
         raise ValueError(f"subband {hh.shape[1]}x{hh.shape[0]} is smaller than one {block}x{block} block")
-    tiles = np.abs(hh[:rows * block, :cols * block]).reshape(rows, block, cols, block)
+    tiles = np.abs(hh[: rows * block, : cols * block]).reshape(rows, block, cols, block)
     tiles = tiles.transpose(0, 2, 1, 3).reshape(rows, cols, block * block)
     return np.median(tiles, axis=2) / MAD_TO_SIGMA
 
@@ -123,16 +124,25 @@ class NoiDetector:
         top = float(deviation.max())
         cells = (deviation / top if top > 0 else np.zeros_like(deviation)).astype(np.float32)
         high = cells > otsu_threshold(cells) if top > 0 else np.zeros(cells.shape, bool)
-        if high.mean() > 0.5:   # the splice is the smaller region
+        if high.mean() > 0.5:  # the splice is the smaller region
             high, cells = ~high, 1.0 - cells
         step = 2 * self.block
         t_noise = time.perf_counter() - t0
-        grid = Grid(height, width, step, tuple(range(0, sigma.shape[0] * step, step)),
-                    tuple(range(0, sigma.shape[1] * step, step)))
+        grid = Grid(
+            height,
+            width,
+            step,
+            tuple(range(0, sigma.shape[0] * step, step)),
+            tuple(range(0, sigma.shape[1] * step, step)),
+        )
         total = time.perf_counter() - t0
         return DetectionResult(
             heatmap=paint(cells, height, width, step).astype(np.float32),
-            mask=paint(high, height, width, step).astype(bool), ncuts_mask=None,
-            scores={"score_noi": float(log_sigma.std())}, grid=grid,
-            timings={"noise": t_noise, "total": total}, cell_map=cells,
-            settings=self.settings)
+            mask=paint(high, height, width, step).astype(bool),
+            ncuts_mask=None,
+            scores={"score_noi": float(log_sigma.std())},
+            grid=grid,
+            timings={"noise": t_noise, "total": total},
+            cell_map=cells,
+            settings=self.settings,
+        )

@@ -8,19 +8,19 @@ and the normalized-cuts mask outlined in green (outlines only when asked: ``dete
 verdict is "spliced", so an authentic photo is never drawn with a splice).  A strip below holds the colour bar and a
 one-line legend with the scores.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 # Five stops, dark purple -> yellow, monotone in lightness so grey-scale printing keeps the order.
 RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
-MEANSHIFT_RGB = (0, 230, 255)   # cyan: far from every ramp colour
-NCUTS_RGB = (60, 255, 60)       # green: likewise, and distinct from cyan
-GAP, STRIP = 8, 34              # pixels between panels; legend strip height
+MEANSHIFT_RGB = (0, 230, 255)  # cyan: far from every ramp colour
+NCUTS_RGB = (60, 255, 60)  # green: likewise, and distinct from cyan
+GAP, STRIP = 8, 34  # pixels between panels; legend strip height
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
@@ -48,7 +48,9 @@ def outline(mask: np.ndarray, size: tuple[int, int], width: int = 3) -> np.ndarr
 
 def _resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     img = Image.fromarray(rgb)
-    return np.asarray(img if img.size == (size[1], size[0]) else img.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return np.asarray(
+        img if img.size == (size[1], size[0]) else img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    )
 
 
 def _resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -76,9 +78,16 @@ def _legend(width: int, caption: str, outlines: bool = True) -> Image.Image:
     return strip
 
 
-def render_overlay(rgb: np.ndarray, heatmap: np.ndarray, mask: np.ndarray,
-                   ncuts_mask: Optional[np.ndarray] = None, caption: str = "",
-                   max_side: int = 1600, alpha: float = 0.5, outlines: bool = True) -> Image.Image:
+def render_overlay(
+    rgb: np.ndarray,
+    heatmap: np.ndarray,
+    mask: np.ndarray,
+    ncuts_mask: np.ndarray | None = None,
+    caption: str = "",
+    max_side: int = 1600,
+    alpha: float = 0.5,
+    outlines: bool = True,
+) -> Image.Image:
     """The overlay as a PIL RGB image.
 
     ``rgb``: ``uint8 [H,W,3]``; ``heatmap``: ``float [H,W]`` 0..1; ``mask``/``ncuts_mask``:
@@ -103,9 +112,16 @@ def render_overlay(rgb: np.ndarray, heatmap: np.ndarray, mask: np.ndarray,
     return canvas
 
 
-def write_overlay(path: Path, rgb: np.ndarray, heatmap: np.ndarray, mask: np.ndarray,
-                  ncuts_mask: Optional[np.ndarray] = None, caption: str = "", max_side: int = 1600,
-                  outlines: bool = True) -> Path:
+def write_overlay(
+    path: Path,
+    rgb: np.ndarray,
+    heatmap: np.ndarray,
+    mask: np.ndarray,
+    ncuts_mask: np.ndarray | None = None,
+    caption: str = "",
+    max_side: int = 1600,
+    outlines: bool = True,
+) -> Path:
     """:func:`render_overlay` saved as PNG at ``path`` (written to a temp name, then renamed)."""
     img = render_overlay(rgb, heatmap, mask, ncuts_mask, caption, max_side, outlines=outlines)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -12,6 +12,7 @@
 
 An image with a single patch has no pairs: both scores are 0.0.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,7 @@ def detection_scores(affinity: torch.Tensor, tau: float = 0.01) -> dict[str, flo
         return {"score_exp": 0.0, "score_mean_dist": 0.0}
     a = affinity.detach().to(torch.float64)
     off = ~torch.eye(n, dtype=torch.bool)
-    pairs = a[off]                                   # [N(N-1)] ordered pairs i != j
+    pairs = a[off]  # [N(N-1)] ordered pairs i != j
     log_phi = torch.logsumexp(pairs / tau, dim=0)
     score_exp = -tau * (float(log_phi) - math.log(pairs.numel()))
     score_mean_dist = float((1.0 - pairs).mean())

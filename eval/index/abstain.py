@@ -16,28 +16,29 @@ close as 95 % of the index's photos are to their neighbours); otherwise lookup s
 camera".  Everything is computed from the index when it is loaded (:func:`fit`: a few hundred
 searches), so older index folders get it too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
-SHRINK = 0.1          # added to every eigenvalue, relative to the largest
-K = 10                # the k-th nearest neighbour's distance
-CANDIDATES = 50       # nearest by cosine, re-measured after whitening
-PERCENTILE = 95.0     # of the index's own leave-one-out distances: the "known" threshold
-SAMPLE = 400          # index photos in the leave-one-out reference
-FIT_ROWS = 20000      # index photos the mean and covariance are estimated from
+SHRINK = 0.1  # added to every eigenvalue, relative to the largest
+K = 10  # the k-th nearest neighbour's distance
+CANDIDATES = 50  # nearest by cosine, re-measured after whitening
+PERCENTILE = 95.0  # of the index's own leave-one-out distances: the "known" threshold
+SAMPLE = 400  # index photos in the leave-one-out reference
+FIT_ROWS = 20000  # index photos the mean and covariance are estimated from
 
 
 @dataclass(frozen=True)
 class Familiarity:
     """What :func:`fit` measured on an index; ``reference`` is sorted ascending."""
 
-    mean: np.ndarray        # float64 [D]
-    whiten: np.ndarray      # float64 [D, D]
-    reference: np.ndarray   # float64 [S] leave-one-out distances of sampled index photos
+    mean: np.ndarray  # float64 [D]
+    whiten: np.ndarray  # float64 [D, D]
+    reference: np.ndarray  # float64 [S] leave-one-out distances of sampled index photos
     k: int
     candidates: int
     percentile: float
@@ -48,12 +49,17 @@ class Familiarity:
 
     def info(self) -> dict[str, Any]:
         """JSON-ready summary (no arrays)."""
-        return {"method": "whitened k-th neighbour distance vs the index's leave-one-out distances",
-                "k": self.k, "candidates": self.candidates, "percentile": self.percentile,
-                "threshold": round(self.threshold, 6), "reference_photos": int(len(self.reference))}
+        return {
+            "method": "whitened k-th neighbour distance vs the index's leave-one-out distances",
+            "k": self.k,
+            "candidates": self.candidates,
+            "percentile": self.percentile,
+            "threshold": round(self.threshold, 6),
+            "reference_photos": int(len(self.reference)),
+        }
 
 
-def vectors_of(index: Any, ids: np.ndarray) -> Optional[np.ndarray]:
+def vectors_of(index: Any, ids: np.ndarray) -> np.ndarray | None:
     """``float32 [len(ids), D]`` vectors of FAISS ``index`` rows ``ids`` (decoded: approximate for PQ),
     or None when this kind of index cannot give them back."""
     import faiss
@@ -99,9 +105,17 @@ def kth_distances(fam: Familiarity, index: Any, queries: np.ndarray, cand_ids: n
     return out
 
 
-def fit(index: Any, *, k: int = K, candidates: int = CANDIDATES, percentile: float = PERCENTILE,
-        sample: int = SAMPLE, fit_rows: int = FIT_ROWS, shrink: float = SHRINK, seed: int = 0
-        ) -> Optional[Familiarity]:
+def fit(
+    index: Any,
+    *,
+    k: int = K,
+    candidates: int = CANDIDATES,
+    percentile: float = PERCENTILE,
+    sample: int = SAMPLE,
+    fit_rows: int = FIT_ROWS,
+    shrink: float = SHRINK,
+    seed: int = 0,
+) -> Familiarity | None:
     """Measure :class:`Familiarity` on a FAISS ``index`` (cosine / inner product over unit rows).
 
     None when the index has fewer than ``k + 2`` rows or cannot give its vectors back.
@@ -131,12 +145,16 @@ def fit(index: Any, *, k: int = K, candidates: int = CANDIDATES, percentile: flo
     return Familiarity(mean, whiten, ref, k, cand, float(percentile))
 
 
-def judge(fam: Optional[Familiarity], distance: float) -> dict[str, Any]:
+def judge(fam: Familiarity | None, distance: float) -> dict[str, Any]:
     """``{"known", "distance", "threshold", "rank"}`` for one query's distance; ``rank`` (0..100) is
     the share of the index's own photos that are closer to their neighbours.  Without a
     reference: ``known`` True and ``"reason"`` says that nothing was measured."""
     if fam is None:
         return {"known": True, "reason": "no reference: the index cannot give its vectors back"}
     rank = 100.0 * float(np.searchsorted(fam.reference, distance, side="left")) / len(fam.reference)
-    return {"known": bool(distance <= fam.threshold), "distance": round(float(distance), 6),
-            "threshold": round(fam.threshold, 6), "rank": round(rank, 2)}
+    return {
+        "known": bool(distance <= fam.threshold),
+        "distance": round(float(distance), 6),
+        "threshold": round(fam.threshold, 6),
+        "rank": round(rank, 2),
+    }

@@ -31,27 +31,28 @@ resident memory (a mapped file counts in RSS as it is touched).  The training sa
 same rows in the same order from either source, and IVF/flat adds are per vector, so an index
 built from a file is identical to one built from the same array in memory.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
 
 import faiss
 import numpy as np
 
 KINDS = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
 EXACT_MAX = 50_000
-TRAIN_PER_LIST = 40        # faiss warns below 39 points per centroid
+TRAIN_PER_LIST = 40  # faiss warns below 39 points per centroid
 KMEANS_ITERS = 10
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-PQ_TRAIN = 32_768        # PQ codebooks: 256 centroids x 128 points
-ID_BYTES = 8               # an inverted list stores an int64 id per vector
-NLIST_MAX = 4096           # see the module docstring: the cost of assigning each added vector
-CHUNK_BYTES = 64 * 2**20   # float32 rows read per step of a pass over a source
+PQ_TRAIN = 32_768  # PQ codebooks: 256 centroids x 128 points
+ID_BYTES = 8  # an inverted list stores an int64 id per vector
+NLIST_MAX = 4096  # see the module docstring: the cost of assigning each added vector
+CHUNK_BYTES = 64 * 2**20  # float32 rows read per step of a pass over a source
 
 
 @dataclass
@@ -89,7 +90,7 @@ def estimate_bytes(kind: str, n: int, dim: int, *, nlist: int = 0, m: int = 0, r
     raise ValueError(f"index kind {kind!r}: expected one of {KINDS}")
 
 
-def choose_kind(n: int, dim: int, memory_budget_mb: Optional[float] = None) -> str:
+def choose_kind(n: int, dim: int, memory_budget_mb: float | None = None) -> str:
     """The ``auto`` rule of the module docstring."""
     if n < EXACT_MAX:
         return "flat"
@@ -99,7 +100,7 @@ def choose_kind(n: int, dim: int, memory_budget_mb: Optional[float] = None) -> s
     return "ivf-pq"
 
 
-def choose_pq_m(n: int, dim: int, nlist: int, memory_budget_mb: Optional[float]) -> int:
+def choose_pq_m(n: int, dim: int, nlist: int, memory_budget_mb: float | None) -> int:
     """The largest sub-quantizer count (at most ``D/4``) whose codes fit the budget; ``D/8``
     without a budget.  (Fewer than 4 dimensions per sub-quantizer trains slowly for little gain.)"""
     choices = [m for m in pq_m_choices(dim) if m <= max(dim // 4, 1)]
@@ -110,8 +111,10 @@ def choose_pq_m(n: int, dim: int, nlist: int, memory_budget_mb: Optional[float])
         if estimate_bytes("ivf-pq", n, dim, nlist=nlist, m=m) <= budget:
             return m
     need = estimate_bytes("ivf-pq", n, dim, nlist=nlist, m=choices[-1]) / 2**20
-    raise ValueError(f"memory budget {memory_budget_mb} MB is too small for {n} vectors of {dim} "
-                     f"dimensions (the smallest IVF-PQ needs about {need:.0f} MB)")
+    raise ValueError(
+        f"memory budget {memory_budget_mb} MB is too small for {n} vectors of {dim} "
+        f"dimensions (the smallest IVF-PQ needs about {need:.0f} MB)"
+    )
 
 
 def _checked(block: np.ndarray, start: int, where: str) -> np.ndarray:
@@ -135,17 +138,17 @@ class VectorSource:
         """Rows ``start..stop-1`` as a new C-contiguous float32 ``[stop - start, D]`` array."""
         raise NotImplementedError
 
-    def chunk_rows(self, rows: Optional[int] = None) -> int:
+    def chunk_rows(self, rows: int | None = None) -> int:
         """``rows``, or as many rows as fit ``CHUNK_BYTES`` (at least 1)."""
         return int(rows) if rows else max(1, CHUNK_BYTES // (4 * max(self.shape[1], 1)))
 
-    def chunks(self, rows: Optional[int] = None) -> Iterator[tuple[int, np.ndarray]]:
+    def chunks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """``(first row, float32 [<= rows, D])`` blocks covering all rows in order."""
         step = self.chunk_rows(rows)
         for s in range(0, len(self), step):
             yield s, self.read(s, min(len(self), s + step))
 
-    def take(self, ids: np.ndarray, rows: Optional[int] = None) -> np.ndarray:
+    def take(self, ids: np.ndarray, rows: int | None = None) -> np.ndarray:
         """float32 ``[len(ids), D]``: the rows ``ids`` (any order, repeats allowed).
 
         The sorted ids are read window by window (one read of at most ``rows`` rows from the
@@ -180,7 +183,7 @@ class ArraySource(VectorSource):
         block = np.ascontiguousarray(self.array[start:stop], dtype=np.float32)
         return _checked(block, start, "") if self.mapped else block
 
-    def take(self, ids: np.ndarray, rows: Optional[int] = None) -> np.ndarray:
+    def take(self, ids: np.ndarray, rows: int | None = None) -> np.ndarray:
         if self.mapped:
             return super().take(ids, rows)
         return np.ascontiguousarray(self.array[np.asarray(ids, dtype=np.int64)])
@@ -211,15 +214,17 @@ class NpySource(VectorSource):
     ``files``: paths, or ``(path, rows)`` pairs whose row counts are checked against the headers.
     """
 
-    def __init__(self, files: Sequence[Union[str, Path, tuple]], dim: Optional[int] = None) -> None:
+    def __init__(self, files: Sequence[str | Path | tuple], dim: int | None = None) -> None:
         self.parts: list[tuple[Path, int, np.dtype, int]] = []  # (path, offset, dtype, first row)
         total = 0
         for item in files:
             path, expect = (Path(item[0]), int(item[1])) if isinstance(item, tuple) else (Path(item), None)
             shape, dtype, offset = npy_header(path)
             if len(shape) != 2 or (expect is not None and shape[0] != expect) or (dim and shape[1] != dim):
-                raise ValueError(f"{path}: expected float [{expect if expect is not None else 'N'}, "
-                                 f"{dim or 'D'}], found {dtype} {list(shape)}")
+                raise ValueError(
+                    f"{path}: expected float [{expect if expect is not None else 'N'}, "
+                    f"{dim or 'D'}], found {dtype} {list(shape)}"
+                )
             dim = dim or shape[1]
             self.parts.append((path, offset, dtype, total))
             total += shape[0]
@@ -237,7 +242,9 @@ class NpySource(VectorSource):
             if a >= stop:
                 break
             if a < b:
-                self._read_part(path, offset + (a - lo) * self.shape[1] * dtype.itemsize, dtype, out[a - start:b - start])
+                self._read_part(
+                    path, offset + (a - lo) * self.shape[1] * dtype.itemsize, dtype, out[a - start : b - start]
+                )
         return _checked(out, start, f"{self.parts[0][0] if len(self.parts) == 1 else 'embeddings parts'}: ")
 
     @staticmethod
@@ -257,7 +264,7 @@ class NpySource(VectorSource):
             raise ValueError(f"{path}: truncated (fewer rows than its header says)")
 
 
-def as_source(vectors: Union[np.ndarray, VectorSource, str, Path]) -> VectorSource:
+def as_source(vectors: np.ndarray | VectorSource | str | Path) -> VectorSource:
     """A :class:`VectorSource` for an array, a ``.npy`` path, or a memory map of a whole ``.npy``
     (``np.load(path, mmap_mode="r")``: read from its file, so its pages stay out of RSS)."""
     if isinstance(vectors, VectorSource):
@@ -294,24 +301,24 @@ def _reserve_codes(index: faiss.Index, n: int) -> None:
         codes.resize(0)
 
 
-def _add(index: faiss.Index, vectors: VectorSource, chunk: Optional[int] = None) -> None:
+def _add(index: faiss.Index, vectors: VectorSource, chunk: int | None = None) -> None:
     """Add in chunks: reading from disk, and a large ``add`` builds large temporaries (assignments, codes)."""
     _reserve_codes(index, len(vectors))
     for _, block in vectors.chunks(chunk):
         index.add(block)
 
 
-def add_rows(index: faiss.Index, vectors: Union[np.ndarray, VectorSource], rows: np.ndarray,
-             chunk: int = 65_536) -> None:
+def add_rows(index: faiss.Index, vectors: np.ndarray | VectorSource, rows: np.ndarray, chunk: int = 65_536) -> None:
     """Add ``vectors[rows]`` under their row ids (an ``IndexIDMap``), in chunks."""
     vectors = as_source(vectors)
     for s in range(0, len(rows), chunk):
-        ids = np.ascontiguousarray(rows[s:s + chunk], dtype=np.int64)
+        ids = np.ascontiguousarray(rows[s : s + chunk], dtype=np.int64)
         index.add_with_ids(vectors.take(ids), ids)
 
 
-def _untrained_ivf(kind: str, n: int, dim: int, pool: int, memory_budget_mb: Optional[float],
-                   seed: int) -> tuple[faiss.Index, dict, int]:
+def _untrained_ivf(
+    kind: str, n: int, dim: int, pool: int, memory_budget_mb: float | None, seed: int
+) -> tuple[faiss.Index, dict, int]:
     """An empty IVF-Flat / IVF-PQ index for ``n`` vectors, its parameters and its training-sample size."""
     metric = faiss.METRIC_INNER_PRODUCT
     nlist = default_nlist(n, pool)
@@ -338,8 +345,15 @@ def _untrained_ivf(kind: str, n: int, dim: int, pool: int, memory_budget_mb: Opt
     return index, {**params, "nlist": nlist}, size
 
 
-def build(vectors: Union[np.ndarray, VectorSource], kind: str, pool: np.ndarray, *,
-          memory_budget_mb: Optional[float] = None, seed: int = 0, chunk_rows: Optional[int] = None) -> Built:
+def build(
+    vectors: np.ndarray | VectorSource,
+    kind: str,
+    pool: np.ndarray,
+    *,
+    memory_budget_mb: float | None = None,
+    seed: int = 0,
+    chunk_rows: int | None = None,
+) -> Built:
     """Construct, train (on a sample of ``pool`` row ids) and fill an index of ``kind`` (not ``auto``).
 
     ``vectors``: float32 ``[N, D]`` rows, L2-normalised, or a :class:`VectorSource` of them (read
@@ -377,8 +391,14 @@ def build(vectors: Union[np.ndarray, VectorSource], kind: str, pool: np.ndarray,
     return Built(index, kind, params, {"train": round(t1 - t0, 3), "add": round(t2 - t1, 3)})
 
 
-def add_refine(built: Built, vectors: Union[np.ndarray, VectorSource], pool: np.ndarray, how: str, seed: int = 0,
-               chunk_rows: Optional[int] = None) -> Built:
+def add_refine(
+    built: Built,
+    vectors: np.ndarray | VectorSource,
+    pool: np.ndarray,
+    how: str,
+    seed: int = 0,
+    chunk_rows: int | None = None,
+) -> Built:
     """Wrap a filled IVF-PQ in ``IndexRefine`` over ``sq8`` (8-bit scalar) or ``flat`` copies."""
     vectors = as_source(vectors)
     dim = vectors.shape[1]

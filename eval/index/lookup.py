@@ -24,24 +24,26 @@ were answered; 2 bad usage, a model folder or index that is not one or does not 
 unusable ``--out``, or no photo could be answered (one line ``exiflang lookup: error: FILE:
 reason``; :mod:`exiflang.errors`).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
+from exiflang.errors import CommandError, check_out_file, run_main
 from exiflang.eval.embed.batch import PhotoEncoder
-from exiflang.eval.images import ImageError, expand_inputs, load_rgb
 from exiflang.eval.embed.patches import PatchEmbedder
+from exiflang.eval.images import ImageError, expand_inputs, load_rgb
 from exiflang.eval.index import abstain
 from exiflang.eval.index.votes import vote_tags
 from exiflang.train.card import describe, read_model_card
-from exiflang.errors import CommandError, check_out_file, run_main
 
 log = logging.getLogger("exiflang.eval")
 
@@ -74,8 +76,15 @@ def embedding_settings(info: dict) -> dict:
 class Searcher:
     """A loaded model + index pair answering photo queries (what :func:`lookup_photos` builds once)."""
 
-    def __init__(self, model_dir: str | Path, index_dir: str | Path, *, device: str = "auto",
-                 batch_size: int = 256, grid: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        index_dir: str | Path,
+        *,
+        device: str = "auto",
+        batch_size: int = 256,
+        grid: dict | None = None,
+    ) -> None:
         from exiflang.eval.index.run import VectorIndex
         from exiflang.train.model import ExifClip
 
@@ -85,15 +94,19 @@ class Searcher:
         self.index.check_model(model_dir)
         self.vocab: list[str] = list(tags["tags"]) if tags and tags.get("tags") else []
         self.grid = {**embedding_settings(self.index.info), **{k: v for k, v in (grid or {}).items() if v is not None}}
-        self.encoder = PhotoEncoder(PatchEmbedder(model, device=device, batch_size=batch_size),
-                                    int(self.grid["patch"]), int(self.grid["per_side"]), str(self.grid["mode"]))
+        self.encoder = PhotoEncoder(
+            PatchEmbedder(model, device=device, batch_size=batch_size),
+            int(self.grid["patch"]),
+            int(self.grid["per_side"]),
+            str(self.grid["mode"]),
+        )
         self._exif_cache: dict[int, dict] = {}
         self.card = read_model_card(model_dir)
-        self._familiarity: Optional[abstain.Familiarity] = None
+        self._familiarity: abstain.Familiarity | None = None
         self._fitted = False
 
     @property
-    def familiarity(self) -> Optional[abstain.Familiarity]:
+    def familiarity(self) -> abstain.Familiarity | None:
         """The index's own neighbour distances (:func:`exiflang.eval.index.abstain.fit`), measured on first use."""
         if not self._fitted:
             self._familiarity, self._fitted = abstain.fit(self.index.index), True
@@ -146,19 +159,31 @@ class Searcher:
         for srow, irow, d in zip(sims, ids, dist):
             neighbours: list[dict[str, Any]] = []
             for rank, (s, i) in enumerate(((float(s), int(i)) for s, i in zip(srow, irow) if i >= 0), 1):
-                neighbours.append({"rank": rank, "key": str(table["key"].iloc[i]),
-                                   "shard": str(table["shard"].iloc[i]) if "shard" in table else None,
-                                   "similarity": round(s, 6), "exif": self.exif(i)})
-            votes = vote_tags([n["exif"] for n in neighbours], [n["similarity"] for n in neighbours],
-                              tags, weighted)
+                neighbours.append(
+                    {
+                        "rank": rank,
+                        "key": str(table["key"].iloc[i]),
+                        "shard": str(table["shard"].iloc[i]) if "shard" in table else None,
+                        "similarity": round(s, 6),
+                        "exif": self.exif(i),
+                    }
+                )
+            votes = vote_tags([n["exif"] for n in neighbours], [n["similarity"] for n in neighbours], tags, weighted)
             judged = abstain.judge(fam, float(d))
-            results.append({"known": judged["known"], "familiarity": judged, "model_card": card,
-                            "neighbours": neighbours,
-                            "predictions": {t: _rounded(v.to_dict()) for t, v in votes.items()}})
+            results.append(
+                {
+                    "known": judged["known"],
+                    "familiarity": judged,
+                    "model_card": card,
+                    "neighbours": neighbours,
+                    "predictions": {t: _rounded(v.to_dict()) for t, v in votes.items()},
+                }
+            )
         return results
 
-    def lookup(self, paths: Sequence[Path], k: int = 10, weighted: bool = False,
-               tags: Optional[Sequence[str]] = None) -> list[dict]:
+    def lookup(
+        self, paths: Sequence[Path], k: int = 10, weighted: bool = False, tags: Sequence[str] | None = None
+    ) -> list[dict]:
         """See :func:`lookup_photos`."""
         if k < 1:
             raise ValueError(f"k={k}: must be at least 1")
@@ -171,9 +196,17 @@ def _rounded(d: dict) -> dict:
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def lookup_photos(model_dir: str | Path, index_dir: str | Path, paths: Sequence[str | Path], k: int = 10,
-                  weighted: bool = False, device: str = "auto", tags: Optional[Sequence[str]] = None,
-                  batch_size: int = 256, grid: Optional[dict] = None) -> list[dict]:
+def lookup_photos(
+    model_dir: str | Path,
+    index_dir: str | Path,
+    paths: Sequence[str | Path],
+    k: int = 10,
+    weighted: bool = False,
+    device: str = "auto",
+    tags: Sequence[str] | None = None,
+    batch_size: int = 256,
+    grid: dict | None = None,
+) -> list[dict]:
     """Look up photos: one dict per path, in order (folders expanded).
 
     Answered: ``{"file", "width", "height", "neighbours": [{"rank", "key", "shard",
@@ -203,31 +236,41 @@ def format_lookup(result: dict, max_neighbours: int = 10) -> str:
     if "error" in result:
         return f"{result['file']}\n  error: {result['error']}"
     nb = result["neighbours"]
-    lines = [f"{result['file']}  ({result['width']}x{result['height']}, {len(nb)} neighbours)",
-             f"  {'rank':>4}  {'sim':>7}  {'key':<24}  Make / Model"]
+    lines = [
+        f"{result['file']}  ({result['width']}x{result['height']}, {len(nb)} neighbours)",
+        f"  {'rank':>4}  {'sim':>7}  {'key':<24}  Make / Model",
+    ]
     for n in nb[:max_neighbours]:
-        lines.append(f"  {n['rank']:>4}  {n['similarity']:>7.4f}  {_cut(n['key'], 24):<24}  {_cut(_make(n['exif']), 48)}")
+        lines.append(
+            f"  {n['rank']:>4}  {n['similarity']:>7.4f}  {_cut(n['key'], 24):<24}  {_cut(_make(n['exif']), 48)}"
+        )
     preds = result["predictions"]
     if not result.get("known", True):
         fam = result.get("familiarity", {})
-        lines.append(f"  unknown camera: this photo is farther from its nearest index photos (distance "
-                     f"{fam.get('distance', float('nan')):.3g}) than {fam.get('rank', 100):.1f}% of the index's "
-                     f"photos are from theirs (threshold {fam.get('threshold', float('nan')):.3g}); "
-                     "no tag is predicted")
+        lines.append(
+            f"  unknown camera: this photo is farther from its nearest index photos (distance "
+            f"{fam.get('distance', float('nan')):.3g}) than {fam.get('rank', 100):.1f}% of the index's "
+            f"photos are from theirs (threshold {fam.get('threshold', float('nan')):.3g}); "
+            "no tag is predicted"
+        )
         return "\n".join(lines)
     if preds:
         width = min(max(len(t) for t in preds), 32)
         lines.append(f"  {'tag':<{width}}  {'predicted':<40}  {'share':>5}  with tag")
         for tag, p in preds.items():
             share = f"{p['share']:.2f}" if p["value"] is not None else "-"
-            lines.append(f"  {_cut(tag, width):<{width}}  {_cut(p['value'], 40):<40}  {share:>5}  "
-                         f"{p['n_with_tag']}/{len(nb)}")
+            lines.append(
+                f"  {_cut(tag, width):<{width}}  {_cut(p['value'], 40):<40}  {share:>5}  {p['n_with_tag']}/{len(nb)}"
+            )
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="exiflang lookup", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="exiflang lookup",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="photos or folders (recursive)")
     ap.add_argument("--model", required=True, help="model folder (the one the index was embedded with)")
     ap.add_argument("--index", required=True, help="index folder (`exiflang index`)")
@@ -244,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point; see the module docstring for the exit status (:func:`exiflang.errors.run_main`)."""
     return run_main("exiflang lookup", _main, argv)
 

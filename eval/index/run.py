@@ -16,6 +16,7 @@ queries reaches it (``recall_met`` in ``index.json``; the mean is ``recall_at_k`
 Exit status: 0 built and the recall target met; 1 built but the target was not met (the best
 parameters found are kept, ``recall_met: false``); 2 bad input or usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,17 +28,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import faiss
 import numpy as np
 import pandas as pd
 
-from exiflang.eval.embed.store import TABLE_COLUMNS, Embeddings, check_model_against, part_paths, read_json, read_meta
-from exiflang.eval.index.build import (KINDS, NpySource, VectorSource, add_refine, add_rows, as_source, build, choose_kind,
-                              estimate_bytes)
-from exiflang.eval.index.tune import RecallProbe, holdout, set_param, tune
 from exiflang.errors import check_out_dir, run_main
+from exiflang.eval.embed.store import TABLE_COLUMNS, Embeddings, check_model_against, part_paths, read_json, read_meta
+from exiflang.eval.index.build import (
+    KINDS,
+    NpySource,
+    VectorSource,
+    add_refine,
+    add_rows,
+    as_source,
+    build,
+    choose_kind,
+    estimate_bytes,
+)
+from exiflang.eval.index.tune import RecallProbe, holdout, set_param, tune
 
 FORMAT = "exiflang-index"
 FORMAT_VERSION = 1
@@ -56,7 +65,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def set_threads(threads: Optional[int] = None) -> int:
+def set_threads(threads: int | None = None) -> int:
     """FAISS's OpenMP threads: ``threads`` or the cores this process may use; returns the count."""
     n = max(1, int(threads or available_cores()))
     faiss.omp_set_num_threads(n)
@@ -66,7 +75,7 @@ def set_threads(threads: Optional[int] = None) -> int:
 class VectorIndex:
     """A loaded index: ``search`` answers cosine top-k; ``table`` row i describes id i."""
 
-    def __init__(self, index: faiss.Index, info: dict, table: pd.DataFrame, folder: Optional[Path] = None) -> None:
+    def __init__(self, index: faiss.Index, info: dict, table: pd.DataFrame, folder: Path | None = None) -> None:
         self.index, self.info, self.table, self.folder = index, info, table, folder
 
     @property
@@ -77,7 +86,7 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "VectorIndex":
+    def load(cls, folder: str | Path) -> VectorIndex:
         """Read ``index.json``, ``index.faiss`` and ``rows.parquet``; :class:`NotAnIndex` (a
         ``ValueError``) naming the file when any is missing, damaged or inconsistent."""
         root = Path(folder)
@@ -98,8 +107,10 @@ class VectorIndex:
             reason = next((ln for ln in str(exc).splitlines() if ln.strip()), "unreadable")
             raise NotAnIndex(f"{faiss_path}: not a readable FAISS index ({' '.join(reason.split())[:200]})") from None
         if index.ntotal != info.get("n") or index.d != info.get("dim"):
-            raise NotAnIndex(f"{faiss_path}: holds {index.ntotal} vectors of {index.d} dimensions, "
-                             f"{info_path.name} says {info.get('n')} of {info.get('dim')}")
+            raise NotAnIndex(
+                f"{faiss_path}: holds {index.ntotal} vectors of {index.d} dimensions, "
+                f"{info_path.name} says {info.get('n')} of {info.get('dim')}"
+            )
         try:
             table = pd.read_parquet(rows_path)
         except Exception as exc:  # noqa: BLE001 - missing or damaged: pyarrow raises several types
@@ -144,8 +155,10 @@ class VectorIndex:
 
         own = model_signature(model_dir)
         if own["embed_dim"] != self.dim:  # an index of bare arrays: only the dimension is known
-            raise ValueError(f"{Path(model_dir) / 'config.json'}: embedding dimension {own['embed_dim']} "
-                             f"does not match {source} ({self.dim})")
+            raise ValueError(
+                f"{Path(model_dir) / 'config.json'}: embedding dimension {own['embed_dim']} "
+                f"does not match {source} ({self.dim})"
+            )
 
 
 def _folder_source(folder: Path, side: str) -> tuple[NpySource, pd.DataFrame, dict]:
@@ -153,7 +166,9 @@ def _folder_source(folder: Path, side: str) -> tuple[NpySource, pd.DataFrame, di
     its table and meta; the checks of :func:`exiflang.eval.embed.store.load_embeddings`, one line each."""
     meta = {**read_meta(folder), "path": str(folder.resolve())}
     if not meta.get("complete"):
-        raise ValueError(f"{folder / 'meta.json'}: embedding not finished; rerun `exiflang embed` with the same arguments")
+        raise ValueError(
+            f"{folder / 'meta.json'}: embedding not finished; rerun `exiflang embed` with the same arguments"
+        )
     if side == "text" and not meta.get("text"):
         raise ValueError(f"{folder}: no text embeddings (embed with --text)")
     files, tables = [], []
@@ -161,8 +176,10 @@ def _folder_source(folder: Path, side: str) -> tuple[NpySource, pd.DataFrame, di
         paths = part_paths(folder, stem)
         done = read_json(paths["done"], "shard not embedded; rerun `exiflang embed`")
         if done.get("settings_key") != meta.get("settings_key"):
-            raise ValueError(f"{paths['done']}: embedded with other settings or another model than "
-                             f"{folder / 'meta.json'} says; re-embed into a new folder")
+            raise ValueError(
+                f"{paths['done']}: embedded with other settings or another model than "
+                f"{folder / 'meta.json'} says; re-embed into a new folder"
+            )
         files.append((paths[side], int(done["rows"])))
         try:
             tables.append(pd.read_parquet(paths["table"]))
@@ -174,8 +191,9 @@ def _folder_source(folder: Path, side: str) -> tuple[NpySource, pd.DataFrame, di
     return NpySource(files, dim=int(meta["dim"])), table, meta
 
 
-def _vectors(emb: Embeddings | np.ndarray | str | Path, side: str, table: Optional[pd.DataFrame],
-             meta: Optional[dict]) -> tuple[VectorSource, pd.DataFrame, dict]:
+def _vectors(
+    emb: Embeddings | np.ndarray | str | Path, side: str, table: pd.DataFrame | None, meta: dict | None
+) -> tuple[VectorSource, pd.DataFrame, dict]:
     """Pick the vectors (as a chunked source), table and meta out of the arguments of :func:`build_index`, checked."""
     if isinstance(emb, Embeddings):
         vec = emb.image if side == "image" else emb.text
@@ -195,8 +213,9 @@ def _vectors(emb: Embeddings | np.ndarray | str | Path, side: str, table: Option
         raise ValueError(f"vectors of shape {[n, dim]}: expected a non-empty [N, D] array")
     norms = np.linalg.norm(source.read(0, min(n, 10_000)), axis=1)
     if np.abs(norms - 1).max() > 1e-3:
-        log.warning("vectors are not L2-normalised (norms %.3f..%.3f): inner product is not cosine",
-                    norms.min(), norms.max())
+        log.warning(
+            "vectors are not L2-normalised (norms %.3f..%.3f): inner product is not cosine", norms.min(), norms.max()
+        )
     if table is None:
         table = pd.DataFrame({"row": np.arange(n, dtype=np.int64)})
     if len(table) != n:
@@ -204,8 +223,16 @@ def _vectors(emb: Embeddings | np.ndarray | str | Path, side: str, table: Option
     return source, table.reset_index(drop=True), meta or {}
 
 
-def _approximate(vec: VectorSource, kind: str, probe: RecallProbe, pool: np.ndarray, recall_target: float,
-                 memory_budget_mb: Optional[float], seed: int, chunk_rows: Optional[int] = None) -> tuple:
+def _approximate(
+    vec: VectorSource,
+    kind: str,
+    probe: RecallProbe,
+    pool: np.ndarray,
+    recall_target: float,
+    memory_budget_mb: float | None,
+    seed: int,
+    chunk_rows: int | None = None,
+) -> tuple:
     """Build and tune; IVF-PQ that misses the target gets a re-ranking stage when it fits."""
     n, dim = vec.shape
     built = build(vec, kind, pool, memory_budget_mb=memory_budget_mb, seed=seed, chunk_rows=chunk_rows)
@@ -214,11 +241,19 @@ def _approximate(vec: VectorSource, kind: str, probe: RecallProbe, pool: np.ndar
     if kind == "ivf-pq" and not tuned["met"]:
         nlist, m = built.params["nlist"], built.params["m"]
         budget = None if memory_budget_mb is None else memory_budget_mb * 2**20
-        fits = [r for r in ("sq8", "flat")
-                if budget is None or estimate_bytes("ivf-pq", n, dim, nlist=nlist, m=m, refine=r) <= budget]
+        fits = [
+            r
+            for r in ("sq8", "flat")
+            if budget is None or estimate_bytes("ivf-pq", n, dim, nlist=nlist, m=m, refine=r) <= budget
+        ]
         if fits:
-            log.info("IVF-PQ reaches recall %.3f (lower bound %.3f) < %.2f: adding %s re-ranking",
-                     tuned["recall"], tuned["recall_lcb"], recall_target, fits[0])
+            log.info(
+                "IVF-PQ reaches recall %.3f (lower bound %.3f) < %.2f: adding %s re-ranking",
+                tuned["recall"],
+                tuned["recall_lcb"],
+                recall_target,
+                fits[0],
+            )
             built = add_refine(built, vec, pool, fits[0], seed, chunk_rows)
             tuned = tune(built.index, kind, probe, recall_target, n, refine=True)
     built.seconds["tune"] = round(time.perf_counter() - t0, 3)
@@ -227,10 +262,21 @@ def _approximate(vec: VectorSource, kind: str, probe: RecallProbe, pool: np.ndar
     return built, tuned
 
 
-def build_index(emb: Embeddings | np.ndarray | str | Path, out: str | Path, *, kind: str = "auto",
-                recall_target: float = 0.9, memory_budget_mb: Optional[float] = None, k: int = 10, seed: int = 0,
-                table: Optional[pd.DataFrame] = None, meta: Optional[dict] = None, side: str = "image",
-                threads: Optional[int] = None, chunk_rows: Optional[int] = None) -> dict:
+def build_index(
+    emb: Embeddings | np.ndarray | str | Path,
+    out: str | Path,
+    *,
+    kind: str = "auto",
+    recall_target: float = 0.9,
+    memory_budget_mb: float | None = None,
+    k: int = 10,
+    seed: int = 0,
+    table: pd.DataFrame | None = None,
+    meta: dict | None = None,
+    side: str = "image",
+    threads: int | None = None,
+    chunk_rows: int | None = None,
+) -> dict:
     """Build, tune and write an index folder over ``emb`` (its ``side`` vectors); returns ``index.json``.
 
     ``emb``: an :class:`Embeddings`; float32 ``[N, D]`` L2-normalised rows (then ``table``,
@@ -253,26 +299,49 @@ def build_index(emb: Embeddings | np.ndarray | str | Path, out: str | Path, *, k
     try:
         built, tuned = _approximate(vec, chosen, probe, pool, recall_target, memory_budget_mb, seed, chunk_rows)
     except RuntimeError as exc:  # faiss's C++ checks, e.g. too few training points for a kind
-        raise ValueError(f"faiss could not build a {chosen} index of {n} vectors: "
-                         f"{' '.join(str(exc).split())[-200:]}") from None
+        raise ValueError(
+            f"faiss could not build a {chosen} index of {n} vectors: {' '.join(str(exc).split())[-200:]}"
+        ) from None
     latency = probe.latency_ms(built.index)
-    info = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": chosen, "requested_kind": kind,
-            "params": {**built.params, **tuned["params"]}, "n": n, "dim": dim, "metric": "inner_product",
-            "k": probe.k, "recall_target": recall_target, "recall_at_k": tuned["recall"],
-            "recall_at_k_lower_95": tuned["recall_lcb"], "recall_met": tuned["met"],
-            "recall_queries": len(query_ids),
-            "recall_method": ("held-out rows, kept out of training, " +
-                              ("leave-one-out" if probe.in_index else "kept out of the graph while tuning") +
-                              ", against exact inner-product search"),
-            "qps_batch": tuned["qps"], "latency_ms_batch1": round(latency, 3), "tuning_curve": tuned["curve"],
-            "memory_budget_mb": memory_budget_mb, "threads": used_threads, "faiss_version": faiss.__version__,
-            "model_signature": meta.get("model_signature"),
-            # The grid queries must be embedded with (lookup reads it here first, so an index
-            # still answers right after its embeddings folder is moved or deleted).
-            "embedding": {k: meta[k] for k in ("patch", "per_side", "mode") if k in meta} or None,
-            "sources": {"embeddings": meta.get("path"), "side": side, "model": meta.get("model"),
-                        "data": meta.get("data"), "settings_key": meta.get("settings_key")},
-            "created": time.time()}
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": chosen,
+        "requested_kind": kind,
+        "params": {**built.params, **tuned["params"]},
+        "n": n,
+        "dim": dim,
+        "metric": "inner_product",
+        "k": probe.k,
+        "recall_target": recall_target,
+        "recall_at_k": tuned["recall"],
+        "recall_at_k_lower_95": tuned["recall_lcb"],
+        "recall_met": tuned["met"],
+        "recall_queries": len(query_ids),
+        "recall_method": (
+            "held-out rows, kept out of training, "
+            + ("leave-one-out" if probe.in_index else "kept out of the graph while tuning")
+            + ", against exact inner-product search"
+        ),
+        "qps_batch": tuned["qps"],
+        "latency_ms_batch1": round(latency, 3),
+        "tuning_curve": tuned["curve"],
+        "memory_budget_mb": memory_budget_mb,
+        "threads": used_threads,
+        "faiss_version": faiss.__version__,
+        "model_signature": meta.get("model_signature"),
+        # The grid queries must be embedded with (lookup reads it here first, so an index
+        # still answers right after its embeddings folder is moved or deleted).
+        "embedding": {k: meta[k] for k in ("patch", "per_side", "mode") if k in meta} or None,
+        "sources": {
+            "embeddings": meta.get("path"),
+            "side": side,
+            "model": meta.get("model"),
+            "data": meta.get("data"),
+            "settings_key": meta.get("settings_key"),
+        },
+        "created": time.time(),
+    }
     info["build_seconds"] = {**built.seconds, "total": round(time.perf_counter() - t0, 3)}
     _write(Path(out), built.index, info, table)
     return info
@@ -315,7 +384,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 built, 1 recall target not met, 2 bad input (:func:`exiflang.errors.run_main`)."""
     return run_main("exiflang index", _main, argv)
 
@@ -326,16 +395,30 @@ def _main(argv: list[str]) -> int:
     check_out_dir(args.out)  # before the vectors load: a bad --out costs nothing
     # The folder's path, not its loaded arrays: build_index streams the parts from disk, so
     # memory is the index + one chunk + the training sample, whatever N is.
-    info = build_index(args.emb, args.out, kind=args.kind, recall_target=args.recall, memory_budget_mb=args.memory_mb,
-                       k=args.k, seed=args.seed, side="text" if args.text else "image", threads=args.threads)
+    info = build_index(
+        args.emb,
+        args.out,
+        kind=args.kind,
+        recall_target=args.recall,
+        memory_budget_mb=args.memory_mb,
+        k=args.k,
+        seed=args.seed,
+        side="text" if args.text else "image",
+        threads=args.threads,
+    )
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
-    print(f"{info['kind']} index of {info['n']} vectors ({info['dim']}-d; {params}): recall@{info['k']} "
-          f"{info['recall_at_k']:.3f} (95% lower bound {info['recall_at_k_lower_95']:.3f}, target "
-          f"{info['recall_target']}), {info['qps_batch']:.0f} queries/s batched, "
-          f"{info['latency_ms_batch1']:.2f} ms single, {info['bytes'] / 2**20:.1f} MB -> {args.out}")
+    print(
+        f"{info['kind']} index of {info['n']} vectors ({info['dim']}-d; {params}): recall@{info['k']} "
+        f"{info['recall_at_k']:.3f} (95% lower bound {info['recall_at_k_lower_95']:.3f}, target "
+        f"{info['recall_target']}), {info['qps_batch']:.0f} queries/s batched, "
+        f"{info['latency_ms_batch1']:.2f} ms single, {info['bytes'] / 2**20:.1f} MB -> {args.out}"
+    )
     if not info["recall_met"]:
-        print(f"exiflang index: warning: recall target {info['recall_target']} not met "
-              f"(best {info['recall_at_k']:.3f}); index written with the best parameters found", file=sys.stderr)
+        print(
+            f"exiflang index: warning: recall target {info['recall_target']} not met "
+            f"(best {info['recall_at_k']:.3f}); index written with the best parameters found",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

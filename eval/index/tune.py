@@ -24,18 +24,51 @@ that new queries meet it too (the mean alone would sit right at the target and m
 half the time).  With a re-ranking stage the outer ladder is ``k_factor`` 1, 2, 4, 8, 16,
 taking the first that reaches the target at some ``nprobe``.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import faiss
 import numpy as np
 
 from exiflang.eval.index.build import VectorSource, as_source
 
-LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
-          1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536)
+LADDER = (
+    1,
+    2,
+    3,
+    4,
+    6,
+    8,
+    12,
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+    6144,
+    8192,
+    12288,
+    16384,
+    24576,
+    32768,
+    49152,
+    65536,
+)
 K_FACTORS = (1, 2, 4, 8, 16)
 MAX_QUERIES = 1000
 EXTRA = 16  # spare neighbours fetched so that dropped rows still leave k
@@ -53,8 +86,9 @@ def holdout(n: int, seed: int = 0, max_queries: int = MAX_QUERIES) -> tuple[np.n
     return queries, np.flatnonzero(mask).astype(np.int64)
 
 
-def merge_top_k(sims: np.ndarray, ids: np.ndarray, more_sims: np.ndarray, more_ids: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
+def merge_top_k(
+    sims: np.ndarray, ids: np.ndarray, more_sims: np.ndarray, more_ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` per row of two ranked lists ``[Q, a]`` and ``[Q, b]`` (ids ``-1`` = none).
 
     Sorted by similarity, best first; ties keep the first list's entries (lower row ids) first.
@@ -70,8 +104,9 @@ def merge_top_k(sims: np.ndarray, ids: np.ndarray, more_sims: np.ndarray, more_i
     return np.take_along_axis(all_sims, order, 1), np.take_along_axis(all_ids, order, 1)
 
 
-def exact_search(base: Union[np.ndarray, VectorSource], queries: np.ndarray, k: int,
-                 chunk_rows: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    base: np.ndarray | VectorSource, queries: np.ndarray, k: int, chunk_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force inner product: ``(sims float32 [Q,k], ids int64 [Q,k])``, best first.
 
     ``base``: float32 ``[N, D]`` rows or a :class:`~exiflang.eval.index.build.VectorSource` (a ``.npy`` on
@@ -96,7 +131,7 @@ def first_k(ids: np.ndarray, banned: np.ndarray, k: int) -> np.ndarray:
     out = np.full((len(ids), k), -1, dtype=np.int64)
     for r in range(len(ids)):
         keep = ids[r][~banned[r] & (ids[r] >= 0)][:k]
-        out[r, :len(keep)] = keep
+        out[r, : len(keep)] = keep
     return out
 
 
@@ -130,8 +165,14 @@ def lower_bound(per_query: np.ndarray, z: float = Z_95) -> float:
 class RecallProbe:
     """The held-out queries of one index and their exact neighbours (see the module docstring)."""
 
-    def __init__(self, base: Union[np.ndarray, VectorSource], query_ids: np.ndarray, k: int, in_index: bool = True,
-                 chunk_rows: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        base: np.ndarray | VectorSource,
+        query_ids: np.ndarray,
+        k: int,
+        in_index: bool = True,
+        chunk_rows: int | None = None,
+    ) -> None:
         base = as_source(base)
         self.query_ids, self.in_index = query_ids, in_index
         self.queries = base.take(query_ids)
@@ -142,7 +183,7 @@ class RecallProbe:
             _, ids = exact_search(base, self.queries, fetch, chunk_rows)
             self.truth = first_k(ids, self._banned(ids, always_all=True), self.k)
 
-    def head(self, count: int) -> "RecallProbe":
+    def head(self, count: int) -> RecallProbe:
         """The same probe on its first ``count`` queries (cheap walks before a full check)."""
         sub = object.__new__(RecallProbe)
         sub.query_ids, sub.in_index, sub.k = self.query_ids[:count], self.in_index, self.k
@@ -167,8 +208,11 @@ class RecallProbe:
         found = self.found(index)
         seconds = time.perf_counter() - t0
         per = per_query_recall(found, self.truth)
-        return {"recall": round(float(per.mean()) if len(per) else 1.0, 4), "recall_lcb": round(lower_bound(per), 4),
-                "qps": round(len(self.queries) / max(seconds, 1e-9), 1)}
+        return {
+            "recall": round(float(per.mean()) if len(per) else 1.0, 4),
+            "recall_lcb": round(lower_bound(per), 4),
+            "qps": round(len(self.queries) / max(seconds, 1e-9), 1),
+        }
 
     def latency_ms(self, index: faiss.Index, count: int = 50) -> float:
         """Median milliseconds of single-query searches (batch 1) over the first ``count`` queries."""
@@ -196,15 +240,16 @@ def ladders(kind: str, index: faiss.Index, n: int, refine: bool) -> list[tuple[s
     """The parameters to walk for a kind (inner first) with their ladders."""
     if kind in ("ivf-flat", "ivf-pq"):
         nlist = faiss.extract_index_ivf(index).nlist
-        return [("nprobe", tuple(v for v in LADDER if v < nlist) + (nlist,))] + \
-               ([("k_factor", K_FACTORS)] if refine else [])
+        return [("nprobe", tuple(v for v in LADDER if v < nlist) + (nlist,))] + (
+            [("k_factor", K_FACTORS)] if refine else []
+        )
     if kind == "hnsw":
         top = max(16, n)
         return [("efSearch", tuple(v for v in LADDER if 16 <= v < top) + (top,))]
     return []
 
 
-def smallest_meeting(score: Callable[[int], float], ladder: tuple[int, ...], target: float) -> Optional[int]:
+def smallest_meeting(score: Callable[[int], float], ladder: tuple[int, ...], target: float) -> int | None:
     """Index of the smallest ladder value with ``score >= target`` (scores grow along the ladder):
     gallop over indices 0, 1, 3, 7, ... then bisect; ``None`` when even the last one misses."""
     seen: dict[int, bool] = {}
@@ -250,7 +295,7 @@ def tune(index: faiss.Index, kind: str, probe: RecallProbe, target: float, n: in
         curve.append(point)
         return point
 
-    chosen: Optional[dict] = None
+    chosen: dict | None = None
     for ov in outer:
         fixed = {outer_name: ov} if outer_name else {}
         # Called before the loop moves on, so the closure's `fixed` is this iteration's.
@@ -269,5 +314,11 @@ def tune(index: faiss.Index, kind: str, probe: RecallProbe, target: float, n: in
     values = {k: v for k, v in chosen.items() if k in (inner_name, outer_name)}
     for name, value in values.items():
         set_param(index, name, value)
-    return {"params": values, "recall": chosen["recall"], "recall_lcb": chosen["recall_lcb"], "qps": chosen["qps"],
-            "met": chosen["recall_lcb"] >= target, "curve": curve}
+    return {
+        "params": values,
+        "recall": chosen["recall"],
+        "recall_lcb": chosen["recall_lcb"],
+        "qps": chosen["qps"],
+        "met": chosen["recall_lcb"] >= target,
+        "curve": curve,
+    }

@@ -11,10 +11,12 @@ smaller value (string order for raw values, class id for classes): deterministic
 raw EXIF of a photo's neighbours (``exiflang lookup``); :func:`vote_classes` is the vectorised
 form over many queries' class ids (``exiflang eval-tags``), tested against :func:`plurality`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Hashable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,12 +25,12 @@ import numpy as np
 class Vote:
     """One tag's vote.  ``value`` is ``None`` when no neighbour has the tag (then all else is 0)."""
 
-    value: Optional[Any]
-    share: float        # votes / cast, 0..1
-    votes: float        # (weighted) votes for ``value``
-    cast: float         # (weighted) votes cast, by the ``n_with_tag`` neighbours having the tag
-    n_with_tag: int     # neighbours that have the tag
-    similarity: float   # summed similarity of the neighbours voting for ``value``
+    value: Any | None
+    share: float  # votes / cast, 0..1
+    votes: float  # (weighted) votes for ``value``
+    cast: float  # (weighted) votes cast, by the ``n_with_tag`` neighbours having the tag
+    n_with_tag: int  # neighbours that have the tag
+    similarity: float  # summed similarity of the neighbours voting for ``value``
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,7 +45,7 @@ def _weights(sims: Sequence[float], voters: Sequence[bool], weighted: bool) -> l
     return w
 
 
-def plurality(labels: Sequence[Optional[Hashable]], sims: Sequence[float], weighted: bool = False) -> Vote:
+def plurality(labels: Sequence[Hashable | None], sims: Sequence[float], weighted: bool = False) -> Vote:
     """The plurality vote of ``labels`` (``None`` = no vote), neighbour ``i`` having similarity ``sims[i]``.
 
     The straightforward reference: a dict of running totals in neighbour order.
@@ -68,8 +70,9 @@ def plurality(labels: Sequence[Optional[Hashable]], sims: Sequence[float], weigh
     return Vote(value, votes / cast if cast > 0 else 0.0, votes, cast, sum(voters), sim)
 
 
-def vote_tags(exifs: Sequence[Mapping[str, str]], sims: Sequence[float], tags: Sequence[str],
-              weighted: bool = False) -> dict[str, Vote]:
+def vote_tags(
+    exifs: Sequence[Mapping[str, str]], sims: Sequence[float], tags: Sequence[str], weighted: bool = False
+) -> dict[str, Vote]:
     """Per tag, the plurality of the neighbours' raw values (``exifs[i]`` is neighbour ``i``'s EXIF)."""
     out = {}
     for tag in tags:
@@ -78,8 +81,9 @@ def vote_tags(exifs: Sequence[Mapping[str, str]], sims: Sequence[float], tags: S
     return out
 
 
-def vote_classes(classes: np.ndarray, sims: np.ndarray, n_classes: int,
-                 weighted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def vote_classes(
+    classes: np.ndarray, sims: np.ndarray, n_classes: int, weighted: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised :func:`plurality` over queries.
 
     Args:

@@ -21,14 +21,16 @@ The context is large enough for the strongest distortion (702 px for 512-px crop
 output pixel is sampled from real photo pixels; photos smaller than it on a side are skipped.
 k1 is drawn uniformly from ``[-0.4, 0)`` and quantised into 20 equal bins.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import math
 import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,9 +38,9 @@ from exiflang.eval.images import ImageError, load_rgb
 
 log = logging.getLogger("exiflang.eval")
 
-K1_RANGE = (-0.4, 0.0)   # the paper's range of k1
-N_BINS = 20              # the paper's quantisation of k1
-CORNER_RADIUS = 0.6      # normalised radius of a probe crop's corner (< 0.609, the fold at k1=-0.4)
+K1_RANGE = (-0.4, 0.0)  # the paper's range of k1
+N_BINS = 20  # the paper's quantisation of k1
+CORNER_RADIUS = 0.6  # normalised radius of a probe crop's corner (< 0.609, the fold at k1=-0.4)
 FILLS = ("zero", "reflect")
 
 
@@ -60,16 +62,17 @@ def undistorted_radius(r_d: np.ndarray, k1: float, iterations: int = 60) -> np.n
         return r
     valid = r_d <= fold_radius(k1)
     for _ in range(iterations):
-        f = r + k1 * r ** 3 - r_d
+        f = r + k1 * r**3 - r_d
         if np.all(np.abs(f[valid]) < 1e-13):
             break
-        slope = np.maximum(1.0 + 3.0 * k1 * r ** 2, 1e-12)  # > 0 below the fold; the floor guards it
+        slope = np.maximum(1.0 + 3.0 * k1 * r**2, 1e-12)  # > 0 below the fold; the floor guards it
         r = np.where(valid, r - f / slope, r)
     return np.where(valid, r, np.nan)
 
 
-def source_coordinates(out_shape: tuple[int, int], in_shape: tuple[int, int], k1: float,
-                       radius: float) -> tuple[np.ndarray, np.ndarray]:
+def source_coordinates(
+    out_shape: tuple[int, int], in_shape: tuple[int, int], k1: float, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Where each output pixel samples the input: ``(ys, xs)`` ``float64 [h, w]`` in input pixels.
 
     Output and input share their centres (``(size - 1) / 2``); NaN marks pixels with no source.
@@ -110,8 +113,7 @@ def sample_bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, fill: str
     wy, wx = (ys - y0).astype(np.float32)[..., None], (xs - x0).astype(np.float32)[..., None]
     flat = image.reshape(height * width, image.shape[2]).astype(np.float32, copy=False)
     out = np.zeros(ys.shape + (image.shape[2],), dtype=np.float32)
-    for oy, ox, weight in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx),
-                           (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
+    for oy, ox, weight in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx), (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
         yy, xx = y0 + oy, x0 + ox
         inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
         vals = flat[np.clip(yy, 0, height - 1) * width + np.clip(xx, 0, width - 1)]
@@ -122,8 +124,14 @@ def sample_bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, fill: str
     return out
 
 
-def distort(rgb: np.ndarray, k1: float, *, radius: Optional[float] = None,
-            out_size: Optional[tuple[int, int]] = None, fill: str = "zero") -> np.ndarray:
+def distort(
+    rgb: np.ndarray,
+    k1: float,
+    *,
+    radius: float | None = None,
+    out_size: tuple[int, int] | None = None,
+    fill: str = "zero",
+) -> np.ndarray:
     """Apply barrel (``k1 < 0``) or pincushion (``k1 > 0``) distortion about the image centre.
 
     ``rgb``: ``[H,W,C]`` uint8 (0..255) or float.  ``radius``: the normalising radius in pixels
@@ -167,16 +175,16 @@ def probe_geometry(crop: int = 512, k1_min: float = K1_RANGE[0]) -> tuple[float,
         raise ValueError(f"k1 {k1_min} folds inside the crop (corner radius {CORNER_RADIUS})")
     reach = max(np.abs(ys - (crop - 1) / 2.0).max(), np.abs(xs - (crop - 1) / 2.0).max())
     margin = int(math.ceil(reach - (crop - 1) / 2.0)) + 1  # +1: the bilinear neighbour
-    return radius, crop + 2 * margin   # even margin both sides keeps the centres on one pixel
+    return radius, crop + 2 * margin  # even margin both sides keeps the centres on one pixel
 
 
 class ProbeSet(NamedTuple):
     """Distorted crops and their labels; ``skipped`` lists ``"PATH: reason"`` for unusable photos."""
 
-    crops: np.ndarray    # uint8 [N, crop, crop, 3]
-    k1: np.ndarray       # float64 [N], in [-0.4, 0)
-    bins: np.ndarray     # int64 [N], 0..19 (0 = strongest barrel)
-    photo: np.ndarray    # int64 [N], index into the photo list
+    crops: np.ndarray  # uint8 [N, crop, crop, 3]
+    k1: np.ndarray  # float64 [N], in [-0.4, 0)
+    bins: np.ndarray  # int64 [N], 0..19 (0 = strongest barrel)
+    photo: np.ndarray  # int64 [N], index into the photo list
     skipped: list[str]
 
 
@@ -185,8 +193,9 @@ def photo_rng(path: Path, seed: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(Path(path).name.encode())])
 
 
-def photo_crops(rgb: np.ndarray, n: int, rng: np.random.Generator, crop: int = 512,
-                k1_range: tuple[float, float] = K1_RANGE) -> tuple[np.ndarray, np.ndarray]:
+def photo_crops(
+    rgb: np.ndarray, n: int, rng: np.random.Generator, crop: int = 512, k1_range: tuple[float, float] = K1_RANGE
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` distorted crops of one photo -> ``(uint8 [n, crop, crop, 3], k1 float64 [n])``.
 
     Raises ``ValueError`` when the photo is smaller than the context window on a side.
@@ -194,20 +203,22 @@ def photo_crops(rgb: np.ndarray, n: int, rng: np.random.Generator, crop: int = 5
     radius, context = probe_geometry(crop, k1_range[0])
     height, width = rgb.shape[:2]
     if min(height, width) < context:
-        raise ValueError(f"{width}x{height} is smaller than the {context}x{context} context "
-                         f"a {crop}-px distorted crop needs")
+        raise ValueError(
+            f"{width}x{height} is smaller than the {context}x{context} context a {crop}-px distorted crop needs"
+        )
     k1 = rng.uniform(k1_range[0], k1_range[1], size=n)
     out = np.empty((n, crop, crop, 3), dtype=np.uint8)
     for i in range(n):
         y0 = int(rng.integers(0, height - context + 1))
         x0 = int(rng.integers(0, width - context + 1))
-        window = rgb[y0:y0 + context, x0:x0 + context]
+        window = rgb[y0 : y0 + context, x0 : x0 + context]
         out[i] = distort(window, float(k1[i]), radius=radius, out_size=(crop, crop))
     return out, k1
 
 
-def iter_probe_crops(photos: Sequence[Path], n_per_photo: int, seed: int = 0, crop: int = 512
-                     ) -> Iterator[tuple[int, Optional[np.ndarray], Optional[np.ndarray], str]]:
+def iter_probe_crops(
+    photos: Sequence[Path], n_per_photo: int, seed: int = 0, crop: int = 512
+) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str]]:
     """Per photo ``(index, crops or None, k1 or None, skip reason or "")``: one photo in memory at a time."""
     for index, path in enumerate(photos):
         try:
@@ -241,7 +252,8 @@ def make_probe_set(photos: Sequence[Path], n_per_photo: int = 8, seed: int = 0, 
         k1s.append(k1)
         idx.append(np.full(len(c), index, dtype=np.int64))
     if not crops:
-        return ProbeSet(np.zeros((0, crop, crop, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64),
-                        np.zeros(0, np.int64), skipped)
+        return ProbeSet(
+            np.zeros((0, crop, crop, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), skipped
+        )
     k1 = np.concatenate(k1s)
     return ProbeSet(np.concatenate(crops), k1, k1_bins(k1), np.concatenate(idx), skipped)

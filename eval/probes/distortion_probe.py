@@ -17,6 +17,7 @@ Classifier: scikit-learn ``LogisticRegression`` (multinomial, L2, ``C`` = 1.0 un
 features standardised with the training set's mean and deviation.  Majority baseline: the most
 frequent training bin, scored on the test crops.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,23 +26,23 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-from exiflang.eval.probes import distortion as dist
-from exiflang.eval.images import expand_inputs, open_checked
 from exiflang.eval.embed.patches import PatchEmbedder, cut_patches, even_grid, normalise_image
+from exiflang.eval.images import expand_inputs, open_checked
+from exiflang.eval.probes import distortion as dist
 
 log = logging.getLogger("exiflang.eval")
 FEATURES = ("embed", "pooled")
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 [B, crop, crop, 3] -> float32 [B, F]
 
 
-def feature_function(model: Any, features: str = "embed", device: str = "auto",
-                     batch_size: int = 32) -> FeatureFn:
+def feature_function(model: Any, features: str = "embed", device: str = "auto", batch_size: int = 32) -> FeatureFn:
     """``crops uint8 [B,S,S,3] -> float32 [B,F]`` from an :class:`exiflang.train.model.ExifClip` (see module doc)."""
     if features not in FEATURES:
         raise ValueError(f"features {features!r}: expected one of {FEATURES}")
@@ -55,10 +56,11 @@ def feature_function(model: Any, features: str = "embed", device: str = "auto",
     def pooled(crops: np.ndarray) -> np.ndarray:
         parts = []
         for start in range(0, len(crops), batch_size):
-            x = torch.stack([normalise_image(c) for c in crops[start:start + batch_size]])
+            x = torch.stack([normalise_image(c) for c in crops[start : start + batch_size]])
             out = backbone(x.to(embedder.device), return_dict=True).pooler_output
             parts.append(out.flatten(1).float().cpu().numpy())
         return np.concatenate(parts).astype(np.float32)
+
     return pooled
 
 
@@ -68,15 +70,28 @@ def grid_embeddings(embedder: PatchEmbedder, crops: np.ndarray, patch: int = 124
     batch of crops at once (all patches of all crops share the model's batches)."""
     grid = even_grid(crops.shape[1], crops.shape[2], patch, per_side)
     patches = torch.cat([cut_patches(normalise_image(c), grid.corners(), patch) for c in crops])
-    emb = torch.cat([embedder.embed_tensor(patches[i:i + embedder.batch_size])
-                     for i in range(0, len(patches), embedder.batch_size)])
+    emb = torch.cat(
+        [
+            embedder.embed_tensor(patches[i : i + embedder.batch_size])
+            for i in range(0, len(patches), embedder.batch_size)
+        ]
+    )
     mean = emb.view(len(crops), grid.count, -1).mean(1)
     return torch.nn.functional.normalize(mean, dim=-1).numpy().astype(np.float32)
 
 
-def probe(features_train: np.ndarray, y_train: np.ndarray, features_test: np.ndarray,
-          y_test: np.ndarray, *, k1_test: Optional[np.ndarray] = None, n_bins: int = dist.N_BINS,
-          k1_range: tuple[float, float] = dist.K1_RANGE, C: float = 1.0, seed: int = 0) -> dict[str, Any]:
+def probe(
+    features_train: np.ndarray,
+    y_train: np.ndarray,
+    features_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    k1_test: np.ndarray | None = None,
+    n_bins: int = dist.N_BINS,
+    k1_range: tuple[float, float] = dist.K1_RANGE,
+    C: float = 1.0,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Fit the linear probe on ``[N,F]`` features and bins ``int [N]``; score it on the test set.
 
     Returns ``accuracy``, ``majority`` (accuracy of always answering the most frequent training
@@ -102,26 +117,44 @@ def probe(features_train: np.ndarray, y_train: np.ndarray, features_test: np.nda
     centres = dist.bin_centres(n_bins, k1_range)
     truth = centres[y_test] if k1_test is None else np.asarray(k1_test, dtype=np.float64)
     per_bin = {int(b): float(np.mean(pred[y_test == b] == b)) for b in np.unique(y_test)}
-    return {"accuracy": float(np.mean(pred == y_test)),
-            "majority": float(np.mean(y_test == majority_bin)),
-            "chance": 1.0 / n_bins,
-            "within_one_bin": float(np.mean(np.abs(pred - y_test) <= 1)),
-            "mae_k1": float(np.mean(np.abs(centres[pred] - truth))),
-            "mae_k1_majority": float(np.mean(np.abs(centres[majority_bin] - truth))),
-            "majority_bin": majority_bin, "n_train": int(len(y_train)), "n_test": int(len(y_test)),
-            "feature_dim": int(np.asarray(features_train).shape[1]), "C": C,
-            "per_bin_accuracy": per_bin}
+    return {
+        "accuracy": float(np.mean(pred == y_test)),
+        "majority": float(np.mean(y_test == majority_bin)),
+        "chance": 1.0 / n_bins,
+        "within_one_bin": float(np.mean(np.abs(pred - y_test) <= 1)),
+        "mae_k1": float(np.mean(np.abs(centres[pred] - truth))),
+        "mae_k1_majority": float(np.mean(np.abs(centres[majority_bin] - truth))),
+        "majority_bin": majority_bin,
+        "n_train": int(len(y_train)),
+        "n_test": int(len(y_test)),
+        "feature_dim": int(np.asarray(features_train).shape[1]),
+        "C": C,
+        "per_bin_accuracy": per_bin,
+    }
 
 
-def _features_of(photos: Sequence[Path], fn: FeatureFn, per_photo: int, seed: int, crop: int,
-                 skipped: list[str], desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _features_of(
+    photos: Sequence[Path],
+    fn: FeatureFn,
+    per_photo: int,
+    seed: int,
+    crop: int,
+    skipped: list[str],
+    desc: str,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features ``[N,F]``, k1 ``[N]`` and photo index ``[N]`` of one split, one photo in memory at a time."""
     from tqdm import tqdm
 
     feats, k1s, idx = [], [], []
-    for index, crops, k1, reason in tqdm(dist.iter_probe_crops(photos, per_photo, seed, crop),
-                                         total=len(photos), desc=desc, disable=not progress,
-                                         unit="photo", dynamic_ncols=True):
+    for index, crops, k1, reason in tqdm(
+        dist.iter_probe_crops(photos, per_photo, seed, crop),
+        total=len(photos),
+        desc=desc,
+        disable=not progress,
+        unit="photo",
+        dynamic_ncols=True,
+    ):
         if crops is None:
             log.warning("skipped %s", reason)
             skipped.append(reason)
@@ -134,10 +167,19 @@ def _features_of(photos: Sequence[Path], fn: FeatureFn, per_photo: int, seed: in
     return np.concatenate(feats), np.concatenate(k1s), np.concatenate(idx)
 
 
-def run_distortion_probe(model: Union[str, Path, torch.nn.Module, FeatureFn], photos_train: Sequence[Path],
-                         photos_test: Sequence[Path], *, per_photo: int = 8, seed: int = 0, crop: int = 512,
-                         features: str = "embed", C: float = 1.0, device: str = "auto",
-                         progress: bool = True) -> dict[str, Any]:
+def run_distortion_probe(
+    model: str | Path | torch.nn.Module | FeatureFn,
+    photos_train: Sequence[Path],
+    photos_test: Sequence[Path],
+    *,
+    per_photo: int = 8,
+    seed: int = 0,
+    crop: int = 512,
+    features: str = "embed",
+    C: float = 1.0,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
     """The whole probe: crops -> frozen features -> logistic regression -> scores (a JSON-able dict).
 
     ``model``: a model folder, a loaded :class:`exiflang.train.model.ExifClip`, or a feature function
@@ -151,6 +193,7 @@ def run_distortion_probe(model: Union[str, Path, torch.nn.Module, FeatureFn], ph
     t0 = time.perf_counter()
     if isinstance(model, (str, Path)):
         from exiflang.train.model import ExifClip
+
         model = ExifClip.from_pretrained(model).model
     fn = model if not isinstance(model, torch.nn.Module) else feature_function(model, features, device)
     skipped: list[str] = []
@@ -158,14 +201,23 @@ def run_distortion_probe(model: Union[str, Path, torch.nn.Module, FeatureFn], ph
     f_te, k_te, i_te = _features_of(photos_test, fn, per_photo, seed, crop, skipped, "probe test", progress)
     t_feat = time.perf_counter() - t0
     if len(k_tr) == 0 or len(k_te) == 0:
-        raise ValueError(f"no usable photos in the {'training' if len(k_tr) == 0 else 'test'} split "
-                         f"({len(skipped)} skipped)")
+        raise ValueError(
+            f"no usable photos in the {'training' if len(k_tr) == 0 else 'test'} split ({len(skipped)} skipped)"
+        )
     scores = probe(f_tr, dist.k1_bins(k_tr), f_te, dist.k1_bins(k_te), k1_test=k_te, C=C, seed=seed)
-    return {**scores, "features": features if isinstance(model, torch.nn.Module) else "custom",
-            "per_photo": per_photo, "seed": seed, "crop": crop, "k1_range": list(dist.K1_RANGE),
-            "bins": dist.N_BINS, "photos_train": int(len(np.unique(i_tr))),
-            "photos_test": int(len(np.unique(i_te))), "skipped": skipped,
-            "seconds": {"features": round(t_feat, 3), "total": round(time.perf_counter() - t0, 3)}}
+    return {
+        **scores,
+        "features": features if isinstance(model, torch.nn.Module) else "custom",
+        "per_photo": per_photo,
+        "seed": seed,
+        "crop": crop,
+        "k1_range": list(dist.K1_RANGE),
+        "bins": dist.N_BINS,
+        "photos_train": int(len(np.unique(i_tr))),
+        "photos_test": int(len(np.unique(i_te))),
+        "skipped": skipped,
+        "seconds": {"features": round(t_feat, 3), "total": round(time.perf_counter() - t0, 3)},
+    }
 
 
 def camera_keys(photos: Sequence[Path]) -> list[str]:
@@ -177,8 +229,9 @@ def camera_keys(photos: Sequence[Path]) -> list[str]:
         if p.parent not in manifests:
             table = p.parent / "manifest.csv"
             rows = list(csv.DictReader(table.open(newline=""))) if table.is_file() else []
-            manifests[p.parent] = {r["file"]: f"{r.get('make', '')} {r.get('model', '')}".strip()
-                                   for r in rows if r.get("file")}
+            manifests[p.parent] = {
+                r["file"]: f"{r.get('make', '')} {r.get('model', '')}".strip() for r in rows if r.get("file")
+            }
         key = manifests[p.parent].get(p.name, "")
         if not key:
             try:
@@ -191,8 +244,9 @@ def camera_keys(photos: Sequence[Path]) -> list[str]:
     return keys
 
 
-def split_photos(photos: Sequence[Path], by: str = "camera", test_fraction: float = 0.5,
-                 seed: int = 0) -> tuple[list[Path], list[Path]]:
+def split_photos(
+    photos: Sequence[Path], by: str = "camera", test_fraction: float = 0.5, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
     """``(train, test)``: ``by="camera"`` puts whole camera models (:func:`camera_keys`) on one side
     (``test_fraction`` of the models, rounded, at least one each side); ``by="photo"`` splits photos."""
     if by not in ("camera", "photo"):
@@ -201,8 +255,9 @@ def split_photos(photos: Sequence[Path], by: str = "camera", test_fraction: floa
     keys = camera_keys(photos) if by == "camera" else [str(p) for p in photos]
     groups = sorted(set(keys))
     if len(groups) < 2:
-        raise ValueError(f"need at least 2 {'camera models' if by == 'camera' else 'photos'} to split, "
-                         f"found {len(groups)}")
+        raise ValueError(
+            f"need at least 2 {'camera models' if by == 'camera' else 'photos'} to split, found {len(groups)}"
+        )
     order = np.random.default_rng(seed).permutation(len(groups))
     n_test = min(max(1, int(round(test_fraction * len(groups)))), len(groups) - 1)
     test_groups = {groups[i] for i in order[:n_test]}
@@ -212,21 +267,32 @@ def split_photos(photos: Sequence[Path], by: str = "camera", test_fraction: floa
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m exiflang.eval.probes.distortion_probe", description=(
-        "Radial-distortion linear probe: distorted 512-px crops (k1 ~ U[-0.4, 0], 20 bins) -> "
-        "frozen image features -> logistic regression; accuracy vs the majority baseline."))
+    ap = argparse.ArgumentParser(
+        prog="python -m exiflang.eval.probes.distortion_probe",
+        description=(
+            "Radial-distortion linear probe: distorted 512-px crops (k1 ~ U[-0.4, 0], 20 bins) -> "
+            "frozen image features -> logistic regression; accuracy vs the majority baseline."
+        ),
+    )
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model folder (exiflang format)")
-    src.add_argument("--random-init", metavar="PRESET", help="an untrained model of this preset "
-                     "(e.g. cpu-small), seeded with --seed: the untrained-encoder reference")
+    src.add_argument(
+        "--random-init",
+        metavar="PRESET",
+        help="an untrained model of this preset (e.g. cpu-small), seeded with --seed: the untrained-encoder reference",
+    )
     ap.add_argument("--photos", nargs="+", required=True, help="photo files or folders")
     ap.add_argument("--out", required=True, help="output folder (distortion.json)")
     ap.add_argument("--per-photo", type=int, default=8, help="crops per photo (default 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crop", type=int, default=512)
     ap.add_argument("--features", choices=FEATURES, default="embed")
-    ap.add_argument("--split", choices=("camera", "photo"), default="camera",
-                    help="camera: no camera model on both sides (default); photo: by photo")
+    ap.add_argument(
+        "--split",
+        choices=("camera", "photo"),
+        default="camera",
+        help="camera: no camera model on both sides (default); photo: by photo",
+    )
     ap.add_argument("--test-fraction", type=float, default=0.5)
     ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the classifier")
     ap.add_argument("--device", default="auto")
@@ -236,13 +302,14 @@ def parser() -> argparse.ArgumentParser:
 
 def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     from exiflang.train.model import ExifClip, ModelConfig
+
     if args.model:
         return ExifClip.from_pretrained(args.model).model, str(args.model)
     torch.manual_seed(args.seed)
     return ExifClip(ModelConfig.preset(args.random_init)).eval(), f"random-init {args.random_init}"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the probe; exit 0 (skipped photos are listed in the JSON and on stderr), 2 on bad input."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -254,9 +321,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ValueError(f"{' '.join(args.photos)}: no photos found")
         train, test = split_photos(photos, args.split, args.test_fraction, args.seed)
         model, name = _load_model(args)
-        result = run_distortion_probe(model, train, test, per_photo=args.per_photo, seed=args.seed,
-                                      crop=args.crop, features=args.features, C=args.C,
-                                      device=args.device, progress=not args.no_progress)
+        result = run_distortion_probe(
+            model,
+            train,
+            test,
+            per_photo=args.per_photo,
+            seed=args.seed,
+            crop=args.crop,
+            features=args.features,
+            C=args.C,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"exiflang distortion: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -266,10 +342,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     (out / "distortion.json").write_text(json.dumps(result, indent=2) + "\n")
     for reason in result["skipped"]:
         print(f"skipped {reason}", file=sys.stderr)
-    print(f"distortion probe ({result['features']}, {result['photos_train']}+{result['photos_test']} photos, "
-          f"{result['n_train']}+{result['n_test']} crops): accuracy {result['accuracy']:.3f}, "
-          f"majority {result['majority']:.3f}, chance {result['chance']:.3f}, "
-          f"k1 MAE {result['mae_k1']:.3f} (majority {result['mae_k1_majority']:.3f})")
+    print(
+        f"distortion probe ({result['features']}, {result['photos_train']}+{result['photos_test']} photos, "
+        f"{result['n_train']}+{result['n_test']} crops): accuracy {result['accuracy']:.3f}, "
+        f"majority {result['majority']:.3f}, chance {result['chance']:.3f}, "
+        f"k1 MAE {result['mae_k1']:.3f} (majority {result['mae_k1_majority']:.3f})"
+    )
     print(f"wrote {out / 'distortion.json'}")
     return 0
 

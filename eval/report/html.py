@@ -17,6 +17,7 @@
 
 Every text is HTML-escaped; nothing outside the file is referenced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +27,16 @@ import html
 import io
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from exiflang.errors import CommandError, check_out_file, naming, run_main
 from exiflang.eval.images import ImageError, load_rgb
 from exiflang.eval.report.svg_plot import Series, line_chart
-from exiflang.errors import CommandError, check_out_file, naming, run_main
 
 NOT_RUN = '<p class="missing">not run</p>'
 EVAL_SKIP = {"eval/metric", "eval/cameras", "eval/images"}  # duplicates and counts, not curves
@@ -84,8 +86,13 @@ def table(headers: Iterable[Any], rows: Iterable[Iterable[Any]]) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def image_data_uri(source: Union[PathLike, np.ndarray], max_width: int, max_height: Optional[int] = None,
-                   kind: str = "auto", png_limit: int = 400_000) -> str:
+def image_data_uri(
+    source: PathLike | np.ndarray,
+    max_width: int,
+    max_height: int | None = None,
+    kind: str = "auto",
+    png_limit: int = 400_000,
+) -> str:
     """A photo, overlay or mask -> ``data:`` URI, downscaled to fit ``max_width`` x ``max_height``.
 
     ``kind``: ``jpeg``, ``png`` or ``auto`` (PNG if it stays under ``png_limit`` bytes, else JPEG).
@@ -104,8 +111,9 @@ def image_data_uri(source: Union[PathLike, np.ndarray], max_width: int, max_heig
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def img_tag(source: Union[PathLike, np.ndarray], alt: str, max_width: int, max_height: Optional[int] = None,
-            kind: str = "auto") -> str:
+def img_tag(
+    source: PathLike | np.ndarray, alt: str, max_width: int, max_height: int | None = None, kind: str = "auto"
+) -> str:
     """``<img>`` with the embedded image, or a one-line note saying why there is none."""
     try:
         uri = image_data_uri(source, max_width, max_height, kind)
@@ -127,7 +135,7 @@ def read_jsonl(path: PathLike) -> list[dict]:
     return rows
 
 
-def training_section(run_dir: Optional[PathLike]) -> str:
+def training_section(run_dir: PathLike | None) -> str:
     """Loss and held-out curves, final numbers and the resolved config of a run folder."""
     if run_dir is None or not (Path(run_dir) / "metrics.jsonl").is_file():
         return NOT_RUN
@@ -141,10 +149,15 @@ def training_section(run_dir: Optional[PathLike]) -> str:
     parts = [line_chart(lines, title="Training loss", x_label="step", y_label="loss")]
     keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k not in EVAL_SKIP | {"eval/loss"}})
     if keys:
-        curves = [Series(k[5:], [r["step"] for r in rows if k in r], [r[k] for r in rows if k in r],
-                         dashed=k == "eval/chance") for k in keys]
-        parts.append(line_chart(curves, title="Held-out evaluation", x_label="step",
-                                y_label="score", y_range=(0.0, 1.0)))
+        curves = [
+            Series(
+                k[5:], [r["step"] for r in rows if k in r], [r[k] for r in rows if k in r], dashed=k == "eval/chance"
+            )
+            for k in keys
+        ]
+        parts.append(
+            line_chart(curves, title="Held-out evaluation", x_label="step", y_label="score", y_range=(0.0, 1.0))
+        )
     result_path = run / "result.json"
     if result_path.is_file():
         try:
@@ -154,8 +167,9 @@ def training_section(run_dir: Optional[PathLike]) -> str:
             parts.append(f'<p class="err">{esc(result_path)}: not JSON ({esc(exc)})</p>')
     cfg = run / "config.yaml"
     if cfg.is_file():
-        parts.append(f"<details><summary>config.yaml</summary><pre>{esc(cfg.read_text(errors='replace'))}"
-                     "</pre></details>")
+        parts.append(
+            f"<details><summary>config.yaml</summary><pre>{esc(cfg.read_text(errors='replace'))}</pre></details>"
+        )
     speed = [r["samples_per_s"] for r in rows if isinstance(r.get("samples_per_s"), (int, float))]
     summary = f"{len(loss)} logged steps, last step {loss[-1][0]}, final loss {loss[-1][1]:.4g}" if loss else ""
     if speed:
@@ -167,7 +181,7 @@ def _exif_cell(exif: Any, tag: str) -> str:
     return str(exif.get(tag, "")) if isinstance(exif, dict) else ""
 
 
-def lookup_section(records: Optional[list[dict]], max_neighbours: int = 10) -> str:
+def lookup_section(records: list[dict] | None, max_neighbours: int = 10) -> str:
     """Per query photo: thumbnail, nearest training photos, predicted tags (with truth if given)."""
     if not records:
         return NOT_RUN
@@ -180,9 +194,16 @@ def lookup_section(records: Optional[list[dict]], max_neighbours: int = 10) -> s
             continue
         truth = rec.get("truth") or {}
         nb = list(rec.get("neighbours") or [])[:max_neighbours]
-        nb_rows = [[n.get("rank", i + 1), n.get("similarity"), n.get("key", ""),
-                    _exif_cell(n.get("exif"), "Make"), _exif_cell(n.get("exif"), "Model")]
-                   for i, n in enumerate(nb)]
+        nb_rows = [
+            [
+                n.get("rank", i + 1),
+                n.get("similarity"),
+                n.get("key", ""),
+                _exif_cell(n.get("exif"), "Make"),
+                _exif_cell(n.get("exif"), "Model"),
+            ]
+            for i, n in enumerate(nb)
+        ]
         preds = rec.get("predictions") or {}
         order = [t for t in ("Make", "Model") if t in preds] + [t for t in preds if t not in ("Make", "Model")]
         pred_rows, hits, scored = [], 0, 0
@@ -202,14 +223,16 @@ def lookup_section(records: Optional[list[dict]], max_neighbours: int = 10) -> s
         head = ["tag", "predicted", "vote share", "neighbours with tag"] + (["truth", ""] if truth else [])
         size = f"{rec['width']}x{rec['height']} px, " if rec.get("width") and rec.get("height") else ""
         score = f"; {hits} of {scored} tags with a known truth predicted right" if scored else ""
-        parts.append(f'<p class="muted">{esc(size)}{len(nb)} nearest training photos{esc(score)}</p>'
-                     f'<div class="row">{img_tag(path, "query photo", 320, 320, "jpeg")}'
-                     f'<div>{table(["#", "similarity", "key", "Make", "Model"], nb_rows)}</div></div>'
-                     + (table(head, pred_rows) if pred_rows else '<p class="missing">no predictions</p>'))
+        parts.append(
+            f'<p class="muted">{esc(size)}{len(nb)} nearest training photos{esc(score)}</p>'
+            f'<div class="row">{img_tag(path, "query photo", 320, 320, "jpeg")}'
+            f"<div>{table(['#', 'similarity', 'key', 'Make', 'Model'], nb_rows)}</div></div>"
+            + (table(head, pred_rows) if pred_rows else '<p class="missing">no predictions</p>')
+        )
     return "".join(parts)
 
 
-def _resolve(path: Any, bases: list[Path]) -> Optional[Path]:
+def _resolve(path: Any, bases: list[Path]) -> Path | None:
     if not path:
         return None
     p = Path(str(path))
@@ -218,7 +241,7 @@ def _resolve(path: Any, bases: list[Path]) -> Optional[Path]:
     return next((b / p for b in bases if (b / p).exists()), p)
 
 
-def detection_section(records: Optional[list[dict]], bases: list[Path]) -> str:
+def detection_section(records: list[dict] | None, bases: list[Path]) -> str:
     """Per image: the overlay PNG, scores, timings, and the truth mask and metrics when given."""
     if not records:
         return NOT_RUN
@@ -244,7 +267,7 @@ def detection_section(records: Optional[list[dict]], bases: list[Path]) -> str:
     return "".join(parts)
 
 
-def metrics_section(metrics: Optional[dict[str, dict]]) -> str:
+def metrics_section(metrics: dict[str, dict] | None) -> str:
     """``{section: {name: value}}`` as tables (all-dict sections as one wide table)."""
     if not metrics:
         return NOT_RUN
@@ -261,32 +284,43 @@ def metrics_section(metrics: Optional[dict[str, dict]]) -> str:
     return "".join(parts)
 
 
-def write_report(out_html: PathLike, *, title: str, run_dir: Optional[PathLike] = None,
-                 lookup: Optional[list[dict]] = None, detections: Optional[list[dict]] = None,
-                 metrics: Optional[dict[str, dict]] = None, notes: Optional[list[str]] = None) -> Path:
+def write_report(
+    out_html: PathLike,
+    *,
+    title: str,
+    run_dir: PathLike | None = None,
+    lookup: list[dict] | None = None,
+    detections: list[dict] | None = None,
+    metrics: dict[str, dict] | None = None,
+    notes: list[str] | None = None,
+) -> Path:
     """Write the report to ``out_html`` (temp file, then rename) and return its path."""
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     bases = [out.parent] + ([Path(run_dir)] if run_dir else [])
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    sections = [("training", "Training", training_section(run_dir)),
-                ("lookup", "Metadata lookup", lookup_section(lookup)),
-                ("detection", "Splice detection", detection_section(detections, bases)),
-                ("metrics", "Metrics", metrics_section(metrics))]
+    sections = [
+        ("training", "Training", training_section(run_dir)),
+        ("lookup", "Metadata lookup", lookup_section(lookup)),
+        ("detection", "Splice detection", detection_section(detections, bases)),
+        ("metrics", "Metrics", metrics_section(metrics)),
+    ]
     nav = " · ".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in sections)
     note_html = "".join(f"<li>{esc(n)}</li>" for n in notes or [])
     body = "".join(f'<h2 id="{sid}">{esc(name)}</h2>{content}' for sid, name, content in sections)
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
-            f'</head><body><h1>{esc(title)}</h1><p class="muted">generated {esc(stamp)} · {nav}</p>'
-            f'{"<ul>" + note_html + "</ul>" if note_html else ""}{body}</body></html>\n')
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
+        f'</head><body><h1>{esc(title)}</h1><p class="muted">generated {esc(stamp)} · {nav}</p>'
+        f"{'<ul>' + note_html + '</ul>' if note_html else ''}{body}</body></html>\n"
+    )
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m exiflang.eval.report.html``: a report from files (JSON Lines for lookup/detections, JSON metrics).
 
     Exit status: 0 written, 2 a missing or damaged input file or an unwritable ``--out`` (one line;
@@ -316,9 +350,15 @@ def _main(argv: list[str]) -> int:
             metrics = json.loads(Path(args.metrics).read_text())
     if metrics is not None and not isinstance(metrics, dict):
         raise CommandError(args.metrics, "expected a JSON object {section: {name: value}}")
-    out = write_report(args.out, title=args.title, run_dir=args.run, notes=args.note, metrics=metrics,
-                       lookup=read_jsonl(args.lookup) if args.lookup else None,
-                       detections=read_jsonl(args.detections) if args.detections else None)
+    out = write_report(
+        args.out,
+        title=args.title,
+        run_dir=args.run,
+        notes=args.note,
+        metrics=metrics,
+        lookup=read_jsonl(args.lookup) if args.lookup else None,
+        detections=read_jsonl(args.detections) if args.detections else None,
+    )
     print(f"report: {out.resolve()}")
     return 0
 

@@ -3,12 +3,13 @@
 :func:`line_chart` returns one ``<svg>`` element as a string, every text escaped, ready to drop
 into an HTML page.  Non-finite points are left out; a series of one point is drawn as a dot.
 """
+
 from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
 
@@ -20,15 +21,14 @@ class Series:
     name: str
     xs: Sequence[float]
     ys: Sequence[float]
-    colour: Optional[str] = None
+    colour: str | None = None
     dashed: bool = False
     points: list[tuple[float, float]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.xs) != len(self.ys):
             raise ValueError(f"series {self.name!r}: {len(self.xs)} xs but {len(self.ys)} ys")
-        self.points = [(float(x), float(y)) for x, y in zip(self.xs, self.ys)
-                       if _finite(x) and _finite(y)]
+        self.points = [(float(x), float(y)) for x, y in zip(self.xs, self.ys) if _finite(x) and _finite(y)]
 
 
 def _finite(v: object) -> bool:
@@ -70,8 +70,16 @@ def format_tick(value: float, step: float) -> str:
     return f"{value:.{decimals}f}"
 
 
-def line_chart(series: Sequence[Series], *, title: str = "", x_label: str = "", y_label: str = "",
-               width: int = 640, height: int = 300, y_range: Optional[tuple[float, float]] = None) -> str:
+def line_chart(
+    series: Sequence[Series],
+    *,
+    title: str = "",
+    x_label: str = "",
+    y_label: str = "",
+    width: int = 640,
+    height: int = 300,
+    y_range: tuple[float, float] | None = None,
+) -> str:
     """An SVG line chart of ``series`` (colours from :data:`PALETTE` unless given).
 
     ``y_range`` fixes the y axis (e.g. ``(0, 1)`` for accuracies); otherwise it spans the data.
@@ -82,17 +90,22 @@ def line_chart(series: Sequence[Series], *, title: str = "", x_label: str = "", 
     top = (28 if title else 8) + 18  # title row, then the legend row
     legend_x = [left + sum(40 + 6.5 * len(s.name) for s in series[:i]) for i in range(len(series))]
     pw, ph = width - left - right, height - top - bottom
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title or y_label)}" '
-           f'font-family="sans-serif" font-size="11">',
-           f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title or y_label)}" '
+        f'font-family="sans-serif" font-size="11">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
+    ]
     if title:
-        out.append(f'<text x="{width / 2:.1f}" y="17" text-anchor="middle" font-size="13" '
-                   f'font-weight="bold">{esc(title)}</text>')
+        out.append(
+            f'<text x="{width / 2:.1f}" y="17" text-anchor="middle" font-size="13" '
+            f'font-weight="bold">{esc(title)}</text>'
+        )
     pts = [p for s in series for p in s.points]
     if not pts:
-        out.append(f'<text x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" '
-                   f'fill="#888">no data</text></svg>')
+        out.append(
+            f'<text x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" fill="#888">no data</text></svg>'
+        )
         return "".join(out)
     xt = nice_ticks(min(p[0] for p in pts), max(p[0] for p in pts))
     yt = nice_ticks(*y_range) if y_range else nice_ticks(min(p[1] for p in pts), max(p[1] for p in pts))
@@ -106,16 +119,19 @@ def line_chart(series: Sequence[Series], *, title: str = "", x_label: str = "", 
 
     out.append(_axes(xt, yt, sx, sy, left, top, pw, ph))
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">{esc(x_label)}</text>')
-    out.append(f'<text transform="translate(14,{top + ph / 2:.1f}) rotate(-90)" '
-               f'text-anchor="middle">{esc(y_label)}</text>')
+    out.append(
+        f'<text transform="translate(14,{top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">{esc(y_label)}</text>'
+    )
     colours = [esc(s.colour or PALETTE[i % len(PALETTE)]) for i, s in enumerate(series)]
     out += [_polyline(s, c, sx, sy) for s, c in zip(series, colours)]
     for i, (s, colour) in enumerate(zip(series, colours)):  # legend: one row above the plot
         lx, ly = legend_x[i], top - 9
         dash = ' stroke-dasharray="5,3"' if s.dashed else ""
-        out.append(f'<line x1="{lx:.1f}" y1="{ly}" x2="{lx + 22:.1f}" y2="{ly}" '
-                   f'stroke="{colour}" stroke-width="2"{dash}/>'
-                   f'<text x="{lx + 26:.1f}" y="{ly + 4}">{esc(s.name)}</text>')
+        out.append(
+            f'<line x1="{lx:.1f}" y1="{ly}" x2="{lx + 22:.1f}" y2="{ly}" '
+            f'stroke="{colour}" stroke-width="2"{dash}/>'
+            f'<text x="{lx + 26:.1f}" y="{ly + 4}">{esc(s.name)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -126,14 +142,18 @@ def _axes(xt: list[float], yt: list[float], sx, sy, left: int, top: int, pw: int
     xstep, ystep = xt[1] - xt[0], yt[1] - yt[0]
     for t in xt:
         x = sx(t)
-        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#e4e4e4"/>'
-                     f'<text x="{x:.1f}" y="{top + ph + 15}" text-anchor="middle">'
-                     f'{html.escape(format_tick(t, xstep))}</text>')
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#e4e4e4"/>'
+            f'<text x="{x:.1f}" y="{top + ph + 15}" text-anchor="middle">'
+            f"{html.escape(format_tick(t, xstep))}</text>"
+        )
     for t in yt:
         y = sy(t)
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e4e4e4"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                     f'{html.escape(format_tick(t, ystep))}</text>')
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
+            f"{html.escape(format_tick(t, ystep))}</text>"
+        )
     return "".join(parts)
 
 

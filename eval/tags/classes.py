@@ -21,25 +21,26 @@ A tag with fewer than 2 classes is not evaluated (:attr:`TagClasses.evaluable` i
 :attr:`TagClasses.reason` says why).  Each class keeps a ``representative``: the most common
 raw train value inside it (zero-shot text ranking renders that value).
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 # A whole value that is one number: optional "f/" prefix, a decimal or a rational, an optional
 # unit made of letters and spaces ("sec", "mm", "EV", "dots per inch", "pixels").  Dates,
 # versions like "Ver.1.00" and words do not match.
-_NUMBER_VALUE = re.compile(
-    r"^\s*(?:f/)?\s*([+-]?\d+(?:\.\d+)?)(?:\s*/\s*(\d+(?:\.\d+)?))?\s*([A-Za-z][A-Za-z ]*)?\s*$")
+_NUMBER_VALUE = re.compile(r"^\s*(?:f/)?\s*([+-]?\d+(?:\.\d+)?)(?:\s*/\s*(\d+(?:\.\d+)?))?\s*([A-Za-z][A-Za-z ]*)?\s*$")
 
 
-def parse_number(value: Optional[str]) -> Optional[float]:
+def parse_number(value: str | None) -> float | None:
     """The number one EXIF value states, or ``None``.
 
     ``"1/200 sec"`` -> 0.005, ``"f/8.0"`` -> 8.0, ``"55 mm"`` -> 55.0, ``"-2/3 EV"`` -> -0.667,
@@ -117,7 +118,7 @@ class TagClasses:
             return "every value is rare"
         return "one class after dropping rare values"
 
-    def classify(self, value: Optional[str]) -> Optional[int]:
+    def classify(self, value: str | None) -> int | None:
         """Class id of a raw value, or ``None`` (tag absent, or a rare value: not scored)."""
         if value is None:
             return None
@@ -131,15 +132,21 @@ class TagClasses:
                 return int(np.searchsorted(np.asarray(self.edges, dtype=np.float64), x, side="right"))
         return None
 
-    def classify_many(self, values: Iterable[Optional[str]]) -> np.ndarray:
+    def classify_many(self, values: Iterable[str | None]) -> np.ndarray:
         """``int64 [N]`` class ids, ``-1`` where :meth:`classify` gives ``None``."""
         return np.asarray([-1 if (c := self.classify(v)) is None else c for v in values], dtype=np.int64)
 
     def to_dict(self) -> dict:
         """JSON-ready description (for reports)."""
-        return {"kind": self.kind, "labels": self.labels, "representative": self.representative,
-                "train_counts": self.counts, "edges": self.edges,
-                "n_present": self.n_present, "n_rare": self.n_rare}
+        return {
+            "kind": self.kind,
+            "labels": self.labels,
+            "representative": self.representative,
+            "train_counts": self.counts,
+            "edges": self.edges,
+            "n_present": self.n_present,
+            "n_rare": self.n_rare,
+        }
 
 
 def _bin_edges(xs: np.ndarray, max_bins: int) -> list[float]:
@@ -161,8 +168,7 @@ def _bin_labels(edges: Sequence[float], unit: str, fractions: bool) -> list[str]
     suffix = f" {unit}" if unit else ""
     if not f:
         return [f"all{suffix}"]
-    return ([f"< {f[0]}{suffix}"] + [f"[{a}, {b}){suffix}" for a, b in itertools.pairwise(f)]
-            + [f">= {f[-1]}{suffix}"])
+    return [f"< {f[0]}{suffix}"] + [f"[{a}, {b}){suffix}" for a, b in itertools.pairwise(f)] + [f">= {f[-1]}{suffix}"]
 
 
 def _kept(counter: Counter, n_present: int, min_frac: float, min_count: int) -> list[tuple[str, int]]:
@@ -171,8 +177,15 @@ def _kept(counter: Counter, n_present: int, min_frac: float, min_count: int) -> 
     return sorted(((v, c) for v, c in counter.items() if c >= need), key=lambda vc: (-vc[1], vc[0]))
 
 
-def fit_one(tag: str, raw: Sequence[Optional[str]], *, min_frac: float = 0.01, min_count: int = 2,
-            max_bins: int = 8, numeric_frac: float = 0.9) -> TagClasses:
+def fit_one(
+    tag: str,
+    raw: Sequence[str | None],
+    *,
+    min_frac: float = 0.01,
+    min_count: int = 2,
+    max_bins: int = 8,
+    numeric_frac: float = 0.9,
+) -> TagClasses:
     """Fit one tag's classes on its train values (``None`` = the image lacks the tag)."""
     present = [str(v).strip() for v in raw if v is not None]
     counter = Counter(present)
@@ -192,20 +205,36 @@ def fit_one(tag: str, raw: Sequence[Optional[str]], *, min_frac: float = 0.01, m
         counts = np.bincount(bins, minlength=len(labels)).tolist()
         reps = []
         for b in range(len(labels)):
-            inside = Counter(v for v in present if (x := numbers[v]) is not None
-                             and int(np.searchsorted(edges, x, side="right")) == b)
+            inside = Counter(
+                v
+                for v in present
+                if (x := numbers[v]) is not None and int(np.searchsorted(edges, x, side="right")) == b
+            )
             reps.append(min(inside.items(), key=lambda vc: (-vc[1], vc[0]))[0])
         others = Counter({v: c for v, c in counter.items() if numbers[v] is None})
         kept = _kept(others, len(present), min_frac, min_count)
         values = {v: len(labels) + i for i, (v, _) in enumerate(kept)}
         n_rare = sum(others.values()) - sum(c for _, c in kept)
-        return TagClasses(kind="numeric", labels=labels + [v for v, _ in kept],
-                          representative=reps + [v for v, _ in kept], counts=counts + [c for _, c in kept],
-                          edges=edges, n_rare=n_rare, values=values, **base)
+        return TagClasses(
+            kind="numeric",
+            labels=labels + [v for v, _ in kept],
+            representative=reps + [v for v, _ in kept],
+            counts=counts + [c for _, c in kept],
+            edges=edges,
+            n_rare=n_rare,
+            values=values,
+            **base,
+        )
     kept = _kept(counter, len(present), min_frac, min_count)
-    return TagClasses(kind="categorical", labels=[v for v, _ in kept], representative=[v for v, _ in kept],
-                      counts=[c for _, c in kept], n_rare=len(present) - sum(c for _, c in kept),
-                      values={v: i for i, (v, _) in enumerate(kept)}, **base)
+    return TagClasses(
+        kind="categorical",
+        labels=[v for v, _ in kept],
+        representative=[v for v, _ in kept],
+        counts=[c for _, c in kept],
+        n_rare=len(present) - sum(c for _, c in kept),
+        values={v: i for i, (v, _) in enumerate(kept)},
+        **base,
+    )
 
 
 def fit_tag_classes(exifs: Sequence[Mapping[str, str]], tags: Sequence[str], **options: Any) -> dict[str, TagClasses]:

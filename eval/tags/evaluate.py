@@ -25,24 +25,25 @@ Results: ``OUT/tag_eval.json`` and ``OUT/tag_eval.md`` (:mod:`exiflang.eval.tags
 is printed.  Exit status: 0 done, 2 bad input or usage (one line on stderr, ``exiflang eval-tags:
 error: FILE: reason``; :mod:`exiflang.errors`).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from exiflang.eval.embed.store import Embeddings, check_model_against, load_embeddings
-from exiflang.eval.tags.probe import probe_predict
-from exiflang.eval.tags.classes import TagClasses, fit_tag_classes
-from exiflang.eval.tags.report import averages, markdown, write_report
-from exiflang.eval.index.votes import vote_classes
-from exiflang.eval.tags.zero_shot import ZeroShot, template_exif
 from exiflang.errors import CommandError, check_out_dir, run_main
+from exiflang.eval.embed.store import Embeddings, check_model_against, load_embeddings
+from exiflang.eval.index.votes import vote_classes
+from exiflang.eval.tags.classes import TagClasses, fit_tag_classes
+from exiflang.eval.tags.probe import probe_predict
+from exiflang.eval.tags.report import averages, markdown, write_report
+from exiflang.eval.tags.zero_shot import ZeroShot, template_exif
 
 log = logging.getLogger("exiflang.eval")
 
@@ -59,22 +60,34 @@ def _same_rows(a: Any, b: Any) -> bool:
     return all((a[c].astype(str).to_numpy() == b[c].astype(str).to_numpy()).all() for c in cols)
 
 
-def load_or_embed(model_dir: Path, shards: Optional[str | Path], emb: Optional[str], out: Path, split: str,
-                  grid: dict, device: str, batch_size: int, progress: bool) -> Embeddings:
+def load_or_embed(
+    model_dir: Path,
+    shards: str | Path | None,
+    emb: str | None,
+    out: Path,
+    split: str,
+    grid: dict,
+    device: str,
+    batch_size: int,
+    progress: bool,
+) -> Embeddings:
     """The given embeddings folder, or the ``split`` shards embedded into ``out/emb_SPLIT`` (resuming)."""
     if emb is None:
         if shards is None:
             raise ValueError(f"--{split} SHARDS or --{split}-emb EMB is required")
         from exiflang.eval.embed.run import embed_shards
-        emb = str(embed_shards(model_dir, shards, out / f"emb_{split}", device=device, batch_size=batch_size,
-                               progress=progress, **grid))
+
+        emb = str(
+            embed_shards(
+                model_dir, shards, out / f"emb_{split}", device=device, batch_size=batch_size, progress=progress, **grid
+            )
+        )
     loaded = load_embeddings(emb)
     check_model_against(loaded.meta.get("model_signature", {}), model_dir, Path(emb) / "meta.json")
     return loaded
 
 
-def load_or_build_index(model_dir: Path, train: Embeddings, index: Optional[str], out: Path, k: int,
-                        seed: int) -> Any:
+def load_or_build_index(model_dir: Path, train: Embeddings, index: str | None, out: Path, k: int, seed: int) -> Any:
     """The given index (which must hold exactly ``train``), or one built into ``out/index``."""
     from exiflang.eval.index.run import VectorIndex, build_index
 
@@ -92,24 +105,31 @@ def load_or_build_index(model_dir: Path, train: Embeddings, index: Optional[str]
     idx = VectorIndex.load(index)
     idx.check_model(model_dir)
     if not _same_rows(idx.table, train.table):
-        raise ValueError(f"{index}: the index does not hold the train embeddings ({len(idx.table)} "
-                         f"rows vs {len(train)}); build it from them with `exiflang index`")
+        raise ValueError(
+            f"{index}: the index does not hold the train embeddings ({len(idx.table)} "
+            f"rows vs {len(train)}); build it from them with `exiflang index`"
+        )
     return idx
 
 
-def text_setup(model_dir: Path, text_format: Optional[str]) -> dict:
+def text_setup(model_dir: Path, text_format: str | None) -> dict:
     """Text rendering for zero-shot: explicit ``text_format``, else the training run's, else ``paper``."""
     from exiflang.eval.embed.run import run_config
 
     cfg = run_config(model_dir)
     fmt = text_format or cfg.get("text_format") or "paper"
     # A model trained on shuffled pairs saw every order; vocabulary order is one of them.
-    return {"fmt": "paper" if fmt == "shuffled" else fmt, "requested": fmt,
-            "clean": bool(cfg.get("clean_values", False)), "max_length": cfg.get("max_text_len")}
+    return {
+        "fmt": "paper" if fmt == "shuffled" else fmt,
+        "requested": fmt,
+        "clean": bool(cfg.get("clean_values", False)),
+        "max_length": cfg.get("max_text_len"),
+    }
 
 
-def zero_shot_predictor(model_dir: Path, vocab: list[str], train_exifs: list[dict], text: dict,
-                        device: str) -> Optional[ZeroShot]:
+def zero_shot_predictor(
+    model_dir: Path, vocab: list[str], train_exifs: list[dict], text: dict, device: str
+) -> ZeroShot | None:
     """A :class:`ZeroShot` over the model's text tower, or ``None`` for a model without one."""
     from exiflang.eval.embed.batch import TextEncoder
     from exiflang.eval.embed.patches import resolve_device
@@ -119,8 +139,9 @@ def zero_shot_predictor(model_dir: Path, vocab: list[str], train_exifs: list[dic
     if model.text is None or tokenizer is None:
         return None
     dev = resolve_device(device)
-    encoder = TextEncoder(model.to(dev), tokenizer, vocab, text["fmt"], clean=text["clean"],
-                          max_length=text["max_length"], device=dev)
+    encoder = TextEncoder(
+        model.to(dev), tokenizer, vocab, text["fmt"], clean=text["clean"], max_length=text["max_length"], device=dev
+    )
     return ZeroShot(encoder, template_exif(train_exifs, vocab))
 
 
@@ -128,9 +149,18 @@ def _accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
     return float((pred == truth).mean()) if len(truth) else float("nan")
 
 
-def score_tag(tc: TagClasses, y_train: np.ndarray, y_test: np.ndarray, train: Embeddings, test: Embeddings,
-              knn: tuple[np.ndarray, np.ndarray], zero: Optional[ZeroShot], probe_c: Optional[float],
-              weighted: bool, seed: int) -> dict:
+def score_tag(
+    tc: TagClasses,
+    y_train: np.ndarray,
+    y_test: np.ndarray,
+    train: Embeddings,
+    test: Embeddings,
+    knn: tuple[np.ndarray, np.ndarray],
+    zero: ZeroShot | None,
+    probe_c: float | None,
+    weighted: bool,
+    seed: int,
+) -> dict:
     """One tag's four accuracies over the test rows with a class (``y_test >= 0``)."""
     n_cls = len(tc.labels)
     scored = y_test >= 0
@@ -143,19 +173,48 @@ def score_tag(tc: TagClasses, y_train: np.ndarray, y_test: np.ndarray, train: Em
     knn_pred[knn_pred < 0] = majority
     zs = None if zero is None else _accuracy(zero.predict(test.image[scored], tc), truth)
     probe_pred, c_used = probe_predict(train.image[has], y_train[has], test.image[scored], probe_c, seed)
-    return {"kind": tc.kind, "n_classes": n_cls, "n_train": int(has.sum()), "n_test": int(scored.sum()),
-            "labels": tc.labels, "majority_class": tc.labels[majority], "probe_c": c_used,
-            "accuracy": {"knn": _accuracy(knn_pred, truth), "zero_shot": zs,
-                         "probe": _accuracy(probe_pred, truth), "majority": _accuracy(np.full(len(truth), majority), truth)}}
+    return {
+        "kind": tc.kind,
+        "n_classes": n_cls,
+        "n_train": int(has.sum()),
+        "n_test": int(scored.sum()),
+        "labels": tc.labels,
+        "majority_class": tc.labels[majority],
+        "probe_c": c_used,
+        "accuracy": {
+            "knn": _accuracy(knn_pred, truth),
+            "zero_shot": zs,
+            "probe": _accuracy(probe_pred, truth),
+            "majority": _accuracy(np.full(len(truth), majority), truth),
+        },
+    }
 
 
-def eval_tags(model_dir: str | Path, train: Optional[str | Path], test: Optional[str | Path], out: str | Path,
-              k: int = 10, *, train_emb: Optional[str] = None, test_emb: Optional[str] = None,
-              index: Optional[str] = None, patch: int = 124, per_side: int = 4, mode: str = "grid",
-              device: str = "auto", batch_size: int = 256, text_format: Optional[str] = None,
-              probe_c: Optional[float] = 1.0, weighted: bool = False, min_frac: float = 0.01,
-              min_count: int = 2, max_bins: int = 8, seed: int = 0, progress: bool = True,
-              vocab: Optional[list[str]] = None) -> dict:
+def eval_tags(
+    model_dir: str | Path,
+    train: str | Path | None,
+    test: str | Path | None,
+    out: str | Path,
+    k: int = 10,
+    *,
+    train_emb: str | None = None,
+    test_emb: str | None = None,
+    index: str | None = None,
+    patch: int = 124,
+    per_side: int = 4,
+    mode: str = "grid",
+    device: str = "auto",
+    batch_size: int = 256,
+    text_format: str | None = None,
+    probe_c: float | None = 1.0,
+    weighted: bool = False,
+    min_frac: float = 0.01,
+    min_count: int = 2,
+    max_bins: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    vocab: list[str] | None = None,
+) -> dict:
     """Evaluate tag prediction; writes ``out/tag_eval.json`` + ``.md`` and returns the report dict.
 
     ``vocab``: the tags to score (default: the model's vocabulary, else the train shards'); a
@@ -197,18 +256,28 @@ def eval_tags(model_dir: str | Path, train: Optional[str | Path], test: Optional
             skipped[tag] = "no test photo has a value in a class"
             continue
         tags[tag] = score_tag(tc, y_train, y_test, tr, te, (sims, ids), zero, probe_c, weighted, seed)
-    report = {"model": str(model_dir), "train": str(train_emb or train), "test": str(test_emb or test),
-              "n_train": len(tr), "n_test": len(te), "k": k, "weighted": weighted,
-              **{key: tr.meta.get(key) for key in grid},  # as embedded (prebuilt ones keep theirs)
-              "text_format": text["requested"] if zero is not None else None,
-              "probe_c": "cv" if probe_c is None else probe_c,
-              "classes": {"min_frac": min_frac, "min_count": min_count, "max_bins": max_bins},
-              "tags": tags, "average": averages(tags), "n_tags_evaluated": len(tags), "skipped": skipped}
+    report = {
+        "model": str(model_dir),
+        "train": str(train_emb or train),
+        "test": str(test_emb or test),
+        "n_train": len(tr),
+        "n_test": len(te),
+        "k": k,
+        "weighted": weighted,
+        **{key: tr.meta.get(key) for key in grid},  # as embedded (prebuilt ones keep theirs)
+        "text_format": text["requested"] if zero is not None else None,
+        "probe_c": "cv" if probe_c is None else probe_c,
+        "classes": {"min_frac": min_frac, "min_count": min_count, "max_bins": max_bins},
+        "tags": tags,
+        "average": averages(tags),
+        "n_tags_evaluated": len(tags),
+        "skipped": skipped,
+    }
     write_report(report, out)
     return report
 
 
-def _vocabulary(model_dir: Path, train: Optional[str | Path]) -> list[str]:
+def _vocabulary(model_dir: Path, train: str | Path | None) -> list[str]:
     """The model's ``tags.json`` tag list (as trained: it may be a single-tag override); else the
     train shards' ``tags.json`` (checked against its hash)."""
     from exiflang.eval.embed.store import read_json
@@ -226,7 +295,7 @@ def _vocabulary(model_dir: Path, train: Optional[str | Path]) -> list[str]:
     return list(load_vocabulary(Path(train) / "tags.json"))
 
 
-def _probe_c(text: str) -> Optional[float]:
+def _probe_c(text: str) -> float | None:
     if text.lower() == "cv":
         return None
     value = float(text)
@@ -236,8 +305,11 @@ def _probe_c(text: str) -> Optional[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="exiflang eval-tags", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="exiflang eval-tags",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--model", required=True, help="model folder")
     ap.add_argument("--train", help="train shards (the index and the classes are built from them)")
     ap.add_argument("--test", help="held-out shards")
@@ -250,8 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--patch-size", type=int, default=124)
     ap.add_argument("--per-side", type=int, default=4, help="grid of per_side^2 patches per photo (default 4)")
     ap.add_argument("--single-patch", action="store_true", help="embed the centre patch only")
-    ap.add_argument("--text-format", choices=("paper", "code", "values", "shuffled"),
-                    help="zero-shot text format (default: the training run's config.yaml, else paper)")
+    ap.add_argument(
+        "--text-format",
+        choices=("paper", "code", "values", "shuffled"),
+        help="zero-shot text format (default: the training run's config.yaml, else paper)",
+    )
     ap.add_argument("--probe-c", type=_probe_c, default=1.0, help="probe's C, or 'cv' (default 1.0)")
     ap.add_argument("--min-frac", type=float, default=0.01, help="a class needs this share of train images")
     ap.add_argument("--min-count", type=int, default=2, help="... and at least this many (default 2)")
@@ -263,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point; prints the Markdown table.  0 done, 2 bad input or usage (:func:`exiflang.errors.run_main`)."""
     return run_main("exiflang eval-tags", _main, argv)
 
@@ -276,13 +351,29 @@ def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     check_out_dir(args.out)  # before anything is embedded: a bad --out costs nothing
     try:
-        report = eval_tags(args.model, args.train, args.test, args.out, args.k, train_emb=args.train_emb,
-                           test_emb=args.test_emb, index=args.index, patch=args.patch_size,
-                           per_side=args.per_side, mode="single" if args.single_patch else "grid",
-                           device=args.device, batch_size=args.batch_size, text_format=args.text_format,
-                           probe_c=args.probe_c, weighted=args.weighted, min_frac=args.min_frac,
-                           min_count=args.min_count, max_bins=args.max_bins, seed=args.seed,
-                           progress=not args.no_progress)
+        report = eval_tags(
+            args.model,
+            args.train,
+            args.test,
+            args.out,
+            args.k,
+            train_emb=args.train_emb,
+            test_emb=args.test_emb,
+            index=args.index,
+            patch=args.patch_size,
+            per_side=args.per_side,
+            mode="single" if args.single_patch else "grid",
+            device=args.device,
+            batch_size=args.batch_size,
+            text_format=args.text_format,
+            probe_c=args.probe_c,
+            weighted=args.weighted,
+            min_frac=args.min_frac,
+            min_count=args.min_count,
+            max_bins=args.max_bins,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
     except RuntimeError as exc:  # torch or faiss: a device it cannot use, weights that do not fit
         raise CommandError(None, str(exc)) from exc
     print(markdown(report), end="")

@@ -6,10 +6,11 @@ regularisation ``C`` is fixed (1.0 by default) or, with ``c=None``, chosen from
 :data:`C_GRID` by stratified k-fold accuracy on the train rows (k = min(3, smallest class
 size); with a class of one image there is nothing to cross-validate and 1.0 is used).
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,8 +39,9 @@ def choose_c(x: np.ndarray, y: np.ndarray, grid: Sequence[float] = C_GRID, seed:
     return float(grid[int(np.argmax(scores))])
 
 
-def probe_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                  c: Optional[float] = 1.0, seed: int = 0) -> tuple[np.ndarray, float]:
+def probe_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c: float | None = 1.0, seed: int = 0
+) -> tuple[np.ndarray, float]:
     """Fit on ``x_train`` ``float [N, D]`` / ``y_train`` ``int [N]`` (class ids >= 0, at least two
     distinct), predict ``x_test`` ``float [M, D]`` -> (``int64 [M]`` class ids, the ``C`` used)."""
     from sklearn.exceptions import ConvergenceWarning

@@ -6,27 +6,27 @@ four over the evaluated tags; ``zero_shot`` is ``null`` for a model without a te
 ``n_tags_evaluated`` and ``skipped`` {tag: reason}.  ``tag_eval.md``: the table
 ``tag | classes | n | kNN | zero-shot | probe | majority``, the average in the last row.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 METHODS = ("knn", "zero_shot", "probe", "majority")
 HEADERS = {"knn": "kNN", "zero_shot": "zero-shot", "probe": "probe", "majority": "majority"}
 
 
-def averages(tags: dict[str, dict]) -> dict[str, Optional[float]]:
+def averages(tags: dict[str, dict]) -> dict[str, float | None]:
     """Per method, the mean accuracy over ``tags`` (``None`` when a method has no number for some tag)."""
-    out: dict[str, Optional[float]] = {}
+    out: dict[str, float | None] = {}
     for m in METHODS:
         values = [t["accuracy"][m] for t in tags.values()]
         out[m] = (sum(values) / len(values)) if values and all(v is not None for v in values) else None
     return out
 
 
-def _cell(value: Optional[float]) -> str:
+def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 

@@ -15,10 +15,12 @@ held-out camera check in :mod:`exiflang.train.retrieval` may; here that would le
 Only the tag being predicted differs between a tag's candidates, so the ranking asks the model
 which value of that tag fits the photo, everything else held at the most typical setting.
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,8 +63,7 @@ class ZeroShot:
         cands = candidate_exifs(self.template, classes)
         return np.asarray(self.text_encoder.embed(cands, candidate_keys(classes.tag, len(cands))), dtype=np.float32)
 
-    def predict(self, image: np.ndarray, classes: TagClasses,
-                texts: Optional[np.ndarray] = None) -> np.ndarray:
+    def predict(self, image: np.ndarray, classes: TagClasses, texts: np.ndarray | None = None) -> np.ndarray:
         """``float32 [N, D]`` image embeddings -> ``int64 [N]`` class ids (argmax of cosine similarity)."""
         texts = self.text_embeddings(classes) if texts is None else texts
         scores = np.asarray(image, dtype=np.float32) @ texts.T  # [N, C]

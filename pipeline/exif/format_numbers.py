@@ -7,18 +7,18 @@ the way metadata-extractor's Java code does (``Rational.toSimpleString``, ``Deci
 with half-even or half-up rounding, ``(int)`` casts that saturate, float32 arithmetic), since
 the whole point is that text built from image bytes equals text built from YFCC's side file.
 """
+
 from __future__ import annotations
 
 import math
 import struct
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Optional
 
 INT_TYPES = frozenset({"Byte", "SByte", "Short", "SShort", "Long", "SLong", "Undefined", "Ifd"})
 RATIONAL_TYPES = frozenset({"Rational", "SRational"})
 FLOAT_TYPES = frozenset({"Float", "Double"})
-_INT_MIN, _INT_MAX = -(2 ** 31), 2 ** 31 - 1
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 Rational = tuple[int, int]
 
 
@@ -37,7 +37,7 @@ class RawValue:
         """Number of components (characters for a string)."""
         return len(self.text) if self.is_string else len(self.text.split())
 
-    def ints(self) -> Optional[list[int]]:
+    def ints(self) -> list[int] | None:
         """Integer components; a numeric string counts too (metadata-extractor parses those)."""
         if self.is_string:
             text = self.text.strip()
@@ -46,16 +46,17 @@ class RawValue:
             rats = self.rationals()
             return None if rats is None else [java_int(rational_value(r)) for r in rats]
         try:
-            return [int(tok) if self.type_name in INT_TYPES else java_int(float(tok))
-                    for tok in self.text.split()] or None
+            return [
+                int(tok) if self.type_name in INT_TYPES else java_int(float(tok)) for tok in self.text.split()
+            ] or None
         except ValueError:
             return None
 
-    def first_int(self) -> Optional[int]:
+    def first_int(self) -> int | None:
         values = self.ints()
         return values[0] if values else None
 
-    def rationals(self) -> Optional[list[Rational]]:
+    def rationals(self) -> list[Rational] | None:
         """Rational components; plain integers read as n/1, as metadata-extractor's getRational."""
         if self.type_name in RATIONAL_TYPES:
             out = []
@@ -70,11 +71,11 @@ class RawValue:
             return None if values is None else [(v, 1) for v in values]
         return None
 
-    def first_rational(self) -> Optional[Rational]:
+    def first_rational(self) -> Rational | None:
         values = self.rationals()
         return values[0] if values else None
 
-    def first_number(self) -> Optional[float]:
+    def first_number(self) -> float | None:
         """First component as a double (rationals divided out, floats parsed)."""
         if self.type_name in FLOAT_TYPES:
             try:
@@ -87,7 +88,7 @@ class RawValue:
         value = self.first_int()
         return None if value is None else float(value)
 
-    def byte_values(self) -> Optional[bytes]:
+    def byte_values(self) -> bytes | None:
         """Bytes of an undefined/byte value (or a string's characters): versions, text tags."""
         if self.is_string:
             return self.text.encode("utf-8", "surrogateescape")
@@ -164,17 +165,18 @@ def simple_rational(rat: Rational, allow_decimal: bool = True) -> str:
         return simple_rational((1, _java_div(den, num)), allow_decimal)
     gcd = math.gcd(num, den) or 1
     num, den = _java_div(num, gcd), _java_div(den, gcd)
-    if den < 0:     # the sign goes on the numerator: "-1/3 EV", never "1/-3 EV"
+    if den < 0:  # the sign goes on the numerator: "-1/3 EV", never "1/-3 EV"
         num, den = -num, -den
     if allow_decimal:
         text = repr(rational_value((num, den)))
-        if len(text) < 5:       # Java's Double.toString agrees with repr for such short ones
+        if len(text) < 5:  # Java's Double.toString agrees with repr for such short ones
             return text
     return f"{num}/{den}"
 
 
-def decimal_format(value: float, min_frac: int, max_frac: int, *, half_up: bool = False,
-                   min_int: int = 1) -> Optional[str]:
+def decimal_format(
+    value: float, min_frac: int, max_frac: int, *, half_up: bool = False, min_int: int = 1
+) -> str | None:
     """Java ``DecimalFormat`` for patterns like "0.#", "0.0##", "00.000".
 
     Rounds the exact binary value (half-even by default, as Java does); keeps a "-" on values
@@ -183,8 +185,9 @@ def decimal_format(value: float, min_frac: int, max_frac: int, *, half_up: bool 
     if not math.isfinite(value):
         return None
     try:
-        exact = Decimal(value).quantize(Decimal(1).scaleb(-max_frac),
-                                        rounding=ROUND_HALF_UP if half_up else ROUND_HALF_EVEN)
+        exact = Decimal(value).quantize(
+            Decimal(1).scaleb(-max_frac), rounding=ROUND_HALF_UP if half_up else ROUND_HALF_EVEN
+        )
     except InvalidOperation:
         return None
     negative = value < 0 or (value == 0 and math.copysign(1.0, value) < 0)

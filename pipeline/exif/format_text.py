@@ -6,10 +6,11 @@ only the text, trimmed.  Windows XP tags are UTF-16LE bytes.  Every string is fi
 the way Java's ``String.trim`` does (all characters up to U+0020, NULs included), stripped of
 control characters, and bounded in length.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from exiflang.pipeline.exif.format_enums import CFA_COLOURS
 from exiflang.pipeline.exif.format_numbers import RawValue
@@ -25,10 +26,10 @@ def clean_text(text: str, max_chars: int) -> str:
     return text[:max_chars].strip(_TRIM) if len(text) > max_chars else text
 
 
-def user_comment(raw: RawValue) -> Optional[str]:
+def user_comment(raw: RawValue) -> str | None:
     """The comment's text, without exiv2's ``charset=...`` prefix or metadata-extractor's header."""
     if raw.type_name not in ("Undefined", "Ascii"):
-        return None     # a number where a comment belongs: nothing to say
+        return None  # a number where a comment belongs: nothing to say
     text = raw.text
     if raw.type_name == "Undefined":
         text = _COMMENT_HEADER.sub("", text, count=1)
@@ -36,12 +37,12 @@ def user_comment(raw: RawValue) -> Optional[str]:
         # A comment stored as ASCII may still carry the 8-byte header metadata-extractor skips.
         for header in ("ASCII", "UNICODE", "JIS"):
             if text.startswith(header) and len(text) >= 10:
-                text = text[len(header):]
+                text = text[len(header) :]
                 break
     return text.strip(_TRIM)
 
 
-def windows_xp(raw: RawValue) -> Optional[str]:
+def windows_xp(raw: RawValue) -> str | None:
     """Windows XP Title/Comment/Author/...: UTF-16LE bytes, trimmed."""
     data = raw.byte_values()
     if data is None:
@@ -51,7 +52,7 @@ def windows_xp(raw: RawValue) -> Optional[str]:
     return data.decode("utf-16-le", errors="replace").strip(_TRIM)
 
 
-def cfa_pattern(tags: Mapping[int, RawValue], number: int) -> Optional[str]:
+def cfa_pattern(tags: Mapping[int, RawValue], number: int) -> str | None:
     """Exif 0xA302: 16-bit rows and columns, then a colour per cell: "[Red,Green][Green,Blue]"."""
     data = tags[number].byte_values()
     if data is None:
@@ -68,7 +69,7 @@ def cfa_pattern(tags: Mapping[int, RawValue], number: int) -> Optional[str]:
     return _format_cfa([0] * (len(data) - 2))
 
 
-def cfa_pattern_2(tags: Mapping[int, RawValue], number: int) -> Optional[str]:
+def cfa_pattern_2(tags: Mapping[int, RawValue], number: int) -> str | None:
     """TIFF/EP 0x828E: colour codes only; the dimensions are in 0x828D."""
     data = tags[number].byte_values()
     dims = tags[0x828D].ints() if 0x828D in tags else None
@@ -81,7 +82,7 @@ def _signed(byte: int) -> int:
     return byte - 256 if byte > 127 else byte
 
 
-def _format_cfa(pattern: list[int]) -> Optional[str]:
+def _format_cfa(pattern: list[int]) -> str | None:
     if len(pattern) < 2:
         return "<truncated data>"
     rows, cols = pattern[0], pattern[1]

@@ -24,10 +24,11 @@ a long Software or Image Description still says something in its first character
 
 pyexiv2 raises plain ``RuntimeError``s on corrupt files; they become :class:`ExifReadError`.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
+from typing import Any
 
 import pyexiv2
 
@@ -47,10 +48,9 @@ DIRECTORIES: dict[str, str] = {
     "Thumbnail": "Exif Thumbnail",
 }
 # Tags exiv2 decodes by their charset header when listing them (CommentValue).
-COMMENT_KEYS = ("Exif.Photo.UserComment", "Exif.GPSInfo.GPSProcessingMethod",
-                "Exif.GPSInfo.GPSAreaInformation")
-MAX_INPUT_BYTES = 2 ** 31 - 1   # pyexiv2's own limit for in-memory images
-_JPEG_EXIF_PREAMBLE = 6         # "Exif\0\0" before the TIFF header inside APP1
+COMMENT_KEYS = ("Exif.Photo.UserComment", "Exif.GPSInfo.GPSProcessingMethod", "Exif.GPSInfo.GPSAreaInformation")
+MAX_INPUT_BYTES = 2**31 - 1  # pyexiv2's own limit for in-memory images
+_JPEG_EXIF_PREAMBLE = 6  # "Exif\0\0" before the TIFF header inside APP1
 
 _log_lock = threading.Lock()
 _log_muted = False
@@ -140,7 +140,7 @@ def _exiv2_rows(data: bytes) -> tuple[list[dict[str, Any]], str]:
                 # comment makes the whole listing throw: drop the comment tags, list again.
                 _drop_comment_tags(api)
                 rows = api.read_exif_detail()
-    except Exception as exc:    # noqa: BLE001 - pybind11 maps exiv2's C++ exceptions onto several Python types
+    except Exception as exc:  # noqa: BLE001 - pybind11 maps exiv2's C++ exceptions onto several Python types
         raise ExifReadError(_one_line(exc)) from None
     return rows, mime
 
@@ -153,7 +153,7 @@ def _drop_comment_tags(api: Any) -> None:
     """
     try:
         api.modify_exif([[key, "", "_delete"] for key in COMMENT_KEYS], "utf-8")
-    except Exception:   # noqa: BLE001 - the rewrite after the erase failed; the listing is retried anyway
+    except Exception:  # noqa: BLE001 - the rewrite after the erase failed; the listing is retried anyway
         pass
 
 
@@ -166,7 +166,7 @@ def _decode(value: bytes) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        return value.decode("latin-1")   # old cameras write Latin-1; never fails
+        return value.decode("latin-1")  # old cameras write Latin-1; never fails
 
 
 def _group(rows: list[dict[str, Any]]) -> dict[str, dict[int, RawValue]]:
@@ -185,13 +185,12 @@ def _group(rows: list[dict[str, Any]]) -> dict[str, dict[int, RawValue]]:
         if directory is None or not isinstance(value, bytes):
             continue
         tags = directories.setdefault(directory, {})
-        if number not in tags:      # a tag repeated within one IFD (broken writers): first wins
+        if number not in tags:  # a tag repeated within one IFD (broken writers): first wins
             tags[number] = RawValue(type_name, _decode(value))
     return directories
 
 
-def _render(directories: dict[str, dict[int, RawValue]], offset_base: int,
-            max_chars: int) -> dict[str, str]:
+def _render(directories: dict[str, dict[int, RawValue]], offset_base: int, max_chars: int) -> dict[str, str]:
     out: dict[str, str] = {}
     rank: dict[str, int] = {}
     for directory, tags in directories.items():
@@ -209,10 +208,8 @@ def _render(directories: dict[str, dict[int, RawValue]], offset_base: int,
     return out
 
 
-def _describe(directory: str, tags: dict[int, RawValue],
-              offset_base: int) -> dict[int, Optional[str]]:
+def _describe(directory: str, tags: dict[int, RawValue], offset_base: int) -> dict[int, str | None]:
     if directory == "GPS":
         return describe_gps(tags)
     thumbnail = directory == "Exif Thumbnail"
-    return describe_directory(tags, thumbnail=thumbnail,
-                              thumbnail_offset_base=offset_base if thumbnail else 0)
+    return describe_directory(tags, thumbnail=thumbnail, thumbnail_offset_base=offset_base if thumbnail else 0)

@@ -11,11 +11,12 @@ Formats (ablations of the paper's Table 5):
 
 ``clean=True`` applies the authors' value cleaning (off by default, docs/design.md §3).
 """
+
 from __future__ import annotations
 
 import random
 import re
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 FORMATS = ("paper", "code", "values", "shuffled", "values_shuffled")
 RANDOM_ORDER = ("shuffled", "values_shuffled")  # formats whose order is drawn per call
@@ -23,9 +24,15 @@ RANDOM_ORDER = ("shuffled", "values_shuffled")  # formats whose order is drawn p
 _ISO_TAGS = {"ISO Speed Ratings", "ISO Speed", "Photographic Sensitivity"}
 _FOCAL_TAGS = {"Focal Length", "Focal Length 35"}
 # Tags whose rational values the authors' code reduced by integer division.
-_INT_DIV_TAGS = {"X Resolution", "Y Resolution", "Focal Plane X Resolution",
-                 "Focal Plane Y Resolution", "Exposure Bias Value",
-                 "Thumbnail X Resolution", "Thumbnail Y Resolution"}
+_INT_DIV_TAGS = {
+    "X Resolution",
+    "Y Resolution",
+    "Focal Plane X Resolution",
+    "Focal Plane Y Resolution",
+    "Exposure Bias Value",
+    "Thumbnail X Resolution",
+    "Thumbnail Y Resolution",
+}
 _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9.,/\-]")
 _RATIONAL = re.compile(r"(-?\d+)/(\d+)")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -44,19 +51,25 @@ def clean_value(tag: str, value: str) -> str:
     elif tag in _FOCAL_TAGS:
         m = _NUMBER.search(value)
         if m:
-            value = f"{float(m.group()):.1f}{value[m.end():]}"
+            value = f"{float(m.group()):.1f}{value[m.end() :]}"
     elif tag in _INT_DIV_TAGS:
         m = _RATIONAL.search(value)
         if m and int(m.group(2)) != 0:
-            value = f"{value[:m.start()]}{int(m.group(1)) // int(m.group(2))}{value[m.end():]}"
+            value = f"{value[: m.start()]}{int(m.group(1)) // int(m.group(2))}{value[m.end() :]}"
     if len(value) > _MAX_CLEAN_CHARS:
         value = "Unknown"
     return _NOT_ALLOWED.sub("", value)
 
 
-def render_text(exif: Mapping[str, str], vocab: Sequence[str], fmt: str = "paper", *,
-                clean: bool = False, missing: Optional[str] = None,
-                rng: Optional[random.Random] = None) -> str:
+def render_text(
+    exif: Mapping[str, str],
+    vocab: Sequence[str],
+    fmt: str = "paper",
+    *,
+    clean: bool = False,
+    missing: str | None = None,
+    rng: random.Random | None = None,
+) -> str:
     """Render one photo's EXIF as text over a tag vocabulary.
 
     Args:

@@ -28,6 +28,7 @@ bounded by the per-read timeout only.
 :class:`Deadline` is plain arithmetic on ``time.monotonic()``; nothing here knows about
 politeness limits, retries or statuses (exiflang.pipeline.fetch.download does).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -36,8 +37,9 @@ import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, cast
+from typing import Any, cast
 
 from urllib3 import PoolManager, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -68,7 +70,7 @@ class Deadline:
         """Push the end back (time spent queued for politeness is not the server's fault)."""
         self.end += max(0.0, seconds)
 
-    def within(self, outer: "Deadline") -> "Deadline":
+    def within(self, outer: Deadline) -> Deadline:
         """This deadline, or a copy of ``outer`` (label and all) when that one ends first."""
         if self.end <= outer.end:
             return self
@@ -76,7 +78,7 @@ class Deadline:
         inner.end = outer.end
         return inner
 
-    def clamp(self, timeout: Optional[float]) -> float:
+    def clamp(self, timeout: float | None) -> float:
         """``min(timeout, time left)`` for one blocking call (timeout None: no own limit).
 
         Raises TimeoutError when no time is left, so a spent deadline never becomes a
@@ -105,7 +107,7 @@ def applied(deadline: Deadline) -> Iterator[Deadline]:
         _local.deadline = previous
 
 
-def current() -> Optional[Deadline]:
+def current() -> Deadline | None:
     """The deadline :func:`applied` set for this thread, or None (then nothing is bounded here)."""
     return getattr(_local, "deadline", None)
 
@@ -137,15 +139,20 @@ def resolve(host: str, port: int, seconds: float) -> list[Any]:
     return box["infos"]
 
 
-def open_connection(host: str, port: int, timeout: Optional[float], deadline: Deadline,
-                    source_address: Optional[tuple[str, int]] = None,
-                    socket_options: Optional[list[tuple[int, int, Any]]] = None) -> socket.socket:
+def open_connection(
+    host: str,
+    port: int,
+    timeout: float | None,
+    deadline: Deadline,
+    source_address: tuple[str, int] | None = None,
+    socket_options: list[tuple[int, int, Any]] | None = None,
+) -> socket.socket:
     """A connected TCP socket, DNS and connect within ``min(timeout, deadline)``; raises OSError."""
     host = host.strip("[]")  # an IPv6 literal as it appears in a URL
     infos = resolve(host, port, deadline.clamp(timeout))
     if not infos:
         raise socket.gaierror(f"no address for {host}")
-    error: Optional[OSError] = None
+    error: OSError | None = None
     for family, kind, proto, _, addr in infos:
         sock = socket.socket(family, kind, proto)
         try:
@@ -169,17 +176,17 @@ def open_connection(host: str, port: int, timeout: Optional[float], deadline: De
 class _BoundedReader(io.RawIOBase):
     """A response's socket stream; every read waits at most ``min(per-read, time left)``."""
 
-    def __init__(self, sock: socket.socket, deadline: Optional[Deadline]) -> None:
+    def __init__(self, sock: socket.socket, deadline: Deadline | None) -> None:
         super().__init__()
         self._sock = sock
         self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open until we close
-        self._per_read = sock.gettimeout()            # urllib3 set the read timeout just before
+        self._per_read = sock.gettimeout()  # urllib3 set the read timeout just before
         self._deadline = deadline
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> Optional[int]:
+    def readinto(self, buffer: Any) -> int | None:
         if self._deadline is not None:
             timeout = self._deadline.clamp(self._per_read)
             if timeout != self._sock.gettimeout():  # settimeout costs syscalls; skip no-ops
@@ -198,8 +205,9 @@ class _BoundedReader(io.RawIOBase):
 class BoundedHTTPResponse(http.client.HTTPResponse):
     """http.client's response, reading through :class:`_BoundedReader` under this thread's deadline."""
 
-    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: Optional[str] = None,
-                 url: Optional[str] = None) -> None:
+    def __init__(
+        self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
+    ) -> None:
         super().__init__(sock, debuglevel, method, url)
         deadline = current()
         if deadline is not None:
@@ -219,8 +227,9 @@ class _BoundedConnect:
         conn = cast(HTTPConnection, self)  # this mixin is only ever mixed into urllib3's connections
         timeout = conn.timeout if isinstance(conn.timeout, (int, float)) else None
         try:
-            return open_connection(conn._dns_host, conn.port, timeout, deadline, conn.source_address,
-                                   conn.socket_options)
+            return open_connection(
+                conn._dns_host, conn.port, timeout, deadline, conn.source_address, conn.socket_options
+            )
         except socket.gaierror as exc:
             raise NameResolutionError(conn.host, conn, exc) from exc
         except TimeoutError as exc:
@@ -259,6 +268,7 @@ def bounded_proxy_manager(proxy_url: str, **kwargs: Any) -> PoolManager:
     """A urllib3 manager through ``proxy_url`` (HTTP/HTTPS proxies bounded, SOCKS as urllib3 has it)."""
     if proxy_url.lower().startswith("socks"):
         from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as requests did
+
         return SOCKSProxyManager(proxy_url, **kwargs)
     manager = ProxyManager(proxy_url, **kwargs)
     manager.pool_classes_by_scheme = dict(_POOLS)

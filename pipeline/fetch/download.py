@@ -28,6 +28,7 @@ A 2xx answer whose ``X-Robots-Tag`` opts the photo out (:mod:`exiflang.pipeline.
 ``opted_out`` without reading the body, and no fallback URL of the row is tried (the same
 photo); ``respect_opt_out=False`` turns that off.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -37,10 +38,11 @@ import re
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
-from typing import Any, Optional, Sequence
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
@@ -53,36 +55,36 @@ from exiflang.pipeline.fetch.opt_out import DEFAULT_DIRECTIVES, agent_token, opt
 from exiflang.pipeline.fetch.politeness import THROTTLE_CODES, GovernorLimits, HostGovernor
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CHUNK = 1 << 18           # upper bound of one socket read
-_DRAIN_MAX = 1 << 16       # error and redirect bodies up to this are read to keep the connection
-_HOLD_SLACK = 30.0         # a slot lapses this long after its attempt's bounds (a lost release)
+_CHUNK = 1 << 18  # upper bound of one socket read
+_DRAIN_MAX = 1 << 16  # error and redirect bodies up to this are read to keep the connection
+_HOLD_SLACK = 30.0  # a slot lapses this long after its attempt's bounds (a lost release)
 
 
 @dataclass
 class DownloadConfig:
     """Bounds, retry policy and politeness of one job's downloads."""
 
-    timeout: float = 20.0            # seconds (> 0), connect and each socket read
-    deadline: float = 60.0           # seconds (> 0) for one attempt: DNS, connect, headers, body
-    row_deadline: float = 180.0      # seconds (> 0) for one row: all attempts, backoff, fallbacks
-    max_bytes: int = 64 * 2**20      # larger bodies abort with download_failed "too large"
+    timeout: float = 20.0  # seconds (> 0), connect and each socket read
+    deadline: float = 60.0  # seconds (> 0) for one attempt: DNS, connect, headers, body
+    row_deadline: float = 180.0  # seconds (> 0) for one row: all attempts, backoff, fallbacks
+    max_bytes: int = 64 * 2**20  # larger bodies abort with download_failed "too large"
     max_redirects: int = 5
-    retries: int = 3                 # extra attempts on timeouts, connection errors, 429 and 5xx
-    backoff_base: float = 0.5        # base * 2**attempt with jitter, capped by backoff_max; also
-    backoff_max: float = 30.0        # the first host pause after a 429/503 without Retry-After
+    retries: int = 3  # extra attempts on timeouts, connection errors, 429 and 5xx
+    backoff_base: float = 0.5  # base * 2**attempt with jitter, capped by backoff_max; also
+    backoff_max: float = 30.0  # the first host pause after a 429/503 without Retry-After
     # Politeness, for the whole job (exiflang.pipeline.fetch.politeness): requests in flight to one host
     # (<= 0: no cap), request starts per second to one host (0: no cap), and the longest
     # pause a host's Retry-After (or repeated 429/503s) can impose, in seconds.
     per_host_concurrency: int = 32
     per_host_rate: float = 0.0
     retry_after_max: float = 600.0
-    respect_opt_out: bool = True     # X-Robots-Tag opt-outs -> opted_out (exiflang.pipeline.fetch.opt_out)
+    respect_opt_out: bool = True  # X-Robots-Tag opt-outs -> opted_out (exiflang.pipeline.fetch.opt_out)
     opt_out_directives: tuple[str, ...] = DEFAULT_DIRECTIVES
     user_agent: str = "exiflang/0.1 (+https://github.com/exiflang/exiflang; dataset builder)"
     # Set by the driver when several processes share the job: where its host governor
     # listens (exiflang.pipeline.fetch.governor_service), the key to it, and how many workers share it.
-    governor_address: Optional[str] = None
-    governor_key: Optional[str] = None
+    governor_address: str | None = None
+    governor_key: str | None = None
     governor_share: int = 1
 
     def __post_init__(self) -> None:
@@ -98,22 +100,21 @@ class DownloadConfig:
 
     def limits(self) -> GovernorLimits:
         """The job-wide politeness settings, as the host governor takes them."""
-        return GovernorLimits(self.per_host_concurrency, self.per_host_rate,
-                              self.retry_after_max, self.backoff_base)
+        return GovernorLimits(self.per_host_concurrency, self.per_host_rate, self.retry_after_max, self.backoff_base)
 
 
 @dataclass
 class FetchResult:
     """What became of one row's URL (and its fallbacks): bytes, or a status and a one-line error."""
 
-    url: str                  # the URL asked for (the primary one, even when a fallback served)
-    final_url: Optional[str]  # where the bytes came from, after redirects and fallbacks
-    status: str               # exiflang.pipeline.records: SUCCESS, HTTP_ERROR, TIMEOUT, DOWNLOAD_FAILED
-    http_status: Optional[int]
-    data: Optional[bytes]
-    error: Optional[str]      # one line; None on success
-    attempts: int             # requests started, over all URLs (redirect hops not counted)
-    seconds: float            # wall time, backoff included
+    url: str  # the URL asked for (the primary one, even when a fallback served)
+    final_url: str | None  # where the bytes came from, after redirects and fallbacks
+    status: str  # exiflang.pipeline.records: SUCCESS, HTTP_ERROR, TIMEOUT, DOWNLOAD_FAILED
+    http_status: int | None
+    data: bytes | None
+    error: str | None  # one line; None on success
+    attempts: int  # requests started, over all URLs (redirect hops not counted)
+    seconds: float  # wall time, backoff included
 
 
 @dataclass
@@ -121,15 +122,15 @@ class _Outcome:
     """The result of one attempt at one URL, before retry and fallback bookkeeping."""
 
     status: str
-    error: Optional[str] = None
-    http_status: Optional[int] = None
-    final_url: Optional[str] = None
-    data: Optional[bytes] = None
+    error: str | None = None
+    http_status: int | None = None
+    final_url: str | None = None
+    data: bytes | None = None
     retryable: bool = False
-    retry_after: Optional[float] = None
+    retry_after: float | None = None
 
 
-def url_error(url: str) -> Optional[str]:
+def url_error(url: str) -> str | None:
     """Why ``url`` cannot be fetched at all (bad scheme, no host), or None."""
     try:
         parts = urlsplit(url)
@@ -143,7 +144,7 @@ def url_error(url: str) -> Optional[str]:
     return None if host else f"invalid URL {url[:80]!r}: no host"
 
 
-def parse_retry_after(value: Optional[str]) -> Optional[float]:
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delay-seconds or HTTP-date), or None."""
     if not value:
         return None
@@ -164,7 +165,7 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _content_length(resp: urllib3.BaseHTTPResponse) -> Optional[int]:
+def _content_length(resp: urllib3.BaseHTTPResponse) -> int | None:
     try:
         n = int(resp.headers.get("Content-Length", ""))
         return n if n >= 0 else None
@@ -172,7 +173,7 @@ def _content_length(resp: urllib3.BaseHTTPResponse) -> Optional[int]:
         return None
 
 
-def _http_error(code: int, reason: Optional[str]) -> str:
+def _http_error(code: int, reason: str | None) -> str:
     phrase = reason or next((c.phrase for c in HTTPStatus if c.value == code), "")
     return f"HTTP {code} {phrase}".rstrip()
 
@@ -205,7 +206,7 @@ class Downloader:
     names: the job's remote governor (``governor_address``), else one of this downloader's own.
     """
 
-    def __init__(self, config: Optional[DownloadConfig] = None, governor: Optional[Governor] = None) -> None:
+    def __init__(self, config: DownloadConfig | None = None, governor: Governor | None = None) -> None:
         self.config = cfg = config or DownloadConfig()
         self._governor = governor if governor is not None else _governor_for(cfg)
         self.limiter = HostLimiter(self._governor, hold=cfg.deadline + cfg.timeout + _HOLD_SLACK)
@@ -217,15 +218,17 @@ class Downloader:
         per_host = cfg.per_host_concurrency if 0 < cfg.per_host_concurrency <= 64 else 64
         # identity: the original bytes, never a re-encoded or compressed variant.
         self._pool_args: dict[str, Any] = dict(
-            num_pools=64, maxsize=per_host, retries=False,
-            headers={"User-Agent": cfg.user_agent, "Accept-Encoding": "identity",
-                     "Accept": "image/*,*/*;q=0.8"})
+            num_pools=64,
+            maxsize=per_host,
+            retries=False,
+            headers={"User-Agent": cfg.user_agent, "Accept-Encoding": "identity", "Accept": "image/*,*/*;q=0.8"},
+        )
         self._direct = bounded_pool_manager(**self._pool_args)
-        self._proxies = urllib.request.getproxies()   # once, not per request
-        self._via: dict[str, Any] = {}                # proxy URL -> its manager
+        self._proxies = urllib.request.getproxies()  # once, not per request
+        self._via: dict[str, Any] = {}  # proxy URL -> its manager
         self._lock = threading.Lock()
 
-    def __enter__(self) -> "Downloader":
+    def __enter__(self) -> Downloader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -255,7 +258,7 @@ class Downloader:
         row = Deadline(self.config.row_deadline, "row deadline")
         candidates = list(dict.fromkeys([url, *(u for u in fallback_urls if u)]))
         attempts, failures = 0, []
-        first: Optional[FetchResult] = None
+        first: FetchResult | None = None
         for n, candidate in enumerate(candidates):
             if first is not None and row.expired():
                 failures.append(f"{len(candidates) - n} not tried: {row.describe()} spent")
@@ -263,18 +266,42 @@ class Downloader:
             try:
                 res = self._fetch_one(candidate, row)
             except Exception as exc:  # noqa: BLE001 - a bug here must cost one row, not the shard
-                res = FetchResult(candidate, None, st.DOWNLOAD_FAILED, None, None,
-                                  _one_line(f"internal error: {type(exc).__name__}: {exc}"), 0, 0.0)
+                res = FetchResult(
+                    candidate,
+                    None,
+                    st.DOWNLOAD_FAILED,
+                    None,
+                    None,
+                    _one_line(f"internal error: {type(exc).__name__}: {exc}"),
+                    0,
+                    0.0,
+                )
             attempts += res.attempts
             if res.status in (st.SUCCESS, st.OPTED_OUT):
-                return FetchResult(url, res.final_url, res.status, res.http_status, res.data,
-                                   res.error, attempts, time.perf_counter() - t0)
+                return FetchResult(
+                    url,
+                    res.final_url,
+                    res.status,
+                    res.http_status,
+                    res.data,
+                    res.error,
+                    attempts,
+                    time.perf_counter() - t0,
+                )
             first = first or res
             failures.append(res.error or res.status)
         assert first is not None
         error = failures[0] + ("; fallbacks: " + "; ".join(failures[1:]) if failures[1:] else "")
-        return FetchResult(url, first.final_url, first.status, first.http_status, None,
-                           _one_line(error, 600), attempts, time.perf_counter() - t0)
+        return FetchResult(
+            url,
+            first.final_url,
+            first.status,
+            first.http_status,
+            None,
+            _one_line(error, 600),
+            attempts,
+            time.perf_counter() - t0,
+        )
 
     def _fetch_one(self, url: str, row: Deadline) -> FetchResult:
         """One URL with retries and backoff, within what is left of the row's deadline."""
@@ -286,7 +313,7 @@ class Downloader:
         spent = False
         while not self._closed.is_set():
             cut = self._attempt(url, row)
-            if cut is None:   # closed while waiting for a slot: the last answer stands
+            if cut is None:  # closed while waiting for a slot: the last answer stands
                 break
             attempt, out = attempt + 1, cut
             if out.status == st.SUCCESS or not out.retryable or attempt > cfg.retries:
@@ -304,10 +331,10 @@ class Downloader:
 
     def _backoff(self, retry: int) -> float:
         """Seconds before retry number ``retry`` (0-based): exponential with jitter, capped."""
-        delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** retry)
+        delay = min(self.config.backoff_max, self.config.backoff_base * 2**retry)
         return random.uniform(delay / 2, delay)
 
-    def _attempt(self, url: str, row: Deadline) -> Optional[_Outcome]:
+    def _attempt(self, url: str, row: Deadline) -> _Outcome | None:
         """One attempt: the request and its redirect hops, each hop inside its host's slot.
 
         None when the downloader was closed while the attempt waited for a slot.
@@ -333,12 +360,10 @@ class Downloader:
             if bad:
                 return _Outcome(st.DOWNLOAD_FAILED, f"redirect to {bad}", out.http_status, nxt)
             if nxt in seen:
-                return _Outcome(st.DOWNLOAD_FAILED, f"redirect loop: {nxt[:200]} visited twice",
-                                out.http_status, nxt)
+                return _Outcome(st.DOWNLOAD_FAILED, f"redirect loop: {nxt[:200]} visited twice", out.http_status, nxt)
             seen.add(nxt)
             current = nxt
-        return _Outcome(st.DOWNLOAD_FAILED, f"too many redirects (> {cfg.max_redirects})",
-                        out.http_status, current)
+        return _Outcome(st.DOWNLOAD_FAILED, f"too many redirects (> {cfg.max_redirects})", out.http_status, current)
 
     def _manager(self, url: str) -> Any:
         """The pool manager for ``url``: direct, or through the environment's proxy for it."""
@@ -356,26 +381,27 @@ class Downloader:
                 manager = self._via[proxy] = bounded_proxy_manager(proxy, **self._pool_args)
         return manager
 
-    def _request(self, url: str, deadline: Deadline) -> tuple[_Outcome, Optional[str]]:
+    def _request(self, url: str, deadline: Deadline) -> tuple[_Outcome, str | None]:
         """One HTTP exchange under ``deadline``; the outcome and, for a redirect, its Location."""
         if deadline.expired():  # spent on earlier redirect hops
-            return _Outcome(st.TIMEOUT, f"{deadline.describe()} exceeded (redirects)",
-                            final_url=url, retryable=True), None
+            return _Outcome(
+                st.TIMEOUT, f"{deadline.describe()} exceeded (redirects)", final_url=url, retryable=True
+            ), None
         with applied(deadline):
             try:
-                resp = self._manager(url).urlopen("GET", url, redirect=False, preload_content=False,
-                                                  timeout=self._timeout)
+                resp = self._manager(url).urlopen(
+                    "GET", url, redirect=False, preload_content=False, timeout=self._timeout
+                )
             except Exception as exc:  # noqa: BLE001 - every failure becomes this attempt's outcome
                 return _failure(exc, url, deadline, self.config.timeout), None
             try:
                 return self._response(resp, url, deadline)
             finally:
-                if not resp.closed:   # unread bytes would poison a pooled connection: drop it
+                if not resp.closed:  # unread bytes would poison a pooled connection: drop it
                     resp.close()
                 resp.release_conn()
 
-    def _response(self, resp: urllib3.BaseHTTPResponse, url: str,
-                  deadline: Deadline) -> tuple[_Outcome, Optional[str]]:
+    def _response(self, resp: urllib3.BaseHTTPResponse, url: str, deadline: Deadline) -> tuple[_Outcome, str | None]:
         code = resp.status
         location = resp.headers.get("Location")
         if code in _REDIRECTS and location:
@@ -385,12 +411,13 @@ class Downloader:
             retryable = code == 429 or code >= 500
             retry_after = parse_retry_after(resp.headers.get("Retry-After")) if retryable else None
             self._discard(resp, deadline)
-            return _Outcome(st.HTTP_ERROR, _http_error(code, resp.reason), code, url,
-                            retryable=retryable, retry_after=retry_after), None
+            return _Outcome(
+                st.HTTP_ERROR, _http_error(code, resp.reason), code, url, retryable=retryable, retry_after=retry_after
+            ), None
         cfg = self.config
         if cfg.respect_opt_out:
             why = opt_out(resp.headers.getlist("X-Robots-Tag"), cfg.opt_out_directives, self._agent)
-            if why:   # the body is not even read
+            if why:  # the body is not even read
                 return _Outcome(st.OPTED_OUT, f"opted out by {why}", code, url), None
         try:
             data = self._read_body(resp, deadline)
@@ -415,8 +442,11 @@ class Downloader:
                 if size > cfg.max_bytes:
                     raise _BodyError(failed, f"too large: more than max_bytes {cfg.max_bytes}")
         except (u3.ReadTimeoutError, TimeoutError):
-            why = (f"{deadline.describe()} exceeded during the body" if deadline.expired()
-                   else f"body stalled for {cfg.timeout:g} s")
+            why = (
+                f"{deadline.describe()} exceeded during the body"
+                if deadline.expired()
+                else f"body stalled for {cfg.timeout:g} s"
+            )
             raise _BodyError(st.TIMEOUT, f"{why} ({size} bytes)", retryable=True) from None
         except u3.DecodeError as exc:
             raise _BodyError(failed, _one_line(f"undecodable body: {exc}")) from None
@@ -449,12 +479,12 @@ def _governor_for(cfg: DownloadConfig) -> Governor:
     """The job's remote governor if the driver named one, else one for this downloader alone."""
     if cfg.governor_address and cfg.governor_key:
         from exiflang.pipeline.fetch.governor_service import RemoteGovernor
+
         return RemoteGovernor(cfg.governor_address, cfg.governor_key, cfg.limits(), cfg.governor_share)
     return HostGovernor(cfg.limits())
 
 
-def _finish(url: str, out: _Outcome, attempt: int, spent: bool, row: Deadline,
-            seconds: float) -> FetchResult:
+def _finish(url: str, out: _Outcome, attempt: int, spent: bool, row: Deadline, seconds: float) -> FetchResult:
     """The result of one URL's attempts, its error saying how many there were."""
     error = out.error
     tries = f"{attempt} attempt{'s' * (attempt != 1)}"
@@ -464,24 +494,24 @@ def _finish(url: str, out: _Outcome, attempt: int, spent: bool, row: Deadline,
         error = f"timed out after {tries}: {out.error}"
     elif out.status not in (st.SUCCESS, st.OPTED_OUT) and (attempt > 1 or spent):
         error = f"{out.error} (after {tries})"
-    return FetchResult(url, out.final_url, out.status, out.http_status, out.data, error,
-                       attempt, seconds)
+    return FetchResult(url, out.final_url, out.status, out.http_status, out.data, error, attempt, seconds)
 
 
 def _failure(exc: BaseException, url: str, deadline: Deadline, timeout: float) -> _Outcome:
     """The outcome of an exchange that raised before a response (urllib3's exception kinds)."""
     if isinstance(exc, (u3.NewConnectionError, u3.ProtocolError, u3.ProxyError)):
         # NewConnectionError is a ConnectTimeoutError subclass: refused, unreachable, no DNS.
-        return _Outcome(st.DOWNLOAD_FAILED, f"connection failed: {_exception_reason(exc)}",
-                        final_url=url, retryable=True)
+        return _Outcome(
+            st.DOWNLOAD_FAILED, f"connection failed: {_exception_reason(exc)}", final_url=url, retryable=True
+        )
     if isinstance(exc, (u3.TimeoutError, TimeoutError)):
-        return _Outcome(st.TIMEOUT, _timeout_reason(exc, deadline, timeout), final_url=url,
-                        retryable=True)
-    if isinstance(exc, u3.SSLError):   # a bad certificate does not heal on retry
+        return _Outcome(st.TIMEOUT, _timeout_reason(exc, deadline, timeout), final_url=url, retryable=True)
+    if isinstance(exc, u3.SSLError):  # a bad certificate does not heal on retry
         return _Outcome(st.DOWNLOAD_FAILED, f"TLS error: {_exception_reason(exc)}", final_url=url)
     if isinstance(exc, OSError):
-        return _Outcome(st.DOWNLOAD_FAILED, f"connection failed: {_exception_reason(exc)}",
-                        final_url=url, retryable=True)
+        return _Outcome(
+            st.DOWNLOAD_FAILED, f"connection failed: {_exception_reason(exc)}", final_url=url, retryable=True
+        )
     # An invalid URL or header, ...: deterministic, so no retry.
     return _Outcome(st.DOWNLOAD_FAILED, _exception_reason(exc), final_url=url)
 

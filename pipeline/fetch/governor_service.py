@@ -20,6 +20,7 @@ server at construction (a worker that cannot reach it fails its shard with one c
 instead of fetching unthrottled); if the server is lost later (the driver died mid-job) it
 falls back, with a warning, to a governor of its own holding its ``share`` of the limits.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -33,7 +34,7 @@ import tempfile
 import threading
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
-from typing import Any, Optional
+from typing import Any
 
 from exiflang.pipeline.fetch.politeness import GovernorLimits, HostGovernor
 
@@ -59,10 +60,10 @@ def _listen_args(address: str) -> tuple[Any, str]:
 class GovernorServer:
     """Serves ``governor`` until :meth:`close`; ``address`` and ``key`` tell clients where and how."""
 
-    def __init__(self, governor: HostGovernor, tcp_host: Optional[str] = None) -> None:
+    def __init__(self, governor: HostGovernor, tcp_host: str | None = None) -> None:
         self.governor = governor
         self.key = secrets.token_hex(32)
-        self._tmpdir: Optional[str] = None
+        self._tmpdir: str | None = None
         if tcp_host is None:
             # A private (0700) folder: only this user can even reach the socket.
             self._tmpdir = tempfile.mkdtemp(prefix="exiflang-gov-")
@@ -79,7 +80,7 @@ class GovernorServer:
         self._thread = threading.Thread(target=self._accept_loop, name="governor", daemon=True)
         self._thread.start()
 
-    def __enter__(self) -> "GovernorServer":
+    def __enter__(self) -> GovernorServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -90,7 +91,7 @@ class GovernorServer:
         if self._closing:
             return
         self._closing = True
-        try:   # accept() is not woken by close(): connect once so the loop sees _closing
+        try:  # accept() is not woken by close(): connect once so the loop sees _closing
             Client(*_listen_args(self.address)).close()
         except _LOST:
             pass
@@ -131,7 +132,7 @@ class GovernorServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
-            self.governor.drop_owner(owner)   # leases of a client gone mid-request
+            self.governor.drop_owner(owner)  # leases of a client gone mid-request
             conn.close()
 
     def _dispatch(self, conn: Connection, owner: int) -> None:
@@ -158,7 +159,7 @@ class GovernorServer:
                 return
 
 
-_MAX_MESSAGE = 1 << 16   # bytes; a host name and a few numbers need far less
+_MAX_MESSAGE = 1 << 16  # bytes; a host name and a few numbers need far less
 
 
 def _decode(data: bytes) -> Any:
@@ -202,7 +203,7 @@ class RemoteGovernor:
     def __init__(self, address: str, key: str, fallback: GovernorLimits, share: int = 1) -> None:
         self.address, self._key = address, bytes.fromhex(key)
         self._fallback_limits = _share_of(fallback, share)
-        self._fallback: Optional[HostGovernor] = None
+        self._fallback: HostGovernor | None = None
         self._local = threading.local()
         self._conns: list[Connection] = []
         self._lock = threading.Lock()
@@ -210,10 +211,9 @@ class RemoteGovernor:
             self._call(("ping",), reply=True)
         except _LOST as exc:
             self.close()
-            raise GovernorUnavailable(f"host governor at {address} unreachable: "
-                                      f"{type(exc).__name__}: {exc}") from None
+            raise GovernorUnavailable(f"host governor at {address} unreachable: {type(exc).__name__}: {exc}") from None
 
-    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> Optional[int]:
+    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> int | None:
         """As :meth:`HostGovernor.acquire`; the server knows this thread's connection as ``owner``."""
         if self._fallback is None:
             try:
@@ -222,9 +222,9 @@ class RemoteGovernor:
                 self._lose(exc)
         assert self._fallback is not None
         got = self._fallback.acquire(host, owner, hold, wait_max)
-        return None if got is None else -got   # negative: the fallback's lease
+        return None if got is None else -got  # negative: the fallback's lease
 
-    def release(self, lease: int, outcome: int, retry_after: Optional[float] = None) -> None:
+    def release(self, lease: int, outcome: int, retry_after: float | None = None) -> None:
         if lease < 0:
             if self._fallback is not None:
                 self._fallback.release(-lease, outcome, retry_after)
@@ -259,8 +259,12 @@ class RemoteGovernor:
     def _lose(self, exc: BaseException) -> None:
         with self._lock:
             if self._fallback is None:
-                log.warning("host governor at %s lost (%s: %s); this worker keeps its own "
-                            "per-host limits from now on", self.address, type(exc).__name__, exc)
+                log.warning(
+                    "host governor at %s lost (%s: %s); this worker keeps its own per-host limits from now on",
+                    self.address,
+                    type(exc).__name__,
+                    exc,
+                )
                 self._fallback = HostGovernor(self._fallback_limits)
 
 

@@ -8,15 +8,24 @@ the ``with`` body reports what the host answered (``slot.answered(status, retry_
 (``--executor local --workers 1``, tests), or in the driver, reached through
 :class:`~exiflang.pipeline.fetch.governor_service.RemoteGovernor`, when many processes share the job.
 """
+
 from __future__ import annotations
 
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional, Protocol
+from typing import Protocol
 
-from exiflang.pipeline.fetch.politeness import ANSWERED, NO_ANSWER, THROTTLE_CODES, THROTTLED, GovernorLimits, HostGovernor
+from exiflang.pipeline.fetch.politeness import (
+    ANSWERED,
+    NO_ANSWER,
+    THROTTLE_CODES,
+    THROTTLED,
+    GovernorLimits,
+    HostGovernor,
+)
 
 _OWNERS = itertools.count(1)
 
@@ -24,9 +33,9 @@ _OWNERS = itertools.count(1)
 class Governor(Protocol):
     """What a limiter needs of a governor, local or remote."""
 
-    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> Optional[int]: ...
+    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> int | None: ...
 
-    def release(self, lease: int, outcome: int, retry_after: Optional[float] = None) -> None: ...
+    def release(self, lease: int, outcome: int, retry_after: float | None = None) -> None: ...
 
 
 class LimiterClosed(Exception):
@@ -36,15 +45,15 @@ class LimiterClosed(Exception):
 class Slot:
     """One granted request to a host; tell it what the host answered."""
 
-    __slots__ = ("waited", "lease", "outcome", "retry_after")
+    __slots__ = ("lease", "outcome", "retry_after", "waited")
 
     def __init__(self, waited: float, lease: int) -> None:
-        self.waited = waited            # seconds queued for politeness (not the server's time)
+        self.waited = waited  # seconds queued for politeness (not the server's time)
         self.lease = lease
         self.outcome = NO_ANSWER
-        self.retry_after: Optional[float] = None
+        self.retry_after: float | None = None
 
-    def answered(self, http_status: Optional[int], retry_after: Optional[float] = None) -> None:
+    def answered(self, http_status: int | None, retry_after: float | None = None) -> None:
         """Record the host's answer: None (no answer), a 429/503 (throttled) or any other status."""
         if http_status is None:
             self.outcome = NO_ANSWER
@@ -62,14 +71,14 @@ class HostLimiter:
     asks again, which is also how soon :meth:`close` is noticed.
     """
 
-    def __init__(self, governor: Optional[Governor] = None, hold: float = 120.0, wait_max: float = 1.0) -> None:
+    def __init__(self, governor: Governor | None = None, hold: float = 120.0, wait_max: float = 1.0) -> None:
         self.governor: Governor = governor if governor is not None else HostGovernor()
         self.hold, self.wait_max = hold, wait_max
         self.owner = next(_OWNERS)
         self._closed = threading.Event()
 
     @classmethod
-    def local(cls, concurrency: int = 8, rate: float = 0.0, **limits: float) -> "HostLimiter":
+    def local(cls, concurrency: int = 8, rate: float = 0.0, **limits: float) -> HostLimiter:
         """A limiter with a governor of its own (the limits hold for this limiter's threads)."""
         return cls(HostGovernor(GovernorLimits(concurrency, rate, **limits)))
 

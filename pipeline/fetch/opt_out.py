@@ -11,9 +11,10 @@ ones only when the crawler named is ours (the product token of our User-Agent, `
 by default), compared without regard to case.  Several headers, or several scopes in one,
 are each read the same way.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 DEFAULT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex", "none")
 
@@ -26,7 +27,7 @@ def agent_token(user_agent: str) -> str:
     return user_agent.strip().split("/", 1)[0].split(" ", 1)[0].lower()
 
 
-def opt_out(values: Iterable[str], directives: Iterable[str], agent: str) -> Optional[str]:
+def opt_out(values: Iterable[str], directives: Iterable[str], agent: str) -> str | None:
     """``"X-Robots-Tag: <value>"`` for the first header value that opts out ``agent``, else None."""
     wanted = frozenset(d.strip().lower() for d in directives)
     if not wanted:
@@ -40,7 +41,7 @@ def opt_out(values: Iterable[str], directives: Iterable[str], agent: str) -> Opt
 def _applying(value: str, agent: str) -> set[str]:
     """The directives of one header value that apply to ``agent``."""
     found: set[str] = set()
-    scope: Optional[str] = None       # None: every crawler
+    scope: str | None = None  # None: every crawler
     for piece in value.split(","):
         name, colon, rest = piece.partition(":")
         name = name.strip().lower()

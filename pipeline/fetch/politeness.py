@@ -28,18 +28,18 @@ granted (the client asks for more than its attempt can last).
 Nothing here does I/O; the blocking :meth:`HostGovernor.acquire` waits on a :class:`Clock`,
 which tests replace with a fake one to honour a ten-minute ``Retry-After`` without waiting.
 """
+
 from __future__ import annotations
 
 import itertools
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 # Outcomes reported with a lease when it is given back.
-ANSWERED = 0    # the host answered normally (any status but 429/503): strikes reset
-NO_ANSWER = 1   # timeout, connection error, or no request made: says nothing about the host
-THROTTLED = 2   # 429 or 503: the host is paused for everyone
+ANSWERED = 0  # the host answered normally (any status but 429/503): strikes reset
+NO_ANSWER = 1  # timeout, connection error, or no request made: says nothing about the host
+THROTTLED = 2  # 429 or 503: the host is paused for everyone
 
 THROTTLE_CODES = frozenset({429, 503})
 
@@ -62,25 +62,25 @@ class Clock:
 class GovernorLimits:
     """The politeness settings of one job, for every host alike."""
 
-    concurrency: int = 32            # leases per host at once, job-wide (<= 0: no cap)
-    rate: float = 0.0                # request starts per second per host, job-wide (0: no cap)
-    retry_after_max: float = 600.0   # longest pause a host's Retry-After can impose (s)
-    pause_base: float = 1.0          # first pause after a 429/503 without Retry-After (s)
+    concurrency: int = 32  # leases per host at once, job-wide (<= 0: no cap)
+    rate: float = 0.0  # request starts per second per host, job-wide (0: no cap)
+    retry_after_max: float = 600.0  # longest pause a host's Retry-After can impose (s)
+    pause_base: float = 1.0  # first pause after a 429/503 without Retry-After (s)
 
 
 class _Host:
     """Book-keeping of one host; guarded by the governor's lock."""
 
-    __slots__ = ("cond", "leases", "waiters", "next_start", "paused_until", "strikes", "epoch")
+    __slots__ = ("cond", "epoch", "leases", "next_start", "paused_until", "strikes", "waiters")
 
     def __init__(self, lock: threading.Lock) -> None:
         self.cond = threading.Condition(lock)
         self.leases: set[int] = set()
         self.waiters = 0
-        self.next_start = 0.0      # clock time the next request may start (rate)
-        self.paused_until = 0.0    # clock time the host's pause ends
-        self.strikes = 0           # throttled answers in a row without Retry-After
-        self.epoch = 0             # bumped whenever a new pause begins
+        self.next_start = 0.0  # clock time the next request may start (rate)
+        self.paused_until = 0.0  # clock time the host's pause ends
+        self.strikes = 0  # throttled answers in a row without Retry-After
+        self.epoch = 0  # bumped whenever a new pause begins
 
 
 @dataclass
@@ -94,9 +94,9 @@ class _Lease:
 class HostGovernor:
     """Grants per-host leases under :class:`GovernorLimits`; thread-safe, one per job."""
 
-    _SWEEP_MIN = 1024   # idle host entries are swept once the table has doubled past this
+    _SWEEP_MIN = 1024  # idle host entries are swept once the table has doubled past this
 
-    def __init__(self, limits: Optional[GovernorLimits] = None, clock: Optional[Clock] = None) -> None:
+    def __init__(self, limits: GovernorLimits | None = None, clock: Clock | None = None) -> None:
         self.limits = limits or GovernorLimits()
         self.clock = clock or Clock()
         self._interval = 1.0 / self.limits.rate if self.limits.rate > 0 else 0.0
@@ -107,7 +107,7 @@ class HostGovernor:
         self._sweep_at = self._SWEEP_MIN
 
     # ---- the three calls a client makes ------------------------------------------------
-    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> Optional[int]:
+    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> int | None:
         """A lease id for one request to ``host``, or None if none came within ``wait_max`` s.
 
         Waits while the host is paused or at its cap, then books the next start time of the
@@ -134,7 +134,7 @@ class HostGovernor:
             clock.sleep(delay)
         return lease
 
-    def release(self, lease: int, outcome: int = NO_ANSWER, retry_after: Optional[float] = None) -> None:
+    def release(self, lease: int, outcome: int = NO_ANSWER, retry_after: float | None = None) -> None:
         """Give ``lease`` back with what the host answered (unknown or lapsed leases: ignored)."""
         with self._lock:
             held = self._leases.pop(lease, None)
@@ -147,9 +147,9 @@ class HostGovernor:
             elif outcome == ANSWERED:
                 state.strikes = 0
             if outcome == THROTTLED:
-                state.cond.notify_all()   # waiters re-read the pause's end
+                state.cond.notify_all()  # waiters re-read the pause's end
             else:
-                state.cond.notify()       # one slot came free
+                state.cond.notify()  # one slot came free
             self._forget_if_idle(held.host, state)
 
     def drop_owner(self, owner: int) -> int:
@@ -206,17 +206,17 @@ class HostGovernor:
         state.next_start = start + self._interval
         return start - now
 
-    def _pause(self, state: _Host, epoch: int, retry_after: Optional[float]) -> None:
+    def _pause(self, state: _Host, epoch: int, retry_after: float | None) -> None:
         limits, now = self.limits, self.clock.now()
         if retry_after is not None:
             seconds = min(max(0.0, retry_after), limits.retry_after_max)
         else:
-            if epoch == state.epoch:   # a new throttle, not one more answer from the same storm
+            if epoch == state.epoch:  # a new throttle, not one more answer from the same storm
                 state.strikes += 1
             seconds = min(limits.pause_base * 2 ** max(0, state.strikes - 1), limits.retry_after_max)
         until = now + seconds
         if until > state.paused_until:
-            if state.paused_until <= now:   # a new pause (not an extension of a running one)
+            if state.paused_until <= now:  # a new pause (not an extension of a running one)
                 state.epoch += 1
             state.paused_until = until
 
@@ -233,8 +233,7 @@ class HostGovernor:
     def _idle(state: _Host, now: float) -> bool:
         # Only once its rate interval and pause have passed: dropping the entry earlier
         # would let the next request skip them.
-        return (not state.leases and not state.waiters and state.next_start <= now
-                and state.paused_until <= now)
+        return not state.leases and not state.waiters and state.next_start <= now and state.paused_until <= now
 
     def _sweep(self) -> None:
         now = self.clock.now()

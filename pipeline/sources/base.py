@@ -9,6 +9,7 @@ byte ``0xff`` arrives as the lone surrogate ``"\\udcff"`` and the exact bytes ca
 that row's business: the worker reads or fetches it by its bytes and the shard table stores
 it escaped, with the raw bytes alongside (:mod:`exiflang.pipeline.shards.files`).
 """
+
 from __future__ import annotations
 
 import bz2
@@ -17,8 +18,9 @@ import io
 import lzma
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, BinaryIO, Iterator, Optional, cast
+from typing import IO, BinaryIO, cast
 
 from exiflang.pipeline import storage
 from exiflang.pipeline.records import SourceRow
@@ -55,7 +57,7 @@ def reason_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def compression_of(path: str | os.PathLike) -> Optional[str]:
+def compression_of(path: str | os.PathLike) -> str | None:
     """``gzip``/``bzip2``/``xz`` from the file's magic bytes, else None (plain)."""
     try:
         with storage.open_read(path) as fh:
@@ -83,7 +85,7 @@ def open_binary(path: str | os.PathLike) -> tuple[IO[bytes], BinaryIO]:
     """
     kind = compression_of(path)
     try:
-        raw: BinaryIO = storage.open_read(path)   # type: ignore[assignment]
+        raw: BinaryIO = storage.open_read(path)  # type: ignore[assignment]
     except OSError as exc:
         raise SourceError(path, f"cannot read: {reason_of(exc)}") from exc
     if kind == "gzip":

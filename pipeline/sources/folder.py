@@ -7,21 +7,30 @@ shards, or YFCC main-file parts), or a glob of them (``lists/*.csv.gz``,
 walked), each streamed and never loaded whole, with row indices continuing from one file to
 the next, so the shard plan, and with it resume, is the same on every run.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 from exiflang.pipeline import storage
-from exiflang.pipeline.sources.base import (EmptySourceError, IMAGE_EXTENSIONS, LIST_SUFFIXES, Source, SourceError, inner_suffix)
-from exiflang.pipeline.sources.yfcc import looks_like_yfcc
 from exiflang.pipeline.records import SourceRow
+from exiflang.pipeline.sources.base import (
+    IMAGE_EXTENSIONS,
+    LIST_SUFFIXES,
+    EmptySourceError,
+    Source,
+    SourceError,
+    inner_suffix,
+)
+from exiflang.pipeline.sources.yfcc import looks_like_yfcc
+
 
 class FolderSource(Source):
     """Every image-looking file under a folder, recursively, in sorted depth-first order."""
 
     format = "folder"
-    _unwanted = "not_image"          # the skip reason of a file :meth:`_wanted` refuses
+    _unwanted = "not_image"  # the skip reason of a file :meth:`_wanted` refuses
 
     def rows(self) -> Iterator[SourceRow]:
         self._reset()
@@ -71,7 +80,7 @@ class FolderSource(Source):
                 # A dangling link is still a row: its read fails with a status, not silently.
                 yield entry.path
             else:
-                self._skip("not_a_file")   # fifos, sockets: reading them could block
+                self._skip("not_a_file")  # fifos, sockets: reading them could block
 
 
 class ListFolder(FolderSource):
@@ -115,18 +124,21 @@ class MultiSource(Source):
     stops the job with its :class:`SourceError` when it is reached.
     """
 
-    def __init__(self, path: str, fmt: Optional[str], opener: Callable[[str, str], Source],
-                 glob: bool = False) -> None:
+    def __init__(self, path: str, fmt: str | None, opener: Callable[[str, str], Source], glob: bool = False) -> None:
         super().__init__(path)
         self._fmt, self._opener, self._glob = fmt, opener, glob
         self.formats: set[str] = set()
         self.files_read = 0
         if self._first() is None:
-            raise SourceError(path, "no list files with entries (" + ", ".join(
-                sorted(s[1:] for s in LIST_SUFFIXES)) + ", optionally compressed; or YFCC parts)")
+            raise SourceError(
+                path,
+                "no list files with entries ("
+                + ", ".join(sorted(s[1:] for s in LIST_SUFFIXES))
+                + ", optionally compressed; or YFCC parts)",
+            )
 
     @property
-    def format(self) -> str:   # type: ignore[override]
+    def format(self) -> str:  # type: ignore[override]
         return "+".join(sorted(self.formats)) or (self._fmt or "urls")
 
     def rows(self) -> Iterator[SourceRow]:
@@ -137,7 +149,7 @@ class MultiSource(Source):
             if source is None:
                 continue
             for row in source.rows():
-                row.index = index      # continuous across files: the shard plan stays fixed
+                row.index = index  # continuous across files: the shard plan stays fixed
                 index += 1
                 yield row
             self.files_read += 1
@@ -147,21 +159,21 @@ class MultiSource(Source):
         if self._glob:
             return (str(p) for p in storage.glob(self.path))
         lister = ListFolder(self.path)
-        lister.skipped = self.skipped        # hidden / not-a-list files count as this source's
+        lister.skipped = self.skipped  # hidden / not-a-list files count as this source's
         return lister.files()
 
-    def _first(self) -> Optional[Source]:
+    def _first(self) -> Source | None:
         for path in self._paths():
             source = self._open(path)
             if source is not None:
                 return source
         return None
 
-    def _open(self, path: str) -> Optional[Source]:
+    def _open(self, path: str) -> Source | None:
         """The file as a source, or None when it is to be skipped (counted)."""
         fmt = self._fmt or detect_format(path)
         if inner_suffix(path) == "" and fmt != "yfcc" and self._fmt is None:
-            self._skip("not_a_list")           # README, LICENSE, ...: not a list without a suffix
+            self._skip("not_a_list")  # README, LICENSE, ...: not a list without a suffix
             return None
         try:
             source = self._opener(path, fmt)

@@ -22,10 +22,11 @@ byte ``0xff`` arrives as the lone surrogate ``"\\udcff"`` and the exact bytes ca
 that row's business: the worker reads or fetches it by its bytes and the shard table stores
 it escaped, with the raw bytes alongside (:mod:`exiflang.pipeline.shards.files`).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from exiflang.pipeline import storage
 from exiflang.pipeline.sources.base import FORMATS, IMAGE_EXTENSIONS, LIST_SUFFIXES, Source, SourceError
@@ -33,9 +34,14 @@ from exiflang.pipeline.sources.folder import FolderSource, ListFolder, MultiSour
 from exiflang.pipeline.sources.url_lists import open_url_list
 from exiflang.pipeline.sources.yfcc import ORIGINAL_URL, YfccSource
 
-def open_source(path: str | os.PathLike, fmt: Optional[str] = None, *,
-                url_column: Optional[str] = None,
-                yfcc_original_url: Optional[str] = None) -> Source:
+
+def open_source(
+    path: str | os.PathLike,
+    fmt: str | None = None,
+    *,
+    url_column: str | None = None,
+    yfcc_original_url: str | None = None,
+) -> Source:
     """Open ``path`` as a :class:`Source` (format detected unless given).
 
     ``path``: a file, a folder (of images; or of lists, then a :class:`MultiSource`) or a
@@ -47,7 +53,7 @@ def open_source(path: str | os.PathLike, fmt: Optional[str] = None, *,
         raise SourceError(path, f"unknown source format {fmt!r} (choose from {', '.join(FORMATS)})")
     text = os.fspath(path)
     if not storage.is_remote(text):
-        text = str(storage.resolve(text))     # a file:// URL is a local path
+        text = str(storage.resolve(text))  # a file:// URL is a local path
 
     def opener(file: str, file_fmt: str) -> Source:
         return _open_file(file, file_fmt, url_column, yfcc_original_url)
@@ -63,7 +69,7 @@ def open_source(path: str | os.PathLike, fmt: Optional[str] = None, *,
     return opener(text, fmt or detect_format(text))
 
 
-def _open_glob(pattern: str, fmt: Optional[str], opener: Callable[[str, str], Source]) -> Source:
+def _open_glob(pattern: str, fmt: str | None, opener: Callable[[str, str], Source]) -> Source:
     if fmt == "folder":
         raise SourceError(pattern, "a glob names list files; give a folder of images as the folder itself")
     if not storage.glob(pattern):
@@ -71,24 +77,30 @@ def _open_glob(pattern: str, fmt: Optional[str], opener: Callable[[str, str], So
     return MultiSource(pattern, fmt, opener, glob=True)
 
 
-def _open_folder(path: str, fmt: Optional[str], opener: Callable[[str, str], Source]) -> Source:
+def _open_folder(path: str, fmt: str | None, opener: Callable[[str, str], Source]) -> Source:
     local = not storage.is_remote(path)
     if local and not os.access(path, os.R_OK | os.X_OK):
         raise SourceError(path, "folder not readable")
     if fmt == "folder" or (fmt is None and has_images(path)):
         if not has_images(path):
-            raise SourceError(path, "no image files (" + ", ".join(
-                sorted(e[1:] for e in IMAGE_EXTENSIONS)) + ") in this folder or below")
+            raise SourceError(
+                path,
+                "no image files (" + ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS)) + ") in this folder or below",
+            )
         return FolderSource(path)
     if next(ListFolder(path).files(), None) is None:
-        raise SourceError(path, "no image files (" + ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
-                          + ") and no list files (" + ", ".join(sorted(s[1:] for s in LIST_SUFFIXES))
-                          + ") in this folder or below")
+        raise SourceError(
+            path,
+            "no image files ("
+            + ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
+            + ") and no list files ("
+            + ", ".join(sorted(s[1:] for s in LIST_SUFFIXES))
+            + ") in this folder or below",
+        )
     return MultiSource(path, fmt, opener)
 
 
-def _open_file(path: str, fmt: str, url_column: Optional[str],
-               yfcc_original_url: Optional[str]) -> Source:
+def _open_file(path: str, fmt: str, url_column: str | None, yfcc_original_url: str | None) -> Source:
     """One list or YFCC file as a source (checked now)."""
     if fmt == "folder":
         raise SourceError(path, "not a folder (format 'folder' needs a folder of images)")

@@ -10,6 +10,7 @@ Every reader streams: text line by line, Parquet by batches of one row group at 
 a list of any size is read in bounded memory.  The file may be local or on an object store
 (:mod:`exiflang.pipeline.storage`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,19 +18,36 @@ import csv
 import json
 import math
 import os
-from typing import IO, Any, Iterator, Literal, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import IO, Any, Literal
 
 from exiflang.pipeline import storage
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.sources.base import (READ_ERRORS, EmptySourceError, Source, SourceError, compression_of,
-                              inner_suffix, open_binary, open_text, reason_of)
+from exiflang.pipeline.sources.base import (
+    READ_ERRORS,
+    EmptySourceError,
+    Source,
+    SourceError,
+    compression_of,
+    inner_suffix,
+    open_binary,
+    open_text,
+    reason_of,
+)
 
 URL_COLUMNS = ("url", "URL", "image_url", "download_url", "photo_url")
-ID_COLUMNS = ("photo_id", "id", "key")   # most specific first
-KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-         ".parquet": "parquet", ".pq": "parquet"}
+ID_COLUMNS = ("photo_id", "id", "key")  # most specific first
+KINDS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 HTTP_PREFIXES = ("http://", "https://")
-PARQUET_BATCH = 4096        # rows per Arrow batch read from a Parquet list
+PARQUET_BATCH = 4096  # rows per Arrow batch read from a Parquet list
 
 # YFCC-sized cells would trip the csv module's 128 KiB default; the limit is process-wide.
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
@@ -39,8 +57,7 @@ def is_http(url: str) -> bool:
     return url[:8].lower().startswith(HTTP_PREFIXES)
 
 
-def pick_column(names: Sequence[str], candidates: Sequence[str],
-                given: Optional[str] = None) -> Optional[str]:
+def pick_column(names: Sequence[str], candidates: Sequence[str], given: str | None = None) -> str | None:
     """The column to use: ``given`` if present, else the first candidate (exact, then any case)."""
     wanted = (given,) if given else tuple(candidates)
     for name in wanted:
@@ -53,7 +70,7 @@ def pick_column(names: Sequence[str], candidates: Sequence[str],
     return None
 
 
-def as_text(value: Any) -> Optional[str]:
+def as_text(value: Any) -> str | None:
     """A JSON/Parquet cell as the string meta holds (None for a missing value)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -62,11 +79,11 @@ def as_text(value: Any) -> Optional[str]:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
-        return str(int(value))   # an id stored as float (pandas NaN-able ints) stays "123"
+        return str(int(value))  # an id stored as float (pandas NaN-able ints) stays "123"
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")   # lossless, like the text readers
+        return value.decode("utf-8", "surrogateescape")  # lossless, like the text readers
     return str(value)
 
 
@@ -75,20 +92,24 @@ class UrlListSource(Source):
 
     format = "urls"
 
-    def __init__(self, path: str | os.PathLike, kind: str, url_column: Optional[str] = None) -> None:
+    def __init__(self, path: str | os.PathLike, kind: str, url_column: str | None = None) -> None:
         super().__init__(path)
         self.kind = kind
         self.url_column = url_column
 
     def rows(self) -> Iterator[SourceRow]:
         self._reset()
-        reader = {"txt": self._txt, "csv": self._delimited, "tsv": self._delimited,
-                  "jsonl": self._jsonl, "parquet": self._parquet}[self.kind]
+        reader = {
+            "txt": self._txt,
+            "csv": self._delimited,
+            "tsv": self._delimited,
+            "jsonl": self._jsonl,
+            "parquet": self._parquet,
+        }[self.kind]
         for index, (url, photo_id, meta) in enumerate(reader()):
             yield self._row(index, url, photo_id, meta)
 
-    def _row(self, index: int, url: Optional[str], photo_id: Optional[str],
-             meta: dict[str, str]) -> SourceRow:
+    def _row(self, index: int, url: str | None, photo_id: str | None, meta: dict[str, str]) -> SourceRow:
         url = (url or "").strip()
         if not url:
             self._flag("no_url")
@@ -99,7 +120,7 @@ class UrlListSource(Source):
 
     # -- the five readers: each yields (url, photo id, meta) per entry --------------------
 
-    def _txt(self) -> Iterator[tuple[Optional[str], Optional[str], dict[str, str]]]:
+    def _txt(self) -> Iterator[tuple[str | None, str | None, dict[str, str]]]:
         with _reading(self.path) as fh:
             for line in fh:
                 text = line.strip()
@@ -110,7 +131,7 @@ class UrlListSource(Source):
                 else:
                     yield text, None, {}
 
-    def _delimited(self) -> Iterator[tuple[Optional[str], Optional[str], dict[str, str]]]:
+    def _delimited(self) -> Iterator[tuple[str | None, str | None, dict[str, str]]]:
         with _reading(self.path) as fh:
             reader = csv.reader(fh, delimiter="\t" if self.kind == "tsv" else ",")
             header = _first_nonblank(reader, self)
@@ -125,7 +146,7 @@ class UrlListSource(Source):
                     continue
                 yield columns.split(cells)
 
-    def _jsonl(self) -> Iterator[tuple[Optional[str], Optional[str], dict[str, str]]]:
+    def _jsonl(self) -> Iterator[tuple[str | None, str | None, dict[str, str]]]:
         with _reading(self.path) as fh:
             for number, line in enumerate(fh, 1):
                 if not line.strip():
@@ -139,7 +160,7 @@ class UrlListSource(Source):
                     continue
                 yield self._from_record(record, number)
 
-    def _parquet(self) -> Iterator[tuple[Optional[str], Optional[str], dict[str, str]]]:
+    def _parquet(self) -> Iterator[tuple[str | None, str | None, dict[str, str]]]:
         with contextlib.closing(_parquet_file(self.path)) as pf:
             try:
                 # Batches are cut from one row group at a time: a file of any size streams.
@@ -149,8 +170,7 @@ class UrlListSource(Source):
             except (OSError, ValueError) as exc:
                 raise SourceError(self.path, f"unreadable Parquet: {reason_of(exc)}") from exc
 
-    def _from_record(self, record: Any, number: Optional[int]
-                     ) -> tuple[Optional[str], Optional[str], dict[str, str]]:
+    def _from_record(self, record: Any, number: int | None) -> tuple[str | None, str | None, dict[str, str]]:
         """A JSON object / Parquet row -> (url, id, meta); a bare JSON string is a URL."""
         if isinstance(record, str):
             return record, None, {}
@@ -173,11 +193,11 @@ class UrlListSource(Source):
 class _Columns:
     """Where the URL, id and meta cells of a csv/tsv row are."""
 
-    def __init__(self, names: list[str], url_at: int, id_at: Optional[int], headerless: bool) -> None:
+    def __init__(self, names: list[str], url_at: int, id_at: int | None, headerless: bool) -> None:
         self.names, self.url_at, self.id_at, self.headerless = names, url_at, id_at, headerless
 
     @classmethod
-    def of(cls, path: str, header: list[str], url_column: Optional[str]) -> "_Columns":
+    def of(cls, path: str, header: list[str], url_column: str | None) -> _Columns:
         names = [h.strip() for h in header]
         # A list without a header: its first line already holds a URL.
         http_cells = [i for i, h in enumerate(names) if is_http(h)]
@@ -186,13 +206,15 @@ class _Columns:
         url_name = pick_column(names, URL_COLUMNS, url_column)
         if url_name is None:
             looked = repr(url_column) if url_column else ", ".join(URL_COLUMNS)
-            raise SourceError(path, f"no URL column (looked for {looked}; columns: "
-                              f"{', '.join(names) or 'none'}); name it with --url-column")
+            raise SourceError(
+                path,
+                f"no URL column (looked for {looked}; columns: "
+                f"{', '.join(names) or 'none'}); name it with --url-column",
+            )
         id_name = pick_column(names, ID_COLUMNS)
-        return cls(names, names.index(url_name),
-                   names.index(id_name) if id_name else None, False)
+        return cls(names, names.index(url_name), names.index(id_name) if id_name else None, False)
 
-    def split(self, cells: list[str]) -> tuple[Optional[str], Optional[str], dict[str, str]]:
+    def split(self, cells: list[str]) -> tuple[str | None, str | None, dict[str, str]]:
         url = cells[self.url_at] if self.url_at < len(cells) else ""
         pid = cells[self.id_at] if self.id_at is not None and self.id_at < len(cells) else None
         meta = {}
@@ -222,7 +244,7 @@ class _reading:
         return False
 
 
-def _first_nonblank(reader: Iterator[list[str]], source: Optional[Source] = None) -> Optional[list[str]]:
+def _first_nonblank(reader: Iterator[list[str]], source: Source | None = None) -> list[str] | None:
     for cells in reader:
         if any(c.strip() for c in cells):
             return cells
@@ -235,6 +257,7 @@ def _unvalidated(batch: Any) -> Any:
     """``batch`` with its string columns viewed as binary, so a cell of bad UTF-8 (which
     would make ``to_pylist`` raise for the whole batch) reaches :func:`as_text` as bytes."""
     import pyarrow as pa
+
     views = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary()}
     columns = [col.view(views[col.type]) if col.type in views else col for col in batch.columns]
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
@@ -243,6 +266,7 @@ def _unvalidated(batch: Any) -> Any:
 def _parquet_file(path: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     try:
         if compression_of(path):
             # Parquet needs random access: a compressed one is inflated into memory.
@@ -269,8 +293,7 @@ def _check(source: UrlListSource) -> None:
         if rows == 0:
             raise EmptySourceError(path, "empty list (a Parquet table with no rows)")
         if pick_column(names, URL_COLUMNS, source.url_column) is None:
-            raise SourceError(path, f"no URL column (columns: {', '.join(names)}); "
-                              "name it with --url-column")
+            raise SourceError(path, f"no URL column (columns: {', '.join(names)}); name it with --url-column")
         return
     with _reading(path) as fh:
         if kind in ("csv", "tsv"):
@@ -302,8 +325,11 @@ def _check_json_line(source: UrlListSource, line: str) -> None:
         raise SourceError(source.path, f"not JSON Lines: first line is not JSON ({_json_reason(exc)})") from exc
     if isinstance(record, dict) and pick_column(list(record), URL_COLUMNS, source.url_column) is None:
         looked = repr(source.url_column) if source.url_column else ", ".join(URL_COLUMNS)
-        raise SourceError(source.path, f"no URL field in the first record (looked for {looked}; "
-                          f"keys: {', '.join(map(str, record)) or 'none'}); name it with --url-column")
+        raise SourceError(
+            source.path,
+            f"no URL field in the first record (looked for {looked}; "
+            f"keys: {', '.join(map(str, record)) or 'none'}); name it with --url-column",
+        )
 
 
 def list_kind(path: str | os.PathLike) -> str:
@@ -319,7 +345,7 @@ def list_kind(path: str | os.PathLike) -> str:
     return kind
 
 
-def open_url_list(path: str | os.PathLike, *, url_column: Optional[str] = None) -> UrlListSource:
+def open_url_list(path: str | os.PathLike, *, url_column: str | None = None) -> UrlListSource:
     """Open a URL list, checking now that it has rows and a URL column."""
     source = UrlListSource(path, list_kind(path), url_column)
     _check(source)

@@ -6,39 +6,75 @@ still a row (its URL empty unless an image URL can be found in it), so the job's
 accounts for every line.  The file (local or on an object store, compressed or not) is
 streamed one line at a time: a 100M-line file is never held, only the current line.
 """
+
 from __future__ import annotations
 
 import os
 import re
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 from urllib.parse import unquote_plus
 
 from exiflang.pipeline.records import SourceRow
 from exiflang.pipeline.sources.base import READ_ERRORS, Source, SourceError, open_text, reason_of
 
 FIELDS_2014 = (
-    "photo_id", "user_id", "user_nickname", "date_taken", "date_uploaded", "capture_device",
-    "title", "description", "user_tags", "machine_tags", "longitude", "latitude", "accuracy",
-    "page_url", "download_url", "license_name", "license_url", "server_id", "farm_id", "secret",
-    "original_secret", "original_extension", "marker")
+    "photo_id",
+    "user_id",
+    "user_nickname",
+    "date_taken",
+    "date_uploaded",
+    "capture_device",
+    "title",
+    "description",
+    "user_tags",
+    "machine_tags",
+    "longitude",
+    "latitude",
+    "accuracy",
+    "page_url",
+    "download_url",
+    "license_name",
+    "license_url",
+    "server_id",
+    "farm_id",
+    "secret",
+    "original_secret",
+    "original_extension",
+    "marker",
+)
 FIELDS_2016 = ("line_number", "photo_id", "photo_hash") + FIELDS_2014[1:]
 LAYOUTS = {len(FIELDS_2014): FIELDS_2014, len(FIELDS_2016): FIELDS_2016}
 
 # Kept in each row's meta.  Description and tags are left out by default: long free text
 # that would bloat every shard's table and says nothing about the camera.
-META_FIELDS = ("line_number", "photo_hash", "user_id", "user_nickname", "date_taken",
-               "date_uploaded", "capture_device", "title", "longitude", "latitude", "accuracy",
-               "page_url", "download_url", "license_name", "license_url", "original_extension")
+META_FIELDS = (
+    "line_number",
+    "photo_hash",
+    "user_id",
+    "user_nickname",
+    "date_taken",
+    "date_uploaded",
+    "capture_device",
+    "title",
+    "longitude",
+    "latitude",
+    "accuracy",
+    "page_url",
+    "download_url",
+    "license_name",
+    "license_url",
+    "original_extension",
+)
 # Fields that are URLs or identifiers: never URL-decoded ("+" may be meaningful there).
 NOT_ENCODED = frozenset({"page_url", "download_url", "license_url", "photo_hash"})
 VIDEO_MARKER = "1"
 _IMAGE_URL = re.compile(r"^https?://\S*(staticflickr\.com/|\.(jpe?g|png|gif|tiff?)$)", re.I)
 _TOKEN = re.compile(r"^[A-Za-z0-9]+$")
 DETECT_LINES = 5
-DETECT_LINE_LIMIT = 1 << 20   # a binary file with no newline must not be read whole
+DETECT_LINE_LIMIT = 1 << 20  # a binary file with no newline must not be read whole
 
 
-def split_record(line: str) -> Optional[dict[str, str]]:
+def split_record(line: str) -> dict[str, str] | None:
     """The named fields of one main-file line, or None when it is not a valid YFCC line."""
     fields = line.rstrip("\r\n").split("\t")
     names = LAYOUTS.get(len(fields))
@@ -73,8 +109,7 @@ def looks_like_yfcc(path: str | os.PathLike) -> bool:
 ORIGINAL_URL = "https://farm{farm}.staticflickr.com/{server}/{id}_{original_secret}_o.{ext}"
 
 
-def photo_urls(record: dict[str, str],
-               original_template: str = ORIGINAL_URL) -> tuple[str, tuple[str, ...]]:
+def photo_urls(record: dict[str, str], original_template: str = ORIGINAL_URL) -> tuple[str, tuple[str, ...]]:
     """(full-resolution original URL, fallbacks) for a photo; the listed URL is the fallback.
 
     Column 16 is a reduced size; the original is rebuilt from farm, server, id and the
@@ -89,8 +124,7 @@ def photo_urls(record: dict[str, str],
     if not listed and farm.isdigit() and server.isdigit() and _TOKEN.match(secret):
         listed = f"https://farm{farm}.staticflickr.com/{server}/{pid}_{secret}.jpg"
     if farm.isdigit() and server.isdigit() and _TOKEN.match(osecret) and _TOKEN.match(oext):
-        original = original_template.format(farm=farm, server=server, id=pid,
-                                            original_secret=osecret, ext=oext.lower())
+        original = original_template.format(farm=farm, server=server, id=pid, original_secret=osecret, ext=oext.lower())
         return original, ((listed,) if listed and listed != original else ())
     return listed, ()
 
@@ -115,8 +149,10 @@ def malformed_row(index: int, line: str) -> SourceRow:
     """A row for a line that is not YFCC: the downloader fails it, the table keeps it."""
     fields = line.rstrip("\r\n").split("\t")
     urls = [f.strip() for f in fields if _IMAGE_URL.match(f.strip())]
-    meta = {"source_error": f"malformed YFCC line: {len(fields)} tab-separated fields "
-                            f"(expected {len(FIELDS_2014)} or {len(FIELDS_2016)})"}
+    meta = {
+        "source_error": f"malformed YFCC line: {len(fields)} tab-separated fields "
+        f"(expected {len(FIELDS_2014)} or {len(FIELDS_2016)})"
+    }
     return SourceRow(index=index, url=urls[-1] if urls else "", meta=meta)
 
 
@@ -125,12 +161,13 @@ class YfccSource(Source):
 
     format = "yfcc"
 
-    def __init__(self, path: str | os.PathLike, meta_fields: Sequence[str] = META_FIELDS,
-                 original_template: str = ORIGINAL_URL) -> None:
+    def __init__(
+        self, path: str | os.PathLike, meta_fields: Sequence[str] = META_FIELDS, original_template: str = ORIGINAL_URL
+    ) -> None:
         super().__init__(path)
         self.meta_fields = tuple(meta_fields)
         self.original_template = original_template
-        self.layouts: dict[int, int] = {}   # column count -> lines, for the job summary
+        self.layouts: dict[int, int] = {}  # column count -> lines, for the job summary
 
     def rows(self) -> Iterator[SourceRow]:
         self._reset()
@@ -148,7 +185,7 @@ class YfccSource(Source):
                 raise
             raise SourceError(self.path, f"unreadable after line {number}: {reason_of(exc)}") from exc
 
-    def _parse(self, index: int, line: str) -> Optional[SourceRow]:
+    def _parse(self, index: int, line: str) -> SourceRow | None:
         if not line.strip():
             self._skip("blank")
             return None
@@ -166,5 +203,4 @@ class YfccSource(Source):
         if not url:
             self._flag("no_url")
             meta["source_error"] = "YFCC line without a download URL"
-        return SourceRow(index=index, url=url, photo_id=record["photo_id"].strip(),
-                         fallback_urls=fallbacks, meta=meta)
+        return SourceRow(index=index, url=url, photo_id=record["photo_id"].strip(), fallback_urls=fallbacks, meta=meta)

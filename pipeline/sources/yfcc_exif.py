@@ -16,6 +16,7 @@ given ids) into a table of raw item strings, parsed only on lookup; :class:`Yfcc
 instead fills such a table while the job's rows stream past, with only what they need
 (docs/scale_metadata.md measures both).  Workers open the database read-only.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,8 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Generator, Iterable, Iterator, Optional, Sequence
 from urllib.parse import unquote_plus
 
 from tqdm import tqdm
@@ -37,10 +38,10 @@ from exiflang.pipeline.sources.base import READ_ERRORS, SourceError, open_binary
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
-BATCH = 20_000          # rows per executemany: large enough to amortise, small in memory
-LOOKUP_CHUNK = 500      # ids per "IN (...)" query, well under SQLite's variable limit
-BLOCK_ROWS = 10_000     # source rows joined per commit by YfccSideJoin (~0.1 s)
-WINDOW = 10_000         # side lines YfccSideJoin holds unasked before spilling them (~1 KB each)
+BATCH = 20_000  # rows per executemany: large enough to amortise, small in memory
+LOOKUP_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
+BLOCK_ROWS = 10_000  # source rows joined per commit by YfccSideJoin (~0.1 s)
+WINDOW = 10_000  # side lines YfccSideJoin holds unasked before spilling them (~1 KB each)
 
 
 def parse_items(items: str, *, keep_empty: bool = False) -> dict[str, str]:
@@ -54,7 +55,7 @@ def parse_items(items: str, *, keep_empty: bool = False) -> dict[str, str]:
     rank: dict[str, int] = {}
     for key, value in _pairs(items):
         directory, dot, tag = key.partition(".")
-        if not dot:     # no directory given: the whole key is the tag name
+        if not dot:  # no directory given: the whole key is the tag name
             directory, tag = "", directory
         directory, tag = unquote_plus(directory).strip(), unquote_plus(tag).strip()
         value = unquote_plus(value).strip()
@@ -69,7 +70,7 @@ def parse_items(items: str, *, keep_empty: bool = False) -> dict[str, str]:
 
 def _pairs(items: str) -> Iterator[tuple[str, str]]:
     """Raw (key, value) pairs; a piece without ':' continues the previous value."""
-    pending: Optional[list[str]] = None
+    pending: list[str] | None = None
     for piece in items.split(","):
         key, colon, value = piece.partition(":")
         if colon:
@@ -88,8 +89,7 @@ def split_line(line: str) -> tuple[str, str]:
     photo_id, tab, items = text.partition("\t")
     photo_id = photo_id.strip()
     # isdigit() first: YFCC's ids are digits, and the per-character test cost ~7 us a line.
-    if not tab or not photo_id or (not photo_id.isdigit()
-                                   and any(c.isspace() for c in photo_id)):
+    if not tab or not photo_id or (not photo_id.isdigit() and any(c.isspace() for c in photo_id)):
         raise ValueError(f"not a YFCC EXIF line: {text[:60]!r}")
     return photo_id, items
 
@@ -100,7 +100,7 @@ def parse_exif_line(line: str) -> tuple[str, dict[str, str]]:
     return photo_id, parse_items(items)
 
 
-def _signature(photo_ids: Optional[set[str]]) -> str:
+def _signature(photo_ids: set[str] | None) -> str:
     """Identifies the id filter a database was built with ("all" for none)."""
     if photo_ids is None:
         return "all"
@@ -119,13 +119,12 @@ class YfccExifIndex:
     def __init__(self, db_path: str, conn: sqlite3.Connection, info: dict[str, str]) -> None:
         self.db_path = db_path
         self._conn = conn
-        self.info = info        # build facts: lines, rows, malformed, duplicates, source
+        self.info = info  # build facts: lines, rows, malformed, duplicates, source
 
     # -- building ------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, side_file: str, db_path: str, *,
-              photo_ids: Optional[set[str]] = None) -> "YfccExifIndex":
+    def build(cls, side_file: str, db_path: str, *, photo_ids: set[str] | None = None) -> YfccExifIndex:
         """Index ``side_file`` into ``db_path`` (atomic), or reuse a complete matching one."""
         if not os.path.isfile(side_file):
             raise SourceError(side_file, "no such YFCC EXIF side file")
@@ -148,12 +147,18 @@ class YfccExifIndex:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        log.info("indexed %s: %s photos (%s malformed lines, %s duplicate ids) in %s",
-                 side_file, info["rows"], info["malformed"], info["duplicates"], db_path)
+        log.info(
+            "indexed %s: %s photos (%s malformed lines, %s duplicate ids) in %s",
+            side_file,
+            info["rows"],
+            info["malformed"],
+            info["duplicates"],
+            db_path,
+        )
         return cls.open(db_path)
 
     @classmethod
-    def _reusable(cls, db_path: str, stamp: str, wanted: str) -> Optional["YfccExifIndex"]:
+    def _reusable(cls, db_path: str, stamp: str, wanted: str) -> YfccExifIndex | None:
         if not os.path.exists(db_path):
             return None
         try:
@@ -171,14 +176,13 @@ class YfccExifIndex:
     # -- reading -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, db_path: str) -> "YfccExifIndex":
+    def open(cls, db_path: str) -> YfccExifIndex:
         """Open a complete index read-only (each process opens its own)."""
         path = Path(db_path)
         if not path.is_file():
             raise SourceError(db_path, "no such YFCC EXIF index")
         try:
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             info = dict(conn.execute("SELECT key, value FROM info").fetchall())
         except sqlite3.Error as exc:
             raise SourceError(db_path, f"not a YFCC EXIF index: {exc}") from exc
@@ -187,10 +191,9 @@ class YfccExifIndex:
             raise SourceError(db_path, "incomplete or outdated YFCC EXIF index; rebuild it")
         return cls(str(db_path), conn, info)
 
-    def get(self, photo_id: str) -> Optional[dict[str, str]]:
+    def get(self, photo_id: str) -> dict[str, str] | None:
         """The photo's EXIF from the side file, or None when the file has no line for it."""
-        row = self._conn.execute("SELECT items FROM exif WHERE photo_id = ?",
-                                 (str(photo_id),)).fetchone()
+        row = self._conn.execute("SELECT items FROM exif WHERE photo_id = ?", (str(photo_id),)).fetchone()
         return None if row is None else parse_items(row[0])
 
     def get_many(self, photo_ids: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -198,10 +201,11 @@ class YfccExifIndex:
         ids = list(dict.fromkeys(str(p) for p in photo_ids if p))
         out: dict[str, dict[str, str]] = {}
         for start in range(0, len(ids), LOOKUP_CHUNK):
-            chunk = ids[start:start + LOOKUP_CHUNK]
+            chunk = ids[start : start + LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
             for pid, items in self._conn.execute(
-                    f"SELECT photo_id, items FROM exif WHERE photo_id IN ({marks})", chunk):
+                f"SELECT photo_id, items FROM exif WHERE photo_id IN ({marks})", chunk
+            ):
                 out[pid] = parse_items(items)
         return out
 
@@ -209,8 +213,7 @@ class YfccExifIndex:
         return int(self.info.get("rows", 0))
 
     def __contains__(self, photo_id: object) -> bool:
-        return self._conn.execute("SELECT 1 FROM exif WHERE photo_id = ?",
-                                  (str(photo_id),)).fetchone() is not None
+        return self._conn.execute("SELECT 1 FROM exif WHERE photo_id = ?", (str(photo_id),)).fetchone() is not None
 
     def close(self) -> None:
         self._conn.close()
@@ -223,7 +226,7 @@ class YfccExifIndex:
         other = type(self).open(state["db_path"])
         self.__dict__.update(other.__dict__)
 
-    def __enter__(self) -> "YfccExifIndex":
+    def __enter__(self) -> YfccExifIndex:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -244,16 +247,23 @@ class YfccSideJoin:
     which a rerun then reuses.  Memory: ``block_rows`` ids plus ``window`` lines.
     """
 
-    def __init__(self, side_file: str, db_path: str, *, block_rows: int = BLOCK_ROWS,
-                 window: int = WINDOW) -> None:
+    def __init__(self, side_file: str, db_path: str, *, block_rows: int = BLOCK_ROWS, window: int = WINDOW) -> None:
         if not os.path.isfile(side_file):
             raise SourceError(side_file, "no such YFCC EXIF side file")
         self.side_file, self.db_path = side_file, os.path.abspath(db_path)
         self.block_rows, self.window = max(1, block_rows), max(0, window)
-        self.counts = {"lines": 0, "malformed": 0, "filtered": 0, "matched": 0, "missing": 0,
-                       "spilled": 0, "duplicates": 0, "rows": 0}
-        self._conn: Optional[sqlite3.Connection] = None
-        self._lines: Optional[Generator[tuple[str, str], None, None]] = None
+        self.counts = {
+            "lines": 0,
+            "malformed": 0,
+            "filtered": 0,
+            "matched": 0,
+            "missing": 0,
+            "spilled": 0,
+            "duplicates": 0,
+            "rows": 0,
+        }
+        self._conn: sqlite3.Connection | None = None
+        self._lines: Generator[tuple[str, str], None, None] | None = None
         self._pending: OrderedDict[str, str] = OrderedDict()
         self._eof = False
 
@@ -287,8 +297,7 @@ class YfccSideJoin:
         self._conn.execute("PRAGMA cache_size = -65536")
         _create_tables(self._conn)
         # Complete for every row already passed on; "stream" keeps build() from reusing it.
-        self._write_info({"source": stamp, "filter": "stream", "schema": SCHEMA_VERSION,
-                          "complete": "1"})
+        self._write_info({"source": stamp, "filter": "stream", "schema": SCHEMA_VERSION, "complete": "1"})
         self._lines = _records(self.side_file, None, self.counts)
         return False
 
@@ -311,7 +320,7 @@ class YfccSideJoin:
             if record is None:
                 self._eof = True
                 self.counts["spilled"] += len(self._pending)
-                out.extend(self._pending.items())       # in file order: first line wins
+                out.extend(self._pending.items())  # in file order: first line wins
                 self._pending.clear()
                 break
             out.extend(self._take(record, wanted))
@@ -329,7 +338,7 @@ class YfccSideJoin:
             self.counts["matched"] += 1
             return [record]
         if pid in self._pending:
-            self.counts["duplicates"] += 1              # a later line of a waiting id
+            self.counts["duplicates"] += 1  # a later line of a waiting id
             return []
         self._pending[pid] = items
         if len(self._pending) <= self.window:
@@ -343,13 +352,16 @@ class YfccSideJoin:
         return self._conn
 
     def _in_db(self, ids: list[str]) -> list[str]:
-        ids = [i for i in ids if is_utf8(i)]   # SQLite cannot bind a lone surrogate
+        ids = [i for i in ids if is_utf8(i)]  # SQLite cannot bind a lone surrogate
         found: list[str] = []
         for start in range(0, len(ids), LOOKUP_CHUNK):
-            chunk = ids[start:start + LOOKUP_CHUNK]
-            found += [r[0] for r in self._db.execute(
-                f"SELECT photo_id FROM exif WHERE photo_id IN ({','.join('?' * len(chunk))})",
-                chunk)]
+            chunk = ids[start : start + LOOKUP_CHUNK]
+            found += [
+                r[0]
+                for r in self._db.execute(
+                    f"SELECT photo_id FROM exif WHERE photo_id IN ({','.join('?' * len(chunk))})", chunk
+                )
+            ]
         return found
 
     def _insert(self, records: list[tuple[str, str]]) -> None:
@@ -377,11 +389,14 @@ class YfccSideJoin:
         self._conn = None
         log.info("YFCC EXIF join: %s", ", ".join(f"{k} {v}" for k, v in self.counts.items()))
         if self.counts["spilled"] > max(self.window, self.counts["matched"]):
-            log.warning("the YFCC EXIF side file is not in the source's order (or lacks ids): "
-                        "%d side lines were indexed that no row asked for", self.counts["spilled"])
+            log.warning(
+                "the YFCC EXIF side file is not in the source's order (or lacks ids): "
+                "%d side lines were indexed that no row asked for",
+                self.counts["spilled"],
+            )
 
 
-def _fill(side_file: str, db_path: str, photo_ids: Optional[set[str]]) -> dict[str, str]:
+def _fill(side_file: str, db_path: str, photo_ids: set[str] | None) -> dict[str, str]:
     """Stream the side file into a fresh database; returns the counts."""
     conn = sqlite3.connect(db_path)
     # A temporary file renamed only when whole: no journal or fsync is worth paying for.
@@ -399,7 +414,7 @@ def _fill(side_file: str, db_path: str, photo_ids: Optional[set[str]]) -> dict[s
             conn.executemany("INSERT OR IGNORE INTO exif VALUES (?, ?)", batch)
             added = conn.total_changes - before
             counts["rows"] += added
-            counts["duplicates"] += len(batch) - added   # first line of an id wins
+            counts["duplicates"] += len(batch) - added  # first line of an id wins
         conn.commit()
     finally:
         conn.close()
@@ -419,8 +434,9 @@ def _create_tables(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
-def _records(side_file: str, photo_ids: Optional[set[str]],
-             counts: dict[str, int]) -> Generator[tuple[str, str], None, None]:
+def _records(
+    side_file: str, photo_ids: set[str] | None, counts: dict[str, int]
+) -> Generator[tuple[str, str], None, None]:
     """(photo id, raw items) per good line, with a progress bar over on-disk bytes."""
     stream, raw = open_binary(side_file)
     total = os.path.getsize(side_file)
@@ -444,8 +460,7 @@ def _records(side_file: str, photo_ids: Optional[set[str]],
                 yield photo_id, items
         bar.update(total - bar.n)
     except READ_ERRORS as exc:
-        raise SourceError(side_file, f"unreadable after line {counts['lines']}: "
-                          f"{reason_of(exc)}") from exc
+        raise SourceError(side_file, f"unreadable after line {counts['lines']}: {reason_of(exc)}") from exc
     finally:
         bar.close()
 

@@ -8,6 +8,7 @@ sharpening -> 8-bit -> JPEG with the camera's own quantisation tables and chroma
 Parameters are drawn from the corpus seed by `exiflang.pipeline.synth.params`; this module holds the
 dataclass, the processing (its only randomness is the noise RNG it is handed) and the encoder.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,13 +25,22 @@ DEMOSAIC = ("bilinear", "malvar", "freeman")
 SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}  # Pillow's `subsampling=` codes
 
 # Malvar-He-Cutler (2004) 5x5 demosaicing filters, x1/8; bilinear ones for comparison.
-_MHC_G_AT_RB = np.array([[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1],
-                         [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]], np.float32) / 8
-_MHC_ROW = np.array([[0, 0, .5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1],
-                     [0, -1, 0, -1, 0], [0, 0, .5, 0, 0]], np.float32) / 8
+_MHC_G_AT_RB = (
+    np.array([[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]], np.float32) / 8
+)
+_MHC_ROW = (
+    np.array(
+        [[0, 0, 0.5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, 0.5, 0, 0]], np.float32
+    )
+    / 8
+)
 _MHC_COL = _MHC_ROW.T.copy()
-_MHC_DIAG = np.array([[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5],
-                      [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]], np.float32) / 8
+_MHC_DIAG = (
+    np.array(
+        [[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]], np.float32
+    )
+    / 8
+)
 _BIL_G = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float32) / 4
 _BIL_RB = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32) / 4
 _Y = np.array([0.299, 0.587, 0.114], np.float32)
@@ -50,16 +60,16 @@ class CameraModel:
     make: str
     model: str
     software: str
-    kind: str                      # phone | compact | apsc | fullframe
+    kind: str  # phone | compact | apsc | fullframe
     width: int
     height: int
     crop_factor: float
     focal_range: tuple[float, float]
-    fnum_range: tuple[float, float, float]   # widest at wide end, widest at tele end, smallest
+    fnum_range: tuple[float, float, float]  # widest at wide end, widest at tele end, smallest
     iso_set: tuple[int, ...]
     auto_iso_max: int
-    shutter_range: tuple[float, float]       # fastest, slowest (seconds)
-    continuous_shutter: bool                 # phones: any 1/n, not only standard stops
+    shutter_range: tuple[float, float]  # fastest, slowest (seconds)
+    continuous_shutter: bool  # phones: any 1/n, not only standard stops
     full_well_e: float
     read_noise_e: float
     adc_noise: float
@@ -69,9 +79,9 @@ class CameraModel:
     cfa: str
     demosaic: str
     wb_daylight: tuple[float, float, float]  # raw gains that neutralise daylight
-    awb_strength: float                      # 0 = fixed daylight WB, 1 = full grey-world
-    ccm: tuple[tuple[float, ...], ...]       # 3x3, white-balanced camera RGB -> linear sRGB
-    exposure_offset: float                   # EV the camera's metering adds (its "look")
+    awb_strength: float  # 0 = fixed daylight WB, 1 = full grey-world
+    ccm: tuple[tuple[float, ...], ...]  # 3x3, white-balanced camera RGB -> linear sRGB
+    exposure_offset: float  # EV the camera's metering adds (its "look")
     gamma: float
     s_curve: float
     luma_nr: float
@@ -84,7 +94,7 @@ class CameraModel:
     qtables: tuple[tuple[int, ...], tuple[int, ...]]
     subsampling: int
     jpeg_optimize: bool
-    exif: dict[str, Any]                     # fixed EXIF profile (see exiflang.pipeline.synth.corpus)
+    exif: dict[str, Any]  # fixed EXIF profile (see exiflang.pipeline.synth.corpus)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -109,8 +119,8 @@ def _tone_lut(gamma: float, s_curve: float, n: int = 4096) -> np.ndarray:
     x = np.linspace(0, 1, n, dtype=np.float64)
     eps = 0.004  # finite slope at black so shadow noise is not blown up without bound
     g = 1.0 / gamma
-    y = ((x + eps) ** g - eps ** g) / ((1 + eps) ** g - eps ** g)
-    y = (1 - s_curve) * y + s_curve * (3 * y ** 2 - 2 * y ** 3)
+    y = ((x + eps) ** g - eps**g) / ((1 + eps) ** g - eps**g)
+    y = (1 - s_curve) * y + s_curve * (3 * y**2 - 2 * y**3)
     return y.astype(np.float32)
 
 
@@ -133,7 +143,7 @@ def _filt(img: np.ndarray, k: np.ndarray) -> np.ndarray:
     h, w = img.shape
     out = np.zeros_like(img)
     for dy, dx in zip(*np.nonzero(k)):
-        out += k[dy, dx] * p[dy:dy + h, dx:dx + w]
+        out += k[dy, dx] * p[dy : dy + h, dx : dx + w]
     return out
 
 
@@ -175,8 +185,7 @@ def optics(cam: CameraModel, radiance: np.ndarray) -> np.ndarray:
     return img.astype(np.float32, copy=False)
 
 
-def sensor(cam: CameraModel, irradiance: np.ndarray, iso: int, gain: float,
-           rng: np.random.Generator) -> np.ndarray:
+def sensor(cam: CameraModel, irradiance: np.ndarray, iso: int, gain: float, rng: np.random.Generator) -> np.ndarray:
     """Expose, sample through the CFA and add noise: float32 HxWx3 -> raw float32 HxW in [0, 1].
 
     ``gain`` is the exposure relative to metered-correct (2.0 = one stop over).  Noise in
@@ -184,7 +193,7 @@ def sensor(cam: CameraModel, irradiance: np.ndarray, iso: int, gain: float,
     """
     inv_ccm = np.linalg.inv(np.asarray(cam.ccm, np.float64))
     to_raw = (inv_ccm / np.asarray(cam.wb_daylight)[:, None]).astype(np.float32)
-    scale = np.float32(gain * 2.0 ** cam.exposure_offset)
+    scale = np.float32(gain * 2.0**cam.exposure_offset)
     cam_rgb = np.maximum(irradiance @ (to_raw.T * scale), 0)
     h, w = cam.height, cam.width
     m = _cfa_masks(cam.cfa, h, w)
@@ -193,10 +202,10 @@ def sensor(cam: CameraModel, irradiance: np.ndarray, iso: int, gain: float,
     mosaic = mosaic * (1 + cam.prnu * prnu)
     a = iso / cam.base_iso
     fw = cam.full_well_e / a  # electrons at full scale once the amplifier gain is applied
-    sigma = np.sqrt(np.clip(mosaic, 0, 1) / fw + (cam.read_noise_e / fw) ** 2 + cam.adc_noise ** 2)
+    sigma = np.sqrt(np.clip(mosaic, 0, 1) / fw + (cam.read_noise_e / fw) ** 2 + cam.adc_noise**2)
     mosaic = mosaic + sigma * rng.standard_normal((h, w), np.float32)
-    mosaic += (cam.column_fpn * a ** 0.5) * cols[None, :]
-    levels = float(2 ** cam.raw_bits - 1)
+    mosaic += (cam.column_fpn * a**0.5) * cols[None, :]
+    levels = float(2**cam.raw_bits - 1)
     return (np.round(np.clip(mosaic, 0, 1) * levels) / levels).astype(np.float32)
 
 
@@ -207,10 +216,10 @@ def render(cam: CameraModel, raw: np.ndarray, iso: int) -> np.ndarray:
     if cam.awb_strength > 0:
         # Grey-world estimate on the central crop, pulled towards daylight by the camera's trust.
         h, w = raw.shape
-        mean = rgb[h // 8: -h // 8, w // 8: -w // 8].reshape(-1, 3).mean(axis=0).astype(np.float64) + 1e-6
+        mean = rgb[h // 8 : -h // 8, w // 8 : -w // 8].reshape(-1, 3).mean(axis=0).astype(np.float64) + 1e-6
         # Raw was divided by the daylight gains, so grey-world gains already include them.
         grey = np.clip(mean[1] / mean, daylight * 0.4, daylight * 2.5)
-        gains = daylight ** (1 - cam.awb_strength) * grey ** cam.awb_strength
+        gains = daylight ** (1 - cam.awb_strength) * grey**cam.awb_strength
     else:
         gains = daylight
     gains = gains / gains[1]
@@ -238,8 +247,7 @@ def finish(cam: CameraModel, disp: np.ndarray, iso: int) -> np.ndarray:
     return (out * 255 + 0.5).astype(np.uint8)
 
 
-def capture(cam: CameraModel, radiance: np.ndarray, iso: int, gain: float,
-            rng: np.random.Generator) -> np.ndarray:
+def capture(cam: CameraModel, radiance: np.ndarray, iso: int, gain: float, rng: np.random.Generator) -> np.ndarray:
     """Full chain: scene radiance float32 (2H)x(2W)x3 linear -> sRGB uint8 HxWx3."""
     return render(cam, sensor(cam, optics(cam, radiance), iso, gain, rng), iso)
 
@@ -248,6 +256,7 @@ def encode_jpeg(cam: CameraModel, rgb: np.ndarray) -> bytes:
     """JPEG bytes of uint8 HxWx3 with the camera's qtables (used as-is) and subsampling."""
     buf = io.BytesIO()
     # No `quality=`: with `qtables=` Pillow would rescale the tables by it.
-    Image.fromarray(rgb).save(buf, "JPEG", qtables=[list(t) for t in cam.qtables],
-                              subsampling=cam.subsampling, optimize=cam.jpeg_optimize)
+    Image.fromarray(rgb).save(
+        buf, "JPEG", qtables=[list(t) for t in cam.qtables], subsampling=cam.subsampling, optimize=cam.jpeg_optimize
+    )
     return buf.getvalue()

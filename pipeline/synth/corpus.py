@@ -18,6 +18,7 @@ a full run writes there).  The camera parameters other than the sensor size do n
 larger image-size setting, shooting the same scenes — the tests' held-out splice photos are
 made so, since at 384-640 px a 124-px patch is too coarse to outline a splice.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,28 +26,46 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 if __package__ in (None, ""):
     # `python pipeline/synth/corpus.py`: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from tqdm import tqdm
 
-from exiflang.pipeline.synth.camera import SUBSAMPLING, CameraModel, capture, encode_jpeg  # noqa: E402
-from exiflang.pipeline.synth.exif import Shot, choose_shot, exif_dict, thumbnail, write_exif  # noqa: E402
-from exiflang.pipeline.synth.params import make_cameras  # noqa: E402
-from exiflang.pipeline.synth.scene import render_scene  # noqa: E402
+from exiflang.pipeline.synth.camera import SUBSAMPLING, CameraModel, capture, encode_jpeg
+from exiflang.pipeline.synth.exif import Shot, choose_shot, exif_dict, thumbnail, write_exif
+from exiflang.pipeline.synth.params import make_cameras
+from exiflang.pipeline.synth.scene import render_scene
 
 STREAM_ASSIGN = 5
 STREAM_NOISE = 6
 MIN_SHORT_SIDE = 128
-MANIFEST_FIELDS = ("file", "index", "camera", "make", "model", "software", "iso", "exposure_time",
-                   "f_number", "focal_length", "exposure_bias", "quality", "subsampling",
-                   "width", "height", "bytes", "scene_ev", "seed")
+MANIFEST_FIELDS = (
+    "file",
+    "index",
+    "camera",
+    "make",
+    "model",
+    "software",
+    "iso",
+    "exposure_time",
+    "f_number",
+    "focal_length",
+    "exposure_bias",
+    "quality",
+    "subsampling",
+    "width",
+    "height",
+    "bytes",
+    "scene_ev",
+    "seed",
+)
 
 
 def assign_cameras(seed: int, n: int, k: int) -> np.ndarray:
@@ -80,6 +99,7 @@ def _init_worker(cams: list[CameraModel], seed: int, out: str) -> None:
     _CTX.update(cams=cams, seed=seed, out=Path(out))
     try:
         from threadpoolctl import threadpool_limits
+
         threadpool_limits(1)
     except ImportError:  # optional: only affects speed
         pass
@@ -93,18 +113,30 @@ def _write_one(job: tuple[int, int]) -> dict[str, Any]:
     name = file_name(c, index)
     (_CTX["out"] / name).write_bytes(data)
     return {
-        "file": name, "index": index, "camera": c, "make": cam.make, "model": cam.model,
-        "software": cam.software, "iso": shot.iso,
+        "file": name,
+        "index": index,
+        "camera": c,
+        "make": cam.make,
+        "model": cam.model,
+        "software": cam.software,
+        "iso": shot.iso,
         "exposure_time": f"{shot.exposure_time.numerator}/{shot.exposure_time.denominator}",
-        "f_number": shot.f_number, "focal_length": shot.focal_length,
-        "exposure_bias": f"{shot.bias_steps}/3", "quality": cam.jpeg_quality,
-        "subsampling": SUBSAMPLING[cam.subsampling], "width": cam.width, "height": cam.height,
-        "bytes": len(data), "scene_ev": round(shot.scene_ev, 3), "seed": seed,
+        "f_number": shot.f_number,
+        "focal_length": shot.focal_length,
+        "exposure_bias": f"{shot.bias_steps}/3",
+        "quality": cam.jpeg_quality,
+        "subsampling": SUBSAMPLING[cam.subsampling],
+        "width": cam.width,
+        "height": cam.height,
+        "bytes": len(data),
+        "scene_ev": round(shot.scene_ev, 3),
+        "seed": seed,
     }
 
 
-def _run(jobs: list[tuple[int, int]], cams: list[CameraModel], seed: int, out: Path,
-         workers: int) -> Iterator[dict[str, Any]]:
+def _run(
+    jobs: list[tuple[int, int]], cams: list[CameraModel], seed: int, out: Path, workers: int
+) -> Iterator[dict[str, Any]]:
     """Manifest rows in image order, from one process or a pool (same bytes either way)."""
     if workers <= 1:
         _init_worker(cams, seed, str(out))
@@ -114,24 +146,41 @@ def _run(jobs: list[tuple[int, int]], cams: list[CameraModel], seed: int, out: P
         yield from ex.map(_write_one, jobs, chunksize=4)
 
 
-def write_corpus(out: Path, n_cameras: int, n_images: int, seed: int,
-                 size: Optional[tuple[int, int]] = None, min_width: int = 384,
-                 max_width: int = 640, workers: int = 1, progress: bool = True,
-                 indices: Optional[range] = None) -> list[dict[str, Any]]:
+def write_corpus(
+    out: Path,
+    n_cameras: int,
+    n_images: int,
+    seed: int,
+    size: tuple[int, int] | None = None,
+    min_width: int = 384,
+    max_width: int = 640,
+    workers: int = 1,
+    progress: bool = True,
+    indices: range | None = None,
+) -> list[dict[str, Any]]:
     """Write the corpus to ``out`` (only ``indices`` of its N images when given); returns the manifest rows."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.csv").unlink(missing_ok=True)  # absent until this run is complete
     cams = make_cameras(seed, n_cameras, size, min_width, max_width)
     indices = range(n_images) if indices is None else indices
-    settings = dict(seed=seed, cameras=n_cameras, images=n_images, size=size,
-                    min_width=min_width, max_width=max_width, layout="DIR/{i:06d}_cam{c:02d}.jpg",
-                    indices=[indices.start, indices.stop])
-    _atomic_write(out / "cameras.json", json.dumps(
-        {"settings": settings, "cameras": [c.to_dict() for c in cams]}, indent=1))
+    settings = dict(
+        seed=seed,
+        cameras=n_cameras,
+        images=n_images,
+        size=size,
+        min_width=min_width,
+        max_width=max_width,
+        layout="DIR/{i:06d}_cam{c:02d}.jpg",
+        indices=[indices.start, indices.stop],
+    )
+    _atomic_write(
+        out / "cameras.json", json.dumps({"settings": settings, "cameras": [c.to_dict() for c in cams]}, indent=1)
+    )
     cam_of = assign_cameras(seed, n_images, n_cameras)
     jobs = [(i, int(cam_of[i])) for i in indices]
-    rows = list(tqdm(_run(jobs, cams, seed, out, workers), total=len(jobs), unit="img",
-                     desc="synth", disable=not progress))
+    rows = list(
+        tqdm(_run(jobs, cams, seed, out, workers), total=len(jobs), unit="img", desc="synth", disable=not progress)
+    )
     tmp = out / "manifest.csv.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
@@ -164,41 +213,62 @@ def _indices(text: str) -> range:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="exiflang synth", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="exiflang synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--cameras", type=int, default=10, help="number of simulated cameras K")
     p.add_argument("--images", type=int, default=400, help="number of images N")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=_size, default=None,
-                   help="one sensor size WxH for every camera (default: per-camera 4:3 sizes)")
+    p.add_argument(
+        "--size", type=_size, default=None, help="one sensor size WxH for every camera (default: per-camera 4:3 sizes)"
+    )
     p.add_argument("--min-size", type=int, default=384, help="smallest sensor width (4:3)")
     p.add_argument("--max-size", type=int, default=640, help="largest sensor width (4:3)")
-    p.add_argument("--indices", type=_indices, default=None, metavar="START:END",
-                   help="write only images START..END-1 of the N (default: all)")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                   help="processes (output does not depend on it)")
+    p.add_argument(
+        "--indices",
+        type=_indices,
+        default=None,
+        metavar="START:END",
+        help="write only images START..END-1 of the N (default: all)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes (output does not depend on it)"
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     short = min(args.size) if args.size else round(args.min_size * 3 / 4)
     if short < MIN_SHORT_SIDE or (args.size is None and args.max_size < args.min_size):
-        print(f"exiflang synth: images need a short side >= {MIN_SHORT_SIDE} px and "
-              "min-size <= max-size", file=sys.stderr)
+        print(
+            f"exiflang synth: images need a short side >= {MIN_SHORT_SIDE} px and min-size <= max-size", file=sys.stderr
+        )
         return 2
     if args.cameras < 1 or args.images < 0:
         print("exiflang synth: --cameras must be >= 1 and --images >= 0", file=sys.stderr)
         return 2
     if args.indices is not None and not 0 <= args.indices.start < args.indices.stop <= args.images:
-        print(f"exiflang synth: --indices {args.indices.start}:{args.indices.stop} must lie within "
-              f"0:{args.images} and not be empty", file=sys.stderr)
+        print(
+            f"exiflang synth: --indices {args.indices.start}:{args.indices.stop} must lie within "
+            f"0:{args.images} and not be empty",
+            file=sys.stderr,
+        )
         return 2
-    rows = write_corpus(args.out, args.cameras, args.images, args.seed, args.size,
-                        args.min_size, args.max_size, max(1, args.workers), not args.no_progress,
-                        args.indices)
+    rows = write_corpus(
+        args.out,
+        args.cameras,
+        args.images,
+        args.seed,
+        args.size,
+        args.min_size,
+        args.max_size,
+        max(1, args.workers),
+        not args.no_progress,
+        args.indices,
+    )
     print(f"wrote {len(rows)} images from {args.cameras} cameras to {args.out}")
     return 0
 

@@ -6,6 +6,7 @@ the time to its shutter stops; the image is then exposed by 2^(scene EV - set EV
 brightness and noise agree.  Fixed tags come from the camera's profile, varying ones (ISO, time,
 aperture, focal length, bias, dates) from the shot.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,13 +23,108 @@ from exiflang.pipeline.synth.camera import CameraModel
 from exiflang.pipeline.synth.scene import SceneInfo
 
 STREAM_SHOT = 4
-FSTOPS = (1.0, 1.1, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.2, 2.4, 2.5, 2.8, 3.1, 3.2, 3.3, 3.5,
-          4.0, 4.5, 5.0, 5.6, 6.3, 7.1, 8.0, 9.0, 10.0, 11.0, 13.0, 14.0, 16.0, 18.0, 20.0, 22.0)
-SHUTTERS = tuple([Fraction(1, d) for d in (
-    8000, 6400, 5000, 4000, 3200, 2500, 2000, 1600, 1250, 1000, 800, 640, 500, 400, 320, 250,
-    200, 160, 125, 100, 80, 60, 50, 40, 30, 25, 20, 15, 13, 10, 8, 6, 5, 4)]
-    + [Fraction(s) for s in ("3/10", "2/5", "1/2", "3/5", "4/5", "1", "13/10", "8/5", "2",
-                             "5/2", "16/5", "4", "5", "6", "8", "10", "13", "15", "20", "25", "30")])
+FSTOPS = (
+    1.0,
+    1.1,
+    1.2,
+    1.4,
+    1.6,
+    1.7,
+    1.8,
+    1.9,
+    2.0,
+    2.2,
+    2.4,
+    2.5,
+    2.8,
+    3.1,
+    3.2,
+    3.3,
+    3.5,
+    4.0,
+    4.5,
+    5.0,
+    5.6,
+    6.3,
+    7.1,
+    8.0,
+    9.0,
+    10.0,
+    11.0,
+    13.0,
+    14.0,
+    16.0,
+    18.0,
+    20.0,
+    22.0,
+)
+SHUTTERS = tuple(
+    [
+        Fraction(1, d)
+        for d in (
+            8000,
+            6400,
+            5000,
+            4000,
+            3200,
+            2500,
+            2000,
+            1600,
+            1250,
+            1000,
+            800,
+            640,
+            500,
+            400,
+            320,
+            250,
+            200,
+            160,
+            125,
+            100,
+            80,
+            60,
+            50,
+            40,
+            30,
+            25,
+            20,
+            15,
+            13,
+            10,
+            8,
+            6,
+            5,
+            4,
+        )
+    ]
+    + [
+        Fraction(s)
+        for s in (
+            "3/10",
+            "2/5",
+            "1/2",
+            "3/5",
+            "4/5",
+            "1",
+            "13/10",
+            "8/5",
+            "2",
+            "5/2",
+            "16/5",
+            "4",
+            "5",
+            "6",
+            "8",
+            "10",
+            "13",
+            "15",
+            "20",
+            "25",
+            "30",
+        )
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -39,11 +135,11 @@ class Shot:
     exposure_time: Fraction
     f_number: float
     focal_length: float
-    bias_steps: int          # exposure compensation in thirds of a stop
-    program: int             # EXIF ExposureProgram: 1 manual, 2 normal, 3 aperture priority
+    bias_steps: int  # exposure compensation in thirds of a stop
+    program: int  # EXIF ExposureProgram: 1 manual, 2 normal, 3 aperture priority
     gain: float
     scene_ev: float
-    timestamp: int           # UTC seconds
+    timestamp: int  # UTC seconds
     subsec: int
     scene_capture: int
 
@@ -58,8 +154,9 @@ def _snap_time(t: float, cam: CameraModel) -> Fraction:
     return min(allowed, key=lambda s: abs(math.log(float(s) / t)))
 
 
-def _aperture(cam: CameraModel, rng: np.random.Generator, focal: float, program: int,
-              ev: float) -> tuple[float, list[float]]:
+def _aperture(
+    cam: CameraModel, rng: np.random.Generator, focal: float, program: int, ev: float
+) -> tuple[float, list[float]]:
     """(chosen f-number, the stops the lens allows at this focal length)."""
     lo, hi = cam.focal_range
     frac = 0.0 if hi == lo else math.log(focal / lo) / math.log(hi / lo)
@@ -69,7 +166,7 @@ def _aperture(cam: CameraModel, rng: np.random.Generator, focal: float, program:
         return stops[0], stops
     if program == 2:  # program AE: brighter scene -> smaller aperture  # noqa: SIM108 -- one comment per branch
         i = int(round(0.8 * (ev - 9.0) + rng.normal(0, 0.8)))
-    else:             # photographer's choice, mostly the wider stops
+    else:  # photographer's choice, mostly the wider stops
         i = int(rng.integers(0, min(len(stops), 10)))
     return stops[int(np.clip(i, 0, len(stops) - 1))], stops
 
@@ -85,7 +182,7 @@ def choose_shot(cam: CameraModel, info: SceneInfo, seed: int, index: int) -> Sho
     n, stops = _aperture(cam, rng, focal, program, ev)
 
     def needed(iso: int, n: float) -> float:
-        return n * n * 100.0 / (iso * 2.0 ** ev)
+        return n * n * 100.0 / (iso * 2.0**ev)
 
     handheld = min(1 / 30, 1 / (focal * cam.crop_factor))
     auto = [i for i in cam.iso_set if i <= max(cam.auto_iso_max, cam.base_iso)]
@@ -101,8 +198,14 @@ def choose_shot(cam: CameraModel, info: SceneInfo, seed: int, index: int) -> Sho
     t = _snap_time(needed(iso, n), cam)
     ev_set = math.log2(n * n / float(t)) - math.log2(iso / 100)
     return Shot(
-        iso=iso, exposure_time=t, f_number=n, focal_length=float(focal), bias_steps=bias_steps,
-        program=program, gain=2.0 ** (info.ev100 - ev_set), scene_ev=info.ev100,
+        iso=iso,
+        exposure_time=t,
+        f_number=n,
+        focal_length=float(focal),
+        bias_steps=bias_steps,
+        program=program,
+        gain=2.0 ** (info.ev100 - ev_set),
+        scene_ev=info.ev100,
         timestamp=cam.exif["date_start"] + int(rng.integers(0, 3 * 365 * 86400)),
         subsec=int(rng.integers(0, 100)),
         scene_capture=int(rng.choice([0] * 12 + [1, 2, 3])),
@@ -124,17 +227,22 @@ def exif_dict(cam: CameraModel, shot: Shot) -> dict[str, str]:
     when = datetime.fromtimestamp(shot.timestamp, tz=timezone.utc).strftime("%Y:%m:%d %H:%M:%S")
     widest = cam.fnum_range[0]
     tags = {
-        "Exif.Image.Make": cam.make, "Exif.Image.Model": cam.model,
-        "Exif.Image.Software": cam.software, "Exif.Image.Orientation": "1",
-        "Exif.Image.XResolution": f"{p['dpi']}/1", "Exif.Image.YResolution": f"{p['dpi']}/1",
-        "Exif.Image.ResolutionUnit": "2", "Exif.Image.DateTime": when,
+        "Exif.Image.Make": cam.make,
+        "Exif.Image.Model": cam.model,
+        "Exif.Image.Software": cam.software,
+        "Exif.Image.Orientation": "1",
+        "Exif.Image.XResolution": f"{p['dpi']}/1",
+        "Exif.Image.YResolution": f"{p['dpi']}/1",
+        "Exif.Image.ResolutionUnit": "2",
+        "Exif.Image.DateTime": when,
         "Exif.Image.YCbCrPositioning": str(p["ycbcr_positioning"]),
         "Exif.Photo.ExposureTime": f"{shot.exposure_time.numerator}/{shot.exposure_time.denominator}",
         "Exif.Photo.FNumber": _rational(shot.f_number),
         "Exif.Photo.ExposureProgram": str(shot.program),
         "Exif.Photo.ISOSpeedRatings": str(shot.iso),
         "Exif.Photo.ExifVersion": _ascii_bytes(p["exif_version"]),
-        "Exif.Photo.DateTimeOriginal": when, "Exif.Photo.DateTimeDigitized": when,
+        "Exif.Photo.DateTimeOriginal": when,
+        "Exif.Photo.DateTimeDigitized": when,
         "Exif.Photo.ComponentsConfiguration": "1 2 3 0",
         "Exif.Photo.ExposureBiasValue": f"{round(shot.bias_steps * p['bias_den'] / 3)}/{p['bias_den']}",
         "Exif.Photo.MaxApertureValue": _rational(2 * math.log2(widest), 100),
@@ -142,10 +250,15 @@ def exif_dict(cam: CameraModel, shot: Shot) -> dict[str, str]:
         "Exif.Photo.LightSource": "0" if cam.awb_strength > 0 else "1",
         "Exif.Photo.Flash": str(p["flash"]),
         "Exif.Photo.FocalLength": _rational(shot.focal_length, 100 if cam.kind == "phone" else 10),
-        "Exif.Photo.FlashpixVersion": _ascii_bytes("0100"), "Exif.Photo.ColorSpace": "1",
-        "Exif.Photo.PixelXDimension": str(cam.width), "Exif.Photo.PixelYDimension": str(cam.height),
-        "Exif.Photo.SensingMethod": "2", "Exif.Photo.FileSource": "3", "Exif.Photo.SceneType": "1",
-        "Exif.Photo.CustomRendered": "0", "Exif.Photo.ExposureMode": "1" if shot.program == 1 else "0",
+        "Exif.Photo.FlashpixVersion": _ascii_bytes("0100"),
+        "Exif.Photo.ColorSpace": "1",
+        "Exif.Photo.PixelXDimension": str(cam.width),
+        "Exif.Photo.PixelYDimension": str(cam.height),
+        "Exif.Photo.SensingMethod": "2",
+        "Exif.Photo.FileSource": "3",
+        "Exif.Photo.SceneType": "1",
+        "Exif.Photo.CustomRendered": "0",
+        "Exif.Photo.ExposureMode": "1" if shot.program == 1 else "0",
         "Exif.Photo.WhiteBalance": "0" if cam.awb_strength > 0 else "1",
         "Exif.Photo.DigitalZoomRatio": "1/1" if cam.kind in ("phone", "compact") else "0/1",
         "Exif.Photo.FocalLengthIn35mmFilm": str(int(round(shot.focal_length * cam.crop_factor))),
@@ -183,7 +296,8 @@ def thumbnail(cam: CameraModel, rgb: np.ndarray) -> bytes | None:
     h, w = rgb.shape[:2]
     buf = io.BytesIO()
     Image.fromarray(rgb).resize((160, max(1, round(160 * h / w))), Image.Resampling.BILINEAR).save(
-        buf, "JPEG", quality=80)
+        buf, "JPEG", quality=80
+    )
     return buf.getvalue()
 
 

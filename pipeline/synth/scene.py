@@ -6,6 +6,7 @@ whatever resolution a camera asks for.  So two cameras shooting image ``index`` 
 scene: identical low-frequency content, and identical pixels when their sensors match.  Nothing
 here knows about cameras; `exiflang.pipeline.synth.camera` turns the radiance into a JPEG.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ STREAM_SCENE = 1
 STREAM_TEXTURE = 2
 STREAM_METER = 3
 
-LOW_K = 12                              # texture frequencies (cycles/frame) fixed across resolutions
+LOW_K = 12  # texture frequencies (cycles/frame) fixed across resolutions
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 
 
@@ -53,8 +54,7 @@ def scene_info(seed: int, index: int) -> SceneInfo:
     return SceneInfo(ev100=ev, illuminant=illum)
 
 
-def pink_field(rng_low: np.random.Generator, rng_high: np.random.Generator,
-               h: int, w: int, beta: float) -> np.ndarray:
+def pink_field(rng_low: np.random.Generator, rng_high: np.random.Generator, h: int, w: int, beta: float) -> np.ndarray:
     """Two independent 1/f^beta noise fields, float32 2xHxW, zero mean, unit std.
 
     Frequencies up to ``LOW_K`` cycles/frame come from ``rng_low`` with a fixed-size draw, so
@@ -103,8 +103,9 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return c0 + (c1 - c0) * t[..., None]
 
 
-def _draw_mask(kind: str, geom: np.ndarray, width: float, h: int, w: int,
-               soft: float) -> tuple[tuple[int, int, int, int], np.ndarray]:
+def _draw_mask(
+    kind: str, geom: np.ndarray, width: float, h: int, w: int, soft: float
+) -> tuple[tuple[int, int, int, int], np.ndarray]:
     """Rasterise one shape on its bounding box: ((y0, y1, x0, x1), float32 mask in [0, 1])."""
     pts = geom * np.array([w, h], np.float32)
     pad = int(np.ceil(3 * soft + width)) + 2
@@ -155,9 +156,15 @@ def _shape_geometry(rng: np.random.Generator) -> tuple[str, np.ndarray, float]:
 def _fill_params(rng: np.random.Generator) -> dict:
     """Surface description of one shape, drawn whether or not it lands in the frame (so every
     later draw is the same at any resolution)."""
-    return dict(c0=_colour(rng), mode=int(rng.choice(3, p=[0.45, 0.4, 0.15])),
-                light=rng.normal(0, 1.5, 2), tex_gain=rng.uniform(0.15, 0.6), c1=_colour(rng),
-                freq=rng.uniform(8, 60), angle=rng.uniform(0, np.pi))
+    return dict(
+        c0=_colour(rng),
+        mode=int(rng.choice(3, p=[0.45, 0.4, 0.15])),
+        light=rng.normal(0, 1.5, 2),
+        tex_gain=rng.uniform(0.15, 0.6),
+        c1=_colour(rng),
+        freq=rng.uniform(8, 60),
+        angle=rng.uniform(0, np.pi),
+    )
 
 
 def _fill(p: dict, tex: np.ndarray, box: tuple[int, int, int, int], h: int, w: int) -> np.ndarray:

@@ -12,6 +12,7 @@ tests of one session (and, with ``EXIFLANG_TEST_CACHE``, later sessions) embed t
 A 2x2 grid predicts Make/Model of held-out photos as well as 4x4 on this run (measured: kNN
 Make 0.850 vs 0.838, Model 0.456 vs 0.444 at k=10) for a quarter of the patches.
 """
+
 from __future__ import annotations
 
 import csv
@@ -49,9 +50,28 @@ def build(root: Path) -> TinyRun:
     from exiflang.train.tokenizer import build_tokenizer
 
     corpus = root / "synth"
-    assert synth.main(["--out", str(corpus), "--cameras", str(CAMERAS), "--images", str(N_IMAGES),
-                       "--seed", "1", "--min-size", "256", "--max-size", "320", "--no-progress",
-                       "--workers", "1"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(corpus),
+                "--cameras",
+                str(CAMERAS),
+                "--images",
+                str(N_IMAGES),
+                "--seed",
+                "1",
+                "--min-size",
+                "256",
+                "--max-size",
+                "320",
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     photos = {"train": root / "train", "test": root / "test"}
     for folder in photos.values():
         folder.mkdir()
@@ -59,16 +79,38 @@ def build(root: Path) -> TinyRun:
         split = "train" if int(row["index"]) < N_TRAIN else "test"
         (photos[split] / row["file"]).symlink_to(corpus / row["file"])
     for split, folder in photos.items():
-        assert build_shards.main(["--source", str(folder), "--out", str(root / f"{split}_sh"),
-                                  "--executor", "local", "--rows-per-shard", "8", "-q"]) == 0
+        assert (
+            build_shards.main(
+                [
+                    "--source",
+                    str(folder),
+                    "--out",
+                    str(root / f"{split}_sh"),
+                    "--executor",
+                    "local",
+                    "--rows-per-shard",
+                    "8",
+                    "-q",
+                ]
+            )
+            == 0
+        )
     torch.manual_seed(0)
     model = ExifClip(ModelConfig.preset("cpu-small"))
     tags = json.loads((root / "train_sh" / "tags.json").read_text())
     model.save_pretrained(root / "model", build_tokenizer("auto", None, max_length=64), tags)
     emb = embed_shards(root / "model", root / "train_sh", root / "emb", per_side=PER_SIDE, progress=False)
     build_index(load_embeddings(emb), root / "index")
-    return TinyRun(root, root / "model", photos["train"], photos["test"], root / "train_sh",
-                   root / "test_sh", root / "emb", root / "index")
+    return TinyRun(
+        root,
+        root / "model",
+        photos["train"],
+        photos["test"],
+        root / "train_sh",
+        root / "test_sh",
+        root / "emb",
+        root / "index",
+    )
 
 
 def synth_embeddings(run, split: str) -> Path:
@@ -78,5 +120,10 @@ def synth_embeddings(run, split: str) -> Path:
     from exiflang.eval.embed.run import embed_shards
 
     shards = {"train": run.train_shards, "heldout": run.heldout_shards}[split]
-    return embed_shards(run.model, shards, run.scratch / "eval_emb" / f"{split}_p{SYNTH_PER_SIDE}",
-                        per_side=SYNTH_PER_SIDE, progress=False)
+    return embed_shards(
+        run.model,
+        shards,
+        run.scratch / "eval_emb" / f"{split}_p{SYNTH_PER_SIDE}",
+        per_side=SYNTH_PER_SIDE,
+        progress=False,
+    )

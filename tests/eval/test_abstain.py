@@ -1,5 +1,6 @@
 """Lookup abstention on constructed embeddings: a query inside a cluster of the index is known,
 one far from every index photo is not; the reference is the index's own leave-one-out distances."""
+
 from __future__ import annotations
 
 from pathlib import Path

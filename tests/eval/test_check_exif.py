@@ -1,6 +1,7 @@
 """check-exif's "it must work" test: on the shared trained synth run, held-out photos with their own
 EXIF score above the same photos claiming another camera's EXIF, and above another model of the
 same make (ROC-AUC floors measured on this run, fixed seeds); plus the donor drawing."""
+
 from __future__ import annotations
 
 from exiflang.eval.consistency.evaluate import swap_pairs

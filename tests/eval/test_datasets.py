@@ -1,4 +1,5 @@
 """Dataset readers: tiny files written in each benchmark's exact layout and mask convention."""
+
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,7 @@ from exiflang.eval.images import load_rgb
 
 H, W = 60, 80
 RNG = np.random.default_rng(0)
-BOX = (slice(10, 40), slice(20, 60))   # the spliced rectangle of every fixture mask
+BOX = (slice(10, 40), slice(20, 60))  # the spliced rectangle of every fixture mask
 
 
 def truth() -> np.ndarray:
@@ -53,12 +54,13 @@ def test_columbia_green_jpeg_edgemask(tmp_path):
     root = tmp_path / "Columbia Uncompressed"
     image(root / "4cam_auth" / "canong3_02_sub_01.tif")
     image(root / "4cam_splc" / "canong3_canonxt_sub_01.tif")
-    image(root / "4cam_splc" / "canong3_nikond70_sub_09.tif")   # its mask is missing
+    image(root / "4cam_splc" / "canong3_nikond70_sub_09.tif")  # its mask is missing
     # Columbia's masks: the splice green ((0,255,0) here, (0,200,0) in others), the rest red, saved as JPEG.
-    mask_file(root / "4cam_splc" / "edgemask" / "canong3_canonxt_sub_01_edgemask.jpg",
-              (0, 255, 0), (255, 0, 0), quality=75)
+    mask_file(
+        root / "4cam_splc" / "edgemask" / "canong3_canonxt_sub_01_edgemask.jpg", (0, 255, 0), (255, 0, 0), quality=75
+    )
     mask_file(root / "4cam_splc" / "edgemask" / "other_edgemask.jpg", (0, 200, 0), (255, 0, 0), quality=75)
-    items = read_dataset("columbia", tmp_path)      # the wrapper folder is found one level down
+    items = read_dataset("columbia", tmp_path)  # the wrapper folder is found one level down
     assert len(items) == 3
     check(items, "canong3_02_sub_01", False)
     item = check(items, "canong3_canonxt_sub_01", True, "canong3_canonxt_sub_01_edgemask.jpg")
@@ -86,7 +88,7 @@ def test_rt_per_camera_non_black_ground_truth(tmp_path):
         image(root / cam / "pristine" / "r0a5c2b44t.TIF")
         image(root / cam / "tampered-realistic" / "r0a5c2b44t.TIF")
         mask_file(root / cam / "ground-truth" / "r0a5c2b44t.PNG", 128, 0, mode="L")
-    items = read_dataset("rt", tmp_path)            # root or its wrapper
+    items = read_dataset("rt", tmp_path)  # root or its wrapper
     assert len(items) == 4 and len({i.name for i in items}) == 4
     item = check(items, "Sony_A57_tampered_r0a5c2b44t", True, "r0a5c2b44t.PNG")
     check(items, "Sony_A57_pristine_r0a5c2b44t", False)
@@ -104,7 +106,7 @@ def test_inthewild_and_hays_white_masks(tmp_path):
     wild = tmp_path / "label_in_wild"
     image(wild / "images" / "a.jpg")
     image(wild / "images" / "b.jpg")
-    mask_file(wild / "masks" / "a.png", 1, 0, mode="L")         # non-zero counts, even 1
+    mask_file(wild / "masks" / "a.png", 1, 0, mode="L")  # non-zero counts, even 1
     items = read_dataset("inthewild", tmp_path)
     assert all(i.spliced for i in items) and len(items) == 2
     item = check(items, "a", True, "a.png")
@@ -112,7 +114,7 @@ def test_inthewild_and_hays_white_masks(tmp_path):
     assert np.array_equal(load_mask(item.mask, (H, W), "white"), truth())
     hays = tmp_path / "hays"
     image(hays / "img1.jpg")
-    mask_file(hays / "img1_mask.jpg", 255, 0, mode="L", quality=70)   # JPEG noise below 128 is ignored
+    mask_file(hays / "img1_mask.jpg", 255, 0, mode="L", quality=70)  # JPEG noise below 128 is ignored
     items = read_dataset("hays", hays)
     assert [(i.name, i.mask.name) for i in items] == [("img1", "img1_mask.jpg")]
     assert iou(load_mask(items[0].mask, (H, W), "white"), truth()) > 0.95
@@ -125,12 +127,18 @@ def test_folder_with_and_without_manifest(tmp_path):
     mask_file(root / "masks" / "spliced_0000.png", 255, 0, mode="L")
     without = read_dataset("folder", root)
     assert [(i.name, i.spliced, i.mask is not None) for i in without] == [
-        ("spliced_0000", True, True), ("authentic_0000", False, False)]
+        ("spliced_0000", True, True),
+        ("authentic_0000", False, False),
+    ]
     with (root / "manifest.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerows([["name", "kind", "image", "mask"],
-                     ["s0", "spliced", "spliced/spliced_0000.png", "masks/spliced_0000.png"],
-                     ["a0", "authentic", "authentic/authentic_0000.png", ""]])
+        w.writerows(
+            [
+                ["name", "kind", "image", "mask"],
+                ["s0", "spliced", "spliced/spliced_0000.png", "masks/spliced_0000.png"],
+                ["a0", "authentic", "authentic/authentic_0000.png", ""],
+            ]
+        )
     items = read_dataset("folder", root)
     assert [(i.name, i.spliced) for i in items] == [("s0", True), ("a0", False)]
     assert np.array_equal(load_mask(items[0].mask, (H, W), "white"), truth())

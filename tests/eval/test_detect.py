@@ -4,6 +4,7 @@
 The command tests use a tiny random-init `cpu-small` model folder (only the image tower is
 used) and few patches per side, so each run takes a second or two.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,27 @@ from exiflang.eval.forensics.maps import full_maps
 from exiflang.eval.forensics.overlay import RAMP, colorize, outline, render_overlay
 
 RNG = np.random.default_rng(0)
-NPZ_KEYS = {"detection", "scores_score_exp", "scores_score_mean_dist", "percentile", "verdict", "image_size",
-            "cell_map", "ncuts_cell_map", "ncuts_cells", "grid_ys", "grid_xs", "patch"}
+NPZ_KEYS = {
+    "detection",
+    "scores_score_exp",
+    "scores_score_mean_dist",
+    "percentile",
+    "verdict",
+    "image_size",
+    "cell_map",
+    "ncuts_cell_map",
+    "ncuts_cells",
+    "grid_ys",
+    "grid_xs",
+    "patch",
+}
 FULL_KEYS = {"heatmap", "mask", "ncuts_mask", "ncuts_heatmap"}
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     from exiflang.train.model import ExifClip, ModelConfig
+
     torch.manual_seed(0)
     model = ExifClip(ModelConfig.preset("cpu-small", cropclr=True))  # detect reads the image tower only
     return model.save_pretrained(tmp_path_factory.mktemp("model") / "model")
@@ -66,8 +80,9 @@ def test_outputs_have_the_documented_keys_and_shapes(tiny_model, tmp_path, capsy
     src.mkdir()
     Image.fromarray(spliced()).save(src / "a.png")
     Image.fromarray(noise(180, 260)).save(src / "b.jpg", quality=90)
-    rc, stdout, _ = run(["--model", str(tiny_model), str(src), "--out", str(tmp_path / "out"),
-                         "--patches-per-side", "4"], capsys)
+    rc, stdout, _ = run(
+        ["--model", str(tiny_model), str(src), "--out", str(tmp_path / "out"), "--patches-per-side", "4"], capsys
+    )
     assert rc == 0
     assert "score_exp" in stdout and "splice area %" in stdout and states(stdout) == {"a": "done", "b": "done"}
     for name, (h, w) in {"a": (200, 300), "b": (180, 260)}.items():
@@ -80,11 +95,11 @@ def test_outputs_have_the_documented_keys_and_shapes(tiny_model, tmp_path, capsy
             assert z["ncuts_cell_map"].shape == rows_cols and z["ncuts_cell_map"].dtype == np.float32
             maps = full_maps(z)
             assert maps["heatmap"].shape == (h, w) and maps["heatmap"].dtype == np.float32
-            assert 0.0 <= maps["heatmap"].min() and maps["heatmap"].max() <= 1.0
+            assert maps["heatmap"].min() >= 0.0 and maps["heatmap"].max() <= 1.0
             assert maps["mask"].shape == (h, w) and maps["mask"].dtype == bool
             assert maps["ncuts_mask"].shape == (h, w) and maps["ncuts_mask"].dtype == bool
             assert maps["ncuts_heatmap"].shape == (h, w) and maps["ncuts_heatmap"].dtype == np.float32
-            assert 0.0 <= maps["ncuts_heatmap"].min() and maps["ncuts_heatmap"].max() <= 1.0
+            assert maps["ncuts_heatmap"].min() >= 0.0 and maps["ncuts_heatmap"].max() <= 1.0
             assert float(z["detection"]) == pytest.approx(float(z["scores_score_mean_dist"]), rel=1e-6)
             assert int(z["patch"]) == 124
             stride = (max(h, w) - 124) // 4
@@ -112,10 +127,28 @@ def test_npz_maps_equal_what_the_detector_computes(tiny_model, tmp_path, capsys)
     rgb = spliced()
     Image.fromarray(rgb).save(img)
     res = Detector(tiny_model, per_side=4, device="cpu").detect(rgb)
-    assert run(["--model", str(tiny_model), str(img), "--out", str(tmp_path / "cells"), "--patches-per-side", "4"],
-               capsys)[0] == 0
-    assert run(["--model", str(tiny_model), str(img), "--out", str(tmp_path / "full"), "--patches-per-side", "4",
-                "--full-maps"], capsys)[0] == 0
+    assert (
+        run(
+            ["--model", str(tiny_model), str(img), "--out", str(tmp_path / "cells"), "--patches-per-side", "4"], capsys
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            [
+                "--model",
+                str(tiny_model),
+                str(img),
+                "--out",
+                str(tmp_path / "full"),
+                "--patches-per-side",
+                "4",
+                "--full-maps",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     with np.load(tmp_path / "cells" / "a.npz") as z, np.load(tmp_path / "full" / "a.npz") as f:
         assert set(f.files) == NPZ_KEYS | FULL_KEYS
         np.testing.assert_array_equal(z["cell_map"], res.cell_map)
@@ -166,15 +199,24 @@ def test_same_stem_in_two_folders_gets_unique_names(tiny_model, tmp_path, capsys
         (tmp_path / d).mkdir()
         Image.fromarray(spliced()).save(tmp_path / d / "photo.png")
     out = tmp_path / "out"
-    args = ["--model", str(tiny_model), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
-            "--patches-per-side", "2"]
+    args = [
+        "--model",
+        str(tiny_model),
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+        "--out",
+        str(out),
+        "--patches-per-side",
+        "2",
+    ]
     assert run(args, capsys)[0] == 0
     names = {r["name"]: r["path"] for r in results(out)}
     assert set(names) == {"photo", "photo-2"}
     assert names["photo"].endswith("a/photo.png") and names["photo-2"].endswith("b/photo.png")
     # Only b, later: it keeps its name and a's outputs are not overwritten.
-    rc, stdout, _ = run(["--model", str(tiny_model), str(tmp_path / "b"), "--out", str(out),
-                         "--patches-per-side", "2"], capsys)
+    rc, stdout, _ = run(
+        ["--model", str(tiny_model), str(tmp_path / "b"), "--out", str(out), "--patches-per-side", "2"], capsys
+    )
     assert rc == 0 and states(stdout) == {"photo-2": "skipped"}
     assert len(results(out)) == 2
 
@@ -184,28 +226,40 @@ def _bad_inputs(folder: Path) -> dict[str, bool]:
     folder.mkdir()
     rgb = spliced()
     Image.fromarray(rgb).save(folder / "good.jpg", quality=92)
-    Image.fromarray(rgb[:, :, 0]).save(folder / "grey.png")                      # 8-bit grayscale
+    Image.fromarray(rgb[:, :, 0]).save(folder / "grey.png")  # 8-bit grayscale
     grey16 = (np.linspace(0, 65535, 200 * 300).reshape(200, 300)).astype(np.uint16)
-    Image.fromarray(grey16).save(folder / "grey16.tif")                          # mode I;16
+    Image.fromarray(grey16).save(folder / "grey16.tif")  # mode I;16
     assert Image.open(folder / "grey16.tif").mode.startswith("I;16")
-    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg", quality=90)   # CMYK JPEG
-    Image.fromarray(rgb).save(folder / "rgb.tif")                                # 8-bit TIFF
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg", quality=90)  # CMYK JPEG
+    Image.fromarray(rgb).save(folder / "rgb.tif")  # 8-bit TIFF
     data = (folder / "good.jpg").read_bytes()
-    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])               # cut mid-scan
-    Image.fromarray(noise(100, 300)).save(folder / "tiny.png")                   # < one patch high
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])  # cut mid-scan
+    Image.fromarray(noise(100, 300)).save(folder / "tiny.png")  # < one patch high
     (folder / "text.jpg").write_text("not an image at all\n")
     (folder / "empty.png").write_bytes(b"")
-    Image.fromarray(noise(124, 124)).save(folder / "one_patch.png")              # exactly one patch
-    return {"good": True, "grey": True, "grey16": True, "cmyk": True, "rgb": True, "truncated": False,
-            "tiny": False, "text": False, "empty": False, "one_patch": True}
+    Image.fromarray(noise(124, 124)).save(folder / "one_patch.png")  # exactly one patch
+    return {
+        "good": True,
+        "grey": True,
+        "grey16": True,
+        "cmyk": True,
+        "rgb": True,
+        "truncated": False,
+        "tiny": False,
+        "text": False,
+        "empty": False,
+        "one_patch": True,
+    }
 
 
 def test_bad_inputs_are_reported_per_file_and_the_rest_answered(tiny_model, tmp_path, capsys):
     expected = _bad_inputs(tmp_path / "in")
     out = tmp_path / "out"
     missing = tmp_path / "missing.jpg"
-    rc, _, stderr = run(["--model", str(tiny_model), str(tmp_path / "in"), str(missing),
-                              "--out", str(out), "--patches-per-side", "2"], capsys)
+    rc, _, stderr = run(
+        ["--model", str(tiny_model), str(tmp_path / "in"), str(missing), "--out", str(out), "--patches-per-side", "2"],
+        capsys,
+    )
     assert rc == 1
     recs = {r["name"]: r for r in results(out)}
     assert recs["missing"]["status"] == "error" and "no such file" in recs["missing"]["error"]
@@ -225,8 +279,19 @@ def test_bad_inputs_are_reported_per_file_and_the_rest_answered(tiny_model, tmp_
 def test_real_malformed_files_do_not_stop_the_batch(tiny_model, tmp_path, capsys, shared_data):
     folder = shared_data / "malformed"
     n = len(list(folder.glob("*.jpg")))
-    rc, _, stderr = run(["--model", str(tiny_model), str(folder), "--out", str(tmp_path / "out"),
-                              "--patches-per-side", "2", "--no-ncuts"], capsys)
+    rc, _, stderr = run(
+        [
+            "--model",
+            str(tiny_model),
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--patches-per-side",
+            "2",
+            "--no-ncuts",
+        ],
+        capsys,
+    )
     recs = results(tmp_path / "out")
     assert len(recs) == n
     ok = [r for r in recs if r["status"] == "ok"]
@@ -238,23 +303,28 @@ def test_real_malformed_files_do_not_stop_the_batch(tiny_model, tmp_path, capsys
             assert tuple(z["image_size"]) == (r["height"], r["width"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--patches-per-side", "7", "--grid", "paper"], "--grid paper"),
-    (["--patch-size", "0"], "must be positive"),
-    (["--max-side", "10"], "--max-side"),
-    (["--device", "bogus"], "--device bogus"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--patches-per-side", "7", "--grid", "paper"], "--grid paper"),
+        (["--patch-size", "0"], "must be positive"),
+        (["--max-side", "10"], "--max-side"),
+        (["--device", "bogus"], "--device bogus"),
+    ],
+)
 def test_usage_errors_exit_2(tiny_model, tmp_path, capsys, args, message):
     Image.fromarray(spliced()).save(tmp_path / "x.png")
-    rc, _, stderr = run(["--model", str(tiny_model), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]
-                        + args, capsys)
+    rc, _, stderr = run(
+        ["--model", str(tiny_model), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")] + args, capsys
+    )
     assert rc == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_bad_model_no_inputs_and_all_failed_exit_2(tiny_model, tmp_path, capsys):
     Image.fromarray(spliced()).save(tmp_path / "x.png")
-    rc, _, stderr = run(["--model", str(tmp_path / "nomodel"), str(tmp_path / "x.png"),
-                         "--out", str(tmp_path / "o")], capsys)
+    rc, _, stderr = run(
+        ["--model", str(tmp_path / "nomodel"), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")], capsys
+    )
     assert rc == 2 and "nomodel" in stderr and len(stderr.strip().splitlines()) == 1
     (tmp_path / "empty").mkdir()
     rc, _, stderr = run(["--model", str(tiny_model), str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys)
@@ -266,8 +336,16 @@ def test_bad_model_no_inputs_and_all_failed_exit_2(tiny_model, tmp_path, capsys)
 
 def test_outputs_inside_the_input_folder_are_not_read_back(tiny_model, tmp_path, capsys):
     Image.fromarray(spliced()).save(tmp_path / "x.png")
-    args = ["--model", str(tiny_model), str(tmp_path), "--out", str(tmp_path / "out"), "--patches-per-side", "2",
-            "--no-compress"]
+    args = [
+        "--model",
+        str(tiny_model),
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--patches-per-side",
+        "2",
+        "--no-compress",
+    ]
     assert run(args, capsys)[0] == 0
     assert run(args, capsys)[0] == 0
     assert [r["name"] for r in results(tmp_path / "out")] == ["x"]
@@ -278,8 +356,15 @@ def test_outputs_inside_the_input_folder_are_not_read_back(tiny_model, tmp_path,
 def test_mask_files_in_a_folder_are_left_out_unless_asked_or_named(tiny_model, tmp_path, capsys):
     """RT, Hays, Columbia and CASIA keep masks beside or under their photos: not inputs."""
     src = tmp_path / "in"
-    for rel in ("DSC1.png", "DSC1_mask.PNG", "c_edgemask.jpg", "y-GT.png", "masks/m.png",
-                "ground-truth/g.png", "sub/photo.png"):
+    for rel in (
+        "DSC1.png",
+        "DSC1_mask.PNG",
+        "c_edgemask.jpg",
+        "y-GT.png",
+        "masks/m.png",
+        "ground-truth/g.png",
+        "sub/photo.png",
+    ):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(spliced(130, 180)).save(src / rel)
     base = ["--model", str(tiny_model), "--patches-per-side", "2", "--no-ncuts"]
@@ -289,8 +374,9 @@ def test_mask_files_in_a_folder_are_left_out_unless_asked_or_named(tiny_model, t
     rc, stdout, _ = run(base + [str(src), "--out", str(tmp_path / "o2"), "--include-masks"], capsys)
     assert rc == 0 and len(states(stdout)) == 7
     # Named one by one, or a mask folder named itself: the user asked for exactly these.
-    rc, stdout, stderr = run(base + [str(src / "DSC1_mask.PNG"), str(src / "masks"), "--out", str(tmp_path / "o3")],
-                             capsys)
+    rc, stdout, stderr = run(
+        base + [str(src / "DSC1_mask.PNG"), str(src / "masks"), "--out", str(tmp_path / "o3")], capsys
+    )
     assert rc == 0 and set(states(stdout)) == {"DSC1_mask", "m"} and "left out" not in stderr
 
 
@@ -299,8 +385,9 @@ def test_a_4000x3000_photo_end_to_end(tiny_model, tmp_path, capsys):
     """The authors' grid (n = 30) on a 12-MP JPEG: 31 x 23 = 713 patches, maps at full size."""
     img = tmp_path / "big.jpg"
     Image.fromarray(noise(3000, 4000)).save(img, quality=85)
-    rc, _, _ = run(["--model", str(tiny_model), str(img), "--out", str(tmp_path / "out"),
-                         "--batch-size", "128"], capsys)
+    rc, _, _ = run(
+        ["--model", str(tiny_model), str(img), "--out", str(tmp_path / "out"), "--batch-size", "128"], capsys
+    )
     assert rc == 0
     (rec,) = results(tmp_path / "out")
     assert rec["patches"] == 713 and (rec["grid"]["rows"], rec["grid"]["cols"]) == (23, 31)
@@ -322,6 +409,7 @@ def test_detector_api_and_default_tau(tiny_model):
     assert res.cell_map.ndim == 2 and res.grid.count == len(res.grid.ys) * len(res.grid.xs)
     assert {"embed", "votes", "meanshift", "ncuts", "total"} <= set(res.timings)
     from exiflang.train.model import ExifClip
+
     same = Detector.from_model(ExifClip.from_pretrained(tiny_model).model, per_side=3, device="cpu")
     again = same.detect(rgb)
     np.testing.assert_allclose(again.heatmap, res.heatmap, atol=1e-5)

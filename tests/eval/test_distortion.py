@@ -1,4 +1,5 @@
 """Synthetic radial distortion (geometry against the formula and a scipy reference) and the k1 probe."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def test_pixel_mapping_follows_the_formula():
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     out = dist.distort(np.stack([xx, yy], axis=-1), k1, fill="zero")
     cy, cx, radius = (h - 1) / 2, (w - 1) / 2, 0.5 * math.hypot(h, w)
-    for (i, j) in [(10, 15), (40, 100), (70, 60), (5, 118), (40, 60)]:
+    for i, j in [(10, 15), (40, 100), (70, 60), (5, 118), (40, 60)]:
         r_d = math.hypot(i - cy, j - cx) / radius
         r_u = _reference_root(r_d, k1)
         if math.isnan(r_u):  # beyond the fold (r_d > 0.703 for k1 = -0.3): no source, filled with 0
@@ -53,7 +54,7 @@ def test_pixel_mapping_follows_the_formula():
         ratio = r_u / r_d if r_d > 0 else 1.0
         sy, sx = cy + (i - cy) * ratio, cx + (j - cx) * ratio
         # the forward model maps the source point back onto this output pixel
-        assert abs(r_u * (1 + k1 * r_u ** 2) - r_d) < 1e-9
+        assert abs(r_u * (1 + k1 * r_u**2) - r_d) < 1e-9
         if 0 <= sy <= h - 1 and 0 <= sx <= w - 1:
             assert out[i, j, 0] == pytest.approx(sx, abs=1e-3)
             assert out[i, j, 1] == pytest.approx(sy, abs=1e-3)
@@ -75,10 +76,10 @@ def test_straight_line_bends_outwards_for_barrel():
     centre_col, side_col = (w - 1) // 2, 40
     # centre column: the source point (row 40) lands at r_d = r_u (1 + k1 r_u^2)
     r_u = (cy - row) / radius
-    expected = cy - radius * r_u * (1 - 0.3 * r_u ** 2)
+    expected = cy - radius * r_u * (1 - 0.3 * r_u**2)
     assert line_row(centre_col) == pytest.approx(expected, abs=0.05)
-    assert line_row(centre_col) > row            # pulled towards the centre
-    assert line_row(side_col) > line_row(centre_col) + 3   # ends pulled in more: the line bows out
+    assert line_row(centre_col) > row  # pulled towards the centre
+    assert line_row(side_col) > line_row(centre_col) + 3  # ends pulled in more: the line bows out
     assert np.isclose(line_row(side_col), line_row(w - 1 - side_col), atol=1e-3)  # symmetric
     pincushion = dist.distort(img, 0.3, fill="zero")
     col = pincushion[:, side_col, 0].astype(np.float64)
@@ -93,8 +94,10 @@ def test_bilinear_sampler_matches_scipy(fill, mode):
     img = rng.integers(0, 256, size=(23, 31, 3)).astype(np.float32)
     ys, xs = rng.uniform(-5, 28, size=(17, 19)), rng.uniform(-5, 36, size=(17, 19))
     got = dist.sample_bilinear(img, ys, xs, fill)
-    want = np.stack([map_coordinates(img[..., c].astype(np.float64), [ys, xs], order=1, mode=mode, cval=0.0)
-                     for c in range(3)], axis=-1)
+    want = np.stack(
+        [map_coordinates(img[..., c].astype(np.float64), [ys, xs], order=1, mode=mode, cval=0.0) for c in range(3)],
+        axis=-1,
+    )
     assert np.allclose(got, want, atol=1e-3)
 
 
@@ -170,6 +173,7 @@ def test_split_by_camera_keeps_models_apart(photos_dir):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     import torch
+
     from exiflang.train.model import ExifClip, ModelConfig
     from exiflang.train.tokenizer import build_tokenizer
 
@@ -188,8 +192,9 @@ def _smallest_photos(photos_dir, n):
 def test_end_to_end_on_real_photos(tiny_model, photos_dir):
     """The pooled 256-d ResNet feature of whole crops (the command test covers ``embed``)."""
     photos = _smallest_photos(photos_dir, 4)
-    res = dp.run_distortion_probe(tiny_model, photos[:2], photos[2:], per_photo=3, seed=0,
-                                  features="pooled", device="cpu", progress=False)
+    res = dp.run_distortion_probe(
+        tiny_model, photos[:2], photos[2:], per_photo=3, seed=0, features="pooled", device="cpu", progress=False
+    )
     assert res["n_train"] == 6 and res["n_test"] == 6 and res["photos_test"] == 2
     assert 0 <= res["accuracy"] <= 1 and 0 <= res["majority"] <= 1 and res["skipped"] == []
     assert res["feature_dim"] == 256 and res["features"] == "pooled"
@@ -204,8 +209,23 @@ def test_command_writes_json_and_reports_bad_input(tiny_model, photos_dir, tmp_p
         (photo_dir / p.name).symlink_to(p)
     (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "out"
-    rc = dp.main(["--model", str(tiny_model), "--photos", str(photo_dir), "--out", str(out),
-                    "--per-photo", "2", "--split", "photo", "--device", "cpu", "--no-progress"])
+    rc = dp.main(
+        [
+            "--model",
+            str(tiny_model),
+            "--photos",
+            str(photo_dir),
+            "--out",
+            str(out),
+            "--per-photo",
+            "2",
+            "--split",
+            "photo",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     res = json.loads((out / "distortion.json").read_text())
     assert res["n_train"] + res["n_test"] == 6 and len(res["skipped"]) == 1
@@ -214,8 +234,7 @@ def test_command_writes_json_and_reports_bad_input(tiny_model, photos_dir, tmp_p
     rc = dp.main(["--model", str(tmp_path / "nope"), "--photos", str(photo_dir), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nope" in err and len(err.splitlines()) == 1
-    assert dp.main(["--random-init", "cpu-small", "--photos", str(tmp_path / "empty"),
-                      "--out", str(out)]) == 2
+    assert dp.main(["--random-init", "cpu-small", "--photos", str(tmp_path / "empty"), "--out", str(out)]) == 2
 
 
 def test_batched_grid_embeddings_match_embed_photo(tiny_model):

@@ -1,4 +1,5 @@
 """`exiflang embed` and the embeddings folder: rows vs a naive per-photo reference, resume, refusals, skips."""
+
 from __future__ import annotations
 
 import io
@@ -14,16 +15,16 @@ import torch
 from PIL import Image
 
 from exiflang.eval.embed import run as embed_mod
+from exiflang.eval.embed.batch import crop_patches, normalise_patches
+from exiflang.eval.embed.patches import PatchEmbedder, even_grid, normalise_image
 from exiflang.eval.embed.run import embed_shards, main
-from exiflang.eval.embed.batch import normalise_patches, crop_patches
 from exiflang.eval.embed.store import load_embeddings, model_signature, part_paths
 from exiflang.eval.images import load_rgb_bytes
-from exiflang.eval.embed.patches import PatchEmbedder, even_grid, normalise_image
 from exiflang.pipeline import build_shards
-from exiflang.pipeline.synth import corpus as synth
 from exiflang.pipeline.exif.text import render_text
-from exiflang.train.model import ExifClip, ModelConfig
+from exiflang.pipeline.synth import corpus as synth
 from exiflang.train.data.samples import IMAGE_EXTS, read_groups, read_member
+from exiflang.train.model import ExifClip, ModelConfig
 from exiflang.train.tokenizer import build_tokenizer
 
 PATCH, PER_SIDE = 64, 2  # small grids keep the random cpu-small model fast
@@ -41,12 +42,46 @@ def make_model(folder: Path, tags: dict, seed: int = 0, **overrides) -> Path:
 def corpus(tmp_path_factory) -> dict[str, Path]:
     """12 synthetic photos (256-320 px wide) in 3 shards (5, 5, 2), and a random model for them."""
     root = tmp_path_factory.mktemp("embed")
-    assert synth.main(["--out", str(root / "synth"), "--cameras", "3", "--images", "12", "--seed", "1",
-                       "--min-size", "256", "--max-size", "320", "--no-progress", "--workers", "1"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(root / "synth"),
+                "--cameras",
+                "3",
+                "--images",
+                "12",
+                "--seed",
+                "1",
+                "--min-size",
+                "256",
+                "--max-size",
+                "320",
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     (root / "synth" / "manifest.csv").unlink()
     (root / "synth" / "cameras.json").unlink()
-    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"), "--executor", "local",
-                              "--rows-per-shard", "5", "-q"]) == 0
+    assert (
+        build_shards.main(
+            [
+                "--source",
+                str(root / "synth"),
+                "--out",
+                str(root / "shards"),
+                "--executor",
+                "local",
+                "--rows-per-shard",
+                "5",
+                "-q",
+            ]
+        )
+        == 0
+    )
     tags = json.loads((root / "shards" / "tags.json").read_text())
     return {"root": root, "shards": root / "shards", "model": make_model(root / "model", tags)}
 
@@ -63,9 +98,15 @@ def tar_samples(shards: Path) -> list[tuple[str, str, bytes, dict, dict]]:
         with open(tar, "rb") as fh:
             for key, members in read_groups(tar):
                 ext = next(e for e in IMAGE_EXTS if e in members)
-                out.append((tar.name, key, read_member(fh, members[ext]),
-                            json.loads(read_member(fh, members["exif.json"])),
-                            json.loads(read_member(fh, members["json"]))))
+                out.append(
+                    (
+                        tar.name,
+                        key,
+                        read_member(fh, members[ext]),
+                        json.loads(read_member(fh, members["exif.json"])),
+                        json.loads(read_member(fh, members["json"])),
+                    )
+                )
     return out
 
 
@@ -74,7 +115,7 @@ def test_patch_normalisation_equals_whole_image_path(corpus):
     grid = even_grid(150, 170, PATCH, 3)
     ours = normalise_patches(crop_patches(rgb, grid))
     whole = normalise_image(rgb)
-    ref = torch.stack([whole[:, y:y + PATCH, x:x + PATCH] for y, x in grid.corners().tolist()])
+    ref = torch.stack([whole[:, y : y + PATCH, x : x + PATCH] for y, x in grid.corners().tolist()])
     assert torch.equal(ours, ref)
 
 
@@ -98,7 +139,7 @@ def test_rows_equal_naive_reference(corpus, tmp_path):
         row = emb.table.iloc[i]
         assert (row["width"], row["height"]) == (rgb.shape[1], rgb.shape[0]) == (info["width"], info["height"])
         assert json.loads(row["exif"]) == exif and row["n_tags"] == len(exif)
-        assert (pd.isna(row["photo_id"]) if info.get("photo_id") is None else row["photo_id"] == info["photo_id"])
+        assert pd.isna(row["photo_id"]) if info.get("photo_id") is None else row["photo_id"] == info["photo_id"]
     np.testing.assert_allclose(np.linalg.norm(emb.image, axis=1), 1, atol=1e-5)
     assert emb.meta["model_signature"] == model_signature(corpus["model"])
     assert emb.meta["data_tags"] == emb.meta["model_tags"] and emb.meta["counts"]["rows"] == 12
@@ -154,8 +195,23 @@ def test_other_settings_into_same_folder_refused(corpus, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"meta\.json: .*other settings \(differs in: per_side\)"):
         run(corpus, out, limit=2, per_side=3)
     other = make_model(tmp_path / "other", json.loads((corpus["shards"] / "tags.json").read_text()), seed=1)
-    argv = ["--model", str(other), "--data", str(corpus["shards"]), "--out", str(out), "--patch-size", str(PATCH),
-            "--per-side", str(PER_SIDE), "--limit", "2", "--no-progress", "--device", "cpu"]
+    argv = [
+        "--model",
+        str(other),
+        "--data",
+        str(corpus["shards"]),
+        "--out",
+        str(out),
+        "--patch-size",
+        str(PATCH),
+        "--per-side",
+        str(PER_SIDE),
+        "--limit",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "model_signature" in err and "meta.json" in err
@@ -166,14 +222,31 @@ def test_other_settings_into_same_folder_refused(corpus, tmp_path, capsys):
 
 def test_cli_and_bad_inputs(corpus, tmp_path, capsys):
     out = tmp_path / "emb"
-    argv = ["--model", str(corpus["model"]), "--data", str(corpus["shards"]), "--out", str(out),
-            "--patch-size", str(PATCH), "--per-side", str(PER_SIDE), "--limit", "7", "--no-progress", "--device", "cpu"]
+    argv = [
+        "--model",
+        str(corpus["model"]),
+        "--data",
+        str(corpus["shards"]),
+        "--out",
+        str(out),
+        "--patch-size",
+        str(PATCH),
+        "--per-side",
+        str(PER_SIDE),
+        "--limit",
+        "7",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     assert "embedded 7 photos from 2 shards" in capsys.readouterr().out
     assert len(load_embeddings(out)) == 7
-    for bad, needle in ((["--model", str(tmp_path / "nope")], "config.json"),
-                        (["--data", str(tmp_path)], "no *.tar shards"),
-                        (["--out", str(corpus["shards"])], "not an embeddings folder")):
+    for bad, needle in (
+        (["--model", str(tmp_path / "nope")], "config.json"),
+        (["--data", str(tmp_path)], "no *.tar shards"),
+        (["--out", str(corpus["shards"])], "not an embeddings folder"),
+    ):
         args = list(argv)
         args[args.index(bad[0]) + 1] = bad[1]
         assert main(args) == 2
@@ -196,14 +269,20 @@ def test_bad_samples_are_skipped_and_counted(corpus, tmp_path):
     data = tmp_path / "bad"
     data.mkdir()
     good = tar_samples(corpus["shards"])[0]
-    members = [("a_good", "jpg", good[2], good[3]), ("b_garbage", "jpg", b"\xff\xd8 not a jpeg", good[3]),
-               ("c_tiny", "jpg", _jpeg((40, 30)), good[3]), ("d_badexif", "jpg", good[2], None),
-               ("e_good", "jpg", good[2], {"Make": "X"})]
+    members = [
+        ("a_good", "jpg", good[2], good[3]),
+        ("b_garbage", "jpg", b"\xff\xd8 not a jpeg", good[3]),
+        ("c_tiny", "jpg", _jpeg((40, 30)), good[3]),
+        ("d_badexif", "jpg", good[2], None),
+        ("e_good", "jpg", good[2], {"Make": "X"}),
+    ]
     with tarfile.open(data / "00000.tar", "w") as tar:
         for key, ext, img, exif in members:
-            for name, payload in ((f"{key}.{ext}", img),
-                                  (f"{key}.exif.json", b"{broken" if exif is None else json.dumps(exif).encode()),
-                                  (f"{key}.json", json.dumps({"key": key}).encode())):
+            for name, payload in (
+                (f"{key}.{ext}", img),
+                (f"{key}.exif.json", b"{broken" if exif is None else json.dumps(exif).encode()),
+                (f"{key}.json", json.dumps({"key": key}).encode()),
+            ):
                 info = tarfile.TarInfo(name)
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
@@ -226,8 +305,9 @@ def test_real_photos(photos_dir, tmp_path):
     assert build_shards.main(["--source", str(src), "--out", str(tmp_path / "sh"), "--executor", "local", "-q"]) == 0
     tags = json.loads((tmp_path / "sh" / "tags.json").read_text())
     model = make_model(tmp_path / "model", tags)
-    emb = load_embeddings(embed_shards(model, tmp_path / "sh", tmp_path / "emb", per_side=2, progress=False,
-                                       text=True, device="cpu"))
+    emb = load_embeddings(
+        embed_shards(model, tmp_path / "sh", tmp_path / "emb", per_side=2, progress=False, text=True, device="cpu")
+    )
     kept = json.loads((tmp_path / "sh" / "sizes.json").read_text())["00000.tar"]
     assert len(emb) == kept >= 1 and emb.image.shape[1] == 128
     assert all(n >= 10 for n in emb.table["n_tags"]) and emb.table["width"].min() >= 124

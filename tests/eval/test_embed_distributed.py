@@ -1,4 +1,5 @@
 """`exiflang embed` under torchrun (2 CPU ranks) equals one process, resumes per part; `--images` equals shards."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exiflang.eval.embed.run import embed_shards, main
 from exiflang.eval.embed.distributed import assign
+from exiflang.eval.embed.run import embed_shards, main
 from exiflang.eval.embed.store import load_embeddings, part_paths
-from exiflang.eval.index.run import main as index_main
 from exiflang.eval.index.lookup import lookup_photos
+from exiflang.eval.index.run import main as index_main
 from exiflang.pipeline import build_shards
 from exiflang.pipeline.synth import corpus as synth
 from tests.eval.test_embed import make_model
@@ -34,13 +35,49 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     and their one-process embedding (the reference)."""
     root = tmp_path_factory.mktemp("embed_dist")
     photos = root / "photos"
-    assert synth.main(["--out", str(photos), "--cameras", "3", "--images", "14", "--seed", "2",
-                       "--min-size", "200", "--max-size", "260", "--no-progress", "--workers", "1"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(photos),
+                "--cameras",
+                "3",
+                "--images",
+                "14",
+                "--seed",
+                "2",
+                "--min-size",
+                "200",
+                "--max-size",
+                "260",
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     (photos / "sub").mkdir()
     for jpg in sorted(photos.glob("*.jpg"))[:3]:  # keys are paths below the folder, walked depth-first
         jpg.rename(photos / "sub" / jpg.name)
-    assert build_shards.main(["--source", str(photos), "--out", str(root / "shards"), "--executor", "local",
-                              "--rows-per-shard", str(PER_SHARD), "--workers", "1", "-q"]) == 0
+    assert (
+        build_shards.main(
+            [
+                "--source",
+                str(photos),
+                "--out",
+                str(root / "shards"),
+                "--executor",
+                "local",
+                "--rows-per-shard",
+                str(PER_SHARD),
+                "--workers",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
     sizes = json.loads((root / "shards" / "sizes.json").read_text())
     assert sorted(sizes.values()) == [2, 4, 4, 4]  # every photo kept: parts and shards line up
     model = make_model(root / "model", json.loads((root / "shards" / "tags.json").read_text()))
@@ -53,10 +90,32 @@ def torchrun(corpus: dict, out: Path, *extra: str, ok: bool = True) -> subproces
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "exiflang", "embed", "--model", str(corpus["model"]), "--out", str(out), "--device", "cpu",
-           "--patch-size", str(GRID["patch"]), "--per-side", str(GRID["per_side"]),
-           "--batch-size", str(GRID["batch_size"]), "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "exiflang",
+        "embed",
+        "--model",
+        str(corpus["model"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--patch-size",
+        str(GRID["patch"]),
+        "--per-side",
+        str(GRID["per_side"]),
+        "--batch-size",
+        str(GRID["batch_size"]),
+        "--no-progress",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True, cwd=REPO)
     assert (res.returncode == 0) == ok, res.stderr[-3000:]
@@ -82,7 +141,7 @@ def assert_same_output(a: Path, b: Path) -> None:
 
 def test_assignment_is_balanced_and_deterministic():
     assert assign([4, 4, 4, 2], 2) == [0, 1, 0, 1]
-    assert assign([1, 9, 1, 1], 2) == [1, 0, 1, 1]      # the big part alone on one rank
+    assert assign([1, 9, 1, 1], 2) == [1, 0, 1, 1]  # the big part alone on one rank
     assert assign([5, 5], 3) == [0, 1] and assign([], 2) == []
 
 
@@ -119,29 +178,72 @@ def test_limit_is_refused_under_torchrun(corpus, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "RANK": "0",
-           "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    res = subprocess.run([sys.executable, "-m", "exiflang", "embed", "--model", str(corpus["model"]),
-                          "--data", str(corpus["shards"]), "--out", str(tmp_path / "e"), "--limit", "3"],
-                         env=env, timeout=120, capture_output=True, text=True, cwd=REPO)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exiflang",
+            "embed",
+            "--model",
+            str(corpus["model"]),
+            "--data",
+            str(corpus["shards"]),
+            "--out",
+            str(tmp_path / "e"),
+            "--limit",
+            "3",
+        ],
+        env=env,
+        timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert res.returncode == 2 and "--limit 3: not available under torchrun" in res.stderr
     assert not (tmp_path / "e").exists()
 
 
 def test_photo_folder_equals_its_shards(corpus, tmp_path):
     out = tmp_path / "folder"
-    argv = ["--model", str(corpus["model"]), "--images", str(corpus["photos"]), "--out", str(out),
-            "--per-part", str(PER_SHARD), "--text", "--device", "cpu", "--no-progress",
-            "--patch-size", str(GRID["patch"]), "--per-side", str(GRID["per_side"]),
-            "--batch-size", str(GRID["batch_size"])]
+    argv = [
+        "--model",
+        str(corpus["model"]),
+        "--images",
+        str(corpus["photos"]),
+        "--out",
+        str(out),
+        "--per-part",
+        str(PER_SHARD),
+        "--text",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--patch-size",
+        str(GRID["patch"]),
+        "--per-side",
+        str(GRID["per_side"]),
+        "--batch-size",
+        str(GRID["batch_size"]),
+    ]
     assert main(argv) == 0
     folder, shards = load_embeddings(out), load_embeddings(corpus["one"])
     # The shard builder stored the photos' own bytes: same pixels, grid, parts and batches -> same floats.
     assert np.array_equal(folder.image, shards.image)
     for col in ("url", "width", "height", "exif", "n_tags"):
         assert folder.table[col].tolist() == shards.table[col].tolist(), col
-    assert folder.table["key"].tolist() == [Path(u).relative_to(corpus["photos"]).as_posix()
-                                            for u in shards.table["url"]]
+    assert folder.table["key"].tolist() == [
+        Path(u).relative_to(corpus["photos"]).as_posix() for u in shards.table["url"]
+    ]
     assert folder.meta["shards"] == ["images-00000", "images-00001", "images-00002", "images-00003"]
     # Text vectors: the same rendered EXIF ("paper" format does not depend on the key).
     assert np.array_equal(folder.text, shards.text)

@@ -1,5 +1,6 @@
 """`exiflang eval-tags`: the report's structure and numbers against naive recomputations (tiny random
 model), zero-shot candidates, the linear probe, errors; and end to end on the shared trained synth run."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from exiflang.eval.index.votes import plurality
+from exiflang.eval.tags.classes import fit_tag_classes
 from exiflang.eval.tags.evaluate import eval_tags, main
 from exiflang.eval.tags.probe import C_GRID, choose_c, probe_predict
-from exiflang.eval.tags.classes import fit_tag_classes
 from exiflang.eval.tags.report import markdown
-from exiflang.eval.index.votes import plurality
 from exiflang.eval.tags.zero_shot import ZeroShot, candidate_exifs, template_exif
 from tests.eval import lookup_fixtures as fx
 
@@ -27,8 +28,9 @@ def tiny(tmp_path_factory) -> fx.TinyRun:
 @pytest.fixture(scope="module")
 def tiny_report(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("tag_eval")
-    report = eval_tags(tiny.model, tiny.train_shards, tiny.test_shards, out, k=3, per_side=fx.PER_SIDE,
-                       min_count=2, progress=False)
+    report = eval_tags(
+        tiny.model, tiny.train_shards, tiny.test_shards, out, k=3, per_side=fx.PER_SIDE, min_count=2, progress=False
+    )
     return out, report
 
 
@@ -98,8 +100,21 @@ def test_numbers_match_a_naive_recomputation(tiny, tiny_report):
 
 def test_reuse_and_prebuilt_inputs(tiny, tiny_report, tmp_path, capsys):
     out, report = tiny_report
-    args = ["--model", str(tiny.model), "--out", str(tmp_path / "again"), "-k", "3", "--no-progress",
-            "--train-emb", str(out / "emb_train"), "--test-emb", str(out / "emb_test"), "--index", str(out / "index")]
+    args = [
+        "--model",
+        str(tiny.model),
+        "--out",
+        str(tmp_path / "again"),
+        "-k",
+        "3",
+        "--no-progress",
+        "--train-emb",
+        str(out / "emb_train"),
+        "--test-emb",
+        str(out / "emb_test"),
+        "--index",
+        str(out / "index"),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| tag | classes | n | kNN | zero-shot | probe | majority |" in printed and "tag_eval.json" in printed
@@ -116,12 +131,30 @@ def test_bad_inputs(tiny, tiny_report, tmp_path, capsys):
     assert main(base + ["--train-emb", str(tmp_path), "--test-emb", str(out / "emb_test")]) == 2
     assert "meta.json" in capsys.readouterr().err
     # An index of other vectors than the train embeddings.
-    assert main(base + ["--train-emb", str(out / "emb_test"), "--test-emb", str(out / "emb_test"),
-                        "--index", str(out / "index")]) == 2
+    assert (
+        main(
+            base
+            + ["--train-emb", str(out / "emb_test"), "--test-emb", str(out / "emb_test"), "--index", str(out / "index")]
+        )
+        == 2
+    )
     assert "index" in capsys.readouterr().err
     assert main(base + ["--train", str(tiny.train_shards), "--test", str(tiny.test_shards), "-k", "0"]) == 2
-    assert main(["--model", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--train",
-                 str(tiny.train_shards), "--test", str(tiny.test_shards)]) == 2
+    assert (
+        main(
+            [
+                "--model",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "o"),
+                "--train",
+                str(tiny.train_shards),
+                "--test",
+                str(tiny.test_shards),
+            ]
+        )
+        == 2
+    )
     assert "config.json" in capsys.readouterr().err
 
 
@@ -134,8 +167,9 @@ def test_cropclr_model_has_no_zero_shot(tiny, tmp_path):
     model_dir = tmp_path / "cropclr"
     tags = json.loads((tiny.model / "tags.json").read_text())
     ExifClip(ModelConfig.preset("cpu-small", cropclr=True)).save_pretrained(model_dir, None, tags)
-    report = eval_tags(model_dir, tiny.train_shards, tiny.test_shards, tmp_path / "out", k=3,
-                       per_side=1, progress=False)
+    report = eval_tags(
+        model_dir, tiny.train_shards, tiny.test_shards, tmp_path / "out", k=3, per_side=1, progress=False
+    )
     assert report["tags"] and all(t["accuracy"]["zero_shot"] is None for t in report["tags"].values())
     assert report["average"]["zero_shot"] is None and report["average"]["knn"] is not None
     assert "n/a" in (tmp_path / "out" / "tag_eval.md").read_text()
@@ -155,8 +189,10 @@ def test_zero_shot_candidates_and_argmax(tiny):
     tc = fit_tag_classes(exifs, ["Model"], min_count=2)["Model"]
     cands = candidate_exifs(template, tc)
     assert [c["Model"] for c in cands] == tc.representative
-    assert all({k: v for k, v in c.items() if k != "Model"} == {k: v for k, v in template.items() if k != "Model"}
-               for c in cands)
+    assert all(
+        {k: v for k, v in c.items() if k != "Model"} == {k: v for k, v in template.items() if k != "Model"}
+        for c in cands
+    )
     encoder = TextEncoder(model, tok, vocab, "paper")
     zs = ZeroShot(encoder, template)
     texts = zs.text_embeddings(tc)
@@ -184,14 +220,31 @@ def test_probe_learns_separable_classes():
 
 # --- end to end on the shared trained run ---------------------------------------------------------
 
+
 def test_eval_tags_on_the_synth_run(synth_run, tmp_path, capsys):
     """Train / held-out shards of the trained synth run (embedded once per session, shared with
     the lookup test); eval-tags builds the index and runs all four predictors."""
     out = tmp_path / "tag_eval"
-    assert main(["--model", str(synth_run.model), "--out", str(out), "--no-progress",
-                 "--train", str(synth_run.train_shards), "--test", str(synth_run.heldout_shards),
-                 "--train-emb", str(fx.synth_embeddings(synth_run, "train")),
-                 "--test-emb", str(fx.synth_embeddings(synth_run, "heldout"))]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(synth_run.model),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--train",
+                str(synth_run.train_shards),
+                "--test",
+                str(synth_run.heldout_shards),
+                "--train-emb",
+                str(fx.synth_embeddings(synth_run, "train")),
+                "--test-emb",
+                str(fx.synth_embeddings(synth_run, "heldout")),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     report = json.loads((out / "tag_eval.json").read_text())
     _check_structure(report, out)

@@ -3,6 +3,7 @@
 Inputs are made here (see tests/pipeline/test_image_policy.py for the forging helpers): forged
 JPEG SOF, PNG IHDR and TIFF tags, float and 32-bit TIFFs, and a real photo tiled to 101.8 MP.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,21 +17,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exiflang.eval.probes.distortion_probe import camera_keys
-from exiflang.eval.images import ImageError, load_rgb, load_rgb_bytes, open_checked
 from exiflang.eval.benchmark.splices import scan_photo
+from exiflang.eval.images import ImageError, load_rgb, load_rgb_bytes, open_checked
+from exiflang.eval.probes.distortion_probe import camera_keys
 from exiflang.pipeline import records as st
 from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.shards.sample import process_bytes
-from tests.pipeline.test_image_policy import (BIG, float_tiff, forge_jpeg, forge_png, forge_tiff,
-                                              small_jpeg, small_png, small_tiff, tiled_photo)
 from exiflang.train.data.crops import decode_crops
-from exiflang.train.retrieval import read_samples
 from exiflang.train.data.samples import SampleError, probe_image
+from exiflang.train.retrieval import read_samples
+from tests.pipeline.test_image_policy import (
+    BIG,
+    float_tiff,
+    forge_jpeg,
+    forge_png,
+    forge_tiff,
+    small_jpeg,
+    small_png,
+    small_tiff,
+    tiled_photo,
+)
 
 # How each refusal reads in a one-line error (the pipeline's status, in words).
-WORDS = {st.TOO_LARGE: "too large", st.IMPLAUSIBLE_SIZE: "implausible size",
-         st.UNSUPPORTED_MODE: "unsupported pixel mode"}
+WORDS = {
+    st.TOO_LARGE: "too large",
+    st.IMPLAUSIBLE_SIZE: "implausible size",
+    st.UNSUPPORTED_MODE: "unsupported pixel mode",
+}
 
 
 def _tiff(arr: np.ndarray) -> bytes:
@@ -54,7 +67,7 @@ def _inputs(photos_dir: Path) -> dict[str, tuple[bytes, str]]:
         "sof19000.jpg": (forge_jpeg(jpg, 19000, 19000), st.TOO_LARGE),
         "ihdr9000.png": (forge_png(png, 9000, 9000), st.IMPLAUSIBLE_SIZE),
         "ihdr20000.png": (forge_png(png, 20000, 20000), st.TOO_LARGE),
-        "ihdr65535.png": (forge_png(png, 65535, 65535), st.TOO_LARGE),   # past Pillow's own guard
+        "ihdr65535.png": (forge_png(png, 65535, 65535), st.TOO_LARGE),  # past Pillow's own guard
         "tags9000.tif": (forge_tiff(tif, 9000, 9000), st.IMPLAUSIBLE_SIZE),
         "tags20000.tif": (forge_tiff(tif, 20000, 15000), st.TOO_LARGE),
         "float.tif": (float_tiff(), st.UNSUPPORTED_MODE),
@@ -71,7 +84,10 @@ def test_same_decision_in_pipeline_trainer_and_eval(photos_dir, tmp_path):
             assert probe_image(data, 124) and decode_crops(data, [(0, 0, 124, 124)])[0].shape == (124, 124, 3)
             assert load_rgb(path).dtype == np.uint8
             continue
-        for call in (lambda data=data: probe_image(data, 124), lambda data=data: decode_crops(data, [(0, 0, 124, 124)])):
+        for call in (
+            lambda data=data: probe_image(data, 124),
+            lambda data=data: decode_crops(data, [(0, 0, 124, 124)]),
+        ):
             with pytest.raises(SampleError) as err:
                 call()
             assert err.value.reason == expected, name

@@ -1,4 +1,5 @@
 """`exiflang index` and VectorIndex: exact = torch.topk, approximate meets its recall target, one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import torch
 
 from exiflang.eval.embed.run import embed_shards
 from exiflang.eval.embed.store import load_embeddings
-from exiflang.eval.index.run import NotAnIndex, VectorIndex, build_index, main
 from exiflang.eval.index.build import choose_kind, choose_pq_m, estimate_bytes
+from exiflang.eval.index.run import NotAnIndex, VectorIndex, build_index, main
 from exiflang.eval.index.tune import exact_search, lower_bound, per_query_recall, recall_at_k, smallest_meeting
 from exiflang.pipeline import build_shards
 from exiflang.pipeline.synth import corpus as synth
@@ -71,6 +72,7 @@ def test_approximate_index_meets_recall_target_on_fresh_queries(tmp_path, kind, 
     assert param in info["params"]
     if kind != "hnsw":
         import faiss
+
         assert faiss.extract_index_ivf(index.index).nprobe == info["params"]["nprobe"]
         assert faiss.extract_index_ivf(index.index).nprobe < faiss.extract_index_ivf(index.index).nlist
 
@@ -82,8 +84,11 @@ def test_kind_rules():
     assert choose_kind(1_000_000, 768, memory_budget_mb=1000) == "ivf-pq"
     m = choose_pq_m(1_000_000, 768, 4000, 200)
     assert 768 % m == 0 and estimate_bytes("ivf-pq", 1_000_000, 768, nlist=4000, m=m) <= 200 * 2**20
-    fitting = [c for c in range(1, 768 // 4 + 1)
-               if 768 % c == 0 and estimate_bytes("ivf-pq", 10**6, 768, nlist=4000, m=c) <= 200 * 2**20]
+    fitting = [
+        c
+        for c in range(1, 768 // 4 + 1)
+        if 768 % c == 0 and estimate_bytes("ivf-pq", 10**6, 768, nlist=4000, m=c) <= 200 * 2**20
+    ]
     assert m == max(fitting) < 192
     with pytest.raises(ValueError, match="memory budget 5 MB is too small"):
         choose_pq_m(1_000_000, 768, 4000, 5)
@@ -115,22 +120,60 @@ def test_recall_at_k():
 def small(tmp_path_factory) -> dict[str, Path]:
     """Six synthetic photos in two shards, a random cpu-small model, and their text+image embeddings."""
     root = tmp_path_factory.mktemp("index")
-    assert synth.main(["--out", str(root / "synth"), "--cameras", "2", "--images", "6", "--seed", "2",
-                       "--min-size", "256", "--max-size", "288", "--no-progress", "--workers", "1"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(root / "synth"),
+                "--cameras",
+                "2",
+                "--images",
+                "6",
+                "--seed",
+                "2",
+                "--min-size",
+                "256",
+                "--max-size",
+                "288",
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     for extra in ("manifest.csv", "cameras.json"):
         (root / "synth" / extra).unlink()
-    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"), "--executor", "local",
-                              "--rows-per-shard", "3", "-q"]) == 0
+    assert (
+        build_shards.main(
+            [
+                "--source",
+                str(root / "synth"),
+                "--out",
+                str(root / "shards"),
+                "--executor",
+                "local",
+                "--rows-per-shard",
+                "3",
+                "-q",
+            ]
+        )
+        == 0
+    )
     tags = json.loads((root / "shards" / "tags.json").read_text())
     tok = build_tokenizer("auto", None, max_length=64)
     models = {}
-    for name, dim, vocab in (("model", 128, tags), ("other_tags", 128, {**tags, "tags": tags["tags"][:-1]}),
-                             ("other_dim", 64, tags)):
+    for name, dim, vocab in (
+        ("model", 128, tags),
+        ("other_tags", 128, {**tags, "tags": tags["tags"][:-1]}),
+        ("other_dim", 64, tags),
+    ):
         torch.manual_seed(0)
         net = ExifClip(ModelConfig.preset("cpu-small", vocab_size=len(tok), embed_dim=dim))
         models[name] = net.save_pretrained(root / name, tok, vocab)
-    emb = embed_shards(models["model"], root / "shards", root / "emb", patch=64, per_side=2, text=True,
-                       progress=False, device="cpu")
+    emb = embed_shards(
+        models["model"], root / "shards", root / "emb", patch=64, per_side=2, text=True, progress=False, device="cpu"
+    )
     return {"root": root, "emb": emb, **models}
 
 
@@ -177,8 +220,16 @@ def test_bad_index_folders_are_one_line_errors(small, tmp_path, capsys):
     # The command: no embeddings, and a text index from image-only embeddings.
     assert main(["--emb", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "meta.json: missing" in capsys.readouterr().err
-    image_only = embed_shards(small["model"], small["root"] / "shards", tmp_path / "emb_img", patch=64,
-                              per_side=2, progress=False, device="cpu", limit=2)
+    image_only = embed_shards(
+        small["model"],
+        small["root"] / "shards",
+        tmp_path / "emb_img",
+        patch=64,
+        per_side=2,
+        progress=False,
+        device="cpu",
+        limit=2,
+    )
     assert main(["--emb", str(image_only), "--out", str(tmp_path / "y"), "--text"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no text embeddings" in err and "\n" not in err

@@ -1,8 +1,8 @@
 """Building an index streamed from disk in chunks equals building it in memory; chunked exact search = IndexFlatIP."""
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from exiflang.eval.embed.store import TABLE_COLUMNS, load_embeddings
-from exiflang.eval.index.run import VectorIndex, build_index
 from exiflang.eval.index.build import ArraySource, NpySource, as_source, default_nlist
+from exiflang.eval.index.run import VectorIndex, build_index
 from exiflang.eval.index.tune import exact_search
 
 
@@ -103,8 +103,9 @@ def test_approximate_from_memory_map_in_small_chunks_matches_memory(tmp_path, ki
     np.save(tmp_path / "x.npy", x)
     mem = build_index(x, tmp_path / "mem", kind=kind, threads=1)
     # 1,000-row chunks: 12 per pass, and the 7,680-vector IVF training sample spans all of them.
-    disk = build_index(np.load(tmp_path / "x.npy", mmap_mode="r"), tmp_path / "disk", kind=kind, threads=1,
-                       chunk_rows=1000)
+    disk = build_index(
+        np.load(tmp_path / "x.npy", mmap_mode="r"), tmp_path / "disk", kind=kind, threads=1, chunk_rows=1000
+    )
     assert disk["recall_met"] and disk["n"] == n
     a, b = VectorIndex.load(tmp_path / "mem"), VectorIndex.load(tmp_path / "disk")
     _, truth = exact_search(x, q, 10)
@@ -124,14 +125,30 @@ def test_embeddings_folder_streamed_equals_loaded(tmp_path):
     (folder / "parts").mkdir(parents=True)
     key, shards, start = "k1", ["s0", "s1", "s2"], 0
     for stem, rows in zip(shards, (10_000, 0, 14_000)):
-        np.save(folder / "parts" / f"{stem}.image.npy", x[start:start + rows])
-        table = pd.DataFrame({c: [f"{stem}-{i}" for i in range(rows)] if c in ("key", "shard", "url", "exif")
-                              else np.arange(start, start + rows) for c in TABLE_COLUMNS})
+        np.save(folder / "parts" / f"{stem}.image.npy", x[start : start + rows])
+        table = pd.DataFrame(
+            {
+                c: [f"{stem}-{i}" for i in range(rows)]
+                if c in ("key", "shard", "url", "exif")
+                else np.arange(start, start + rows)
+                for c in TABLE_COLUMNS
+            }
+        )
         table.to_parquet(folder / "parts" / f"{stem}.parquet", index=False)
         (folder / "parts" / f"{stem}.done.json").write_text(json.dumps({"rows": rows, "settings_key": key}))
         start += rows
-    (folder / "meta.json").write_text(json.dumps({"format": "exiflang-embeddings", "format_version": 1, "dim": 8,
-                                                  "shards": shards, "settings_key": key, "complete": True}))
+    (folder / "meta.json").write_text(
+        json.dumps(
+            {
+                "format": "exiflang-embeddings",
+                "format_version": 1,
+                "dim": 8,
+                "shards": shards,
+                "settings_key": key,
+                "complete": True,
+            }
+        )
+    )
     mem = build_index(load_embeddings(folder), tmp_path / "mem", kind="ivf-flat")
     disk = build_index(folder, tmp_path / "disk", kind="ivf-flat", chunk_rows=4096)
     assert disk["params"] == mem["params"] and disk["n"] == 24_000

@@ -1,4 +1,5 @@
 """Localization on synthetic two-source embeddings, map resizing, normalized cuts and the detection scores."""
+
 from __future__ import annotations
 
 import math
@@ -7,24 +8,38 @@ import numpy as np
 import pytest
 import torch
 
-from exiflang.eval.forensics.affinity import Coverage, cell_consistency, coverage, patch_affinity
-from exiflang.eval.forensics.localize import (cells_to_image, localize, ncuts_cells, ncuts_similarity, normalise_map,
-                            oriented_heatmap)
 from exiflang.eval.benchmark.metrics import pixel_ap
-from exiflang.eval.forensics.ncuts import best_ncut_split, ncuts_partition, ncuts_split
 from exiflang.eval.embed.patches import splice_grid
+from exiflang.eval.forensics.affinity import Coverage, cell_consistency, coverage, patch_affinity
+from exiflang.eval.forensics.localize import (
+    cells_to_image,
+    localize,
+    ncuts_cells,
+    ncuts_similarity,
+    normalise_map,
+    oriented_heatmap,
+)
+from exiflang.eval.forensics.ncuts import best_ncut_split, ncuts_partition, ncuts_split
 from exiflang.eval.forensics.scores import detection_scores
 
 
-def _two_source(height: int, width: int, box: tuple[int, int, int, int], noise: float = 0.5,
-                seed: int = 0, dim: int = 64, patch: int = 124):
+def _two_source(
+    height: int,
+    width: int,
+    box: tuple[int, int, int, int],
+    noise: float = 0.5,
+    seed: int = 0,
+    dim: int = 64,
+    patch: int = 124,
+):
     """Patches whose centre lies in ``box`` (y0, y1, x0, x1) get one direction, the rest another."""
     grid = splice_grid(height, width, patch=patch)
     g = torch.Generator().manual_seed(seed)
     centres = grid.corners() + grid.patch // 2
     y0, y1, x0, x1 = box
-    inside = torch.from_numpy((centres[:, 0] >= y0) & (centres[:, 0] < y1)
-                              & (centres[:, 1] >= x0) & (centres[:, 1] < x1))
+    inside = torch.from_numpy(
+        (centres[:, 0] >= y0) & (centres[:, 0] < y1) & (centres[:, 1] >= x0) & (centres[:, 1] < x1)
+    )
     a, b = torch.randn(dim, generator=g), torch.randn(dim, generator=g)
     emb = torch.where(inside[:, None], a, b) + noise * torch.randn(grid.count, dim, generator=g)
     truth = np.zeros((height, width), bool)
@@ -41,7 +56,7 @@ def test_localize_recovers_a_rectangle():
     loc = localize(emb, grid)
     assert loc.heatmap.shape == (768, 1024) and loc.heatmap.dtype == np.float32
     assert loc.mask.dtype == bool and loc.ncuts_mask.shape == (768, 1024)
-    assert 0.0 <= float(loc.heatmap.min()) and float(loc.heatmap.max()) <= 1.0
+    assert float(loc.heatmap.min()) >= 0.0 and float(loc.heatmap.max()) <= 1.0
     assert loc.cell_map.shape == (26, 35) and loc.ncuts_cells.shape == (26, 35)
     assert set(loc.timings) == {"votes", "meanshift", "resize", "ncuts"}
     assert _iou(loc.mask, truth) > 0.8
@@ -49,8 +64,8 @@ def test_localize_recovers_a_rectangle():
     assert loc.heatmap[truth].mean() > loc.heatmap[~truth].mean() + 0.5
     soft = loc.ncuts_heatmap
     assert soft.shape == (768, 1024) and soft.dtype == np.float32 and loc.ncuts_cell_map.shape == (26, 35)
-    assert 0.0 <= float(soft.min()) and float(soft.max()) <= 1.0
-    assert soft[truth].mean() > soft[~truth].mean() + 0.5        # oriented: the splice is high
+    assert float(soft.min()) >= 0.0 and float(soft.max()) <= 1.0
+    assert soft[truth].mean() > soft[~truth].mean() + 0.5  # oriented: the splice is high
     assert pixel_ap(soft, truth) > 0.9
 
 
@@ -73,14 +88,14 @@ def test_large_splice_is_inverted_to_the_smaller_side():
 
 def test_cell_level_ncuts_when_cells_are_patches():
     """With the stride above the patch size each cell is one patch: both ncuts graphs agree."""
-    emb, grid, truth = _two_source(768, 1024, (200, 500, 250, 625), seed=2, patch=32)   # stride 33
+    emb, grid, truth = _two_source(768, 1024, (200, 500, 250, 625), seed=2, patch=32)  # stride 33
     by_cells = localize(emb, grid, ncuts_level="cells")
     assert _iou(by_cells.ncuts_mask, truth) > 0.8
     affinity = patch_affinity(emb)
     cov = coverage(grid)
     by_patches, soft = ncuts_cells(affinity, cell_consistency(affinity, cov), cov, "patches")
     assert np.array_equal(by_cells.ncuts_cells, by_patches)
-    assert soft[by_patches].min() > soft[~by_patches].max()           # the cut is a threshold of it
+    assert soft[by_patches].min() > soft[~by_patches].max()  # the cut is a threshold of it
     assert by_cells.ncuts_cell_map[by_patches].min() > by_cells.ncuts_cell_map[~by_patches].max()
     with pytest.raises(ValueError, match="ncuts level"):
         ncuts_cells(affinity, cell_consistency(affinity, cov), cov, "pixels")
@@ -91,7 +106,7 @@ def test_orientation_marks_the_smaller_side():
     cov = coverage(grid)
     _, cols = cov.cells
     high = np.zeros(cov.cells, np.float32)
-    high[:, : int(cols * 0.7)] = 2.0                   # 70% of the cells far from the mode
+    high[:, : int(cols * 0.7)] = 2.0  # 70% of the cells far from the mode
     cell_map, heatmap, inverted = oriented_heatmap(torch.from_numpy(high.ravel()), grid, cov)
     assert inverted and heatmap.shape == (300, 400)
     assert np.array_equal(cell_map > 0.5, high == 0)
@@ -113,15 +128,15 @@ def test_uniform_embeddings_give_an_empty_mask():
 def test_cells_to_image_places_cell_centres():
     cov = Coverage(torch.zeros(1, 20), (4, 5), 11, (0, 0))
     cells = np.random.default_rng(0).random((4, 5)).astype(np.float32)
-    img = cells_to_image(cells, cov, 49, 61)            # 5 px margin below, 6 px right
+    img = cells_to_image(cells, cov, 49, 61)  # 5 px margin below, 6 px right
     assert img.shape == (49, 61)
-    centres = img[5::11, 5::11][:4, :5]                 # odd cell side: block centre = a pixel centre
+    centres = img[5::11, 5::11][:4, :5]  # odd cell side: block centre = a pixel centre
     assert np.allclose(centres, cells, atol=1e-6)
-    assert img[0, 0] == pytest.approx(cells[0, 0])                        # edges replicated
-    assert np.allclose(img[44:, 0], cells[3, 0]) and np.allclose(img[0, 55:], cells[0, 4])   # margins
+    assert img[0, 0] == pytest.approx(cells[0, 0])  # edges replicated
+    assert np.allclose(img[44:, 0], cells[3, 0]) and np.allclose(img[0, 55:], cells[0, 4])  # margins
     shifted = cells_to_image(cells, Coverage(torch.zeros(1, 20), (4, 5), 11, (3, 4)), 49, 61)
     assert np.allclose(shifted[:3, :4], cells[0, 0])
-    assert np.allclose(shifted[3:47, 4:59], img[:44, :55])               # same map, moved by the origin
+    assert np.allclose(shifted[3:47, 4:59], img[:44, :55])  # same map, moved by the origin
     with pytest.raises(ValueError, match="does not match"):
         cells_to_image(cells.T, cov, 49, 61)
     assert np.array_equal(normalise_map(np.full((2, 2), 3.0)), np.zeros((2, 2), np.float32))
@@ -140,7 +155,7 @@ def test_ncuts_finds_the_smaller_block():
     w, small = _two_blocks()
     assert np.array_equal(ncuts_split(w), small)
     assert np.array_equal(ncuts_split(torch.from_numpy(w)), small)
-    big, small_big = _two_blocks((150, 60), seed=1)          # above the dense-eigensolver size
+    big, small_big = _two_blocks((150, 60), seed=1)  # above the dense-eigensolver size
     assert np.array_equal(ncuts_split(big), small_big)
 
 
@@ -153,7 +168,7 @@ def test_threshold_search_equals_a_loop():
     rng = np.random.default_rng(3)
     w = rng.random((15, 15))
     w = (w + w.T) / 2
-    y = np.round(rng.normal(size=15), 1)                     # ties between values
+    y = np.round(rng.normal(size=15), 1)  # ties between values
     side, value = best_ncut_split(w, y)
     candidates = [y <= t for t in np.unique(y)[:-1]]
     values = [_ncut_value(w, s) for s in candidates]
@@ -165,10 +180,10 @@ def test_ncuts_partition_orients_the_soft_split():
     w, small = _two_blocks()
     side, soft = ncuts_partition(w)
     assert np.array_equal(side, small)
-    assert soft[side].min() > soft[~side].max()              # the smaller block is the high end
+    assert soft[side].min() > soft[~side].max()  # the smaller block is the high end
     assert np.array_equal(ncuts_partition(w[::-1, ::-1])[0], small[::-1])
     side, soft = ncuts_partition(np.ones((4, 4)), max_ncut=0.99)
-    assert not side.any() and not soft.any()                  # no split: a flat soft map
+    assert not side.any() and not soft.any()  # no split: a flat soft map
 
 
 def test_ncuts_similarity_kernel_width():
@@ -185,12 +200,12 @@ def test_ncuts_similarity_kernel_width():
 def test_ncuts_guards():
     w = np.zeros((6, 6))
     w[:4, :4] = 1.0
-    w[4:, 4:] = 1.0                                          # two components
+    w[4:, 4:] = 1.0  # two components
     assert ncuts_split(w).tolist() == [False] * 4 + [True] * 2
     assert ncuts_partition(w)[1].tolist() == [0.0] * 4 + [1.0] * 2
-    assert not ncuts_split(np.eye(5)).any()                  # no edges
+    assert not ncuts_split(np.eye(5)).any()  # no edges
     assert ncuts_split(np.ones((1, 1))).tolist() == [False]
-    assert not ncuts_split(np.ones((4, 4)), max_ncut=0.99).any()   # uniform: every split has Ncut 1
+    assert not ncuts_split(np.ones((4, 4)), max_ncut=0.99).any()  # uniform: every split has Ncut 1
     w_blocks, small = _two_blocks()
     assert np.array_equal(ncuts_split(w_blocks, max_ncut=0.99), small)
     with pytest.raises(ValueError, match="symmetric"):
@@ -219,7 +234,7 @@ def test_score_exp_is_stable_and_matches_the_formula():
     assert all(math.isfinite(v) for v in scores.values())
     off = a[~np.eye(20, dtype=bool)]
     for tau in (0.01, 0.5):
-        phi = np.sum(np.exp(np.float64(off) / tau))       # finite in float64 (e^100 ~ 2.7e43)
+        phi = np.sum(np.exp(np.float64(off) / tau))  # finite in float64 (e^100 ~ 2.7e43)
         expected = -tau * math.log(phi / off.size)
         score = detection_scores(torch.from_numpy(a), tau=tau)["score_exp"]
         assert score == pytest.approx(expected, rel=1e-9)
@@ -232,12 +247,16 @@ def test_score_exp_is_stable_and_matches_the_formula():
 def test_cells_to_image_equals_full_upsample_then_crop() -> None:
     """The separable evaluation equals F.interpolate of the whole padded map, then the crop."""
     import torch.nn.functional as F
+
     from exiflang.eval.forensics.affinity import Coverage
     from exiflang.eval.forensics.localize import _pad_amounts, cells_to_image
 
     rng = np.random.default_rng(0)
-    for cells, cell, origin, (h, w) in [((5, 7), 16, (0, 0), (90, 120)), ((4, 3), 9, (3, 5), (45, 33)),
-                                        ((1, 6), 30, (0, 10), (25, 200))]:
+    for cells, cell, origin, (h, w) in [
+        ((5, 7), 16, (0, 0), (90, 120)),
+        ((4, 3), 9, (3, 5), (45, 33)),
+        ((1, 6), 30, (0, 10), (25, 200)),
+    ]:
         cov = Coverage(torch.zeros(1, cells[0] * cells[1]), cells, cell, origin)
         cmap = rng.random(cells).astype(np.float32)
         top, bottom = _pad_amounts(origin[0], cells[0], cell, h)
@@ -245,5 +264,5 @@ def test_cells_to_image_equals_full_upsample_then_crop() -> None:
         x = F.pad(torch.from_numpy(cmap)[None, None], (left, right, top, bottom), mode="replicate")
         up = F.interpolate(x, scale_factor=cell, mode="bilinear", align_corners=False)[0, 0]
         y0, x0 = top * cell - origin[0], left * cell - origin[1]
-        ref = up[y0:y0 + h, x0:x0 + w].numpy()
+        ref = up[y0 : y0 + h, x0 : x0 + w].numpy()
         np.testing.assert_allclose(cells_to_image(cmap, cov, h, w), ref, atol=1e-5)

@@ -1,6 +1,7 @@
 """`exiflang lookup`: plumbing, output formats and errors on a tiny random model, and the "it must
 work" test — Make and Model of held-out synthetic photos, EXIF stripped, far above the majority
 baseline — on the shared trained synth run."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from exiflang.eval.embed.store import load_embeddings
 from exiflang.eval.index.lookup import embedding_settings, format_lookup, lookup_photos, main
 from tests.eval import lookup_fixtures as fx
 
-ABSTAIN_FLOOR = 0.2   # "unknown camera" share floor on 34 real photos (0.353 measured)
+ABSTAIN_FLOOR = 0.2  # "unknown camera" share floor on 34 real photos (0.353 measured)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +37,9 @@ def strip_app_segments(data: bytes) -> bytes:
         if marker == 0xDA:  # start of scan: the rest is image data
             out += data[i:]
             break
-        length = int.from_bytes(data[i + 2:i + 4], "big")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
         if not 0xE1 <= marker <= 0xEF:
-            out += data[i:i + 2 + length]
+            out += data[i : i + 2 + length]
         i += 2 + length
     return bytes(out)
 
@@ -92,8 +93,12 @@ def test_photo_without_exif_and_bad_files(tiny, tmp_path):
     bare.write_bytes(strip_app_segments(photo.read_bytes()))
     (tmp_path / "broken.jpg").write_bytes(photo.read_bytes()[:300])
     (tmp_path / "text.jpg").write_text("not an image")
-    results = lookup_photos(tiny.model, tiny.index, [photo, bare, tmp_path / "broken.jpg",
-                                                     tmp_path / "text.jpg", tmp_path / "missing.jpg"], k=4)
+    results = lookup_photos(
+        tiny.model,
+        tiny.index,
+        [photo, bare, tmp_path / "broken.jpg", tmp_path / "text.jpg", tmp_path / "missing.jpg"],
+        k=4,
+    )
     assert [("error" in r) for r in results] == [False, False, True, True, True]
     # The EXIF-less copy has the same pixels: the same answer.
     assert results[0]["neighbours"] == results[1]["neighbours"]
@@ -105,8 +110,23 @@ def test_photo_without_exif_and_bad_files(tiny, tmp_path):
 def test_cli_exit_codes_and_outputs(tiny, tmp_path, capsys):
     photos = sorted(tiny.test_photos.iterdir())
     out = tmp_path / "res.jsonl"
-    assert main(["--model", str(tiny.model), "--index", str(tiny.index), "-k", "2", "--json",
-                 "--out", str(out), *map(str, photos)]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(tiny.model),
+                "--index",
+                str(tiny.index),
+                "-k",
+                "2",
+                "--json",
+                "--out",
+                str(out),
+                *map(str, photos),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(photos) and out.read_text().strip().splitlines() == lines
     first = json.loads(lines[0])
@@ -115,8 +135,21 @@ def test_cli_exit_codes_and_outputs(tiny, tmp_path, capsys):
     assert {"distance", "threshold", "rank"} <= set(first["familiarity"]) and first["model_card"] == ""
 
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 nonsense")
-    assert main(["--model", str(tiny.model), "--index", str(tiny.index), "--tags", "Make,Model",
-                 str(photos[0]), str(tmp_path / "bad.jpg")]) == 1
+    assert (
+        main(
+            [
+                "--model",
+                str(tiny.model),
+                "--index",
+                str(tiny.index),
+                "--tags",
+                "Make,Model",
+                str(photos[0]),
+                str(tmp_path / "bad.jpg"),
+            ]
+        )
+        == 1
+    )
     cap = capsys.readouterr()
     assert "bad.jpg" in cap.err and len(cap.err.strip().splitlines()) == 1
     table = cap.out
@@ -166,7 +199,7 @@ def test_format_lookup_and_grid_settings(tiny):
     assert embedding_settings(info) == {"patch": 124, "per_side": fx.PER_SIDE, "mode": "grid"}
     assert info["embedding"] == {"patch": 124, "per_side": fx.PER_SIDE, "mode": "grid"}  # recorded
     moved = {**info, "sources": {**info["sources"], "embeddings": "/gone"}}
-    assert embedding_settings(moved) == info["embedding"]     # no need of the embeddings folder
+    assert embedding_settings(moved) == info["embedding"]  # no need of the embeddings folder
     assert embedding_settings({"embedding": {"patch": 64, "per_side": 3, "mode": "single"}})["per_side"] == 3
     assert embedding_settings({})["per_side"] == 4  # embed's default, with a warning
     text = format_lookup({"file": "x.jpg", "error": "x.jpg: no such file"})
@@ -174,6 +207,7 @@ def test_format_lookup_and_grid_settings(tiny):
 
 
 # --- it must work --------------------------------------------------------------------------------
+
 
 def test_lookup_predicts_make_and_model_of_heldout_photos(synth_run, tmp_path):
     """Held-out synthetic photos, EXIF stripped: k-NN Make/Model far above the majority baseline."""

@@ -1,4 +1,5 @@
 """Mean shift: vectorised equals the plain loop reference, finds the densest mode, guards zero bandwidth."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,12 +18,15 @@ def _clusters(sizes: list[int], dim: int, spread: float, seed: int) -> np.ndarra
     return np.concatenate([c + spread * rng.normal(size=(n, dim)) for c, n in zip(centres, sizes)])
 
 
-@pytest.mark.parametrize("sizes, dim, spread, iterations, percentile, seed", [
-    ([40, 15], 8, 0.5, 5, 10.0, 0),
-    ([25, 25, 10], 30, 1.0, 5, 10.0, 1),
-    ([60], 5, 1.0, 3, 25.0, 2),
-    ([30, 30], 12, 2.0, 8, 5.0, 3),
-])
+@pytest.mark.parametrize(
+    "sizes, dim, spread, iterations, percentile, seed",
+    [
+        ([40, 15], 8, 0.5, 5, 10.0, 0),
+        ([25, 25, 10], 30, 1.0, 5, 10.0, 1),
+        ([60], 5, 1.0, 3, 25.0, 2),
+        ([30, 30], 12, 2.0, 8, 5.0, 3),
+    ],
+)
 def test_vectorised_equals_reference(sizes, dim, spread, iterations, percentile, seed):
     points = _clusters(sizes, dim, spread, seed)
     fast = mean_shift_map(torch.from_numpy(points), iterations, percentile)

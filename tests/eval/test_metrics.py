@@ -1,4 +1,5 @@
 """Forensic metrics: known answers, agreement with scikit-learn, cIoU against a brute-force sweep."""
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from exiflang.eval.benchmark.metrics import average_precision, ciou, pixel_ap, r
 
 def _rect_mask(shape=(40, 50), box=(10, 25, 5, 30)) -> np.ndarray:
     mask = np.zeros(shape, bool)
-    mask[box[0]:box[1], box[2]:box[3]] = True
+    mask[box[0] : box[1], box[2] : box[3]] = True
     return mask
 
 
@@ -22,7 +23,7 @@ def test_ap_and_auc_equal_sklearn(seed, n, levels):
     labels = rng.random(n) < 0.3
     labels[0], labels[1] = True, False
     scores = rng.random(n) + 0.4 * labels
-    if levels:                                   # heavy ties
+    if levels:  # heavy ties
         scores = np.round(scores * levels) / levels
     expected = average_precision_score(labels, scores)
     assert average_precision(labels, scores) == pytest.approx(expected, abs=1e-12)
@@ -38,13 +39,14 @@ def test_pixel_ap_known_answers():
     mask = _rect_mask()
     perfect = mask.astype(np.float32)
     assert pixel_ap(perfect, mask) == pytest.approx(1.0)
-    assert pixel_ap(1.0 - perfect, mask) == pytest.approx(1.0)           # inverted map: same p-AP
+    assert pixel_ap(1.0 - perfect, mask) == pytest.approx(1.0)  # inverted map: same p-AP
     constant = np.full(mask.shape, 0.3)
-    assert pixel_ap(constant, mask) == pytest.approx(mask.mean())          # AP = positive fraction
+    assert pixel_ap(constant, mask) == pytest.approx(mask.mean())  # AP = positive fraction
     rng = np.random.default_rng(4)
     noisy = perfect * 0.5 + rng.random(mask.shape)
-    expected = max(average_precision_score(mask.ravel(), noisy.ravel()),
-                   average_precision_score(mask.ravel(), -noisy.ravel()))
+    expected = max(
+        average_precision_score(mask.ravel(), noisy.ravel()), average_precision_score(mask.ravel(), -noisy.ravel())
+    )
     assert pixel_ap(noisy, mask) == pytest.approx(expected, abs=1e-12)
     assert pixel_ap(-noisy, mask) == pytest.approx(expected, abs=1e-12)
 
@@ -54,7 +56,7 @@ def test_integer_masks_and_bad_input():
     heat = mask * 0.8 + 0.1
     assert pixel_ap(heat, (mask * 255).astype(np.uint8)) == pytest.approx(1.0)
     assert ciou(heat, mask.astype(np.uint8)) == pytest.approx(1.0)
-    assert math.isnan(pixel_ap(heat, np.zeros_like(mask)))                # authentic: undefined
+    assert math.isnan(pixel_ap(heat, np.zeros_like(mask)))  # authentic: undefined
     assert math.isnan(ciou(heat, np.zeros_like(mask)))
     assert math.isnan(ciou(heat, np.ones_like(mask)))
     with pytest.raises(ValueError, match="does not match"):
@@ -75,8 +77,11 @@ def _ciou_brute(heat: np.ndarray, mask: np.ndarray, mode: str) -> float:
             pos.append((pred & mask).sum() / (pred | mask).sum())
             neg.append((~pred & ~mask).sum() / (~pred | ~mask).sum())
         pos, neg = np.array(pos), np.array(neg)
-        value = {"independent": (pos.max() + neg.max()) / 2, "shared": ((pos + neg) / 2).max(),
-                 "legacy": (1 + pos.max()) / 2}[mode]
+        value = {
+            "independent": (pos.max() + neg.max()) / 2,
+            "shared": ((pos + neg) / 2).max(),
+            "legacy": (1 + pos.max()) / 2,
+        }[mode]
         best = max(best, value)
     return best
 
@@ -86,7 +91,7 @@ def _ciou_brute(heat: np.ndarray, mask: np.ndarray, mode: str) -> float:
 def test_ciou_equals_brute_force(mode, seed):
     rng = np.random.default_rng(seed)
     mask = _rect_mask((20, 24), (3, 12, 4, 15))
-    heat = np.round(mask * 0.4 + rng.random(mask.shape), 2)            # ties included
+    heat = np.round(mask * 0.4 + rng.random(mask.shape), 2)  # ties included
     assert ciou(heat, mask, mode) == pytest.approx(_ciou_brute(heat, mask, mode), abs=1e-12)
 
 
@@ -109,7 +114,7 @@ def test_legacy_reproduces_the_integer_mask_bug():
     rng = np.random.default_rng(7)
     mask = _rect_mask((30, 30), (5, 20, 8, 22))
     grid = np.linspace(0, 1, 1000)
-    heat = grid[rng.integers(0, 999, size=mask.shape)] * 0.6 + mask * grid[399]   # values on the grid
+    heat = grid[rng.integers(0, 999, size=mask.shape)] * 0.6 + mask * grid[399]  # values on the grid
     heat = grid[np.abs(heat[..., None] - grid).argmin(-1)]
     label = mask.astype(np.int64)
 
@@ -141,7 +146,7 @@ def test_summarize():
     labels, a = [1, 1, 1, 0, 0], [0.9, 0.4, 0.7, 0.1, 0.5]
     assert out["detection"]["a"]["ap"] == pytest.approx(average_precision_score(labels, a))
     assert out["detection"]["a"]["roc_auc"] == pytest.approx(roc_auc_score(labels, a))
-    assert out["detection"]["b"]["count"] == 3            # missing and NaN scores left out
+    assert out["detection"]["b"]["count"] == 3  # missing and NaN scores left out
     assert out["detection"]["b"]["ap"] == pytest.approx(average_precision_score([1, 1, 0], [0.2, 0.6, 0.3]))
     only_spliced = summarize(records[:2])
     assert only_spliced["detection"]["a"]["ap"] is None and only_spliced["detection"]["a"]["count"] == 2

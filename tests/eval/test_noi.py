@@ -1,4 +1,5 @@
 """NOI baseline: Haar subband, block noise estimates vs a loop reference, and finding a noisier rectangle."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,7 @@ def to_rgb(grey: np.ndarray) -> np.ndarray:
 def test_haar_hh_formula_and_noise_scale():
     g = np.arange(20, dtype=float).reshape(4, 5) ** 1.5
     hh = haar_hh(g)
-    assert hh.shape == (2, 2)   # the odd column is dropped
+    assert hh.shape == (2, 2)  # the odd column is dropped
     assert hh[1, 0] == pytest.approx((g[2, 0] - g[2, 1] - g[3, 0] + g[3, 1]) / 2)
     # Orthonormal: white noise of sigma s keeps sigma s in the subband.
     hh = haar_hh(RNG.normal(0, 3.0, (400, 400)))
@@ -47,7 +48,7 @@ def test_otsu_and_paint():
     assert 0.2 < t < 0.7
     assert otsu_threshold(np.full(5, 0.3)) == 0.3
     cells = np.array([[0.0, 1.0], [2.0, 3.0]])
-    full = paint(cells, 5, 7, 2)     # 2x2 cells of 2 px; the margin repeats the last cell
+    full = paint(cells, 5, 7, 2)  # 2x2 cells of 2 px; the margin repeats the last cell
     assert full.shape == (5, 7) and full[0, 2] == 1.0 and full[4, 6] == 3.0 and full[3, 1] == 2.0
 
 
@@ -61,11 +62,11 @@ def test_noi_finds_a_noisier_rectangle(extra_sigma):
     det = NoiDetector()
     res = det.detect(to_rgb(spliced))
     assert res.heatmap.shape == (480, 640) and res.heatmap.dtype == np.float32
-    assert 0.0 <= res.heatmap.min() and res.heatmap.max() <= 1.0
+    assert res.heatmap.min() >= 0.0 and res.heatmap.max() <= 1.0
     assert pixel_ap(res.heatmap, truth) > 0.9
     iou = (res.mask & truth).sum() / (res.mask | truth).sum()
-    assert iou > 0.7 and res.mask.mean() < 0.5   # the smaller region is the splice
-    assert res.heatmap[truth].mean() > res.heatmap[~truth].mean()   # oriented, not just separable
+    assert iou > 0.7 and res.mask.mean() < 0.5  # the smaller region is the splice
+    assert res.heatmap[truth].mean() > res.heatmap[~truth].mean()  # oriented, not just separable
     clean = det.detect(to_rgb(grey))
     assert res.scores["score_noi"] > clean.scores["score_noi"]
     assert set(res.timings) == {"noise", "total"} and res.ncuts_mask is None

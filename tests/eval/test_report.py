@@ -1,4 +1,5 @@
 """The self-contained HTML report and its SVG charts."""
+
 from __future__ import annotations
 
 import base64
@@ -68,9 +69,15 @@ def test_nice_ticks_are_round_and_cover_the_range():
 
 
 def test_line_chart_is_valid_svg_with_escaped_text():
-    svg = line_chart([Series("loss <a>", [0, 10, 20, 30], [5.0, float("nan"), 3.0, 2.5]),
-                      Series("chance", [0, 30], [0.1, 0.1], dashed=True)],
-                     title='Loss & "friends" <script>', x_label="step", y_label="loss")
+    svg = line_chart(
+        [
+            Series("loss <a>", [0, 10, 20, 30], [5.0, float("nan"), 3.0, 2.5]),
+            Series("chance", [0, 30], [0.1, 0.1], dashed=True),
+        ],
+        title='Loss & "friends" <script>',
+        x_label="step",
+        y_label="loss",
+    )
     root = ET.fromstring(svg)  # well-formed XML
     ns = "{http://www.w3.org/2000/svg}"
     lines = root.findall(f"{ns}polyline")
@@ -95,8 +102,10 @@ def parts(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     rows = [{"step": s, "loss": 6.0 - s / 100, "samples_per_s": 40.0} for s in range(10, 310, 10)]
-    rows += [{"step": s, "eval/camera_top1": 0.1 + s / 1000, "eval/chance": 0.125, "eval/metric": 0.2,
-              "eval/images": 160.0} for s in (100, 200, 300)]
+    rows += [
+        {"step": s, "eval/camera_top1": 0.1 + s / 1000, "eval/chance": 0.125, "eval/metric": 0.2, "eval/images": 160.0}
+        for s in (100, 200, 300)
+    ]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
     (run / "result.json").write_text(json.dumps({"step": 300, "loss": 3.0, "eval/camera_top1": 0.4}))
     (run / "config.yaml").write_text("run:\n  steps: 300  # <tag>\n")
@@ -107,27 +116,54 @@ def parts(tmp_path):
     Image.fromarray(rng.integers(0, 256, (800, 2000, 3), dtype=np.uint8)).save(overlay)
     mask = tmp_path / "det" / "splice_mask.png"
     Image.fromarray((rng.random((400, 500)) > 0.5).astype(np.uint8) * 255).save(mask)
-    neighbours = [{"rank": i + 1, "key": f"k{i}", "similarity": 0.9 - i / 20,
-                   "exif": {"Make": "Canon", "Model": f"EOS <{i}>"}} for i in range(12)]
-    lookup = [{"file": str(photo), "width": 1000, "height": 700, "neighbours": neighbours,
-               "predictions": {"ISO Speed Ratings": {"value": "100", "share": 0.5, "n_with_tag": 10},
-                               "Make": {"value": "Canon", "share": 0.8, "n_with_tag": 10},
-                               "Model": {"value": "EOS <1>", "share": 0.3, "n_with_tag": 10}},
-               "truth": {"Make": "Canon", "Model": "EOS 5D"}},
-              {"file": str(tmp_path / "gone.jpg"), "error": "gone.jpg: not found"}]
-    detections = [{"name": "splice", "outputs": {"png": str(overlay)}, "truth_mask_png": str(mask),
-                   "scores": {"score_exp": 1.5, "score_mean_dist": 0.2}, "timings": {"total": 0.8},
-                   "metrics": {"AP": 0.7}, "splice_fraction": 0.12},
-                  {"name": "relative", "overlay_png": "det/splice.png", "scores": {"score_exp": 0.1}}]
-    metrics = {"held-out camera retrieval": {"top1": 0.456, "chance": 0.125},
-               "splice benchmark": {"synthetic": {"p-mAP": 0.6, "cIoU": 0.5}, "RT": {"p-mAP": 0.2}}}
+    neighbours = [
+        {"rank": i + 1, "key": f"k{i}", "similarity": 0.9 - i / 20, "exif": {"Make": "Canon", "Model": f"EOS <{i}>"}}
+        for i in range(12)
+    ]
+    lookup = [
+        {
+            "file": str(photo),
+            "width": 1000,
+            "height": 700,
+            "neighbours": neighbours,
+            "predictions": {
+                "ISO Speed Ratings": {"value": "100", "share": 0.5, "n_with_tag": 10},
+                "Make": {"value": "Canon", "share": 0.8, "n_with_tag": 10},
+                "Model": {"value": "EOS <1>", "share": 0.3, "n_with_tag": 10},
+            },
+            "truth": {"Make": "Canon", "Model": "EOS 5D"},
+        },
+        {"file": str(tmp_path / "gone.jpg"), "error": "gone.jpg: not found"},
+    ]
+    detections = [
+        {
+            "name": "splice",
+            "outputs": {"png": str(overlay)},
+            "truth_mask_png": str(mask),
+            "scores": {"score_exp": 1.5, "score_mean_dist": 0.2},
+            "timings": {"total": 0.8},
+            "metrics": {"AP": 0.7},
+            "splice_fraction": 0.12,
+        },
+        {"name": "relative", "overlay_png": "det/splice.png", "scores": {"score_exp": 0.1}},
+    ]
+    metrics = {
+        "held-out camera retrieval": {"top1": 0.456, "chance": 0.125},
+        "splice benchmark": {"synthetic": {"p-mAP": 0.6, "cIoU": 0.5}, "RT": {"p-mAP": 0.2}},
+    }
     return dict(run=run, lookup=lookup, detections=detections, metrics=metrics)
 
 
 def test_full_report_is_self_contained_and_escaped(tmp_path, parts):
-    out = report.write_report(tmp_path / "report.html", title="Demo <run>", run_dir=parts["run"],
-                              lookup=parts["lookup"], detections=parts["detections"],
-                              metrics=parts["metrics"], notes=["trained <b>fast</b>"])
+    out = report.write_report(
+        tmp_path / "report.html",
+        title="Demo <run>",
+        run_dir=parts["run"],
+        lookup=parts["lookup"],
+        detections=parts["detections"],
+        metrics=parts["metrics"],
+        notes=["trained <b>fast</b>"],
+    )
     text = out.read_text()
     tags = _parse(text).tags
     assert out.stat().st_size < 3_000_000 and "not run" not in text
@@ -152,9 +188,13 @@ def test_missing_parts_say_not_run_and_broken_images_are_named(tmp_path):
     text = out.read_text()
     _parse(text)
     assert text.count("not run") == 4
-    out = report.write_report(tmp_path / "r2.html", title="x", run_dir=tmp_path / "no_run",
-                              detections=[{"name": "a", "overlay_png": str(tmp_path / "missing.png")}],
-                              lookup=[{"file": str(tmp_path / "nothing.jpg"), "neighbours": [], "predictions": {}}])
+    out = report.write_report(
+        tmp_path / "r2.html",
+        title="x",
+        run_dir=tmp_path / "no_run",
+        detections=[{"name": "a", "overlay_png": str(tmp_path / "missing.png")}],
+        lookup=[{"file": str(tmp_path / "nothing.jpg"), "neighbours": [], "predictions": {}}],
+    )
     text = out.read_text()
     assert "image unavailable" in text and "missing.png" in text and "nothing.jpg" in text
     assert text.count("not run") == 2  # training and metrics
@@ -166,8 +206,22 @@ def test_command_builds_report_from_files(tmp_path, parts, capsys):
     det.write_text(json.dumps(parts["detections"][0]) + "\n")
     met.write_text(json.dumps(parts["metrics"]))
     out = tmp_path / "cli.html"
-    rc = report.main(["--out", str(out), "--run", str(parts["run"]), "--lookup", str(lk),
-                      "--detections", str(det), "--metrics", str(met), "--note", "hello"])
+    rc = report.main(
+        [
+            "--out",
+            str(out),
+            "--run",
+            str(parts["run"]),
+            "--lookup",
+            str(lk),
+            "--detections",
+            str(det),
+            "--metrics",
+            str(met),
+            "--note",
+            "hello",
+        ]
+    )
     assert rc == 0 and str(out.resolve()) in capsys.readouterr().out
     assert "hello" in out.read_text() and "not run" not in out.read_text()
     assert report.main(["--out", str(out), "--metrics", str(tmp_path / "nope.json")]) == 2

@@ -1,4 +1,5 @@
 """make-splices: random regions, pixel-exact pastes between cameras, masks, manifest, determinism, bad photos."""
+
 from __future__ import annotations
 
 import csv
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exiflang.eval.images import load_rgb
 from exiflang.eval.benchmark.regions import SHAPES, draw_region
 from exiflang.eval.benchmark.splices import main, make_splices
+from exiflang.eval.images import load_rgb
 
 RNG = np.random.default_rng(0)
 
@@ -55,7 +56,7 @@ def test_regions_cover_the_asked_share_inside_the_window(seed):
         assert 0.05 <= r.area_fraction <= 0.40 and r.shape in SHAPES
         assert r.area_fraction == pytest.approx(r.mask.mean())
         y0, x0, y1, x1 = r.box
-        assert r.mask[y0:y1, x0:x1].sum() == r.mask.sum()     # the box holds every True pixel
+        assert r.mask[y0:y1, x0:x1].sum() == r.mask.sum()  # the box holds every True pixel
 
 
 def test_regions_every_shape_and_determinism_and_fallback():
@@ -91,7 +92,7 @@ def test_spliced_pixels_come_from_host_and_donor_windows_exactly(photos, tmp_pat
         host = load_rgb(r["host_file"])
         hy, hx = map(int, r["host_window"].split())
         h, w = img.shape[:2]
-        host_win = host[hy:hy + h, hx:hx + w]
+        host_win = host[hy : hy + h, hx : hx + w]
         if r["kind"] == "authentic":
             assert r["mask"] == "" and r["donor_file"] == ""
             assert np.array_equal(img, host_win)
@@ -106,9 +107,9 @@ def test_spliced_pixels_come_from_host_and_donor_windows_exactly(photos, tmp_pat
         assert m[y0:y1, x0:x1].sum() == m.sum()
         assert np.array_equal(img[~m], host_win[~m])
         inside = m[y0:y1, x0:x1]
-        assert np.array_equal(img[y0:y1, x0:x1][inside], donor[dy:dy + y1 - y0, dx:dx + x1 - x0][inside])
+        assert np.array_equal(img[y0:y1, x0:x1][inside], donor[dy : dy + y1 - y0, dx : dx + x1 - x0][inside])
         assert (r["host_make"], r["host_model"]) != (r["donor_make"], r["donor_model"])
-        assert (h, w) == host.shape[:2]      # no --max-side crop at these sizes: the whole host
+        assert (h, w) == host.shape[:2]  # no --max-side crop at these sizes: the whole host
     assert json.loads((out / "settings.json").read_text())["written"] == 10
 
 
@@ -127,8 +128,8 @@ def test_max_side_crops_and_never_resizes(photos, tmp_path):
         img, host = load_rgb(tmp_path / "s" / r["image"]), load_rgb(r["host_file"])
         assert img.shape[:2] == (min(260, host.shape[0]), min(260, host.shape[1]))
         hy, hx = map(int, r["host_window"].split())
-        if r["kind"] == "authentic":   # a crop: the pixels are the photo's own
-            assert np.array_equal(img, host[hy:hy + img.shape[0], hx:hx + img.shape[1]])
+        if r["kind"] == "authentic":  # a crop: the pixels are the photo's own
+            assert np.array_equal(img, host[hy : hy + img.shape[0], hx : hx + img.shape[1]])
 
 
 def test_region_box_fits_a_small_donor():
@@ -157,8 +158,12 @@ def test_cli_errors_exit_2_and_force_rebuilds(photos, tmp_path, capsys):
     assert "pass --force" in capsys.readouterr().err
     assert main(args + ["--force", "--count", "1", "--authentic", "0"]) == 0
     assert sorted(p.name for p in (out / "spliced").iterdir()) == ["spliced_0000.png"]
-    assert main(["--photos", str(photos), "--out", str(out), "--count", "0", "--authentic", "0",
-                 "--force", "--no-progress"]) == 2
+    assert (
+        main(
+            ["--photos", str(photos), "--out", str(out), "--count", "0", "--authentic", "0", "--force", "--no-progress"]
+        )
+        == 2
+    )
     assert main(args + ["--force", "--min-area", "0.5", "--max-area", "0.2"]) == 2
     assert "area range" in capsys.readouterr().err
 
@@ -169,7 +174,7 @@ def test_photo_whose_pixels_do_not_decode_is_reported_and_replaced(tmp_path, cap
     write_photo(folder / "a_good.jpg", 300, 300, "Acme", "Acme A1")
     write_photo(folder / "a_cut.jpg", 300, 300, "Acme", "Acme A1")
     data = (folder / "a_cut.jpg").read_bytes()
-    (folder / "a_cut.jpg").write_bytes(data[: len(data) // 2])     # EXIF and header intact
+    (folder / "a_cut.jpg").write_bytes(data[: len(data) // 2])  # EXIF and header intact
     write_photo(folder / "b_good.jpg", 300, 300, "Zeta", "Z9")
     settings = make_splices([folder], tmp_path / "out", count=2, authentic=2, seed=0, progress=False)
     assert any("a_cut.jpg: pixel data does not decode" in s for s in settings["skipped"])

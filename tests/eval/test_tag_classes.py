@@ -1,5 +1,6 @@
 """Tag classes: number parsing, categorical classes with rare values dropped, quantile bins; on
 hand-made values and on the EXIF of the real photos in ../shared/data/photos."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -11,19 +12,42 @@ import pytest
 from exiflang.eval.tags.classes import fit_one, fit_tag_classes, format_number, parse_number
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("1/200 sec", 0.005), ("f/8.0", 8.0), ("55 mm", 55.0), ("100", 100.0), ("0 EV", 0.0),
-    ("-2/3 EV", -2 / 3), ("72 dots per inch", 72.0), ("4.0", 4.0), ("2 sec", 2.0),
-    ("3008 pixels", 3008.0), (" 5.8 mm ", 5.8), ("+1 EV", 1.0),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("1/200 sec", 0.005),
+        ("f/8.0", 8.0),
+        ("55 mm", 55.0),
+        ("100", 100.0),
+        ("0 EV", 0.0),
+        ("-2/3 EV", -2 / 3),
+        ("72 dots per inch", 72.0),
+        ("4.0", 4.0),
+        ("2 sec", 2.0),
+        ("3008 pixels", 3008.0),
+        (" 5.8 mm ", 5.8),
+        ("+1 EV", 1.0),
+    ],
+)
 def test_parse_number(value, expected):
     assert parse_number(value) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("value", [
-    "2009:01:12 21:14:28", "Ver.1.00", "Auto", "Digital zoom not used", "", "1/0 sec",
-    "JPEG (old-style)", "320 x 240 pixels", None, "1.2.3",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2009:01:12 21:14:28",
+        "Ver.1.00",
+        "Auto",
+        "Digital zoom not used",
+        "",
+        "1/0 sec",
+        "JPEG (old-style)",
+        "320 x 240 pixels",
+        None,
+        "1.2.3",
+    ],
+)
 def test_parse_number_rejects(value):
     assert parse_number(value) is None
 
@@ -116,13 +140,24 @@ def test_fit_tag_classes_keeps_vocabulary_order():
 @pytest.fixture(scope="module")
 def photo_exifs(photos_dir: Path) -> list[dict[str, str]]:
     from exiflang.pipeline.exif.parse import read_exif
+
     return [read_exif(p.read_bytes()) for p in sorted(photos_dir.glob("*.jpg"))]
 
 
 def test_real_photos(photo_exifs):
     assert len(photo_exifs) >= 100
-    tags = ["Make", "Model", "Exposure Time", "F-Number", "Focal Length", "ISO Speed Ratings",
-            "Flash", "Date/Time", "Resolution Unit", "Exposure Bias Value"]
+    tags = [
+        "Make",
+        "Model",
+        "Exposure Time",
+        "F-Number",
+        "Focal Length",
+        "ISO Speed Ratings",
+        "Flash",
+        "Date/Time",
+        "Resolution Unit",
+        "Exposure Bias Value",
+    ]
     tcs = fit_tag_classes(photo_exifs, tags)
     kinds = {t: tcs[t].kind for t in tags}
     assert kinds["Exposure Time"] == kinds["F-Number"] == kinds["Focal Length"] == "numeric"

@@ -1,4 +1,5 @@
 """Neighbour vote aggregation: a hand-made example, ties, weighting, and the vectorised form against the loop."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -83,9 +84,9 @@ def test_vectorised_matches_the_loop(weighted):
     rng = np.random.default_rng(0)
     q, k, c = 400, 10, 5
     classes = rng.integers(-1, c, size=(q, k))
-    classes[:7] = -1                       # queries nobody votes for
+    classes[:7] = -1  # queries nobody votes for
     sims = np.round(rng.uniform(-0.3, 1.0, size=(q, k)), 1)  # coarse values: many exact ties
-    sims[7:12] = -0.5                      # all-negative rows: the counting fall-back
+    sims[7:12] = -0.5  # all-negative rows: the counting fall-back
     pred, share = vote_classes(classes, sims, c, weighted=weighted)
     ref_pred, ref_share = _reference(classes, sims, weighted)
     np.testing.assert_array_equal(pred, ref_pred)

@@ -6,6 +6,7 @@ benchmarks/scale_metadata.py can measure the memory it needed.  The rule: the fi
 in (shard, position) read order is kept; a later copy in another shard is dropped from its
 tar and marked ``duplicate`` in its table; copies within one shard are left to the worker.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,7 @@ def find_cross_shard_duplicates(out_dir: Path) -> dict[int, dict[str, str]]:
     first: dict[str, tuple[int, str]] = {}
     dups: dict[int, dict[str, str]] = defaultdict(dict)
     # Tables are read in shard order and rows are in position order within a shard.
-    for key, shard, sha in zip(table["key"].to_pylist(), table["shard"].to_pylist(),
-                               table["sha256"].to_pylist()):
+    for key, shard, sha in zip(table["key"].to_pylist(), table["shard"].to_pylist(), table["sha256"].to_pylist()):
         if sha in first and first[sha][0] != shard:
             dups[shard][key] = first[sha][1]
         else:
@@ -69,8 +69,7 @@ def _rewrite_shard(out_dir: Path, shard: int, drop: dict[str, str]) -> None:
     table = pq.read_table(paths["parquet"])
     keys = table["key"].to_pylist()
     status = [st.DUPLICATE if k in drop else s for k, s in zip(keys, table["status"].to_pylist())]
-    error = [f"duplicate of {drop[k]}" if k in drop else e
-             for k, e in zip(keys, table["error"].to_pylist())]
+    error = [f"duplicate of {drop[k]}" if k in drop else e for k, e in zip(keys, table["error"].to_pylist())]
     table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
     table = table.set_column(table.schema.get_field_index("error"), "error", pa.array(error, pa.string()))
     tmp = paths["parquet"].with_name(paths["parquet"].name + ".tmp-dedup")
@@ -92,5 +91,3 @@ def remove_cross_shard_duplicates(out_dir: Path) -> int:
     if total:
         log.info("dropped %d cross-shard duplicates in %d shards", total, len(dups))
     return total
-
-

@@ -1,5 +1,6 @@
 """One total deadline per attempt and per row: trickled headers or bodies, stalls and retries all
 end as `timeout` rows in bounded time, against a real loopback server."""
+
 from __future__ import annotations
 
 import socket
@@ -77,8 +78,9 @@ def test_stalled_tls_handshake_is_cut_at_the_deadline():
 
 def test_row_deadline_bounds_retries_and_fallbacks(srv, photo):
     trickle = srv.url("/trickle-headers?interval=0.3")
-    res, took = _fetch(trickle, (trickle + "&b=1", srv.url(f"/files/{photo}")),
-                       deadline=1.0, retries=10, row_deadline=2.5)
+    res, took = _fetch(
+        trickle, (trickle + "&b=1", srv.url(f"/files/{photo}")), deadline=1.0, retries=10, row_deadline=2.5
+    )
     assert res.status == st.TIMEOUT and res.url == trickle, res
     assert 2 <= res.attempts <= 4, res
     assert "row deadline 2.5 s" in res.error and "2 not tried" in res.error, res.error
@@ -88,8 +90,7 @@ def test_row_deadline_bounds_retries_and_fallbacks(srv, photo):
 def test_time_queued_for_a_host_slot_is_not_charged(srv, photo):
     # One request per 2 s to a host: the second fetch waits ~2 s for its start, twice its own
     # row deadline, and still succeeds because queueing is politeness, not the server's time.
-    cfg = DownloadConfig(timeout=3.0, deadline=1.0, row_deadline=1.0, retries=0,
-                         per_host_rate=0.5)
+    cfg = DownloadConfig(timeout=3.0, deadline=1.0, row_deadline=1.0, retries=0, per_host_rate=0.5)
     with Downloader(cfg) as dl:
         assert dl.fetch(srv.url(f"/files/{photo}")).status == st.SUCCESS
         t0 = time.perf_counter()
@@ -133,8 +134,9 @@ def test_bad_bounds_are_refused(field, value):
 def test_cli_refuses_a_bad_deadline_in_one_line(tmp_path, capsys):
     lst = tmp_path / "urls.txt"
     lst.write_text("http://127.0.0.1:9/x.jpg\n")
-    rc = shards_main(["--source", str(lst), "--out", str(tmp_path / "o"), "--deadline", "0",
-                      "--executor", "local", "-q"])
+    rc = shards_main(
+        ["--source", str(lst), "--out", str(tmp_path / "o"), "--deadline", "0", "--executor", "local", "-q"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "deadline" in err[0], err
 
@@ -147,9 +149,29 @@ def test_shards_finish_with_a_trickling_url(tmp_path, srv, photos_dir):
     lst.write_text("\n".join(urls) + "\n")
     out = tmp_path / "o"
     t0 = time.perf_counter()
-    rc = shards_main(["--source", str(lst), "--out", str(out), "--executor", "local",
-                      "--threads", "4", "--rows-per-shard", "8", "--timeout", "3",
-                      "--deadline", "1", "--retries", "5", "--row-deadline", "2", "-q"])
+    rc = shards_main(
+        [
+            "--source",
+            str(lst),
+            "--out",
+            str(out),
+            "--executor",
+            "local",
+            "--threads",
+            "4",
+            "--rows-per-shard",
+            "8",
+            "--timeout",
+            "3",
+            "--deadline",
+            "1",
+            "--retries",
+            "5",
+            "--row-deadline",
+            "2",
+            "-q",
+        ]
+    )
     took = time.perf_counter() - t0
     assert rc == 0
     table = {r["url"]: r for r in read_tables(out).to_pylist()}

@@ -1,4 +1,5 @@
 """The spilling cross-shard dedup against the naive in-memory reference, on real small shards."""
+
 import json
 import random
 from collections import Counter
@@ -7,10 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from exiflang.pipeline.shards import dedup
 from exiflang.pipeline import records as st
-from exiflang.pipeline.shards.files import (TarShardWriter, atomic_write_json, is_complete, shard_paths,
-                               write_table)
+from exiflang.pipeline.shards import dedup
+from exiflang.pipeline.shards.files import TarShardWriter, atomic_write_json, is_complete, shard_paths, write_table
 from tests.pipeline import dedup_reference as ref
 
 FAILED = (st.HTTP_ERROR, st.DECODE_FAILED, st.TOO_FEW_TAGS)
@@ -29,15 +29,24 @@ def write_dataset(out: Path, seed: int, shards: int = 6, rows: int = 40, hashes:
             key = f"{shard:05d}_{pos:05d}"
             status = st.SUCCESS if rng.random() < 0.8 else rng.choice(FAILED)
             sha = None if rng.random() < 0.02 else rng.choice(pool)
-            table.append({"key": key, "shard": shard, "position": pos, "status": status,
-                          "sha256": sha, "error": None if status == st.SUCCESS else "x"})
+            table.append(
+                {
+                    "key": key,
+                    "shard": shard,
+                    "position": pos,
+                    "status": status,
+                    "sha256": sha,
+                    "error": None if status == st.SUCCESS else "x",
+                }
+            )
             if status == st.SUCCESS:
                 writer.add(key, {"jpg": f"{sha}{key}".encode(), "json": b"{}"})
         writer.commit()
         write_table(paths["parquet"], table)
         counts = Counter(r["status"] for r in table)
-        atomic_write_json(paths["stats"], {"shard": shard, "rows": len(table),
-                                           "samples": writer.count, "status_counts": counts})
+        atomic_write_json(
+            paths["stats"], {"shard": shard, "rows": len(table), "samples": writer.count, "status_counts": counts}
+        )
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -49,13 +58,12 @@ def _files(folder: Path) -> dict[str, bytes]:
 def test_find_equals_reference(tmp_path, seed, partition_rows):
     write_dataset(tmp_path, seed)
     expected = ref.find_cross_shard_duplicates(tmp_path)
-    assert expected                                     # the generator does make duplicates
+    assert expected  # the generator does make duplicates
     got = dedup.find_cross_shard_duplicates(tmp_path, partition_rows=partition_rows)
     assert got == expected
     # Same shards, and within each shard the same keys in the same (position) order.
-    assert [list(got[s].items()) for s in sorted(got)] == \
-        [list(expected[s].items()) for s in sorted(expected)]
-    assert not list(tmp_path.glob(".dedup-*"))          # the spill folder is removed
+    assert [list(got[s].items()) for s in sorted(got)] == [list(expected[s].items()) for s in sorted(expected)]
+    assert not list(tmp_path.glob(".dedup-*"))  # the spill folder is removed
 
 
 @pytest.mark.parametrize("seed", [11, 12])
@@ -67,8 +75,8 @@ def test_remove_rewrites_the_same_bytes_as_reference(tmp_path, seed):
     dropped = ref.remove_cross_shard_duplicates(a)
     assert dropped > 0
     assert dedup.remove_cross_shard_duplicates(b, partition_rows=5) == dropped
-    assert _files(a) == _files(b)                       # tars, tables and stats, byte for byte
-    assert all(is_complete(b, s) for s in range(8))     # a rerun would not redo a rewritten shard
+    assert _files(a) == _files(b)  # tars, tables and stats, byte for byte
+    assert all(is_complete(b, s) for s in range(8))  # a rerun would not redo a rewritten shard
     assert dedup.remove_cross_shard_duplicates(b, partition_rows=5) == 0
 
 
@@ -76,19 +84,19 @@ def test_many_way_and_within_shard_copies(tmp_path):
     """One hash in every shard (twice in some), one only within a shard: the first copy is
     kept, every copy in a later shard points at it, copies beside the first are the worker's."""
     same, local = "a" * 64, "b" * 64
-    for shard, shas in enumerate([[local, same, local, same], [same, "c" * 64, same],
-                                  [same], ["c" * 64, local]]):
+    for shard, shas in enumerate([[local, same, local, same], [same, "c" * 64, same], [same], ["c" * 64, local]]):
         paths = shard_paths(tmp_path, shard)
         writer = TarShardWriter(paths["tar"])
-        rows = [{"key": f"{shard}_{i}", "shard": shard, "position": i, "status": st.SUCCESS,
-                 "sha256": sha} for i, sha in enumerate(shas)]
+        rows = [
+            {"key": f"{shard}_{i}", "shard": shard, "position": i, "status": st.SUCCESS, "sha256": sha}
+            for i, sha in enumerate(shas)
+        ]
         for r in rows:
             writer.add(r["key"], {"jpg": r["sha256"].encode()})
         writer.commit()
         write_table(paths["parquet"], rows)
         atomic_write_json(paths["stats"], {"shard": shard, "rows": len(rows)})
-    expected = {1: {"1_0": "0_1", "1_2": "0_1"}, 2: {"2_0": "0_1"},
-                3: {"3_0": "1_1", "3_1": "0_0"}}
+    expected = {1: {"1_0": "0_1", "1_2": "0_1"}, 2: {"2_0": "0_1"}, 3: {"3_0": "1_1", "3_1": "0_0"}}
     assert ref.find_cross_shard_duplicates(tmp_path) == expected
     for budget in (1, 2, 100):
         assert dedup.find_cross_shard_duplicates(tmp_path, partition_rows=budget) == expected
@@ -111,8 +119,7 @@ def test_no_shards_and_no_successes(tmp_path):
     assert dedup.find_cross_shard_duplicates(tmp_path) == {}
     paths = shard_paths(tmp_path, 0)
     TarShardWriter(paths["tar"]).commit()
-    write_table(paths["parquet"], [{"key": "k", "shard": 0, "position": 0,
-                                    "status": st.HTTP_ERROR, "sha256": None}])
+    write_table(paths["parquet"], [{"key": "k", "shard": 0, "position": 0, "status": st.HTTP_ERROR, "sha256": None}])
     atomic_write_json(paths["stats"], {"shard": 0})
     assert dedup.find_cross_shard_duplicates(tmp_path) == {}
     assert dedup.remove_cross_shard_duplicates(tmp_path) == 0

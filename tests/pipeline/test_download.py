@@ -1,4 +1,5 @@
 """The downloader against the loopback server: statuses, errors, retries, limits and bytes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -61,6 +62,7 @@ def _key() -> str:
 
 # ---- bytes and connections -------------------------------------------------------------
 
+
 def test_photos_identical_to_disk(srv, photos, photos_dir):
     with _dl() as dl:
         for name in photos[:4]:
@@ -68,8 +70,7 @@ def test_photos_identical_to_disk(srv, photos, photos_dir):
             res = dl.fetch(url)
             assert (res.status, res.http_status, res.error, res.attempts) == (st.SUCCESS, 200, None, 1)
             assert res.url == res.final_url == url
-            assert hashlib.sha256(res.data).hexdigest() == \
-                hashlib.sha256((photos_dir / name).read_bytes()).hexdigest()
+            assert hashlib.sha256(res.data).hexdigest() == hashlib.sha256((photos_dir / name).read_bytes()).hexdigest()
 
 
 def test_keep_alive_reuses_one_connection(srv, photos):
@@ -97,11 +98,11 @@ def test_notimage_is_a_successful_download(srv):
 
 # ---- HTTP errors and retries -----------------------------------------------------------
 
+
 def test_404_is_not_retried(srv):
     with _dl(retries=3) as dl:
         res = dl.fetch(srv.url("/status/404"))
-    assert (res.status, res.http_status, res.error, res.attempts) == \
-        (st.HTTP_ERROR, 404, "HTTP 404 Not Found", 1)
+    assert (res.status, res.http_status, res.error, res.attempts) == (st.HTTP_ERROR, 404, "HTTP 404 Not Found", 1)
     assert res.data is None and srv.hits["/status/404"] == 1
 
 
@@ -126,7 +127,7 @@ def test_429_honours_retry_after(srv, photos):
         res = dl.fetch(srv.url(f"/429?retry_after=0.4&times=1&file={photos[0]}&key={_key()}"))
         elapsed = time.perf_counter() - t0
     assert (res.status, res.attempts, srv.hits["/429"]) == (st.SUCCESS, 2, 2)
-    assert 0.4 <= elapsed < 1.5   # waited as told (plus <= 10 % jitter), not the 0.01 s backoff
+    assert 0.4 <= elapsed < 1.5  # waited as told (plus <= 10 % jitter), not the 0.01 s backoff
 
 
 def test_429_retry_after_http_date(srv):
@@ -181,6 +182,7 @@ def test_parse_retry_after():
 
 # ---- timeouts, truncation, size --------------------------------------------------------
 
+
 def test_slow_server_times_out(srv):
     with _dl(timeout=0.3, retries=1) as dl:
         t0 = time.perf_counter()
@@ -233,6 +235,7 @@ def test_max_bytes(srv, nolength):
 
 # ---- redirects, URLs, fallbacks ---------------------------------------------------------
 
+
 def test_redirect_loop_detected_and_not_retried(srv):
     with _dl(retries=3) as dl:
         res = dl.fetch(srv.url("/redirect-loop"))
@@ -258,9 +261,13 @@ def test_redirect_to_unsupported_scheme(srv):
 
 def test_bad_urls_fail_without_a_request():
     with _dl() as dl:
-        for url, msg in [("ftp://example.invalid/x.jpg", "unsupported scheme 'ftp'"),
-                         ("file:///etc/passwd", "unsupported scheme 'file'"),
-                         ("", "no scheme"), ("http://", "no host"), ("http://[::1/x", "invalid URL")]:
+        for url, msg in [
+            ("ftp://example.invalid/x.jpg", "unsupported scheme 'ftp'"),
+            ("file:///etc/passwd", "unsupported scheme 'file'"),
+            ("", "no scheme"),
+            ("http://", "no host"),
+            ("http://[::1/x", "invalid URL"),
+        ]:
             res = dl.fetch(url)
             assert (res.status, res.attempts) == (st.DOWNLOAD_FAILED, 0), url
             assert msg in res.error, (url, res.error)
@@ -270,7 +277,7 @@ def test_bad_urls_fail_without_a_request():
 def test_connection_refused_is_retried():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]   # closed again below: nothing listens there
+        port = s.getsockname()[1]  # closed again below: nothing listens there
     with _dl(retries=1) as dl:
         res = dl.fetch(f"http://127.0.0.1:{port}/x.jpg")
     assert (res.status, res.attempts) == (st.DOWNLOAD_FAILED, 2)
@@ -291,6 +298,7 @@ def test_fallback_used_when_first_fails(srv, photos, photos_dir):
 
 
 # ---- per-host limits and threads ---------------------------------------------------------
+
 
 def test_per_host_concurrency_never_exceeded(own_srv, photos, photos_dir):
     srv = own_srv
@@ -361,6 +369,7 @@ def test_host_limiter_caps_and_forgets_idle_hosts():
 
 
 # ---- proxies from the environment ----------------------------------------------------------
+
 
 def test_http_proxy_from_the_environment(monkeypatch, photos_dir, photos):
     # The loopback server as the proxy: it gets the absolute URL and serves its path.

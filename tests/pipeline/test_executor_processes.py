@@ -1,5 +1,6 @@
 """The local executor's process pool: the same shards, byte for byte, as one process; and no
 worker outlives the driver, whether it is interrupted, terminated or killed."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,7 @@ from exiflang.pipeline.shards.files import complete_shards, read_tables, shard_p
 from tests.http_server import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[2]
-STABLE = ["key", "photo_id", "url", "status", "error", "width", "height", "bytes", "sha256",
-          "n_tags", "exif"]
+STABLE = ["key", "photo_id", "url", "status", "error", "width", "height", "bytes", "sha256", "n_tags", "exif"]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,23 @@ def forty(tmp_path_factory, photos_dir: Path) -> Path:
 
 
 def _run(src: Path, out: Path, workers: int) -> None:
-    rc = shards_main(["--source", str(src), "--out", str(out), "--executor", "local",
-                      "--workers", str(workers), "--rows-per-shard", "8", "--threads", "2", "-q"])
+    rc = shards_main(
+        [
+            "--source",
+            str(src),
+            "--out",
+            str(out),
+            "--executor",
+            "local",
+            "--workers",
+            str(workers),
+            "--rows-per-shard",
+            "8",
+            "--threads",
+            "2",
+            "-q",
+        ]
+    )
     assert rc == 0
 
 
@@ -62,14 +77,29 @@ def test_no_worker_outlives_the_driver(tmp_path, photos_dir, sig, code):
     with LoopbackServer(photos_dir) as srv:
         lst = tmp_path / "urls.txt"
         lst.write_text("".join(srv.url(f"/slow?delay=30&i={i}") + "\n" for i in range(40)))
-        cmd = [sys.executable, str(REPO / "pipeline" / "build_shards.py"), "--source", str(lst),
-               "--out", str(tmp_path / "o"), "--executor", "local", "--workers", "2",
-               "--rows-per-shard", "4", "--threads", "2", "--timeout", "60", "-q"]
-        proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                stderr=subprocess.DEVNULL)
+        cmd = [
+            sys.executable,
+            str(REPO / "pipeline" / "build_shards.py"),
+            "--source",
+            str(lst),
+            "--out",
+            str(tmp_path / "o"),
+            "--executor",
+            "local",
+            "--workers",
+            "2",
+            "--rows-per-shard",
+            "4",
+            "--threads",
+            "2",
+            "--timeout",
+            "60",
+            "-q",
+        ]
+        proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.DEVNULL)
         try:
             deadline = time.time() + 120
-            while time.time() < deadline and srv.hits["/slow"] < 4:   # both workers fetching
+            while time.time() < deadline and srv.hits["/slow"] < 4:  # both workers fetching
                 time.sleep(0.1)
             assert srv.hits["/slow"] >= 4, "the pool never started"
             procs = _descendants(proc.pid)

@@ -1,4 +1,5 @@
 """read_exif against metadata-extractor's dumps, on broken files and on absurd hand-built EXIF."""
+
 from __future__ import annotations
 
 import collections
@@ -14,20 +15,56 @@ from exiflang.pipeline.exif.format_numbers import decimal_format, simple_rationa
 from exiflang.pipeline.exif.names import canonical_tag_name
 from exiflang.pipeline.exif.parse import ExifReadError, read_exif
 
-DUMP_LINE = re.compile(r"^\[(Exif IFD0|Exif SubIFD|Interoperability|GPS|Exif Thumbnail) - "
-                       r"0x[0-9a-f]+\] (.*?) = (.*)$")
+DUMP_LINE = re.compile(
+    r"^\[(Exif IFD0|Exif SubIFD|Interoperability|GPS|Exif Thumbnail) - "
+    r"0x[0-9a-f]+\] (.*?) = (.*)$"
+)
 # The tags the brief names, plus the other everyday ones; all must come out identical.
 COMMON_TAGS = (
-    "Make", "Model", "Exposure Time", "F-Number", "ISO Speed Ratings", "Focal Length", "Flash",
-    "White Balance", "White Balance Mode", "Exposure Program", "Metering Mode",
-    "Date/Time Original", "Date/Time", "Date/Time Digitized", "Orientation", "X Resolution",
-    "Y Resolution", "Resolution Unit", "Exposure Bias Value", "Color Space", "Exif Image Width",
-    "Exif Image Height", "Scene Capture Type", "Exposure Mode", "Software", "Max Aperture Value",
-    "Shutter Speed Value", "Aperture Value", "Exif Version", "FlashPix Version",
-    "Components Configuration", "Compressed Bits Per Pixel", "Focal Plane X Resolution",
-    "Focal Plane Y Resolution", "Focal Plane Resolution Unit", "Digital Zoom Ratio",
-    "Thumbnail Compression", "Thumbnail Offset", "Thumbnail Length", "Custom Rendered",
-    "YCbCr Positioning", "Sensing Method", "File Source", "Scene Type",
+    "Make",
+    "Model",
+    "Exposure Time",
+    "F-Number",
+    "ISO Speed Ratings",
+    "Focal Length",
+    "Flash",
+    "White Balance",
+    "White Balance Mode",
+    "Exposure Program",
+    "Metering Mode",
+    "Date/Time Original",
+    "Date/Time",
+    "Date/Time Digitized",
+    "Orientation",
+    "X Resolution",
+    "Y Resolution",
+    "Resolution Unit",
+    "Exposure Bias Value",
+    "Color Space",
+    "Exif Image Width",
+    "Exif Image Height",
+    "Scene Capture Type",
+    "Exposure Mode",
+    "Software",
+    "Max Aperture Value",
+    "Shutter Speed Value",
+    "Aperture Value",
+    "Exif Version",
+    "FlashPix Version",
+    "Components Configuration",
+    "Compressed Bits Per Pixel",
+    "Focal Plane X Resolution",
+    "Focal Plane Y Resolution",
+    "Focal Plane Resolution Unit",
+    "Digital Zoom Ratio",
+    "Thumbnail Compression",
+    "Thumbnail Offset",
+    "Thumbnail Length",
+    "Custom Rendered",
+    "YCbCr Positioning",
+    "Sensing Method",
+    "File Source",
+    "Scene Type",
 )
 
 
@@ -38,7 +75,7 @@ def _dump_tags(path: Path) -> dict[str, str]:
         match = DUMP_LINE.match(line)
         if match:
             name = canonical_tag_name(match.group(1), match.group(2))
-            out.setdefault(name, match.group(3).strip())    # dumps keep trailing spaces
+            out.setdefault(name, match.group(3).strip())  # dumps keep trailing spaces
     return out
 
 
@@ -79,7 +116,7 @@ def test_everyday_tags_identical_and_present(dump_pairs):
     counts = collections.Counter()
     for photo, ours, theirs in dump_pairs:
         for tag in COMMON_TAGS:
-            if tag in theirs and theirs[tag]:
+            if theirs.get(tag):
                 counts[tag] += 1
                 if ours.get(tag) != theirs[tag]:
                     problems.append(f"{photo}: {tag}: ours {ours.get(tag)!r}, dump {theirs[tag]!r}")
@@ -90,8 +127,7 @@ def test_everyday_tags_identical_and_present(dump_pairs):
 def test_only_documented_drops(dump_pairs):
     """Tags the dumps have and we lack are only the ones dropped on purpose (blobs)."""
     dropped = {"Makernote", "Padding", "Panasonic Title", "Panasonic Title (2)"}
-    missing = {tag for _, ours, theirs in dump_pairs for tag, v in theirs.items()
-               if v and tag not in ours}
+    missing = {tag for _, ours, theirs in dump_pairs for tag, v in theirs.items() if v and tag not in ours}
     assert missing <= dropped, missing - dropped
 
 
@@ -151,8 +187,10 @@ def test_image_without_exif_gives_empty_dict():
 
 # --- hand-built EXIF: absurd values, PNG container, a broken UNICODE comment ---------------
 
+
 def _tiff(ifd0: list[tuple], exif: list[tuple]) -> bytes:
     """Little-endian TIFF: IFD0, then an Exif SubIFD; entries are (tag, type, count, data)."""
+
     def block(entries: list[tuple], start: int) -> bytes:
         entries = sorted(entries)
         data_at = start + 2 + 12 * len(entries) + 4
@@ -164,6 +202,7 @@ def _tiff(ifd0: list[tuple], exif: list[tuple]) -> bytes:
                 head += struct.pack("<HHII", tag, kind, count, data_at + len(data))
                 data += payload + b"\0" * (len(payload) % 2)
         return head + struct.pack("<I", 0) + data
+
     exif_at = 8 + len(block(ifd0 + [(0x8769, 4, 1, b"\0" * 4)], 8))
     first = block(ifd0 + [(0x8769, 4, 1, struct.pack("<I", exif_at))], 8)
     return b"II*\0" + struct.pack("<I", 8) + first + block(exif, exif_at)
@@ -183,27 +222,53 @@ def _short(tag: int, value: int) -> tuple:
 
 
 ABSURD_EXIF = [
-    (0x829A, 5, 1, _rat(1, 0)), (0x829D, 5, 1, _rat(0, 0)), (0x9204, 10, 1, _rat(-1, 0, True)),
-    (0x9201, 10, 1, _rat(2 ** 31 - 1, 1, True)), (0x9202, 5, 1, _rat(2 ** 32 - 1, 1)),
-    (0x920A, 5, 1, _rat(0, 0)), (0x9205, 5, 1, _rat(7, 0)), (0x9206, 5, 1, _rat(5, 0)),
-    (0x9203, 10, 1, _rat(-5, -7, True)), (0xA404, 5, 1, _rat(3, 0)),
-    (0xA20E, 5, 1, _rat(0, 5)), (0x8827, 3, 2, struct.pack("<HH", 100, 0)),
-    (0xA432, 5, 4, _rat(0, 0) * 4), (0x927C, 7, 40000, b"\1" * 40000), _short(0x9209, 0xFFFF),
+    (0x829A, 5, 1, _rat(1, 0)),
+    (0x829D, 5, 1, _rat(0, 0)),
+    (0x9204, 10, 1, _rat(-1, 0, True)),
+    (0x9201, 10, 1, _rat(2**31 - 1, 1, True)),
+    (0x9202, 5, 1, _rat(2**32 - 1, 1)),
+    (0x920A, 5, 1, _rat(0, 0)),
+    (0x9205, 5, 1, _rat(7, 0)),
+    (0x9206, 5, 1, _rat(5, 0)),
+    (0x9203, 10, 1, _rat(-5, -7, True)),
+    (0xA404, 5, 1, _rat(3, 0)),
+    (0xA20E, 5, 1, _rat(0, 5)),
+    (0x8827, 3, 2, struct.pack("<HH", 100, 0)),
+    (0xA432, 5, 4, _rat(0, 0) * 4),
+    (0x927C, 7, 40000, b"\1" * 40000),
+    _short(0x9209, 0xFFFF),
     # UNICODE comment of odd length: exiv2 cannot convert it and fails the whole listing.
     (0x9286, 7, 17, b"UNICODE\0" + b"A\0B\0\xd8\0\xdc\0X"),
 ]
 ABSURD_IFD0 = [
-    _ascii(0x010F, "  Make\t "), _ascii(0x0110, "X" * 5000), (0x011A, 5, 1, _rat(72, 0)),
-    _short(0x0112, 99), (0x013E, 5, 1000, b"\1" * 8000), (0x0131, 2, 100000, b"abc"),
+    _ascii(0x010F, "  Make\t "),
+    _ascii(0x0110, "X" * 5000),
+    (0x011A, 5, 1, _rat(72, 0)),
+    _short(0x0112, 99),
+    (0x013E, 5, 1000, b"\1" * 8000),
+    (0x0131, 2, 100000, b"abc"),
 ]
 
 
 def test_absurd_values_are_dropped_or_sane():
     tags = read_exif(_tiff(ABSURD_IFD0, ABSURD_EXIF), max_value_chars=64)
-    for dropped in ("Exposure Time", "F-Number", "Exposure Bias Value", "Shutter Speed Value",
-                    "Aperture Value", "Focal Length", "Max Aperture Value", "Subject Distance",
-                    "Digital Zoom Ratio", "Focal Plane X Resolution", "X Resolution",
-                    "Lens Specification", "Makernote", "User Comment", "Software"):
+    for dropped in (
+        "Exposure Time",
+        "F-Number",
+        "Exposure Bias Value",
+        "Shutter Speed Value",
+        "Aperture Value",
+        "Focal Length",
+        "Max Aperture Value",
+        "Subject Distance",
+        "Digital Zoom Ratio",
+        "Focal Plane X Resolution",
+        "X Resolution",
+        "Lens Specification",
+        "Makernote",
+        "User Comment",
+        "Software",
+    ):
         assert dropped not in tags, (dropped, tags.get(dropped))
     assert tags["Make"] == "Make"
     assert tags["Model"] == "X" * 64
@@ -216,8 +281,10 @@ def test_absurd_values_are_dropped_or_sane():
 
 def test_png_container_and_user_comment():
     exif = [
-        (0x829A, 5, 1, _rat(10, 8000)), (0x829D, 5, 1, _rat(71, 10)),
-        (0x9286, 7, 20, b"ASCII\0\0\0hello   \0\0\0\0"), (0x9000, 7, 4, b"0231"),
+        (0x829A, 5, 1, _rat(10, 8000)),
+        (0x829D, 5, 1, _rat(71, 10)),
+        (0x9286, 7, 20, b"ASCII\0\0\0hello   \0\0\0\0"),
+        (0x9000, 7, 4, b"0231"),
     ]
     ifd0 = [_ascii(0x010F, "Maker"), _short(0x0128, 3), (0x011A, 5, 1, _rat(300, 1))]
     buf = io.BytesIO()
@@ -232,30 +299,32 @@ def test_png_container_and_user_comment():
 
 def test_java_number_formatting():
     assert simple_rational((10, 8000)) == "1/800"
-    assert simple_rational((1, 100)) == "0.01"          # short decimals win over fractions
+    assert simple_rational((1, 100)) == "0.01"  # short decimals win over fractions
     assert simple_rational((-1, 3)) == "-1/3"
     assert simple_rational((-66, 100)) == "-33/50"
     assert simple_rational((0, 0)) == "0"
     assert simple_rational((5, 0)) == "5/0"
     assert decimal_format(2.25, 1, 1, half_up=True) == "2.3"
-    assert decimal_format(2.25, 1, 1) == "2.2"          # Java's default: half-even
-    assert decimal_format(-0.04, 0, 1) == "-0"          # Java keeps the sign
+    assert decimal_format(2.25, 1, 1) == "2.2"  # Java's default: half-even
+    assert decimal_format(-0.04, 0, 1) == "-0"  # Java keeps the sign
     assert decimal_format(52.0, 3, 3, min_int=2) == "52.000"
 
 
 def test_repeated_reads_do_not_grow_memory(photos_dir: Path):
     """`with` everywhere, and the copy pyexiv2 makes of unreadable bytes is freed too."""
+
     def rss_mb() -> float:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096 / 2 ** 20
+            return int(f.read().split()[1]) * 4096 / 2**20
+
     photo = (photos_dir / "Canon_Canon-EOS-20D_d0a3cab9.jpg").read_bytes()
-    junk = b"\1" * 4_000_000        # opens as nothing known: exiv2 throws inside the constructor
-    for _ in range(20):             # warm-up: allocator pools, exiv2 tables
+    junk = b"\1" * 4_000_000  # opens as nothing known: exiv2 throws inside the constructor
+    for _ in range(20):  # warm-up: allocator pools, exiv2 tables
         read_exif(photo)
     before = rss_mb()
     for _ in range(200):
         read_exif(photo)
-    for _ in range(50):             # 200 MB would leak here with plain pyexiv2.ImageData
+    for _ in range(50):  # 200 MB would leak here with plain pyexiv2.ImageData
         with pytest.raises(ExifReadError):
             read_exif(junk)
     assert rss_mb() - before < 60

@@ -4,6 +4,7 @@ Every bad input is made here from a real photo: SOF / IHDR / TIFF tags patched t
 the bytes cannot hold.  The helpers (names without ``test_``) are shared with
 tests/eval/test_image_limits.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,8 @@ from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.image_policy import ImagePolicy, PolicyError, default_policy, min_bytes
 from exiflang.pipeline.shards.sample import process_bytes
 
-PHOTO = "Canon_Canon-EOS-20D_d0a3cab9.jpg"   # a real camera JPEG with EXIF
-BIG = (11648, 8736)                          # 101.8 MP, a medium-format camera's size
+PHOTO = "Canon_Canon-EOS-20D_d0a3cab9.jpg"  # a real camera JPEG with EXIF
+BIG = (11648, 8736)  # 101.8 MP, a medium-format camera's size
 
 
 def real_pixels(photos_dir: Path, side: int = 128) -> tuple[Image.Image, bytes]:
@@ -49,7 +50,7 @@ def _sof_offset(data: bytes) -> int:
     """Offset of the frame header's Y field (walks segments: an EXIF thumbnail has its own SOF)."""
     i = 2
     while i + 4 <= len(data):
-        marker, length = data[i + 1], struct.unpack(">H", data[i + 2:i + 4])[0]
+        marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
         if marker in (0xC0, 0xC1, 0xC2):
             return i + 5
         i += 2 + length
@@ -59,7 +60,7 @@ def _sof_offset(data: bytes) -> int:
 def forge_jpeg(data: bytes, width: int, height: int) -> bytes:
     """``data`` with its frame header claiming ``width x height``."""
     y = _sof_offset(data)
-    return data[:y] + struct.pack(">HH", height, width) + data[y + 4:]
+    return data[:y] + struct.pack(">HH", height, width) + data[y + 4 :]
 
 
 def pad_jpeg(data: bytes, extra: int) -> bytes:
@@ -95,11 +96,11 @@ def forge_tiff(data: bytes, width: int, height: int) -> bytes:
     assert data[:4] == b"II*\x00"
     out = bytearray(data)
     ifd = struct.unpack("<I", data[4:8])[0]
-    for k in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+    for k in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
         e = ifd + 2 + 12 * k
-        tag = struct.unpack("<H", data[e:e + 2])[0]
+        tag = struct.unpack("<H", data[e : e + 2])[0]
         if tag in (256, 257):
-            out[e + 2:e + 12] = struct.pack("<HII", 4, 1, width if tag == 256 else height)
+            out[e + 2 : e + 12] = struct.pack("<HII", 4, 1, width if tag == 256 else height)
     return bytes(out)
 
 
@@ -128,6 +129,7 @@ def _status(data: bytes, **cfg) -> str:
 
 
 # --- forged headers, decided from the header -----------------------------------------------
+
 
 def test_forged_jpeg_sof(photos_dir):
     data = small_jpeg(photos_dir)
@@ -169,6 +171,7 @@ def test_refused_without_decoding(photos_dir):
 
 
 # --- real images of every format at their best compression pass ---------------------------
+
 
 def _flat_files() -> dict[str, bytes]:
     """Flat 1024x1024 images: the best case of each codec, as real encoders write it."""
@@ -228,6 +231,7 @@ def test_real_101_megapixel_photo(photos_dir, tmp_path):
 
 # --- modes ----------------------------------------------------------------------------------
 
+
 def test_exotic_modes():
     def tiff(arr: np.ndarray) -> bytes:
         buf = io.BytesIO()
@@ -248,6 +252,7 @@ def test_exotic_modes():
 
 # --- threads: one answer, no global state touched ------------------------------------------
 
+
 def _race(data: bytes, cfg: ShardConfig, n: int = 40) -> set[str]:
     barrier = threading.Barrier(n)
     answers: list[str] = []
@@ -267,8 +272,8 @@ def _race(data: bytes, cfg: ShardConfig, n: int = 40) -> set[str]:
 
 def test_forty_threads_on_a_144_megapixel_header(photos_dir):
     small = small_jpeg(photos_dir)
-    forged = forge_jpeg(small, 12000, 12000)                 # 144 MP
-    plausible = pad_jpeg(forged, 80_000)                     # long enough for 144 MP at 4:2:0
+    forged = forge_jpeg(small, 12000, 12000)  # 144 MP
+    plausible = pad_jpeg(forged, 80_000)  # long enough for 144 MP at 4:2:0
     pillow_limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
     for _ in range(5):
         assert _race(plausible, ShardConfig(min_tags=0)) == {st.SUCCESS}
@@ -282,6 +287,7 @@ def test_decode_budget_makes_large_decodes_wait():
     budget = ip._PixelBudget(100)
     order: list[str] = []
     with budget.hold(80):
+
         def second() -> None:
             with budget.hold(50):
                 order.append("second")
@@ -297,6 +303,7 @@ def test_decode_budget_makes_large_decodes_wait():
 
 
 # --- configuration ----------------------------------------------------------------------------
+
 
 def test_limit_configuration(monkeypatch):
     assert ShardConfig().max_pixels == ip.DEFAULT_MAX_PIXELS == 200_000_000

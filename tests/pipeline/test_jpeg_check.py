@@ -1,4 +1,5 @@
 """The JPEG structure check against the real decoder: never stricter, catches truncation."""
+
 import io
 
 import pytest

@@ -1,4 +1,5 @@
 """The pipeline over real photo folders: the shard contract, byte-identity, malformed files."""
+
 import hashlib
 import json
 import tarfile
@@ -19,8 +20,9 @@ def _tar_members(path: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def photo_shards(tmp_path_factory, photos_dir):
     out = tmp_path_factory.mktemp("photos_shards")
-    rc = shards_main(["--source", str(photos_dir), "--out", str(out), "--executor", "local",
-                      "--rows-per-shard", "40", "-q"])
+    rc = shards_main(
+        ["--source", str(photos_dir), "--out", str(out), "--executor", "local", "--rows-per-shard", "40", "-q"]
+    )
     assert rc == 0
     return out
 
@@ -45,7 +47,7 @@ def test_tar_holds_original_bytes_and_exif(photo_shards):
             row = by_key[key]
             assert row["status"] == st.SUCCESS
             data = members[f"{key}.jpg"]
-            assert data == Path(row["url"]).read_bytes()          # never re-encoded
+            assert data == Path(row["url"]).read_bytes()  # never re-encoded
             assert hashlib.sha256(data).hexdigest() == row["sha256"]
             exif = json.loads(members[f"{key}.exif.json"])
             assert exif == dict(row["exif"]) and len(exif) >= 10
@@ -69,13 +71,12 @@ def test_tags_sizes_summary(photo_shards):
 
 
 def test_rerun_skips_complete_shards(photo_shards, photos_dir):
-    before = {p.name: p.stat().st_mtime_ns for p in photo_shards.iterdir()
-              if p.suffix in (".tar", ".parquet")}
-    rc = shards_main(["--source", str(photos_dir), "--out", str(photo_shards),
-                      "--executor", "local", "--rows-per-shard", "40", "-q"])
+    before = {p.name: p.stat().st_mtime_ns for p in photo_shards.iterdir() if p.suffix in (".tar", ".parquet")}
+    rc = shards_main(
+        ["--source", str(photos_dir), "--out", str(photo_shards), "--executor", "local", "--rows-per-shard", "40", "-q"]
+    )
     assert rc == 0
-    after = {p.name: p.stat().st_mtime_ns for p in photo_shards.iterdir()
-             if p.suffix in (".tar", ".parquet")}
+    after = {p.name: p.stat().st_mtime_ns for p in photo_shards.iterdir() if p.suffix in (".tar", ".parquet")}
     assert before == after
     job = json.loads((photo_shards / "job.json").read_text())
     assert job["skipped_complete_shards"] == 3
@@ -85,8 +86,21 @@ def test_malformed_files_each_get_a_status(tmp_path, shared_data):
     src = shared_data / "malformed"
     files = sorted(src.glob("*.jpg"))
     assert len(files) == 49
-    rc = shards_main(["--source", str(src), "--out", str(tmp_path), "--executor", "local",
-                      "--rows-per-shard", "20", "--min-tags", "1", "-q"])
+    rc = shards_main(
+        [
+            "--source",
+            str(src),
+            "--out",
+            str(tmp_path),
+            "--executor",
+            "local",
+            "--rows-per-shard",
+            "20",
+            "--min-tags",
+            "1",
+            "-q",
+        ]
+    )
     assert rc == 0
     table = read_tables(tmp_path).to_pylist()
     assert len(table) == 49
@@ -113,6 +127,7 @@ def test_bad_flag_exits_nonzero(tmp_path):
 def test_shards_read_by_webdataset(photo_shards):
     """The tars follow the WebDataset convention: the webdataset library groups our members."""
     import webdataset as wds
+
     urls = [str(p) for p in sorted(photo_shards.glob("*.tar"))]
     ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
     seen = 0

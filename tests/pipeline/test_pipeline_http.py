@@ -1,5 +1,6 @@
 """The pipeline over HTTP: URL lists, a YFCC main file and the YFCC EXIF side file, against a
 loopback server with misbehaving routes.  Every row ends as a Parquet row with a status."""
+
 import csv
 import gzip
 import json
@@ -12,8 +13,7 @@ from exiflang.pipeline.build_shards import main as shards_main
 from exiflang.pipeline.shards.files import read_tables
 from tests.http_server import LoopbackServer
 
-NET = ["--timeout", "0.5", "--retries", "2", "--executor", "local", "--threads", "4",
-       "--rows-per-shard", "8", "-q"]
+NET = ["--timeout", "0.5", "--retries", "2", "--executor", "local", "--threads", "4", "--rows-per-shard", "8", "-q"]
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,14 @@ def _photos(photos_dir: Path, n: int) -> list[str]:
 def test_url_list_with_misbehaving_routes(tmp_path, server, photos_dir):
     good, spare = _photos(photos_dir, 5), _photos(photos_dir, 8)[5:]
     routes = {
-        "/status/404": st.HTTP_ERROR, "/status/500": st.HTTP_ERROR,
+        "/status/404": st.HTTP_ERROR,
+        "/status/500": st.HTTP_ERROR,
         f"/429?retry_after=0&times=1&file={spare[0]}": st.SUCCESS,
         f"/flaky500?times=1&file={spare[1]}": st.SUCCESS,
-        "/slow?delay=3": st.TIMEOUT, f"/truncated?file={spare[2]}": st.DOWNLOAD_FAILED,
-        "/redirect-loop": st.DOWNLOAD_FAILED, "/notimage": st.NOT_AN_IMAGE,
+        "/slow?delay=3": st.TIMEOUT,
+        f"/truncated?file={spare[2]}": st.DOWNLOAD_FAILED,
+        "/redirect-loop": st.DOWNLOAD_FAILED,
+        "/notimage": st.NOT_AN_IMAGE,
     }
     urls = [server.url(f"/files/{name}") for name in good] + [server.url(r) for r in routes]
     urls.append("ftp://example.invalid/x.jpg")
@@ -66,8 +69,10 @@ def test_csv_list_with_side_file_join(tmp_path, server, shared_data):
         w.writerow(["photo_id", "url"])
         for r in ids:
             w.writerow([r["photo_id"], server.url(f"/files/{r['file']}")])
-    rc = shards_main(["--source", str(lst), "--out", str(tmp_path / "o"),
-                      "--yfcc-exif", str(photos / "yfcc100m_exif_sample.tsv")] + NET)
+    rc = shards_main(
+        ["--source", str(lst), "--out", str(tmp_path / "o"), "--yfcc-exif", str(photos / "yfcc100m_exif_sample.tsv")]
+        + NET
+    )
     assert rc == 0
     rows = read_tables(tmp_path / "o").to_pylist()
     assert {r["photo_id"] for r in rows} == {r["photo_id"] for r in ids}
@@ -88,13 +93,37 @@ def test_yfcc_main_file_original_url_and_fallback(tmp_path, server, photos_dir):
     names = _photos(photos_dir, 4)
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    (mirror / "100_orig_o.jpg").symlink_to(photos_dir / names[0])   # a link, never a copy
+    (mirror / "100_orig_o.jpg").symlink_to(photos_dir / names[0])  # a link, never a copy
     lines = []
     for i, name in enumerate(names):
         osecret, oext = ("orig", "jpg") if i < 2 else ("", "")
-        cols = [str(i), str(100 + i), "hash", "user@N01", "nick", "2010-01-01+00:00:00.0", "0",
-                "Canon+EOS", "title", "desc", "tags", "", "", "", "", "page",
-                server.url(f"/files/{name}"), "license", "lurl", "7", "1", "sec", osecret, oext, "0"]
+        cols = [
+            str(i),
+            str(100 + i),
+            "hash",
+            "user@N01",
+            "nick",
+            "2010-01-01+00:00:00.0",
+            "0",
+            "Canon+EOS",
+            "title",
+            "desc",
+            "tags",
+            "",
+            "",
+            "",
+            "",
+            "page",
+            server.url(f"/files/{name}"),
+            "license",
+            "lurl",
+            "7",
+            "1",
+            "sec",
+            osecret,
+            oext,
+            "0",
+        ]
         lines.append("\t".join(cols))
     video = lines[0].split("\t")
     video[-1], video[1] = "1", "999"
@@ -103,13 +132,15 @@ def test_yfcc_main_file_original_url_and_fallback(tmp_path, server, photos_dir):
     main.write_text("\n".join(lines) + "\n")
     with LoopbackServer(mirror) as mirror_srv:
         template = mirror_srv.url("/files/{id}_{original_secret}_o.{ext}")
-        assert shards_main(["--source", str(main), "--out", str(tmp_path / "o"),
-                            "--yfcc-original-url", template] + NET) == 0
+        assert (
+            shards_main(["--source", str(main), "--out", str(tmp_path / "o"), "--yfcc-original-url", template] + NET)
+            == 0
+        )
     rows = {r["photo_id"]: r for r in read_tables(tmp_path / "o").to_pylist()}
     assert sorted(rows) == ["100", "101", "102", "103"]
     assert all(r["status"] in (st.SUCCESS, st.TOO_FEW_TAGS) for r in rows.values())
     assert rows["100"]["url"] == template.format(id="100", original_secret="orig", ext="jpg")
     assert rows["100"]["bytes"] == (photos_dir / names[0]).stat().st_size
-    assert rows["101"]["bytes"] == (photos_dir / names[1]).stat().st_size   # via the fallback
+    assert rows["101"]["bytes"] == (photos_dir / names[1]).stat().st_size  # via the fallback
     job = json.loads((tmp_path / "o" / "job.json").read_text())
     assert job["source"]["format"] == "yfcc" and job["source"]["skipped"].get("video") == 1

@@ -1,4 +1,5 @@
 """The Ray paths: embedded Ray driving the worker, and `ray job submit` against a local head."""
+
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ def _free_port() -> int:
 
 def test_embedded_ray_matches_local_executor(tmp_path, photos_dir):
     import ray
+
     common = ["--source", str(photos_dir), "--rows-per-shard", "6", "--max-rows", "18", "-q"]
     try:
         assert shards_main(common + ["--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
@@ -60,18 +62,44 @@ def test_ray_job_submit_on_a_local_head(tmp_path, photos_dir):
     env.pop("RAY_ADDRESS", None)
     # Ray's Unix sockets live under --temp-dir; pytest's tmp paths exceed the 107-byte limit.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    start = [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2",
-             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-             f"--temp-dir={ray_tmp}", "--disable-usage-stats"]
+    start = [
+        str(ray_bin),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=2",
+        f"--dashboard-port={dash}",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        f"--temp-dir={ray_tmp}",
+        "--disable-usage-stats",
+    ]
     res = subprocess.run(start, env=env, timeout=180, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     out = tmp_path / "job_out"
     try:
         runtime_env = {"excludes": [".venv", "shards", "runs", ".git", "tests", "benchmarks"]}
-        submit = [str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash}",
-                  "--working-dir", str(REPO), f"--runtime-env-json={json.dumps(runtime_env)}",
-                  "--", sys.executable, "pipeline/build_shards.py", "--source", str(photos_dir),
-                  "--out", str(out), "--rows-per-shard", "10", "--max-rows", "20", "-q"]
+        submit = [
+            str(ray_bin),
+            "job",
+            "submit",
+            f"--address=http://127.0.0.1:{dash}",
+            "--working-dir",
+            str(REPO),
+            f"--runtime-env-json={json.dumps(runtime_env)}",
+            "--",
+            sys.executable,
+            "pipeline/build_shards.py",
+            "--source",
+            str(photos_dir),
+            "--out",
+            str(out),
+            "--rows-per-shard",
+            "10",
+            "--max-rows",
+            "20",
+            "-q",
+        ]
         res = subprocess.run(submit, env=env, timeout=300, capture_output=True, text=True)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "succeeded" in (res.stdout + res.stderr).lower()

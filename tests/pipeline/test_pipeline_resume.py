@@ -1,4 +1,5 @@
 """Killing the driver at any moment loses nothing and duplicates nothing: resume == clean run."""
+
 import os
 import signal
 import subprocess
@@ -12,13 +13,25 @@ import pytest
 from exiflang.pipeline.shards.files import complete_shards, read_tables, shard_paths
 
 REPO = Path(__file__).resolve().parents[2]
-STABLE = ["key", "photo_id", "url", "status", "error", "width", "height", "bytes", "sha256",
-          "n_tags", "exif"]
+STABLE = ["key", "photo_id", "url", "status", "error", "width", "height", "bytes", "sha256", "n_tags", "exif"]
 
 
 def _cmd(src: Path, out: Path) -> list[str]:
-    return [sys.executable, str(REPO / "pipeline" / "build_shards.py"), "--source", str(src),
-            "--out", str(out), "--executor", "local", "--rows-per-shard", "8", "--threads", "2", "-q"]
+    return [
+        sys.executable,
+        str(REPO / "pipeline" / "build_shards.py"),
+        "--source",
+        str(src),
+        "--out",
+        str(out),
+        "--executor",
+        "local",
+        "--rows-per-shard",
+        "8",
+        "--threads",
+        "2",
+        "-q",
+    ]
 
 
 def _snapshot(out: Path) -> tuple[list, dict]:
@@ -50,6 +63,6 @@ def test_kill_mid_run_then_resume_matches_uninterrupted(tmp_path, photos_dir):
     t_clean, tars_clean = _snapshot(clean)
     t_killed, tars_killed = _snapshot(killed)
     assert t_clean == t_killed
-    assert tars_clean == tars_killed                       # byte-identical shards
+    assert tars_clean == tars_killed  # byte-identical shards
     keys = [r["key"] for r in t_killed]
     assert len(keys) == len(set(keys)) == 102

@@ -1,6 +1,7 @@
 """Host-wide politeness: per-host limits and pauses that hold for the whole job, across threads,
 processes and Ray workers, asserted from the loopback servers' side; Retry-After of minutes with
 a fake clock; X-Robots-Tag opt-outs."""
+
 from __future__ import annotations
 
 import itertools
@@ -56,12 +57,14 @@ def _held_urls(srv: LoopbackServer, photo: str, n: int, delay: float = 0.05) -> 
 
 # ---- concurrency and rate, job-wide ------------------------------------------------------
 
+
 @pytest.mark.ray
 def test_host_cap_holds_across_two_ray_workers(tmp_path, host_a, photo):
     # 2 workers x 4 threads could put 8 requests in flight; the job-wide cap is 2.
     urls = _held_urls(host_a, photo, 32)
-    rows = _build(tmp_path, urls, "--workers", "2", "--threads", "4", "--rows-per-shard", "8",
-                  "--per-host-concurrency", "2")
+    rows = _build(
+        tmp_path, urls, "--workers", "2", "--threads", "4", "--rows-per-shard", "8", "--per-host-concurrency", "2"
+    )
     assert [rows[u]["http_status"] for u in urls] == [200] * len(urls)
     assert host_a.held_max == 2
 
@@ -81,8 +84,20 @@ def test_host_cap_holds_across_two_local_processes(tmp_path, host_a, photo):
 def test_host_rate_holds_across_two_local_processes(tmp_path, host_a, photo):
     rate, n = 5.0, 10
     urls = [host_a.url(f"/files/{photo}?i={i}&k={next(_KEYS)}") for i in range(n)]
-    _build(tmp_path, urls, "--executor", "local", "--workers", "2", "--threads", "4",
-           "--rows-per-shard", "5", "--per-host-rate", str(rate))
+    _build(
+        tmp_path,
+        urls,
+        "--executor",
+        "local",
+        "--workers",
+        "2",
+        "--threads",
+        "4",
+        "--rows-per-shard",
+        "5",
+        "--per-host-rate",
+        str(rate),
+    )
     starts = sorted(t for t, _ in host_a.log)
     # Arrival times jitter with the machine's load (a start scheduled on time can reach the
     # server late and bunch with the next one), so the rate is judged as the server sees it:
@@ -95,20 +110,33 @@ def test_host_rate_holds_across_two_local_processes(tmp_path, host_a, photo):
 
 # ---- pauses ------------------------------------------------------------------------------
 
+
 def test_429_pauses_its_host_for_every_worker_while_another_host_goes_on(tmp_path, host_a, host_b, photo):
     # Host A's 4th request, whichever worker sends it, is told to wait 2 s; two processes
     # fetch from A, a third from B.  From A's side: nothing arrives during the pause.
     pause = 2.0
     storm = [host_a.url(f"/storm?at=4&retry_after={pause:g}&file={photo}&i={i}") for i in range(16)]
     other = _held_urls(host_b, photo, 24, delay=0.2)
-    rows = _build(tmp_path, storm + other, "--executor", "local", "--workers", "3", "--threads", "2",
-                  "--rows-per-shard", "8", "--retries", "2")
+    rows = _build(
+        tmp_path,
+        storm + other,
+        "--executor",
+        "local",
+        "--workers",
+        "3",
+        "--threads",
+        "2",
+        "--rows-per-shard",
+        "8",
+        "--retries",
+        "2",
+    )
     assert all(rows[u]["status"] != st.HTTP_ERROR for u in storm + other), rows
     log_a = sorted(host_a.log)
-    t429 = log_a[3][0]                                  # the 4th arrival got the 429
+    t429 = log_a[3][0]  # the 4th arrival got the 429
     during = [t for t, _ in log_a if t429 + 0.1 < t < t429 + pause - 0.1]
     assert during == [], [round(t - t429, 3) for t, _ in log_a]
-    assert any(t >= t429 + pause - 0.1 for t, _ in log_a)   # and A was asked again after it
+    assert any(t >= t429 + pause - 0.1 for t, _ in log_a)  # and A was asked again after it
     assert len([t for t, _ in host_b.log if t429 + 0.1 < t < t429 + pause - 0.1]) >= 3
     assert sum(r["attempts"] for u, r in rows.items() if u in storm) == len(storm) + 1
 
@@ -133,15 +161,14 @@ class FakeClock:
 def test_retry_after_of_minutes_is_honoured_up_to_the_max(host_a, photo, header, paused):
     clock = FakeClock()
     gov = HostGovernor(GovernorLimits(retry_after_max=600.0), clock=clock)
-    query = (f"retry_date={header.split('+')[1]}" if header.startswith("date")
-             else f"retry_after={header}")
+    query = f"retry_date={header.split('+')[1]}" if header.startswith("date") else f"retry_after={header}"
     url = host_a.url(f"/429?{query}&times=1&file={photo}&key={next(_KEYS)}")
     t0, start = time.perf_counter(), clock.t
     with Downloader(DownloadConfig(timeout=5.0, retries=1), governor=gov) as dl:
         res = dl.fetch(url)
     assert (res.status, res.attempts) == (st.SUCCESS, 2), res
-    assert paused - 2.0 <= clock.t - start <= paused + 1.0    # the host's word, or the cap
-    assert time.perf_counter() - t0 < 5.0                     # and no real waiting
+    assert paused - 2.0 <= clock.t - start <= paused + 1.0  # the host's word, or the cap
+    assert time.perf_counter() - t0 < 5.0  # and no real waiting
 
 
 def test_repeated_429s_without_retry_after_back_off_exponentially():
@@ -149,14 +176,14 @@ def test_repeated_429s_without_retry_after_back_off_exponentially():
     gov = HostGovernor(GovernorLimits(concurrency=8, retry_after_max=600.0, pause_base=1.0), clock=clock)
     pauses = []
     for _ in range(12):
-        leases = [gov.acquire("h", 1, 60.0, 1e6) for _ in range(4)]   # 4 in flight together
-        for lease in leases:                                         # all four throttled
+        leases = [gov.acquire("h", 1, 60.0, 1e6) for _ in range(4)]  # 4 in flight together
+        for lease in leases:  # all four throttled
             gov.release(lease, THROTTLED)
         pauses.append(gov.paused_for("h"))
         clock.t += pauses[-1]
     # One doubling per storm, not per throttled request; capped at retry_after_max.
     assert pauses == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600]
-    gov.release(gov.acquire("h", 1, 60.0, 1.0), ANSWERED)              # a normal answer resets
+    gov.release(gov.acquire("h", 1, 60.0, 1.0), ANSWERED)  # a normal answer resets
     lease = gov.acquire("h", 1, 60.0, 1.0)
     gov.release(lease, THROTTLED)
     assert gov.paused_for("h") == 1
@@ -166,13 +193,13 @@ def test_lapsed_and_disconnected_leases_come_back():
     clock = FakeClock()
     gov = HostGovernor(GovernorLimits(concurrency=1), clock=clock)
     assert gov.acquire("h", 1, 30.0, 1.0) is not None
-    assert gov.acquire("h", 2, 30.0, 1.0) is None       # full
-    clock.t += 31.0                                      # the first holder never gave it back
+    assert gov.acquire("h", 2, 30.0, 1.0) is None  # full
+    clock.t += 31.0  # the first holder never gave it back
     assert gov.acquire("h", 2, 30.0, 1.0) is not None
     with GovernorServer(HostGovernor(GovernorLimits(concurrency=1))) as srv:
         client = RemoteGovernor(srv.address, srv.key, GovernorLimits())
         assert client.acquire("h", 0, 60.0, 1.0) > 0
-        client.close()                                   # a worker gone mid-request
+        client.close()  # a worker gone mid-request
         other = RemoteGovernor(srv.address, srv.key, GovernorLimits())
         assert other.acquire("h", 0, 60.0, 5.0) > 0
         other.close()
@@ -186,7 +213,7 @@ def test_lost_governor_falls_back_to_a_share_of_the_limits():
     client.release(client.acquire("h", 0, 60.0, 1.0), ANSWERED)
     srv.close()
     first, second = client.acquire("h", 0, 60.0, 0.2), client.acquire("h", 0, 60.0, 0.2)
-    assert first < 0 and second < 0                       # granted locally: 4 // 2 slots
+    assert first < 0 and second < 0  # granted locally: 4 // 2 slots
     assert client.acquire("h", 0, 60.0, 0.2) is None
     client.release(first, ANSWERED)
     client.close()
@@ -194,11 +221,17 @@ def test_lost_governor_falls_back_to_a_share_of_the_limits():
 
 # ---- opt-out -------------------------------------------------------------------------------
 
+
 def test_opt_out_rows_and_the_flag_that_disables_it(tmp_path, host_a, photos_dir):
-    tags = {"noai": st.OPTED_OUT, "noindex, nofollow": st.OPTED_OUT, "none": st.OPTED_OUT,
-            "exiflang: noimageai": st.OPTED_OUT, "otherbot: noai": st.SUCCESS,
-            "nofollow, noarchive": st.SUCCESS}
-    photos = sorted(p.name for p in photos_dir.glob("*.jpg"))   # one each: no duplicates
+    tags = {
+        "noai": st.OPTED_OUT,
+        "noindex, nofollow": st.OPTED_OUT,
+        "none": st.OPTED_OUT,
+        "exiflang: noimageai": st.OPTED_OUT,
+        "otherbot: noai": st.SUCCESS,
+        "nofollow, noarchive": st.SUCCESS,
+    }
+    photos = sorted(p.name for p in photos_dir.glob("*.jpg"))  # one each: no duplicates
     urls = {t: host_a.url(f"/robots?tag={quote(t)}&file={photos[i]}") for i, t in enumerate(tags)}
     fallback = host_a.url(f"/files/{photos[0]}?fallback=1")
     common = ["--executor", "local", "--workers", "1", "--min-tags", "0"]
@@ -211,9 +244,9 @@ def test_opt_out_rows_and_the_flag_that_disables_it(tmp_path, host_a, photos_dir
             assert row["bytes"] is None
     rows = _build(tmp_path, list(urls.values()), *common, "--ignore-opt-out", name="ignored")
     assert {rows[u]["status"] for u in urls.values()} == {st.SUCCESS}
-    with Downloader(DownloadConfig(timeout=5.0)) as dl:   # the same photo elsewhere: not fetched
+    with Downloader(DownloadConfig(timeout=5.0)) as dl:  # the same photo elsewhere: not fetched
         res = dl.fetch(urls["noai"], [fallback])
-    assert res.status == st.OPTED_OUT and host_a.target_hits[fallback[len(host_a.base_url):]] == 0
+    assert res.status == st.OPTED_OUT and host_a.target_hits[fallback[len(host_a.base_url) :]] == 0
 
 
 def test_opt_out_header_reading():

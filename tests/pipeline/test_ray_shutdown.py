@@ -1,12 +1,13 @@
 """Embedded Ray is shut down on SIGINT / SIGTERM: no GCS, raylet, agent or worker process of the
 session outlives the driver, and the driver exits with the status the signal calls for."""
+
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import pytest
@@ -22,8 +23,7 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def _watch(driver: subprocess.Popen, ready: Callable[[list[str]], bool],
-           timeout: float) -> dict[int, psutil.Process]:
+def _watch(driver: subprocess.Popen, ready: Callable[[list[str]], bool], timeout: float) -> dict[int, psutil.Process]:
     """Every process below the driver, polled until ``ready(their command lines)`` holds."""
     seen: dict[int, psutil.Process] = {}
     cmdlines: dict[int, str] = {}
@@ -48,16 +48,32 @@ def _agents_started(cmdlines: list[str]) -> bool:
     return any(c.startswith("ray::") for c in cmdlines)
 
 
-@pytest.mark.parametrize("sig, moment, status", [
-    (signal.SIGINT, "starting", 130),     # the window where ray.shutdown() alone leaked agents
-    (signal.SIGTERM, "running", 143),
-])
+@pytest.mark.parametrize(
+    "sig, moment, status",
+    [
+        (signal.SIGINT, "starting", 130),  # the window where ray.shutdown() alone leaked agents
+        (signal.SIGTERM, "running", 143),
+    ],
+)
 def test_signal_leaves_no_ray_process_behind(tmp_path, photos_dir, sig, moment, status):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, str(REPO / "pipeline" / "build_shards.py"), "--source", str(photos_dir),
-           "--out", str(out), "--rows-per-shard", "4", "--workers", "1", "--threads", "1", "-q"]
+    cmd = [
+        sys.executable,
+        str(REPO / "pipeline" / "build_shards.py"),
+        "--source",
+        str(photos_dir),
+        "--out",
+        str(out),
+        "--rows-per-shard",
+        "4",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "-q",
+    ]
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen: dict[int, psutil.Process] = {}
     try:
@@ -80,6 +96,6 @@ def test_signal_leaves_no_ray_process_behind(tmp_path, photos_dir, sig, moment, 
         if driver.poll() is None:
             driver.kill()
             driver.wait()
-        for proc in seen.values():          # never leak into the rest of the suite
+        for proc in seen.values():  # never leak into the rest of the suite
             if _alive(proc):
                 proc.kill()

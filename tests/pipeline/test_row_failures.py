@@ -1,5 +1,6 @@
 """A row is the unit of failure: names and fields that are not valid UTF-8, and one row's
 unexpected exception, end as that row's status (or go through), never as a lost shard."""
+
 import csv
 import json
 import os
@@ -15,13 +16,12 @@ from exiflang.pipeline.build_shards import main as shards_main
 from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.records import SourceRow
 from exiflang.pipeline.shards.files import complete_shards, read_tables, shard_paths, write_table
-from exiflang.pipeline.sources.open import open_source
 from exiflang.pipeline.shards.worker import fetchable_url, process_shard
+from exiflang.pipeline.sources.open import open_source
 from exiflang.pipeline.sources.yfcc import record_meta
 from tests.http_server import LoopbackServer
 
-RUN = ["--executor", "local", "--threads", "2", "--rows-per-shard", "10", "--timeout", "2",
-       "--retries", "0", "-q"]
+RUN = ["--executor", "local", "--threads", "2", "--rows-per-shard", "10", "--timeout", "2", "--retries", "0", "-q"]
 
 
 def _photos(photos_dir: Path, n: int) -> list[Path]:
@@ -41,7 +41,7 @@ def _json_members(out: Path) -> dict[str, dict]:
                 assert m.name.isascii(), m.name
                 data = tar.extractfile(m).read()
                 if m.name.endswith(".json"):
-                    found[m.name] = json.loads(data.decode("utf-8"))   # raises if not UTF-8
+                    found[m.name] = json.loads(data.decode("utf-8"))  # raises if not UTF-8
     return found
 
 
@@ -56,7 +56,7 @@ def test_folder_file_with_non_utf8_name_goes_through_and_keeps_its_name(tmp_path
     src.mkdir()
     plain, odd = _photos(photos_dir, 2)
     os.symlink(plain, src / "plain.jpg")
-    odd_name = os.fsencode(src) + b"/caf\xe9-\xff\xfe.jpg"       # Latin-1 and junk bytes
+    odd_name = os.fsencode(src) + b"/caf\xe9-\xff\xfe.jpg"  # Latin-1 and junk bytes
     os.symlink(odd, odd_name)
     out = tmp_path / "out"
     assert shards_main(["--source", str(src), "--out", str(out)] + RUN) == 0
@@ -64,7 +64,7 @@ def test_folder_file_with_non_utf8_name_goes_through_and_keeps_its_name(tmp_path
     assert len(rows) == 2
     row = rows[odd_name]
     assert row["status"] == st.SUCCESS, row
-    assert row["url"] == str(src) + "/caf\\xe9-\\xff\\xfe.jpg"   # readable escape
+    assert row["url"] == str(src) + "/caf\\xe9-\\xff\\xfe.jpg"  # readable escape
     assert row["bytes"] == odd.stat().st_size
     assert os.fsdecode(row["url_bytes"]).encode("utf-8", "surrogateescape") == odd_name
     assert rows[(src / "plain.jpg").as_posix().encode()]["url_bytes"] is None
@@ -74,23 +74,25 @@ def test_folder_file_with_non_utf8_name_goes_through_and_keeps_its_name(tmp_path
 
 def test_jsonl_with_lone_surrogates_and_bad_bytes(tmp_path, server, photos_dir):
     good = [server.url(f"/files/{p.name}") for p in _photos(photos_dir, 5)]
-    lines = [json.dumps({"url": good[0], "title": "plain"}),
-             json.dumps({"url": good[1], "title": "caf\udcff"}),            # JSON "\udcff"
-             json.dumps({"url": server.url("/files/x\udcff.jpg")}),          # URL with it
-             json.dumps({"url": "http://127.0.0.1:9/\ud800.jpg"}),           # no byte behind it
-             json.dumps({"url": good[2], "photo_id": "id\udcfe", "\udcfb": "v"}),
-             "{broken json",
-             json.dumps({"url": good[3]})]
+    lines = [
+        json.dumps({"url": good[0], "title": "plain"}),
+        json.dumps({"url": good[1], "title": "caf\udcff"}),  # JSON "\udcff"
+        json.dumps({"url": server.url("/files/x\udcff.jpg")}),  # URL with it
+        json.dumps({"url": "http://127.0.0.1:9/\ud800.jpg"}),  # no byte behind it
+        json.dumps({"url": good[2], "photo_id": "id\udcfe", "\udcfb": "v"}),
+        "{broken json",
+        json.dumps({"url": good[3]}),
+    ]
     raw = "\n".join(lines).encode("ascii") + b'\n{"url": "' + good[4].encode() + b'", "note": "\xff\xfe"}\n'
     lst = tmp_path / "list.jsonl"
     lst.write_bytes(raw)
     out = tmp_path / "out"
     assert shards_main(["--source", str(lst), "--out", str(out)] + RUN) == 0
     rows = _rows(out)
-    assert [r["source_index"] for r in rows] == list(range(8))          # no row lost
+    assert [r["source_index"] for r in rows] == list(range(8))  # no row lost
     status = [r["status"] for r in rows]
     assert status[0] == status[1] == status[4] == status[6] == status[7] == st.SUCCESS, rows
-    assert status[2] == st.HTTP_ERROR and rows[2]["http_status"] == 404   # fetched as %FF
+    assert status[2] == st.HTTP_ERROR and rows[2]["http_status"] == 404  # fetched as %FF
     assert rows[2]["url"].endswith("/files/x\\xff.jpg") and rows[2]["url_bytes"].endswith(b"x\xff.jpg")
     assert status[3] == st.BAD_SOURCE_ROW and "surrogate" in rows[3]["error"]
     assert status[5] == st.BAD_SOURCE_ROW and "invalid JSON" in rows[5]["error"]
@@ -98,9 +100,9 @@ def test_jsonl_with_lone_surrogates_and_bad_bytes(tmp_path, server, photos_dir):
     assert dict(rows[1]["meta_bytes"]) == {b"title": b"caf\xff"}
     assert rows[4]["photo_id"] == "id\\xfe" and rows[4]["photo_id_bytes"] == b"id\xfe"
     assert dict(rows[4]["meta_bytes"]) == {b"\xfb": b"v"}
-    assert dict(rows[7]["meta_bytes"]) == {b"note": b"\xff\xfe"}          # raw bytes, exact
+    assert dict(rows[7]["meta_bytes"]) == {b"note": b"\xff\xfe"}  # raw bytes, exact
     assert dict(rows[0]["meta_bytes"]) == {} and rows[0]["url_bytes"] is None
-    assert len(_json_members(out)) == 5 * 2       # KEY.json and KEY.exif.json
+    assert len(_json_members(out)) == 5 * 2  # KEY.json and KEY.exif.json
 
 
 def test_csv_with_lone_surrogate_and_latin1_fields(tmp_path, server, photos_dir):
@@ -110,10 +112,10 @@ def test_csv_with_lone_surrogate_and_latin1_fields(tmp_path, server, photos_dir)
         w = csv.writer(fh)
         w.writerow(["url", "photo_id", "caption"])
         w.writerow([good[0], "1", "ok"])
-        w.writerow([good[1], "2", "lone \udcff surrogate"])    # written as WTF-8 ed b3 bf
+        w.writerow([good[1], "2", "lone \udcff surrogate"])  # written as WTF-8 ed b3 bf
         w.writerow([server.url("/files/\udc80.jpg"), "3", "x"])
         w.writerow([good[2], "4", "end"])
-    with open(lst, "ab") as fh:                                  # a Latin-1 line in a UTF-8 file
+    with open(lst, "ab") as fh:  # a Latin-1 line in a UTF-8 file
         fh.write(good[3].encode() + b",5,caf\xe9\n")
     out = tmp_path / "out"
     assert shards_main(["--source", str(lst), "--out", str(out)] + RUN) == 0
@@ -148,10 +150,18 @@ def test_yfcc_percent_escape_of_bad_bytes_is_kept_exact():
 
 
 def test_table_stores_any_text_losslessly(tmp_path):
-    odd = "a\udcff\ud800b"                  # an escaped byte and a surrogate with no byte
-    row = {"key": "00000_00000", "shard": 0, "position": 0, "url": odd, "photo_id": odd,
-           "status": st.DOWNLOAD_FAILED, "error": f"failed: {odd}", "meta": {odd: odd, "k": "v"},
-           "exif": {"Make": odd}}
+    odd = "a\udcff\ud800b"  # an escaped byte and a surrogate with no byte
+    row = {
+        "key": "00000_00000",
+        "shard": 0,
+        "position": 0,
+        "url": odd,
+        "photo_id": odd,
+        "status": st.DOWNLOAD_FAILED,
+        "error": f"failed: {odd}",
+        "meta": {odd: odd, "k": "v"},
+        "exif": {"Make": odd},
+    }
     path = tmp_path / "t.parquet"
     write_table(path, [row])
     got = pq.read_table(path).to_pylist()[0]
@@ -164,9 +174,11 @@ def test_table_stores_any_text_losslessly(tmp_path):
 
 def test_one_rows_unexpected_exception_costs_that_row_only(tmp_path, photos_dir):
     a, b = _photos(photos_dir, 2)
-    rows = [SourceRow(index=0, path=str(a)),
-            SourceRow(index=1, url=12345),             # type: ignore[arg-type]  not a str
-            SourceRow(index=2, path=str(b), meta={"n": 5})]  # type: ignore[dict-item]
+    rows = [
+        SourceRow(index=0, path=str(a)),
+        SourceRow(index=1, url=12345),  # type: ignore[arg-type]  not a str
+        SourceRow(index=2, path=str(b), meta={"n": 5}),
+    ]  # type: ignore[dict-item]
     cfg = ShardConfig(out_dir=str(tmp_path), rows_per_shard=3, threads=2)
     stats = process_shard(0, rows, cfg)
     table = pq.read_table(shard_paths(tmp_path, 0)["parquet"]).to_pylist()

@@ -1,5 +1,6 @@
 """benchmarks/scale.py in its smallest mode: a 300-line simulated YFCC crawl with embedded Ray,
 checked against the simulator's ground truth and its per-host counters."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,23 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 def test_smallest_scale_run_matches_the_ground_truth(tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, "benchmarks/scale.py", "--rows", "300", "--rows-per-shard", "50",
-           "--no-kill", "--no-compare", "--storm-seconds", "0", "--dir", str(tmp_path / "work"),
-           "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
-                          env=scale.bench_env())
+    cmd = [
+        sys.executable,
+        "benchmarks/scale.py",
+        "--rows",
+        "300",
+        "--rows-per-shard",
+        "50",
+        "--no-kill",
+        "--no-compare",
+        "--storm-seconds",
+        "0",
+        "--dir",
+        str(tmp_path / "work"),
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env=scale.bench_env())
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     full = json.loads(out.read_text())["part1"]["full"]
     truth, polite = full["truth"], full["politeness"]

@@ -1,6 +1,7 @@
 """Two small robustness fixes: an interrupted shard cancels its queued rows; a photo id that is
 not UTF-8 gets no side-file EXIF instead of stopping the job.  (A failed tar or table write
 leaving no temporary file: tests/pipeline/test_storage_s3.py.)"""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ import pytest
 from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.fetch.download import DownloadConfig, Downloader
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.sources.open import open_source
 from exiflang.pipeline.shards.worker import _ordered
+from exiflang.pipeline.sources.open import open_source
 from exiflang.pipeline.sources.yfcc_exif import YfccSideJoin
 from tests.http_server import LoopbackServer
 
@@ -48,6 +49,5 @@ def test_non_utf8_photo_id_gets_no_side_exif(tmp_path):
     lst.write_bytes(b"photo_id,url\n7,https://h/7.jpg\n\xff\xfe,https://h/x.jpg\n8,https://h/8.jpg\n")
     join = YfccSideJoin(str(side), str(tmp_path / "db.sqlite"))
     rows = list(join.rows(open_source(lst).rows()))
-    assert [r.photo_id for r in rows] == ["7", "\udcff\udcfe", "8"]    # every row passes on
+    assert [r.photo_id for r in rows] == ["7", "\udcff\udcfe", "8"]  # every row passes on
     assert join.counts["matched"] == 2
-

@@ -1,4 +1,5 @@
 """Input sources: format detection, photo folders and URL lists in every format and compression."""
+
 import bz2
 import csv
 import gzip
@@ -38,17 +39,20 @@ def _encode(kind: str) -> bytes:
         return "\n".join(lines).encode()
     if kind in ("csv", "tsv"):
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["photo_id", "url", "license"],
-                           delimiter="\t" if kind == "tsv" else ",")
+        w = csv.DictWriter(buf, fieldnames=["photo_id", "url", "license"], delimiter="\t" if kind == "tsv" else ",")
         w.writeheader()
         for i, e in enumerate(ENTRIES):
             w.writerow(e)
             if i == 1:
-                buf.write("\r\n")   # a blank line between entries is not a row
+                buf.write("\r\n")  # a blank line between entries is not a row
         return buf.getvalue().encode()
     if kind == "jsonl":
-        return ("\n".join(json.dumps(e) for e in ENTRIES[:2]) + "\n\n"
-                + "\n".join(json.dumps(e) for e in ENTRIES[2:]) + "\n").encode()
+        return (
+            "\n".join(json.dumps(e) for e in ENTRIES[:2])
+            + "\n\n"
+            + "\n".join(json.dumps(e) for e in ENTRIES[2:])
+            + "\n"
+        ).encode()
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(ENTRIES), sink)
     return sink.getvalue()
@@ -63,7 +67,7 @@ def test_every_list_format_and_compression(tmp_path, kind, compression):
     assert source.format == "urls"
     rows = list(source.rows())
     assert [r.index for r in rows] == [0, 1, 2, 3]
-    assert [r.url for r in rows] == [e["url"] for e in ENTRIES]   # ftp kept, as given
+    assert [r.url for r in rows] == [e["url"] for e in ENTRIES]  # ftp kept, as given
     assert all(r.path is None for r in rows)
     assert source.flagged == {"not_http": 1}
     if kind == "txt":
@@ -74,7 +78,7 @@ def test_every_list_format_and_compression(tmp_path, kind, compression):
         assert [r.meta for r in rows] == [{"license": e["license"]} for e in ENTRIES]
     if kind in ("csv", "tsv", "jsonl"):
         assert source.skipped == {"blank": 1}
-    assert list(source.rows()) == rows                      # deterministic, counts reset
+    assert list(source.rows()) == rows  # deterministic, counts reset
     assert source.flagged == {"not_http": 1}
 
 
@@ -105,13 +109,15 @@ def test_headerless_csv_and_odd_rows(tmp_path):
     rows = list(open_source(path).rows())
     assert [r.url for r in rows] == ["https://h/1.jpg", "https://h/2.jpg", ""]
     assert rows[0].meta == {"column_1": "first"}
-    assert "source_error" in rows[2].meta          # kept, and the downloader fails it
+    assert "source_error" in rows[2].meta  # kept, and the downloader fails it
 
 
 def test_jsonl_bad_lines_are_rows_not_crashes(tmp_path):
     path = tmp_path / "l.jsonl"
-    path.write_text('{"url": "https://h/1.jpg", "id": 1, "size": 2.5, "tags": ["a"], "x": null}\n'
-                    '{not json\n"https://h/bare.jpg"\n[1, 2]\n')
+    path.write_text(
+        '{"url": "https://h/1.jpg", "id": 1, "size": 2.5, "tags": ["a"], "x": null}\n'
+        '{not json\n"https://h/bare.jpg"\n[1, 2]\n'
+    )
     source = open_source(path)
     rows = list(source.rows())
     assert [r.url for r in rows] == ["https://h/1.jpg", "", "https://h/bare.jpg", ""]
@@ -134,16 +140,19 @@ def test_misnamed_compressed_list_still_opens(tmp_path):
     assert [r.url for r in open_source(path).rows()] == ["https://h/1.jpg"]
 
 
-@pytest.mark.parametrize("name,content,reason", [
-    ("empty.txt", b"", "empty list"),
-    ("comments.txt", b"# nothing\n\n", "empty list"),
-    ("empty.csv.gz", gzip.compress(b""), "empty list"),
-    ("header.csv", b"url,id\n", "a header but no rows"),
-    ("nourl.csv", b"name,caption\na,b\n", "no URL column"),
-    ("nourl.jsonl", b'{"name": "a"}\n', "no URL field"),
-    ("notjson.jsonl", b"hello\n", "not JSON"),
-    ("broken.parquet", b"PAR1 not really", "unreadable Parquet"),
-])
+@pytest.mark.parametrize(
+    "name,content,reason",
+    [
+        ("empty.txt", b"", "empty list"),
+        ("comments.txt", b"# nothing\n\n", "empty list"),
+        ("empty.csv.gz", gzip.compress(b""), "empty list"),
+        ("header.csv", b"url,id\n", "a header but no rows"),
+        ("nourl.csv", b"name,caption\na,b\n", "no URL column"),
+        ("nourl.jsonl", b'{"name": "a"}\n', "no URL field"),
+        ("notjson.jsonl", b"hello\n", "not JSON"),
+        ("broken.parquet", b"PAR1 not really", "unreadable Parquet"),
+    ],
+)
 def test_unusable_lists_fail_at_open_with_one_line(tmp_path, name, content, reason):
     path = tmp_path / name
     path.write_bytes(content)
@@ -177,13 +186,14 @@ def test_truncated_compressed_list_fails_with_one_line(tmp_path):
     path = tmp_path / "l.txt.gz"
     data = gzip.compress(b"".join(b"https://h/%d.jpg\n" % i for i in range(20000)))
     path.write_bytes(data[: len(data) // 2])
-    source = open_source(path)           # the start is readable: opening is fine
+    source = open_source(path)  # the start is readable: opening is fine
     with pytest.raises(SourceError) as exc:
         list(source.rows())
     assert str(path) in str(exc.value) and "\n" not in str(exc.value)
 
 
 # -- folders --------------------------------------------------------------------------------
+
 
 def _touch(path: Path, data: bytes = b"x") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +222,7 @@ def test_folder_symlink_loop_does_not_hang(tmp_path):
     root = tmp_path / "r"
     _touch(root / "sub" / "x.jpg")
     os.symlink(root, root / "sub" / "loop")
-    os.symlink(root / "sub", root / "alias")          # a second way into the same folder
+    os.symlink(root / "sub", root / "alias")  # a second way into the same folder
     os.symlink(root / "gone.jpg", root / "dangling.jpg")
     source = open_source(root)
     rows = [r.path for r in source.rows()]
@@ -241,4 +251,4 @@ def test_real_photo_folder(photos_dir):
     rows = list(source.rows())
     assert len(rows) == 102
     assert [r.path for r in rows] == sorted(str(p) for p in photos_dir.glob("*.jpg"))
-    assert source.skipped["not_image"] > 0      # the metadata-extractor dumps, manifest, ...
+    assert source.skipped["not_image"] > 0  # the metadata-extractor dumps, manifest, ...

@@ -1,5 +1,6 @@
 """Sources at scale: a folder or glob of list files / Parquet shards (local or on S3) is one stream
 with continuous indices; Parquet is read by batches; a YFCC main file is streamed, never held."""
+
 from __future__ import annotations
 
 import csv
@@ -42,12 +43,15 @@ def _parquet(rows, row_group_size: int = 1 << 20) -> bytes:
 
 def _list_files() -> dict[str, bytes]:
     """Three list kinds, plus what a folder of lists also holds and must not turn into rows."""
-    return {"a.txt": ("# three\n" + "\n".join(TXT) + "\n").encode(),
-            "b.csv.gz": _csv_gz(CSV),
-            "sub/c.parquet": _parquet(PARQUET),
-            "d.txt": b"# nothing but a comment\n",          # empty: skipped, counted
-            "_SUCCESS": b"", "README": b"see a.txt\n",      # bookkeeping, no suffix: skipped
-            ".hidden.txt": b"https://h/hidden.jpg\n"}
+    return {
+        "a.txt": ("# three\n" + "\n".join(TXT) + "\n").encode(),
+        "b.csv.gz": _csv_gz(CSV),
+        "sub/c.parquet": _parquet(PARQUET),
+        "d.txt": b"# nothing but a comment\n",  # empty: skipped, counted
+        "_SUCCESS": b"",
+        "README": b"see a.txt\n",  # bookkeeping, no suffix: skipped
+        ".hidden.txt": b"https://h/hidden.jpg\n",
+    }
 
 
 def _write(root: Path, files: dict[str, bytes]) -> Path:
@@ -61,15 +65,17 @@ def _rows(source) -> list[tuple]:
     return [(r.index, r.url, r.photo_id) for r in source.rows()]
 
 
-EXPECTED = [(i, url, pid) for i, (url, pid) in enumerate(
-    [(u, None) for u in TXT] + [(u, p) for p, u in CSV] + [(u, p) for p, u in PARQUET])]
+EXPECTED = [
+    (i, url, pid)
+    for i, (url, pid) in enumerate([(u, None) for u in TXT] + [(u, p) for p, u in CSV] + [(u, p) for p, u in PARQUET])
+]
 
 
 def test_folder_and_glob_of_lists_are_one_stream(tmp_path):
     root = _write(tmp_path / "lists", _list_files())
     folder = open_source(root)
     assert isinstance(folder, MultiSource) and detect_format(root) == "urls"
-    assert _rows(folder) == EXPECTED == _rows(folder)          # continuous, and the same twice
+    assert _rows(folder) == EXPECTED == _rows(folder)  # continuous, and the same twice
     assert folder.skipped == {"comment": 1, "empty_file": 1, "not_a_list": 2, "hidden": 1}
     assert folder.files_read == 3 and folder.format == "urls"
     pattern = open_source(f"{root}/**/[a-c]*.*")
@@ -99,9 +105,9 @@ def test_unusable_globs_and_folders_are_one_line(tmp_path):
         open_source(tmp_path / "only_empty")
     _write(tmp_path / "bad", {"a.txt": b"https://h/1.jpg\n", "b.csv": b"link\nx\n"})
     rows = open_source(tmp_path / "bad").rows()
-    assert next(rows).url == "https://h/1.jpg"               # the first file is fine...
+    assert next(rows).url == "https://h/1.jpg"  # the first file is fine...
     with pytest.raises(SourceError, match=r"b\.csv: no URL column"):
-        next(rows)                                           # ...the second stops the job
+        next(rows)  # ...the second stops the job
 
 
 def test_parquet_shard_is_read_by_row_groups(tmp_path):
@@ -109,16 +115,17 @@ def test_parquet_shard_is_read_by_row_groups(tmp_path):
     batches before the damage arrive first (4096-row batches: 3 of them end before row 15000),
     so the file is read by batches, not whole."""
     rows = [(f"p{i}", f"https://h/{i}.jpg") for i in range(20_000)]
-    root = _write(tmp_path / "shards", {"part-0.parquet": _parquet(rows[:100]),
-                                        "part-1.parquet": _parquet(rows[100:], 5_000)})
+    root = _write(
+        tmp_path / "shards", {"part-0.parquet": _parquet(rows[:100]), "part-1.parquet": _parquet(rows[100:], 5_000)}
+    )
     path = root / "part-1.parquet"
     meta = pq.read_metadata(path)
     assert meta.num_row_groups == 4
     data = bytearray(path.read_bytes())
-    for c in range(meta.num_columns):       # garble the last row group's column chunks
+    for c in range(meta.num_columns):  # garble the last row group's column chunks
         col = meta.row_group(3).column(c)
         start = (col.dictionary_page_offset or col.data_page_offset) + 16
-        data[start:start + col.total_compressed_size - 32] = b"\xa5" * (col.total_compressed_size - 32)
+        data[start : start + col.total_compressed_size - 32] = b"\xa5" * (col.total_compressed_size - 32)
     path.write_bytes(bytes(data))
     got = []
     with pytest.raises(SourceError, match=r"part-1.parquet: unreadable Parquet"):
@@ -129,9 +136,20 @@ def test_parquet_shard_is_read_by_row_groups(tmp_path):
 
 def _yfcc_line(i: int, description: str) -> str:
     f = dict.fromkeys(FIELDS_2016, "")
-    f.update(line_number=str(i), photo_id=str(10 ** 9 + i), user_id="u@N01", title="t",
-             description=description, download_url=f"https://h/{i}.jpg", farm_id="1",
-             server_id="2", secret="s", original_secret="o", original_extension="jpg", marker="0")
+    f.update(
+        line_number=str(i),
+        photo_id=str(10**9 + i),
+        user_id="u@N01",
+        title="t",
+        description=description,
+        download_url=f"https://h/{i}.jpg",
+        farm_id="1",
+        server_id="2",
+        secret="s",
+        original_secret="o",
+        original_extension="jpg",
+        marker="0",
+    )
     return "\t".join(f[k] for k in FIELDS_2016) + "\n"
 
 
@@ -155,8 +173,9 @@ print(json.dumps({"rows": n, "format": source.format,
 
 
 def _peak(path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _PEAK, str(path)], cwd=REPO, check=True,
-                         capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(path)], cwd=REPO, check=True, capture_output=True, text=True, timeout=300
+    ).stdout
     return json.loads(out)
 
 
@@ -176,7 +195,7 @@ def test_yfcc_rows_arrive_before_the_end_is_read(tmp_path):
     path.write_bytes(data[: len(data) * 9 // 10])
     rows = open_source(path).rows()
     first = next(rows)
-    assert (first.index, first.photo_id) == (0, str(10 ** 9))
+    assert (first.index, first.photo_id) == (0, str(10**9))
     seen = 1
     with pytest.raises(SourceError) as exc:
         for _ in rows:

@@ -1,4 +1,5 @@
 """Synthetic camera corpus: determinism, valid JPEG + EXIF, per-camera JPEG/noise traits, scene independence."""
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,26 @@ def _rows(out: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "a"
-    assert synth.main(["--out", str(out), "--cameras", "4", "--images", "16", "--seed", "3",
-                       "--size", "192x144", "--workers", "1", "--no-progress"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(out),
+                "--cameras",
+                "4",
+                "--images",
+                "16",
+                "--seed",
+                "3",
+                "--size",
+                "192x144",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -60,12 +79,32 @@ def test_deterministic_and_worker_independent(corpus: Path, tmp_path: Path) -> N
 
 
 def test_indices_write_the_same_files_and_larger_sizes_keep_the_cameras(corpus: Path, tmp_path: Path) -> None:
-    assert synth.main(["--out", str(tmp_path / "s"), "--cameras", "4", "--images", "16", "--seed", "3",
-                       "--size", "192x144", "--indices", "10:13", "--workers", "1", "--no-progress"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(tmp_path / "s"),
+                "--cameras",
+                "4",
+                "--images",
+                "16",
+                "--seed",
+                "3",
+                "--size",
+                "192x144",
+                "--indices",
+                "10:13",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = _rows(tmp_path / "s")
     assert [int(r["index"]) for r in rows] == [10, 11, 12]
     full = {r["index"]: r for r in _rows(corpus)}
-    for r in rows:    # the very files (and manifest rows) a full run writes at those indices
+    for r in rows:  # the very files (and manifest rows) a full run writes at those indices
         assert r == full[r["index"]]
         assert (tmp_path / "s" / r["file"]).read_bytes() == (corpus / r["file"]).read_bytes()
     small = synth.make_cameras(3, 4, None, 384, 640)
@@ -75,7 +114,7 @@ def test_indices_write_the_same_files_and_larger_sizes_keep_the_cameras(corpus: 
         da, db = a.to_dict(), b.to_dict()
         for key in ("width", "height"):
             da.pop(key), db.pop(key)
-        assert da == db           # only the sensor size differs: same cameras, larger photos
+        assert da == db  # only the sensor size differs: same cameras, larger photos
     assert synth.main(["--out", str(tmp_path / "t"), "--images", "16", "--indices", "10:20"]) == 2
     with pytest.raises(SystemExit):
         synth.main(["--out", str(tmp_path / "t"), "--images", "16", "--indices", "5"])
@@ -182,11 +221,15 @@ def _features(rgb: np.ndarray) -> np.ndarray:
     r1, r2 = y - gaussian_filter(y, 1.0), y - gaussian_filter(y, 2.5)
     rc = c - gaussian_filter(c, (1.0, 1.0, 0))
     n1 = np.log(r1.std() + 1e-3)
-    f = [n1, np.log(r2.std() + 1e-3) - n1, np.log(rc.std(axis=(0, 1)) + 1e-3) - n1,
-         [np.corrcoef(r1[:, :-1].ravel(), r1[:, 1:].ravel())[0, 1],
-          np.corrcoef(r1[:-1].ravel(), r1[1:].ravel())[0, 1]],
-         np.log(x.mean(axis=(0, 1)) + 1) - np.log(x.mean() + 1),
-         np.percentile(y, [1, 50, 99]) / 255, [np.abs(c).mean() / (y.mean() + 1)]]
+    f = [
+        n1,
+        np.log(r2.std() + 1e-3) - n1,
+        np.log(rc.std(axis=(0, 1)) + 1e-3) - n1,
+        [np.corrcoef(r1[:, :-1].ravel(), r1[:, 1:].ravel())[0, 1], np.corrcoef(r1[:-1].ravel(), r1[1:].ravel())[0, 1]],
+        np.log(x.mean(axis=(0, 1)) + 1) - np.log(x.mean() + 1),
+        np.percentile(y, [1, 50, 99]) / 255,
+        [np.abs(c).mean() / (y.mean() + 1)],
+    ]
     d = np.abs(np.diff(y, axis=1)).mean(axis=0)
     f.append([d[7::8].mean() / (d.mean() + 1e-6)])
     return np.concatenate([np.ravel(v) for v in f])

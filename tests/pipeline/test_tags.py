@@ -1,4 +1,5 @@
 """Tag selection semantics, sizes/summary files, and cross-shard dedup on hand-made shards."""
+
 import json
 import tarfile
 from collections import Counter
@@ -15,7 +16,7 @@ from exiflang.pipeline.shards.tags import select_tags, vocabulary_hash, write_si
 
 def test_strictly_more_than_threshold():
     counts = Counter({"A": 10, "B": 6, "C": 5, "D": 4})
-    assert select_tags(counts, 10, 0.5) == ["A", "B"]          # C at exactly 50% is out
+    assert select_tags(counts, 10, 0.5) == ["A", "B"]  # C at exactly 50% is out
     assert select_tags(counts, 10, 0.3) == ["A", "B", "C", "D"]
     assert select_tags(counts, 0, 0.5) == []
     with pytest.raises(ValueError):
@@ -35,24 +36,48 @@ def _shard(out: Path, shard: int, samples: list[tuple[str, str, dict]]) -> None:
     rows = []
     for pos, (status, sha, exif) in enumerate(samples):
         key = f"{shard:05d}_{pos:05d}"
-        rows.append({"key": key, "shard": shard, "position": pos, "status": status,
-                     "sha256": sha, "exif": exif, "n_tags": len(exif)})
+        rows.append(
+            {
+                "key": key,
+                "shard": shard,
+                "position": pos,
+                "status": status,
+                "sha256": sha,
+                "exif": exif,
+                "n_tags": len(exif),
+            }
+        )
         if status == st.SUCCESS:
             w.add(key, {"jpg": sha.encode(), "exif.json": json.dumps(exif).encode()})
     w.commit()
     write_table(paths["parquet"], rows)
-    atomic_write_json(paths["stats"], {"shard": shard, "rows": len(rows), "samples": w.count,
-                                       "status_counts": dict(Counter(r["status"] for r in rows))})
+    atomic_write_json(
+        paths["stats"],
+        {
+            "shard": shard,
+            "rows": len(rows),
+            "samples": w.count,
+            "status_counts": dict(Counter(r["status"] for r in rows)),
+        },
+    )
 
 
 def test_selection_reads_only_successful_rows(tmp_path):
     full = {"Make": "X", "Model": "Y", "ISO Speed Ratings": "100"}
-    _shard(tmp_path, 0, [(st.SUCCESS, "a", full), (st.SUCCESS, "b", {"Make": "X"}),
-                         (st.TOO_FEW_TAGS, "c", {"Model": "Y"}), (st.DECODE_FAILED, "d", {})])
+    _shard(
+        tmp_path,
+        0,
+        [
+            (st.SUCCESS, "a", full),
+            (st.SUCCESS, "b", {"Make": "X"}),
+            (st.TOO_FEW_TAGS, "c", {"Model": "Y"}),
+            (st.DECODE_FAILED, "d", {}),
+        ],
+    )
     _shard(tmp_path, 1, [(st.SUCCESS, "e", {"Make": "X", "Model": "Z"})])
     doc = write_tags(tmp_path, 0.5, min_tags=10)
     assert doc["num_images"] == 3
-    assert doc["tags"] == ["Make", "Model"]                   # Model 2/3; ISO 1/3 is out
+    assert doc["tags"] == ["Make", "Model"]  # Model 2/3; ISO 1/3 is out
     assert doc["frequencies"]["Model"] == pytest.approx(2 / 3, abs=1e-5)
     assert json.loads((tmp_path / "tags.json").read_text())["hash"] == doc["hash"]
     summary = write_sizes_and_summary(tmp_path)

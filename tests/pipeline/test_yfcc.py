@@ -1,4 +1,5 @@
 """YFCC100M: the main file in both layouts, and the EXIF side file's parsing and SQLite index."""
+
 import bz2
 import csv
 import gzip
@@ -20,18 +21,29 @@ from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex, parse_exif_line, 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _line(layout: int, photo_id: str, *, video: bool = False, original: bool = True,
-          listed: str = "") -> str:
+def _line(layout: int, photo_id: str, *, video: bool = False, original: bool = True, listed: str = "") -> str:
     """One main-file line with URL-encoded free text, as the published file has it."""
     f = dict.fromkeys(FIELDS_2016, "")
-    f.update(line_number="7", photo_id=photo_id, photo_hash="ab12", user_id="12345678@N00",
-             user_nickname="some+one", date_taken="2010-01-02+03%3A04%3A05.0",
-             date_uploaded="1262401445", capture_device="Canon+EOS+400D+Digital",
-             title="At+the+beach%2C+again", description="long+text", user_tags="sea,sun",
-             page_url=f"http://www.flickr.com/photos/x/{photo_id}/",
-             download_url=listed or f"http://farm3.staticflickr.com/2087/{photo_id}_5ecf2c5be4.jpg",
-             license_name="Attribution+License", server_id="2087", farm_id="3",
-             secret="5ecf2c5be4", marker="1" if video else "0")
+    f.update(
+        line_number="7",
+        photo_id=photo_id,
+        photo_hash="ab12",
+        user_id="12345678@N00",
+        user_nickname="some+one",
+        date_taken="2010-01-02+03%3A04%3A05.0",
+        date_uploaded="1262401445",
+        capture_device="Canon+EOS+400D+Digital",
+        title="At+the+beach%2C+again",
+        description="long+text",
+        user_tags="sea,sun",
+        page_url=f"http://www.flickr.com/photos/x/{photo_id}/",
+        download_url=listed or f"http://farm3.staticflickr.com/2087/{photo_id}_5ecf2c5be4.jpg",
+        license_name="Attribution+License",
+        server_id="2087",
+        farm_id="3",
+        secret="5ecf2c5be4",
+        marker="1" if video else "0",
+    )
     if original:
         f.update(original_secret="9c41e0ca5a", original_extension="jpg")
     names = FIELDS_2016 if layout == 25 else FIELDS_2014
@@ -39,10 +51,14 @@ def _line(layout: int, photo_id: str, *, video: bool = False, original: bool = T
 
 
 def _main_file(path: Path, layout: int, compress=None) -> Path:
-    lines = [_line(layout, "5001"), _line(layout, "5002", video=True), "",
-             _line(layout, "5003", original=False),
-             "garbage\twith\thttp://farm1.staticflickr.com/1/9_s.jpg",
-             _line(layout, "5004")]
+    lines = [
+        _line(layout, "5001"),
+        _line(layout, "5002", video=True),
+        "",
+        _line(layout, "5003", original=False),
+        "garbage\twith\thttp://farm1.staticflickr.com/1/9_s.jpg",
+        _line(layout, "5004"),
+    ]
     data = ("\n".join(lines) + "\n").encode()
     path.write_bytes(compress(data) if compress else data)
     return path
@@ -70,16 +86,21 @@ def test_main_file_both_layouts(tmp_path, layout):
     assert "description" not in first.meta and "user_tags" not in first.meta
     assert ("line_number" in first.meta) == (layout == 25)
     # Without an original secret the listed (reduced) URL is all there is.
-    assert (rows[1].url, rows[1].fallback_urls) == (
-        "http://farm3.staticflickr.com/2087/5003_5ecf2c5be4.jpg", ())
+    assert (rows[1].url, rows[1].fallback_urls) == ("http://farm3.staticflickr.com/2087/5003_5ecf2c5be4.jpg", ())
     bad = rows[2]
     assert bad.url == "http://farm1.staticflickr.com/1/9_s.jpg"
     assert "malformed YFCC line: 3 tab-separated fields" in bad.meta["source_error"]
 
 
-@pytest.mark.parametrize("name,compress", [("yfcc100m_dataset.bz2", bz2.compress),
-                                           ("yfcc100m_dataset.gz", gzip.compress),
-                                           ("sample.tsv", None), ("sample.txt", None)])
+@pytest.mark.parametrize(
+    "name,compress",
+    [
+        ("yfcc100m_dataset.bz2", bz2.compress),
+        ("yfcc100m_dataset.gz", gzip.compress),
+        ("sample.tsv", None),
+        ("sample.txt", None),
+    ],
+)
 def test_main_file_detected_by_content(tmp_path, name, compress):
     path = _main_file(tmp_path / name, 25, compress)
     assert detect_format(path) == "yfcc"
@@ -105,7 +126,7 @@ def test_url_tsv_is_not_taken_for_yfcc(tmp_path):
 def test_detection_reads_only_the_start(tmp_path):
     path = tmp_path / "yfcc100m_dataset.gz"
     body = gzip.compress(("\n".join(_line(25, str(i)) for i in range(3000)) + "\n").encode())
-    path.write_bytes(body[: len(body) // 2])            # truncated: the end is unreadable
+    path.write_bytes(body[: len(body) // 2])  # truncated: the end is unreadable
     assert detect_format(path) == "yfcc"
     source = open_source(path)
     with pytest.raises(SourceError) as exc:
@@ -115,6 +136,7 @@ def test_detection_reads_only_the_start(tmp_path):
 
 # -- the EXIF side file ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def side_file(photos_dir) -> Path:
     return photos_dir / "yfcc100m_exif_sample.tsv"
@@ -122,7 +144,10 @@ def side_file(photos_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def expected_camera(photos_dir) -> dict[str, tuple[str, str]]:
-    files = {r["photo_id"]: r["file"] for r in csv.DictReader((photos_dir / "yfcc100m_exif_sample_ids.csv").read_text().splitlines())}
+    files = {
+        r["photo_id"]: r["file"]
+        for r in csv.DictReader((photos_dir / "yfcc100m_exif_sample_ids.csv").read_text().splitlines())
+    }
     manifest = {r["file"]: r for r in csv.DictReader((photos_dir / "manifest.csv").read_text().splitlines())}
     return {pid: (manifest[f]["make"].strip(), manifest[f]["model"].strip()) for pid, f in files.items()}
 
@@ -136,30 +161,36 @@ def test_every_sample_line_parses_to_its_camera(side_file, expected_camera):
         assert len(tags) >= 10
         assert all("+" not in k and "%" not in k for k in tags)
     _, tags = parse_exif_line(lines[0])
-    assert tags["Date/Time Original"] == "2008:07:01 17:27:03"   # ':' inside values survive
+    assert tags["Date/Time Original"] == "2008:07:01 17:27:03"  # ':' inside values survive
     assert tags["Orientation"] == "Right side, top (Rotate 90 CW)"  # %2C is a comma
     assert tags["Exposure Time"] == "1/250 sec" and tags["F-Number"] == "f/5.6"
-    assert "User Comment" not in tags                                # empty values dropped
+    assert "User Comment" not in tags  # empty values dropped
     assert any(k.startswith("Canon Makernote.") for k in tags)
 
 
 def test_item_parsing_edge_cases():
-    items = ",".join([
-        "Exif+SubIFD.Date%2FTime:2001%3A01%3A01+00%3A00%3A00",   # SubIFD first ...
-        "Exif+IFD0.Date%2FTime:2002%3A02%3A02+02%3A02%3A02",      # ... IFD0 still wins
-        "Exif+Thumbnail.Compression:JPEG+(old-style)",
-        "Canon+Makernote.Lens+Model:EF-S18-55mm",
-        "Sony+Makernote.A.F+Point:Center",                          # a dot inside the tag
-        "Exif+IFD0.Copyright:Me, Myself",                           # an unencoded comma
-        "Exif+IFD0.Software:",
-        "NoDirectory:1",
-        "",
-    ])
+    items = ",".join(
+        [
+            "Exif+SubIFD.Date%2FTime:2001%3A01%3A01+00%3A00%3A00",  # SubIFD first ...
+            "Exif+IFD0.Date%2FTime:2002%3A02%3A02+02%3A02%3A02",  # ... IFD0 still wins
+            "Exif+Thumbnail.Compression:JPEG+(old-style)",
+            "Canon+Makernote.Lens+Model:EF-S18-55mm",
+            "Sony+Makernote.A.F+Point:Center",  # a dot inside the tag
+            "Exif+IFD0.Copyright:Me, Myself",  # an unencoded comma
+            "Exif+IFD0.Software:",
+            "NoDirectory:1",
+            "",
+        ]
+    )
     tags = parse_items(items)
-    assert tags == {"Date/Time": "2002:02:02 02:02:02", "Thumbnail Compression": "JPEG (old-style)",
-                    "Canon Makernote.Lens Model": "EF-S18-55mm",
-                    "Sony Makernote.A.F Point": "Center", "Copyright": "Me, Myself",
-                    "NoDirectory": "1"}
+    assert tags == {
+        "Date/Time": "2002:02:02 02:02:02",
+        "Thumbnail Compression": "JPEG (old-style)",
+        "Canon Makernote.Lens Model": "EF-S18-55mm",
+        "Sony Makernote.A.F Point": "Center",
+        "Copyright": "Me, Myself",
+        "NoDirectory": "1",
+    }
     assert parse_items("Exif+IFD0.Software:", keep_empty=True) == {"Software": ""}
     assert parse_exif_line("77\t\n") == ("77", {})
     for bad in ("no tab here", "\tExif+IFD0.Make:X", "1 2\tExif+IFD0.Make:X"):
@@ -177,10 +208,10 @@ def test_index_build_get_and_reuse(tmp_path, side_file):
     assert index.get("123") is None
     many = index.get_many([parse_exif_line(line)[0] for line in lines[:3]] + ["123", "", None])
     assert list(many) == [parse_exif_line(line)[0] for line in lines[:3]]
-    assert sorted(os.listdir(tmp_path)) == ["exif.sqlite"]          # no temporary left behind
+    assert sorted(os.listdir(tmp_path)) == ["exif.sqlite"]  # no temporary left behind
     stamp = db.stat().st_mtime_ns
     again = YfccExifIndex.build(str(side_file), str(db), photo_ids={pid})
-    assert db.stat().st_mtime_ns == stamp and len(again) == 76      # a full index is reused
+    assert db.stat().st_mtime_ns == stamp and len(again) == 76  # a full index is reused
 
 
 def test_index_filter_compression_malformed_and_rebuild(tmp_path, side_file):
@@ -205,13 +236,16 @@ def test_index_opens_read_only_in_other_processes(tmp_path, side_file):
     db = tmp_path / "exif.sqlite"
     pid, tags = parse_exif_line(side_file.read_text().splitlines()[0])
     YfccExifIndex.build(str(side_file), str(db))
-    os.chmod(db, 0o444)                                   # read-only on disk is enough
+    os.chmod(db, 0o444)  # read-only on disk is enough
     os.chmod(tmp_path, 0o555)
     try:
-        code = ("import sys; from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex as I; "
-                f"i = I.open({str(db)!r}); print(i.get({pid!r})['Model'])")
-        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        code = (
+            "import sys; from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex as I; "
+            f"i = I.open({str(db)!r}); print(i.get({pid!r})['Model'])"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert out == tags["Model"]
         clone = pickle.loads(pickle.dumps(YfccExifIndex.open(str(db))))
         assert clone.get(pid) == tags

@@ -1,4 +1,5 @@
 """The streaming YFCC side-file join against the full index, on generated main and side files."""
+
 import itertools
 import random
 import subprocess
@@ -17,14 +18,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _main_line(fields: tuple, pid: str, video: bool) -> str:
     f = dict.fromkeys(FIELDS_2016, "")
-    f.update(line_number="1", photo_id=pid, server_id="2", farm_id="1", secret="abc",
-             download_url=f"http://farm1.staticflickr.com/2/{pid}_abc.jpg",
-             original_secret="def", original_extension="jpg", marker="1" if video else "0")
+    f.update(
+        line_number="1",
+        photo_id=pid,
+        server_id="2",
+        farm_id="1",
+        secret="abc",
+        download_url=f"http://farm1.staticflickr.com/2/{pid}_abc.jpg",
+        original_secret="def",
+        original_extension="jpg",
+        marker="1" if video else "0",
+    )
     return "\t".join(f[n] for n in fields)
 
 
-def write_files(folder: Path, seed: int, n: int = 300, layout: int = 25,
-                order: str = "aligned", complete: bool = False) -> tuple[Path, Path]:
+def write_files(
+    folder: Path, seed: int, n: int = 300, layout: int = 25, order: str = "aligned", complete: bool = False
+) -> tuple[Path, Path]:
     """A main file of ``n`` lines (some videos, some repeated ids) and its side file.
 
     ``complete``: as YFCC publishes it, one line per main line (videos included) in the main
@@ -33,7 +43,7 @@ def write_files(folder: Path, seed: int, n: int = 300, layout: int = 25,
     in the main file's order ("aligned") or shuffled."""
     rng = random.Random(seed)
     ids = [str(rng.randrange(10**9, 10**10)) for _ in range(n)]
-    ids += rng.sample(ids, 5)                              # the same photo twice in the source
+    ids += rng.sample(ids, 5)  # the same photo twice in the source
     fields = FIELDS_2016 if layout == 25 else FIELDS_2014
     main = folder / f"yfcc100m_dataset_{layout}_{order}"
     main.write_text("".join(_main_line(fields, pid, rng.random() < 0.05) + "\n" for pid in ids))
@@ -45,9 +55,9 @@ def write_files(folder: Path, seed: int, n: int = 300, layout: int = 25,
             continue
         if rng.random() < 0.9:
             side.append(f"{pid}\t{exif}")
-        if rng.random() < 0.05:                            # an id the source never asks for
+        if rng.random() < 0.05:  # an id the source never asks for
             side.append(f"{rng.randrange(10**10, 10**11)}\tExif+IFD0.Make:Other")
-        if rng.random() < 0.03:                            # a later line of the same id loses
+        if rng.random() < 0.03:  # a later line of the same id loses
             side.append(f"{pid}\tExif+IFD0.Make:Second")
     if not complete:
         side.insert(len(side) // 2, "malformed line without a tab")
@@ -69,7 +79,7 @@ def _check_against_full(tmp_path: Path, main: Path, side: Path, **kw) -> YfccSid
         if row.photo_id and len(passed) % 17 == 1:
             with YfccExifIndex.open(join.db_path) as now:
                 assert now.get(row.photo_id) == full.get(row.photo_id)
-    assert passed == expected                               # rows pass through unchanged
+    assert passed == expected  # rows pass through unchanged
     ids = [r.photo_id for r in expected if r.photo_id]
     with YfccExifIndex.open(join.db_path) as index:
         assert index.get_many(ids) == full.get_many(ids)
@@ -80,14 +90,18 @@ def _check_against_full(tmp_path: Path, main: Path, side: Path, **kw) -> YfccSid
 @pytest.mark.parametrize("layout", [25, 23])
 @pytest.mark.parametrize("order", ["complete", "aligned", "shuffled"])
 def test_join_equals_full_index(tmp_path, layout, order):
-    main, side = write_files(tmp_path, seed=layout, layout=layout,
-                             order="aligned" if order == "complete" else order,
-                             complete=order == "complete")
+    main, side = write_files(
+        tmp_path,
+        seed=layout,
+        layout=layout,
+        order="aligned" if order == "complete" else order,
+        complete=order == "complete",
+    )
     join = _check_against_full(tmp_path, main, side, block_rows=7, window=5)
     # Ids the side file lacks are found missing (reading it to its end); none when complete.
     assert (join.counts["missing"] > 0) == (order != "complete")
     if order == "complete":
-        assert join.counts["spilled"] <= 20                # videos' lines only
+        assert join.counts["spilled"] <= 20  # videos' lines only
     if order == "shuffled":
         assert join.counts["spilled"] > 0
 
@@ -104,7 +118,7 @@ def test_aligned_prefix_indexes_about_the_job_only(tmp_path):
         full = YfccExifIndex.build(str(side), str(tmp_path / "full.sqlite"))
         assert {p: index.get(p) for p in ids} == {p: full.get(p) for p in ids}
         assert len(index) <= len(ids) + 50 + 100 < len(full) / 4
-        assert index.info["filter"] == "stream"         # never mistaken for a full index
+        assert index.info["filter"] == "stream"  # never mistaken for a full index
 
 
 def test_file_read_to_its_end_is_a_full_index_a_rerun_reuses(tmp_path):
@@ -112,7 +126,7 @@ def test_file_read_to_its_end_is_a_full_index_a_rerun_reuses(tmp_path):
     join = _check_against_full(tmp_path, main, side, block_rows=50, window=10)
     db = Path(join.db_path)
     with YfccExifIndex.open(str(db)) as index:
-        assert index.info["filter"] == "all"            # the missing ids made it read it all
+        assert index.info["filter"] == "all"  # the missing ids made it read it all
         assert len(index) == len(YfccExifIndex.open(str(tmp_path / "full.sqlite")))
     stamp = db.stat().st_mtime_ns
     again = YfccSideJoin(str(side), str(db))
@@ -126,11 +140,10 @@ def test_stale_stream_index_is_rebuilt_and_bad_side_file_is_one_line(tmp_path):
     main, side = write_files(tmp_path, seed=9, n=60)
     db = tmp_path / "join.sqlite"
     first = YfccSideJoin(str(side), str(db), block_rows=5)
-    next(iter(first.rows(open_source(main).rows())))    # killed after one block
+    next(iter(first.rows(open_source(main).rows())))  # killed after one block
     first.close()
     _check_against_full(tmp_path, main, side, block_rows=5)
-    assert sorted(p.name for p in tmp_path.iterdir() if "sqlite" in p.name) == \
-        ["full.sqlite", "join.sqlite"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "sqlite" in p.name) == ["full.sqlite", "join.sqlite"]
     with pytest.raises(SourceError, match="no such YFCC EXIF side file"):
         YfccSideJoin(str(tmp_path / "nope"), str(db))
 
@@ -142,20 +155,27 @@ def test_reader_in_another_process_while_the_join_writes(tmp_path):
     db = tmp_path / "join.sqlite"
     join = YfccSideJoin(str(side), str(db), block_rows=3, window=4)
     rows = join.rows(open_source(main).rows())
-    first = next(rows)                                  # the database exists from here on
-    code = ("import sys, time; from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex as I\n"
-            "ids = sys.argv[2].split(','); reads = 0; end = time.time() + 30\n"
-            "while time.time() < end:\n"
-            "    with I.open(sys.argv[1]) as ix: got = ix.get_many(ids)\n"
-            "    reads += 1\n"
-            "    if reads == 1: print('ready', flush=True)\n"
-            "    if len(got) == len(ids): break\n"
-            "print(reads, len(got))\n")
+    first = next(rows)  # the database exists from here on
+    code = (
+        "import sys, time; from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex as I\n"
+        "ids = sys.argv[2].split(','); reads = 0; end = time.time() + 30\n"
+        "while time.time() < end:\n"
+        "    with I.open(sys.argv[1]) as ix: got = ix.get_many(ids)\n"
+        "    reads += 1\n"
+        "    if reads == 1: print('ready', flush=True)\n"
+        "    if len(got) == len(ids): break\n"
+        "print(reads, len(got))\n"
+    )
     rows_ids = [r.photo_id for r in open_source(main).rows()]
     ids = list(dict.fromkeys(rows_ids))
-    reader = subprocess.Popen([sys.executable, "-c", code, str(db), ",".join(ids)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert reader.stdout.readline() == "ready\n"         # reading before the join goes on
+    reader = subprocess.Popen(
+        [sys.executable, "-c", code, str(db), ",".join(ids)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout.readline() == "ready\n"  # reading before the join goes on
     passed = [first, *rows]
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err

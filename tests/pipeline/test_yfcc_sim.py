@@ -1,4 +1,5 @@
 """The YFCC-like simulator (benchmarks/yfcc_sim.py): its files, its hosts, its counters, and a crawl of it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,26 +20,26 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from benchmarks.yfcc_sim import (DEFAULT_SHARES, FATES, SimConfig, SimWorld, YfccSimulator,
-                                 host_of, write_files)
+from benchmarks.yfcc_sim import DEFAULT_SHARES, FATES, SimConfig, SimWorld, YfccSimulator, host_of, write_files
 from exiflang.pipeline import records as st
 from exiflang.pipeline.exif.parse import read_exif
-from exiflang.pipeline.shards.jpeg_check import jpeg_problem
 from exiflang.pipeline.shards.files import read_tables
+from exiflang.pipeline.shards.jpeg_check import jpeg_problem
 from exiflang.pipeline.sources.yfcc import YfccSource
 from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex
 
 REPO = Path(__file__).resolve().parents[2]
 # Every rare fate common enough to appear in a few hundred rows; stalls stay few (each costs
 # the crawler (retries + 1) x timeout per URL).
-TEST_SHARES = {f: 0.03 for f in DEFAULT_SHARES} | {"gone404": 0.18, "gone410": 0.08, "stall": 0.012}
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback, never a proxy
+TEST_SHARES = dict.fromkeys(DEFAULT_SHARES, 0.03) | {"gone404": 0.18, "gone410": 0.08, "stall": 0.012}
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
 
 
 @pytest.fixture(scope="module")
 def world() -> SimWorld:
-    return SimWorld(SimConfig(n_rows=300, seed=1, shares=TEST_SHARES, pool_size=12,
-                              stall_seconds=20.0, retry_after=1.0))
+    return SimWorld(
+        SimConfig(n_rows=300, seed=1, shares=TEST_SHARES, pool_size=12, stall_seconds=20.0, retry_after=1.0)
+    )
 
 
 @pytest.fixture
@@ -67,6 +68,7 @@ def first_of(world: SimWorld, fate: str):
 
 # -- the world and its files ---------------------------------------------------------------
 
+
 def test_world_is_deterministic_and_ids_invert(world):
     again = SimWorld(world.config)
     assert [again.line(i) for i in range(50)] == [world.line(i) for i in range(50)]
@@ -74,9 +76,9 @@ def test_world_is_deterministic_and_ids_invert(world):
     assert [other.line(i).photo_id for i in range(50)] != [world.line(i).photo_id for i in range(50)]
     for ln in world.lines(0, 100):
         assert world.line_of(ln.photo_id) == ln and world.line_of(str(ln.photo_id)) == ln
-    assert world.line_of(world.line(5).photo_id + 1) is None          # between two ids
+    assert world.line_of(world.line(5).photo_id + 1) is None  # between two ids
     assert world.line_of(123) is None and world.line_of("x") is None
-    assert world.line_of(world.config.id_base + 300 * 8) is None       # past the last line
+    assert world.line_of(world.config.id_base + 300 * 8) is None  # past the last line
     assert {ln.fate for ln in world.lines()} == set(FATES)
     # Default shares at a larger N: about 30% gone, 2% videos, 60% ok.
     big = SimWorld(SimConfig(n_rows=6000, seed=3))
@@ -140,10 +142,11 @@ def test_side_file_agrees_with_the_served_exif(world, files, tmp_path):
 
 # -- the hosts -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fate", [f for f in FATES if f not in ("retry429", "stall")])
 def test_served_fate_matches_the_truth(world, sim, fate):
     ln = first_of(world, fate)
-    if fate == "cut":   # the whole length announced, half sent, the connection closed
+    if fate == "cut":  # the whole length announced, half sent, the connection closed
         for original in (True, False):
             with pytest.raises(http.client.IncompleteRead):
                 _OPENER.open(sim.url(ln.photo_id, original), timeout=5).read()
@@ -163,7 +166,7 @@ def test_served_fate_matches_the_truth(world, sim, fate):
         assert image and body == world.photo_bytes(ln)
     elif fate == "html":
         assert code == 200 and headers["Content-Type"].startswith("text/html") and b"<html>" in body
-    else:   # ok, short, optout, duplicate, noexif: an image, its bytes as the world says
+    else:  # ok, short, optout, duplicate, noexif: an image, its bytes as the world says
         assert image and body == world.photo_bytes(ln) and exp.http_status == 200
     assert ("X-Robots-Tag" in headers) == (fate == "optout")
     if fate == "optout":
@@ -175,7 +178,7 @@ def test_retry_after_then_success_and_early_retries_counted(world, sim):
     ln = first_of(world, "retry429")
     code, headers, _, _ = fetch(sim.url(ln.photo_id))
     assert code == 429 and headers["Retry-After"] == "1"
-    assert fetch(sim.url(ln.photo_id))[0] == 429                      # too early: still refused
+    assert fetch(sim.url(ln.photo_id))[0] == 429  # too early: still refused
     time.sleep(1.05)
     code, _, body, _ = fetch(sim.url(ln.photo_id))
     assert code == 200 and body == world.photo_bytes(ln)
@@ -185,7 +188,7 @@ def test_retry_after_then_success_and_early_retries_counted(world, sim):
 
 def test_stall_holds_until_the_client_hangs_up(world, sim):
     ln = first_of(world, "stall")
-    url = sim.url(ln.photo_id).replace(host_of(ln.farm), host_of(5))   # paths work on any host
+    url = sim.url(ln.photo_id).replace(host_of(ln.farm), host_of(5))  # paths work on any host
     results: list[BaseException] = []
 
     def one() -> None:
@@ -193,6 +196,7 @@ def test_stall_holds_until_the_client_hangs_up(world, sim):
             _OPENER.open(url, timeout=0.6).read()
         except Exception as exc:  # noqa: BLE001 - the timeout is the point
             results.append(exc)
+
     threads = [threading.Thread(target=one) for _ in range(3)]
     t0 = time.monotonic()
     for t in threads:
@@ -206,7 +210,7 @@ def test_stall_holds_until_the_client_hangs_up(world, sim):
         time.sleep(0.02)
     host = sim.stats()[host_of(5)]
     assert host["in_flight"] == 0 and host["max_in_flight"] == 3 and host["requests"] == 3
-    assert host["codes"] == {"0": 3}       # no status line was ever sent
+    assert host["codes"] == {"0": 3}  # no status line was ever sent
 
 
 def test_per_host_counters_and_stats_endpoint(world, sim):
@@ -224,7 +228,7 @@ def test_per_host_counters_and_stats_endpoint(world, sim):
     assert (h2["max_rps"] == 4 or not fast) and h2["bytes_sent"] > 3 * len(world.photo_bytes(one))
     assert all(stats[host_of(f)]["requests"] == 0 for f in (1, 3, 4, 5, 6, 7, 8, 9))
     code, _, body, _ = fetch(sim.stats_url)
-    assert code == 200 and json.loads(body)[host_of(2)]["requests"] == 4   # not counted itself
+    assert code == 200 and json.loads(body)[host_of(2)]["requests"] == 4  # not counted itself
     sim.reset_stats()
     assert sim.stats()[host_of(2)]["requests"] == 0
 
@@ -244,7 +248,7 @@ def test_throttled_host_refuses_bursts(world, sim):
             resp = conn.getresponse()
             resp.read()
             codes.append(resp.status)
-        fast = time.monotonic() - t0 < 0.9          # all inside one second (a loaded box may not be)
+        fast = time.monotonic() - t0 < 0.9  # all inside one second (a loaded box may not be)
         conn.close()
         host = sim.stats()[host_of(farm)]
         assert host["requests"] == n and (host["max_rps"] == n or not fast)
@@ -257,27 +261,61 @@ def test_throttled_host_refuses_bursts(world, sim):
 
 # -- a crawl of the simulated world by the pipeline ----------------------------------------
 
+
 @pytest.mark.integration
 def test_pipeline_crawl_matches_the_ground_truth(tmp_path):
-    world = SimWorld(SimConfig(n_rows=220, seed=7, shares=TEST_SHARES, pool_size=12,
-                               stall_seconds=20.0, retry_after=1.0, throttle_concurrency=4,
-                               throttle_rate=20.0))
+    world = SimWorld(
+        SimConfig(
+            n_rows=220,
+            seed=7,
+            shares=TEST_SHARES,
+            pool_size=12,
+            stall_seconds=20.0,
+            retry_after=1.0,
+            throttle_concurrency=4,
+            throttle_rate=20.0,
+        )
+    )
     with YfccSimulator(world, lifetime=180) as sim:
         files = write_files(world, tmp_path / "world", sim.port, layouts=("2016",))
         out = tmp_path / "shards"
-        cmd = [sys.executable, "-m", "exiflang", "shards", "--source", str(files.dataset_2016),
-               "--yfcc-exif", str(files.exif), "--yfcc-original-url", sim.original_url_template,
-               "--out", str(out), "--executor", "local", "--rows-per-shard", "60",
-               "--threads", "8", "--timeout", "1", "--retries", "1",
-               # Polite below the throttled farms' limits (4 in flight, 20/s).
-               "--per-host-concurrency", "2", "--per-host-rate", "10", "-q"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "exiflang",
+            "shards",
+            "--source",
+            str(files.dataset_2016),
+            "--yfcc-exif",
+            str(files.exif),
+            "--yfcc-original-url",
+            sim.original_url_template,
+            "--out",
+            str(out),
+            "--executor",
+            "local",
+            "--rows-per-shard",
+            "60",
+            "--threads",
+            "8",
+            "--timeout",
+            "1",
+            "--retries",
+            "1",
+            # Polite below the throttled farms' limits (4 in flight, 20/s).
+            "--per-host-concurrency",
+            "2",
+            "--per-host-rate",
+            "10",
+            "-q",
+        ]
         env = dict(os.environ, RAY_AUTH_MODE="disabled")
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
         stats = sim.stats()
     assert proc.returncode == 0, proc.stderr[-3000:]
     truth = {r["photo_id"]: r for r in pq.read_table(files.truth).to_pylist()}
     got = read_tables(out, ["photo_id", "source_index", "status", "http_status", "error"]).to_pylist()
-    assert len(got) == len(truth) and {r["photo_id"] for r in got} == set(truth)   # 0 lost, 0 twice
+    assert len(got) == len(truth) and {r["photo_id"] for r in got} == set(truth)  # 0 lost, 0 twice
     wrong = []
     for row in got:
         want = truth[row["photo_id"]]
@@ -288,11 +326,12 @@ def test_pipeline_crawl_matches_the_ground_truth(tmp_path):
             ok = row["status"] in (want["expected_status"], st.SUCCESS)
         else:
             ok = row["status"] == want["expected_status"] and (
-                want["expected_http_status"] is None or row["http_status"] == want["expected_http_status"])
+                want["expected_http_status"] is None or row["http_status"] == want["expected_http_status"]
+            )
         if not ok:
             wrong.append((want["fate"], want["expected_status"], row["status"], row["http_status"], row["error"]))
     assert not wrong, wrong[:10]
-    assert {r["fate"] for r in truth.values()} == set(FATES)        # every fate was exercised
+    assert {r["fate"] for r in truth.values()} == set(FATES)  # every fate was exercised
     # Politeness, from the server's side.  A stalled request leaves the server's in-flight count
     # when it notices the hang-up, a moment after the client's slot is free: one more allowed there.
     # Starts spaced 0.1 s apart can arrive closer on a loaded machine: 12 in a second, not 10.

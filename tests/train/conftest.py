@@ -1,6 +1,7 @@
 """Fixtures of the trainer's tests: tiny shards (24 synthetic photos, 3 cameras, 3 tars of 8) and
 one short local training run with held-out numbers every 2 steps, shared by the tests that
 compare against it (object storage, held-out logging)."""
+
 from __future__ import annotations
 
 import json
@@ -13,19 +14,59 @@ from exiflang.pipeline.synth import corpus as synth
 
 # The smallest useful recipe: cpu-small on 64-px patches, batch 8, 2 crops per photo (6 batches
 # an epoch), text dropout left on so that the run draws from the RNG every step.
-TINY = ["run.log_every=1", "data.batch_size=8", "data.crops_per_image=2", "data.shuffle_buffer=32",
-        "data.patch_size=64"]
-HELDOUT = ["run.steps=4", "run.eval_every=2", "run.ckpt_every=4", "data.num_workers=1",
-           "data.text_format=values_shuffled"]
+TINY = [
+    "run.log_every=1",
+    "data.batch_size=8",
+    "data.crops_per_image=2",
+    "data.shuffle_buffer=32",
+    "data.patch_size=64",
+]
+HELDOUT = [
+    "run.steps=4",
+    "run.eval_every=2",
+    "run.ckpt_every=4",
+    "data.num_workers=1",
+    "data.text_format=values_shuffled",
+]
 
 
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_shards")
-    assert synth.main(["--out", str(root / "synth"), "--cameras", "3", "--images", "24",
-                       "--seed", "1", "--no-progress", "--workers", "1"]) == 0
-    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"),
-                              "--executor", "local", "--rows-per-shard", "8", "-q"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(root / "synth"),
+                "--cameras",
+                "3",
+                "--images",
+                "24",
+                "--seed",
+                "1",
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        build_shards.main(
+            [
+                "--source",
+                str(root / "synth"),
+                "--out",
+                str(root / "shards"),
+                "--executor",
+                "local",
+                "--rows-per-shard",
+                "8",
+                "-q",
+            ]
+        )
+        == 0
+    )
     return root / "shards"
 
 
@@ -53,18 +94,70 @@ def heldout_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 # The checkpoint-handling tests (safe loading, explicit resume, one-line errors) share one recipe:
 # 12 photos of 2 cameras in 2 tars, a cpu-small run of a few steps checkpointed every 2.
-CKPT_TINY = ["--config", "cpu-small", "run.tensorboard=false", "data.batch_size=8", "data.num_workers=0",
-             "run.log_every=2", "data.crops_per_image=2", "data.shuffle_buffer=32"]
+CKPT_TINY = [
+    "--config",
+    "cpu-small",
+    "run.tensorboard=false",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "run.log_every=2",
+    "data.crops_per_image=2",
+    "data.shuffle_buffer=32",
+]
 
 
 def checkpointed_run(root: Path, steps: int) -> tuple[Path, Path]:
     """(shards, RUN) under ``root``: a ``steps``-step run with a checkpoint every 2 steps."""
     from exiflang.train.main import main as train_main
 
-    assert synth.main(["--out", str(root / "synth"), "--cameras", "2", "--images", "12",
-                       "--seed", "1", "--no-progress", "--workers", "1"]) == 0
-    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"),
-                              "--executor", "local", "--workers", "1", "--rows-per-shard", "6", "-q"]) == 0
-    assert train_main(["--data", str(root / "shards"), "--out", str(root / "run"), *CKPT_TINY,
-                       f"run.steps={steps}", "run.ckpt_every=2"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(root / "synth"),
+                "--cameras",
+                "2",
+                "--images",
+                "12",
+                "--seed",
+                "1",
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        build_shards.main(
+            [
+                "--source",
+                str(root / "synth"),
+                "--out",
+                str(root / "shards"),
+                "--executor",
+                "local",
+                "--workers",
+                "1",
+                "--rows-per-shard",
+                "6",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (
+        train_main(
+            [
+                "--data",
+                str(root / "shards"),
+                "--out",
+                str(root / "run"),
+                *CKPT_TINY,
+                f"run.steps={steps}",
+                "run.ckpt_every=2",
+            ]
+        )
+        == 0
+    )
     return root / "shards", root / "run"

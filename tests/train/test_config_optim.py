@@ -1,4 +1,5 @@
 """Config presets/overrides/YAML, optimiser parameter groups and the learning-rate schedule."""
+
 import itertools
 import math
 
@@ -10,8 +11,11 @@ from exiflang.train.optim import OptimConfig, build_optimizer, lr_at, param_grou
 
 
 def test_presets_and_overrides(tmp_path):
-    cfg = load_config("cpu-small", ["optim.lr=3e-4", "data.batch_size=8", "run.steps=5",
-                                    "model.pooling=paper", "optim.betas=[0.9, 0.98]"], data="D")
+    cfg = load_config(
+        "cpu-small",
+        ["optim.lr=3e-4", "data.batch_size=8", "run.steps=5", "model.pooling=paper", "optim.betas=[0.9, 0.98]"],
+        data="D",
+    )
     assert cfg.model.image_arch == "small" and cfg.data.data == "D"
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.data.batch_size == 8
     assert cfg.model.pooling == "paper" and cfg.optim.betas == (0.9, 0.98)
@@ -27,14 +31,17 @@ def test_yaml_roundtrip(tmp_path):
     assert again.to_dict() == cfg.to_dict()
 
 
-@pytest.mark.parametrize("args,match", [
-    (("nope", []), "unknown preset"),
-    (("paper", ["optim.lr"]), "expected section.key=value"),
-    (("paper", ["optimizer.lr=1"]), "unknown section"),
-    (("paper", ["optim.learning_rate=1"]), "unknown key optim.learning_rate"),
-    (("missing.yaml", []), "config file not found"),
-    (("paper", ["model.pooling=max"]), "pooling"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (("nope", []), "unknown preset"),
+        (("paper", ["optim.lr"]), "expected section.key=value"),
+        (("paper", ["optimizer.lr=1"]), "unknown section"),
+        (("paper", ["optim.learning_rate=1"]), "unknown key optim.learning_rate"),
+        (("missing.yaml", []), "config file not found"),
+        (("paper", ["model.pooling=max"]), "pooling"),
+    ],
+)
 def test_errors_are_one_line(args, match):
     with pytest.raises(ValueError, match=match) as exc:
         load_config(*args)

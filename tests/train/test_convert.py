@@ -1,15 +1,16 @@
 """The authors' checkpoint converter on a synthetic wrapper_75_new.pth with the real key names and shapes."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers import DistilBertConfig, DistilBertModel
 
-from tests.train.test_model import torchvision_forward, torchvision_resnet_state
 from exiflang.train import convert_authors
 from exiflang.train.encoders import torchvision_to_hf_resnet
 from exiflang.train.model import ExifClip
 from exiflang.train.tokenizer import build_tokenizer
+from tests.train.test_model import torchvision_forward, torchvision_resnet_state
 
 
 def authors_state() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -22,14 +23,17 @@ def authors_state() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], d
     # Older transformers saved this buffer; the released file may carry it.
     state["model.transformer.embeddings.position_ids"] = torch.arange(512).unsqueeze(0)
     # OpenAI CLIP ViT-B/32 leftovers (shapes as in that model), unused by EXIFNet.
-    state.update({
-        "model.token_embedding.weight": torch.zeros(49408, 512),
-        "model.positional_embedding": torch.zeros(77, 512),
-        "model.ln_final.weight": torch.ones(512), "model.ln_final.bias": torch.zeros(512),
-        "model.text_projection": torch.zeros(512, 512, dtype=torch.float16),
-        "model.logit_scale": torch.tensor(4.6052),
-        "sink_temp": torch.tensor(2.6593),
-    })
+    state.update(
+        {
+            "model.token_embedding.weight": torch.zeros(49408, 512),
+            "model.positional_embedding": torch.zeros(77, 512),
+            "model.ln_final.weight": torch.ones(512),
+            "model.ln_final.bias": torch.zeros(512),
+            "model.text_projection": torch.zeros(512, 512, dtype=torch.float16),
+            "model.logit_scale": torch.tensor(4.6052),
+            "sink_temp": torch.tensor(2.6593),
+        }
+    )
     return state, visual, text
 
 

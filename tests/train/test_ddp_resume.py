@@ -1,6 +1,7 @@
 """Exact DDP resume: a 2-process gloo run (torchrun) killed mid-epoch and resumed with
 ``--resume latest`` ends with exactly the weights of the uninterrupted 2-process run; the ranks'
 saved RNG streams differ, so they draw different dropout masks at the same step."""
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,20 @@ REPO = Path(__file__).resolve().parents[2]
 # 24 photos x 2 crops / (4 a rank x 2 ranks) = 6 batches an epoch: the checkpoint at step 3 is
 # mid-epoch, and the resumed run crosses into epoch 1 at step 6.  Text dropout stays on, and
 # each rank forks a DataLoader worker.
-RECIPE = ["--config", "cpu-small", "run.steps=8", "run.ckpt_every=3", "run.keep_last=5",
-          "run.log_every=1", "run.tensorboard=false", "data.batch_size=4", "data.crops_per_image=2",
-          "data.shuffle_buffer=16", "data.patch_size=64", "data.num_workers=1"]
+RECIPE = [
+    "--config",
+    "cpu-small",
+    "run.steps=8",
+    "run.ckpt_every=3",
+    "run.keep_last=5",
+    "run.log_every=1",
+    "run.tensorboard=false",
+    "data.batch_size=4",
+    "data.crops_per_image=2",
+    "data.shuffle_buffer=16",
+    "data.patch_size=64",
+    "data.num_workers=1",
+]
 
 
 def _free_port() -> int:
@@ -36,9 +48,22 @@ def _free_port() -> int:
 
 
 def _torchrun(data: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", str(_free_port()), str(REPO / "train" / "main.py"),
-            "--data", str(data), "--out", str(run), *extra, *RECIPE]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(REPO / "train" / "main.py"),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        *extra,
+        *RECIPE,
+    ]
 
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -69,8 +94,13 @@ def _kill_everything(launcher: subprocess.Popen) -> None:
 
 def test_two_process_kill_mid_epoch_then_resume_equals_uninterrupted(tiny_shards, clean, tmp_path):
     killed = tmp_path / "killed"
-    launcher = subprocess.Popen(_torchrun(tiny_shards, killed), env=ENV, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        _torchrun(tiny_shards, killed),
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (killed / "checkpoints" / "step-0000003").exists():
         time.sleep(0.02)
@@ -79,17 +109,18 @@ def test_two_process_kill_mid_epoch_then_resume_equals_uninterrupted(tiny_shards
     latest = checkpoint.resolve(killed, "latest")
     assert latest is not None and latest.name == "step-0000003"
     position = checkpoint.load_state(latest)["position"]
-    assert (position["epoch"], position["batch"]) == (0, 3)   # mid-epoch (6 batches an epoch)
+    assert (position["epoch"], position["batch"]) == (0, 3)  # mid-epoch (6 batches an epoch)
 
-    res = subprocess.run(_torchrun(tiny_shards, killed, "--resume", "latest"), env=ENV, timeout=600,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        _torchrun(tiny_shards, killed, "--resume", "latest"), env=ENV, timeout=600, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stderr
     a = load_file(str(clean / "model" / "model.safetensors"))
     b = load_file(str(killed / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.equal(a[key], b[key]), key              # bit for bit, not merely close
+        assert torch.equal(a[key], b[key]), key  # bit for bit, not merely close
 
 
 def test_each_rank_saves_its_own_rng_and_draws_its_own_dropout_masks(clean):

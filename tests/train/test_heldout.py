@@ -1,5 +1,6 @@
 """Held-out numbers while training: at every run.eval_every steps in metrics.jsonl and TensorBoard,
 reproducible from the saved model; wandb asked for without the package is a one-line error."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,23 +9,23 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.train.conftest import metrics, train_args
 from exiflang.train.config import load_config
 from exiflang.train.heldout import HeldOutEvaluator, recall_at
 from exiflang.train.main import main as train_main
 from exiflang.train.model import ExifClip
+from tests.train.conftest import metrics, train_args
 
 KEYS = ("eval/loss", "eval/i2t_r1", "eval/i2t_r5", "eval/t2i_r1", "eval/t2i_r5", "eval/camera_top1")
 
 
 def test_heldout_numbers_at_the_interval_in_metrics_jsonl(heldout_run: Path) -> None:
     rows = [r for r in metrics(heldout_run) if "eval/loss" in r]
-    assert [r["step"] for r in rows] == [2, 4]            # run.eval_every=2 of 4 steps
+    assert [r["step"] for r in rows] == [2, 4]  # run.eval_every=2 of 4 steps
     for row in rows:
         assert set(KEYS) <= row.keys()
         assert row["eval/loss"] > 0 and 0 <= row["eval/i2t_r1"] <= row["eval/i2t_r5"] <= 1
         assert row["eval/images"] == 24 and row["eval/cameras"] == 3
-    assert rows[0]["eval/loss"] != rows[1]["eval/loss"]    # the model moved between them
+    assert rows[0]["eval/loss"] != rows[1]["eval/loss"]  # the model moved between them
 
 
 def test_heldout_numbers_in_tensorboard(heldout_run: Path) -> None:
@@ -49,6 +50,7 @@ def test_final_heldout_numbers_recomputed_from_the_saved_model(heldout_run: Path
 
 def test_recall_counts_identical_texts_as_hits() -> None:
     import torch
+
     sim = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.2, 0.0], [0.0, 0.1, 0.5]])
     own = torch.eye(3, dtype=torch.bool)
     assert recall_at(sim, own, 1) == pytest.approx(1 / 3) and recall_at(sim, own, 2) == pytest.approx(1.0)
@@ -62,12 +64,12 @@ def test_wandb_asked_for_without_the_package_is_one_line(tiny_shards: Path, tmp_
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err
     assert "run.wandb=offline" in err and "pip install wandb" in err
-    assert not (tmp_path / "r").exists()   # refused before anything was written
+    assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_demo_report_draws_the_heldout_curve(heldout_run: Path) -> None:
     from exiflang.eval.report.html import training_section
 
     html = training_section(heldout_run)
-    assert html.count("<svg") == 2                     # loss (training + held-out), held-out scores
+    assert html.count("<svg") == 2  # loss (training + held-out), held-out scores
     assert "held-out loss" in html and "i2t_r1" in html and "camera_top1" in html

@@ -12,6 +12,7 @@ The split folders hold symlinks named by image index, so the shard builder's sor
 one or two cameras (a folder sorted by camera) leave the loader's bounded shuffle buffer batches
 with nothing to contrast.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,17 +20,16 @@ import json
 
 import pytest
 
-from tests.synth_run import K, N, N_TRAIN
 from exiflang.train.model import ExifClip
 from exiflang.train.retrieval import camera_top1
+from tests.synth_run import N_TRAIN, K, N
 
 
 @pytest.mark.slow
 def test_cpu_small_learns_camera_traces(synth_run) -> None:
     rows = list(csv.DictReader((synth_run.corpus / "manifest.csv").open()))
     # Both splits see every camera: the held-out question is "which of the K", not a new camera.
-    assert {r["camera"] for r in rows[:N_TRAIN]} == {r["camera"] for r in rows[N_TRAIN:]} \
-        == {str(c) for c in range(K)}
+    assert {r["camera"] for r in rows[:N_TRAIN]} == {r["camera"] for r in rows[N_TRAIN:]} == {str(c) for c in range(K)}
     model, tokenizer, tags = ExifClip.from_pretrained(synth_run.model)
     res = camera_top1(model, tokenizer, tags["tags"], synth_run.heldout_shards)
     print(json.dumps(res))  # visible with -s; this seed/config: see the report in the commit

@@ -1,4 +1,5 @@
 """The streaming loader on real shards: shapes, exact crops, K crops, rank balance, exact resume, bad data."""
+
 from __future__ import annotations
 
 import io
@@ -25,10 +26,40 @@ SAMPLES = 30  # synth images, 4 shards of 8, 8, 8, 6
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("loader")
-    assert synth.main(["--out", str(root / "synth"), "--cameras", "3", "--images", str(SAMPLES),
-                       "--seed", "0", "--no-progress", "--workers", "1"]) == 0
-    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"),
-                              "--executor", "local", "--rows-per-shard", "8", "-q"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(root / "synth"),
+                "--cameras",
+                "3",
+                "--images",
+                str(SAMPLES),
+                "--seed",
+                "0",
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        build_shards.main(
+            [
+                "--source",
+                str(root / "synth"),
+                "--out",
+                str(root / "shards"),
+                "--executor",
+                "local",
+                "--rows-per-shard",
+                "8",
+                "-q",
+            ]
+        )
+        == 0
+    )
     return root / "shards"
 
 
@@ -91,7 +122,7 @@ def test_crops_are_exact_native_resolution_copies(shards, tokenizer, monkeypatch
     for key, crop in zip(batch["keys"], unnormalise(batch["images"]).numpy()):
         full = np.asarray(Image.open(io.BytesIO(data[key]["jpg"])).convert("RGB"))
         ys, xs = np.nonzero((full[:-123, :-123] == crop[0, 0]).all(-1))
-        assert any((full[y:y + 124, x:x + 124] == crop).all() for y, x in zip(ys, xs)), key
+        assert any((full[y : y + 124, x : x + 124] == crop).all() for y, x in zip(ys, xs)), key
 
 
 def test_k_crops_per_image_are_separate_samples(shards, tokenizer):
@@ -113,14 +144,14 @@ def test_grouped_crops_keep_an_images_k_crops_in_one_batch_and_resume(shards, to
     assert len(batches) == SAMPLES * 3 // 6
     keys = [k for b in batches for k in b["keys"]]
     assert {keys.count(k) for k in set(keys)} == {3} and len(set(keys)) == SAMPLES
-    for b in batches:                    # K consecutive crops of one photo, one text between them
-        assert all(len(set(b["keys"][i:i + 3])) == 1 for i in range(0, 6, 3))
+    for b in batches:  # K consecutive crops of one photo, one text between them
+        assert all(len(set(b["keys"][i : i + 3])) == 1 for i in range(0, 6, 3))
         assert torch.equal(b["text_ids"][0::3], b["text_ids"][2::3])
         assert len(set(b["keys"])) == 2
     ungrouped = [k for b in run(shards, tokenizer, crops_per_image=3, batch_size=6, epoch=1) for k in b["keys"]]
     assert keys != ungrouped
     images = [keys[i] for i in range(0, len(keys), 3)]
-    assert images != sorted(images)      # the buffer still shuffles the photos
+    assert images != sorted(images)  # the buffer still shuffles the photos
     assert same(batches[4:], run(shards, tokenizer, start_batch=4, **kw))
 
 
@@ -194,8 +225,9 @@ def test_corrupt_samples_and_shards_are_skipped_and_counted(broken, tokenizer):
     batches = list(loader)
     assert len(batches) == loader.batches_per_epoch == (SAMPLES + 15) // 4
     stats = loader.stats()
-    assert {"not_an_image", "corrupt_image", "missing_exif", "bad_json", "too_small",
-            "decode_failed"} <= set(stats["reasons"]) and loader.skipped == stats["skipped"] >= 6
+    assert {"not_an_image", "corrupt_image", "missing_exif", "bad_json", "too_small", "decode_failed"} <= set(
+        stats["reasons"]
+    ) and loader.skipped == stats["skipped"] >= 6
     assert stats["shard_errors"] >= 1 and stats["substituted"] >= 1
     assert "bad_00006" in {k for b in batches for k in b["keys"]}
     assert same(batches[4:], list(build_loader(cfg, tokenizer, start_batch=4)))
@@ -273,6 +305,7 @@ def test_token_ids_match_the_tokenizer_padding_longest(shards, tokenizer, fmt):
 
 def test_resume_decodes_only_what_it_yields(shards, tokenizer, monkeypatch):
     import exiflang.train.data.loader as loader_module
+
     calls = []
 
     def counting(data, boxes):
@@ -301,14 +334,22 @@ def test_buffered_shuffle_is_a_seeded_permutation_and_seeds_are_stable_across_pr
     import random
     import subprocess
     import sys
+
     from exiflang.train.data.shuffle import shuffled, stable_seed
+
     items = list(range(200))
     a = list(shuffled(items, 16, random.Random(1)))
     assert sorted(a) == items and a != items
     assert a == list(shuffled(items, 16, random.Random(1)))
-    assert list(shuffled(items, 1, random.Random(1))) == items     # a buffer of one keeps the order
+    assert list(shuffled(items, 1, random.Random(1))) == items  # a buffer of one keeps the order
     # Python's hash() is salted per process; the loader's seeds must not be.
     code = "from exiflang.train.data.shuffle import stable_seed; print(stable_seed(0, 'epoch', 3))"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": "123"}, cwd=str(Path(__file__).resolve().parents[2]))
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
     assert int(other.stdout) == stable_seed(0, "epoch", 3) != stable_seed(0, "epoch", 4)

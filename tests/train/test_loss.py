@@ -1,4 +1,5 @@
 """Contrastive losses: a naive reference, multi-positive targets, and 2-rank == 1-process exactness."""
+
 from __future__ import annotations
 
 import gc
@@ -12,8 +13,13 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from exiflang.train.loss import (DistributedClipLoss, clip_loss, crop_consistency_loss, cropclr_loss,
-                        text_ids_from_strings)
+from exiflang.train.loss import (
+    DistributedClipLoss,
+    clip_loss,
+    crop_consistency_loss,
+    cropclr_loss,
+    text_ids_from_strings,
+)
 
 
 def naive_loss(img: torch.Tensor, txt: torch.Tensor, scale: float, ids=None) -> float:
@@ -33,8 +39,7 @@ def naive_loss(img: torch.Tensor, txt: torch.Tensor, scale: float, ids=None) -> 
 
 def features(n: int = 6, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (F.normalize(torch.randn(n, d, generator=g), dim=-1),
-            F.normalize(torch.randn(n, d, generator=g), dim=-1))
+    return (F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(torch.randn(n, d, generator=g), dim=-1))
 
 
 def test_plain_loss_matches_naive_reference():
@@ -71,7 +76,9 @@ def test_cropclr_loss_chance_level_and_text_ids():
     ids = text_ids_from_strings(["Make: Canon", "Make: Nikon", "Make: Canon"])
     assert ids.dtype == torch.long and ids[0] == ids[2] != ids[1]
     assert torch.equal(ids, text_ids_from_strings(["Make: Canon", "Make: Nikon", "Make: Canon"]))
-    assert float(DistributedClipLoss()(view1, view2, torch.tensor(3.0))) == float(clip_loss(view1, view2, torch.tensor(3.0)))
+    assert float(DistributedClipLoss()(view1, view2, torch.tensor(3.0))) == float(
+        clip_loss(view1, view2, torch.tensor(3.0))
+    )
 
 
 # ---------------------------------------------------------------- 2 ranks == 1 process
@@ -86,8 +93,7 @@ class Towers(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
     def forward(self, x_img, x_txt):
-        return (F.normalize(self.img(x_img), dim=-1), F.normalize(self.txt(x_txt), dim=-1),
-                self.log_scale.exp())
+        return (F.normalize(self.img(x_img), dim=-1), F.normalize(self.txt(x_txt), dim=-1), self.log_scale.exp())
 
 
 def global_batch(n: int = 8):
@@ -114,8 +120,7 @@ def _rank_step(rank: int, world: int, use_ids: bool) -> tuple[float, dict[str, t
     loss.backward()  # DDP averages the gradients over ranks here
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
-    return float(mean_loss) / world, {k.removeprefix("module."): p.grad.clone()
-                                      for k, p in model.named_parameters()}
+    return float(mean_loss) / world, {k.removeprefix("module."): p.grad.clone() for k, p in model.named_parameters()}
 
 
 def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -156,12 +161,19 @@ def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
     model = ExifClip(ModelConfig.preset("cpu-small", text_overrides={"dropout": 0.0, "attention_dropout": 0.0}))
     ids = torch.randint(1000, 2000, (4, 12))
     mask = torch.ones(4, 12, dtype=torch.long)
-    ids[1, 7:], mask[1, 7:] = 0, 0               # a shorter text, padded
-    ids[3], ids[2], mask[3] = ids[1], ids[0], mask[1]   # rows 2 and 3 repeat rows 0 and 1
-    batch = {"images": torch.randn(4, 3, 48, 48), "input_ids": ids, "attention_mask": mask,
-             "text_ids": torch.tensor([10, 11, 10, 11])}
-    cfg = SimpleNamespace(run=SimpleNamespace(precision="fp32"), optim=SimpleNamespace(crop_consistency=0.0),
-                          data=SimpleNamespace(cropclr=False, group_crops=True))
+    ids[1, 7:], mask[1, 7:] = 0, 0  # a shorter text, padded
+    ids[3], ids[2], mask[3] = ids[1], ids[0], mask[1]  # rows 2 and 3 repeat rows 0 and 1
+    batch = {
+        "images": torch.randn(4, 3, 48, 48),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "text_ids": torch.tensor([10, 11, 10, 11]),
+    }
+    cfg = SimpleNamespace(
+        run=SimpleNamespace(precision="fp32"),
+        optim=SimpleNamespace(crop_consistency=0.0),
+        data=SimpleNamespace(cropclr=False, group_crops=True),
+    )
     env = SimpleNamespace(device=torch.device("cpu"))
     calls = []
     hook = model.text.register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
@@ -169,10 +181,10 @@ def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
     deduped.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    assert calls == [torch.Size([2, 12])]      # two distinct texts encoded, not four
+    assert calls == [torch.Size([2, 12])]  # two distinct texts encoded, not four
     cfg.data.group_crops = False
     torch.testing.assert_close(_step(model, clip_loss, batch, env, cfg), deduped)
-    assert calls[1] == torch.Size([4, 12])     # ungrouped recipes encode every row, as before
+    assert calls[1] == torch.Size([4, 12])  # ungrouped recipes encode every row, as before
     model.zero_grad()
     img, txt, scale = model(batch["images"], ids, mask)
     full = clip_loss(img, txt, scale, text_ids=batch["text_ids"])
@@ -180,7 +192,7 @@ def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
     hook.remove()
     torch.testing.assert_close(deduped, full)
     cfg.data.group_crops, cfg.optim.crop_consistency = True, 0.5
-    batch["keys"] = ["p0", "p1", "p0", "p1"]                 # rows 2 and 3: other crops of the same photos
+    batch["keys"] = ["p0", "p1", "p0", "p1"]  # rows 2 and 3: other crops of the same photos
     with_crops = _step(model, clip_loss, batch, env, cfg)
     torch.testing.assert_close(with_crops, full + 0.5 * crop_consistency_loss(img, torch.tensor([0, 1, 0, 1]), scale))
     for name, p in model.named_parameters():
@@ -191,7 +203,7 @@ def test_engine_encodes_each_distinct_text_once_with_the_same_loss_and_grads():
 def test_crop_consistency_loss_matches_a_loop_and_ignores_lonely_crops():
     torch.manual_seed(0)
     img = F.normalize(torch.randn(7, 16), dim=-1)
-    groups = torch.tensor([0, 0, 1, 1, 1, 2, 3])      # photos 2 and 3 have one crop each
+    groups = torch.tensor([0, 0, 1, 1, 1, 2, 3])  # photos 2 and 3 have one crop each
     scale = torch.tensor(10.0)
     terms = []
     for i in range(7):
@@ -202,7 +214,8 @@ def test_crop_consistency_loss_matches_a_loop_and_ignores_lonely_crops():
         log_z = torch.logsumexp(torch.stack([scale * img[i] @ img[j] for j in others]), 0)
         terms.append(torch.stack([log_z - scale * img[i] @ img[j] for j in partners]).mean())
     torch.testing.assert_close(crop_consistency_loss(img, groups, scale), torch.stack(terms).mean())
-    assert float(crop_consistency_loss(img, torch.arange(7), scale)) == 0.0   # nobody has a partner
+    assert float(crop_consistency_loss(img, torch.arange(7), scale)) == 0.0  # nobody has a partner
     tight = F.normalize(torch.eye(16)[groups] + 1e-3 * torch.randn(7, 16), dim=-1)
-    assert float(crop_consistency_loss(tight, groups, torch.tensor(100.0))) < \
-        float(crop_consistency_loss(tight, torch.tensor([0, 1, 0, 1, 2, 2, 3]), torch.tensor(100.0)))
+    assert float(crop_consistency_loss(tight, groups, torch.tensor(100.0))) < float(
+        crop_consistency_loss(tight, torch.tensor([0, 1, 0, 1, 2, 2, 3]), torch.tensor(100.0))
+    )

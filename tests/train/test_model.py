@@ -1,4 +1,5 @@
 """ExifClip, its encoders and tokenizer: shapes, pooling, init paths, save/load, torchvision mapping."""
+
 from __future__ import annotations
 
 import json
@@ -7,21 +8,27 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (DistilBertConfig, DistilBertModel, ResNetConfig,
-                          ResNetForImageClassification)
+from transformers import DistilBertConfig, DistilBertModel, ResNetConfig, ResNetForImageClassification
 
 from exiflang.train import encoders
 from exiflang.train.model import ExifClip, ModelConfig
 from exiflang.train.tokenizer import BERT_UNCASED_SIZE, bert_uncased_vocab_path, build_tokenizer, load_tokenizer
 
-TEXTS = ["Make: Canon, Model: Canon EOS 5D, Exposure Time: 1/200 sec, F-Number: f/8.0",
-         "Make: NIKON CORPORATION, Model: NIKON D70, ISO Speed Ratings: 200"]
+TEXTS = [
+    "Make: Canon, Model: Canon EOS 5D, Exposure Time: 1/200 sec, F-Number: f/8.0",
+    "Make: NIKON CORPORATION, Model: NIKON D70, ISO Speed Ratings: 200",
+]
 
 
 # ---------------------------------------------------------------- torchvision reference
-def torchvision_resnet_state(layer_type: str = "bottleneck", depths=(3, 4, 6, 3),
-                             widths=(64, 128, 256, 512), stem: int = 64, fc_out: int = 1000,
-                             seed: int = 0) -> dict[str, torch.Tensor]:
+def torchvision_resnet_state(
+    layer_type: str = "bottleneck",
+    depths=(3, 4, 6, 3),
+    widths=(64, 128, 256, 512),
+    stem: int = 64,
+    fc_out: int = 1000,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """A state dict with torchvision ResNet's exact key names and shapes (random values).
 
     Written from torchvision's architecture (``conv1/bn1``, ``layerS.I.convJ/bnJ``,
@@ -48,8 +55,11 @@ def torchvision_resnet_state(layer_type: str = "bottleneck", depths=(3, 4, 6, 3)
     for s, (depth, width) in enumerate(zip(depths, widths), 1):
         for i in range(depth):
             p, stride = f"layer{s}.{i}", (2 if s > 1 and i == 0 else 1)
-            shapes = ([(width, inplanes, 1), (width, width, 3), (width * expansion, width, 1)]
-                      if bottleneck else [(width, inplanes, 3), (width, width, 3)])
+            shapes = (
+                [(width, inplanes, 1), (width, width, 3), (width * expansion, width, 1)]
+                if bottleneck
+                else [(width, inplanes, 3), (width, width, 3)]
+            )
             for j, (cout, cin, k) in enumerate(shapes, 1):
                 conv(f"{p}.conv{j}", cout, cin, k)
                 bn(f"{p}.bn{j}", cout)
@@ -64,9 +74,11 @@ def torchvision_resnet_state(layer_type: str = "bottleneck", depths=(3, 4, 6, 3)
 
 def torchvision_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, depths) -> torch.Tensor:
     """torchvision ResNet (v1.5: stride in the 3x3 conv) eval forward, written with torch.nn.functional."""
+
     def bn(t, p):
-        return F.batch_norm(t, sd[f"{p}.running_mean"], sd[f"{p}.running_var"],
-                            sd[f"{p}.weight"], sd[f"{p}.bias"], False, 0.0, 1e-5)
+        return F.batch_norm(
+            t, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"], False, 0.0, 1e-5
+        )
 
     x = F.max_pool2d(F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
     for s, depth in enumerate(depths, 1):
@@ -189,7 +201,7 @@ def test_forward_shapes_norms_and_logit_scales():
 def test_text_overrides_reach_the_backbone_and_typos_are_refused():
     model = ExifClip(tiny(text_overrides={"dropout": 0.0, "attention_dropout": 0.0}))
     assert model.text.backbone.config.dropout == 0.0 and model.config.text_config["dropout"] == 0.0
-    assert ExifClip(tiny()).text.backbone.config.dropout == 0.1       # DistilBERT's default
+    assert ExifClip(tiny()).text.backbone.config.dropout == 0.1  # DistilBERT's default
     with pytest.raises(ValueError, match=r"text overrides \['dropuot'\]: not fields of the distilbert"):
         ExifClip(tiny(text_overrides={"dropuot": 0.0}))
 
@@ -201,8 +213,9 @@ def test_mean_pooling_ignores_padding_and_paper_pooling_projects():
     padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)
     mask = (padded != 0).long()
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_text(ids, torch.ones_like(ids)), model.encode_text(padded, mask),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.encode_text(ids, torch.ones_like(ids)), model.encode_text(padded, mask), rtol=1e-5, atol=1e-5
+        )
     paper = ExifClip(tiny(pooling="paper"))
     assert isinstance(paper.text.norm, torch.nn.LayerNorm) and paper.text.proj.out_features == 128
     assert paper.encode_text(ids, torch.ones_like(ids)).shape == (1, 128)
@@ -215,8 +228,9 @@ def test_other_text_archs(arch):
 
 
 def test_text_init_from_local_folder(tmp_path):
-    DistilBertModel(DistilBertConfig(n_layers=1, dim=64, n_heads=2, hidden_dim=128, vocab_size=30522)
-                    ).save_pretrained(tmp_path / "db")
+    DistilBertModel(DistilBertConfig(n_layers=1, dim=64, n_heads=2, hidden_dim=128, vocab_size=30522)).save_pretrained(
+        tmp_path / "db"
+    )
     model = ExifClip(tiny(text_init=str(tmp_path / "db")))
     assert model.config.text_config["dim"] == 64 and model.text.proj.in_features == 64
     with pytest.raises(FileNotFoundError, match="missing"):

@@ -1,5 +1,6 @@
 """`--resume latest` resumes from the newest complete checkpoint, whatever latest.json says, or
 fails with one line; it never starts from step 0 over existing checkpoints."""
+
 import json
 import logging
 import shutil
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import CKPT_TINY, checkpointed_run
 from exiflang.train import checkpoint
 from exiflang.train.main import main as train_main
+from tests.train.conftest import CKPT_TINY, checkpointed_run
 
 TINY = CKPT_TINY
 
@@ -31,8 +32,9 @@ def ck(run: Path, step: int) -> Path:
     return checkpoint.step_dir(run, step)
 
 
-@pytest.mark.parametrize("index", ['{"latest": "step-0000099"}', '{"best": "step-0000002"}',
-                                   '{"latest": ', '["step-0000004"]', None])
+@pytest.mark.parametrize(
+    "index", ['{"latest": "step-0000099"}', '{"best": "step-0000002"}', '{"latest": ', '["step-0000004"]', None]
+)
 def test_broken_index_falls_back_to_the_newest_complete(run, caplog, index):
     path = run / "checkpoints" / "latest.json"
     if index is None:
@@ -80,22 +82,37 @@ def test_index_pointing_nowhere_resumes_at_the_newest_step(made, run, caplog):
     (run / "checkpoints" / "latest.json").write_text('{"latest": "step-0000099"}')
     metrics = (run / "metrics.jsonl").read_text()
     with caplog.at_level(logging.INFO, logger="exiflang.train"):
-        assert train_main(["--data", str(made[0]), "--out", str(run), "--resume", "latest", *TINY,
-                           "run.steps=6", "run.ckpt_every=2"]) == 0
+        assert (
+            train_main(
+                [
+                    "--data",
+                    str(made[0]),
+                    "--out",
+                    str(run),
+                    "--resume",
+                    "latest",
+                    *TINY,
+                    "run.steps=6",
+                    "run.ckpt_every=2",
+                ]
+            )
+            == 0
+        )
     assert f"resumed from {ck(run, 4)} at step 4" in caplog.text
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert (run / "metrics.jsonl").read_text().startswith(metrics) and steps[-1] == 6
     assert json.loads((run / "result.json").read_text())["step"] == 6
-    assert 2 not in steps[len(metrics.splitlines()):]   # steps 1..4 were not trained again
+    assert 2 not in steps[len(metrics.splitlines()) :]  # steps 1..4 were not trained again
 
 
 def test_all_checkpoints_incomplete_is_one_line_exit_2(made, run, capsys):
     for step in (2, 4):
         (ck(run, step) / checkpoint.STATE).unlink()
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
-    rc = train_main(["--data", str(made[0]), "--out", str(run), "--resume", "latest", *TINY,
-                     "run.steps=6", "run.ckpt_every=2"])
+    rc = train_main(
+        ["--data", str(made[0]), "--out", str(run), "--resume", "latest", *TINY, "run.steps=6", "run.ckpt_every=2"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "none complete" in err[-1] and str(run / "checkpoints") in err[-1]
     assert not any("Traceback" in line for line in err)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before   # nothing overwritten
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before  # nothing overwritten

@@ -1,5 +1,6 @@
 """Loading never runs code: training state, image_init files, HF folders, model folders and the
 authors' checkpoint refuse a pickle whose ``__reduce__`` touches a file, with one line naming it."""
+
 import pickle
 import random
 import shutil
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train.conftest import CKPT_TINY, checkpointed_run
 from exiflang.train import checkpoint, convert_authors, encoders
 from exiflang.train.main import main as train_main
 from exiflang.train.model import ExifClip
+from tests.train.conftest import CKPT_TINY, checkpointed_run
 
 TINY = CKPT_TINY
 
@@ -43,7 +44,7 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_saved_state_is_plain_and_loads_weights_only(run):
     ck = run[1] / "checkpoints" / "step-0000002"
-    raw = torch.load(ck / checkpoint.STATE, weights_only=True)   # would raise on any other object
+    raw = torch.load(ck / checkpoint.STATE, weights_only=True)  # would raise on any other object
     checkpoint.check_plain(raw)
     assert raw["format_version"] == checkpoint.STATE_VERSION and set(raw["rng"]) == {"0"}
     state = checkpoint.load_state(ck)
@@ -84,8 +85,10 @@ def test_crafted_train_state_is_refused_and_runs_nothing(run, tmp_path, capsys, 
 
 
 def test_old_state_with_pickled_numpy_rng_is_refused(tmp_path):
-    torch.save({"optimizer": {}, "scheduler": {}, "position": {}, "step": 1,
-                "rng": {"numpy": np.random.get_state()}}, tmp_path / checkpoint.STATE)
+    torch.save(
+        {"optimizer": {}, "scheduler": {}, "position": {}, "step": 1, "rng": {"numpy": np.random.get_state()}},
+        tmp_path / checkpoint.STATE,
+    )
     with pytest.raises(checkpoint.CheckpointError, match=r"train_state\.pt: refused: .*numpy") as exc:
         checkpoint.load_state(tmp_path)
     assert "\n" not in str(exc.value)
@@ -96,14 +99,16 @@ def test_crafted_image_init_file_is_refused(run, tmp_path, capsys):
     torch.save({"state_dict": TouchFile(marker)}, evil)
     with pytest.raises(ValueError, match=r"resnet.pth: refused"):
         encoders.read_state_dict(evil)
-    rc = train_main(["--data", str(run[0]), "--out", str(tmp_path / "r"), *TINY, "run.steps=1",
-                     f"model.image_init={evil}"])
+    rc = train_main(
+        ["--data", str(run[0]), "--out", str(tmp_path / "r"), *TINY, "run.steps=1", f"model.image_init={evil}"]
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and str(evil) in err and "refused" in err and not marker.exists()
 
 
 def test_crafted_pickle_in_a_hf_init_folder_is_refused(tmp_path):
     from transformers import DistilBertConfig
+
     folder, marker = tmp_path / "distil", tmp_path / "touched"
     DistilBertConfig(n_layers=1, dim=32, n_heads=2, hidden_dim=64).save_pretrained(folder)
     torch.save({"embeddings.word_embeddings.weight": TouchFile(marker)}, folder / "pytorch_model.bin")

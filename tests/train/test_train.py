@@ -1,5 +1,6 @@
 """The trainer end to end: torchrun DDP on CPU, kill-and-resume equals an uninterrupted run,
 and one-line errors for bad data and configs."""
+
 import os
 import signal
 import socket
@@ -17,17 +18,53 @@ from exiflang.pipeline.synth import corpus as synth
 from exiflang.train.main import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["run.tensorboard=false", "data.batch_size=8", "data.num_workers=0", "run.log_every=2",
-         "data.crops_per_image=2", "data.shuffle_buffer=32"]
+SMALL = [
+    "run.tensorboard=false",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "run.log_every=2",
+    "data.crops_per_image=2",
+    "data.shuffle_buffer=32",
+]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train_data")
-    assert synth.main(["--out", str(root / "synth"), "--cameras", "3", "--images", "24",
-                       "--seed", "1", "--no-progress", "--workers", "1"]) == 0
-    assert build_shards.main(["--source", str(root / "synth"), "--out", str(root / "shards"),
-                              "--executor", "local", "--rows-per-shard", "8", "-q"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(root / "synth"),
+                "--cameras",
+                "3",
+                "--images",
+                "24",
+                "--seed",
+                "1",
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        build_shards.main(
+            [
+                "--source",
+                str(root / "synth"),
+                "--out",
+                str(root / "shards"),
+                "--executor",
+                "local",
+                "--rows-per-shard",
+                "8",
+                "-q",
+            ]
+        )
+        == 0
+    )
     return root / "shards"
 
 
@@ -38,8 +75,20 @@ def _free_port() -> int:
 
 
 def _cmd(data: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "train" / "main.py"), "--data", str(data), "--out", str(run),
-            "--config", "cpu-small", "run.steps=12", "run.ckpt_every=3", *SMALL, *extra]
+    return [
+        sys.executable,
+        str(REPO / "train" / "main.py"),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--config",
+        "cpu-small",
+        "run.steps=12",
+        "run.ckpt_every=3",
+        *SMALL,
+        *extra,
+    ]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -49,19 +98,16 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.integration
 def test_kill_then_resume_equals_uninterrupted(data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(_cmd(data, tmp_path / "clean"), check=True, env=env, timeout=600,
-                   capture_output=True)
+    subprocess.run(_cmd(data, tmp_path / "clean"), check=True, env=env, timeout=600, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(data, killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(data, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not (killed / "checkpoints" / "step-0000003").exists():
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model").exists(), "the run finished before it could be killed"
-    res = subprocess.run(_cmd(data, killed, "--resume", "latest"), env=env, timeout=600,
-                         capture_output=True, text=True)
+    res = subprocess.run(_cmd(data, killed, "--resume", "latest"), env=env, timeout=600, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resumed from" in res.stderr
     a, b = _weights(tmp_path / "clean"), _weights(killed)
@@ -73,9 +119,25 @@ def test_kill_then_resume_equals_uninterrupted(data, tmp_path):
 @pytest.mark.integration
 def test_torchrun_two_processes_on_cpu(data, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_free_port()), str(REPO / "train" / "main.py"), "--data", str(data),
-           "--out", str(run), "--config", "cpu-small", "run.steps=3", "run.ckpt_every=3", *SMALL]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(REPO / "train" / "main.py"),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--config",
+        "cpu-small",
+        "run.steps=3",
+        "run.ckpt_every=3",
+        *SMALL,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -84,11 +146,14 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     assert (run / "checkpoints" / "latest.json").exists()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--config", "nope"], "unknown preset"),
-    (["optim.learning_rate=1"], "unknown key"),
-    (["optim.crop_consistency=0.5"], "optim.crop_consistency needs data.group_crops=true"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--config", "nope"], "unknown preset"),
+        (["optim.learning_rate=1"], "unknown key"),
+        (["optim.crop_consistency=0.5"], "optim.crop_consistency needs data.group_crops=true"),
+    ],
+)
 def test_bad_config_is_one_line_error(data, tmp_path, capsys, args, needle):
     assert train_main(["--data", str(data), "--out", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -106,7 +171,9 @@ def test_empty_data_folder_and_bad_tags(data, tmp_path, capsys):
         (bad / p.name).symlink_to(p)
     (bad / "tags.json").unlink()
     (bad / "tags.json").write_text('{"tags": ["Make"], "hash": "0000"}')
-    assert train_main(["--data", str(bad), "--out", str(tmp_path / "r2"), "--config", "cpu-small",
-                       "run.steps=1", *SMALL]) == 2
+    assert (
+        train_main(["--data", str(bad), "--out", str(tmp_path / "r2"), "--config", "cpu-small", "run.steps=1", *SMALL])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "tags.json" in err and "hash" in err

@@ -1,5 +1,6 @@
 """`train` turns expected failures into one line naming the file and exit code 2 (traceback only
 with --debug / EXIFLANG_DEBUG=1); model-folder loading names the damaged file."""
+
 import json
 import os
 import shutil
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import CKPT_TINY, checkpointed_run
 from exiflang.train import checkpoint
 from exiflang.train.main import main as train_main
 from exiflang.train.model import ExifClip
+from tests.train.conftest import CKPT_TINY, checkpointed_run
 
 TINY = CKPT_TINY
 
@@ -33,11 +34,22 @@ def one_line_error(err: str, *needles: str) -> str:
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-@pytest.mark.parametrize("why,override", [("no_vocab_tags", 'data.tags=["NoSuchTag"]'),
-                                          ("too_small", "data.patch_size=4000")])
+@pytest.mark.parametrize(
+    "why,override", [("no_vocab_tags", 'data.tags=["NoSuchTag"]'), ("too_small", "data.patch_size=4000")]
+)
 def test_shards_without_a_usable_sample(made, tmp_path, capfd, workers, why, override):
-    rc = train_main(["--data", str(made[0]), "--out", str(tmp_path / "r"), *TINY, "run.steps=2",
-                     f"data.num_workers={workers}", override])
+    rc = train_main(
+        [
+            "--data",
+            str(made[0]),
+            "--out",
+            str(tmp_path / "r"),
+            *TINY,
+            "run.steps=2",
+            f"data.num_workers={workers}",
+            override,
+        ]
+    )
     assert rc == 2
     one_line_error(capfd.readouterr().err, f"{made[0]}: no usable sample", why)
 
@@ -49,16 +61,18 @@ def run(made, tmp_path) -> Path:
 
 
 def _resume(made, run: Path, *extra: str) -> int:
-    return train_main(["--data", str(made[0]), "--out", str(run), "--resume", "latest", *TINY,
-                       "run.steps=4", *extra])
+    return train_main(["--data", str(made[0]), "--out", str(run), "--resume", "latest", *TINY, "run.steps=4", *extra])
 
 
-@pytest.mark.parametrize("name,damage,needle", [
-    (checkpoint.STATE, lambda b: b[: len(b) // 2], "unreadable"),
-    (checkpoint.STATE, lambda b: b"", "unreadable"),
-    (checkpoint.WEIGHTS, lambda b: b[:100], "not a readable safetensors file"),
-    (checkpoint.WEIGHTS, lambda b: b"\x00" * 4096, "not a readable safetensors file"),
-])
+@pytest.mark.parametrize(
+    "name,damage,needle",
+    [
+        (checkpoint.STATE, lambda b: b[: len(b) // 2], "unreadable"),
+        (checkpoint.STATE, lambda b: b"", "unreadable"),
+        (checkpoint.WEIGHTS, lambda b: b[:100], "not a readable safetensors file"),
+        (checkpoint.WEIGHTS, lambda b: b"\x00" * 4096, "not a readable safetensors file"),
+    ],
+)
 def test_corrupt_checkpoint_files(made, run, capsys, name, damage, needle):
     path = checkpoint.step_dir(run, 2) / name
     path.write_bytes(damage(path.read_bytes()))
@@ -68,12 +82,12 @@ def test_corrupt_checkpoint_files(made, run, capsys, name, damage, needle):
 
 def test_checkpoint_of_another_model(made, run, capsys):
     assert _resume(made, run, "model.embed_dim=64") == 2
-    one_line_error(capsys.readouterr().err, str(checkpoint.step_dir(run, 2) / checkpoint.WEIGHTS),
-                   "of another shape")
+    one_line_error(capsys.readouterr().err, str(checkpoint.step_dir(run, 2) / checkpoint.WEIGHTS), "of another shape")
 
 
 def test_state_that_is_not_a_training_state(made, run, capsys):
     import torch
+
     path = checkpoint.step_dir(run, 2) / checkpoint.STATE
     torch.save({"step": 2}, path)
     assert _resume(made, run) == 2
@@ -119,15 +133,21 @@ def _edit_config(folder: Path, **model: object) -> None:
     (folder / "config.json").write_text(json.dumps(doc))
 
 
-@pytest.mark.parametrize("file,damage", [
-    ("model.safetensors", lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 64)),
-    ("config.json", lambda f: _edit_config(f, image_arch="nope", image_config=None)),
-    ("config.json", lambda f: _edit_config(f, embed_dim=-1)),
-    ("config.json", lambda f: _edit_config(f, text_config={"dim": "wide"})),
-    ("config.json", lambda f: (f / "config.json").write_text('{"format": "exiflang-model", "format_version": "x"}')),
-    ("tags.json", lambda f: (f / "tags.json").write_text("{")),
-    ("model", lambda f: (f / "tokenizer.json").write_text("{")),
-])
+@pytest.mark.parametrize(
+    "file,damage",
+    [
+        ("model.safetensors", lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 64)),
+        ("config.json", lambda f: _edit_config(f, image_arch="nope", image_config=None)),
+        ("config.json", lambda f: _edit_config(f, embed_dim=-1)),
+        ("config.json", lambda f: _edit_config(f, text_config={"dim": "wide"})),
+        (
+            "config.json",
+            lambda f: (f / "config.json").write_text('{"format": "exiflang-model", "format_version": "x"}'),
+        ),
+        ("tags.json", lambda f: (f / "tags.json").write_text("{")),
+        ("model", lambda f: (f / "tokenizer.json").write_text("{")),
+    ],
+)
 def test_model_folder_errors_name_the_file(made, tmp_path, file, damage):
     folder = tmp_path / "model"
     shutil.copytree(made[1] / "model", folder)

@@ -11,10 +11,11 @@ alpha dropped, CMYK converted naively, palettes expanded); 16-bit grey (``I;16*`
 refused.  Each box is cut *before* the conversion: every conversion here is per pixel, so this
 equals converting the whole image first at a fraction of the cost.
 """
+
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from exiflang.train.data.samples import SampleError
 from exiflang.train.normalize import CLIP_MEAN, CLIP_STD
 
 Box = tuple[int, int, int, int]
+
 
 def crop_boxes(size: tuple[int, int], patch: int, n: int, rng: random.Random) -> list[Box]:
     """``n`` uniformly random ``patch``-sized boxes ``(left, top, right, bottom)`` inside ``size``."""
@@ -76,8 +78,7 @@ def unnormalise(images: torch.Tensor) -> torch.Tensor:
     return pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def pad_ids(rows: Sequence[Sequence[int]], pad_id: int,
-            side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+def pad_ids(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> ``input_ids`` and ``attention_mask``, int64 ``[B, longest]`` (mask 0/1),
     as a tokenizer's ``padding="longest"`` would pad them."""
     width = max(map(len, rows))

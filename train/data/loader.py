@@ -36,6 +36,7 @@ the tar by offset).  Same batch size, K, num_workers, world size and data requir
 
 Memory per worker: the buffer holds crops (3*P*P bytes, 46 kB at P=124), never encoded images.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -43,8 +44,9 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
+from typing import Any, BinaryIO
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -52,10 +54,19 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from exiflang.pipeline.exif.text import FORMATS
 from exiflang.train.data.batch_text import batch_text
 from exiflang.train.data.crops import crop_boxes, decode_crops, normalise
+from exiflang.train.data.samples import (
+    Location,
+    SampleError,
+    ShardError,
+    ShardSet,
+    check_sample,
+    load_vocabulary,
+    open_shards,
+    read_groups,
+    read_member,
+)
 from exiflang.train.data.shard_store import ReadPolicy
 from exiflang.train.data.shuffle import rank_seed, shuffled, stable_seed
-from exiflang.train.data.samples import (Location, SampleError, ShardError, ShardSet, check_sample,
-                           load_vocabulary, open_shards, read_groups, read_member)
 
 log = logging.getLogger("exiflang.train.data.loader")
 _LOGGED_SKIPS = 5  # per stream: the first few skips are warnings, the rest debug lines
@@ -71,26 +82,26 @@ class DataError(ValueError):
 class DataConfig:
     """Where the shards are and how batches are cut from them (see the module docstring)."""
 
-    data: str                      # dataset folder or URL (tars + tags.json + sizes.json)
-    batch_size: int = 32           # per rank
+    data: str  # dataset folder or URL (tars + tags.json + sizes.json)
+    batch_size: int = 32  # per rank
     patch_size: int = 124
-    crops_per_image: int = 1       # K crops from each decoded image, each its own sample
-    shuffle_buffer: int = 1000     # items (crops); keep >> K * batch_size to separate an image's crops
+    crops_per_image: int = 1  # K crops from each decoded image, each its own sample
+    shuffle_buffer: int = 1000  # items (crops); keep >> K * batch_size to separate an image's crops
     num_workers: int = 2
-    text_format: str = "paper"     # exiflang.pipeline.exif.text.FORMATS
+    text_format: str = "paper"  # exiflang.pipeline.exif.text.FORMATS
     clean_values: bool = False
-    tags: Optional[list[str]] = None  # vocabulary override (single-tag supervision: ["Model"])
-    tags_file: Optional[str] = None   # default DATA/tags.json
+    tags: list[str] | None = None  # vocabulary override (single-tag supervision: ["Model"])
+    tags_file: str | None = None  # default DATA/tags.json
     max_text_len: int = 256
-    resampled: bool = False        # shards drawn with replacement (epochs become nominal)
-    cropclr: bool = False          # two crops of one image as the positive pair, no text
+    resampled: bool = False  # shards drawn with replacement (epochs become nominal)
+    cropclr: bool = False  # two crops of one image as the positive pair, no text
     # Keep an image's K crops together in one batch (the buffer then shuffles images): B/K
     # photos per batch, each text encoded once (exiflang.train.engine dedups identical texts).
     group_crops: bool = False
     seed: int = 0
-    read_attempts: int = 4         # remote reads: tries in all (backoff 0.5 s doubling) ...
-    read_timeout: float = 60.0     # ... and seconds each read may take
-    storage_options: Optional[dict] = None  # fsspec options of a URL (default: the environment)
+    read_attempts: int = 4  # remote reads: tries in all (backoff 0.5 s doubling) ...
+    read_timeout: float = 60.0  # ... and seconds each read may take
+    storage_options: dict | None = None  # fsspec options of a URL (default: the environment)
 
 
 @dataclass(slots=True, eq=False)
@@ -99,15 +110,15 @@ class _Sample:
     once and shared by its K items."""
 
     key: str
-    path: str          # the tar's name in the shard set
+    path: str  # the tar's name in the shard set
     loc: Location
-    exif: Optional[dict[str, str]]
+    exif: dict[str, str] | None
     seed: int
     boxes: list
-    crops: Optional[list] = None
+    crops: list | None = None
     failed: bool = False
-    text: Optional[str] = None
-    ids: Optional[list[int]] = None
+    text: str | None = None
+    ids: list[int] | None = None
 
 
 def _crop(sample: _Sample, j: int) -> Any:
@@ -119,7 +130,7 @@ def _crop(sample: _Sample, j: int) -> Any:
 class _SlotStream:
     """The item stream and batches of one slot (rank, worker role)."""
 
-    def __init__(self, ds: "_SlotDataset", role: int) -> None:
+    def __init__(self, ds: _SlotDataset, role: int) -> None:
         self.ds, self.cfg, self.role = ds, ds.cfg, role
         self.n_slots = ds.world_size * ds.workers
         self.slot = ds.rank * ds.workers + role
@@ -156,21 +167,23 @@ class _SlotStream:
             samples = self._resampled() if self.cfg.resampled else self._one_pass(p)
             rng, n = random.Random(self._key("shuffle", p)), 0
             items: Iterator[tuple[_Sample, int]]
-            if self.cfg.group_crops:   # shuffle images, then emit each one's K crops in a row
+            if self.cfg.group_crops:  # shuffle images, then emit each one's K crops in a row
                 items = ((s, i) for s in shuffled(samples, max(1, size // k), rng) for i in range(k))
             else:
                 items = shuffled(((s, i) for s in samples for i in range(k)), size, rng)
             for n, item in enumerate(items, 1):  # noqa: B007 -- `n` counts the pass, checked below
                 yield item
             if n == 0:
-                raise DataError(f"{self.ds.shards.root}: no usable sample in the shards of rank "
-                                f"{self.ds.rank} worker {self.role} ({self._skip_summary()})")
+                raise DataError(
+                    f"{self.ds.shards.root}: no usable sample in the shards of rank "
+                    f"{self.ds.rank} worker {self.role} ({self._skip_summary()})"
+                )
 
     def _one_pass(self, p: int) -> Iterator[_Sample]:
         names = list(self.ds.shards.names)
         random.Random(stable_seed(self.cfg.seed, self.ds.epoch, "shards")).shuffle(names)
         if len(names) >= self.n_slots:
-            for name in names[self.slot::self.n_slots]:
+            for name in names[self.slot :: self.n_slots]:
                 yield from self._shard(name, f"p{p}", lambda i: True)
             return
         index = itertools.count()  # running sample index over all shards: split by modulo
@@ -186,8 +199,9 @@ class _SlotStream:
                 yield sample
             empty = 0 if got else empty + 1
             if empty > 2 * len(names) + 8:
-                raise DataError(f"{self.ds.shards.root}: no usable sample in {empty} shard draws "
-                                f"({self._skip_summary()})")
+                raise DataError(
+                    f"{self.ds.shards.root}: no usable sample in {empty} shard draws ({self._skip_summary()})"
+                )
 
     def _shard(self, name: str, visit: str, keep: Callable[[int], bool]) -> Iterator[_Sample]:
         """Checked samples of one tar that ``keep(index)`` selects; a read failure ends the tar.
@@ -211,14 +225,12 @@ class _SlotStream:
             self.counts["shard_errors"] += 1
             log.warning("%s: %d samples, sizes.json says %d (truncated tar?)", path, seen, expected)
 
-    def _check(self, fh: BinaryIO, name: str, key: str, members: dict[str, Location],
-               visit: str) -> Optional[_Sample]:
+    def _check(self, fh: BinaryIO, name: str, key: str, members: dict[str, Location], visit: str) -> _Sample | None:
         """A sample ready for the shuffle, or None (skipped and counted).  Never decodes before
         the resume point; after it, decodes now so that only crops sit in the buffer."""
         cfg = self.cfg
         try:
-            loc, exif, data, size = check_sample(fh, members, cfg.patch_size,
-                                                 None if cfg.cropclr else self.ds.vocab)
+            loc, exif, data, size = check_sample(fh, members, cfg.patch_size, None if cfg.cropclr else self.ds.vocab)
         except SampleError as exc:
             self._skip(name, key, exc)
             return None
@@ -229,7 +241,7 @@ class _SlotStream:
             self._decode(sample, data)
         return sample
 
-    def _decode(self, sample: _Sample, data: Optional[bytes] = None) -> None:
+    def _decode(self, sample: _Sample, data: bytes | None = None) -> None:
         try:
             if data is None:  # lazily, for an item inserted before the resume point
                 with self.ds.shards.store.open(sample.path, sequential=False) as fh:
@@ -237,14 +249,16 @@ class _SlotStream:
             sample.crops = decode_crops(data, sample.boxes)
         except (SampleError, ShardError, OSError) as exc:
             sample.failed = True
-            self._skip(sample.path, sample.key,
-                       exc if isinstance(exc, SampleError) else SampleError("decode_failed", str(exc)))
+            self._skip(
+                sample.path, sample.key, exc if isinstance(exc, SampleError) else SampleError("decode_failed", str(exc))
+            )
 
     def _skip(self, name: str, key: str, exc: SampleError) -> None:
         self.counts[f"skip:{exc.reason}"] += 1
         self.counts["skipped"] += 1
         (log.warning if self.counts["skipped"] <= _LOGGED_SKIPS else log.debug)(
-            "%s: sample %s skipped: %s", name, key, exc)
+            "%s: sample %s skipped: %s", name, key, exc
+        )
 
     def _skip_summary(self) -> str:
         """``"skipped N: reason x n, ..."`` of this stream so far (why nothing was usable)."""
@@ -257,8 +271,10 @@ class _SlotStream:
                 self._decode(sample)
         last = next((it for it in items if not it[0].failed), None)
         if last is None:
-            raise DataError(f"{self.ds.shards.root}: rank {self.ds.rank} worker {self.role}: no "
-                            f"decodable image in a whole batch ({self._skip_summary()})")
+            raise DataError(
+                f"{self.ds.shards.root}: rank {self.ds.rank} worker {self.role}: no "
+                f"decodable image in a whole batch ({self._skip_summary()})"
+            )
         picked = []
         for it in items:
             self.counts["substituted"] += it[0].failed
@@ -268,13 +284,23 @@ class _SlotStream:
 
     def _tensors(self, items: list[tuple[_Sample, int]]) -> dict:
         n = 2 if self.cfg.cropclr else 1
-        out: dict[str, Any] = {"keys": [s.key for s, _ in items],
-                               "images": normalise([_crop(s, n * i) for s, i in items])}
+        out: dict[str, Any] = {
+            "keys": [s.key for s, _ in items],
+            "images": normalise([_crop(s, n * i) for s, i in items]),
+        }
         if self.cfg.cropclr:
             out["images2"] = normalise([_crop(s, n * i + 1) for s, i in items])
         else:
-            out.update(batch_text(items, self.ds.vocab, self.ds.tokenizer, fmt=self.cfg.text_format,
-                                  clean=self.cfg.clean_values, max_len=self.cfg.max_text_len))
+            out.update(
+                batch_text(
+                    items,
+                    self.ds.vocab,
+                    self.ds.tokenizer,
+                    fmt=self.cfg.text_format,
+                    clean=self.cfg.clean_values,
+                    max_len=self.cfg.max_text_len,
+                )
+            )
         out["_stats"] = {"role": self.role, **self.counts}
         return out
 
@@ -284,8 +310,18 @@ class _SlotDataset(IterableDataset):
     the DataLoader's round-robin over workers yields the rank's batches in order from
     ``start_batch`` on."""
 
-    def __init__(self, cfg: DataConfig, shards: ShardSet, vocab: tuple[str, ...], tokenizer: Any,
-                 rank: int, world_size: int, epoch: int, start_batch: int, total: int) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        shards: ShardSet,
+        vocab: tuple[str, ...],
+        tokenizer: Any,
+        rank: int,
+        world_size: int,
+        epoch: int,
+        start_batch: int,
+        total: int,
+    ) -> None:
         self.cfg, self.shards, self.vocab, self.tokenizer = cfg, shards, vocab, tokenizer
         self.rank, self.world_size, self.epoch = rank, world_size, epoch
         self.start_batch, self.total, self.workers = start_batch, total, max(1, cfg.num_workers)
@@ -334,9 +370,17 @@ class ExifLoader:
         # uninterrupted one (where the draw happened at another step).  Seeded by rank too, so
         # that workers of different ranks never share a stream (rank 0's seed is as before).
         seed = stable_seed(rank_seed(self.cfg.seed, self._ds.rank), self._ds.epoch) >> 1
-        source: Iterable[dict] = self._ds if workers == 0 else DataLoader(
-            self._ds, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(seed))
+        source: Iterable[dict] = (
+            self._ds
+            if workers == 0
+            else DataLoader(
+                self._ds,
+                batch_size=None,
+                num_workers=workers,
+                pin_memory=torch.cuda.is_available(),
+                generator=torch.Generator().manual_seed(seed),
+            )
+        )
         for batch in source:
             if _ERROR in batch:
                 raise DataError(batch[_ERROR])
@@ -357,9 +401,13 @@ class ExifLoader:
         total: Counter = Counter()
         for counts in self._by_role.values():
             total.update(counts)
-        return {"skipped": total["skipped"], "batches": self._yielded, "shard_errors": total["shard_errors"],
-                "substituted": total["substituted"],
-                "reasons": {k[5:]: v for k, v in total.items() if k.startswith("skip:")}}
+        return {
+            "skipped": total["skipped"],
+            "batches": self._yielded,
+            "shard_errors": total["shard_errors"],
+            "substituted": total["substituted"],
+            "reasons": {k[5:]: v for k, v in total.items() if k.startswith("skip:")},
+        }
 
 
 def read_policy(cfg: DataConfig) -> ReadPolicy:
@@ -367,8 +415,9 @@ def read_policy(cfg: DataConfig) -> ReadPolicy:
     return ReadPolicy(attempts=cfg.read_attempts, timeout_s=cfg.read_timeout)
 
 
-def build_loader(cfg: DataConfig, tokenizer: Any, *, rank: int = 0, world_size: int = 1,
-                 epoch: int = 0, start_batch: int = 0) -> ExifLoader:
+def build_loader(
+    cfg: DataConfig, tokenizer: Any, *, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0
+) -> ExifLoader:
     """The loader of one rank for one epoch, resuming at ``start_batch`` (see the module docstring).
 
     ``tokenizer``: a Hugging Face tokenizer (unused, may be None, with ``cfg.cropclr``).
@@ -379,23 +428,35 @@ def build_loader(cfg: DataConfig, tokenizer: Any, *, rank: int = 0, world_size: 
         if getattr(cfg, name) < 1:
             raise ValueError(f"data.{name} must be >= 1, not {getattr(cfg, name)}")
     if not 0 <= rank < world_size or cfg.num_workers < 0 or start_batch < 0:
-        raise ValueError(f"bad rank {rank} / world_size {world_size} / num_workers {cfg.num_workers} "
-                         f"/ start_batch {start_batch}")
+        raise ValueError(
+            f"bad rank {rank} / world_size {world_size} / num_workers {cfg.num_workers} / start_batch {start_batch}"
+        )
     if tokenizer is None and not cfg.cropclr:
         raise ValueError("a tokenizer is required unless data.cropclr is set")
     shards = open_shards(cfg.data, read_policy(cfg), cfg.storage_options)
-    vocab = () if cfg.cropclr else tuple(cfg.tags) if cfg.tags else load_vocabulary(
-        cfg.tags_file or shards.store.location("tags.json"), shards.store.policy, cfg.storage_options)
+    vocab = (
+        ()
+        if cfg.cropclr
+        else tuple(cfg.tags)
+        if cfg.tags
+        else load_vocabulary(
+            cfg.tags_file or shards.store.location("tags.json"), shards.store.policy, cfg.storage_options
+        )
+    )
     samples = sum(shards.sizes)
     total = samples * cfg.crops_per_image // (cfg.batch_size * world_size)
     if total == 0:
-        raise ValueError(f"{shards.root}: {samples} samples x {cfg.crops_per_image} crops is less "
-                         f"than one global batch ({cfg.batch_size} x {world_size} ranks)")
+        raise ValueError(
+            f"{shards.root}: {samples} samples x {cfg.crops_per_image} crops is less "
+            f"than one global batch ({cfg.batch_size} x {world_size} ranks)"
+        )
     if start_batch > total:
         raise ValueError(f"start_batch {start_batch} is past the epoch's {total} batches")
     if cfg.shuffle_buffer < cfg.crops_per_image * cfg.batch_size:
-        log.info("shuffle_buffer %d < crops_per_image x batch_size: crops of one image will often "
-                 "share a batch", cfg.shuffle_buffer)
+        log.info(
+            "shuffle_buffer %d < crops_per_image x batch_size: crops of one image will often share a batch",
+            cfg.shuffle_buffer,
+        )
     # Workers are forked after the tokenizer may have run here; its thread pool does not survive.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ds = _SlotDataset(cfg, shards, vocab, tokenizer, rank, world_size, epoch, start_batch, total)

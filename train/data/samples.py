@@ -10,13 +10,15 @@
   missing member, bad JSON, not an image, what the pipeline's image policy refuses (too large,
   implausible size, unsupported mode), a structurally broken JPEG, a side shorter than the patch.
 """
+
 from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Optional, Sequence, Union
+from typing import Any, BinaryIO
 
 from exiflang.pipeline.image_policy import ImagePolicy, PolicyError, default_policy
 from exiflang.pipeline.shards.jpeg_check import jpeg_problem
@@ -42,7 +44,7 @@ class ShardSet:
     """A checked dataset: its location (a Path, or a URL str), tar names (sorted), their sample
     counts (``sizes.json``) and the store that reads them."""
 
-    root: Union[Path, str]
+    root: Path | str
     names: tuple[str, ...]
     sizes: tuple[int, ...]
     store: ShardStore = field(default=None, compare=False)  # type: ignore[assignment]
@@ -52,8 +54,7 @@ class ShardSet:
             object.__setattr__(self, "store", store_for(self.root))
 
 
-def _read_json(path: Union[Path, str], policy: Optional[ReadPolicy] = None,
-               storage_options: Optional[dict] = None) -> Any:
+def _read_json(path: Path | str, policy: ReadPolicy | None = None, storage_options: dict | None = None) -> Any:
     """A JSON file given as a local path or a URL; one-line errors naming it."""
     if not is_url(path) and not Path(path).is_file():
         raise FileNotFoundError(f"{path}: missing")
@@ -64,8 +65,7 @@ def _read_json(path: Union[Path, str], policy: Optional[ReadPolicy] = None,
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
-def open_shards(data: str, policy: Optional[ReadPolicy] = None,
-                storage_options: Optional[dict] = None) -> ShardSet:
+def open_shards(data: str, policy: ReadPolicy | None = None, storage_options: dict | None = None) -> ShardSet:
     """Check a dataset folder or URL; one-line ``FileNotFoundError`` / ``ValueError`` / ``OSError``
     naming the file."""
     if not data:
@@ -82,16 +82,18 @@ def open_shards(data: str, policy: Optional[ReadPolicy] = None,
     return ShardSet(store.root, names, tuple(int(sizes[n]) for n in names), store)
 
 
-def load_vocabulary(path: Union[Path, str], policy: Optional[ReadPolicy] = None,
-                    storage_options: Optional[dict] = None) -> tuple[str, ...]:
+def load_vocabulary(
+    path: Path | str, policy: ReadPolicy | None = None, storage_options: dict | None = None
+) -> tuple[str, ...]:
     """``tags.json``'s tag list (a local path or a URL), checked against its hash."""
     doc = _read_json(path, policy, storage_options)
     tags = doc.get("tags") if isinstance(doc, dict) else None
     if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
         raise ValueError(f"{path}: no non-empty 'tags' list")
     if doc.get("hash") != vocabulary_hash(tags):
-        raise ValueError(f"{path}: hash {doc.get('hash')!r} does not match its tag list "
-                         "(re-select with `exiflang select-tags`)")
+        raise ValueError(
+            f"{path}: hash {doc.get('hash')!r} does not match its tag list (re-select with `exiflang select-tags`)"
+        )
     return tuple(tags)
 
 
@@ -99,14 +101,14 @@ class ShardError(Exception):
     """A tar that cannot be read any further."""
 
 
-def _open_tar(source: Union[Path, BinaryIO]) -> tarfile.TarFile:
+def _open_tar(source: Path | BinaryIO) -> tarfile.TarFile:
     """The tar at a path, or in an open seekable binary file, opened for streamed reading."""
     if isinstance(source, (str, Path)):
         return tarfile.open(source, "r:")
     return tarfile.open(fileobj=source, mode="r:")
 
 
-def read_groups(source: Union[Path, BinaryIO]) -> Iterator[tuple[str, dict[str, Location]]]:
+def read_groups(source: Path | BinaryIO) -> Iterator[tuple[str, dict[str, Location]]]:
     """A tar's samples in order: key and ``{ext: (offset, size)}``; reads headers, seeks past data.
 
     ``source``: a path, or an open seekable binary file (local or remote) that the caller may
@@ -114,7 +116,7 @@ def read_groups(source: Union[Path, BinaryIO]) -> Iterator[tuple[str, dict[str, 
     """
     try:
         with _open_tar(source) as tar:
-            key: Optional[str] = None
+            key: str | None = None
             members: dict[str, Location] = {}
             while (info := tar.next()) is not None:
                 # TarFile keeps every header otherwise (its `members` list, missing from typeshed):
@@ -154,11 +156,10 @@ def parse_exif(raw: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in doc.items()}
 
 
-Checked = tuple[Location, Optional[dict[str, str]], bytes, tuple[int, int]]
+Checked = tuple[Location, dict[str, str] | None, bytes, tuple[int, int]]
 
 
-def check_sample(fh: BinaryIO, members: dict[str, Location], patch: int,
-                 vocab: Optional[Sequence[str]]) -> Checked:
+def check_sample(fh: BinaryIO, members: dict[str, Location], patch: int, vocab: Sequence[str] | None) -> Checked:
     """Everything about one sample short of decoding it: ``(image location, exif, image bytes, size)``.
 
     ``vocab=None`` (CropCLR) needs no ``exif.json``; otherwise at least one vocabulary tag must be
@@ -178,7 +179,7 @@ def check_sample(fh: BinaryIO, members: dict[str, Location], patch: int,
     return members[ext], exif, data, probe_image(data, patch)
 
 
-def probe_image(data: bytes, patch: int, policy: Optional[ImagePolicy] = None) -> tuple[int, int]:
+def probe_image(data: bytes, patch: int, policy: ImagePolicy | None = None) -> tuple[int, int]:
     """Header-only check of one image; returns its ``(width, height)``.
 
     Raises :class:`SampleError` with reason ``not_an_image``, ``too_large`` / ``implausible_size`` /

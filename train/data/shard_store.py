@@ -20,15 +20,17 @@ for a damaged local tar.
 Credentials and endpoints come from the backend's usual environment (``AWS_*``,
 ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``) or ``data.storage_options``.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as futures
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, TypeVar, Union, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 T = TypeVar("T")
 _NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -36,12 +38,12 @@ _TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests
 _MAX_BACKOFF_S = 8.0
 
 
-def is_url(location: Union[str, Path]) -> bool:
+def is_url(location: str | Path) -> bool:
     """True for ``scheme://…`` (fsspec), False for a local path."""
     return isinstance(location, str) and "://" in location
 
 
-def join(root: Union[str, Path], name: str) -> Union[str, Path]:
+def join(root: str | Path, name: str) -> str | Path:
     """``root/name`` for a URL or a local path (a URL stays a str, a path a Path)."""
     if is_url(root):
         return f"{str(root).rstrip('/')}/{name}"
@@ -58,8 +60,10 @@ class ReadPolicy:
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.timeout_s <= 0 or self.backoff_s < 0:
-            raise ValueError(f"bad read policy: attempts {self.attempts} (>= 1), timeout "
-                             f"{self.timeout_s} s (> 0), backoff {self.backoff_s} s (>= 0)")
+            raise ValueError(
+                f"bad read policy: attempts {self.attempts} (>= 1), timeout "
+                f"{self.timeout_s} s (> 0), backoff {self.backoff_s} s (>= 0)"
+            )
 
 
 def transient(exc: BaseException) -> bool:
@@ -81,7 +85,7 @@ class _Timed:
     per process: a forked DataLoader worker makes its own)."""
 
     def __init__(self) -> None:
-        self._pool: Optional[futures.ThreadPoolExecutor] = None
+        self._pool: futures.ThreadPoolExecutor | None = None
         self._pid = 0
 
     def __call__(self, fn: Callable[[], T], timeout_s: float) -> T:
@@ -102,8 +106,13 @@ class _Timed:
         self._pool = None
 
 
-def with_retries(what: str, fn: Callable[[], T], policy: ReadPolicy, timed: Optional[_Timed] = None,
-                 on_retry: Optional[Callable[[], None]] = None) -> T:
+def with_retries(
+    what: str,
+    fn: Callable[[], T],
+    policy: ReadPolicy,
+    timed: _Timed | None = None,
+    on_retry: Callable[[], None] | None = None,
+) -> T:
     """``fn()`` under ``policy``: each try timed out after ``timeout_s``, transient failures
     retried with backoff (``on_retry`` runs before each retry, e.g. to reopen a file).  Raises
     one ``OSError`` line naming ``what`` when the tries are spent or the failure is permanent."""
@@ -111,16 +120,17 @@ def with_retries(what: str, fn: Callable[[], T], policy: ReadPolicy, timed: Opti
     for attempt in range(policy.attempts):
         try:
             return timed(fn, policy.timeout_s)
-        except Exception as exc:  # noqa: BLE001 - backends raise many types; transient() sorts them
+        except Exception as exc:
             if not transient(exc):
                 kind = next((k for k in _NOT_TRANSIENT if isinstance(exc, k)), None)
                 if kind is None:
-                    raise   # not a storage failure (a bug): as it is
+                    raise  # not a storage failure (a bug): as it is
                 raise kind(f"{what}: {'missing' if kind is FileNotFoundError else _one_line(exc)}") from exc
             if attempt + 1 == policy.attempts:
-                raise OSError(f"{what}: failed after {policy.attempts} attempts "
-                              f"({type(exc).__name__}: {_one_line(exc)})") from exc
-            time.sleep(min(_MAX_BACKOFF_S, policy.backoff_s * 2 ** attempt))
+                raise OSError(
+                    f"{what}: failed after {policy.attempts} attempts ({type(exc).__name__}: {_one_line(exc)})"
+                ) from exc
+            time.sleep(min(_MAX_BACKOFF_S, policy.backoff_s * 2**attempt))
             if on_retry is not None:
                 on_retry()
     raise AssertionError("unreachable")
@@ -139,9 +149,9 @@ class RetryingFile:
 
     def __init__(self, url: str, opener: Callable[[], BinaryIO], policy: ReadPolicy) -> None:
         self.name, self._opener, self._policy = url, opener, policy
-        self._fh: Optional[BinaryIO] = None
+        self._fh: BinaryIO | None = None
         self._pos = 0
-        self._size: Optional[int] = None
+        self._size: int | None = None
         self._timed = _Timed()
 
     def _file(self) -> BinaryIO:
@@ -161,6 +171,7 @@ class RetryingFile:
             fh = self._file()
             fh.seek(self._pos)
             return fh.read(n)
+
         data = with_retries(self.name, once, self._policy, self._timed, on_retry=self._drop)
         self._pos += len(data)
         return data
@@ -178,8 +189,11 @@ class RetryingFile:
     def size(self) -> int:
         if self._size is None:
             # The opener gives an fsspec buffered file (typed here as BinaryIO): it has ``size``.
-            self._size = int(with_retries(self.name, lambda: cast(Any, self._file()).size, self._policy,
-                                          self._timed, on_retry=self._drop))
+            self._size = int(
+                with_retries(
+                    self.name, lambda: cast(Any, self._file()).size, self._policy, self._timed, on_retry=self._drop
+                )
+            )
         return self._size
 
     def tell(self) -> int:
@@ -197,7 +211,7 @@ class RetryingFile:
             _close_quietly(fh)
         self._timed.close()
 
-    def __enter__(self) -> "RetryingFile":
+    def __enter__(self) -> RetryingFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -212,7 +226,7 @@ class ShardStore:
     filesystem object is made lazily in each process).
     """
 
-    root: Union[str, Path]
+    root: str | Path
     policy: ReadPolicy = field(default_factory=ReadPolicy)
     storage_options: dict[str, Any] = field(default_factory=dict)
     block_size: int = 8 << 20
@@ -226,7 +240,7 @@ class ShardStore:
     def remote(self) -> bool:
         return is_url(self.root)
 
-    def location(self, name: str) -> Union[str, Path]:
+    def location(self, name: str) -> str | Path:
         return join(self.root, name)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -237,6 +251,7 @@ class ShardStore:
         connections do not survive a fork)."""
         if self._fs is None or self._fs_pid != os.getpid():
             import fsspec
+
             protocol = str(self.root).split("://", 1)[0]
             self._fs = fsspec.filesystem(protocol, skip_instance_cache=True, **self.storage_options)
             self._fs_pid = os.getpid()
@@ -272,21 +287,24 @@ class ShardStore:
             return open(self.location(name), "rb")
         path = self._path(name)
         # Two blocks held: the one being read and the next, fetched in the background.
-        kw = ({"block_size": self.block_size, "cache_type": "background",
-               "cache_options": {"maxblocks": 2}} if sequential
-              else {"block_size": 1 << 16, "cache_type": "none"})
-        return RetryingFile(str(self.location(name)), lambda: self.fs().open(path, "rb", **kw),
-                            self.policy)  # type: ignore[return-value]
+        kw = (
+            {"block_size": self.block_size, "cache_type": "background", "cache_options": {"maxblocks": 2}}
+            if sequential
+            else {"block_size": 1 << 16, "cache_type": "none"}
+        )
+        return RetryingFile(str(self.location(name)), lambda: self.fs().open(path, "rb", **kw), self.policy)  # type: ignore[return-value]
 
 
-def store_for(location: Union[str, Path], policy: Optional[ReadPolicy] = None,
-              storage_options: Optional[dict[str, Any]] = None) -> ShardStore:
+def store_for(
+    location: str | Path, policy: ReadPolicy | None = None, storage_options: dict[str, Any] | None = None
+) -> ShardStore:
     """A :class:`ShardStore` rooted at ``location`` (a folder or a URL)."""
     return ShardStore(location, policy or ReadPolicy(), dict(storage_options or {}))
 
 
-def read_file(location: Union[str, Path], policy: Optional[ReadPolicy] = None,
-              storage_options: Optional[dict[str, Any]] = None) -> bytes:
+def read_file(
+    location: str | Path, policy: ReadPolicy | None = None, storage_options: dict[str, Any] | None = None
+) -> bytes:
     """The bytes of one file given as a local path or a URL (``tags.json`` named on its own)."""
     if not is_url(location):
         return Path(location).read_bytes()

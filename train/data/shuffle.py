@@ -1,9 +1,11 @@
 """The run's randomness: process-stable seeds from any parts, each rank's seed, and the buffered shuffle."""
+
 from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 def stable_seed(*parts: object) -> int:
