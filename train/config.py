@@ -4,12 +4,14 @@
 YAML file, whose ``preset:`` key names the base) and then dotted overrides; every run writes
 the result to ``RUN/config.yaml``.  Unknown presets, sections or keys are one-line errors.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, cast
+from typing import Any, cast
 
 import yaml
 
@@ -29,8 +31,8 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     min_lr: float = 0.0
-    grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
-    crop_consistency: float = 0.0    # weight of exiflang.train.loss.crop_consistency_loss (with data.group_crops)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    crop_consistency: float = 0.0  # weight of exiflang.train.loss.crop_consistency_loss (with data.group_crops)
 
     def __post_init__(self) -> None:
         self.betas = cast("tuple[float, float]", tuple(self.betas))  # YAML gives a list
@@ -40,19 +42,19 @@ class OptimConfig:
 class RunConfig:
     """Length, cadence and hardware of a run."""
 
-    steps: int = 1000                # optimiser steps in total
+    steps: int = 1000  # optimiser steps in total
     log_every: int = 10
     ckpt_every: int = 500
-    keep_last: int = 2               # checkpoints kept besides the best
-    eval_every: int = 0              # held-out numbers every N steps (0: only at the end)
-    eval_data: Optional[str] = None  # held-out shards (folder or URL): exiflang.train.heldout
-    eval_samples: int = 512          # photos of eval_data used (the first, in sorted tar order)
+    keep_last: int = 2  # checkpoints kept besides the best
+    eval_every: int = 0  # held-out numbers every N steps (0: only at the end)
+    eval_data: str | None = None  # held-out shards (folder or URL): exiflang.train.heldout
+    eval_samples: int = 512  # photos of eval_data used (the first, in sorted tar order)
     seed: int = 0
-    device: str = "auto"             # auto | cpu | cuda
-    precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    tokenizer: str = "auto"          # auto | bert-vocab | wordpiece | a local folder
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    tokenizer: str = "auto"  # auto | bert-vocab | wordpiece | a local folder
     tensorboard: bool = True
-    wandb: str = "off"               # off | online | offline (needs the optional wandb package)
+    wandb: str = "off"  # off | online | offline (needs the optional wandb package)
     wandb_project: str = "exiflang"
 
 
@@ -74,23 +76,27 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "model": {},
         "data": {"batch_size": 1024, "num_workers": 8, "crops_per_image": 1},
-        "optim": {"name": "adamw", "lr": 1e-4, "weight_decay": 1e-3, "warmup_steps": 2000,
-                  "min_lr": 1e-7},
+        "optim": {"name": "adamw", "lr": 1e-4, "weight_decay": 1e-3, "warmup_steps": 2000, "min_lr": 1e-7},
         "run": {"steps": 75_000, "ckpt_every": 2000, "log_every": 50},
     },
     "authors-code": {
         "model": {},
         "data": {"batch_size": 1024, "num_workers": 8, "text_format": "code"},
-        "optim": {"name": "adam", "lr": 1e-4, "weight_decay": 1e-4, "betas": (0.9, 0.98),
-                  "eps": 1e-6, "warmup_steps": 3750, "min_lr": 1e-7},
+        "optim": {
+            "name": "adam",
+            "lr": 1e-4,
+            "weight_decay": 1e-4,
+            "betas": (0.9, 0.98),
+            "eps": 1e-6,
+            "warmup_steps": 3750,
+            "min_lr": 1e-7,
+        },
         "run": {"steps": 75_000, "ckpt_every": 2000, "log_every": 50},
     },
     "cpu-small": {
         "model": {"image_arch": "small", "text_size": "small", "embed_dim": 128},
-        "data": {"batch_size": 32, "num_workers": 1, "crops_per_image": 4,
-                 "shuffle_buffer": 256, "max_text_len": 192},
-        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-3, "warmup_steps": 20,
-                  "min_lr": 1e-5},
+        "data": {"batch_size": 32, "num_workers": 1, "crops_per_image": 4, "shuffle_buffer": 256, "max_text_len": 192},
+        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-3, "warmup_steps": 20, "min_lr": 1e-5},
         "run": {"steps": 300, "ckpt_every": 100, "log_every": 10},
     },
 }
@@ -125,8 +131,7 @@ def _defaults(section: str) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def load_config(preset_or_yaml: str = "paper", overrides: Sequence[str] = (),
-                data: Optional[str] = None) -> TrainConfig:
+def load_config(preset_or_yaml: str = "paper", overrides: Sequence[str] = (), data: str | None = None) -> TrainConfig:
     """Resolve a preset name or YAML path plus ``section.key=value`` overrides."""
     preset = preset_or_yaml
     from_file: dict[str, Any] = {}
@@ -158,9 +163,13 @@ def load_config(preset_or_yaml: str = "paper", overrides: Sequence[str] = (),
         _apply(sections, section, key, _coerce(raw, current), f"override {item!r}")
     if data is not None:
         sections["data"]["data"] = data
-    cfg = TrainConfig(model=ModelConfig(**sections["model"]), data=DataConfig(**sections["data"]),
-                      optim=OptimConfig(**sections["optim"]), run=RunConfig(**sections["run"]),
-                      preset=preset)
+    cfg = TrainConfig(
+        model=ModelConfig(**sections["model"]),
+        data=DataConfig(**sections["data"]),
+        optim=OptimConfig(**sections["optim"]),
+        run=RunConfig(**sections["run"]),
+        preset=preset,
+    )
     cfg.model.validate()
     text_init_folder(cfg.model.text_init)  # an unknown name / missing package: one line, now
     if cfg.optim.crop_consistency and (not cfg.data.group_crops or cfg.data.cropclr):

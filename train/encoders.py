@@ -21,29 +21,39 @@ or a local model folder.  A name is resolved to the installed package's files at
 :func:`text_init_folder` (``importlib`` finds the package without importing it), so configs keep
 the name, never a site-packages path; the architecture comes from the folder's ``model_type``.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
-from transformers import (AlbertConfig, AlbertModel, BertConfig, BertModel, DistilBertConfig,
-                          DistilBertModel, PretrainedConfig, PreTrainedModel, ResNetConfig,
-                          ResNetModel)
+from transformers import (
+    AlbertConfig,
+    AlbertModel,
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    ResNetConfig,
+    ResNetModel,
+)
 
 from exiflang.train.checkpoint import load_plain, load_problem, read_safetensors
 
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     # torchvision / microsoft ResNet-50: bottleneck blocks, stride in the 3x3 conv (v1.5).
-    "resnet50": dict(layer_type="bottleneck", depths=[3, 4, 6, 3],
-                     hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
+    "resnet50": dict(
+        layer_type="bottleneck", depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64
+    ),
     # ~1.2M parameters: trains in minutes on 2 CPU cores (the cpu-small preset).
-    "small": dict(layer_type="basic", depths=[1, 1, 1, 1],
-                  hidden_sizes=[32, 64, 128, 256], embedding_size=32),
+    "small": dict(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=32),
 }
 _TEXT_CLASSES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "distilbert": (DistilBertConfig, DistilBertModel),
@@ -54,13 +64,17 @@ TEXT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # DistilBertConfig() defaults are distilbert-base-uncased (6 layers, dim 768).
     "distilbert": {"base": {}, "small": dict(n_layers=2, dim=128, n_heads=2, hidden_dim=256)},
     # AlbertConfig() defaults are xxlarge (hidden 4096); "base" here is albert-base-v2.
-    "albert": {"base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072,
-                            embedding_size=128),
-               "small": dict(hidden_size=128, num_attention_heads=2, intermediate_size=256,
-                             embedding_size=64, num_hidden_layers=2)},
+    "albert": {
+        "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, embedding_size=128),
+        "small": dict(
+            hidden_size=128, num_attention_heads=2, intermediate_size=256, embedding_size=64, num_hidden_layers=2
+        ),
+    },
     # BertConfig() defaults are bert-base; the packaged MiniLM-L6 loads under this arch.
-    "bert": {"base": {}, "small": dict(num_hidden_layers=2, hidden_size=128,
-                                       num_attention_heads=2, intermediate_size=256)},
+    "bert": {
+        "base": {},
+        "small": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=256),
+    },
 }
 POOLINGS = ("mean", "paper")
 RANDOM_TEXT = "random"
@@ -73,8 +87,9 @@ _TV_DOWN = re.compile(r"^layer(\d+)\.(\d+)\.downsample\.([01])\.(.+)$")
 _TV_STEM = {"conv1.": "embedder.embedder.convolution.", "bn1.": "embedder.embedder.normalization."}
 
 
-def torchvision_to_hf_resnet(state: dict[str, torch.Tensor]
-                             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
+def torchvision_to_hf_resnet(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
     """Map torchvision ResNet keys to ``transformers.ResNetModel`` keys.
 
     Returns ``(backbone, head, unknown)``: the renamed backbone tensors, the ``fc.*`` tensors
@@ -89,7 +104,7 @@ def torchvision_to_hf_resnet(state: dict[str, torch.Tensor]
         stem = next((p for p in _TV_STEM if key.startswith(p)), None)
         block, down = _TV_BLOCK.match(key), _TV_DOWN.match(key)
         if stem is not None:
-            backbone[_TV_STEM[stem] + key[len(stem):]] = value
+            backbone[_TV_STEM[stem] + key[len(stem) :]] = value
         elif block:
             stage, idx, kind, j, rest = block.groups()
             part = "convolution" if kind == "conv" else "normalization"
@@ -121,11 +136,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
-def resnet_config(arch: str = "resnet50", overrides: Optional[dict[str, Any]] = None) -> ResNetConfig:
+def resnet_config(arch: str = "resnet50", overrides: dict[str, Any] | None = None) -> ResNetConfig:
     """A ``ResNetConfig`` from a preset name (or ``custom`` = resnet50 + ``overrides``)."""
     if arch not in IMAGE_PRESETS and arch != "custom":
         raise ValueError(f"image arch {arch!r}: expected one of {sorted(IMAGE_PRESETS)} or 'custom'")
@@ -134,7 +149,7 @@ def resnet_config(arch: str = "resnet50", overrides: Optional[dict[str, Any]] = 
     return ResNetConfig(**kwargs)
 
 
-def build_resnet(config: ResNetConfig, init: Optional[str] = None) -> ResNetModel:
+def build_resnet(config: ResNetConfig, init: str | None = None) -> ResNetModel:
     """A ResNet backbone: random from ``config``, or from ``init`` (HF folder or state-dict file).
 
     An HF folder defines its own architecture (``config`` is then ignored); a torchvision file
@@ -152,8 +167,10 @@ def build_resnet(config: ResNetConfig, init: Optional[str] = None) -> ResNetMode
     own = model.state_dict()
     shapes = [k for k, v in backbone.items() if k in own and own[k].shape != v.shape]
     if shapes:
-        raise ValueError(f"{path}: {len(shapes)} tensors have other shapes than the ResNet config "
-                         f"({config.layer_type}, depths {config.depths}), e.g. {shapes[:3]}")
+        raise ValueError(
+            f"{path}: {len(shapes)} tensors have other shapes than the ResNet config "
+            f"({config.layer_type}, depths {config.depths}), e.g. {shapes[:3]}"
+        )
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     # Old torchvision files lack num_batches_tracked; it only matters for momentum=None BN.
     bad = [k for k in missing if not k.endswith("num_batches_tracked")] + list(unexpected) + unknown
@@ -179,8 +196,9 @@ class ImageEncoder(nn.Module):
         return self.proj(pooled.flatten(1))
 
 
-def text_config(arch: str, size: str = "base", vocab_size: Optional[int] = None,
-                overrides: Optional[dict[str, Any]] = None) -> PretrainedConfig:
+def text_config(
+    arch: str, size: str = "base", vocab_size: int | None = None, overrides: dict[str, Any] | None = None
+) -> PretrainedConfig:
     """The config of a random-init text backbone: the ``TEXT_PRESETS`` entry, then ``overrides``
     (any field of the backbone's config class, e.g. DistilBERT's ``dropout``)."""
     if arch not in TEXT_PRESETS:
@@ -192,7 +210,7 @@ def text_config(arch: str, size: str = "base", vocab_size: Optional[int] = None,
         kwargs["vocab_size"] = vocab_size
     if overrides:
         unknown = sorted(set(overrides) - set(_TEXT_CLASSES[arch][0]().to_dict()))
-        if unknown:   # a config class keeps unknown kwargs silently: a typo would change nothing
+        if unknown:  # a config class keeps unknown kwargs silently: a typo would change nothing
             raise ValueError(f"text overrides {unknown}: not fields of the {arch} config")
         kwargs.update(overrides)
     kwargs["pad_token_id"] = 0  # every exiflang tokenizer puts [PAD] at 0
@@ -204,7 +222,7 @@ def text_config_from_dict(arch: str, values: dict[str, Any]) -> PretrainedConfig
     return _TEXT_CLASSES[arch][0].from_dict(values)
 
 
-def text_init_folder(init: Optional[str]) -> Optional[Path]:
+def text_init_folder(init: str | None) -> Path | None:
     """The folder ``model.text_init`` starts the text tower from; ``None`` for a random tower.
 
     ``None``/``""``/``random``: ``None``.  A :data:`PACKAGED_TEXT` name: that installed package's
@@ -218,16 +236,16 @@ def text_init_folder(init: Optional[str]) -> Optional[Path]:
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
             dist = module.replace("_", "-")
-            raise FileNotFoundError(f"model.text_init={init}: the {dist} package is not installed "
-                                    f"(pip install {dist})")
+            raise FileNotFoundError(f"model.text_init={init}: the {dist} package is not installed (pip install {dist})")
         folder = Path(next(iter(spec.submodule_search_locations))) / sub
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: the {init} package has no config.json here")
         return folder
     if not Path(init).is_dir():
         names = ", ".join([RANDOM_TEXT, *PACKAGED_TEXT])
-        raise FileNotFoundError(f"model.text_init={init}: expected one of {names} or a local "
-                                f"model folder (no such folder)")
+        raise FileNotFoundError(
+            f"model.text_init={init}: expected one of {names} or a local model folder (no such folder)"
+        )
     return Path(init)
 
 
@@ -249,8 +267,7 @@ def text_arch_of(backbone: PreTrainedModel) -> str:
     return next(arch for arch, (_, cls) in _TEXT_CLASSES.items() if isinstance(backbone, cls))
 
 
-def build_text_backbone(arch: str, config: Optional[PretrainedConfig] = None,
-                        init: Optional[str] = None) -> PreTrainedModel:
+def build_text_backbone(arch: str, config: PretrainedConfig | None = None, init: str | None = None) -> PreTrainedModel:
     """A text backbone: random from ``config``, or pretrained from ``init`` (``model.text_init``:
     ``minilm`` or a local folder, see :func:`text_init_folder`).
 
@@ -278,7 +295,7 @@ def _from_folder(model_cls: type[_M], path: Path, **kwargs: Any) -> _M:
     any failure is one ``ValueError`` line naming the folder."""
     try:
         return model_cls.from_pretrained(str(path), local_files_only=True, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, UnpicklingError, ... by file kind
+    except Exception as exc:
         raise ValueError(f"{path}: cannot load this model folder ({load_problem(exc)[0]})") from exc
 
 
@@ -298,8 +315,9 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``input_ids`` int ``[B,T]``, ``attention_mask`` 0/1 ``[B,T]`` -> unnormalised ``[B,D]``."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               return_dict=True).last_hidden_state  # [B, T, H]
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, return_dict=True
+        ).last_hidden_state  # [B, T, H]
         if self.pooling == "mean":
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             # clamp: an all-padding row (should not happen) gives 0, not NaN.

@@ -18,12 +18,12 @@ truncation length of the authors' code (they padded every text to 512).  EXIF te
 about 150-250 tokens, so truncation rarely bites; pad to the longest text in the batch, not to 512
 (masked mean pooling makes the two equivalent and the former is several times cheaper).
 """
+
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import Optional
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -57,7 +57,8 @@ def bert_uncased_vocab_path() -> Path:
     # Same size and specials but different bytes: usable, but say so — ids would differ
     # from a checkpoint trained on the real vocabulary.
     if hashlib.sha256(data).hexdigest() != BERT_UNCASED_SHA256 and any(
-            tok != tok.lower() for tok in lines if not tok.startswith("[")):
+        tok != tok.lower() for tok in lines if not tok.startswith("[")
+    ):
         raise ValueError(f"{path}: vocabulary has upper-case tokens, not BERT uncased")
     return path
 
@@ -65,19 +66,28 @@ def bert_uncased_vocab_path() -> Path:
 def _bert_pipeline(tok: Tokenizer, cls_id: int, sep_id: int) -> Tokenizer:
     """Give ``tok`` BERT uncased normalisation, pre-tokenisation, ``[CLS] $A [SEP]`` and decoding."""
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
     tok.decoder = decoders.WordPiece(prefix="##")
     return tok
 
 
 def _wrap(tok: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+    )
 
 
 def from_vocab_file(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> PreTrainedTokenizerFast:
@@ -90,7 +100,7 @@ def from_vocab_file(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> P
     return _wrap(_bert_pipeline(tok, vocab["[CLS]"], vocab["[SEP]"]), max_length)
 
 
-def load_tokenizer(path: str | Path, max_length: Optional[int] = None) -> PreTrainedTokenizerFast:
+def load_tokenizer(path: str | Path, max_length: int | None = None) -> PreTrainedTokenizerFast:
     """Load a fast tokenizer from a local folder (never the hub); ``vocab.txt`` alone is enough.
 
     Raises ``FileNotFoundError`` / ``ValueError`` with a one-line message naming the folder.
@@ -101,7 +111,7 @@ def load_tokenizer(path: str | Path, max_length: Optional[int] = None) -> PreTra
     if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
         try:
             tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
-        except Exception as exc:  # noqa: BLE001 - turned into one line naming the folder
+        except Exception as exc:
             # e.g. a tokenizer_class this transformers version lacks: the files still work.
             if (folder / "tokenizer.json").is_file():
                 tok = _wrap(Tokenizer.from_file(str(folder / "tokenizer.json")), DEFAULT_MAX_LENGTH)
@@ -119,13 +129,14 @@ def load_tokenizer(path: str | Path, max_length: Optional[int] = None) -> PreTra
         raise ValueError(f"{folder}: tokenizer has no padding token")
     if max_length is not None:
         tok.model_max_length = max_length
-    elif tok.model_max_length > 10 ** 6:  # transformers' "unset" sentinel
+    elif tok.model_max_length > 10**6:  # transformers' "unset" sentinel
         tok.model_max_length = DEFAULT_MAX_LENGTH
     return tok
 
 
-def build_tokenizer(source: str = "auto", path: Optional[str] = None, *,
-                    max_length: int = DEFAULT_MAX_LENGTH) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    source: str = "auto", path: str | None = None, *, max_length: int = DEFAULT_MAX_LENGTH
+) -> PreTrainedTokenizerFast:
     """Build the tokenizer from one of ``SOURCES``.
 
     ``auto``: ``path`` when given, else the packaged BERT uncased vocab.  ``folder`` needs ``path``.
@@ -141,6 +152,9 @@ def build_tokenizer(source: str = "auto", path: Optional[str] = None, *,
 
 def describe(tokenizer: PreTrainedTokenizerFast) -> dict:
     """A small JSON-able summary (size, max length, pad id) for run logs."""
-    return {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
-            "model_max_length": int(tokenizer.model_max_length),
-            "pad_token_id": tokenizer.pad_token_id}
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "model_max_length": int(tokenizer.model_max_length),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
