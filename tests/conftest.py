@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Ctrl-C as a terminal sends it: a suite started as a background job of a non-interactive shell
+# (`make test &`, nohup) inherits SIGINT *ignored*, and so would every command a test starts --
+# the tests of "Ctrl-C ends with exit 130 and leaves nothing behind" would then test nothing.
+# Python's own handler here; exec resets it to the default in children, where Python installs it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
