@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "exiflang.eval.benchmark.run:main",
         "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline",
     ),
-    "check-exif": ("exiflang.eval.consistency.command:main", "do the pixels agree with the claimed EXIF? (zero-shot)"),
+    "check-exif": ("exiflang.eval.consistency.command", "do the pixels agree with the claimed EXIF? (zero-shot)"),
     "eval-check-exif": (
         "exiflang.eval.consistency.evaluate:main",
         "check-exif as a detector: true vs swapped EXIF, ROC-AUC / AP",
@@ -62,11 +62,15 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def _call(name: str, argv: list[str]) -> int:
+def _call(name: str, argv: list[str], debug: bool = False) -> int:
     """Import command ``name``'s module (inside the error contract: a failed import is one line)
-    and run its main on ``argv``, ``--debug`` taken out unless the module declares it."""
-    module_name, func = COMMANDS[name][0].split(":")
+    and run its :class:`exiflang.command.Command` on ``argv``."""
+    module_name, _, func = COMMANDS[name][0].partition(":")
     module = importlib.import_module(module_name)
+    command = getattr(module, "COMMAND", None)
+    if command is not None and not func:
+        return int(command.main(argv, debug=debug))
+    # A plain function (a test's stand-in command): it gets --debug only if it declares it.
     found, stripped = pop_debug(argv)
     if getattr(module, "ACCEPTS_DEBUG", False):
         argv = argv if found or not debug_enabled() else [DEBUG_FLAG, *argv]
@@ -91,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"exiflang: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return run_main(f"exiflang {name}", functools.partial(_call, name), rest, debug=debug, keep_debug_flag=True)
+    return run_main(
+        f"exiflang {name}", functools.partial(_call, name, debug=debug), rest, debug=debug, keep_debug_flag=True
+    )
 
 
 if __name__ == "__main__":

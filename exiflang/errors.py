@@ -222,12 +222,15 @@ def pop_debug(argv: Sequence[str]) -> tuple[bool, list[str]]:
     return found, [a for a in args[:end] if a != DEBUG_FLAG] + args[end:]
 
 
-def report(prog: str, exc: BaseException) -> int:
-    """Print ``exc`` as this contract's one line (traceback first under debug); return the exit code."""
+def report(prog: str, exc: BaseException, interrupt_hint: str = "") -> int:
+    """Print ``exc`` as this contract's one line (traceback first under debug); return the exit code.
+
+    ``interrupt_hint`` follows ``interrupted`` on Ctrl-C (e.g. ``rerun the same command to resume``).
+    """
     if debug_enabled():
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, KeyboardInterrupt):
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted" + (f"; {interrupt_hint}" if interrupt_hint else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     if is_expected(exc):
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
@@ -238,7 +241,13 @@ def report(prog: str, exc: BaseException) -> int:
 
 
 def run_main(
-    prog: str, main: MainFn, argv: Sequence[str] | None = None, *, debug: bool = False, keep_debug_flag: bool = False
+    prog: str,
+    main: MainFn,
+    argv: Sequence[str] | None = None,
+    *,
+    debug: bool = False,
+    keep_debug_flag: bool = False,
+    interrupt_hint: str = "",
 ) -> int:
     """Run ``main(argv)`` under the error contract; returns its exit code (0..2, or 130).
 
@@ -253,6 +262,6 @@ def run_main(
     try:
         return int(main(raw if keep_debug_flag else stripped) or 0)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the one error contract; SystemExit is not caught: argparse owns it
-        return report(prog, exc)
+        return report(prog, exc, interrupt_hint)
     finally:
         _active_debug.pop()

@@ -24,20 +24,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from exiflang.errors import CommandError, check_out_dir, run_main
+from exiflang.command import Command
+from exiflang.errors import CommandError, check_out_dir
 
 PROG = "exiflang check-exif"
 RESULTS = "check_exif.jsonl"
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Declare check-exif's arguments."""
     ap.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders (recursive)")
     ap.add_argument("--model", required=True, help="model folder (with a text tower)")
     ap.add_argument("--reference", help="index, embeddings or shards folder (default: the training shards)")
@@ -46,7 +46,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-per-tag", action="store_true", help="skip the per-tag swaps (faster)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     ap.add_argument("--threads", type=int, help="CPU threads for torch")
-    return ap
 
 
 def read_claim(path: str) -> dict[str, str]:
@@ -75,16 +74,8 @@ def summary_line(file: str, rec: dict[str, Any]) -> str:
     return line
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; see the module docstring for the exit status."""
-    return run_main(PROG, _main, argv)
-
-
-def _main(argv: list[str]) -> int:
-    try:
-        args = parser().parse_args(argv)
-    except SystemExit as exc:
-        return 0 if exc.code == 0 else 2
+def run(args: argparse.Namespace) -> int:
+    """Check every photo; see the module docstring for the exit status."""
     from exiflang.eval.images import expand_inputs
 
     out = check_out_dir(args.out) if args.out else None  # before any slow work
@@ -115,6 +106,9 @@ def _main(argv: list[str]) -> int:
         return 2
     return 1 if answered < len(records) else 0
 
+
+COMMAND = Command(prog=PROG, doc=__doc__, add_arguments=add_arguments, run=run, log_level=logging.WARNING)
+main = COMMAND.main
 
 if __name__ == "__main__":
     sys.exit(main())

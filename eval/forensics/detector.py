@@ -29,10 +29,9 @@ from exiflang.eval.forensics.affinity import patch_affinity
 from exiflang.eval.forensics.calibration import Reference, judge, load_reference
 from exiflang.eval.forensics.localize import localize
 from exiflang.eval.forensics.scores import detection_scores
+from exiflang.eval.forensics.settings import CODE_PER_SIDE, PAPER_PER_SIDE, PATCH, DetectorConfig
 
-PAPER_PER_SIDE = 25  # what the paper says; the authors' code ran with 30 (docs/design.md §6)
-CODE_PER_SIDE = 30
-PATCH = 124
+__all__ = ["CODE_PER_SIDE", "PAPER_PER_SIDE", "PATCH", "DetectionResult", "Detector", "DetectorConfig"]
 
 
 def legacy_negative(rgb: np.ndarray) -> np.ndarray:
@@ -86,10 +85,10 @@ class DetectionResult:
 class Detector:
     """A trained model folder's image tower, ready to run on photos of any size.
 
-    ``per_side``: patches along the longest side (30 = the authors' code, 25 = the paper).
-    ``tau``: temperature of ``score_exp``; None -> ``1 / logit_scale`` of the model (0.01 for
-    the fixed scale 100).  ``ncuts``: also compute the normalized-cuts mask.  ``use_reference``:
-    judge detections against the folder's ``calibration.json`` (:attr:`reference`; settable).
+    ``config``: a :class:`~exiflang.eval.forensics.settings.DetectorConfig` (default settings when
+    None); keyword ``overrides`` change single fields of it (``Detector(m, per_side=3)``).
+    ``use_reference``: judge detections against the folder's ``calibration.json``
+    (:attr:`reference`; settable).
     """
 
     # Authentic-photo scores the verdicts rank against (Detector(model_dir) reads the folder's).
@@ -98,96 +97,34 @@ class Detector:
     def __init__(
         self,
         model_dir: str | os.PathLike[str],
+        config: DetectorConfig | None = None,
         *,
-        patch: int = PATCH,
-        per_side: int = CODE_PER_SIDE,
-        device: str = "auto",
-        batch_size: int = 256,
-        ncuts: bool = True,
-        tau: float | None = None,
-        iterations: int = 5,
-        percentile: float = 10.0,
-        legacy_negative: bool = False,
         use_reference: bool = True,
+        **overrides: Any,
     ) -> None:
         from exiflang.train.model import ExifClip  # here, not at the top: importing DetectionResult stays light
 
-        model = ExifClip.from_pretrained(Path(model_dir)).model
-        self._configure(
-            model,
-            Path(model_dir),
-            patch=patch,
-            per_side=per_side,
-            device=device,
-            batch_size=batch_size,
-            ncuts=ncuts,
-            tau=tau,
-            iterations=iterations,
-            percentile=percentile,
-            legacy_negative=legacy_negative,
-        )
+        config = (config or DetectorConfig()).replace(**overrides)  # checks the values before loading
+        self._configure(ExifClip.from_pretrained(Path(model_dir)).model, Path(model_dir), config)
         if use_reference:  # the folder's calibration.json, if any (calibrate itself replaces it)
             self.reference = load_reference(model_dir)
 
     @classmethod
-    def from_model(
-        cls,
-        model: Any,
-        *,
-        patch: int = PATCH,
-        per_side: int = CODE_PER_SIDE,
-        device: str = "auto",
-        batch_size: int = 256,
-        ncuts: bool = True,
-        tau: float | None = None,
-        iterations: int = 5,
-        percentile: float = 10.0,
-        legacy_negative: bool = False,
-    ) -> Detector:
+    def from_model(cls, model: Any, config: DetectorConfig | None = None, **overrides: Any) -> Detector:
         """A detector around an in-memory :class:`exiflang.train.model.ExifClip` (no folder needed)."""
         self = cls.__new__(cls)
-        self._configure(
-            model,
-            None,
-            patch=patch,
-            per_side=per_side,
-            device=device,
-            batch_size=batch_size,
-            ncuts=ncuts,
-            tau=tau,
-            iterations=iterations,
-            percentile=percentile,
-            legacy_negative=legacy_negative,
-        )
+        self._configure(model, None, (config or DetectorConfig()).replace(**overrides))
         return self
 
-    def _configure(
-        self,
-        model: Any,
-        model_dir: Path | None,
-        *,
-        patch: int,
-        per_side: int,
-        device: str,
-        batch_size: int,
-        ncuts: bool,
-        tau: float | None,
-        iterations: int,
-        percentile: float,
-        legacy_negative: bool,
-    ) -> None:
-        if patch <= 0 or per_side <= 0 or batch_size <= 0:
-            raise ValueError(f"patch {patch}, per_side {per_side}, batch_size {batch_size}: must be positive")
-        if tau is not None and not tau > 0:
-            raise ValueError(f"tau {tau}: must be positive")
-        self.model_dir = model_dir
+    def _configure(self, model: Any, model_dir: Path | None, config: DetectorConfig) -> None:
+        self.model_dir, self.config = model_dir, config
         # The model's logit scale is the temperature it was trained with: exp(A/tau) then matches
         # the logits of its contrastive loss.
-        self.tau = float(tau) if tau is not None else 1.0 / float(model.logit_scale.detach())
-        self.embedder = PatchEmbedder(model, device=device, batch_size=batch_size)
-        self.patch, self.per_side, self.ncuts = int(patch), int(per_side), bool(ncuts)
-        self.iterations, self.percentile = int(iterations), float(percentile)
-        self.legacy_negative = bool(legacy_negative)
+        self.tau = float(config.tau) if config.tau is not None else 1.0 / float(model.logit_scale.detach())
+        self.embedder = PatchEmbedder(model, device=config.device, batch_size=config.batch_size)
+        self.patch, self.per_side, self.ncuts = config.patch, config.per_side, config.ncuts
+        self.iterations, self.percentile = config.iterations, config.percentile
+        self.legacy_negative = config.legacy_negative
         self.reference = None
 
     @property
