@@ -24,8 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("exiflang.pipeline.build_shards:main", "build WebDataset shards + Parquet tables from photos"),
     "synth": ("exiflang.pipeline.synth.corpus:main", "write a synthetic camera corpus (real JPEGs with EXIF)"),
     "select-tags": ("exiflang.pipeline.shards.tags:main", "re-select the tag vocabulary from the Parquet tables"),
-    "convert-authors": ("exiflang.train.convert_authors:main", "convert the authors' released checkpoint"),
-    "train": ("exiflang.train.main:main", "train the image + text encoders (one process; torchrun for DDP)"),
+    "convert-authors": ("exiflang.train.convert_authors", "convert the authors' released checkpoint"),
+    "train": ("exiflang.train.main", "train the image + text encoders (one process; torchrun for DDP)"),
     "embed": ("exiflang.eval.embed.run:main", "embed the samples of shards with a trained model (npy + Parquet)"),
     "index": ("exiflang.eval.index.run:main", "build a FAISS index over embeddings, tuned to a recall target"),
     "lookup": ("exiflang.eval.index.lookup:main", "nearest training photos and predicted EXIF for photos"),
@@ -45,7 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "exiflang.eval.consistency.evaluate:main",
         "check-exif as a detector: true vs swapped EXIF, ROC-AUC / AP",
     ),
-    "demo": ("exiflang.demo:main", "run the main job end to end on the offline default"),
+    "demo": ("exiflang.demo", "run the main job end to end on the offline default"),
     "serve": ("exiflang.serve.main:main", "HTTP service + analyst's page: detect, lookup, check-exif"),
 }
 

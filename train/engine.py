@@ -27,7 +27,7 @@ from tqdm import tqdm
 from exiflang.train import checkpoint
 from exiflang.train.card import training_card, write_model_card
 from exiflang.train.config import TrainConfig
-from exiflang.train.data.loader import build_loader, read_policy
+from exiflang.train.data.loader import build_loader
 from exiflang.train.data.samples import load_vocabulary
 from exiflang.train.data.shard_store import join, read_file
 from exiflang.train.data.shuffle import rank_seed
@@ -55,7 +55,7 @@ class Position:
 def read_tags(cfg: TrainConfig) -> dict[str, Any]:
     """The dataset's vocabulary (``tags.json`` beside the shards, a folder or a URL), or the
     configured override."""
-    path, policy = cfg.data.tags_file or join(cfg.data.data, "tags.json"), read_policy(cfg.data)
+    path, policy = cfg.data.tags_file or join(cfg.data.data, "tags.json"), cfg.data.read_policy()
     load_vocabulary(path, policy, cfg.data.storage_options)  # one-line errors: missing, bad hash
     doc = json.loads(read_file(path, policy, cfg.data.storage_options))
     if cfg.data.tags:

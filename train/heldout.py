@@ -33,7 +33,6 @@ import torch
 
 from exiflang.pipeline.exif.text import render_text
 from exiflang.train.data.crops import normalise
-from exiflang.train.data.loader import read_policy
 from exiflang.train.data.shuffle import stable_seed
 from exiflang.train.loss import clip_loss, text_ids_from_strings
 from exiflang.train.retrieval import CAMERA_TAG, camera_top1_emb, grid_embeddings, grid_patches, iter_samples
@@ -61,7 +60,7 @@ def load_heldout(cfg: Any) -> HeldOutSet:
     be read or holds no usable photo."""
     patch, keys, exifs, rows = cfg.data.patch_size, [], [], []
     for key, img, exif in iter_samples(
-        cfg.run.eval_data, cfg.run.eval_samples, read_policy(cfg.data), cfg.data.storage_options
+        cfg.run.eval_data, cfg.run.eval_samples, cfg.data.read_policy(), cfg.data.storage_options
     ):
         if min(img.size) < patch:
             continue

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,17 @@ if __package__ in (None, ""):
     # Run as a script (torchrun train/main.py): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# `exiflang --debug train ...` hands --debug through: this command parses it itself.
-ACCEPTS_DEBUG = True
-
-from exiflang.train.config import PRESETS, load_config, save_config  # noqa: E402
-from exiflang.train.data.loader import read_policy  # noqa: E402
-from exiflang.train.data.shard_store import is_url, store_for  # noqa: E402
-from exiflang.train.distributed import init_distributed, shutdown  # noqa: E402
-from exiflang.train.logger import check_wandb  # noqa: E402
+from exiflang.command import Command
+from exiflang.train.config import PRESETS, load_config, save_config
+from exiflang.train.data.shard_store import is_url, store_for
+from exiflang.train.logger import check_wandb
 
 log = logging.getLogger("exiflang.train")
+PROG = "exiflang train"
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="exiflang train", description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Declare train's arguments (``--debug`` too: under torchrun there is no dispatcher to take it)."""
     ap.add_argument(
         "--data", required=True, help="dataset written by `exiflang shards`: a folder or a URL (s3://, gs://, file://)"
     )
@@ -51,14 +47,13 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error (also EXIFLANG_DEBUG=1)")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=3e-4")
-    return ap
 
 
 def _check_data(data: str, cfg: Any) -> None:
     """A folder or URL with ``*.tar`` shards (listed with the loader's retry discipline)."""
     if not is_url(data) and not Path(data).is_dir():
         raise FileNotFoundError(f"{data}: data folder not found")
-    if not store_for(data, read_policy(cfg.data), cfg.data.storage_options).tar_names():
+    if not store_for(data, cfg.data.read_policy(), cfg.data.storage_options).tar_names():
         raise FileNotFoundError(f"{data}: no shards (*.tar) in the data folder")
 
 
@@ -72,66 +67,45 @@ def _check_out(run: Path) -> None:
             return
 
 
-def _one_line(exc: BaseException) -> str:
-    """The error as one line naming the file: an OSError's ``filename: reason``, else its message."""
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _fail(exc: BaseException, debug: bool) -> int:
-    """Print ``exc`` as one line (after its traceback with ``debug``) on rank 0; returns 2."""
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
-        if debug:
-            traceback.print_exception(exc)
-        print(f"exiflang train: error: {_one_line(exc)}", file=sys.stderr)
-    return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Train as the arguments say; 0 on success, 2 with one line on stderr for bad input (data,
-    config, output folder, checkpoint or model files)."""
-    args = parser().parse_args(argv)
-    debug = args.debug or os.environ.get("EXIFLANG_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(args: argparse.Namespace) -> int:
+    """Train as the arguments say; 0 on success.  Bad input (data, config, output folder,
+    checkpoint or model files) raises: the Command layer prints one line naming the file, exit 2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    run = Path(args.out)
-    try:
-        cfg = load_config(args.config, args.overrides, data=args.data)
-        if args.eval_data:
-            cfg.run.eval_data = args.eval_data
-        _check_data(cfg.data.data, cfg)
-        if cfg.run.eval_data:
-            _check_data(cfg.run.eval_data, cfg)
-        check_wandb(cfg.run.wandb)
-        _check_out(run)
-    except (ValueError, OSError) as exc:
-        return _fail(exc, debug)
+    out = Path(args.out)
+    cfg = load_config(args.config, args.overrides, data=args.data)
+    if args.eval_data:
+        cfg.run.eval_data = args.eval_data
+    _check_data(cfg.data.data, cfg)
+    if cfg.run.eval_data:
+        _check_data(cfg.run.eval_data, cfg)
+    check_wandb(cfg.run.wandb)
+    _check_out(out)
+    # torch is imported only now: the checks above and --help stay light.
+    from exiflang.train.distributed import init_distributed, shutdown
     from exiflang.train.engine import train
     from exiflang.train.heldout import HeldOutEvaluator
 
-    try:
-        env = init_distributed(cfg.run.device)  # e.g. device=cuda on a machine without one
-    except ValueError as exc:
-        return _fail(exc, debug)
+    env = init_distributed(cfg.run.device)  # e.g. device=cuda on a machine without one: ValueError
     try:
         if env.is_main:
-            run.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run / "config.yaml")
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
         # Rank 0 reads the held-out set before the first step: a bad one fails the run now.
         evaluate = HeldOutEvaluator(cfg).load() if cfg.run.eval_data and env.is_main else None
-        result = train(cfg, run, env, resume=args.resume, evaluate=evaluate)
+        result = train(cfg, out, env, resume=args.resume, evaluate=evaluate)
         if env.is_main:
-            (run / "result.json").write_text(json.dumps(result, indent=2))
-    except (ValueError, OSError) as exc:  # CheckpointError, DataError are ValueErrors
-        return _fail(exc, debug)
+            (out / "result.json").write_text(json.dumps(result, indent=2))
     finally:
         shutdown(env)
     if env.is_main:
-        print(f"trained {result['step']} steps -> {run / 'model'}")
+        print(f"trained {result['step']} steps -> {out / 'model'}")
     return 0
 
+
+# `exiflang --debug train ...` hands --debug through: this command declares it itself.
+COMMAND = Command(prog=PROG, doc=__doc__, add_arguments=add_arguments, run=run, accepts_debug=True)
+main = COMMAND.main
 
 if __name__ == "__main__":
     sys.exit(main())

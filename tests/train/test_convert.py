@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DistilBertConfig, DistilBertModel
 
-from exiflang.train import convert_authors
+from exiflang.train import authors, convert_authors
 from exiflang.train.encoders import torchvision_to_hf_resnet
 from exiflang.train.model import ExifClip
 from exiflang.train.tokenizer import build_tokenizer
@@ -80,25 +80,25 @@ def test_converted_towers_equal_the_authors_modules(converted, capsys):
 
 def test_cli_reports_and_refuses(converted, capsys):
     tmp, _, _ = converted
-    assert convert_authors.main([str(tmp / "wrapper_75_new.pth"), "--out", str(tmp / "model")]) == 1
+    assert convert_authors.main([str(tmp / "wrapper_75_new.pth"), "--out", str(tmp / "model")]) == 2
     assert "exists (pass --force" in capsys.readouterr().err
-    assert convert_authors.main([str(tmp / "nope.pth"), "--out", str(tmp / "m2")]) == 1
+    assert convert_authors.main([str(tmp / "nope.pth"), "--out", str(tmp / "m2")]) == 2
     assert "nope.pth: checkpoint not found" in capsys.readouterr().err
     (tmp / "junk.pth").write_bytes(b"not a pickle")
-    assert convert_authors.main([str(tmp / "junk.pth"), "--out", str(tmp / "m3")]) == 1
+    assert convert_authors.main([str(tmp / "junk.pth"), "--out", str(tmp / "m3")]) == 2
     assert "junk.pth: cannot load" in capsys.readouterr().err
 
 
 def test_unknown_and_missing_keys_are_named():
     state, _, _ = authors_state()
-    split = convert_authors.split_authors_state(state)
+    split = authors.split_authors_state(state)
     assert "sink_temp" in split.ignored and "model.transformer.embeddings.position_ids" in split.ignored
     assert split.unknown == []
     with pytest.raises(ValueError, match=r"1 unrecognised keys: model\.extra_head\.weight"):
-        convert_authors.convert({**state, "model.extra_head.weight": torch.zeros(2)})
+        authors.convert({**state, "model.extra_head.weight": torch.zeros(2)})
     del state["model.visual.layer3.2.conv2.weight"]
     with pytest.raises(ValueError, match=r"missing \['image\.backbone\.encoder\.stages\.2\.layers\.2\.layer\.1"):
-        convert_authors.convert(state)
+        authors.convert(state)
 
 
 def test_tokenizer_is_distilbert_uncased_vocab():

@@ -129,7 +129,7 @@ def test_model_folder_with_a_pickle_as_weights_is_refused(run, tmp_path):
 def test_crafted_authors_checkpoint_is_refused(tmp_path, capsys):
     marker, evil = tmp_path / "touched", tmp_path / "wrapper_75_new.pth"
     write_crafted(evil, marker, "torch-zip")
-    assert convert_authors.main([str(evil), "--out", str(tmp_path / "m")]) == 1
+    assert convert_authors.main([str(evil), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert "wrapper_75_new.pth: cannot load: refused" in err and "--unsafe-load" in err
     assert "\n" not in err and not marker.exists()

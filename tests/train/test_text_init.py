@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from exiflang.train import encoders
+from exiflang.train import config as train_config
 from exiflang.train.checkpoint import read_safetensors
 from exiflang.train.config import load_config, save_config
 from exiflang.train.main import main as train_main
@@ -25,7 +25,7 @@ TEXTS = ["Make: Canon\nModel: Canon EOS 5D\nExposureTime: 1/250", "FNumber: 2.8 
 def minilm() -> tuple[ExifClip, object]:
     """A cpu-small model whose text tower is ``minilm``, and the tokenizer training would use."""
     cfg = load_config("cpu-small", ["model.text_init=minilm"])
-    folder = encoders.text_init_folder(cfg.model.text_init)
+    folder = train_config.text_init_folder(cfg.model.text_init)
     return ExifClip(cfg.model).eval(), build_tokenizer("auto", str(folder), max_length=64)
 
 
@@ -41,12 +41,12 @@ def test_config_round_trip_keeps_the_name(tmp_path):
     text = (tmp_path / "config.yaml").read_text()
     assert "text_init: minilm" in text and "site-packages" not in text
     assert load_config(str(tmp_path / "config.yaml")).model.text_init == "minilm"
-    assert encoders.text_init_folder("random") is None and encoders.text_init_folder(None) is None
+    assert train_config.text_init_folder("random") is None and train_config.text_init_folder(None) is None
 
 
 def test_text_tower_starts_from_the_package_weights(minilm):
     model, tok = minilm
-    folder = encoders.text_init_folder("minilm")
+    folder = train_config.text_init_folder("minilm")
     assert folder is not None and (folder / "model.safetensors").is_file()
     packaged = read_safetensors(folder / "model.safetensors")
     own = model.text.backbone.state_dict()
@@ -68,7 +68,7 @@ def test_model_folder_reloads_without_the_package(minilm, tmp_path, monkeypatch)
     saved = (tmp_path / "model" / "config.json").read_text()
     assert "site-packages" not in saved and json.loads(saved)["model"]["text_init"] == "minilm"
     # Another machine: loading reads config + safetensors only, so the package is not needed.
-    monkeypatch.setitem(encoders.PACKAGED_TEXT, "minilm", ("no_such_package_here", "model"))
+    monkeypatch.setitem(train_config.PACKAGED_TEXT, "minilm", ("no_such_package_here", "model"))
     loaded, tok2, _ = ExifClip.from_pretrained(tmp_path / "model")
     assert tok2 is not None and tok2(TEXTS)["input_ids"] == tok(TEXTS)["input_ids"]
     assert torch.allclose(_encode(loaded, tok2), _encode(model, tok), atol=1e-6)

@@ -52,6 +52,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from exiflang.pipeline.exif.text import FORMATS
+from exiflang.train.config import DataConfig
 from exiflang.train.data.batch_text import batch_text
 from exiflang.train.data.crops import crop_boxes, decode_crops, normalise
 from exiflang.train.data.samples import (
@@ -65,7 +66,6 @@ from exiflang.train.data.samples import (
     read_groups,
     read_member,
 )
-from exiflang.train.data.shard_store import ReadPolicy
 from exiflang.train.data.shuffle import rank_seed, shuffled, stable_seed
 
 log = logging.getLogger("exiflang.train.data.loader")
@@ -76,32 +76,6 @@ _ERROR = "_data_error"  # key of the batch a worker sends instead of raising a D
 class DataError(ValueError):
     """The shards cannot make a batch (no usable sample, no decodable image); one line naming
     the data folder, raised in the trainer's process even when a DataLoader worker found it."""
-
-
-@dataclass
-class DataConfig:
-    """Where the shards are and how batches are cut from them (see the module docstring)."""
-
-    data: str  # dataset folder or URL (tars + tags.json + sizes.json)
-    batch_size: int = 32  # per rank
-    patch_size: int = 124
-    crops_per_image: int = 1  # K crops from each decoded image, each its own sample
-    shuffle_buffer: int = 1000  # items (crops); keep >> K * batch_size to separate an image's crops
-    num_workers: int = 2
-    text_format: str = "paper"  # exiflang.pipeline.exif.text.FORMATS
-    clean_values: bool = False
-    tags: list[str] | None = None  # vocabulary override (single-tag supervision: ["Model"])
-    tags_file: str | None = None  # default DATA/tags.json
-    max_text_len: int = 256
-    resampled: bool = False  # shards drawn with replacement (epochs become nominal)
-    cropclr: bool = False  # two crops of one image as the positive pair, no text
-    # Keep an image's K crops together in one batch (the buffer then shuffles images): B/K
-    # photos per batch, each text encoded once (exiflang.train.engine dedups identical texts).
-    group_crops: bool = False
-    seed: int = 0
-    read_attempts: int = 4  # remote reads: tries in all (backoff 0.5 s doubling) ...
-    read_timeout: float = 60.0  # ... and seconds each read may take
-    storage_options: dict | None = None  # fsspec options of a URL (default: the environment)
 
 
 @dataclass(slots=True, eq=False)
@@ -410,11 +384,6 @@ class ExifLoader:
         }
 
 
-def read_policy(cfg: DataConfig) -> ReadPolicy:
-    """The retry/timeout discipline ``cfg`` asks for remote reads."""
-    return ReadPolicy(attempts=cfg.read_attempts, timeout_s=cfg.read_timeout)
-
-
 def build_loader(
     cfg: DataConfig, tokenizer: Any, *, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0
 ) -> ExifLoader:
@@ -433,7 +402,7 @@ def build_loader(
         )
     if tokenizer is None and not cfg.cropclr:
         raise ValueError("a tokenizer is required unless data.cropclr is set")
-    shards = open_shards(cfg.data, read_policy(cfg), cfg.storage_options)
+    shards = open_shards(cfg.data, cfg.read_policy(), cfg.storage_options)
     vocab = (
         ()
         if cfg.cropclr
