@@ -14,10 +14,9 @@ from exiflang.eval.embed.store import load_embeddings
 from exiflang.eval.index.build import choose_kind, choose_pq_m, estimate_bytes
 from exiflang.eval.index.run import NotAnIndex, VectorIndex, build_index, main
 from exiflang.eval.index.tune import exact_search, lower_bound, per_query_recall, recall_at_k, smallest_meeting
-from exiflang.pipeline import build_shards
-from exiflang.pipeline.synth import corpus as synth
 from exiflang.train.model import ExifClip, ModelConfig
 from exiflang.train.tokenizer import build_tokenizer
+from tests.shard_fixtures import synth_shards
 
 
 def unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -120,46 +119,7 @@ def test_recall_at_k():
 def small(tmp_path_factory) -> dict[str, Path]:
     """Six synthetic photos in two shards, a random cpu-small model, and their text+image embeddings."""
     root = tmp_path_factory.mktemp("index")
-    assert (
-        synth.main(
-            [
-                "--out",
-                str(root / "synth"),
-                "--cameras",
-                "2",
-                "--images",
-                "6",
-                "--seed",
-                "2",
-                "--min-size",
-                "256",
-                "--max-size",
-                "288",
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    for extra in ("manifest.csv", "cameras.json"):
-        (root / "synth" / extra).unlink()
-    assert (
-        build_shards.main(
-            [
-                "--source",
-                str(root / "synth"),
-                "--out",
-                str(root / "shards"),
-                "--executor",
-                "local",
-                "--rows-per-shard",
-                "3",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    synth_shards(root, cameras=2, images=6, rows_per_shard=3, seed=2, size=(256, 288), bare=True)
     tags = json.loads((root / "shards" / "tags.json").read_text())
     tok = build_tokenizer("auto", None, max_length=64)
     models = {}

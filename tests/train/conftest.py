@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exiflang.pipeline import build_shards
-from exiflang.pipeline.synth import corpus as synth
+from tests.shard_fixtures import synth_shards
 
 # The smallest useful recipe: cpu-small on 64-px patches, batch 8, 2 crops per photo (6 batches
 # an epoch), text dropout left on so that the run draws from the RNG every step.
@@ -33,40 +32,7 @@ HELDOUT = [
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_shards")
-    assert (
-        synth.main(
-            [
-                "--out",
-                str(root / "synth"),
-                "--cameras",
-                "3",
-                "--images",
-                "24",
-                "--seed",
-                "1",
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    assert (
-        build_shards.main(
-            [
-                "--source",
-                str(root / "synth"),
-                "--out",
-                str(root / "shards"),
-                "--executor",
-                "local",
-                "--rows-per-shard",
-                "8",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    synth_shards(root, cameras=3, images=24, rows_per_shard=8)
     return root / "shards"
 
 
@@ -110,42 +76,7 @@ def checkpointed_run(root: Path, steps: int) -> tuple[Path, Path]:
     """(shards, RUN) under ``root``: a ``steps``-step run with a checkpoint every 2 steps."""
     from exiflang.train.main import main as train_main
 
-    assert (
-        synth.main(
-            [
-                "--out",
-                str(root / "synth"),
-                "--cameras",
-                "2",
-                "--images",
-                "12",
-                "--seed",
-                "1",
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    assert (
-        build_shards.main(
-            [
-                "--source",
-                str(root / "synth"),
-                "--out",
-                str(root / "shards"),
-                "--executor",
-                "local",
-                "--workers",
-                "1",
-                "--rows-per-shard",
-                "6",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    synth_shards(root, cameras=2, images=12, rows_per_shard=6, workers=1)
     assert (
         train_main(
             [

@@ -13,12 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from exiflang.pipeline import build_shards
-from exiflang.pipeline.synth import corpus as synth
 from exiflang.train.data.crops import decode_crops, normalise, unnormalise
 from exiflang.train.data.loader import DataConfig, build_loader
 from exiflang.train.normalize import CLIP_MEAN, CLIP_STD
 from exiflang.train.tokenizer import build_tokenizer
+from tests.shard_fixtures import synth_shards
 
 SAMPLES = 30  # synth images, 4 shards of 8, 8, 8, 6
 
@@ -26,40 +25,7 @@ SAMPLES = 30  # synth images, 4 shards of 8, 8, 8, 6
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("loader")
-    assert (
-        synth.main(
-            [
-                "--out",
-                str(root / "synth"),
-                "--cameras",
-                "3",
-                "--images",
-                str(SAMPLES),
-                "--seed",
-                "0",
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    assert (
-        build_shards.main(
-            [
-                "--source",
-                str(root / "synth"),
-                "--out",
-                str(root / "shards"),
-                "--executor",
-                "local",
-                "--rows-per-shard",
-                "8",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    synth_shards(root, cameras=3, images=SAMPLES, rows_per_shard=8, seed=0)
     return root / "shards"
 
 

@@ -13,8 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from exiflang.pipeline import build_shards
-from exiflang.pipeline.synth import corpus as synth
 from exiflang.train.main import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,43 +27,9 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train_data")
-    assert (
-        synth.main(
-            [
-                "--out",
-                str(root / "synth"),
-                "--cameras",
-                "3",
-                "--images",
-                "24",
-                "--seed",
-                "1",
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    assert (
-        build_shards.main(
-            [
-                "--source",
-                str(root / "synth"),
-                "--out",
-                str(root / "shards"),
-                "--executor",
-                "local",
-                "--rows-per-shard",
-                "8",
-                "-q",
-            ]
-        )
-        == 0
-    )
-    return root / "shards"
+def data(tiny_shards: Path) -> Path:
+    """The session's tiny shards (tests/train/conftest.py): 24 photos of 3 cameras in 3 tars."""
+    return tiny_shards
 
 
 def _free_port() -> int:
