@@ -25,8 +25,8 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
 DEFAULT_MAX_LENGTH = 512
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -63,21 +63,6 @@ def bert_uncased_vocab_path() -> Path:
     return path
 
 
-def _bert_pipeline(tok: Tokenizer, cls_id: int, sep_id: int) -> Tokenizer:
-    """Give ``tok`` BERT uncased normalisation, pre-tokenisation, ``[CLS] $A [SEP]`` and decoding."""
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
-    )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    tok.decoder = decoders.WordPiece(prefix="##")
-    return tok
-
-
 def _wrap(tok: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -91,13 +76,20 @@ def _wrap(tok: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
 
 
 def from_vocab_file(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> PreTrainedTokenizerFast:
-    """A BERT-uncased WordPiece fast tokenizer from a ``vocab.txt`` (one token per line)."""
+    """A BERT-uncased WordPiece fast tokenizer from a ``vocab.txt`` (one token per line).
+
+    transformers' own ``BertTokenizerFast``: lower-casing BERT normaliser (accents kept, as
+    bert-base-uncased's ``strip_accents=None``), BERT pre-tokeniser, ``[CLS] $A [SEP]``, words over
+    100 characters -> ``[UNK]``.  It is given the vocabulary as a dict: transformers 5 builds an
+    empty model from ``vocab_file=`` alone.
+    """
     vocab = models.WordPiece.read_file(str(path))
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(f"{path}: vocabulary lacks special tokens {missing}")
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    return _wrap(_bert_pipeline(tok, vocab["[CLS]"], vocab["[SEP]"]), max_length)
+    return BertTokenizerFast(
+        vocab=vocab, do_lower_case=True, tokenize_chinese_chars=True, strip_accents=None, model_max_length=max_length
+    )
 
 
 def load_tokenizer(path: str | Path, max_length: int | None = None) -> PreTrainedTokenizerFast:
