@@ -187,6 +187,9 @@ class OptimConfig:
     min_lr: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     crop_consistency: float = 0.0  # weight of exiflang.train.loss.crop_consistency_loss (with data.group_crops)
+    # LR of the text backbone = lr * this.  1 for a random tower; ~0.01-0.1 for a pretrained one
+    # (model.text_init=minilm), which the image tower's lr would otherwise overwrite.
+    text_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.betas = cast("tuple[float, float]", tuple(self.betas))  # YAML gives a list

@@ -10,23 +10,39 @@ from torch import nn
 
 from exiflang.train.config import OptimConfig
 
+TEXT_BACKBONE = "text.backbone."  # what optim.text_lr_scale applies to (a text projection keeps the full LR)
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices/conv kernels decay; norms, biases, embeddings' scale and the logit
-    scale do not (decaying them only fights the normalisation they implement)."""
-    decay, no_decay = [], []
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float, text_lr_scale: float = 1.0) -> list[dict]:
+    """Matrices/conv kernels decay; norms, biases, embeddings' scale and the logit scale do not
+    (decaying them only fights the normalisation they implement).  Two groups at ``lr``; with
+    ``text_lr_scale != 1`` two more for the text backbone at ``lr * text_lr_scale`` (a pretrained
+    tower is fine-tuned gently while the image tower learns from scratch).  Group 0 is always the
+    main decaying group at ``lr`` (what the run's log reports)."""
+    split = text_lr_scale != 1.0
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") or "logit_scale" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        no_decay = p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") or "logit_scale" in name
+        groups.setdefault((split and name.startswith(TEXT_BACKBONE), not no_decay), []).append(p)
+    out = []
+    for text in (False, True) if split else (False,):
+        for decays in (True, False):
+            out.append(
+                {
+                    "params": groups.get((text, decays), []),
+                    "weight_decay": weight_decay if decays else 0.0,
+                    "lr": lr * (text_lr_scale if text else 1.0),
+                }
+            )
+    return out
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    if not cfg.text_lr_scale >= 0:
+        raise ValueError(f"optim.text_lr_scale {cfg.text_lr_scale}: must be >= 0")
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.text_lr_scale)
     kwargs: dict[str, Any] = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, **kwargs)
@@ -46,5 +62,7 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
 
 
 def build_scheduler(opt: torch.optim.Optimizer, total: int, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Every group follows :func:`lr_at`'s shape, scaled by its own initial LR (so a text group at
+    ``lr * text_lr_scale`` keeps that ratio throughout)."""
     base = cfg.lr if cfg.lr > 0 else 1.0
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, cfg) / base)
