@@ -8,7 +8,11 @@ Endpoints (JSON unless asked otherwise; every error is ``{"error": "one readable
   ``?preview=true`` adds the photo as decoded (EXIF orientation applied) at the maps' size;
   ``?format=npz`` answers the ``.npz`` file, ``?format=png`` the heatmap overlaid on the photo.
 - ``POST /v1/lookup``: likely camera metadata (``Lookup.to_json()``: neighbours, per-tag votes,
-  ``known`` = False for "unknown camera"); needs ``--index``.
+  ``known`` = False for "unknown camera"); needs ``--index``.  Each neighbour's ``thumbnail`` is
+  the path of its picture (``/v1/thumbnail/ROW``), or null when the index holds none for it.
+- ``GET /v1/thumbnail/{row}``: the JPEG thumbnail of an index row (``Index.thumbnail``, <= 128 px,
+  a few kB), cacheable (``ETag``, ``Cache-Control: private``); 404 with the reason when there is
+  none.  Read from the index folder, not a model call: it does not wait in the gate's queue.
 - ``POST /v1/check-exif``: do the pixels agree with the claimed EXIF (the photo's own, or a JSON
   object in the form field ``exif``)?  ``ExifCheck.to_json()``.
 - ``GET /v1/health``: liveness and the gate's load; ``GET /v1/model``: ``Model.info()`` (with the
@@ -21,6 +25,7 @@ per-request deadline).  Nothing is written to disk: uploads, maps and files live
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import io
 import json
@@ -32,6 +37,8 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -47,6 +54,9 @@ CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+NO_INDEX = "this service has no reference index: start it with --index INDEX_DIR"
+# A thumbnail changes only with its index (the ETag says which build): a browser may keep it a day.
+THUMB_CACHE = "private, max-age=86400"
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -283,9 +293,38 @@ def build_app(model: Any, index: Any, settings: Settings) -> FastAPI:
     )
     async def lookup(request: Request, k: int = Query(10, ge=1, le=100, description="neighbours")) -> dict[str, Any]:
         if index is None:
-            raise ServiceError(409, "this service has no reference index: start it with --index INDEX_DIR")
+            raise ServiceError(409, NO_INDEX)
         upload = await upload_of(request)
-        return await call(lambda: model.lookup(upload.data, index, k=k).to_json())
+        return _with_thumbnails(await call(lambda: model.lookup(upload.data, index, k=k).to_json()), index)
+
+    thumbs_etag = _thumbnails_etag(index)
+
+    @app.get(
+        "/v1/thumbnail/{row}",
+        summary="the JPEG thumbnail of a reference photo (a lookup neighbour's 'row')",
+        dependencies=[Depends(authorize)],
+        response_class=Response,
+        responses={
+            200: {"content": {"image/jpeg": {}}, "description": "JPEG, longer side <= 128 px"},
+            304: {"description": "unchanged (If-None-Match)"},
+            404: {"description": "no such row, or no thumbnail for it"},
+        },
+    )
+    async def thumbnail(
+        request: Request, row: int = PathParam(..., ge=0, description="index row (a neighbour's 'row')")
+    ) -> Response:
+        if index is None:
+            raise ServiceError(409, NO_INDEX)
+        if row >= index.size:
+            raise ServiceError(404, f"row {row}: the reference index has {index.size} rows (0..{index.size - 1})")
+        etag = f'"{thumbs_etag}-{row}"'
+        headers = {"ETag": etag, "Cache-Control": THUMB_CACHE}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        data = await run_in_threadpool(index.thumbnail, row)  # a file read: off the event loop
+        if data is None:
+            raise ServiceError(404, _no_thumbnail(index, row))
+        return Response(data, media_type="image/jpeg", headers=headers)
 
     @app.post(
         "/v1/check-exif",
@@ -307,6 +346,33 @@ def build_app(model: Any, index: Any, settings: Settings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.router.on_shutdown.append(gate.close)
     return app
+
+
+def _with_thumbnails(lookup: dict[str, Any], index: Any) -> dict[str, Any]:
+    """``lookup`` with each neighbour's ``thumbnail``: its ``/v1/thumbnail/ROW`` path, or None."""
+    thumbs = index.thumbnails
+    for n in lookup.get("neighbours", []):
+        row = int(n.get("row", -1))
+        n["thumbnail"] = f"/v1/thumbnail/{row}" if thumbs is not None and thumbs.has(row) else None
+    return lookup
+
+
+def _thumbnails_etag(index: Any) -> str:
+    """An ETag stem that changes whenever the index or its thumbnails are rebuilt."""
+    if index is None:
+        return ""
+    thumbs = index.thumbnails
+    ident = json.dumps([index.info.get("created"), None if thumbs is None else thumbs.summary], sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _no_thumbnail(index: Any, row: int) -> str:
+    if index.thumbnails is None:
+        return (
+            f"no thumbnail for row {row}: this reference index holds no thumbnails (built with "
+            "--no-thumbnails, before thumbnails existed, or without its photos at hand)"
+        )
+    return f"no thumbnail for row {row}: its photo could not be read when the index was built"
 
 
 def _index_info(index: Any) -> dict[str, Any]:

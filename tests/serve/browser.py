@@ -101,6 +101,23 @@ def overlay_pixels(drv: Any) -> dict:
     """)
 
 
+def thumbnails(drv: Any) -> list[dict] | None:
+    """The neighbours' thumbnails once every one has loaded (``None`` before): each image's
+    natural size and alt text, or the message shown in its place."""
+    return drv.execute_script("""
+        const items = [...document.querySelectorAll('#neighbours li')];
+        if (!items.length) return null;
+        const out = [];
+        for (const li of items) {
+          const img = li.querySelector('img'), missing = li.querySelector('.no-thumb');
+          if (missing) { out.push({missing: missing.textContent}); continue; }
+          if (!img || !img.complete || !img.naturalWidth) return null;
+          out.push({width: img.naturalWidth, height: img.naturalHeight, alt: img.alt});
+        }
+        return out;
+    """)
+
+
 def screenshot(drv: Any, path: Path) -> Path:
     """The whole page (the window resized to its height) as a PNG at ``path``."""
     height = drv.execute_script("return document.documentElement.scrollHeight")

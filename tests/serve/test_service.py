@@ -13,6 +13,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -46,8 +47,11 @@ def test_health_model_and_openapi(server):
     assert status == 200 and "card" in info["model"] and info["limits"]["workers"] == 2
     status, _, body = server.get("/openapi.json")
     paths = as_json(body)["paths"]
-    assert {"/v1/detect", "/v1/lookup", "/v1/check-exif", "/v1/health", "/v1/model"} <= set(paths)
+    assert {"/v1/detect", "/v1/lookup", "/v1/check-exif", "/v1/health", "/v1/model", "/v1/thumbnail/{row}"} <= set(
+        paths
+    )
     assert "multipart/form-data" in paths["/v1/detect"]["post"]["requestBody"]["content"]
+    assert "image/jpeg" in paths["/v1/thumbnail/{row}"]["get"]["responses"]["200"]["content"]
 
 
 def test_detect_answers_verdict_maps_and_files(server, photo):
@@ -93,6 +97,36 @@ def test_lookup_and_check_exif(server, photo):
     assert as_json(body)["claimed"] == claimed
     status, _, body = server.upload("/v1/check-exif", photo, fields={"exif": "{not json"})
     assert status == 400 and "not JSON" in as_json(body)["error"]
+
+
+def test_lookup_neighbours_have_thumbnails_served_as_jpegs(server, tiny, photo):
+    rows = pd.read_parquet(tiny.index / "rows.parquet")
+    status, _, body = server.upload("/v1/lookup?k=5", photo)
+    assert status == 200, body
+    neighbours = as_json(body)["neighbours"]
+    assert len(neighbours) == 5 and as_json(server.get("/v1/model")[2])["index"]["thumbnails"] == len(rows)
+    for n in neighbours:
+        assert n["thumbnail"] == f"/v1/thumbnail/{n['row']}"
+        status, headers, data = server.get(n["thumbnail"])
+        assert status == 200 and headers["content-type"] == "image/jpeg", data[:200]
+        thumb = Image.open(io.BytesIO(data))
+        thumb.load()  # the whole stream decodes
+        # The photo's own size (rows.parquet: width, height), shrunk to 128 px on its longer side.
+        width, height = int(rows["width"][n["row"]]), int(rows["height"][n["row"]])
+        scale = 128 / max(width, height)
+        assert thumb.format == "JPEG" and thumb.size == (round(width * scale), round(height * scale)), thumb.size
+        assert "private" in headers["cache-control"] and headers["etag"]
+        assert request(server.url + n["thumbnail"], headers={"If-None-Match": headers["etag"]})[0] == 304
+    status, _, body = server.get(f"/v1/thumbnail/{len(rows)}")
+    assert status == 404 and f"has {len(rows)} rows" in as_json(body)["error"]
+    assert server.get("/v1/thumbnail/-1")[0] == 422
+
+
+def test_thumbnails_follow_the_index_and_token_rules(tight, guarded):
+    status, _, body = tight.get("/v1/thumbnail/0")
+    assert status == 409 and "--index" in as_json(body)["error"]
+    assert guarded.get("/v1/thumbnail/0")[0] == 401
+    assert guarded.get("/v1/thumbnail/0", token=TOKEN)[0] == 409
 
 
 @pytest.mark.parametrize("name", BROKEN)

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { file: null, det: null, check: null, lookup: null, maps: {}, preview: null,
-                info: null, busy: false };
+                info: null, busy: false, thumbURLs: [], round: 0 };
 
 const VERDICT_TEXT = {
   spliced: "Likely spliced: parts of this photo disagree about the camera that made them.",
@@ -257,16 +257,95 @@ function showLookup(res) {
   more.setAttribute("aria-expanded", "false");
   more.textContent = "Show " + rest.children.length + " more tags";
   $("votes-table").hidden = !res.known || body.children.length === 0;
+  showNeighbours(res);
+}
+
+// A thumbnail is fetched with the token (an <img src> cannot send one) and shown from a blob: URL;
+// `state.round` tells a late answer for an earlier photo to drop its picture.
+async function thumbnailURL(path, round) {
+  let resp;
+  try {
+    resp = await fetch(path, { headers: authHeaders() });
+  } catch (e) {
+    throw new Error("the service cannot be reached (" + e.message + ")");
+  }
+  if (!resp.ok) throw new Error(await readError(resp));
+  const url = URL.createObjectURL(await resp.blob());
+  if (round !== state.round) { URL.revokeObjectURL(url); return null; }
+  state.thumbURLs.push(url);
+  return url;
+}
+
+function noThumbnail(slot, text) {
+  const p = document.createElement("p");
+  p.className = "no-thumb";
+  p.textContent = text;
+  slot.replaceChildren(p);
+  slot.removeAttribute("aria-busy");
+}
+
+function neighbourName(n) {
+  const exif = n.exif || {};
+  return [exif.Make, exif.Model].filter(Boolean).join(" ") || n.key || ("row " + n.row);
+}
+
+function neighbourCaption(n, i) {
+  const exif = n.exif || {};
+  const cap = document.createElement("figcaption");
+  const title = document.createElement("strong");
+  title.textContent = (i + 1) + ". " + neighbourName(n);
+  const sim = document.createElement("span");
+  sim.textContent = "similarity " + Number(n.similarity).toFixed(3);
+  cap.append(title, sim);
+  const tags = Object.entries(exif);
+  if (tags.length) {
+    const box = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "Its EXIF (" + tags.length + " tags)";
+    const dl = document.createElement("dl");
+    for (const [k, x] of tags) {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = String(x);
+      dl.append(dt, dd);
+    }
+    box.append(summary, dl);
+    cap.appendChild(box);
+  }
+  return cap;
+}
+
+function showNeighbours(res) {
   const list = $("neighbours");
   list.textContent = "";
-  for (const n of (res.neighbours || []).slice(0, 10)) {
+  const held = state.info && state.info.index ? state.info.index.thumbnails : undefined;
+  $("neighbours-note").textContent = held === 0
+    ? "This reference index holds no thumbnails (built with --no-thumbnails, or before thumbnails existed): rebuild it with `exiflang index` to see the photos."
+    : "";
+  const round = state.round;
+  (res.neighbours || []).slice(0, 10).forEach((n, i) => {
     const li = document.createElement("li");
-    const exif = n.exif || {};
-    const name = [exif.Make, exif.Model].filter(Boolean).join(" ") || n.key || ("row " + n.row);
-    li.textContent = name + " — similarity " + Number(n.similarity).toFixed(3)
-      + (Object.keys(exif).length ? " — " + Object.entries(exif).slice(0, 6).map(([k, x]) => k + ": " + x).join(", ") : "");
+    const figure = document.createElement("figure");
+    const slot = document.createElement("div");
+    slot.className = "thumb";
+    figure.append(slot, neighbourCaption(n, i));
+    li.appendChild(figure);
     list.appendChild(li);
-  }
+    if (!n.thumbnail) {
+      noThumbnail(slot, held === 0 ? "No thumbnail in this index." : "No thumbnail: this photo could not be read when the index was built.");
+      return;
+    }
+    slot.setAttribute("aria-busy", "true");
+    slot.textContent = "Loading…";
+    thumbnailURL(n.thumbnail, round).then((url) => {
+      if (!url) return;
+      const img = document.createElement("img");
+      img.alt = "Reference photo " + (i + 1) + ": " + neighbourName(n) + ", similarity " + Number(n.similarity).toFixed(3);
+      img.onload = () => slot.removeAttribute("aria-busy");
+      img.onerror = () => noThumbnail(slot, "The thumbnail could not be decoded.");
+      img.src = url;
+      slot.replaceChildren(img);
+    }).catch((e) => noThumbnail(slot, "Thumbnail not available: " + e.message));
+  });
   $("neighbours-box").hidden = list.children.length === 0;
 }
 
@@ -275,7 +354,8 @@ function resetResults() {
   $("results").hidden = true;
   for (const id of ["verdict", "score-text", "score-raw", "exif-verdict", "exif-status", "camera-verdict", "camera-status"]) $(id).textContent = "";
   $("exif-table").hidden = true; $("exif-more").hidden = true; $("votes-table").hidden = true; $("votes-more").hidden = true; $("neighbours-box").hidden = true;
-  Object.assign(state, { det: null, check: null, lookup: null, maps: {}, preview: null });
+  for (const url of state.thumbURLs) URL.revokeObjectURL(url);
+  Object.assign(state, { det: null, check: null, lookup: null, maps: {}, preview: null, thumbURLs: [], round: state.round + 1 });
 }
 
 async function analyse(file) {
