@@ -26,7 +26,7 @@ import importlib.util
 from pathlib import Path
 
 from tokenizers import Tokenizer, models
-from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerFast
 
 DEFAULT_MAX_LENGTH = 512
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -78,7 +78,8 @@ def _wrap(tok: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
 def from_vocab_file(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> PreTrainedTokenizerFast:
     """A BERT-uncased WordPiece fast tokenizer from a ``vocab.txt`` (one token per line).
 
-    transformers' own ``BertTokenizerFast``: lower-casing BERT normaliser (accents kept, as
+    transformers' own BERT tokenizer (in transformers 5 ``BertTokenizer`` is the fast, Rust-backed
+    one; ``BertTokenizerFast`` is an alias of it): lower-casing BERT normaliser (accents kept, as
     bert-base-uncased's ``strip_accents=None``), BERT pre-tokeniser, ``[CLS] $A [SEP]``, words over
     100 characters -> ``[UNK]``.  It is given the vocabulary as a dict: transformers 5 builds an
     empty model from ``vocab_file=`` alone.
@@ -87,7 +88,7 @@ def from_vocab_file(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> P
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(f"{path}: vocabulary lacks special tokens {missing}")
-    return BertTokenizerFast(
+    return BertTokenizer(
         vocab=vocab, do_lower_case=True, tokenize_chinese_chars=True, strip_accents=None, model_max_length=max_length
     )
 
