@@ -1,4 +1,6 @@
-"""`exiflang serve`: options, the loopback-or-token rule, loading the model once, running uvicorn.
+"""`exiflang serve`: HTTP service and analyst's page (splice detection, camera lookup, EXIF consistency).
+
+Options, the loopback-or-token rule, loading the model once, running uvicorn.
 
 The model (and index) are loaded once, before the port opens; torch's CPU threads are set by
 ``--threads``.  The service binds 127.0.0.1 by default; any other address needs ``--token``
@@ -10,21 +12,19 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import socket
 import sys
 
+from exiflang.command import Command
 from exiflang.errors import CommandError
 
 TOKEN_ENV = "EXIFLANG_SERVE_TOKEN"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="exiflang serve",
-        description="HTTP service and analyst's page "
-        "(splice detection, camera lookup, EXIF consistency) on a trained model.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare serve's arguments."""
     p.add_argument("--model", required=True, help="a model folder (a training run's model/ or a converted checkpoint)")
     p.add_argument("--index", help="an `exiflang index` folder: enables /v1/lookup (likely camera metadata)")
     p.add_argument(
@@ -47,7 +47,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=float, default=120.0, help="seconds per request before a 504 (default 120)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    return p
 
 
 def is_loopback(host: str) -> bool:
@@ -83,8 +82,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise CommandError(None, "--max-upload-mb and --deadline must be positive")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Load the model (and index) once, bind, serve until Ctrl-C."""
     check_args(args)
     import uvicorn
 
@@ -158,3 +157,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise CommandError(None, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
+
+
+COMMAND = Command(prog="exiflang serve", doc=__doc__, add_arguments=add_arguments, run=run, log_level=logging.WARNING)
+main = COMMAND.main
