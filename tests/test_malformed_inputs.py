@@ -172,9 +172,9 @@ def test_embed_every_kept_sample_embedded_or_skipped(tiny, malformed_shards, tmp
 
 @pytest.mark.slow
 def test_embed_of_the_photo_folder_one_row_or_one_skip_line_per_image(tiny, malformed, tmp_path):
-    from exiflang.eval.embed.run import parser
+    from exiflang.eval.embed.command import COMMAND
 
-    if "--images" not in parser().format_help():
+    if "--images" not in COMMAND.parser().format_help():
         pytest.skip("this `exiflang embed` takes shards only (covered above)")
     images = images_in(malformed)
     proc = exiflang(

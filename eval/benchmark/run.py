@@ -1,42 +1,14 @@
-"""`exiflang benchmark`: the forensic harness — every image of a dataset through each method, scored against its mask.
+"""The forensic harness: every image of a dataset through each method, scored against its mask.
 
-    exiflang benchmark --model MODEL_DIR --dataset {columbia,dso1,rt,inthewild,hays,folder}
-        --root PATH --out DIR [--method exif,noi] [--limit N] [--patches-per-side N]
-        [--patch-size P] [--batch-size B] [--device auto|cpu|cuda] [--no-ncuts] [--save-maps]
-        [--force]
-
-Methods: ``exif`` — the zero-shot detector of a trained model (:class:`exiflang.eval.forensics.detector.Detector`:
-mean-shift heatmap, normalized-cuts mask, ``score_exp`` and ``score_mean_dist``); ``noi`` — the
-hand-crafted noise-inconsistency baseline (:class:`exiflang.eval.forensics.noi.NoiDetector`, ``score_noi``), run by
-the same harness so every number has a non-learned reference beside it.
-
-Per image and method: p-AP, cIoU and the metrics other benchmarks print (pixel F1, IoU and MCC at
-the best and at the 0.5 threshold, pixel ROC-AUC: :func:`exiflang.eval.benchmark.metrics.threshold_metrics`)
-of the heatmap (spliced images with a usable mask; for
-``exif`` also of the soft normalized-cuts map, as ``pixel_ap_ncuts``/``ciou_ncuts``), each detection score and
-the seconds the method took (pixels loaded, not counting the load).  Outputs in ``--out``:
-
-- ``per_image.csv`` — one row per (image, method), columns
-  :data:`exiflang.eval.benchmark.report.CSV_COLUMNS`; rewritten after every image, so an interrupted run
-  keeps what it did.  A rerun skips (image, method) pairs already there unless ``--force`` (a
-  scored row from before the F1/IoU/MCC columns is redone); ``settings.json`` records what the
-  rows were made with and a rerun with other settings is refused (use ``--force`` or another ``--out``);
-- ``metrics.json`` — per method :func:`exiflang.eval.benchmark.metrics.summarize` (p-mAP and cIoU over spliced
-  images, the threshold metrics under ``localization``, detection AP and ROC-AUC (image AUROC) per
-  score over spliced + authentic), counts, and every
-  unusable image or mask with its reason; ``metrics.md`` — the same as a Markdown table;
-- ``maps/METHOD/NAME.npz`` + ``.png`` with ``--save-maps``.
-
-``--limit N`` keeps the first N images of an interleaved order (spliced, authentic, spliced,
-...), so a short run still has both classes.  A spliced image whose mask is missing or unusable
-(size unlike its image's, unreadable, empty) still counts for detection, not for localization.
-Exit status: 0 all answered; 1 some images could not be read or run (listed), the rest answered;
-2 bad usage, no dataset at ``--root``, an unusable model folder, or nothing answered.
+The engine of ``exiflang benchmark`` (the command line, the methods, the metrics and the files
+written: :mod:`exiflang.eval.benchmark.command`): :func:`run_benchmark` runs one
+:class:`exiflang.eval.benchmark.settings.BenchmarkConfig` over a dataset
+(:mod:`exiflang.eval.benchmark.datasets`), resumably, and writes the per-image rows and the summary
+(:mod:`exiflang.eval.benchmark.report`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -47,8 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from exiflang.errors import CommandError, check_out_dir, run_main
-from exiflang.eval.benchmark.datasets import CONVENTION, DATASETS, Item, MaskError, load_mask, read_dataset
+from exiflang.eval.benchmark.datasets import CONVENTION, Item, MaskError, load_mask, read_dataset
 from exiflang.eval.benchmark.metrics import ciou, pixel_ap, threshold_metrics
 from exiflang.eval.benchmark.report import (
     NOTES,
@@ -58,11 +29,11 @@ from exiflang.eval.benchmark.report import (
     write_markdown,
     write_rows,
 )
-from exiflang.eval.forensics.detector import CODE_PER_SIDE, PATCH, DetectionResult
+from exiflang.eval.benchmark.settings import METHODS, BenchmarkConfig
+from exiflang.eval.forensics.detector import DetectionResult
 from exiflang.eval.forensics.noi import NoiDetector
 from exiflang.eval.images import ImageError, load_rgb
 
-METHODS = ("exif", "noi")
 # What a per-image row means; rows of another format in --out are redone, not resumed.
 # 2: pixel_ap_ncuts/ciou_ncuts score the soft ncuts map (1: the binary ncuts mask).
 ROW_FORMAT = 2
@@ -78,30 +49,18 @@ def interleave(items: list[Item]) -> list[Item]:
     return out
 
 
-def build_detectors(
-    methods: Sequence[str],
-    model_dir: str | Path | None,
-    *,
-    patch: int,
-    per_side: int,
-    device: str,
-    batch_size: int,
-    ncuts: bool,
-    noi_block: int,
-) -> dict[str, Any]:
-    """Method name -> an object with ``detect(rgb) -> DetectionResult`` and ``settings``."""
+def build_detectors(model_dir: str | Path | None, config: BenchmarkConfig) -> dict[str, Any]:
+    """Method name -> an object with ``detect(rgb) -> DetectionResult`` and ``settings``, for ``config.methods``."""
     detectors: dict[str, Any] = {}
-    for method in methods:
+    for method in config.methods:
         if method == "exif":
             if model_dir is None:
                 raise ValueError("method exif needs --model MODEL_DIR")
             from exiflang.eval.forensics.detector import Detector  # imports torch + transformers: only when asked
 
-            detectors[method] = Detector(
-                model_dir, patch=patch, per_side=per_side, device=device, batch_size=batch_size, ncuts=ncuts
-            )
+            detectors[method] = Detector(model_dir, config.detector)
         elif method == "noi":
-            detectors[method] = NoiDetector(block=noi_block)
+            detectors[method] = NoiDetector(block=config.noi_block)
         else:
             raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     return detectors
@@ -234,36 +193,22 @@ def run_benchmark(
     dataset: str,
     root: str | Path,
     out: str | Path,
-    methods: Sequence[str] = METHODS,
-    *,
-    limit: int | None = None,
-    per_side: int = CODE_PER_SIDE,
-    patch: int = PATCH,
-    device: str = "auto",
-    batch_size: int = 256,
-    ncuts: bool = True,
-    noi_block: int = 8,
-    save_maps: bool = False,
-    force: bool = False,
-    progress: bool = True,
+    config: BenchmarkConfig | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Run ``methods`` over ``dataset`` at ``root``; write the outputs under ``out`` and return metrics.json's dict.
+    """Run the methods over ``dataset`` at ``root``; write the outputs under ``out`` and return metrics.json's dict.
 
-    ValueError (one line) for bad options, a missing dataset layout or a settings clash.
+    ``model_dir``: the trained model (the ``exif`` method needs it).  How: ``config`` (default
+    :class:`BenchmarkConfig`'s defaults) with ``overrides`` applied (:meth:`BenchmarkConfig.replace`:
+    detector settings such as ``per_side`` or ``device`` by name too).  ValueError (one line) for
+    bad options, a missing dataset layout or a settings clash.
     """
+    config = (config or BenchmarkConfig()).replace(**overrides)
+    methods, limit, det = config.methods, config.limit, config.detector
     items = read_dataset(dataset, root)
     if limit is not None:
         items = interleave(items)[: max(0, limit)]
-    detectors = build_detectors(
-        methods,
-        model_dir,
-        patch=patch,
-        per_side=per_side,
-        device=device,
-        batch_size=batch_size,
-        ncuts=ncuts,
-        noi_block=noi_block,
-    )
+    detectors = build_detectors(model_dir, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -271,27 +216,27 @@ def run_benchmark(
         "root": str(Path(root).resolve()),
         "model": str(Path(model_dir).resolve()) if model_dir and "exif" in methods else None,
         "methods": list(methods),
-        "per_side": per_side,
-        "patch": patch,
-        "ncuts": ncuts,
-        "noi_block": noi_block,
+        "per_side": det.per_side,
+        "patch": det.patch,
+        "ncuts": det.ncuts,
+        "noi_block": config.noi_block,
         "limit": limit,
     }
-    stale = _check_settings(out, settings, force)
+    stale = _check_settings(out, settings, config.force)
     csv_path = out / "per_image.csv"
     # Rows from a CSV older than the F1/IoU/MCC/AUC columns are redone (the maps are not kept, so
     # the new metrics cannot be computed from the row), the rest resumed.
     rows = (
         {}
-        if force or stale
+        if config.force or stale
         else {(r["name"], r["method"]): r for r in read_rows(csv_path) if not lacks_threshold_metrics(r)}
     )
     bad: list[dict[str, str]] = []
-    for item in tqdm(items, desc=f"benchmark {dataset}", unit="img", disable=not progress):
+    for item in tqdm(items, desc=f"benchmark {dataset}", unit="img", disable=not config.progress):
         todo = [m for m in methods if (item.name, m) not in rows]
         if todo:
             new, problems = evaluate_item(
-                item, todo, detectors, CONVENTION[dataset], out / "maps" if save_maps else None
+                item, todo, detectors, CONVENTION[dataset], out / "maps" if config.save_maps else None
             )
             rows.update({(r["name"], r["method"]): r for r in new})
             bad += problems
@@ -314,69 +259,3 @@ def run_benchmark(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_markdown(out / "metrics.md", metrics)
     return metrics
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="exiflang benchmark", description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="trained model folder (needed by the exif method)")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--root", required=True, help="the dataset's folder")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--method", default=",".join(METHODS), help="comma list of exif,noi (default both)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images (classes interleaved)")
-    p.add_argument(
-        "--patches-per-side",
-        type=int,
-        default=CODE_PER_SIDE,
-        help=f"patches along the longest side (default {CODE_PER_SIDE}, the authors' code; the paper says 25)",
-    )
-    p.add_argument("--patch-size", type=int, default=PATCH)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-ncuts", action="store_true", help="skip the normalized-cuts mask")
-    p.add_argument("--noi-block", type=int, default=8, help="NOI block side in wavelet samples (8 = 16 px)")
-    p.add_argument("--save-maps", action="store_true", help="write maps/METHOD/NAME.npz and .png")
-    p.add_argument("--force", action="store_true", help="redo images already in per_image.csv")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 all answered, 1 some images unusable, 2 bad input (:func:`exiflang.errors.run_main`)."""
-    return run_main("exiflang benchmark", _main, argv)
-
-
-def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    check_out_dir(args.out)  # before the dataset is read: a bad --out costs nothing
-    try:
-        metrics = run_benchmark(
-            args.model,
-            args.dataset,
-            args.root,
-            args.out,
-            methods,
-            limit=args.limit,
-            per_side=args.patches_per_side,
-            patch=args.patch_size,
-            device=args.device,
-            batch_size=args.batch_size,
-            ncuts=not args.no_ncuts,
-            noi_block=args.noi_block,
-            save_maps=args.save_maps,
-            force=args.force,
-            progress=not args.no_progress,
-        )
-    except RuntimeError as exc:  # torch: a device it cannot use, weights that do not fit
-        raise CommandError(None, str(exc)) from exc
-    print((Path(args.out) / "metrics.md").read_text(), end="")
-    answered = sum(m["images"] for m in metrics["methods"].values())
-    if answered == 0:
-        print("exiflang benchmark: error: no image was answered", file=sys.stderr)
-        return 2
-    return 1 if metrics["unusable"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

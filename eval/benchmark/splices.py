@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import shutil
 import sys
@@ -46,7 +47,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from exiflang.errors import check_out_dir, run_main
+from exiflang.command import Command
+from exiflang.errors import check_out_dir
 from exiflang.eval.benchmark.regions import SHAPES, Region, draw_region
 from exiflang.eval.images import ImageError, expand_inputs, load_rgb, open_checked
 from exiflang.pipeline.exif.parse import ExifReadError, read_exif
@@ -361,8 +363,8 @@ def _parse_shapes(text: str) -> tuple[str, ...]:
     return shapes
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="exiflang make-splices", description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare make-splices' arguments."""
     p.add_argument("--photos", nargs="+", required=True, help="folders or files of camera photos with EXIF")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--count", type=int, required=True, help="number of spliced images")
@@ -385,16 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", type=_parse_shapes, default=SHAPES, help="comma list of rectangle,ellipse,polygon")
     p.add_argument("--force", action="store_true", help="replace an existing test set in --out")
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 written, 2 bad input or usage (one line; :func:`exiflang.errors.run_main`)."""
-    return run_main("exiflang make-splices", _main, argv)
-
-
-def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Write the test set, print one summary line: 0 written (bad input raises: exit 2)."""
     check_out_dir(args.out)  # before the photos are scanned: a bad --out costs nothing
     settings = make_splices(
         args.photos,
@@ -416,6 +412,11 @@ def _main(argv: list[str]) -> int:
     )
     return 0
 
+
+COMMAND = Command(
+    prog="exiflang make-splices", doc=__doc__, add_arguments=add_arguments, run=run, log_level=logging.WARNING
+)
+main = COMMAND.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import sys
 import time
@@ -32,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from exiflang.errors import CommandError, check_out_file, run_main
+from exiflang.command import Command
+from exiflang.errors import CommandError, check_out_file
 
 PROG = "exiflang eval-check-exif"
 KINDS = ("other_camera", "same_make")
@@ -135,10 +137,8 @@ def _counts(checks: Sequence[Any]) -> dict[str, int]:
     return dict(out)
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Declare eval-check-exif's arguments."""
     ap.add_argument("--model", required=True, help="model folder")
     ap.add_argument("--photos", required=True, nargs="+", help="held-out photos or folders (with their EXIF)")
     ap.add_argument("--reference", help="index, embeddings or shards folder (default: the training shards)")
@@ -147,18 +147,20 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="which donors are drawn (default 0)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--threads", type=int, help="CPU threads for torch")
-    return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_main(PROG, _main, argv)
+def command_line(args: argparse.Namespace) -> str:
+    """The command that repeats this run (every option given or defaulted), as the report records it."""
+    words = [PROG, "--model", str(args.model), "--photos", *map(str, args.photos)]
+    for flag in ("reference", "out", "limit", "seed", "device", "threads"):
+        value = getattr(args, flag)
+        if value is not None:
+            words += [f"--{flag}", str(value)]
+    return " ".join(words)
 
 
-def _main(argv: list[str]) -> int:
-    try:
-        args = parser().parse_args(argv)
-    except SystemExit as exc:
-        return 0 if exc.code == 0 else 2
+def run(args: argparse.Namespace) -> int:
+    """Score the held-out photos, write the JSON report, print one line per kind of swap."""
     from exiflang.eval.images import expand_inputs
 
     out = check_out_file(args.out)
@@ -172,7 +174,7 @@ def _main(argv: list[str]) -> int:
     report = evaluate(model, files, args.reference, seed=args.seed)
     report.update(
         model=str(args.model),
-        command=" ".join(["exiflang", "eval-check-exif", *argv]),
+        command=command_line(args),
         seconds=round(time.time() - t0, 1),
         date=time.strftime("%Y-%m-%d", time.gmtime()),
         machine=f"{platform.machine()} Python {platform.python_version()}",
@@ -187,6 +189,9 @@ def _main(argv: list[str]) -> int:
         )
     return 0
 
+
+COMMAND = Command(prog=PROG, doc=__doc__, add_arguments=add_arguments, run=run, log_level=logging.WARNING)
+main = COMMAND.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,7 +30,6 @@ from exiflang.pipeline.exif.parse import ExifReadError, read_exif
 from exiflang.pipeline.sources.folder import FolderSource
 
 PREFIX = "images"
-PER_PART = ShardConfig.rows_per_shard  # the shard builder's default, so default parts match default shards
 
 
 def list_photos(folder: Path) -> list[str]:

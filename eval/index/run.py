@@ -1,30 +1,17 @@
-"""`exiflang index`: a FAISS index over embeddings, tuned to a recall target, and loading/searching it.
+"""A FAISS index over embeddings, tuned to a recall target: building, writing, loading and searching it.
 
-    exiflang index --emb EMB --out INDEX [--kind auto|flat|ivf-flat|ivf-pq|hnsw] [--recall 0.9]
-                   [--memory-mb M] [--text] [--k 10] [--seed 0] [--threads N]
-
-Files: ``INDEX/index.faiss`` (the index, search parameters set), ``INDEX/index.json`` (kind,
-parameters, size, measured recall@k and query speed, tuning curve, build seconds, the model
-signature and sources), ``INDEX/rows.parquet`` (the embeddings table, row i = index id i).
-Which index (:mod:`exiflang.eval.index.build`) and how recall is measured and tuned
-(:mod:`exiflang.eval.index.tune`) are documented there.  The folder is written beside its final name and
-renamed, so a reader never sees half an index.
-
-"Target met" means the one-sided 95 % lower confidence bound of recall@k over the held-out
-queries reaches it (``recall_met`` in ``index.json``; the mean is ``recall_at_k``).
-
-Exit status: 0 built and the recall target met; 1 built but the target was not met (the best
-parameters found are kept, ``recall_met: false``); 2 bad input or usage.
+The engine of ``exiflang index`` (the command line and the files written:
+:mod:`exiflang.eval.index.command`): :func:`build_index` builds, tunes and writes an index folder;
+:class:`VectorIndex` loads and searches one.  Which index (:mod:`exiflang.eval.index.build`) and how
+recall is measured and tuned (:mod:`exiflang.eval.index.tune`) are documented there.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +20,6 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from exiflang.errors import check_out_dir, run_main
 from exiflang.eval.embed.store import TABLE_COLUMNS, Embeddings, check_model_against, part_paths, read_json, read_meta
 from exiflang.eval.index.build import (
     KINDS,
@@ -46,6 +32,7 @@ from exiflang.eval.index.build import (
     choose_kind,
     estimate_bytes,
 )
+from exiflang.eval.index.thumbnails import write_thumbnails
 from exiflang.eval.index.tune import RecallProbe, holdout, set_param, tune
 
 FORMAT = "exiflang-index"
@@ -276,6 +263,7 @@ def build_index(
     side: str = "image",
     threads: int | None = None,
     chunk_rows: int | None = None,
+    thumbnails: bool = True,
 ) -> dict:
     """Build, tune and write an index folder over ``emb`` (its ``side`` vectors); returns ``index.json``.
 
@@ -283,7 +271,8 @@ def build_index(
     default a ``row`` column, and ``meta`` describe them); or, streamed from disk and never held
     whole, a ``.npy`` path, ``np.load(path, mmap_mode="r")``, or an embeddings folder's path.
     Every pass reads ``chunk_rows`` rows at a time (default 64 MiB of them): peak memory is the
-    index, one chunk and the training sample.  ``kind``: see :data:`KINDS`.
+    index, one chunk and the training sample.  ``kind``: see :data:`KINDS`.  ``thumbnails``: also
+    write small JPEGs of the photos (:mod:`exiflang.eval.index.thumbnails`; needs the data folder).
     """
     if kind not in KINDS:
         raise ValueError(f"index kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -343,11 +332,11 @@ def build_index(
         "created": time.time(),
     }
     info["build_seconds"] = {**built.seconds, "total": round(time.perf_counter() - t0, 3)}
-    _write(Path(out), built.index, info, table)
+    _write(Path(out), built.index, info, table, thumbnails)
     return info
 
 
-def _write(out: Path, index: faiss.Index, info: dict, table: pd.DataFrame) -> None:
+def _write(out: Path, index: faiss.Index, info: dict, table: pd.DataFrame, thumbnails: bool = True) -> None:
     """Write the three files into a temporary folder beside ``out``, then swap it into place."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())):
         raise ValueError(f"{out}: exists and is not an index folder; refusing to replace it")
@@ -357,6 +346,8 @@ def _write(out: Path, index: faiss.Index, info: dict, table: pd.DataFrame) -> No
         faiss.write_index(index, str(tmp / "index.faiss"))
         info["bytes"] = (tmp / "index.faiss").stat().st_size
         table.to_parquet(tmp / "rows.parquet", index=False)
+        if thumbnails:
+            write_thumbnails(tmp, table, info["sources"]["data"])
         (tmp / "index.json").write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -368,60 +359,3 @@ def _write(out: Path, index: faiss.Index, info: dict, table: pd.DataFrame) -> No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="exiflang index", description=__doc__.splitlines()[0])
-    ap.add_argument("--emb", required=True, help="embeddings folder (from `exiflang embed`)")
-    ap.add_argument("--out", required=True, help="index folder to write (replaced if it is one)")
-    ap.add_argument("--kind", default="auto", choices=KINDS, help="index type (default auto: by size and memory)")
-    ap.add_argument("--recall", type=float, default=0.9, help="recall@k target for tuning (default 0.9)")
-    ap.add_argument("--memory-mb", type=float, help="memory budget for the index in MB (auto picks PQ above it)")
-    ap.add_argument("--text", action="store_true", help="index the text embeddings instead of the image ones")
-    ap.add_argument("--k", type=int, default=10, help="k of the recall target (default 10)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the training sample and held-out queries")
-    ap.add_argument("--threads", type=int, help="FAISS threads (default: the cores available)")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 built, 1 recall target not met, 2 bad input (:func:`exiflang.errors.run_main`)."""
-    return run_main("exiflang index", _main, argv)
-
-
-def _main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    check_out_dir(args.out)  # before the vectors load: a bad --out costs nothing
-    # The folder's path, not its loaded arrays: build_index streams the parts from disk, so
-    # memory is the index + one chunk + the training sample, whatever N is.
-    info = build_index(
-        args.emb,
-        args.out,
-        kind=args.kind,
-        recall_target=args.recall,
-        memory_budget_mb=args.memory_mb,
-        k=args.k,
-        seed=args.seed,
-        side="text" if args.text else "image",
-        threads=args.threads,
-    )
-    params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
-    print(
-        f"{info['kind']} index of {info['n']} vectors ({info['dim']}-d; {params}): recall@{info['k']} "
-        f"{info['recall_at_k']:.3f} (95% lower bound {info['recall_at_k_lower_95']:.3f}, target "
-        f"{info['recall_target']}), {info['qps_batch']:.0f} queries/s batched, "
-        f"{info['latency_ms_batch1']:.2f} ms single, {info['bytes'] / 2**20:.1f} MB -> {args.out}"
-    )
-    if not info["recall_met"]:
-        print(
-            f"exiflang index: warning: recall target {info['recall_target']} not met "
-            f"(best {info['recall_at_k']:.3f}); index written with the best parameters found",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

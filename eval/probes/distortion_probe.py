@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from exiflang.command import Command
+from exiflang.errors import CommandError
 from exiflang.eval.embed.patches import PatchEmbedder, cut_patches, even_grid, normalise_image
 from exiflang.eval.images import expand_inputs, open_checked
 from exiflang.eval.probes import distortion as dist
@@ -266,14 +268,18 @@ def split_photos(
     return train, test
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m exiflang.eval.probes.distortion_probe",
-        description=(
-            "Radial-distortion linear probe: distorted 512-px crops (k1 ~ U[-0.4, 0], 20 bins) -> "
-            "frozen image features -> logistic regression; accuracy vs the majority baseline."
-        ),
-    )
+PROG = "python -m exiflang.eval.probes.distortion_probe"
+COMMAND_DOC = """Radial-distortion linear probe: distorted 512-px crops (k1 ~ U[-0.4, 0], 20 bins) -> frozen
+image features -> logistic regression; accuracy vs the majority baseline.
+
+Writes OUT/distortion.json (the scores, counts, skipped photos and settings) and prints one summary
+line.  Exit status: 0 done (skipped photos are listed in the JSON and on stderr); 2 bad usage or
+input (one line on stderr, naming the file).
+"""
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Declare the probe command's arguments."""
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model folder (exiflang format)")
     src.add_argument(
@@ -297,7 +303,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the classifier")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-progress", action="store_true")
-    return ap
 
 
 def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
@@ -309,33 +314,27 @@ def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     return ExifClip(ModelConfig.preset(args.random_init)).eval(), f"random-init {args.random_init}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the probe; exit 0 (skipped photos are listed in the JSON and on stderr), 2 on bad input."""
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.per_photo < 1 or args.crop < 124 or not 0 < args.test_fraction < 1:
-            raise ValueError("need --per-photo >= 1, --crop >= 124 and 0 < --test-fraction < 1")
-        photos = expand_inputs(args.photos)
-        if not photos:
-            raise ValueError(f"{' '.join(args.photos)}: no photos found")
-        train, test = split_photos(photos, args.split, args.test_fraction, args.seed)
-        model, name = _load_model(args)
-        result = run_distortion_probe(
-            model,
-            train,
-            test,
-            per_photo=args.per_photo,
-            seed=args.seed,
-            crop=args.crop,
-            features=args.features,
-            C=args.C,
-            device=args.device,
-            progress=not args.no_progress,
-        )
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"exiflang distortion: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """Run the probe, write OUT/distortion.json, print the summary; bad input raises (exit 2)."""
+    if args.per_photo < 1 or args.crop < 124 or not 0 < args.test_fraction < 1:
+        raise CommandError(None, "need --per-photo >= 1, --crop >= 124 and 0 < --test-fraction < 1")
+    photos = expand_inputs(args.photos)
+    if not photos:
+        raise CommandError(None, f"{' '.join(args.photos)}: no photos found")
+    train, test = split_photos(photos, args.split, args.test_fraction, args.seed)
+    model, name = _load_model(args)
+    result = run_distortion_probe(
+        model,
+        train,
+        test,
+        per_photo=args.per_photo,
+        seed=args.seed,
+        crop=args.crop,
+        features=args.features,
+        C=args.C,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     result.update(model=name, split=args.split, photos=[str(p) for p in args.photos])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -352,5 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+COMMAND = Command(prog=PROG, doc=COMMAND_DOC, add_arguments=add_arguments, run=run, log_level=logging.INFO)
+main = COMMAND.main
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -11,9 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from exiflang.eval.benchmark.command import COMMAND, benchmark_config, main
 from exiflang.eval.benchmark.datasets import read_dataset
-from exiflang.eval.benchmark.run import ROW_FORMAT, interleave, main, run_benchmark
+from exiflang.eval.benchmark.run import ROW_FORMAT, interleave, run_benchmark
+from exiflang.eval.benchmark.settings import BenchmarkConfig
 from exiflang.eval.forensics.noi import NoiDetector
+from exiflang.eval.forensics.settings import DetectorConfig
 
 RNG = np.random.default_rng(0)
 H, W = 256, 320
@@ -187,6 +190,19 @@ def test_limit_interleaves_classes_and_usage_errors(tmp_path, capsys):
     assert main(base + ["--root", str(root), "--model", str(tmp_path), "--method", "exif"]) == 2
 
 
+def test_settings_from_the_command_line_and_overrides():
+    base = ["--dataset", "folder", "--root", "r", "--out", "o"]
+    config = benchmark_config(COMMAND.parser().parse_args(base + ["--method", "noi, exif", "--no-ncuts"]))
+    assert config.methods == ("noi", "exif") and config.detector == DetectorConfig(ncuts=False)
+    paper = benchmark_config(COMMAND.parser().parse_args(base + ["--grid", "paper", "--device", "cpu"]))
+    assert (paper.detector.per_side, paper.detector.device, paper.progress) == (25, "cpu", True)
+    # Detector settings by name go to .detector; the rest stay; a wrong name is refused.
+    changed = BenchmarkConfig().replace(per_side=7, noi_block=4, methods=["noi"])
+    assert (changed.detector.per_side, changed.noi_block, changed.methods) == (7, 4, ("noi",))
+    with pytest.raises(TypeError, match="per_sid"):
+        BenchmarkConfig().replace(per_sid=7)
+
+
 # "It must work": held-out synthetic splices between synthetic cameras, fixed seeds, from the
 # shared run's held-out shots at 768-1024 px (tests/synth_run.py: splice_photos).
 # Measured with the shared run (cpu-small, 64-px crops, 1600 steps; tests/synth_run.py) on this
@@ -211,16 +227,10 @@ def heldout_benchmark(synth_run, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("heldout_splices")
     make_splices([synth_run.splice_photos], root / "set", count=24, authentic=24, seed=0, progress=False)
     torch.manual_seed(0)
-    metrics = run_benchmark(
-        synth_run.model,
-        "folder",
-        root / "set",
-        root / "out",
-        methods=["exif", "noi"],
-        per_side=PER_SIDE,
-        device="cpu",
-        progress=False,
+    config = BenchmarkConfig(
+        methods=("exif", "noi"), detector=DetectorConfig(per_side=PER_SIDE, device="cpu"), progress=False
     )
+    metrics = run_benchmark(synth_run.model, "folder", root / "set", root / "out", config)
     report = {
         m: {
             "p_map": s["p_map"],

@@ -16,8 +16,10 @@ from PIL import Image
 
 from exiflang.eval.embed import run as embed_mod
 from exiflang.eval.embed.batch import crop_patches, normalise_patches
+from exiflang.eval.embed.command import main
 from exiflang.eval.embed.patches import PatchEmbedder, even_grid, normalise_image
-from exiflang.eval.embed.run import embed_shards, main
+from exiflang.eval.embed.run import embed_shards
+from exiflang.eval.embed.settings import EmbedConfig
 from exiflang.eval.embed.store import load_embeddings, model_signature, part_paths
 from exiflang.eval.images import load_rgb_bytes
 from exiflang.pipeline import build_shards
@@ -87,8 +89,8 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 
 
 def run(corpus: dict, out: Path, **kw) -> Path:
-    kw = {"patch": PATCH, "per_side": PER_SIDE, "progress": False, "device": "cpu", **kw}
-    return embed_shards(corpus["model"], corpus["shards"], out, **kw)
+    config = EmbedConfig(patch=PATCH, per_side=PER_SIDE, progress=False, device="cpu")
+    return embed_shards(corpus["model"], corpus["shards"], out, config, **kw)
 
 
 def tar_samples(shards: Path) -> list[tuple[str, str, bytes, dict, dict]]:

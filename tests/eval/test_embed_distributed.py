@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exiflang.eval.embed.command import main
 from exiflang.eval.embed.distributed import assign
-from exiflang.eval.embed.run import embed_shards, main
+from exiflang.eval.embed.run import embed_shards
 from exiflang.eval.embed.store import load_embeddings, part_paths
+from exiflang.eval.index.command import main as index_main
 from exiflang.eval.index.lookup import lookup_photos
-from exiflang.eval.index.run import main as index_main
 from exiflang.pipeline import build_shards
 from exiflang.pipeline.synth import corpus as synth
 from tests.eval.test_embed import make_model

@@ -11,9 +11,11 @@ import pytest
 
 from exiflang.eval.index.votes import plurality
 from exiflang.eval.tags.classes import fit_tag_classes
-from exiflang.eval.tags.evaluate import eval_tags, main
+from exiflang.eval.tags.command import main
+from exiflang.eval.tags.evaluate import eval_tags
 from exiflang.eval.tags.probe import C_GRID, choose_c, probe_predict
 from exiflang.eval.tags.report import markdown
+from exiflang.eval.tags.settings import TagEvalConfig
 from exiflang.eval.tags.zero_shot import ZeroShot, candidate_exifs, template_exif
 from tests.eval import lookup_fixtures as fx
 
@@ -28,9 +30,8 @@ def tiny(tmp_path_factory) -> fx.TinyRun:
 @pytest.fixture(scope="module")
 def tiny_report(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("tag_eval")
-    report = eval_tags(
-        tiny.model, tiny.train_shards, tiny.test_shards, out, k=3, per_side=fx.PER_SIDE, min_count=2, progress=False
-    )
+    config = TagEvalConfig(k=3, per_side=fx.PER_SIDE, min_count=2, progress=False)
+    report = eval_tags(tiny.model, tiny.train_shards, tiny.test_shards, out, config)
     return out, report
 
 
@@ -156,6 +157,20 @@ def test_bad_inputs(tiny, tiny_report, tmp_path, capsys):
         == 2
     )
     assert "config.json" in capsys.readouterr().err
+
+
+def test_settings_from_the_command_line():
+    from exiflang.eval.tags.command import COMMAND
+
+    argv = ["--model", "m", "--out", "o", "-k", "5", "--single-patch", "--probe-c", "cv", "--device", "cpu"]
+    config = TagEvalConfig.from_args(COMMAND.parser().parse_args(argv + ["--no-progress"]))
+    assert (config.k, config.mode, config.probe_c, config.progress) == (5, "single", None, False)
+    assert config.embed_config().grid == config.grid and config.embed_config().device == "cpu"
+    assert TagEvalConfig(vocab=["Make", "Model"]).vocab == ("Make", "Model")
+    with pytest.raises(ValueError, match="k=0"):
+        config.replace(k=0)
+    with pytest.raises(TypeError, match="per_sid"):
+        config.replace(per_sid=2)
 
 
 def test_cropclr_model_has_no_zero_shot(tiny, tmp_path):

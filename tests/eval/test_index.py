@@ -12,7 +12,8 @@ import torch
 from exiflang.eval.embed.run import embed_shards
 from exiflang.eval.embed.store import load_embeddings
 from exiflang.eval.index.build import choose_kind, choose_pq_m, estimate_bytes
-from exiflang.eval.index.run import NotAnIndex, VectorIndex, build_index, main
+from exiflang.eval.index.command import main
+from exiflang.eval.index.run import NotAnIndex, VectorIndex, build_index
 from exiflang.eval.index.tune import exact_search, lower_bound, per_query_recall, recall_at_k, smallest_meeting
 from exiflang.train.model import ExifClip, ModelConfig
 from exiflang.train.tokenizer import build_tokenizer
