@@ -233,9 +233,7 @@ def report(prog: str, exc: BaseException, interrupt_hint: str = "") -> int:
         print(f"{prog}: interrupted" + (f"; {interrupt_hint}" if interrupt_hint else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     if is_expected(exc):
-        # Under torchrun every rank meets the same bad input: rank 0 says it, once.
-        if os.environ.get("RANK", "0") == "0":
-            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     hint = "" if debug_enabled() else f"; rerun with {DEBUG_FLAG} (or {DEBUG_ENV}=1) for the traceback"
     print(f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)}{hint}", file=sys.stderr)
