@@ -37,9 +37,9 @@ cgroup can be made, and reported as ``cpu_rusage_s``).  The wrapper is a child s
 reports what outlived the command.  A sampler reads RSS and VmHWM of every process of the run
 every 0.5 s: peak RSS of the driver, of the largest worker and of Ray's daemons, and a series
 every 5 s.  The simulators run in their own process; their CPU is not counted.  Part 1 uses
-``--threads 128`` and ``--row-deadline 5`` by default (a stalled row, or a row waiting for a
-paused host, holds a thread and, at the head of the shard's in-order window of 2 x threads
-rows, the whole shard: see docs/scale.md); part 2 uses ``--compare-threads`` (16, exiflang's
+``--threads 128`` and ``--row-deadline 5`` by default (a stalled row holds a thread and, at the
+head of the task's in-order window of 2 x threads rows, the whole task; a row waiting for a
+paused host is parked out of the window instead: see docs/scale.md); part 2 uses ``--compare-threads`` (16, exiflang's
 default) for both tools.  ``--profile`` adds one exiflang-local and one img2dataset run under
 py-spy (GIL-holding samples, by category).
 
@@ -867,6 +867,10 @@ def yfcc_cmd(files: Path, port: int, out: Path, args: argparse.Namespace, max_ro
     ]
     if max_rows is not None:
         extra += ["--max-rows", str(max_rows)]
+    if args.max_parked is not None:  # 0 with --shards-per-task 1: the in-order window before parking
+        extra += ["--max-parked", str(args.max_parked)]
+    if args.shards_per_task is not None:
+        extra += ["--shards-per-task", str(args.shards_per_task)]
     return shards_cmd(
         [
             "--source",
@@ -1108,7 +1112,10 @@ def exiflang_outcome(out: Path) -> tuple[int, list[str]]:
 
 PROFILE_CATEGORIES = (  # (category, substrings of a frame; the first category matched wins)
     ("imports (fixed per process)", ("_find_and_load",)),
-    ("fetch (HTTP, politeness)", ("Downloader.fetch", "download_image", "RemoteGovernor", "HostLimiter")),
+    (
+        "fetch (HTTP, politeness)",
+        ("Downloader.proceed", "Downloader.fetch", "download_image", "RemoteGovernor", "HostLimiter"),
+    ),
     ("EXIF (parse + render)", ("read_exif", "exifread", "ExifHeader")),
     ("image check (header, JPEG walk)", ("_check_image", "ImagePolicy", "jpeg_problem", "resizer.py")),
     ("tar members (json + tarfile)", ("TarShardWriter", "_members", "webdataset", "tarfile.py", "writer.py")),
@@ -1116,7 +1123,7 @@ PROFILE_CATEGORIES = (  # (category, substrings of a frame; the first category m
     ("dedup + tags + sizes (driver, end)", ("remove_cross_shard_duplicates", "write_tags", "write_sizes_and_summary")),
     (
         "other per-photo (sha256, bookkeeping)",
-        ("process_bytes", "_handle_row", "_Accumulator", "download_shard", "_ordered"),
+        ("process_bytes", "_handle_row", "_Accumulator", "download_shard", "Window."),
     ),
 )
 
@@ -1363,8 +1370,8 @@ def parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=128,
-        help="fetch threads per worker in part 1 (a stalled or paused row holds one, and "
-        "the shard's in-order window is 2 x threads rows)",
+        help="fetch threads per worker in part 1 (a stalled row holds one, and its place in the "
+        "task's in-order window of 2 x threads rows; a row of a paused host is parked instead)",
     )
     ap.add_argument(
         "--compare-threads",
@@ -1394,6 +1401,14 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=15.0,
         help="job-wide requests/s per host; the throttling farms refuse above 20",
+    )
+    ap.add_argument(
+        "--max-parked",
+        type=int,
+        help="exiflang's --max-parked (rows of a paused host set aside per task; 0: none; default: its own)",
+    )
+    ap.add_argument(
+        "--shards-per-task", type=int, help="exiflang's --shards-per-task (shards per fetch window; default: its own)"
     )
     ap.add_argument("--storm-farm", type=int, default=5)
     ap.add_argument("--storm-at", type=float, default=0.3, help="fraction of photos served")

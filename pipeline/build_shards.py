@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -20,21 +19,19 @@ if __package__ in (None, ""):
     # make the repository root importable so `pipeline.*` resolves without an install.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exiflang.errors import report
+from exiflang.command import Command
 from exiflang.pipeline import storage
 from exiflang.pipeline.config import VERIFY_MODES, ShardConfig
 from exiflang.pipeline.driver import JobOptions, build
 from exiflang.pipeline.fetch.download import DownloadConfig
 from exiflang.pipeline.shards.files import RERUN_CHECKS, safe_text
-from exiflang.pipeline.sources.base import FORMATS, SourceError
+from exiflang.pipeline.sources.base import FORMATS
 from exiflang.pipeline.sources.open import open_source
 
-log = logging.getLogger("exiflang.shards")
 
-
-def parser() -> argparse.ArgumentParser:
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``exiflang shards``."""
     d, s = DownloadConfig(), ShardConfig()
-    ap = argparse.ArgumentParser(prog="exiflang shards", description=__doc__.splitlines()[0])
     src = ap.add_argument_group("source")
     src.add_argument(
         "--source",
@@ -79,6 +76,21 @@ def parser() -> argparse.ArgumentParser:
         "(default: the cluster's CPUs / this machine's CPUs)",
     )
     run.add_argument("--threads", type=int, default=s.threads, help="fetch threads per worker")
+    run.add_argument(
+        "--max-parked",
+        type=int,
+        default=s.max_parked,
+        help="rows of a paused host (429/503) a shard sets aside so its other rows go on; beyond "
+        f"this a row waits for its host in its thread (0: no parking; default: {s.max_parked})",
+    )
+    run.add_argument(
+        "--shards-per-task",
+        type=int,
+        default=JobOptions.shards_per_task,
+        help="consecutive shards a worker builds through one fetch window, so that it goes on with "
+        "the next while one waits for a paused host (fewer towards the end; "
+        f"default: {JobOptions.shards_per_task})",
+    )
     run.add_argument("--shard-retries", type=int, default=2)
     run.add_argument(
         "--rerun-check",
@@ -145,7 +157,6 @@ def parser() -> argparse.ArgumentParser:
         help="User-Agent header; its product token is the crawler name X-Robots-Tag directives are matched against",
     )
     ap.add_argument("-q", "--quiet", action="store_true")
-    return ap
 
 
 def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
@@ -166,6 +177,7 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
         out_dir=str(storage.resolve(args.out)),
         rows_per_shard=args.rows_per_shard,
         threads=args.threads,
+        max_parked=args.max_parked,
         patch_size=args.patch_size,
         min_tags=args.min_tags,
         verify=args.verify,
@@ -178,6 +190,7 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
         workers=args.workers,
         address=args.address,
         shard_retries=args.shard_retries,
+        shards_per_task=args.shards_per_task,
         tag_threshold=args.tag_threshold,
         max_rows=args.max_rows,
         progress=not args.quiet,
@@ -185,6 +198,8 @@ def _configs(args: argparse.Namespace) -> tuple[ShardConfig, JobOptions]:
     )
     if opts.workers is not None and opts.workers < 1:
         raise ValueError(f"--workers must be at least 1, not {opts.workers}")
+    if opts.shards_per_task < 1:
+        raise ValueError(f"--shards-per-task must be at least 1, not {opts.shards_per_task}")
     return cfg, opts
 
 
@@ -198,6 +213,8 @@ def _side_db(out_dir: storage.Location) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the shards; 0 when every shard is complete, 1 when some failed all their retries."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg, opts = _configs(args)
     storage.configure(cfg.storage_options)
     source = open_source(
@@ -239,22 +256,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 PROG = "exiflang shards"
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    try:
-        return run(args)
-    except (SourceError, OSError, ValueError) as exc:
-        return report(PROG, exc)  # one line naming the file, exit 2 (traceback under --debug)
-    except KeyboardInterrupt:
-        # Embedded Ray is already stopped (exiflang.pipeline.driver); finished shards are kept.
-        print(f"{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+# Ctrl-C: embedded Ray is already stopped (exiflang.pipeline.driver); finished shards are kept.
+COMMAND = Command(
+    prog=PROG, doc=__doc__, add_arguments=add_arguments, run=run, interrupt_hint="rerun the same command to resume"
+)
+main = COMMAND.main
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ class ShardConfig:
     out_dir: str = "shards"
     rows_per_shard: int = 500  # full-resolution photos are ~1-5 MB: ~1 GB tars
     threads: int = 16  # concurrent fetches inside one worker (I/O bound)
+    # Rows of a paused host (429/503) parked outside the shard's window at once, so the other
+    # hosts' rows go on (exiflang.pipeline.shards.window); beyond it a row waits in its thread.
+    max_parked: int = 1024
     patch_size: int = 124  # shorter side below this -> too_small
     min_tags: int = 10  # fewer EXIF tags than this -> too_few_tags
     # Image-size policy (exiflang.pipeline.image_policy): more pixels -> too_large; 1 .. 1e9,
@@ -47,6 +50,8 @@ class ShardConfig:
             raise ValueError(f"exif_prefer must be image or yfcc, not {self.exif_prefer!r}")
         if self.rows_per_shard < 1 or self.threads < 1:
             raise ValueError("rows_per_shard and threads must be at least 1")
+        if self.max_parked < 0:
+            raise ValueError(f"max_parked must be >= 0 (0: no parking), not {self.max_parked}")
         ImagePolicy(self.max_pixels)  # ValueError naming the range if out of it
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """The shard-building driver: plans shards from a source, fans them out (Ray or in-process),
 retries failures, then deduplicates across shards and selects the tag vocabulary.
 
+A task is a few consecutive shards (:func:`plan_tasks`) built through one fetch window, so a
+worker whose shard waits for a paused host's rows goes on with the next shard meanwhile.
+
 A Ray runtime the driver starts itself (no ``--address`` / ``RAY_ADDRESS``) is its to stop:
 at the end of the build, at interpreter exit, and on SIGINT / SIGTERM, it is shut down and
 every process it started (GCS, raylet, dashboard and runtime-env agents, workers) that is
@@ -18,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,7 +37,7 @@ from exiflang.pipeline.records import SourceRow
 from exiflang.pipeline.shards.dedup import remove_cross_shard_duplicates
 from exiflang.pipeline.shards.files import RERUN_CHECKS, shard_problem
 from exiflang.pipeline.shards.tags import write_sizes_and_summary, write_tags
-from exiflang.pipeline.shards.worker import process_shard
+from exiflang.pipeline.shards.worker import process_shards
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,9 @@ class JobOptions:
     # How a shard with a stats file is checked before it is skipped: "hash" (sizes and
     # sha256 of tar and table, about one read of the dataset) or "size" (stat only).
     rerun_check: str = "hash"
+    # Consecutive shards per task, built through one fetch window: while one shard waits for
+    # a paused host's parked rows, the task goes on with the next (exiflang.pipeline.shards.window).
+    shards_per_task: int = 4
 
 
 def plan_shards(
@@ -68,6 +75,34 @@ def plan_shards(
         if not chunk:
             return
         yield shard, chunk
+
+
+Shard = tuple[int, list[SourceRow]]
+
+
+def plan_tasks(shards: Iterator[Shard], per_task: int, workers: int) -> Iterator[list[Shard]]:
+    """Group consecutive shards into tasks of ``per_task`` (>= 1).
+
+    Towards the source's end tasks shrink (guided scheduling: a task takes at most
+    1/workers of the shards left, down to one), so the job does not end with one worker
+    on a long task and the others idle; to know where the end is, ``per_task * (workers + 1)``
+    shards are read ahead.
+    """
+    per_task, workers = max(1, per_task), max(1, workers)
+    ahead: deque[Shard] = deque()
+    for shard in shards:
+        ahead.append(shard)
+        if len(ahead) >= per_task * (workers + 1):
+            yield [ahead.popleft() for _ in range(per_task)]
+    while ahead:
+        size = min(per_task, max(1, len(ahead) // workers))
+        yield [ahead.popleft() for _ in range(size)]
+
+
+def _incomplete(cfg: ShardConfig, task: list[Shard]) -> list[int]:
+    """The shards of a task that failed all its attempts which are not complete on disk."""
+    out_dir = storage.resolve(cfg.out_dir)
+    return [shard for shard, _ in task if shard_problem(out_dir, shard, "size") is not None]
 
 
 @contextlib.contextmanager
@@ -102,6 +137,7 @@ class _EmbeddedRay:
         self.before: set[int] = set()
         self.stopped = True
         self.handlers: dict[int, Any] = {}
+        self.signalled = 0  # the signal that is stopping the job, if any
 
     def start(self, ray: Any, num_cpus: int | None) -> None:
         self.before = {p.pid for p in _descendants()}
@@ -152,6 +188,7 @@ class _EmbeddedRay:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stopped:
             return  # already stopping: a second Ctrl-C must not cut the reaping short
+        self.signalled = self.signalled or signum
         previous = self.handlers.get(signum)
         if callable(previous):
             previous(signum, frame)  # e.g. Python's SIGINT handler: KeyboardInterrupt
@@ -189,81 +226,98 @@ def _ray_session(opts: JobOptions) -> Iterator[Any]:
     try:
         embedded.start(ray, opts.workers or os.cpu_count())
         yield ray
+    except SystemExit:
+        # A signal that lands inside ray.wait's C++ wait comes out of it as SystemExit(1)
+        # whatever the handler raised (seen in about one SIGTERM in four): say what it was.
+        if embedded.signalled == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM) from None
+        if embedded.signalled == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         embedded.stop()
 
 
 def _run_local(
-    shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig, on_done: Callable[[dict], None], opts: JobOptions
+    shards: Iterator[Shard], cfg: ShardConfig, on_done: Callable[[dict], None], opts: JobOptions
 ) -> list[int]:
     workers = opts.workers or os.cpu_count() or 1
+    tasks = plan_tasks(shards, opts.shards_per_task, workers)
     if workers > 1:  # processes, not threads: the GIL would hold the job to one core
         with _governed(cfg, workers) as shared:
-            return run_pool(shards, shared, on_done, workers, opts.shard_retries)
+            return run_pool(tasks, shared, on_done, workers, opts.shard_retries)
     failed = []
-    for shard, rows in shards:
+    for task in tasks:
         for attempt in range(opts.shard_retries + 1):
             try:
-                on_done(process_shard(shard, rows, cfg))
+                for stats in process_shards(task, cfg):
+                    on_done(stats)
                 break
             except Exception as exc:  # noqa: BLE001 - retried, then reported per shard
-                log.warning("shard %05d attempt %d failed: %s", shard, attempt + 1, exc)
+                log.warning("shards %s attempt %d failed: %s", _names(task), attempt + 1, exc)
         else:
-            failed.append(shard)
+            failed += _incomplete(cfg, task)
     return failed
 
 
-def _run_ray(
-    shards: Iterator[tuple[int, list[SourceRow]]], cfg: ShardConfig, on_done: Callable[[dict], None], opts: JobOptions
-) -> list[int]:
+def _names(task: list[Shard]) -> str:
+    """``00004`` or ``00004-00007``: a task's shards, for messages."""
+    first, last = task[0][0], task[-1][0]
+    return f"{first:05d}" if first == last else f"{first:05d}-{last:05d}"
+
+
+def _run_ray(shards: Iterator[Shard], cfg: ShardConfig, on_done: Callable[[dict], None], opts: JobOptions) -> list[int]:
     with _ray_session(opts) as ray:
         return _fan_out(ray, shards, cfg, on_done, opts)
 
 
 def _fan_out(
     ray: Any,
-    shards: Iterator[tuple[int, list[SourceRow]]],
+    shards: Iterator[Shard],
     cfg: ShardConfig,
     on_done: Callable[[dict], None],
     opts: JobOptions,
 ) -> list[int]:
     workers = opts.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(num_cpus=1, max_retries=opts.shard_retries, retry_exceptions=True)(process_shard)
+    task = ray.remote(num_cpus=1, max_retries=opts.shard_retries, retry_exceptions=True)(process_shards)
+    tasks = plan_tasks(shards, opts.shards_per_task, workers)
     # The driver's node address: Ray workers on other nodes reach the governor there.
     with _governed(cfg, workers, ray.util.get_node_ip_address()) as shared:
-        return _submit_all(ray, task, shards, ray.put(shared), on_done, opts, workers)
+        return _submit_all(ray, task, tasks, shared, ray.put(shared), on_done, opts, workers)
 
 
 def _submit_all(
     ray: Any,
     task: Any,
-    shards: Iterator[tuple[int, list[SourceRow]]],
+    tasks: Iterator[list[Shard]],
+    cfg: ShardConfig,
     cfg_ref: Any,
     on_done: Callable[[dict], None],
     opts: JobOptions,
     workers: int,
 ) -> list[int]:
-    pending: dict[Any, int] = {}
+    pending: dict[Any, list[Shard]] = {}
     failed: list[int] = []
 
     def drain(until: int) -> None:
         while len(pending) > until:
             done, _ = ray.wait(list(pending), num_returns=1)
-            shard = pending.pop(done[0])
+            batch = pending.pop(done[0])
             try:
-                on_done(ray.get(done[0]))
-            except Exception as exc:  # noqa: BLE001 - a shard that failed all its retries
+                for stats in ray.get(done[0]):
+                    on_done(stats)
+            except Exception as exc:  # noqa: BLE001 - a task that failed all its retries
                 log.error(
-                    "shard %05d failed after %d attempts: %s",
-                    shard,
+                    "shards %s failed after %d attempts: %s",
+                    _names(batch),
                     opts.shard_retries + 1,
                     str(exc).splitlines()[-1] if str(exc) else exc,
                 )
-                failed.append(shard)
+                failed.extend(_incomplete(cfg, batch))
 
     # Bounded in-flight tasks: the source may be 100M rows, never materialised at once.
-    for shard, rows in shards:
-        pending[task.remote(shard, rows, cfg_ref)] = shard
+    for batch in tasks:
+        pending[task.remote(batch, cfg_ref)] = batch
         drain(2 * workers)
     drain(0)
     return failed

@@ -1,4 +1,5 @@
-"""The local executor's multi-core path: shards run on a pool of worker processes, one shard each.
+"""The local executor's multi-core path: shards run on a pool of worker processes, one task (a few
+consecutive shards: :func:`exiflang.pipeline.shards.worker.process_shards`) at a time each.
 
 Threads alone leave the job bound by the GIL to about one core (EXIF rendering, hashing and
 tar writing are Python), so ``--executor local --workers N`` runs ``N`` processes.  A shard's
@@ -21,8 +22,9 @@ worker module once.  No worker outlives the job:
   itself lives as long as any worker holds the driver's end of its pipe.)  Once the workers
   are gone, so are the forkserver and the resource tracker.
 
-A shard that raises is retried up to ``retries`` times; a worker that dies (OOM killer) breaks
-the pool, which is replaced, and the shards it held are retried the same way.
+A task that raises is retried up to ``retries`` times (its complete shards are skipped); a worker
+that dies (OOM killer) breaks the pool, which is replaced, and the tasks it held are retried the
+same way.  The shards of a task that fails every attempt and are not complete are reported failed.
 
 As with any non-``fork`` multiprocessing, each worker imports the ``__main__`` module of the
 driver: a script that calls :func:`exiflang.pipeline.driver.build` with this executor must keep its
@@ -44,10 +46,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from exiflang.pipeline import reap
+from exiflang.pipeline import reap, storage
 from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.shards.worker import process_shard
+from exiflang.pipeline.shards.files import shard_problem
+from exiflang.pipeline.shards.worker import process_shards
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +93,17 @@ def _context() -> Any:
     return ctx
 
 
+Task = list[tuple[int, list[SourceRow]]]
+
+
 class _Pool:
-    """A process pool that is replaced when a worker dies, with each shard's attempt count."""
+    """A process pool that is replaced when a worker dies, with each task's attempt count."""
 
     def __init__(self, cfg: ShardConfig, workers: int, retries: int) -> None:
         self.cfg, self.workers, self.retries = cfg, workers, retries
-        self.pending: dict[Future, tuple[int, list[SourceRow], int]] = {}
+        self.pending: dict[Future, tuple[Task, int]] = {}
         self.failed: list[int] = []
-        self.orphans: list[tuple[int, list[SourceRow], int]] = []  # lost with a broken pool
+        self.orphans: list[tuple[Task, int]] = []  # lost with a broken pool
         self.pids: set[int] = set()
         self.pool = self._new_pool()
 
@@ -106,48 +112,53 @@ class _Pool:
             self.workers, mp_context=_context(), initializer=_worker_init, initargs=(os.getpid(),)
         )
 
-    def submit(self, shard: int, rows: list[SourceRow], attempt: int = 0) -> None:
-        fut = self.pool.submit(process_shard, shard, rows, self.cfg)
-        self.pending[fut] = (shard, rows, attempt)
+    def submit(self, task: Task, attempt: int = 0) -> None:
+        fut = self.pool.submit(process_shards, task, self.cfg)
+        self.pending[fut] = (task, attempt)
         self.pids.update(getattr(self.pool, "_processes", None) or {})  # for the reaper
 
     def drain(self, until: int, on_done: Callable[[dict], None]) -> None:
-        """Collect finished shards until at most ``until`` are in flight."""
+        """Collect finished tasks until at most ``until`` are in flight."""
         while len(self.pending) > until:
             done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
             broken = False
             for fut in done:
-                shard, rows, attempt = self.pending.pop(fut)
+                task, attempt = self.pending.pop(fut)
                 try:
-                    on_done(fut.result())
+                    for stats in fut.result():
+                        on_done(stats)
                 except BrokenProcessPool as exc:
                     broken = True
-                    self._retry(shard, rows, attempt, exc, resubmit=False)
+                    self._retry(task, attempt, exc, resubmit=False)
                 except Exception as exc:  # noqa: BLE001 - retried, then reported per shard
-                    self._retry(shard, rows, attempt, exc, resubmit=True)
+                    self._retry(task, attempt, exc, resubmit=True)
             if broken:
                 self._replace()
 
-    def _retry(self, shard: int, rows: list[SourceRow], attempt: int, exc: BaseException, resubmit: bool) -> None:
-        log.warning("shard %05d attempt %d failed: %s", shard, attempt + 1, exc)
+    def _retry(self, task: Task, attempt: int, exc: BaseException, resubmit: bool) -> None:
+        log.warning("shards %05d.. attempt %d failed: %s", task[0][0], attempt + 1, exc)
         if attempt >= self.retries:
-            self.failed.append(shard)
+            self._give_up(task)
         elif resubmit:
-            self.submit(shard, rows, attempt + 1)
+            self.submit(task, attempt + 1)
         else:
-            self.orphans.append((shard, rows, attempt + 1))
+            self.orphans.append((task, attempt + 1))
+
+    def _give_up(self, task: Task) -> None:
+        out_dir = storage.resolve(self.cfg.out_dir)
+        self.failed += [shard for shard, _ in task if shard_problem(out_dir, shard, "size") is not None]
 
     def _replace(self) -> None:
-        """A worker died and took the pool with it: a new pool, the lost shards resubmitted."""
-        lost = [(s, r, a + 1) for s, r, a in self.pending.values()] + self.orphans
+        """A worker died and took the pool with it: a new pool, the lost tasks resubmitted."""
+        lost = [(t, a + 1) for t, a in self.pending.values()] + self.orphans
         self.pending, self.orphans = {}, []
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.pool = self._new_pool()
-        for shard, rows, attempt in lost:
+        for task, attempt in lost:
             if attempt > self.retries:
-                self.failed.append(shard)
+                self._give_up(task)
             else:
-                self.submit(shard, rows, attempt)
+                self.submit(task, attempt)
 
     def close(self, clean: bool) -> None:
         """Shut the pool down: waiting for it after success, terminating it otherwise."""
@@ -176,20 +187,20 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def run_pool(
-    shards: Iterator[tuple[int, list[SourceRow]]],
+    tasks: Iterator[Task],
     cfg: ShardConfig,
     on_done: Callable[[dict], None],
     workers: int,
     retries: int,
 ) -> list[int]:
-    """Build ``shards`` on ``workers`` processes (at most ``2 * workers`` in flight); failed shards."""
+    """Build ``tasks`` on ``workers`` processes (at most ``2 * workers`` in flight); failed shards."""
     with _sigterm_raises():
         pool = _Pool(cfg, workers, retries)
         clean = False
         try:
             # Bounded in flight: the source may be 100M rows, never materialised at once.
-            for shard, rows in shards:
-                pool.submit(shard, rows)
+            for task in tasks:
+                pool.submit(task)
                 pool.drain(2 * workers, on_done)
             pool.drain(0, on_done)
             clean = True

@@ -24,6 +24,10 @@ deadline: the row has not reached the network yet, and every slot holder is itse
 So a fetch holds its thread for at most ``row_deadline`` plus that queueing.  Redirects are
 followed by hand so that every hop goes through the limiter of the host it lands on.
 
+A row need not wait out a paused host in its thread: :meth:`Downloader.proceed` with ``park``
+hands back its :class:`RowFetch` (where it stands, no bytes) instead, and is called again once
+the pause is over (:mod:`exiflang.pipeline.shards.window` parks such rows so the shard goes on).
+
 A 2xx answer whose ``X-Robots-Tag`` opts the photo out (:mod:`exiflang.pipeline.fetch.opt_out`) ends as
 ``opted_out`` without reading the body, and no fallback URL of the row is tried (the same
 photo); ``respect_opt_out=False`` turns that off.
@@ -38,8 +42,8 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any
@@ -50,7 +54,7 @@ import urllib3.exceptions as u3
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline.fetch.deadline import Deadline, applied, bounded_pool_manager, bounded_proxy_manager
-from exiflang.pipeline.fetch.host_limits import Governor, HostLimiter, LimiterClosed
+from exiflang.pipeline.fetch.host_limits import Governor, HostLimiter, HostPaused, LimiterClosed
 from exiflang.pipeline.fetch.opt_out import DEFAULT_DIRECTIVES, agent_token, opt_out
 from exiflang.pipeline.fetch.politeness import THROTTLE_CODES, GovernorLimits, HostGovernor
 
@@ -115,6 +119,30 @@ class FetchResult:
     error: str | None  # one line; None on success
     attempts: int  # requests started, over all URLs (redirect hops not counted)
     seconds: float  # wall time, backoff included
+
+
+@dataclass
+class RowFetch:
+    """One row's fetch between two steps (:meth:`Downloader.proceed`): where it stands, no bytes.
+
+    Small (the URLs, a few counters, one-line errors), so a row waiting for a paused host can
+    leave its thread and its shard's window and be taken up again later.
+    """
+
+    url: str  # the primary URL (the result describes it)
+    candidates: list[str]  # the primary, then the fallbacks, deduplicated
+    row: Deadline  # the row's deadline, extended by the time queued or parked
+    t0: float  # perf_counter at the start: the result's seconds are wall time from here
+    index: int = 0  # the candidate being tried
+    tries: int = 0  # attempts made at that candidate
+    url_t0: float = 0.0  # perf_counter when that candidate's first attempt began
+    last: _Outcome | None = None  # that candidate's last answer (a failure: no bytes)
+    attempts: int = 0  # requests started at the candidates before it
+    failures: list[str] = field(default_factory=list)  # one line per candidate that failed
+    first: FetchResult | None = None  # the first candidate's failure (no bytes)
+    host: str = ""  # while parked: the paused host
+    pause: float = 0.0  # while parked: seconds its pause still ran when the row parked
+    parked_at: float = 0.0  # while parked: monotonic time it parked (0: not parked)
 
 
 @dataclass
@@ -254,90 +282,108 @@ class Downloader:
         ``error``.  Empty and repeated fallbacks are skipped, and so are those left no time;
         an opted-out URL ends the row (its fallbacks are the same photo).
         """
-        t0 = time.perf_counter()
-        row = Deadline(self.config.row_deadline, "row deadline")
+        done = self.proceed(self.begin(url, fallback_urls))
+        assert isinstance(done, FetchResult)  # without ``park`` a fetch never parks
+        return done
+
+    def begin(self, url: str, fallback_urls: Sequence[str] = ()) -> RowFetch:
+        """A row's fetch, not started: hand it to :meth:`proceed`."""
         candidates = list(dict.fromkeys([url, *(u for u in fallback_urls if u)]))
-        attempts, failures = 0, []
-        first: FetchResult | None = None
-        for n, candidate in enumerate(candidates):
-            if first is not None and row.expired():
-                failures.append(f"{len(candidates) - n} not tried: {row.describe()} spent")
+        return RowFetch(url, candidates, Deadline(self.config.row_deadline, "row deadline"), time.perf_counter())
+
+    def proceed(self, job: RowFetch, park: Callable[[], bool] | None = None) -> FetchResult | RowFetch:
+        """Go on with ``job`` as :meth:`fetch` does, to its :class:`FetchResult`; never raises.
+
+        ``park`` (see :meth:`HostLimiter.slot`): when the next attempt would wait for a paused
+        host and ``park()`` grants a space, ``job`` comes back unfinished, its ``pause`` set; the
+        caller calls this again once the pause is over.  Time parked is queueing: not charged to
+        the row's deadline (it is in the result's wall-clock ``seconds``).
+        """
+        if job.parked_at:
+            job.row.extend(time.monotonic() - job.parked_at)
+            job.parked_at, job.pause = 0.0, 0.0
+        n = len(job.candidates)
+        while job.index < n:
+            candidate = job.candidates[job.index]
+            if job.first is not None and job.tries == 0 and job.row.expired():
+                job.failures.append(f"{n - job.index} not tried: {job.row.describe()} spent")
                 break
             try:
-                res = self._fetch_one(candidate, row)
+                res = self._fetch_one(job, candidate, park)
+            except HostPaused as paused:
+                job.host, job.pause, job.parked_at = paused.host, paused.seconds, time.monotonic()
+                return job
             except Exception as exc:  # noqa: BLE001 - a bug here must cost one row, not the shard
-                res = FetchResult(
-                    candidate,
-                    None,
-                    st.DOWNLOAD_FAILED,
-                    None,
-                    None,
-                    _one_line(f"internal error: {type(exc).__name__}: {exc}"),
-                    0,
-                    0.0,
-                )
-            attempts += res.attempts
+                msg = _one_line(f"internal error: {type(exc).__name__}: {exc}")
+                res = FetchResult(candidate, None, st.DOWNLOAD_FAILED, None, None, msg, 0, 0.0)
+            job.attempts += res.attempts
+            job.index, job.tries, job.last = job.index + 1, 0, None
             if res.status in (st.SUCCESS, st.OPTED_OUT):
+                seconds = time.perf_counter() - job.t0
                 return FetchResult(
-                    url,
-                    res.final_url,
-                    res.status,
-                    res.http_status,
-                    res.data,
-                    res.error,
-                    attempts,
-                    time.perf_counter() - t0,
+                    job.url, res.final_url, res.status, res.http_status, res.data, res.error, job.attempts, seconds
                 )
-            first = first or res
-            failures.append(res.error or res.status)
+            job.first = job.first or res
+            job.failures.append(res.error or res.status)
+        first = job.first
         assert first is not None
-        error = failures[0] + ("; fallbacks: " + "; ".join(failures[1:]) if failures[1:] else "")
+        error = job.failures[0] + ("; fallbacks: " + "; ".join(job.failures[1:]) if job.failures[1:] else "")
         return FetchResult(
-            url,
+            job.url,
             first.final_url,
             first.status,
             first.http_status,
             None,
             _one_line(error, 600),
-            attempts,
-            time.perf_counter() - t0,
+            job.attempts,
+            time.perf_counter() - job.t0,
         )
 
-    def _fetch_one(self, url: str, row: Deadline) -> FetchResult:
-        """One URL with retries and backoff, within what is left of the row's deadline."""
-        t0 = time.perf_counter()
+    def _fetch_one(self, job: RowFetch, url: str, park: Callable[[], bool] | None) -> FetchResult:
+        """One URL with retries and backoff, within what is left of the row's deadline.
+
+        Its progress (attempts made, the last answer) lives in ``job``, so a :class:`HostPaused`
+        raised before an attempt loses nothing: the next call goes on from there.
+        """
         bad = url_error(url)
         if bad:
             return FetchResult(url, None, st.DOWNLOAD_FAILED, None, None, bad, 0, 0.0)
-        cfg, attempt, out = self.config, 0, _Outcome(st.DOWNLOAD_FAILED, "downloader closed")
-        spent = False
+        if job.tries == 0:
+            job.url_t0, job.last = time.perf_counter(), _Outcome(st.DOWNLOAD_FAILED, "downloader closed")
+        cfg, spent = self.config, False
+        out = job.last
+        assert out is not None
         while not self._closed.is_set():
-            cut = self._attempt(url, row)
+            cut = self._attempt(url, job.row, park)
             if cut is None:  # closed while waiting for a slot: the last answer stands
                 break
-            attempt, out = attempt + 1, cut
-            if out.status == st.SUCCESS or not out.retryable or attempt > cfg.retries:
+            job.tries, job.last = job.tries + 1, cut
+            out = cut
+            if out.status == st.SUCCESS or not out.retryable or job.tries > cfg.retries:
                 break
             # A 429/503 paused the host for the whole job: the next slot waits for that
-            # (uncharged, like all queueing); anything else backs off this row alone.
-            wait = 0.0 if out.http_status in THROTTLE_CODES else self._backoff(attempt - 1)
-            if wait >= row.left():
+            # (uncharged, like all queueing; or the row parks); anything else backs off this row alone.
+            wait = 0.0 if out.http_status in THROTTLE_CODES else self._backoff(job.tries - 1)
+            if wait >= job.row.left():
                 spent = True  # no time left for another attempt
                 break
             # Event.wait, not sleep: close() cuts backoff short.
             if wait > 0 and self._closed.wait(wait):
                 break
-        return _finish(url, out, attempt, spent, row, time.perf_counter() - t0)
+        return _finish(url, out, job.tries, spent, job.row, time.perf_counter() - job.url_t0)
 
     def _backoff(self, retry: int) -> float:
         """Seconds before retry number ``retry`` (0-based): exponential with jitter, capped."""
         delay = min(self.config.backoff_max, self.config.backoff_base * 2**retry)
         return random.uniform(delay / 2, delay)
 
-    def _attempt(self, url: str, row: Deadline) -> _Outcome | None:
+    def _attempt(self, url: str, row: Deadline, park: Callable[[], bool] | None = None) -> _Outcome | None:
         """One attempt: the request and its redirect hops, each hop inside its host's slot.
 
-        None when the downloader was closed while the attempt waited for a slot.
+        None when the downloader was closed while the attempt waited for a slot.  Raises
+        :class:`HostPaused` when ``park`` took a space for a paused host before a hop; the
+        attempt does not count, and is made again from ``url`` later (a redirect followed to a
+        paused host costs the redirecting host one more request, not a blocked thread).
         """
         cfg = self.config
         deadline = Deadline(cfg.deadline).within(row)
@@ -345,7 +391,7 @@ class Downloader:
         for _ in range(cfg.max_redirects + 1):
             host = (urlsplit(current).hostname or "").lower()
             try:
-                with self.limiter.slot(host) as slot:
+                with self.limiter.slot(host, park) as slot:
                     # Queueing for politeness is not the server's time: credit it back.
                     deadline.extend(slot.waited)
                     row.extend(slot.waited)

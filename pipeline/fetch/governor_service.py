@@ -7,7 +7,8 @@ its own (so a blocking acquire holds nothing but itself), authenticated with a r
 key by :mod:`multiprocessing.connection`'s HMAC challenge.  Messages are JSON arrays sent as
 bytes (never pickles: nothing a peer sends can run code, key or no key):
 
-* ``("acquire", host, hold, wait_max)`` -> a lease id, or None (ask again);
+* ``("acquire", host, hold, wait_max[, unless_paused])`` -> a lease id, None (ask again) or,
+  with ``unless_paused`` and the host paused, ``{"paused": seconds}``;
 * ``("release", lease, outcome, retry_after)`` -> no reply: the fetch thread does not wait;
 * ``("ping",)`` -> ``"pong"``.
 
@@ -36,7 +37,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from typing import Any
 
-from exiflang.pipeline.fetch.politeness import GovernorLimits, HostGovernor
+from exiflang.pipeline.fetch.politeness import GovernorLimits, HostGovernor, Paused
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,9 @@ class GovernorServer:
                 return
             op = msg[0]
             if op == "acquire":
-                reply: Any = gov.acquire(msg[1], owner, msg[2], msg[3])
+                reply: Any = gov.acquire(msg[1], owner, msg[2], msg[3], len(msg) > 4 and bool(msg[4]))
+                if isinstance(reply, Paused):
+                    reply = {"paused": reply.seconds}
             elif op == "release":
                 gov.release(msg[1], msg[2], msg[3])
                 continue
@@ -213,16 +216,19 @@ class RemoteGovernor:
             self.close()
             raise GovernorUnavailable(f"host governor at {address} unreachable: {type(exc).__name__}: {exc}") from None
 
-    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> int | None:
+    def acquire(
+        self, host: str, owner: int, hold: float, wait_max: float, unless_paused: bool = False
+    ) -> int | Paused | None:
         """As :meth:`HostGovernor.acquire`; the server knows this thread's connection as ``owner``."""
         if self._fallback is None:
             try:
-                return self._call(("acquire", host, hold, wait_max), reply=True)
+                got = self._call(("acquire", host, hold, wait_max, unless_paused), reply=True)
+                return Paused(float(got["paused"])) if isinstance(got, dict) else got
             except _LOST as exc:
                 self._lose(exc)
         assert self._fallback is not None
-        got = self._fallback.acquire(host, owner, hold, wait_max)
-        return None if got is None else -got  # negative: the fallback's lease
+        mine = self._fallback.acquire(host, owner, hold, wait_max, unless_paused)
+        return mine if mine is None or isinstance(mine, Paused) else -mine  # negative: the fallback's lease
 
     def release(self, lease: int, outcome: int, retry_after: float | None = None) -> None:
         if lease < 0:

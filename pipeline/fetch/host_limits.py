@@ -7,6 +7,10 @@ the ``with`` body reports what the host answered (``slot.answered(status, retry_
 :class:`~exiflang.pipeline.fetch.politeness.HostGovernor`: in this process when it is the job's only one
 (``--executor local --workers 1``, tests), or in the driver, reached through
 :class:`~exiflang.pipeline.fetch.governor_service.RemoteGovernor`, when many processes share the job.
+
+A caller may offer to *park* instead of waiting out a host's pause (``slot(host, park=...)``):
+if the host is paused and ``park()`` grants a parking space, :class:`HostPaused` is raised at once
+and no slot is held; if no space is left the thread waits for the host as usual.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -25,6 +29,7 @@ from exiflang.pipeline.fetch.politeness import (
     THROTTLED,
     GovernorLimits,
     HostGovernor,
+    Paused,
 )
 
 _OWNERS = itertools.count(1)
@@ -33,13 +38,23 @@ _OWNERS = itertools.count(1)
 class Governor(Protocol):
     """What a limiter needs of a governor, local or remote."""
 
-    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> int | None: ...
+    def acquire(
+        self, host: str, owner: int, hold: float, wait_max: float, unless_paused: bool = False
+    ) -> int | Paused | None: ...
 
     def release(self, lease: int, outcome: int, retry_after: float | None = None) -> None: ...
 
 
 class LimiterClosed(Exception):
     """The limiter was closed while a thread waited for a slot."""
+
+
+class HostPaused(Exception):
+    """``host`` is paused for ``seconds`` more and the caller took a parking space instead of waiting."""
+
+    def __init__(self, host: str, seconds: float) -> None:
+        super().__init__(f"{host} paused for {seconds:.1f} s")
+        self.host, self.seconds = host, seconds
 
 
 class Slot:
@@ -83,14 +98,24 @@ class HostLimiter:
         return cls(HostGovernor(GovernorLimits(concurrency, rate, **limits)))
 
     @contextmanager
-    def slot(self, host: str) -> Iterator[Slot]:
-        """Hold one of ``host``'s slots for the body of the ``with``; raises LimiterClosed."""
+    def slot(self, host: str, park: Callable[[], bool] | None = None) -> Iterator[Slot]:
+        """Hold one of ``host``'s slots for the body of the ``with``; raises LimiterClosed.
+
+        ``park``: asked when the host is paused; True (a parking space is the caller's) raises
+        :class:`HostPaused` before any slot is held, False makes this call wait for the host.
+        """
         t0 = time.monotonic()
         granted = None
         while granted is None:
             if self._closed.is_set():
                 raise LimiterClosed("downloader closed")
-            granted = self.governor.acquire(host, self.owner, self.hold, self.wait_max)
+            got = self.governor.acquire(host, self.owner, self.hold, self.wait_max, park is not None)
+            if isinstance(got, Paused):
+                if park is not None and park():
+                    raise HostPaused(host, got.seconds)
+                park = None  # no space left: wait for the host here, as without parking
+                continue
+            granted = got
         slot = Slot(time.monotonic() - t0, granted)
         try:
             yield slot

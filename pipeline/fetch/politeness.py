@@ -25,6 +25,11 @@ microseconds.  Leases are counted where they are granted, so a lease held by a w
 dies is returned when its connection closes, and in any case ``hold`` seconds after it was
 granted (the client asks for more than its attempt can last).
 
+A caller that has better things to do than wait out a pause (a shard, which parks the row and
+fetches other hosts' rows meanwhile: :mod:`exiflang.pipeline.shards.window`) asks with
+``unless_paused``: a paused host then answers at once with :class:`Paused` (how long the pause
+still runs) instead of a lease.
+
 Nothing here does I/O; the blocking :meth:`HostGovernor.acquire` waits on a :class:`Clock`,
 which tests replace with a fake one to honour a ten-minute ``Retry-After`` without waiting.
 """
@@ -56,6 +61,13 @@ class Clock:
     def wait(self, cond: threading.Condition, seconds: float) -> None:
         """Wait on ``cond`` (held by the caller) for at most ``seconds``."""
         cond.wait(seconds)
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The answer to an ``unless_paused`` request for a paused host: no lease, and how long it waits."""
+
+    seconds: float  # > 0: what is left of the host's pause
 
 
 @dataclass
@@ -107,24 +119,29 @@ class HostGovernor:
         self._sweep_at = self._SWEEP_MIN
 
     # ---- the three calls a client makes ------------------------------------------------
-    def acquire(self, host: str, owner: int, hold: float, wait_max: float) -> int | None:
+    def acquire(
+        self, host: str, owner: int, hold: float, wait_max: float, unless_paused: bool = False
+    ) -> int | Paused | None:
         """A lease id for one request to ``host``, or None if none came within ``wait_max`` s.
 
         Waits while the host is paused or at its cap, then books the next start time of the
         rate schedule and waits for it too (the lease is already ours, so waiters cannot
-        bunch up).  The lease lapses ``hold`` s after its start if never given back.
+        bunch up).  The lease lapses ``hold`` s after its start if never given back.  With
+        ``unless_paused``, a host that is paused (or becomes so while this call waits for room)
+        answers :class:`Paused` at once instead.
         """
         clock = self.clock
         with self._lock:
             state = self._host(host)
             state.waiters += 1
             try:
-                granted = self._wait_for_room(state, clock.now() + wait_max)
+                granted = self._wait_for_room(state, clock.now() + wait_max, unless_paused)
             finally:
                 state.waiters -= 1
             if not granted:
+                left = state.paused_until - clock.now()
                 self._forget_if_idle(host, state)
-                return None
+                return Paused(left) if unless_paused and left > 0 else None
             lease, now = next(self._ids), clock.now()
             delay = self._book_start(state, now)
             state.leases.add(lease)
@@ -185,15 +202,18 @@ class HostGovernor:
             state = self._hosts[host] = _Host(self._lock)
         return state
 
-    def _wait_for_room(self, state: _Host, until: float) -> bool:
-        """Wait until ``state`` is neither paused nor full, or ``until``; True if there is room."""
+    def _wait_for_room(self, state: _Host, until: float, unless_paused: bool = False) -> bool:
+        """Wait until ``state`` is neither paused nor full, or ``until``; True if there is room.
+
+        ``unless_paused``: False as soon as the host is paused (the caller will not wait for it).
+        """
         cap = self.limits.concurrency
         while True:
             now = self.clock.now()
             self._reclaim_lapsed(state, now)
             if now >= state.paused_until and (cap <= 0 or len(state.leases) < cap):
                 return True
-            if now >= until:
+            if now >= until or (unless_paused and now < state.paused_until):
                 return False
             # A pause has a known end; a full host frees up on a release, which notifies.
             end = min(until, state.paused_until) if now < state.paused_until else until

@@ -1,6 +1,8 @@
 """The per-shard worker: source rows in, one tar + one Parquet table + one stats file out.
 
-A plain function, testable without Ray; the driver only fans it out.  Atomicity: tar and
+Plain functions, testable without Ray; the driver only fans them out, a task being a few
+consecutive shards built through one fetch window (:func:`process_shards`; rows of a paused
+host are parked meanwhile: :mod:`exiflang.pipeline.shards.window`).  Atomicity: tar and
 table are written to local temporary files and renamed into place (or, when the dataset
 folder is on an object store, uploaded whole once complete: :mod:`exiflang.pipeline.storage`); the
 stats file is written last and records both files' sizes and hashes, so a shard is whole
@@ -16,25 +18,25 @@ and raw bytes (:mod:`exiflang.pipeline.shards.files`).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import resource
 import time
-from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from collections import Counter
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline import storage
 from exiflang.pipeline.config import ShardConfig
-from exiflang.pipeline.fetch.download import Downloader, FetchResult
+from exiflang.pipeline.fetch.download import Downloader, FetchResult, RowFetch
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.shards.sample import SampleOutcome, process_bytes
 from exiflang.pipeline.shards.files import (TarShardWriter, is_utf8, json_bytes, remove_partial,
                                safe_text, shard_name, shard_paths, shard_problem, write_stats,
                                write_table)
+from exiflang.pipeline.shards.sample import SampleOutcome, process_bytes
+from exiflang.pipeline.shards.window import Parked, Window
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +99,13 @@ def _failed(location: str, status: str, error: str) -> FetchResult:
     return FetchResult(location, None, status, None, None, error, 0, 0.0)
 
 
-def _fetch(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader]) -> FetchResult:
-    """The row's bytes, or why there are none: its source's reason, a bad name, a failed fetch."""
+def _fetch(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader], job: Optional[RowFetch],
+           park: Callable[[], bool]) -> FetchResult | RowFetch:
+    """The row's bytes, or why there are none: its source's reason, a bad name, a failed fetch;
+    or, parked while its host is paused, the fetch's state (``job``: go on from there)."""
+    if job is not None:
+        assert downloader is not None
+        return downloader.proceed(job, park)
     if row.meta.get("source_error") and not row.location:
         # The source already knows this row is unusable (malformed line, no URL): report
         # its reason rather than the downloader's "invalid URL".
@@ -110,20 +117,29 @@ def _fetch(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader]) -
     if urls[0] is None:
         return _failed(row.location, st.BAD_SOURCE_ROW,
                        f"URL {safe_text(row.location)[:200]!r} holds a lone surrogate, not text")
-    return downloader.fetch(urls[0], [u for u in urls[1:] if u is not None])
+    job = downloader.begin(urls[0], [u for u in urls[1:] if u is not None])
+    return downloader.proceed(job, park)
+
+
+Handled = tuple[FetchResult, Optional[SampleOutcome]]
 
 
 def _handle_row(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader],
-                side: Optional[dict[str, str]]) -> tuple[FetchResult, Optional[SampleOutcome]]:
+                side: Optional[dict[str, str]], job: Optional[RowFetch] = None,
+                park: Callable[[], bool] = lambda: False) -> Handled | Parked:
     """Fetch one row and check its bytes (runs in a worker thread); never raises.
 
-    An unexpected exception costs this row only: download_failed while fetching,
-    decode_failed while checking the bytes.
+    Parked (:mod:`exiflang.pipeline.shards.window`) when its host is paused and ``park()``
+    grants a space; called again later with the ``job`` it parked with.  An unexpected
+    exception costs this row only: download_failed while fetching, decode_failed while
+    checking the bytes.
     """
     try:
-        fetched = _fetch(row, cfg, downloader)
+        fetched = _fetch(row, cfg, downloader, job, park)
     except Exception as exc:  # noqa: BLE001 - one row's bug must not fail the shard
         return _failed(row.location, st.DOWNLOAD_FAILED, f"internal error: {_one_line(exc)}"), None
+    if isinstance(fetched, RowFetch):
+        return Parked(fetched, fetched.pause)
     if fetched.status != st.SUCCESS or fetched.data is None:
         return fetched, None
     try:
@@ -137,29 +153,14 @@ def _one_line(exc: BaseException) -> str:
     return safe_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
 
 
-def _ordered(rows: Sequence[SourceRow], cfg: ShardConfig, downloader: Optional[Downloader],
-             side: dict[str, dict[str, str]]) -> Iterator[tuple[SourceRow, FetchResult, Optional[SampleOutcome]]]:
-    """Process rows on a thread pool, yielding in source order with a bounded window.
+def _window(cfg: ShardConfig, downloader: Optional[Downloader],
+            side: dict[str, dict[str, str]]) -> Window[SourceRow, Handled]:
+    """The shard's fetch window: rows in source order, rows of a paused host parked meanwhile."""
+    def handle(row: SourceRow, job: Optional[RowFetch], park: Callable[[], bool]) -> Handled | Parked:
+        return _handle_row(row, cfg, downloader, side.get(row.photo_id or ""), job, park)
 
-    The window bounds memory: at most ``2 * threads`` photos' bytes are held at once, even
-    when an early row is stuck in retries.
-    """
-    window: deque[tuple[SourceRow, Future]] = deque()
-    with ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="fetch") as pool:
-        try:
-            for row in rows:
-                fut = pool.submit(_handle_row, row, cfg, downloader, side.get(row.photo_id or ""))
-                window.append((row, fut))
-                if len(window) >= 2 * cfg.threads:
-                    r, f = window.popleft()
-                    yield (r, *f.result())
-            while window:
-                r, f = window.popleft()
-                yield (r, *f.result())
-        except BaseException:
-            # The shard failed (or its consumer stopped): rows still queued must not run on.
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    # Local files never wait for a host: nothing to park.
+    return Window(handle, cfg.threads, cfg.max_parked if downloader is not None else 0)
 
 
 def _table_row(shard: int, pos: int, row: SourceRow, fetched: FetchResult,
@@ -203,35 +204,70 @@ def process_shard(shard: int, rows: Sequence[SourceRow], cfg: ShardConfig) -> di
     redoes it from scratch otherwise.  Never raises on bad rows: each ends as a table row
     with a status.  Raises only on an unusable output folder (or the side EXIF index).
     """
+    return process_shards([(shard, rows)], cfg)[0]
+
+
+def process_shards(batch: Sequence[tuple[int, Sequence[SourceRow]]], cfg: ShardConfig) -> list[dict[str, Any]]:
+    """Build the shards of ``batch`` (consecutive ones, in order) through one fetch window; their stats.
+
+    One window for the whole batch: while a shard waits for its parked rows (a paused host),
+    the rows of the next shards are fetched (and spilled until their turn), so a pause does not
+    idle the worker at every shard's end.  Each shard is still written whole, in source order,
+    and committed as soon as its last row is in, exactly as :func:`process_shard` alone would.
+    Complete shards are skipped (their stats returned), incomplete ones redone from scratch.
+    """
     storage.configure(cfg.storage_options)   # this process may be a Ray or pool worker
     out_dir = storage.resolve(cfg.out_dir)
     storage.makedirs(out_dir)
-    paths = shard_paths(out_dir, shard)
-    problem = shard_problem(out_dir, shard)
-    if problem is None:
-        return json.loads(storage.read_bytes(paths["stats"]))
-    log.debug("shard %s: built from scratch (%s)", shard_name(shard), problem)
-    remove_partial(out_dir, shard)
-    t0 = time.time()
-    side = _side_exif(rows, cfg)
-    needs_http = any(r.path is None for r in rows)
+    stats: dict[int, dict[str, Any]] = {}
+    todo = []
+    for shard, rows in batch:
+        problem = shard_problem(out_dir, shard)
+        if problem is None:
+            stats[shard] = json.loads(storage.read_bytes(shard_paths(out_dir, shard)["stats"]))
+            continue
+        log.debug("shard %s: built from scratch (%s)", shard_name(shard), problem)
+        remove_partial(out_dir, shard)
+        todo.append((shard, rows))
+    side = {k: v for _, rows in todo for k, v in _side_exif(rows, cfg).items()}
+    needs_http = any(r.path is None for _, rows in todo for r in rows)
     downloader = Downloader(cfg.download) if needs_http else None
+    window = _window(cfg, downloader, side)
+    results = window.run(r for _, rows in todo for r in rows)
+    try:
+        for shard, rows in todo:
+            stats[shard] = _build(out_dir, shard, rows, itertools.islice(results, len(rows)), cfg, window)
+    finally:
+        results.close()  # a failed shard: the batch's queued rows must not run on
+        if downloader is not None:
+            downloader.close()
+    return [stats[shard] for shard, _ in batch]
+
+
+def _build(out_dir: storage.Location, shard: int, rows: Sequence[SourceRow],
+           results: Iterator[tuple[SourceRow, Handled]], cfg: ShardConfig,
+           window: Window[SourceRow, Handled]) -> dict[str, Any]:
+    """Write one shard from its rows' results (in order); commit it and return its stats."""
+    t0, parked0 = time.time(), window.stats()
+    paths = shard_paths(out_dir, shard)
     writer = TarShardWriter(paths["tar"])
     acc = _Accumulator(shard, cfg.dedup)
     try:
-        for pos, (row, fetched, out) in enumerate(_ordered(rows, cfg, downloader, side)):
+        n = 0
+        for pos, (row, (fetched, out)) in enumerate(results):
             acc.add(writer, pos, row, fetched, out)
+            n += 1
+        assert n == len(rows), f"shard {shard}: {n} of {len(rows)} rows came back"
         files = {"tar": writer.commit()}
     except BaseException:
         writer.abort()
         raise
-    finally:
-        if downloader is not None:
-            downloader.close()
     files["parquet"] = write_table(paths["parquet"], acc.table)
+    parking = {k: v - parked0[k] for k, v in window.stats().items() if k != "parked_peak"}
     stats = {"shard": shard, "rows": len(rows), "samples": writer.count,
              "status_counts": {s: acc.counts.get(s, 0) for s in st.STATUSES},
-             "tag_sources": dict(acc.tag_sources), **acc.totals,
+             "tag_sources": dict(acc.tag_sources), **acc.totals, "parking": parking,
+             # From this shard's first row written (its rows may have been fetched earlier).
              "started": t0, "seconds": round(time.time() - t0, 3),
              # Peak RSS of the process running this shard (a Ray worker or the driver).
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

@@ -14,7 +14,7 @@ import pytest
 from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.fetch.download import DownloadConfig, Downloader
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.shards.worker import _ordered
+from exiflang.pipeline.shards.worker import _window
 from exiflang.pipeline.sources.open import open_source
 from exiflang.pipeline.sources.yfcc_exif import YfccSideJoin
 from tests.http_server import LoopbackServer
@@ -32,7 +32,7 @@ def test_interrupted_shard_does_not_run_its_queued_rows(tmp_path):
         t0 = time.perf_counter()
         try:
             with pytest.raises(KeyboardInterrupt):
-                for _ in _ordered(rows, cfg, downloader, {}):
+                for _ in _window(cfg, downloader, {}).run(rows):
                     pass
         finally:
             timer.cancel()
