@@ -21,20 +21,17 @@ from exiflang.errors import DEBUG_FLAG, EXIT_BAD_INPUT, debug_enabled, pop_debug
 # name -> ("module:function", one-line help).  Imported lazily so that `exiflang shards`
 # never imports torch, and `pipeline` stays free of `train` / `eval`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "shards": ("exiflang.pipeline.build_shards:main", "build WebDataset shards + Parquet tables from photos"),
-    "synth": ("exiflang.pipeline.synth.corpus:main", "write a synthetic camera corpus (real JPEGs with EXIF)"),
-    "select-tags": ("exiflang.pipeline.shards.tags:main", "re-select the tag vocabulary from the Parquet tables"),
+    "shards": ("exiflang.pipeline.build_shards", "build WebDataset shards + Parquet tables from photos"),
+    "synth": ("exiflang.pipeline.synth.corpus", "write a synthetic camera corpus (real JPEGs with EXIF)"),
+    "select-tags": ("exiflang.pipeline.shards.tags", "re-select the tag vocabulary from the Parquet tables"),
     "convert-authors": ("exiflang.train.convert_authors", "convert the authors' released checkpoint"),
     "train": ("exiflang.train.main", "train the image + text encoders (one process; torchrun for DDP)"),
     "embed": ("exiflang.eval.embed.command", "embed the samples of shards with a trained model (npy + Parquet)"),
     "index": ("exiflang.eval.index.command", "build a FAISS index over embeddings, tuned to a recall target"),
-    "lookup": ("exiflang.eval.index.lookup:main", "nearest training photos and predicted EXIF for photos"),
+    "lookup": ("exiflang.commands.lookup", "nearest training photos and predicted EXIF for photos"),
     "eval-tags": ("exiflang.eval.tags.command", "per-tag accuracy: k-NN, zero-shot text, linear probe, majority"),
-    "detect": ("exiflang.eval.forensics.detect:main", "zero-shot splice detection and localization maps for images"),
-    "calibrate": (
-        "exiflang.eval.forensics.calibrate:main",
-        "reference detection scores on authentic photos (verdicts)",
-    ),
+    "detect": ("exiflang.commands.detect", "zero-shot splice detection and localization maps for images"),
+    "calibrate": ("exiflang.commands.calibrate", "reference detection scores on authentic photos (verdicts)"),
     "make-splices": ("exiflang.eval.benchmark.splices", "build a spliced/authentic test set from real photos"),
     "benchmark": (
         "exiflang.eval.benchmark.command",
@@ -46,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check-exif as a detector: true vs swapped EXIF, ROC-AUC / AP",
     ),
     "demo": ("exiflang.demo", "run the main job end to end on the offline default"),
-    "serve": ("exiflang.serve.main:main", "HTTP service + analyst's page: detect, lookup, check-exif"),
+    "serve": ("exiflang.serve.main", "HTTP service + analyst's page: detect, lookup, check-exif"),
 }
 
 

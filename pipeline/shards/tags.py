@@ -16,7 +16,8 @@ from typing import Any, Optional, Sequence
 
 import pyarrow.compute as pc
 
-from exiflang.errors import CommandError, naming, run_main
+from exiflang.command import Command
+from exiflang.errors import CommandError, naming
 from exiflang.pipeline import records as st
 from exiflang.pipeline import storage
 from exiflang.pipeline.shards.files import atomic_write_json, complete_shards, read_parquet, shard_paths
@@ -89,24 +90,26 @@ def write_sizes_and_summary(out_dir: storage.PathLike) -> dict[str, Any]:
     return summary
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """``exiflang select-tags --data DIR [--threshold 0.5]``: re-select the vocabulary only.
-
-    Exit status: 0 written; 2 no complete shards, a damaged table or an unwritable folder (one
-    line naming the file; :func:`exiflang.errors.run_main`).
-    """
-    return run_main("exiflang select-tags", _main, argv)
-
-
-def _main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="exiflang select-tags", description=(main.__doc__ or "").split("\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``exiflang select-tags``."""
     ap.add_argument("--data", required=True, help="dataset folder written by `exiflang shards`")
     ap.add_argument("--threshold", type=float, default=0.5,
                     help="keep tags present in more than this fraction of kept images")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Re-select the vocabulary of ``--data`` and write its ``tags.json`` (see SELECT_TAGS_DOC)."""
     out_dir = storage.resolve(args.data)
     if not complete_shards(out_dir):
         raise CommandError(out_dir, "no complete shards (no *_stats.json)")
     doc = write_tags(out_dir, args.threshold)
     print(f"{len(doc['tags'])} tags over {doc['num_images']} images -> {storage.join(out_dir, 'tags.json')}")
     return 0
+
+
+SELECT_TAGS_DOC = """Re-select the tag vocabulary (tags.json) from a dataset's Parquet tables; nothing is re-downloaded.
+
+Exit status: 0 written; 2 no complete shards, a damaged table or an unwritable folder (one line
+naming the file)."""
+COMMAND = Command(prog="exiflang select-tags", doc=SELECT_TAGS_DOC, add_arguments=add_arguments, run=run)
+main = COMMAND.main

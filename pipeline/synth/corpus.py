@@ -38,6 +38,7 @@ if __package__ in (None, ""):
 import numpy as np
 from tqdm import tqdm
 
+from exiflang.command import Command
 from exiflang.pipeline.synth.camera import SUBSAMPLING, CameraModel, capture, encode_jpeg
 from exiflang.pipeline.synth.exif import Shot, choose_shot, exif_dict, thumbnail, write_exif
 from exiflang.pipeline.synth.params import make_cameras
@@ -212,10 +213,8 @@ def _indices(text: str) -> range:
     return range(start, stop)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="exiflang synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``exiflang synth``."""
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--cameras", type=int, default=10, help="number of simulated cameras K")
     p.add_argument("--images", type=int, default=400, help="number of images N")
@@ -236,27 +235,24 @@ def parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes (output does not depend on it)"
     )
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _check(args: argparse.Namespace) -> None:
+    """ValueError (exit 2, one line) for sizes, counts or indices no corpus can have."""
     short = min(args.size) if args.size else round(args.min_size * 3 / 4)
     if short < MIN_SHORT_SIDE or (args.size is None and args.max_size < args.min_size):
-        print(
-            f"exiflang synth: images need a short side >= {MIN_SHORT_SIDE} px and min-size <= max-size", file=sys.stderr
-        )
-        return 2
+        raise ValueError(f"images need a short side >= {MIN_SHORT_SIDE} px and min-size <= max-size")
     if args.cameras < 1 or args.images < 0:
-        print("exiflang synth: --cameras must be >= 1 and --images >= 0", file=sys.stderr)
-        return 2
+        raise ValueError("--cameras must be >= 1 and --images >= 0")
     if args.indices is not None and not 0 <= args.indices.start < args.indices.stop <= args.images:
-        print(
-            f"exiflang synth: --indices {args.indices.start}:{args.indices.stop} must lie within "
-            f"0:{args.images} and not be empty",
-            file=sys.stderr,
+        raise ValueError(
+            f"--indices {args.indices.start}:{args.indices.stop} must lie within 0:{args.images} and not be empty"
         )
-        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the corpus ``args`` describe; 0 when written (bad options raise ValueError)."""
+    _check(args)
     rows = write_corpus(
         args.out,
         args.cameras,
@@ -271,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {len(rows)} images from {args.cameras} cameras to {args.out}")
     return 0
+
+
+COMMAND = Command(prog="exiflang synth", doc=__doc__, add_arguments=add_arguments, run=run)
+main = COMMAND.main
 
 
 if __name__ == "__main__":
