@@ -4,7 +4,7 @@ Cells are the default; full-size maps (``--full-maps``) were the old default.
 
 One photo, one model: the detection is run once per repeat and both writers are timed on it,
 alternating which goes first (A/B, B/A, ...); min and median over the repeats.  Also the whole
-per-photo time of ``exiflang detect`` (decode + detect + write, :func:`exiflang.eval.forensics.detect.process`)
+per-photo time of ``exiflang detect`` (decode + detect + write, :func:`exiflang.commands.detect.detect_one`)
 for each mode, alternated the same way.
 
     python benchmarks/detect_npz.py --model MODEL_DIR --photo PHOTO.jpg [--repeats 3]
@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from exiflang.eval.forensics.detect import process, write_outputs  # noqa: E402
-from exiflang.eval.forensics.detector import Detector  # noqa: E402
+import exiflang  # noqa: E402
+from exiflang.commands.detect import detect_one  # noqa: E402
+from exiflang.eval.forensics.detect import write_outputs  # noqa: E402
 from exiflang.eval.images import load_rgb  # noqa: E402
 
 MODES = {"cells (default)": False, "full maps (--full-maps)": True}
@@ -38,7 +39,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     rgb = load_rgb(Path(args.photo))
-    det = Detector(args.model, device="cpu")
+    model = exiflang.load(args.model, device="cpu")
     write_s = {m: [] for m in MODES}
     total_s = {m: [] for m in MODES}
     size = {}
@@ -46,7 +47,7 @@ def main() -> None:
         out = Path(tmp)
         for r in range(args.repeats):
             order = list(MODES) if r % 2 == 0 else list(MODES)[::-1]
-            result = det.detect(rgb)
+            result = model.detect(rgb, max_side=None).result
             for mode in order:
                 t0 = time.perf_counter()
                 rec = write_outputs(result, rgb, out / "w", "x", full_maps=MODES[mode])
@@ -54,7 +55,7 @@ def main() -> None:
                 size[mode] = Path(rec["outputs"]["npz"]).stat().st_size
             for mode in order:
                 t0 = time.perf_counter()
-                process(det, Path(args.photo), "y", out / "p", 1600, True, MODES[mode])
+                detect_one(model, Path(args.photo), "y", out / "p", full_maps=MODES[mode])
                 total_s[mode].append(time.perf_counter() - t0)
     h, w = rgb.shape[:2]
     print(f"photo {args.photo} ({w}x{h}, {w * h / 1e6:.1f} MP), model {args.model}, {args.repeats} repeats, CPU")

@@ -7,6 +7,7 @@
     index = exiflang.load_index("runs/demo/index")
     res = model.lookup("photo.jpg", index, k=10)             # res.neighbours, res.votes, res.known
     chk = model.check_exif("photo.jpg")                      # chk.score, chk.verdict, chk.per_tag
+    cal = model.calibrate(authentic_photo_paths)             # writes calibration.json: verdicts from now on
 
 An ``image`` is a path (``str`` / ``Path``), the file's ``bytes``, a ``PIL.Image`` or a ``uint8
 [H,W,3]`` array.  It is read with the pipeline's image policy (:mod:`exiflang.pipeline.image_policy`:
@@ -17,22 +18,27 @@ one-line ``FileNotFoundError`` / ``ValueError`` naming the file.  Loading never 
 the folder (JSON, safetensors, tokenizer files).
 
 Every result has ``to_json()`` (plain JSON types, no arrays).  The ``exiflang detect``,
-``lookup`` and ``check-exif`` commands and ``exiflang serve`` compute the same results.
+``calibrate`` and ``lookup`` commands (:mod:`exiflang.commands`), ``check-exif`` and ``exiflang
+serve`` run through this module: a command, a script and the service compute the same results.
+How detection runs (patch grid, normalized cuts, temperature) is one
+:class:`~exiflang.eval.forensics.settings.DetectorConfig` given to :func:`load`.
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import os
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Union
 
 import numpy as np
+
+from exiflang.eval.forensics.settings import DetectorConfig
 
 PathLike = Union[str, "os.PathLike[str]"]
 ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, Any]  # Any: PIL.Image
@@ -170,7 +176,8 @@ def _shrink(values: np.ndarray, size: tuple[int, int], nearest: bool = False) ->
 
 
 def map_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
-    """(h, w) of the returned maps: the photo's size scaled down so the longer side is <= ``max_side``."""
+    """(h, w) of the returned maps: the photo's size scaled down so the longer side is <= ``max_side``
+    (None: the photo's size; never scaled up)."""
     if not max_side or max(height, width) <= max_side:
         return height, width
     scale = max_side / max(height, width)
@@ -181,8 +188,14 @@ def map_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
 class Detection:
     """One photo's splice detection.
 
-    ``heatmap``: ``float32 [h,w]`` 0..1, high = spliced (mean-shift map); ``[h,w]`` is the photo's
-    ``image_size`` (H, W) scaled down to ``max_side`` on the longer side (equal when smaller).
+    The photo is analysed at full resolution whatever its size (the patch grid spans it), so
+    ``scores``, ``score``, ``verdict``, ``percentile`` and ``cell_map`` never depend on
+    ``max_side``: it only bounds what comes back for viewing.  The maps below are ``[h,w]`` = the
+    photo's ``image_size`` (H, W) scaled down so that the longer side is at most ``max_side``
+    (equal when smaller, or when ``max_side`` is None); :meth:`heatmap_png` draws at most that
+    size; ``result`` keeps the full-size maps and :meth:`save_npz` writes from it.
+
+    ``heatmap``: ``float32 [h,w]`` 0..1, high = spliced (mean-shift map).
     ``mask``: ``bool [h,w]`` (True = spliced) only when ``verdict`` is ``spliced``, else None (an
     outline is shown only for a splice the verdict stands behind); ``raw_mask``: the mean-shift
     mask always.
@@ -206,6 +219,7 @@ class Detection:
     image_size: tuple[int, int]
     result: Any = field(repr=False, default=None)
     extra: dict[str, Any] = field(default_factory=dict)
+    max_side: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Scores, verdict, sizes and the grid (no arrays)."""
@@ -224,26 +238,41 @@ class Detection:
         }
         return {**out, **self.extra}
 
-    def heatmap_png(self, overlay_on: ImageLike | None = None, max_side: int = 1600) -> bytes:
-        """PNG bytes: the heatmap in colour (``overlay_on=None``), or the photo and the heatmap over it
-        side by side with the splice outline when a mask is shown (the ``detect`` command's PNG)."""
+    def heatmap_png(self, overlay_on: ImageLike | None = None, max_side: int | None = None) -> bytes:
+        """PNG bytes: the heatmap in colour (``overlay_on=None``), or the photo beside the photo with
+        the heatmap blended in, drawn as the ``detect`` command draws its PNG (the masks outlined
+        only when the verdict is ``spliced``; the caption says verdict, score and percentile).
+
+        ``max_side``: the PNG's longer side at most, in pixels (None: the ``max_side`` the detection
+        was made with; None there too: the maps' size).  The overlay is drawn from the full-size
+        maps when ``overlay_on`` is the photo analysed (else from the returned maps, the photo
+        resized to them), so it is the same picture whatever ``max_side`` the maps came back at.
+        """
         from PIL import Image
 
         from exiflang.eval.forensics.overlay import colorize, render_overlay
 
+        bound = max_side if max_side is not None else self.max_side
         buf = io.BytesIO()
         if overlay_on is None:
-            Image.fromarray(colorize(self.heatmap)).save(buf, format="PNG")
+            h, w = map_size(self.heatmap.shape[0], self.heatmap.shape[1], bound)
+            Image.fromarray(colorize(_shrink(self.heatmap, (h, w)))).save(buf, format="PNG")
             return buf.getvalue()
         rgb = read_image(overlay_on)
-        if rgb.shape[:2] != self.heatmap.shape:
-            h, w = self.heatmap.shape
-            rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
-        mask = self.mask if self.mask is not None else np.zeros(self.heatmap.shape, bool)
+        res = self.result
+        if res is not None and rgb.shape[:2] == res.heatmap.shape:
+            heat, mask, ncuts = res.heatmap, res.mask, res.ncuts_mask
+        else:
+            heat, mask, ncuts = self.heatmap, self.raw_mask, None
+        if rgb.shape[:2] != heat.shape:
+            rgb = np.asarray(Image.fromarray(rgb).resize(heat.shape[::-1], Image.Resampling.BILINEAR))
         caption = f"{self.verdict}  score {self.score:.4g}" + (
             f"  {self.percentile:.0f}th pct of authentic" if self.percentile is not None else ""
         )
-        render_overlay(rgb, self.heatmap, mask, None, caption, max_side).save(buf, format="PNG")
+        # No bound: render_overlay never scales up, so a bound past the photo's size keeps it.
+        side = bound if bound is not None else 2 * rgb.shape[1] + rgb.shape[0] + 64
+        img = render_overlay(rgb, heat, mask, ncuts, caption, side, outlines=self.verdict == "spliced")
+        img.save(buf, format="PNG")
         return buf.getvalue()
 
     def save_npz(self, path: PathLike | IO[bytes], full_maps: bool = False) -> None:
@@ -264,6 +293,10 @@ class Lookup:
     ``votes``: ``{tag: [(value, share 0..1), ...]}`` most voted first (share = votes / neighbours
     having the tag).  ``known``: False = "unknown camera" (the photo is no closer to its
     neighbours than the index's photos are to theirs: do not trust the votes).
+    ``predictions``: ``{tag: {"value", "share", "votes", "cast", "n_with_tag", "similarity"}}``
+    (:mod:`exiflang.eval.index.votes`; similarity-weighted with ``weighted=True``).
+    ``familiarity``: ``{"known", "distance", "threshold", "rank"}`` behind ``known``
+    (:mod:`exiflang.eval.index.abstain`).  ``model_card``: one line, what the model was trained on.
     """
 
     neighbours: list[dict]
@@ -271,6 +304,8 @@ class Lookup:
     known: bool
     image_size: tuple[int, int]
     predictions: dict[str, dict] = field(default_factory=dict)
+    familiarity: dict[str, Any] = field(default_factory=dict)
+    model_card: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -280,6 +315,8 @@ class Lookup:
             "neighbours": self.neighbours,
             "votes": {t: [[v, round(s, 4)] for v, s in vs] for t, vs in self.votes.items()},
             "predictions": self.predictions,
+            "familiarity": self.familiarity,
+            "model_card": self.model_card,
             **self.extra,
         }
 
@@ -326,22 +363,73 @@ class ExifCheck:
         }
 
 
+@dataclass
+class Calibration:
+    """A model's detection reference, measured on authentic photos (:meth:`Model.calibrate`).
+
+    ``reference``: the :class:`exiflang.eval.forensics.calibration.Reference` (each score's sorted
+    values over the photos, the detector settings that produced them, the verdict ``band`` in
+    percentiles).  ``skipped``: one line per photo that could not be scored.  ``path``: the
+    ``calibration.json`` written, None when not saved.
+    """
+
+    reference: Any
+    skipped: list[str]
+    path: Path | None
+
+    def edges(self) -> tuple[float, float, float]:
+        """The default score's median and its values at the band's two percentiles."""
+        ref = self.reference
+        lo, hi = ref.band
+        q = np.percentile(ref.scores[ref.score], [50, lo, hi])
+        return float(q[0]), float(q[1]), float(q[2])
+
+    def to_json(self) -> dict[str, Any]:
+        ref = self.reference
+        median, lo, hi = self.edges()
+        return {
+            "photos": ref.photos,
+            "score": ref.score,
+            "band": list(ref.band),
+            "median": _num(median),
+            "edges": [_num(lo), _num(hi)],
+            "settings": ref.settings,
+            "skipped": self.skipped,
+            "path": None if self.path is None else str(self.path),
+        }
+
+
 # -- index ----------------------------------------------------------------------------------------
 
 
 class Index:
-    """An ``exiflang index`` folder, loaded (vectors, rows, settings).  ``size``: photos in it."""
+    """An ``exiflang index`` folder, loaded (vectors, rows, settings).  ``size``: photos in it.
 
-    def __init__(self, index_dir: PathLike) -> None:
+    ``grid``: ``{"patch", "per_side", "mode"}`` queries are embedded on: the grid the index's
+    vectors were embedded with (recorded in ``index.json``), with the overrides given to
+    :func:`load_index`.
+    """
+
+    def __init__(self, index_dir: PathLike, *, grid: dict | None = None) -> None:
+        from exiflang.eval.index.lookup import query_grid
         from exiflang.eval.index.run import VectorIndex
+        from exiflang.eval.index.thumbnails import Thumbnails
 
         self.dir = Path(index_dir)
         self.vectors = VectorIndex.load(self.dir)
         self.info: dict = self.vectors.info
+        self.grid: dict = query_grid(self.info, grid)
+        self.thumbnails = Thumbnails.open(self.dir, len(self.vectors))  # None: built without them
 
     @property
     def size(self) -> int:
         return len(self.vectors)
+
+    def thumbnail(self, row: int) -> bytes | None:
+        """The JPEG thumbnail of the photo at index row ``row`` (a neighbour's ``"row"``; longer side
+        <= 128 px, upright, no metadata), or None: the index was built without thumbnails, or its
+        photo could not be read then (:mod:`exiflang.eval.index.thumbnails`)."""
+        return None if self.thumbnails is None else self.thumbnails.get(int(row))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -350,12 +438,19 @@ class Index:
             "size": self.size,
             "dim": self.vectors.dim,
             "kind": self.info.get("kind"),
+            "grid": self.grid,
+            "thumbnails": 0 if self.thumbnails is None else len(self.thumbnails),
         }
 
 
-def load_index(index_dir: PathLike) -> Index:
-    """Load an ``exiflang index`` folder (one-line ``ValueError`` naming the file when it is not one)."""
-    return Index(index_dir)
+def load_index(index_dir: PathLike, *, grid: dict | None = None) -> Index:
+    """Load an ``exiflang index`` folder (one-line ``ValueError`` naming the file when it is not one).
+
+    ``grid``: ``{"patch", "per_side", "mode"}`` values (None: keep) put over the embedding grid the
+    index records, for experiments only: queries embedded on another grid than the index's vectors
+    are not comparable with them.
+    """
+    return Index(index_dir, grid=grid)
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -384,10 +479,21 @@ def _read_card(model_dir: Path) -> dict:
 
 
 class Model:
-    """A loaded model folder (see :func:`load`); thread-compatible, not re-entrant per call."""
+    """A loaded model folder (see :func:`load`); thread-compatible, not re-entrant per call.
+
+    ``detector_config``: the :class:`DetectorConfig` :meth:`detect` and :meth:`calibrate` run with
+    (its ``device`` and ``batch_size`` are the model's).
+    """
 
     def __init__(
-        self, model_dir: PathLike, *, device: str = "cpu", threads: int | None = None, reference: Any = None
+        self,
+        model_dir: PathLike,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        reference: Any = None,
+        detector: DetectorConfig | None = None,
+        batch_size: int | None = None,
     ) -> None:
         import torch
 
@@ -398,6 +504,9 @@ class Model:
             if int(threads) < 1:
                 raise ValueError(f"threads={threads}: must be at least 1")
             torch.set_num_threads(int(threads))
+        config = detector if detector is not None else DetectorConfig()
+        # One model on one device: the config's device and batch size are replaced (and checked) first.
+        self.detector_config = config.replace(device=device, batch_size=batch_size or config.batch_size)
         self.dir = Path(model_dir)
         self.device = device
         net, tokenizer, tags = ExifClip.from_pretrained(self.dir)
@@ -405,9 +514,9 @@ class Model:
         self.config = net.config
         self.vocab: list[str] = list(tags["tags"]) if tags and tags.get("tags") else []
         self._net, self._tokenizer = net, tokenizer
-        self._embedder = PatchEmbedder(net, device=device)
+        self._embedder = PatchEmbedder(net, device=device, batch_size=self.detector_config.batch_size)
         self._detectors: dict[bool, Any] = {}
-        self._searchers: dict[str, Any] = {}
+        self._searchers: dict[tuple, Any] = {}
         self._checkers: dict[str, Any] = {}
         self._reference = reference
         self._lock = threading.RLock()  # the caches below are filled once, also under a service's threads
@@ -441,34 +550,54 @@ class Model:
         return f"exiflang.api.Model({str(self.dir)!r}, embed_dim={self.config.embed_dim})"
 
     # -- detect
-    def _detector(self, ncuts: bool) -> Any:
-        with self._lock:
-            return self._detector_locked(ncuts)
-
-    def _detector_locked(self, ncuts: bool) -> Any:
-        from exiflang.eval.forensics.calibration import load_reference
+    def _new_detector(self, ncuts: bool) -> Any:
+        """A detector of this model with the model's config (no reference attached)."""
         from exiflang.eval.forensics.detector import Detector
 
-        if ncuts not in self._detectors:
-            if self._detectors:  # same weights and embedder, only the ncuts switch differs
-                det = copy.copy(next(iter(self._detectors.values())))
-                det.ncuts = ncuts
-            else:
-                det = Detector.from_model(self._net, device=self.device, ncuts=ncuts)
-                det.model_dir = self.dir
-                det.reference = load_reference(self.dir)  # the folder's calibration.json, if any
-            self._detectors[ncuts] = det
-        return self._detectors[ncuts]
+        det = Detector.from_model(self._net, self.detector_config.replace(ncuts=ncuts))
+        det.model_dir = self.dir  # recorded in its settings, as `Detector(model_dir)` does
+        return det
 
-    def detect(self, image: ImageLike, *, max_side: int | None = 1600, ncuts: bool = True) -> Detection:
-        """Zero-shot splice detection of one photo (full resolution; maps returned at <= ``max_side``)."""
+    def detector(self, ncuts: bool | None = None) -> Any:
+        """The :class:`exiflang.eval.forensics.detector.Detector` behind :meth:`detect` (built once per
+        ``ncuts``, None: the config's; cached): its ``settings`` and ``reference`` (the folder's
+        ``calibration.json``, or None) are what a detection depends on.  One-line ValueError for a
+        damaged ``calibration.json``."""
+        from exiflang.eval.forensics.calibration import load_reference
+
+        on = self.detector_config.ncuts if ncuts is None else bool(ncuts)
+        with self._lock:
+            if on not in self._detectors:
+                det = self._new_detector(on)
+                det.reference = load_reference(self.dir)
+                self._detectors[on] = det
+            return self._detectors[on]
+
+    def detect(
+        self, image: ImageLike, *, max_side: int | None = 1600, ncuts: bool | None = None, name: str | None = None
+    ) -> Detection:
+        """Zero-shot splice detection of one photo.
+
+        The photo is analysed at full resolution, whatever ``max_side``: the patch grid of the
+        model's :class:`DetectorConfig` (30 patches along the longer side by default) spans the
+        whole photo, so scores, verdict and ``cell_map`` do not depend on ``max_side``.
+        ``max_side`` bounds only what comes back for viewing: the maps (``heatmap``, ``mask``,
+        ``raw_mask``, ``ncuts_heatmap``) are scaled so that their longer side is at most
+        ``max_side`` pixels (None: the photo's size), and :meth:`Detection.heatmap_png` draws at
+        most that size; :attr:`Detection.result` keeps the full-size maps and
+        :meth:`Detection.save_npz` writes from it.  ``ncuts``: also the normalized-cuts map (None:
+        the config's, on by default).  ``name``: how an error names the photo (default: its path,
+        ``<bytes>`` or ``<array>``; give the file's name when passing pixels you decoded).
+        """
         from exiflang.eval.forensics.scores import DEFAULT_SCORE
 
+        if max_side is not None and max_side < 1:
+            raise ValueError(f"max_side={max_side}: must be at least 1 (None: the photo's size)")
         rgb = read_image(image)
         try:
-            res = self._detector(bool(ncuts)).detect(rgb)
+            res = self.detector(ncuts).detect(rgb)
         except ValueError as exc:  # smaller than one patch
-            raise ImageInputError(f"{_name_of(image)}: {exc}") from None
+            raise ImageInputError(f"{name or _name_of(image)}: {exc}") from None
         size = map_size(rgb.shape[0], rgb.shape[1], max_side)
         raw = _shrink(res.mask, size)
         extra = {"verdict_reason": res.verdict_reason, "reference": res.reference}
@@ -485,7 +614,40 @@ class Model:
             image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
             result=res,
             extra=extra,
+            max_side=max_side,
         )
+
+    def calibrate(
+        self,
+        photos: Sequence[PathLike],
+        *,
+        band: tuple[float, float] = (90.0, 99.0),
+        source: str = "",
+        save: bool = True,
+    ) -> Calibration:
+        """Measure the detection reference on ``photos``: files of photos known to be authentic
+        (what ``exiflang calibrate`` does; docs/forensics.md).
+
+        Each photo is scored as :meth:`detect` scores it (this model's config and grid, full
+        resolution; scores only, no maps).  ``band``: percentiles (LOW, HIGH) of those scores: a
+        detection below LOW is ``authentic``, from HIGH ``spliced``, between ``inconclusive``.
+        ``source``: what the photos are, recorded in the reference.  With ``save`` the reference is
+        written to the folder's ``calibration.json`` (replacing one there) and every later
+        :meth:`detect` is judged against it.  One-line ValueError, nothing written, when fewer than
+        :data:`exiflang.eval.forensics.calibration.MIN_PHOTOS` photos could be scored.
+        """
+        from exiflang.eval.forensics.calibrate import calibrate
+        from exiflang.eval.forensics.calibration import save_reference
+
+        # A fresh detector: an existing (even damaged) calibration.json plays no part in a new one.
+        ref, skipped = calibrate(self._new_detector(False), [Path(p) for p in photos], source=source, band=band)
+        path = None
+        if save:
+            path = save_reference(self.dir, ref)
+            with self._lock:
+                for det in self._detectors.values():
+                    det.reference = ref
+        return Calibration(reference=ref, skipped=skipped, path=path)
 
     # -- embed
     def _photo_encoder(self, grid: dict) -> Any:
@@ -505,42 +667,57 @@ class Model:
         return self._embed_rgb(read_image(image), {"patch": patch, "per_side": per_side, "mode": mode}, _name_of(image))
 
     # -- lookup
-    def _searcher(self, index: Index) -> Any:
-        key = str(index.dir.resolve())
-        with self._lock:
-            return self._searchers[key] if key in self._searchers else self._new_searcher(key, index)
-
-    def _new_searcher(self, key: str, index: Index) -> Any:
+    def searcher(self, index: Index | PathLike) -> Any:
+        """The :class:`exiflang.eval.index.lookup.Searcher` :meth:`lookup` uses for ``index`` (built
+        once per index folder and grid, cached; it shares this model's weights and the loaded
+        index).  One-line ValueError naming the files when the index was built with another model
+        (another tag vocabulary or dimension)."""
         from exiflang.eval.index.lookup import Searcher
 
-        if key not in self._searchers:
-            s = Searcher(self.dir, index.dir, device=self.device)
-            s.index = index.vectors  # share the loaded index and weights: one copy of each
-            s.encoder.embedder = self._embedder
-            self._searchers[key] = s
-        return self._searchers[key]
+        index = index if isinstance(index, Index) else load_index(index)
+        key = (str(index.dir.resolve()), tuple(sorted(index.grid.items())))
+        with self._lock:
+            if key not in self._searchers:
+                index.vectors.check_model(self.dir)
+                self._searchers[key] = Searcher.from_parts(
+                    index.vectors, self._embedder, self.vocab, self.card, index.grid
+                )
+            return self._searchers[key]
 
-    def lookup(self, image: ImageLike, index: Index | PathLike, k: int = 10) -> Lookup:
-        """The ``k`` nearest photos of ``index`` (embedded as the index was) and their per-tag votes."""
+    def lookup(
+        self,
+        image: ImageLike,
+        index: Index | PathLike,
+        k: int = 10,
+        *,
+        weighted: bool = False,
+        tags: Sequence[str] | None = None,
+    ) -> Lookup:
+        """The ``k`` nearest photos of ``index`` (the photo embedded as the index's photos were) and
+        their per-tag votes.  ``weighted``: votes weighted by similarity; ``tags``: the tags voted
+        on (default: the model's vocabulary)."""
         if k < 1:
             raise ValueError(f"k={k}: must be at least 1")
         index = index if isinstance(index, Index) else load_index(index)
-        searcher = self._searcher(index)
+        searcher = self.searcher(index)
         rgb = read_image(image)
         try:
             query = searcher.encoder.embed([rgb])
-        except ValueError as exc:
+        except ValueError as exc:  # smaller than one patch
             raise ImageInputError(f"{_name_of(image)}: {exc}") from None
-        ans = searcher.answer(query, k, False, self.vocab)[0]
+        wanted = list(tags) if tags else self.vocab
+        ans = searcher.answer(query, k, weighted, wanted)[0]
         neighbours = [{"row": int(_row(index, n)), **n} for n in ans["neighbours"]]
-        extra = {key: v for key, v in ans.items() if key not in ("neighbours", "predictions", "known")}
+        named = ("neighbours", "predictions", "known", "familiarity", "model_card")
         return Lookup(
             neighbours=neighbours,
-            votes=_votes(neighbours, self.vocab),
+            votes=_votes(neighbours, wanted),
             known=bool(ans.get("known", True)),
             image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
             predictions=ans.get("predictions", {}),
-            extra=extra,
+            familiarity=ans.get("familiarity", {}),
+            model_card=ans.get("model_card", ""),
+            extra={key: v for key, v in ans.items() if key not in named},
         )
 
     # -- check-exif
@@ -654,12 +831,26 @@ def _votes(neighbours: list[dict], vocab: list[str], top: int = 5) -> dict[str, 
     return out
 
 
-def load(model_dir: PathLike, *, device: str = "cpu", threads: int | None = None, reference: Any = None) -> Model:
+def load(
+    model_dir: PathLike,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    reference: Any = None,
+    detector: DetectorConfig | None = None,
+    batch_size: int | None = None,
+) -> Model:
     """Load a model folder (a trained run's ``model/`` or a converted authors' checkpoint).
 
-    ``device``: ``cpu`` | ``cuda`` | ``auto``; ``threads``: CPU threads torch may use (None: its
-    default).  ``reference``: the default reference of :meth:`Model.check_exif` (an index,
-    embeddings or shards folder, or an :class:`Index`); None -> the model's training shards when
-    they can be found.
+    ``device``: ``cpu`` | ``cuda`` | ``cuda:N`` | ``auto``; ``threads``: CPU threads torch may use
+    (None: its default).  ``reference``: the default reference of :meth:`Model.check_exif` (an
+    index, embeddings or shards folder, or an :class:`Index`); None -> the model's training
+    shards when they can be found.  ``detector``: how :meth:`Model.detect` and
+    :meth:`Model.calibrate` run (a :class:`DetectorConfig`: patch size, patches per side,
+    normalized cuts, temperature, ...; default: the authors' grid of 30 patches per side); its
+    ``device`` and ``batch_size`` are replaced by this call's, as the model runs on one device.
+    ``batch_size``: patches per forward pass of every call (None: the config's, 256).
     """
-    return Model(model_dir, device=device, threads=threads, reference=reference)
+    return Model(
+        model_dir, device=device, threads=threads, reference=reference, detector=detector, batch_size=batch_size
+    )

@@ -104,6 +104,67 @@ def test_detect_equals_detector_arrays(model, tiny, photo) -> None:
         np.testing.assert_allclose(z["heatmap"], ref.heatmap, atol=1e-5)
 
 
+def test_max_side_bounds_the_maps_not_the_analysis(model, photo) -> None:
+    """The photo is analysed at full resolution whatever max_side: the same scores, verdict and
+    cell map; only the returned maps and the PNGs are bounded."""
+    full = model.detect(photo, max_side=None)
+    small = model.detect(photo, max_side=100)
+    h, w = full.image_size
+    assert full.heatmap.shape == (h, w) and max(small.heatmap.shape) == 100 < max(h, w)
+    assert small.raw_mask.shape == small.ncuts_heatmap.shape == small.heatmap.shape
+    assert small.scores == pytest.approx(full.scores, abs=1e-6) and small.verdict == full.verdict
+    np.testing.assert_allclose(small.cell_map, full.cell_map, atol=1e-6)
+    assert small.result.heatmap.shape == (h, w)  # the full-size maps are kept
+    assert max(Image.open(io.BytesIO(small.heatmap_png())).size) == 100
+    overlay = Image.open(io.BytesIO(small.heatmap_png(overlay_on=photo)))
+    assert max(overlay.size) <= 100
+    # Drawn from the full-size maps: the same picture as from a full-size detection at that bound.
+    assert small.heatmap_png(overlay_on=photo) == full.heatmap_png(overlay_on=photo, max_side=100)
+    with pytest.raises(ValueError, match="max_side=0"):
+        model.detect(photo, max_side=0)
+
+
+def test_detector_config_given_to_load(tiny, photo) -> None:
+    from exiflang.eval.forensics.detector import Detector
+
+    config = api.DetectorConfig(per_side=3, ncuts=False, device="cuda:7", batch_size=7)
+    coarse = exiflang.load(tiny.model, detector=config, batch_size=32)
+    assert coarse.detector_config == config.replace(device="cpu", batch_size=32)  # the model's device
+    det = coarse.detect(photo)
+    assert det.ncuts_heatmap is None and det.result.grid.count <= 16
+    ref = Detector(tiny.model, per_side=3, ncuts=False, device="cpu").detect(api.read_image(photo))
+    assert det.scores == pytest.approx(ref.scores, abs=1e-6) and det.result.settings == ref.settings
+    assert coarse.detect(photo, ncuts=True).ncuts_heatmap is not None
+    with pytest.raises(api.ImageInputError, match=r"^frame 7: .*smaller than one 124x124 patch"):
+        coarse.detect(np.zeros((100, 100, 3), np.uint8), name="frame 7")
+
+
+def test_calibrate_writes_the_reference_detect_judges_against(tiny, tmp_path) -> None:
+    import shutil
+
+    from exiflang.eval.forensics.calibration import REFERENCE
+
+    folder = shutil.copytree(tiny.model, tmp_path / "model")
+    m = exiflang.load(folder, detector=api.DetectorConfig(per_side=2))
+    photos = sorted(tiny.train_photos.iterdir())
+    assert m.detect(photos[0]).verdict == "unknown"
+    with pytest.raises(ValueError, match="at least 10"):
+        m.calibrate(photos[:3])
+    assert not (folder / REFERENCE).exists()
+    cal = m.calibrate([*photos, tmp_path / "gone.jpg"], source="train photos")
+    assert cal.path == folder / REFERENCE and cal.path.is_file()
+    assert cal.reference.photos == len(photos) and cal.reference.settings["per_side"] == 2
+    assert len(cal.skipped) == 1 and "gone.jpg" in cal.skipped[0]
+    doc = cal.to_json()
+    json.dumps(doc)
+    assert doc["edges"][0] <= doc["edges"][1] and doc["band"] == [90.0, 99.0]
+    judged = m.detect(photos[0])  # judged from now on, and by a fresh load of the folder
+    assert judged.verdict in ("authentic", "inconclusive", "spliced") and 0 <= judged.percentile <= 100
+    again = exiflang.load(folder, detector=api.DetectorConfig(per_side=2)).detect(photos[0])
+    assert again.percentile == judged.percentile
+    assert exiflang.load(folder).detect(photos[0]).verdict == "unknown"  # another grid: not judged
+
+
 def test_map_size_and_shrink() -> None:
     assert api.map_size(3000, 4000, 1600) == (1200, 1600)
     assert api.map_size(300, 400, 1600) == (300, 400)
@@ -135,6 +196,34 @@ def test_lookup_equals_searcher(model, tiny, photo) -> None:
     assert isinstance(res.known, bool)
     json.dumps(res.to_json())
     assert model.lookup(photo.read_bytes(), tiny.index, k=3).neighbours == res.neighbours  # a path works too
+    assert res.familiarity["known"] == res.known and res.model_card == ""
+    assert res.predictions == ref["predictions"] and res.familiarity == ref["familiarity"]
+
+
+def test_lookup_weighted_tags_and_grid(model, tiny, photo) -> None:
+    from exiflang.eval.index.lookup import lookup_photos
+
+    res = model.lookup(photo, tiny.index, k=4, weighted=True, tags=["Make", "Model"])
+    ref = lookup_photos(tiny.model, tiny.index, [photo], k=4, weighted=True, tags=["Make", "Model"], device="cpu")
+    assert list(res.predictions) == ["Make", "Model"] == list(res.votes)
+    assert res.predictions == ref[0]["predictions"]
+    index = exiflang.load_index(tiny.index, grid={"per_side": 3, "patch": None})
+    assert index.grid == {"patch": 124, "per_side": 3, "mode": "grid"}
+    other = model.lookup(photo, index, k=4)
+    ref = lookup_photos(tiny.model, tiny.index, [photo], k=4, grid={"per_side": 3}, device="cpu")[0]
+    assert [n["key"] for n in other.neighbours] == [n["key"] for n in ref["neighbours"]]
+    assert model.searcher(index) is not model.searcher(tiny.index)  # one per grid
+
+
+def test_searcher_refuses_an_index_of_another_model(tiny, tmp_path) -> None:
+    import shutil
+
+    other = shutil.copytree(tiny.model, tmp_path / "other")
+    tags = json.loads((other / "tags.json").read_text())
+    tags["tags"] = tags["tags"][:-1]
+    (other / "tags.json").write_text(json.dumps(tags))
+    with pytest.raises(ValueError, match=r"tags\.json"):
+        exiflang.load(other).searcher(tiny.index)
 
 
 def test_check_exif_inputs_and_fields(model, tiny, photo) -> None:
@@ -329,6 +418,7 @@ def test_docs_api_examples_run(tiny, photo, monkeypatch, capsys) -> None:
         "EXIFLANG_INDEX": tiny.index,
         "EXIFLANG_PHOTO": photo,
         "EXIFLANG_REFERENCE": tiny.emb,
+        "EXIFLANG_AUTHENTIC": tiny.train_photos,
     }.items():
         monkeypatch.setenv(name, str(value))
     namespace: dict = {"__name__": "docs_api"}
@@ -336,3 +426,4 @@ def test_docs_api_examples_run(tiny, photo, monkeypatch, capsys) -> None:
         exec(compile(block, f"docs/api.md[python block {i + 1}]", "exec"), namespace)
     out = capsys.readouterr().out
     assert "not a readable image" in out and namespace["chk"].verdict != "no-exif"
+    assert namespace["cal"].reference.photos == 12 and namespace["cal"].path is None  # save=False: nothing written

@@ -1,37 +1,18 @@
-"""The ``exiflang detect`` command: splice heatmaps, masks and scores for photos, written per image.
+"""What ``exiflang detect`` leaves per photo, and how a rerun knows what is already done.
 
-    exiflang detect --model MODEL_DIR IMAGE_OR_FOLDER... --out DIR [--grid paper]
-        [--patches-per-side N] [--patch-size P] [--batch-size B] [--device auto|cpu|cuda]
-        [--no-ncuts] [--tau T] [--legacy-negative] [--max-side 1600] [--no-compress] [--force]
-        [--include-masks] [--full-maps]
-
-Per image (``NAME`` = the file stem, made unique when two inputs share it): ``DIR/NAME.npz``
-(the keys of :func:`write_outputs`: maps on the grid's cells, a few kB; ``--full-maps`` adds the
-image-size maps, tens of MB for a 12-MP photo; :func:`exiflang.eval.forensics.maps.full_maps`
-rebuilds them from the cells), ``DIR/NAME.png`` (:mod:`exiflang.eval.forensics.overlay`; the splice
-outline is drawn only when the verdict is "spliced") and one line of ``DIR/results.jsonl``; a
-summary table at the end.  Each detection carries a ``verdict`` and ``percentile`` against the
-model folder's authentic reference scores (:mod:`exiflang.eval.forensics.calibration`; "unknown"
-without one), and the terminal's first line says what the model was trained on (its model card).
-An image whose line says it was done with the same source file and settings, and whose npz and
-png exist, is skipped unless ``--force``; ``results.jsonl`` is then rewritten with one line per
-name (earlier lines kept, redone ones replaced, in first-seen order).  Failed images get a line
-with ``"status": "error"`` and are retried on the next run.  Files found in a folder that are
-named like ground-truth masks (``*_mask.*``, ``*_gt.*``, ``masks/``, ``ground-truth/``:
-:func:`exiflang.eval.benchmark.datasets.is_mask_file`) are left out, with a count on the terminal,
-unless ``--include-masks``; files named one by one are always run.
-
-Exit codes: 0 every image answered (or skipped as done); 1 some images failed, the rest were
-answered; 2 bad usage, an unusable model folder or output folder, no input images, or every image
-failed (one line ``exiflang detect: error: FILE: reason``; :mod:`exiflang.errors`).
+The command itself is :mod:`exiflang.commands.detect` (it detects through the Python API,
+:meth:`exiflang.api.Model.detect`); this module is the part of it that benchmarks and the demo
+share: :func:`write_outputs` (``NAME.npz`` with the keys of :func:`npz_arrays`, ``NAME.png``
+through :mod:`exiflang.eval.forensics.overlay`, and the JSON record), ``results.jsonl``
+(:func:`read_results`), one unique output name per input (:func:`assign_names`), the
+"already done" test (:func:`is_done`), the inputs of a run (:func:`find_inputs`: folders
+expanded, files named like ground-truth masks left out) and the summary table (:func:`fmt_table`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,17 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from exiflang.errors import CommandError, check_out_dir, run_main
 from exiflang.eval.benchmark.datasets import is_mask_file
 from exiflang.eval.embed.patches import Grid
-from exiflang.eval.forensics.detector import CODE_PER_SIDE, PAPER_PER_SIDE, PATCH, DetectionResult, Detector
+from exiflang.eval.forensics.detector import DetectionResult
 from exiflang.eval.forensics.overlay import write_overlay
 from exiflang.eval.forensics.scores import DEFAULT_SCORE
-from exiflang.eval.images import ImageError, expand_inputs, load_rgb
-from exiflang.train.card import describe, read_model_card
+from exiflang.eval.images import expand_inputs
 
 RESULTS = "results.jsonl"
-PROG = "exiflang detect"
 
 
 def write_outputs(
@@ -185,6 +163,16 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def write_results(path: Path, earlier: dict[str, dict[str, Any]], records: Iterable[dict[str, Any]]) -> None:
+    """Rewrite ``results.jsonl`` with one line per name: ``earlier`` lines kept, ``records`` (this
+    run's) replacing those of the same name, in first-seen order; written to a temp name, then renamed."""
+    merged = dict(earlier)
+    merged.update({r["name"]: r for r in records})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in merged.values()))
+    tmp.replace(path)
+
+
 def assign_names(paths: list[Path], earlier: dict[str, dict[str, Any]]) -> list[str]:
     """One output name per input: its stem, ``stem-2``, ``stem-3``... when taken.
 
@@ -244,38 +232,6 @@ def is_done(
     )
 
 
-def process(
-    detector: Detector,
-    path: Path,
-    name: str,
-    out_dir: Path,
-    max_side: int,
-    compress: bool = True,
-    full_maps: bool = False,
-) -> dict[str, Any]:
-    """Load, detect and write one image -> its ``ok`` record (ImageError/ValueError on bad input)."""
-    t0 = time.perf_counter()
-    stamp = source_stamp(path) if path.is_file() else None
-    rgb = load_rgb(path)
-    load_s = time.perf_counter() - t0
-    try:
-        result = detector.detect(rgb)
-    except ValueError as exc:  # smaller than one patch, wrong pixel layout
-        raise ImageError(path, str(exc)) from None
-    result.timings["load"] = load_s
-    rec = write_outputs(result, rgb, out_dir, name, max_side, compress, full_maps)
-    card = describe(read_model_card(detector.model_dir)) if detector.model_dir else ""
-    return {
-        "name": name,
-        "path": source_key(path),
-        "status": "ok",
-        "source": stamp,
-        **rec,
-        "settings": detector.settings,
-        "model_card": card,
-    }
-
-
 def fmt_table(records: Iterable[dict[str, Any]], states: dict[str, str]) -> str:
     """The terminal summary: name | size | patches | score_exp | score_mean_dist | percentile | verdict |
     splice area % | seconds | status."""
@@ -317,69 +273,7 @@ def fmt_table(records: Iterable[dict[str, Any]], states: dict[str, str]) -> str:
     return "\n".join([line(head), "-+-".join("-" * w for w in widths), *map(line, rows)])
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Zero-shot splice detection and localization maps.")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="images, or folders searched recursively")
-    p.add_argument("--model", required=True, help="model folder (exiflang train's run/model)")
-    p.add_argument("--out", required=True, help="output folder: NAME.npz, NAME.png, results.jsonl")
-    p.add_argument(
-        "--grid",
-        choices=("code", "paper"),
-        default=None,
-        help=f"code: {CODE_PER_SIDE} patches along the longest side (default); paper: {PAPER_PER_SIDE}",
-    )
-    p.add_argument("--patches-per-side", type=int, default=None, help="patches along the longest side")
-    p.add_argument("--patch-size", type=int, default=PATCH, help=f"patch size in pixels (default {PATCH})")
-    p.add_argument("--batch-size", type=int, default=256, help="patches per forward pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--no-ncuts", action="store_true", help="skip the normalized-cuts mask")
-    p.add_argument("--tau", type=float, default=None, help="score_exp temperature (default 1/logit scale)")
-    p.add_argument(
-        "--legacy-negative",
-        action="store_true",
-        help="reproduce the authors' evaluator bug: patches become photographic negatives",
-    )
-    p.add_argument("--max-side", type=int, default=1600, help="long side of the PNG overlay, pixels")
-    p.add_argument("--no-compress", action="store_true", help="plain npz: faster to write, larger")
-    p.add_argument(
-        "--full-maps",
-        action="store_true",
-        help="also store the image-size maps in the npz (tens of MB per 12-MP photo; "
-        "by default the maps stay on the grid's cells, a few kB)",
-    )
-    p.add_argument("--force", action="store_true", help="redo images already done")
-    p.add_argument(
-        "--include-masks",
-        action="store_true",
-        help="also run on files in folders named like ground-truth masks (*_mask, masks/, ...)",
-    )
-    return p
-
-
-def _per_side(args: argparse.Namespace) -> int:
-    grid_n = PAPER_PER_SIDE if args.grid == "paper" else CODE_PER_SIDE
-    if args.patches_per_side is not None and args.grid is not None and args.patches_per_side != grid_n:
-        raise ValueError(
-            f"--grid {args.grid} means {grid_n} patches per side, --patches-per-side says {args.patches_per_side}"
-        )
-    return args.patches_per_side if args.patches_per_side is not None else grid_n
-
-
-def _check_device(device: str) -> None:
-    """A one-line ValueError naming ``--device`` for a device torch does not know or cannot use."""
-    import torch
-
-    if device == "auto":
-        return
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise ValueError(f"--device {device}: not a device (auto, cpu, cuda, cuda:N, mps)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-
-
-def _inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tuple[list[Path], int]:
+def find_inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tuple[list[Path], int]:
     """(inputs to run, how many mask-named files in the named folders were left out).
 
     Folders are expanded (:func:`exiflang.eval.images.expand_inputs`); duplicates are dropped, and so is
@@ -400,106 +294,3 @@ def _inputs(items: list[str], out_dir: Path, include_masks: bool = False) -> tup
                 continue
             paths.append(p)
     return paths, masks
-
-
-def run(
-    detector: Detector,
-    paths: list[Path],
-    out_dir: Path,
-    force: bool = False,
-    max_side: int = 1600,
-    compress: bool = True,
-    full_maps: bool = False,
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Process ``paths`` into ``out_dir`` -> (this run's records in input order, name -> state)."""
-    from tqdm import tqdm
-
-    log_path = out_dir / RESULTS
-    earlier = read_results(log_path)
-    names = assign_names(paths, earlier)
-    records, states = [], {}
-    # A rerun asking for full maps, or judging against another reference, is not "already done".
-    ref = detector.reference.info() if detector.reference is not None else {}
-    expect = {"maps": "full" if full_maps else "cells", "reference": ref}
-    with open(log_path, "a") as log, tqdm(total=len(paths), desc="detect", unit="img", disable=None) as bar:
-        for path, name in zip(paths, names):
-            if not force and is_done(earlier.get(name), path, detector.settings, expect):
-                records.append(earlier[name])
-                states[name] = "skipped"
-            else:
-                try:
-                    rec = process(detector, path, name, out_dir, max_side, compress, full_maps)
-                    states[name] = "done"
-                except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-                    msg = str(exc) if isinstance(exc, ImageError) else f"{path}: {type(exc).__name__}: {exc}"
-                    rec = {"name": name, "path": source_key(path), "status": "error", "error": " ".join(msg.split())}
-                    states[name] = "error"
-                    bar.write(f"{PROG}: {rec['error']}", file=sys.stderr)
-                records.append(rec)
-                log.write(json.dumps(rec) + "\n")
-                log.flush()  # progress survives a kill: the next run skips what is done
-            bar.update(1)
-    merged = dict(earlier)
-    merged.update({r["name"]: r for r in records})
-    tmp = out_dir / f".{RESULTS}.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in merged.values()))
-    tmp.replace(log_path)
-    return records, states
-
-
-def model_line(model_dir: str | Path) -> str:
-    """The one line saying what the model knows (its card), or that nothing says so."""
-    line = describe(read_model_card(model_dir))
-    return f"model: {line}" if line else "model: no model card: what it was trained on is not recorded"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point (exit codes in the module docstring), under :func:`exiflang.errors.run_main`."""
-    return run_main(PROG, _main, argv)
-
-
-def _main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    out_dir = check_out_dir(args.out)  # before the model loads: a bad --out costs nothing
-    per_side = _per_side(args)
-    _check_device(args.device)
-    if args.max_side < 64:
-        raise ValueError(f"--max-side {args.max_side}: at least 64")
-    paths, masks = _inputs(args.inputs, out_dir, args.include_masks)
-    if masks:
-        print(
-            f"{PROG}: left out {masks} file(s) named like ground-truth masks (--include-masks runs them)",
-            file=sys.stderr,
-        )
-    if not paths:
-        raise CommandError(None, f"no images found in {' '.join(args.inputs)}")
-    try:
-        detector = Detector(
-            args.model,
-            patch=args.patch_size,
-            per_side=per_side,
-            device=args.device,
-            batch_size=args.batch_size,
-            ncuts=not args.no_ncuts,
-            tau=args.tau,
-            legacy_negative=args.legacy_negative,
-        )
-    except RuntimeError as exc:  # torch: weights that do not fit the folder's config
-        raise CommandError(args.model, f"cannot load the model ({exc})") from exc
-    print(model_line(args.model))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records, states = run(detector, paths, out_dir, args.force, args.max_side, not args.no_compress, args.full_maps)
-    print(fmt_table(records, states))
-    failed = sum(s == "error" for s in states.values())
-    print(
-        f"{len(records) - failed} answered ({sum(s == 'skipped' for s in states.values())} skipped as done), "
-        f"{failed} failed -> {out_dir / RESULTS}"
-    )
-    if failed == len(records):
-        return 2
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.exit(main())

@@ -69,8 +69,17 @@ def add_detector_arguments(p: argparse.ArgumentParser, *, ncuts_default: bool = 
 
 
 def detector_config(args: argparse.Namespace, **changes: Any) -> DetectorConfig:
-    """The :class:`DetectorConfig` of parsed :func:`add_detector_arguments` options (+ ``changes``)."""
-    per_side = args.patches_per_side or (PAPER_PER_SIDE if args.grid == "paper" else CODE_PER_SIDE)
+    """The :class:`DetectorConfig` of parsed :func:`add_detector_arguments` options (+ ``changes``).
+
+    One-line ValueError for ``--grid`` and ``--patches-per-side`` that disagree, or a value the
+    config refuses (e.g. a patch size of 0).
+    """
+    grid_n = PAPER_PER_SIDE if args.grid == "paper" else CODE_PER_SIDE
+    if args.patches_per_side is not None and args.grid is not None and args.patches_per_side != grid_n:
+        raise ValueError(
+            f"--grid {args.grid} means {grid_n} patches per side, --patches-per-side says {args.patches_per_side}"
+        )
+    per_side = args.patches_per_side if args.patches_per_side is not None else grid_n
     values: dict[str, Any] = {
         "patch": args.patch_size,
         "per_side": per_side,

@@ -1,49 +1,38 @@
-"""`exiflang lookup`: the nearest training photos of each query photo and the EXIF they vote for.
+"""Lookup: the nearest index photos of query photos, the EXIF they vote for, and whether to trust the votes.
 
-    exiflang lookup --model MODEL_DIR --index INDEX [-k 10] [--weighted] [--json] [--out FILE]
-                    [--tags Make,Model] [--device auto] [--batch-size 256] IMAGE_OR_FOLDER...
+A query is decoded from its pixels only (its own EXIF, if it has any, is never read), embedded
+exactly as the index's embeddings were (the patch size, grid and mode recorded with them:
+:func:`embedding_settings`), and searched for its ``k`` nearest index photos.  For every tag
+of the model's vocabulary the neighbours vote (:mod:`exiflang.eval.index.votes`): the predicted
+value, its vote share, and how many neighbours had the tag.  A photo farther from its nearest
+index photos than the index's own photos are from theirs (:mod:`exiflang.eval.index.abstain`)
+is ``known: false``.
 
-Each query is decoded from its pixels only (:func:`exiflang.eval.images.load_rgb`; its own EXIF, if it
-has any, is never read), embedded exactly as the index's embeddings were (the patch size, grid
-and mode recorded with them), and searched for its ``k`` nearest training photos.  For every tag
-of the model's vocabulary the neighbours vote (:mod:`exiflang.eval.index.votes`): the predicted value, its vote
-share, and how many neighbours had the tag.  A photo farther from its nearest index photos than
-the index's own photos are from theirs (:mod:`exiflang.eval.index.abstain`) is ``known: false``:
-the terminal says "unknown camera" instead of the votes.  The first line says what the model was
-trained on (its model card).
-
-Output: a table per photo on the terminal; ``--json`` prints JSON Lines instead (one object per
-photo: ``file``, ``width``, ``height``, ``known``, ``familiarity`` {known, distance, threshold,
-rank}, ``model_card`` (one line), ``neighbours`` [{rank, key, shard, similarity, exif}],
-``predictions`` {tag: {value, share, votes, cast, n_with_tag, similarity}} (kept when not known:
-read them as guesses); a photo that failed is ``{"file", "error"}``); ``--out FILE`` writes the
-JSON Lines to a file as well.
-
-Exit status: 0 every photo answered; 1 some photos failed (each named on stderr) and the rest
-were answered; 2 bad usage, a model folder or index that is not one or does not match, an
-unusable ``--out``, or no photo could be answered (one line ``exiflang lookup: error: FILE:
-reason``; :mod:`exiflang.errors`).
+:class:`Searcher` is a model + index pair answering queries; :func:`lookup_photos` looks up
+files in one call (batched); :func:`format_lookup` is the terminal table.  ``exiflang lookup``
+(:mod:`exiflang.commands.lookup`) runs through :meth:`exiflang.api.Model.lookup`, which uses a
+:class:`Searcher` built from the loaded model and index (:meth:`Searcher.from_parts`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exiflang.errors import CommandError, check_out_file, run_main
 from exiflang.eval.embed.batch import PhotoEncoder
 from exiflang.eval.embed.patches import PatchEmbedder
 from exiflang.eval.images import ImageError, expand_inputs, load_rgb
 from exiflang.eval.index import abstain
 from exiflang.eval.index.votes import vote_tags
 from exiflang.train.card import describe, read_model_card
+
+if TYPE_CHECKING:
+    from exiflang.eval.index.run import VectorIndex
 
 log = logging.getLogger("exiflang.eval")
 
@@ -73,8 +62,21 @@ def embedding_settings(info: dict) -> dict:
     return dict(DEFAULT_GRID)
 
 
+def query_grid(info: dict, overrides: dict | None = None) -> dict:
+    """The grid queries of an index are embedded on: :func:`embedding_settings` of its ``index.json``
+    with the non-None values of ``overrides`` (``patch``/``per_side``/``mode``) put over it."""
+    return {**embedding_settings(info), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+
+
 class Searcher:
-    """A loaded model + index pair answering photo queries (what :func:`lookup_photos` builds once)."""
+    """A loaded model + index pair answering photo queries (what :func:`lookup_photos` builds once).
+
+    ``Searcher(model_dir, index_dir)`` loads both and checks that the index was built with this
+    model (one-line ValueError naming the files otherwise); :meth:`from_parts` wraps ones already
+    loaded.  ``grid`` overrides the embedding grid the index records (:func:`query_grid`).
+    """
+
+    index: VectorIndex
 
     def __init__(
         self,
@@ -88,20 +90,28 @@ class Searcher:
         from exiflang.eval.index.run import VectorIndex
         from exiflang.train.model import ExifClip
 
-        self.index = VectorIndex.load(index_dir)
+        index = VectorIndex.load(index_dir)
         # Loaded before the match check: a damaged model folder is one error, not a warning first.
         model, _, tags = ExifClip.from_pretrained(model_dir)
-        self.index.check_model(model_dir)
-        self.vocab: list[str] = list(tags["tags"]) if tags and tags.get("tags") else []
-        self.grid = {**embedding_settings(self.index.info), **{k: v for k, v in (grid or {}).items() if v is not None}}
-        self.encoder = PhotoEncoder(
-            PatchEmbedder(model, device=device, batch_size=batch_size),
-            int(self.grid["patch"]),
-            int(self.grid["per_side"]),
-            str(self.grid["mode"]),
-        )
+        index.check_model(model_dir)
+        vocab = list(tags["tags"]) if tags and tags.get("tags") else []
+        embedder = PatchEmbedder(model, device=device, batch_size=batch_size)
+        self._setup(index, embedder, vocab, read_model_card(model_dir), query_grid(index.info, grid))
+
+    @classmethod
+    def from_parts(
+        cls, index: VectorIndex, embedder: PatchEmbedder, vocab: list[str], card: dict, grid: dict
+    ) -> Searcher:
+        """A searcher over a loaded index and a model's embedder (no check that they belong
+        together: the caller ran ``index.check_model``).  ``grid``: the full query grid."""
+        self = cls.__new__(cls)
+        self._setup(index, embedder, vocab, card, grid)
+        return self
+
+    def _setup(self, index: VectorIndex, embedder: PatchEmbedder, vocab: list[str], card: dict, grid: dict) -> None:
+        self.index, self.vocab, self.card, self.grid = index, vocab, card, dict(grid)
+        self.encoder = PhotoEncoder(embedder, int(grid["patch"]), int(grid["per_side"]), str(grid["mode"]))
         self._exif_cache: dict[int, dict] = {}
-        self.card = read_model_card(model_dir)
         self._familiarity: abstain.Familiarity | None = None
         self._fitted = False
 
@@ -263,75 +273,3 @@ def format_lookup(result: dict, max_neighbours: int = 10) -> str:
                 f"  {_cut(tag, width):<{width}}  {_cut(p['value'], 40):<40}  {share:>5}  {p['n_with_tag']}/{len(nb)}"
             )
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="exiflang lookup",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("images", nargs="+", metavar="IMAGE", help="photos or folders (recursive)")
-    ap.add_argument("--model", required=True, help="model folder (the one the index was embedded with)")
-    ap.add_argument("--index", required=True, help="index folder (`exiflang index`)")
-    ap.add_argument("-k", type=int, default=10, help="neighbours per photo (default 10)")
-    ap.add_argument("--weighted", action="store_true", help="similarity-weighted votes")
-    ap.add_argument("--json", action="store_true", help="JSON Lines on stdout instead of tables")
-    ap.add_argument("--out", help="also write the JSON Lines to this file")
-    ap.add_argument("--tags", help="comma-separated tags to predict (default: the model's vocabulary)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    ap.add_argument("--batch-size", type=int, default=256, help="patches per forward pass")
-    ap.add_argument("--per-side", type=int, help="override the grid the index was embedded with")
-    ap.add_argument("--patch-size", type=int, help="override the patch size the index was embedded with")
-    ap.add_argument("--single-patch", action="store_true", help="override: embed the centre patch only")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; see the module docstring for the exit status (:func:`exiflang.errors.run_main`)."""
-    return run_main("exiflang lookup", _main, argv)
-
-
-def _main(argv: list[str]) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return 0 if exc.code == 0 else 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    if args.out:
-        check_out_file(args.out)  # before any work: the answers must have somewhere to go
-    files = expand_inputs(args.images)
-    if not files:
-        raise CommandError(None, "no images found in " + ", ".join(args.images))
-    tags = [t.strip() for t in args.tags.split(",") if t.strip()] if args.tags else None
-    if args.k < 1:
-        raise ValueError(f"-k {args.k}: must be at least 1")
-    grid = {"patch": args.patch_size, "per_side": args.per_side, "mode": "single" if args.single_patch else None}
-    try:
-        searcher = Searcher(args.model, args.index, device=args.device, batch_size=args.batch_size, grid=grid)
-    except RuntimeError as exc:  # torch or faiss: a device it cannot use, weights that do not fit
-        raise CommandError(None, str(exc)) from exc
-    if not args.json:
-        line = describe(searcher.card)
-        print(f"model: {line}" if line else "model: no model card: what it was trained on is not recorded")
-    results = searcher.lookup(files, args.k, args.weighted, tags)
-    lines = [json.dumps(r, ensure_ascii=False) for r in results]
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(line + "\n" for line in lines))
-    for r in results:
-        if "error" in r:
-            print(f"exiflang lookup: {r['error']}", file=sys.stderr)
-    answered = [r for r in results if "error" not in r]
-    if args.json:
-        sys.stdout.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
-    else:
-        print("\n\n".join(format_lookup(r) for r in answered))
-    if not answered:
-        return 2
-    return 1 if len(answered) < len(results) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

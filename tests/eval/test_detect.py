@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from exiflang.eval.forensics import detect
+from exiflang.commands import detect
 from exiflang.eval.forensics.detector import Detector, legacy_negative
 from exiflang.eval.forensics.maps import full_maps
 from exiflang.eval.forensics.overlay import RAMP, colorize, outline, render_overlay

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exiflang.commands.lookup import main
 from exiflang.eval.embed.store import load_embeddings
-from exiflang.eval.index.lookup import embedding_settings, format_lookup, lookup_photos, main
+from exiflang.eval.index.lookup import embedding_settings, format_lookup, lookup_photos
 from tests.eval import lookup_fixtures as fx
 
 ABSTAIN_FLOOR = 0.2  # "unknown camera" share floor on 34 real photos (0.353 measured)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from exiflang.eval.forensics import calibrate, detect
+from exiflang.commands import calibrate, detect
 from exiflang.eval.forensics.calibration import REFERENCE, judge, load_reference, reference_from_scores, save_reference
+from exiflang.eval.forensics.detect import write_outputs
 from exiflang.eval.forensics.detector import Detector
 from exiflang.eval.forensics.overlay import MEANSHIFT_RGB, NCUTS_RGB
 
@@ -93,7 +94,7 @@ def test_overlay_outlines_only_a_spliced_verdict(tiny_model, tmp_path):
         res = det.detect(rgb)
         assert res.verdict == verdict and res.mask.any()
         assert res.percentile == (100.0 if verdict == "spliced" else 0.0)
-        rec = detect.write_outputs(res, rgb, tmp_path, verdict)
+        rec = write_outputs(res, rgb, tmp_path, verdict)
         assert rec["verdict"] == verdict and rec["reference"]["photos"] == 20
         drawn[verdict] = _coloured(tmp_path / f"{verdict}.png", MEANSHIFT_RGB) + _coloured(
             tmp_path / f"{verdict}.png", NCUTS_RGB
