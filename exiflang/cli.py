@@ -1,12 +1,13 @@
-"""The `exiflang` console script: one command, subcommands dispatched to each stage's main().
+"""The `exiflang` console script: one command, subcommands dispatched to each stage's Command.
 
-Every command runs under :func:`exiflang.errors.run_main`: an expected failure escaping its main
-is one line ``exiflang COMMAND: error: FILE: reason`` and exit code 2, a bug one line and exit 1,
-Ctrl-C exit 130.  ``--debug`` before the command (``exiflang --debug detect ...``) or among its
-arguments (``exiflang detect --debug ...``), or ``EXIFLANG_DEBUG=1``, prints the traceback too.
-The flag is taken out of the arguments before the command parses them, unless its module sets
-``ACCEPTS_DEBUG = True`` (it declares ``--debug`` itself and then gets it, also when given before
-the command).
+Each entry of :data:`COMMANDS` names a module whose ``COMMAND`` (:class:`exiflang.command.Command`)
+parses, configures logging and maps errors to exit codes: an expected failure is one line
+``exiflang COMMAND: error: FILE: reason`` and exit code 2, a bug one line and exit 1, Ctrl-C exit
+130.  ``--debug`` before the command (``exiflang --debug detect ...``) or among its arguments
+(``exiflang detect --debug ...``), or ``EXIFLANG_DEBUG=1``, prints the traceback too.  The flag is
+taken out of the arguments before the command parses them, unless the command declares it
+(``Command(accepts_debug=True)``: it then gets it, also when given before the command).  A failed
+import of the command's module is reported the same way (one line, by this dispatcher).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import importlib
 import os
 import sys
 
-from exiflang.errors import DEBUG_FLAG, EXIT_BAD_INPUT, debug_enabled, pop_debug, run_main
+from exiflang.errors import DEBUG_FLAG, EXIT_BAD_INPUT, run_main
 
-# name -> ("module:function", one-line help).  Imported lazily so that `exiflang shards`
+# name -> (module defining COMMAND, one-line help).  Imported lazily so that `exiflang shards`
 # never imports torch, and `pipeline` stays free of `train` / `eval`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("exiflang.pipeline.build_shards", "build WebDataset shards + Parquet tables from photos"),
@@ -62,18 +63,8 @@ def usage() -> str:
 def _call(name: str, argv: list[str], debug: bool = False) -> int:
     """Import command ``name``'s module (inside the error contract: a failed import is one line)
     and run its :class:`exiflang.command.Command` on ``argv``."""
-    module_name, _, func = COMMANDS[name][0].partition(":")
-    module = importlib.import_module(module_name)
-    command = getattr(module, "COMMAND", None)
-    if command is not None and not func:
-        return int(command.main(argv, debug=debug))
-    # A plain function (a test's stand-in command): it gets --debug only if it declares it.
-    found, stripped = pop_debug(argv)
-    if getattr(module, "ACCEPTS_DEBUG", False):
-        argv = argv if found or not debug_enabled() else [DEBUG_FLAG, *argv]
-    else:
-        argv = stripped
-    return int(getattr(module, func)(argv) or 0)
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.COMMAND.main(argv, debug=debug))
 
 
 def main(argv: list[str] | None = None) -> int:
