@@ -38,9 +38,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "exiflang.eval.benchmark.command",
         "forensic benchmark: p-mAP, cIoU, detection AP, with NOI baseline",
     ),
-    "check-exif": ("exiflang.eval.consistency.command", "do the pixels agree with the claimed EXIF? (zero-shot)"),
+    "check-exif": ("exiflang.commands.check_exif", "do the pixels agree with the claimed EXIF? (zero-shot)"),
     "eval-check-exif": (
-        "exiflang.eval.consistency.evaluate",
+        "exiflang.commands.eval_check_exif",
         "check-exif as a detector: true vs swapped EXIF, ROC-AUC / AP",
     ),
     "demo": ("exiflang.demo", "run the main job end to end on the offline default"),

@@ -4,7 +4,7 @@ same make (ROC-AUC floors measured on this run, fixed seeds); plus the donor dra
 
 from __future__ import annotations
 
-from exiflang.eval.consistency.evaluate import swap_pairs
+from exiflang.commands.eval_check_exif import swap_pairs
 from tests.eval import lookup_fixtures as fx
 
 # Measured 2026-12-07 on the shared run (cpu-small, 1600 steps, 8 synthetic cameras; reference:
@@ -28,7 +28,7 @@ def test_swap_pairs_draw_the_right_donors() -> None:
 
 def test_check_exif_separates_true_from_swapped_exif(synth_run) -> None:
     import exiflang
-    from exiflang.eval.consistency.evaluate import evaluate
+    from exiflang.commands.eval_check_exif import evaluate
 
     reference = fx.synth_embeddings(synth_run, "train")
     model = exiflang.load(synth_run.model)
