@@ -258,7 +258,12 @@ def build_app(model: Any, index: Any, settings: Settings) -> FastAPI:
     )
     async def detect(
         request: Request,
-        max_side: int = Query(1600, ge=64, le=8192, description="longest side analysed (px)"),
+        max_side: int = Query(
+            1600,
+            ge=64,
+            le=8192,
+            description="longest side of the returned maps and PNGs (px); the analysis is always at full resolution",
+        ),
         ncuts: bool = Query(True, description="also the normalized-cuts map"),
         maps: bool = Query(True, description="include the maps as grey PNG data URLs"),
         preview: bool = Query(False, description="include the decoded photo at the maps' size"),
