@@ -35,9 +35,11 @@ def lookup_step(
     out: Path, model: Path, shards: Path, held_photos: list[Path], k: int = 10
 ) -> tuple[list[dict], dict[str, float]]:
     """Embed the training shards, index them, look up every held-out photo; Make/Model accuracy."""
+    from exiflang import api
+    from exiflang.commands.lookup import answer
     from exiflang.eval.embed.run import embed_shards
     from exiflang.eval.embed.store import load_embeddings
-    from exiflang.eval.index.lookup import format_lookup, lookup_photos
+    from exiflang.eval.index.lookup import format_lookup
     from exiflang.eval.index.run import build_index
 
     t = _step(f"embeddings and index of the training shards -> {out / 'emb'}, {out / 'index'}")
@@ -48,7 +50,14 @@ def lookup_step(
     print(f"{info.get('n')} vectors, {info.get('kind')} index ({time.perf_counter() - t:.1f} s)")
 
     t = _step(f"lookup: {len(held_photos)} held-out photos, k={k} (pixels only, no EXIF read)")
-    results = lookup_photos(model, out / "index", held_photos, k=k)
+    # Through the Python API, as `exiflang lookup` and `exiflang serve` answer.
+    loaded, index = api.load(model), api.load_index(out / "index")
+    results: list[dict[str, Any]] = []
+    for path in held_photos:
+        try:
+            results.append(answer(path, loaded.lookup(path, index, k)))
+        except api.ImageInputError as exc:
+            results.append({"file": str(path), "error": str(exc)})
     hits = {tag: [0, 0] for tag in CAMERA_TAGS}
     for res, path in zip(results, held_photos):
         res["truth"] = {tag: v for tag, v in _truth(path).items() if tag in res.get("predictions", {})}
@@ -81,11 +90,10 @@ def splice_step(
     out: Path, model: Path, held_photos: list[Path], count: int, seed: int
 ) -> tuple[list[dict], dict[str, Any]]:
     """make-splices from held-out photos, the benchmark (EXIF model and NOI), one detection overlay."""
+    from exiflang import api
     from exiflang.eval.benchmark.run import run_benchmark
     from exiflang.eval.benchmark.splices import make_splices
     from exiflang.eval.forensics.detect import write_outputs
-    from exiflang.eval.forensics.detector import Detector
-    from exiflang.eval.images import load_rgb
 
     t = _step(f"splices between held-out photos of different cameras -> {out / 'splices'}")
     manifest = out / "splices" / "manifest.csv"
@@ -109,8 +117,8 @@ def splice_step(
     spliced = sorted((out / "splices" / "spliced").glob("*.png"))
     if not spliced:
         return [], metrics
-    rgb = load_rgb(spliced[0])
-    result = Detector(model).detect(rgb)
+    rgb = api.read_image(spliced[0])
+    result = api.load(model).detect(rgb, max_side=None, name=str(spliced[0])).result  # as `exiflang detect`
     rec = write_outputs(result, rgb, out / "detect", spliced[0].stem)
     truth = out / "splices" / "masks" / spliced[0].name
     det = {
@@ -131,21 +139,20 @@ def splice_step(
 def calibrate_step(model: Path, photos: list[Path], limit: int = 60) -> None:
     """The model's reference of authentic detection scores (``calibration.json``: detection
     verdicts), from up to ``limit`` of the held-out photos the splices are cut from; kept when done."""
-    from exiflang.eval.forensics.calibrate import calibrate, pick_photos
-    from exiflang.eval.forensics.calibration import load_reference, save_reference
-    from exiflang.eval.forensics.detector import Detector
+    from exiflang import api
+    from exiflang.eval.forensics.calibrate import pick_photos
+    from exiflang.eval.forensics.calibration import load_reference
 
     if load_reference(model) is not None:
         return
     t = _step(f"reference detection scores of authentic held-out photos -> {model / 'calibration.json'}")
     picked = pick_photos([str(p) for p in photos], limit, seed=0)
-    try:
-        ref, _ = calibrate(Detector(model, ncuts=False, use_reference=False), picked, source="demo: held-out photos")
+    try:  # as `exiflang calibrate`: scored by the API's detector, saved to the model folder
+        cal = api.load(model).calibrate(picked, source="demo: held-out photos")
     except ValueError as exc:  # too few usable photos: detections stay "unknown"
         print(f"no reference, verdicts stay 'unknown': {exc}")
         return
-    save_reference(model, ref)
-    print(f"{ref.photos} authentic photos scored ({time.perf_counter() - t:.1f} s)")
+    print(f"{cal.reference.photos} authentic photos scored ({time.perf_counter() - t:.1f} s)")
 
 
 def _benchmark_rows(metrics: dict[str, Any]) -> dict[str, Any]:
