@@ -311,6 +311,7 @@ class Downloader:
             try:
                 res = self._fetch_one(job, candidate, park)
             except HostPaused as paused:
+                job.row.extend(paused.waited)  # queued for a slot before the pause: not the row's time
                 job.host, job.pause, job.parked_at = paused.host, paused.seconds, time.monotonic()
                 return job
             except Exception as exc:  # noqa: BLE001 - a bug here must cost one row, not the shard

@@ -13,9 +13,11 @@ Here, when a row's next request would wait for a paused host, the handler may *p
 (:class:`Parked`: the row's small fetch state, no bytes): it leaves its thread and the window,
 and is handed to the pool again once the pause is over (the host's governor still decides; a
 host paused again parks it again).  Its place in the output is kept: results finished behind
-a parked row are *spilled* to an anonymous temporary file (pickled, bytes included) and read
-back in order when the parked row is done, so the consumer still sees every row exactly once,
-in source order, with the same result as without parking.
+a parked row wait in memory while the window has room; once it is full they are *spilled*,
+latest first, to an anonymous temporary file (pickled, bytes included) to make room for more
+rows, and read back in order when the parked row is done.  So the consumer still sees every row
+exactly once, in source order, with the same result as without parking, and a short pause
+(a one-second ``Retry-After``) costs no disk at all.
 
 Bounds, for one shard:
 
@@ -137,6 +139,10 @@ class Window(Generic[R, T]):
         self.states: dict[int, Any] = {}  # position -> parked state
         self.next_out = 0  # the next position to yield
         self.revived: set[Future] = set()  # parked rows handed back to the pool, still running
+        # When a pause ends its rows queue for the host's rate all at once, each holding a thread:
+        # a quarter of the threads for them, the rest for the other hosts' rows (all of them made
+        # the others stall for the drain, ~10 s after a 15-s storm in the simulated crawl).
+        self.revive_cap = max(1, self.threads // 4)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -171,17 +177,28 @@ class Window(Generic[R, T]):
     def _room(self) -> bool:
         return len(self.running) + len(self.done) < self.limit
 
+    def _make_room(self) -> bool:
+        """Room for one more row: there is some, or a finished result behind the earliest parked
+        row (it would wait a whole pause in memory) is spilled to make it; False if neither."""
+        if self._room():
+            return True
+        if not self.states or not self.done:
+            return False
+        last = max(self.done)  # the latest result is the last to be yielded: spilled first
+        if last < min(self.states):
+            return False
+        self.spill.put(last, self.done.pop(last))
+        return True
+
     def _fill(self, pool: ThreadPoolExecutor, source: Iterator[tuple[int, R]], exhausted: bool) -> bool:
         """Hand the pool parked rows whose pause is over (first: they are the oldest), then new
         rows, while the window has room; returns whether the source is exhausted."""
         now = time.monotonic()
-        # At most half the window for them: when a pause ends, its rows queue for the host's
-        # rate all at once, and must not crowd out the other hosts' rows.
-        while self.parked and self.parked[0][0] <= now and self._room() and len(self.revived) < self.threads:
+        while self.parked and self.parked[0][0] <= now and len(self.revived) < self.revive_cap and self._make_room():
             _, pos = heapq.heappop(self.parked)
             self.lot.leave()
             self.revived.add(self._submit(pool, pos, self.states.pop(pos)))
-        while not exhausted and self._room():
+        while not exhausted and self._make_room():
             item = next(source, None)
             if item is None:
                 return True
@@ -210,8 +227,8 @@ class Window(Generic[R, T]):
 
     def _wait(self) -> None:
         """Wait for a running row to finish, or for the earliest parked row's pause to end."""
-        timeout = None  # a parked row that could not be revived now waits for a running row
-        if self.parked and self._room() and len(self.revived) < self.threads:
+        timeout = None  # a parked row that cannot be revived yet waits for a running row
+        if self.parked and len(self.revived) < self.revive_cap and (self._room() or self._spillable()):
             timeout = max(0.0, self.parked[0][0] - time.monotonic())
         if not self.running:
             time.sleep(timeout or 0.0)
@@ -226,15 +243,9 @@ class Window(Generic[R, T]):
                 self.states[pos] = out.state
             else:
                 self.done[pos] = out
-        self._spill_behind_parked()
 
-    def _spill_behind_parked(self) -> None:
-        """Results behind the earliest parked row would wait a whole pause: out of memory with them."""
-        if not self.states:
-            return
-        first = min(self.states)
-        for pos in [p for p in self.done if p > first]:
-            self.spill.put(pos, self.done.pop(pos))
+    def _spillable(self) -> bool:
+        return bool(self.states) and bool(self.done) and max(self.done) > min(self.states)
 
 
 def ordered(rows: Iterable[R], handle: Handler, threads: int, max_parked: int) -> Iterator[tuple[R, T]]:

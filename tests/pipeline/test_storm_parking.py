@@ -22,8 +22,12 @@ import pytest
 
 from benchmarks.scale import BenchSimulator, compare_outputs, storm_effect
 from benchmarks.yfcc_sim import DEFAULT_SHARES, SimConfig, SimWorld, host_of
+from exiflang.pipeline.fetch.governor_service import GovernorServer, RemoteGovernor
+from exiflang.pipeline.fetch.host_limits import PARK_MIN_S, HostLimiter, HostPaused
+from exiflang.pipeline.fetch.politeness import THROTTLED, GovernorLimits, HostGovernor, Paused
 from exiflang.pipeline.shards.files import read_tables
 from exiflang.pipeline.shards.window import Parked, Window
+from tests.pipeline.test_politeness import FakeClock
 
 REPO = Path(__file__).resolve().parents[2]
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
@@ -187,3 +191,42 @@ def test_window_parks_no_more_than_its_cap():
     off = Window(_handler(parks, []), threads=4, max_parked=0)
     assert [r for r, _ in off.run(range(50))] == list(range(50))
     assert off.stats() == {"parked": 0, "parked_peak": 0, "spilled": 0, "spilled_bytes": 0}
+
+
+# ---- who parks: the limiter and the governor -------------------------------------------------
+
+
+def _pause(gov: HostGovernor, seconds: float) -> None:
+    """A 429 with ``Retry-After: seconds`` from host h."""
+    lease = gov.acquire("h", 1, 60.0, 1.0)
+    assert isinstance(lease, int)
+    gov.release(lease, THROTTLED, seconds)
+
+
+def test_a_row_parks_for_a_long_pause_and_waits_out_a_short_one():
+    clock = FakeClock()
+    gov = HostGovernor(GovernorLimits(concurrency=2), clock=clock)
+    limiter = HostLimiter(gov)
+    _pause(gov, 300.0)
+    spaces = []
+    with pytest.raises(HostPaused) as paused, limiter.slot("h", park=lambda: spaces.append(1) or True):
+        pytest.fail("a slot during the pause")
+    assert paused.value.seconds == pytest.approx(300.0) and spaces == [1] and gov.in_use("h") == 0
+    start = clock.t
+    with limiter.slot("h", park=lambda: False):  # no space left: the thread waits for the host
+        assert clock.t >= start + 300.0
+    _pause(gov, PARK_MIN_S / 2)  # not worth parking: waited out even with a space offered
+    start = clock.t
+    with limiter.slot("h", park=lambda: pytest.fail("parked for a short pause")):
+        assert clock.t >= start + PARK_MIN_S / 2
+
+
+def test_the_remote_governor_answers_paused_only_when_asked():
+    gov = HostGovernor(GovernorLimits(concurrency=2))
+    with GovernorServer(gov) as srv:
+        client = RemoteGovernor(srv.address, srv.key, GovernorLimits())
+        _pause(gov, 30.0)
+        got = client.acquire("h", 0, 60.0, 0.2, unless_paused=True)
+        assert isinstance(got, Paused) and 25.0 < got.seconds <= 30.0
+        assert client.acquire("h", 0, 60.0, 0.2) is None  # without it: no lease within 0.2 s
+        client.close()
