@@ -607,6 +607,14 @@ def completed_shards(folder: Path) -> int:
     return sum(1 for _ in folder.glob("*_stats.json"))
 
 
+def parking_totals(folder: Path) -> dict[str, int]:
+    """Rows parked for a paused host and results spilled behind them, summed over the shards' stats."""
+    total: Counter[str] = Counter()
+    for p in folder.glob("*_stats.json"):
+        total.update(json.loads(p.read_text()).get("parking", {}))
+    return dict(total)
+
+
 def tar_hashes(folder: Path) -> dict[str, str]:
     out = {}
     for p in sorted(folder.glob("*.tar")):
@@ -893,6 +901,7 @@ def summarize_run(res: dict[str, Any], out: Path, rows: int) -> dict[str, Any]:
     ok = (job.get("status_counts") or {}).get("success", 0)
     return {
         "rows": rows,
+        "parking": parking_totals(out),
         "wall_s": round(res["wall"], 1),
         "rows_per_s": round(rows / res["wall"], 1),
         "cpu_s": round(res["cpu"], 1),

@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import heapq
 import pickle
+import queue
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Generic, TypeVar
 
@@ -134,6 +135,7 @@ class Window(Generic[R, T]):
         self.spill = _Spill()
         self.rows: dict[int, R] = {}  # position -> row, until it is yielded
         self.running: dict[Future, int] = {}
+        self.finished: queue.SimpleQueue[Future] = queue.SimpleQueue()  # running rows, once done
         self.done: dict[int, T] = {}  # finished, in memory, not yet yielded
         self.parked: list[tuple[float, int]] = []  # heap of (when its pause ends, position)
         self.states: dict[int, Any] = {}  # position -> parked state
@@ -210,6 +212,7 @@ class Window(Generic[R, T]):
     def _submit(self, pool: ThreadPoolExecutor, pos: int, state: Any) -> Future:
         fut = pool.submit(self.handle, self.rows[pos], state, self.lot.take)
         self.running[fut] = pos
+        fut.add_done_callback(self.finished.put)  # O(1) per row, where wait() on all is O(window)
         return fut
 
     def _ready(self) -> Iterator[tuple[R, T]]:
@@ -233,7 +236,12 @@ class Window(Generic[R, T]):
         if not self.running:
             time.sleep(timeout or 0.0)
             return
-        finished, _ = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
+        try:
+            finished = [self.finished.get(timeout=timeout)]
+        except queue.Empty:
+            return
+        while not self.finished.empty():
+            finished.append(self.finished.get())
         for fut in finished:
             pos = self.running.pop(fut)
             self.revived.discard(fut)
