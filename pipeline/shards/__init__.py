@@ -1,1 +1,1 @@
-"""pipeline.shards: one shard's work and files — sample checks, the tar + Parquet + stats writer, dedup and tag selection."""
+"""pipeline.shards: one shard's work and files — sample checks, tar + Parquet + stats, dedup, tag selection."""

@@ -14,6 +14,7 @@ is then resolved on its own, and the duplicates found are spilled again by shard
 that the rewrite also holds one range at a time.  The naive in-memory version, which this
 must match exactly, is tests/pipeline/dedup_reference.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ import tarfile
 import tempfile
 import zlib
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -32,8 +33,15 @@ import pyarrow.compute as pc
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline import storage
-from exiflang.pipeline.shards.files import (TarShardWriter, complete_shards, parquet_metadata, read_parquet,
-                               shard_paths, write_arrow_table, write_stats)
+from exiflang.pipeline.shards.files import (
+    TarShardWriter,
+    complete_shards,
+    parquet_metadata,
+    read_parquet,
+    shard_paths,
+    write_arrow_table,
+    write_stats,
+)
 
 log = logging.getLogger(__name__)
 # Rows resolved in memory at once (~100 bytes each, a few times that while sorting).  Peak
@@ -83,7 +91,7 @@ class _Spill:
         self._buffer.clear()
         self._pending = 0
 
-    def read(self, p: int) -> Optional[pa.Table]:
+    def read(self, p: int) -> pa.Table | None:
         """Everything appended to partition ``p``, in append order; None when empty."""
         if not self.paths[p].exists():
             return None
@@ -105,8 +113,7 @@ def _partition_of(sha: pa.Array, parts: int) -> np.ndarray:
         return np.zeros(len(sha), dtype=np.int64)
     prefix = pc.utf8_slice_codeunits(sha, 0, 16).dictionary_encode()
     # One crc32 per distinct prefix, then a vectorised lookup for the rows.
-    codes = np.array([zlib.crc32(v.encode()) % parts for v in prefix.dictionary.to_pylist()],
-                     dtype=np.int64)
+    codes = np.array([zlib.crc32(v.encode()) % parts for v in prefix.dictionary.to_pylist()], dtype=np.int64)
     return codes[prefix.indices.to_numpy()]
 
 
@@ -114,8 +121,7 @@ def _spill_hashes(out_dir: storage.PathLike, shards: list[int], spill: _Spill) -
     """Pass 1: successful rows of every shard, numbered in read order, into ``spill``."""
     ordinal = 0
     for shard in shards:
-        table = read_parquet(shard_paths(out_dir, shard)["parquet"],
-                             columns=["key", "shard", "status", "sha256"])
+        table = read_parquet(shard_paths(out_dir, shard)["parquet"], columns=["key", "shard", "status", "sha256"])
         table = table.filter(pc.equal(table["status"], st.SUCCESS))
         n = len(table)
         if not n:
@@ -123,9 +129,14 @@ def _spill_hashes(out_dir: storage.PathLike, shards: list[int], spill: _Spill) -
         # A missing hash is one more value (as the reference's dict treats None); "" is
         # never a real sha256, and -1 never a real shard.
         sha = pc.fill_null(table["sha256"], "").combine_chunks()
-        rows = pa.table({"sha256": sha, "shard": pc.fill_null(table["shard"], -1),
-                         "key": table["key"],
-                         "ordinal": pa.array(np.arange(ordinal, ordinal + n), pa.int64())})
+        rows = pa.table(
+            {
+                "sha256": sha,
+                "shard": pc.fill_null(table["shard"], -1),
+                "key": table["key"],
+                "ordinal": pa.array(np.arange(ordinal, ordinal + n), pa.int64()),
+            }
+        )
         ordinal += n
         spill.add(_partition_of(sha, spill.parts), rows)
     spill.flush()
@@ -139,12 +150,17 @@ def _duplicates_in(part: pa.Table) -> pa.Table:
     starts = np.ones(n, dtype=bool)
     if n > 1:
         starts[1:] = pc.not_equal(sha.slice(1), sha.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    first = np.flatnonzero(starts)[np.cumsum(starts) - 1]     # row of each row's first copy
+    first = np.flatnonzero(starts)[np.cumsum(starts) - 1]  # row of each row's first copy
     shard = part["shard"].to_numpy()
     idx = np.flatnonzero(shard != shard[first])
-    return pa.table({"shard": pa.array(shard[idx], pa.int32()), "key": part["key"].take(idx),
-                     "first_key": part["key"].take(first[idx]),
-                     "ordinal": part["ordinal"].take(idx)})
+    return pa.table(
+        {
+            "shard": pa.array(shard[idx], pa.int32()),
+            "key": part["key"].take(idx),
+            "first_key": part["key"].take(first[idx]),
+            "ordinal": part["ordinal"].take(idx),
+        }
+    )
 
 
 def _per_shard(drops: _Spill) -> Iterator[tuple[int, dict[str, str]]]:
@@ -162,8 +178,9 @@ def _per_shard(drops: _Spill) -> Iterator[tuple[int, dict[str, str]]]:
         drops.remove(q)
 
 
-def iter_cross_shard_duplicates(out_dir: storage.PathLike, *, partition_rows: int = PARTITION_ROWS
-                                ) -> Iterator[tuple[int, dict[str, str]]]:
+def iter_cross_shard_duplicates(
+    out_dir: storage.PathLike, *, partition_rows: int = PARTITION_ROWS
+) -> Iterator[tuple[int, dict[str, str]]]:
     """``(shard, {key: key of the first copy})`` for each shard holding later copies, in shard order.
 
     ``partition_rows`` (>= 1) bounds the rows held in memory at once; every table is read
@@ -187,8 +204,7 @@ def iter_cross_shard_duplicates(out_dir: storage.PathLike, *, partition_rows: in
             found = _duplicates_in(table) if table is not None else None
             if found is not None and len(found):
                 # Contiguous shard ranges: a range's drops are at most its rows.
-                bucket = np.clip(found["shard"].to_numpy().astype(np.int64) * parts // top,
-                                 0, parts - 1)
+                bucket = np.clip(found["shard"].to_numpy().astype(np.int64) * parts // top, 0, parts - 1)
                 drops.add(bucket, found)
         drops.flush()
         yield from _per_shard(drops)
@@ -196,8 +212,9 @@ def iter_cross_shard_duplicates(out_dir: storage.PathLike, *, partition_rows: in
         shutil.rmtree(work, ignore_errors=True)
 
 
-def find_cross_shard_duplicates(out_dir: storage.PathLike, *, partition_rows: int = PARTITION_ROWS
-                                ) -> dict[int, dict[str, str]]:
+def find_cross_shard_duplicates(
+    out_dir: storage.PathLike, *, partition_rows: int = PARTITION_ROWS
+) -> dict[int, dict[str, str]]:
     """``{shard: {key: key of the first copy}}`` for successful samples seen in an earlier shard."""
     return dict(iter_cross_shard_duplicates(out_dir, partition_rows=partition_rows))
 
@@ -245,8 +262,7 @@ def _rewrite_shard(out_dir: storage.PathLike, shard: int, drop: dict[str, str]) 
     table = read_parquet(paths["parquet"])
     keys = table["key"].to_pylist()
     status = [st.DUPLICATE if k in drop else s for k, s in zip(keys, table["status"].to_pylist())]
-    error = [f"duplicate of {drop[k]}" if k in drop else e
-             for k, e in zip(keys, table["error"].to_pylist())]
+    error = [f"duplicate of {drop[k]}" if k in drop else e for k, e in zip(keys, table["error"].to_pylist())]
     table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
     table = table.set_column(table.schema.get_field_index("error"), "error", pa.array(error, pa.string()))
     table_record = write_arrow_table(paths["parquet"], table)
@@ -268,5 +284,9 @@ def remove_cross_shard_duplicates(out_dir: storage.PathLike, *, partition_rows: 
     return total
 
 
-__all__ = ["find_cross_shard_duplicates", "iter_cross_shard_duplicates",
-           "remove_cross_shard_duplicates", "complete_shards"]
+__all__ = [
+    "complete_shards",
+    "find_cross_shard_duplicates",
+    "iter_cross_shard_duplicates",
+    "remove_cross_shard_duplicates",
+]

@@ -25,6 +25,7 @@ return paths of the same kind.  On an object store the tar and table are staged 
 temporary file and uploaded whole, and the stats file's being written last is the commit
 (:mod:`exiflang.pipeline.storage` explains the protocol).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,9 @@ import io
 import json
 import re
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,22 +45,38 @@ from exiflang.pipeline import storage
 from exiflang.pipeline.storage import Location, PathLike
 
 _STR_MAP = pa.map_(pa.string(), pa.string())
-SCHEMA = pa.schema([
-    ("key", pa.string()), ("shard", pa.int32()), ("position", pa.int32()),
-    ("source_index", pa.int64()), ("photo_id", pa.string()), ("url", pa.string()),
-    ("status", pa.string()), ("error", pa.string()), ("http_status", pa.int32()),
-    ("attempts", pa.int32()), ("seconds", pa.float32()), ("width", pa.int32()),
-    ("height", pa.int32()), ("bytes", pa.int64()), ("sha256", pa.string()),
-    ("ext", pa.string()), ("n_tags", pa.int32()), ("exif", _STR_MAP),
-    ("exif_source", _STR_MAP), ("meta", _STR_MAP),
-    # Raw bytes of the fields above that were not valid UTF-8 (module docstring); else null.
-    ("url_bytes", pa.binary()), ("photo_id_bytes", pa.binary()),
-    ("meta_bytes", pa.map_(pa.binary(), pa.binary())),
-])
-RAW_COLUMNS = ("url", "photo_id")       # string columns with a ``<name>_bytes`` column alongside
-RERUN_CHECKS = ("hash", "size")         # how a shard with a stats file is checked on rerun
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.int32()),
+        ("position", pa.int32()),
+        ("source_index", pa.int64()),
+        ("photo_id", pa.string()),
+        ("url", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("http_status", pa.int32()),
+        ("attempts", pa.int32()),
+        ("seconds", pa.float32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("ext", pa.string()),
+        ("n_tags", pa.int32()),
+        ("exif", _STR_MAP),
+        ("exif_source", _STR_MAP),
+        ("meta", _STR_MAP),
+        # Raw bytes of the fields above that were not valid UTF-8 (module docstring); else null.
+        ("url_bytes", pa.binary()),
+        ("photo_id_bytes", pa.binary()),
+        ("meta_bytes", pa.map_(pa.binary(), pa.binary())),
+    ]
+)
+RAW_COLUMNS = ("url", "photo_id")  # string columns with a ``<name>_bytes`` column alongside
+RERUN_CHECKS = ("hash", "size")  # how a shard with a stats file is checked on rerun
 _HASH_CHUNK = 1 << 20
-_MEMBER_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")      # WebDataset __key__: ASCII, no dot
+_MEMBER_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")  # WebDataset __key__: ASCII, no dot
 _MEMBER_EXT = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
@@ -109,9 +127,11 @@ def shard_name(shard: int) -> str:
 def shard_paths(out_dir: PathLike, shard: int) -> dict[str, Location]:
     """The three files of one shard (``Path``s for a local folder, URLs for a remote one)."""
     name = shard_name(shard)
-    return {"tar": storage.join(out_dir, f"{name}.tar"),
-            "parquet": storage.join(out_dir, f"{name}.parquet"),
-            "stats": storage.join(out_dir, f"{name}_stats.json")}
+    return {
+        "tar": storage.join(out_dir, f"{name}.tar"),
+        "parquet": storage.join(out_dir, f"{name}.parquet"),
+        "stats": storage.join(out_dir, f"{name}_stats.json"),
+    }
 
 
 def is_complete(out_dir: PathLike, shard: int, check: str = "hash") -> bool:
@@ -119,7 +139,7 @@ def is_complete(out_dir: PathLike, shard: int, check: str = "hash") -> bool:
     return shard_problem(out_dir, shard, check) is None
 
 
-def shard_problem(out_dir: PathLike, shard: int, check: str = "hash") -> Optional[str]:
+def shard_problem(out_dir: PathLike, shard: int, check: str = "hash") -> str | None:
     """Why shard ``shard`` is not complete (one line), or None when it is.
 
     ``check`` is ``"size"`` (stat only) or ``"hash"`` (also the sha256 of both files, about
@@ -145,7 +165,7 @@ def shard_problem(out_dir: PathLike, shard: int, check: str = "hash") -> Optiona
     return None
 
 
-def _file_problem(path: Location, record: Any, check: str) -> Optional[str]:
+def _file_problem(path: Location, record: Any, check: str) -> str | None:
     name = storage.basename(path)
     if not isinstance(record, dict) or not isinstance(record.get("size"), int):
         return f"{name}: no size recorded in the stats file"
@@ -160,7 +180,7 @@ def _file_problem(path: Location, record: Any, check: str) -> Optional[str]:
     return None
 
 
-def _unrecorded_problem(paths: dict[str, Location]) -> Optional[str]:
+def _unrecorded_problem(paths: dict[str, Location]) -> str | None:
     """Cheap wholeness checks for a stats file that records no sizes (older runs)."""
     for kind in ("tar", "parquet"):
         try:
@@ -193,8 +213,9 @@ def file_record(path: PathLike) -> dict[str, Any]:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def write_stats(out_dir: PathLike, shard: int, stats: dict[str, Any],
-                files: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+def write_stats(
+    out_dir: PathLike, shard: int, stats: dict[str, Any], files: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Record the tar's and table's size and sha256 in ``stats`` and write it (last, atomically).
 
     ``files`` are those records when the caller has them (:meth:`TarShardWriter.commit` and
@@ -215,7 +236,7 @@ def remove_partial(out_dir: PathLike, shard: int) -> None:
     for key in ("stats", "tar", "parquet"):
         storage.remove(paths[key])
     folder = storage.resolve(out_dir)
-    if isinstance(folder, Path):   # an object store holds no temporaries: they are staged locally
+    if isinstance(folder, Path):  # an object store holds no temporaries: they are staged locally
         for p in folder.glob(f"{shard_name(shard)}*.tmp-*"):
             p.unlink(missing_ok=True)
 
@@ -259,7 +280,7 @@ class TarShardWriter:
         """Close the tar and put it in place; returns its ``{"size", "sha256"}``."""
         try:
             self._tar.close()
-            record = file_record(self.tmp)      # hashed locally: no second read of an upload
+            record = file_record(self.tmp)  # hashed locally: no second read of an upload
             storage.commit(self.tmp, self.path)
         finally:
             self.tmp.unlink(missing_ok=True)
@@ -268,7 +289,7 @@ class TarShardWriter:
     def abort(self) -> None:
         try:
             self._tar.close()
-        finally:   # even if closing fails (disk full), no temporary is left behind
+        finally:  # even if closing fails (disk full), no temporary is left behind
             self.tmp.unlink(missing_ok=True)
 
 
@@ -289,7 +310,7 @@ def write_arrow_table(path: PathLike, table: pa.Table) -> dict[str, Any]:
         pq.write_table(table, tmp, compression="zstd")
         record = file_record(tmp)
         storage.commit(tmp, path)
-    finally:   # pq.write_table or the upload raised: the temporary goes too
+    finally:  # pq.write_table or the upload raised: the temporary goes too
         tmp.unlink(missing_ok=True)
     return record
 
@@ -301,8 +322,10 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
         if pa.types.is_string(fld.type):
             values = [None if v is None else safe_text(str(v)) for v in values]
         elif fld.type == _STR_MAP:
-            values = [[(safe_text(str(k)), None if v is None else safe_text(str(v)))
-                       for k, v in (d or {}).items()] for d in values]
+            values = [
+                [(safe_text(str(k)), None if v is None else safe_text(str(v))) for k, v in (d or {}).items()]
+                for d in values
+            ]
         cols[fld.name] = values
     for name in RAW_COLUMNS:
         cols[f"{name}_bytes"] = [_raw_or_none(r.get(name)) for r in rows]
@@ -310,23 +333,26 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return cols
 
 
-def _raw_items(meta: Optional[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+def _raw_items(meta: dict[str, Any] | None) -> list[tuple[bytes, bytes]]:
     """(raw key, raw value) of the meta entries whose key or value is not valid UTF-8."""
     items = [(str(k), "" if v is None else str(v)) for k, v in (meta or {}).items()]
     return [(raw_bytes(k), raw_bytes(v)) for k, v in items if not (is_utf8(k) and is_utf8(v))]
 
 
-def _raw_or_none(value: Any) -> Optional[bytes]:
+def _raw_or_none(value: Any) -> bytes | None:
     return raw_bytes(value) if isinstance(value, str) and not is_utf8(value) else None
 
 
 def complete_shards(out_dir: PathLike) -> list[int]:
     """Indices of the complete shards in a dataset folder, sorted."""
-    return sorted(int(name.split("_")[0]) for name in storage.listdir(out_dir)
-                  if name.endswith("_stats.json") and name.split("_")[0].isdigit())
+    return sorted(
+        int(name.split("_")[0])
+        for name in storage.listdir(out_dir)
+        if name.endswith("_stats.json") and name.split("_")[0].isdigit()
+    )
 
 
-def read_parquet(path: PathLike, columns: Optional[list[str]] = None) -> pa.Table:
+def read_parquet(path: PathLike, columns: list[str] | None = None) -> pa.Table:
     """A Parquet file (local or remote) as a table, the named columns only when given."""
     loc = storage.resolve(path)
     with naming(loc):  # pyarrow's errors for a damaged table often do not say which file
@@ -346,7 +372,7 @@ def parquet_metadata(path: PathLike) -> pq.FileMetaData:
             return pq.read_metadata(fh)
 
 
-def read_tables(out_dir: PathLike, columns: Optional[Iterable[str]] = None) -> pa.Table:
+def read_tables(out_dir: PathLike, columns: Iterable[str] | None = None) -> pa.Table:
     """Concatenate the Parquet tables of all complete shards (in shard order).
 
     Columns a table lacks (shards written before a column was added) read as nulls.

@@ -7,9 +7,11 @@ corrupt segment lengths, a missing frame header, and truncation (no EOI after th
 :func:`jpeg_frame` gives the frame header's coding process and sampling factors, which
 :mod:`exiflang.pipeline.image_policy` needs for the least number of bytes a JPEG of a size can have.
 """
+
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Optional
+from collections.abc import Iterator
+from typing import NamedTuple
 
 # Markers without a length field: SOI, EOI, RST0-7, TEM.
 _STANDALONE = {0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)}
@@ -20,7 +22,7 @@ _SOF = {m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC)}
 class JpegFrame(NamedTuple):
     """The frame header (SOF segment) of a JPEG: what its scans must cover."""
 
-    marker: int                            # 0xC0..0xCF: which coding process (0xC9+ arithmetic)
+    marker: int  # 0xC0..0xCF: which coding process (0xC9+ arithmetic)
     width: int
     height: int
     sampling: tuple[tuple[int, int], ...]  # (horizontal, vertical) factor per component, 1..4
@@ -39,7 +41,7 @@ def _segments(data: bytes) -> Iterator[tuple[int, int, int]]:
             i = data.find(b"\xff", i)
             if i < 0:
                 return
-        while i < n and data[i] == 0xFF:   # fill bytes may pad markers
+        while i < n and data[i] == 0xFF:  # fill bytes may pad markers
             i += 1
         if i >= n:
             return
@@ -55,7 +57,7 @@ def _segments(data: bytes) -> Iterator[tuple[int, int, int]]:
         i += length
 
 
-def jpeg_problem(data: bytes) -> Optional[str]:
+def jpeg_problem(data: bytes) -> str | None:
     """``None`` if ``data`` is a structurally whole JPEG, else a one-line reason."""
     n = len(data)
     if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
@@ -72,7 +74,7 @@ def jpeg_problem(data: bytes) -> Optional[str]:
             if length < 8 or not ((data[i + 3] << 8 | data[i + 4]) and (data[i + 5] << 8 | data[i + 6])):
                 return "frame header with zero size"
             frame = True
-        if marker == 0xDA:                 # SOS: entropy-coded data follows
+        if marker == 0xDA:  # SOS: entropy-coded data follows
             if not frame:
                 return "scan before any frame header"
             end = data.rfind(b"\xff\xd9", i + length)
@@ -80,7 +82,7 @@ def jpeg_problem(data: bytes) -> Optional[str]:
     return "truncated: file ends before the scan"
 
 
-def jpeg_frame(data: bytes) -> Optional[JpegFrame]:
+def jpeg_frame(data: bytes) -> JpegFrame | None:
     """The first frame header before the first scan, or ``None`` if there is no whole one."""
     if len(data) < 4 or data[:2] != b"\xff\xd8":
         return None
@@ -88,7 +90,7 @@ def jpeg_frame(data: bytes) -> Optional[JpegFrame]:
         if marker == 0xDA or (marker not in _STANDALONE and (length < 2 or i + length > len(data))):
             return None
         if marker in _SOF and length >= 8:
-            seg = data[i + 2:i + length]   # P, Y(2), X(2), Nf, then 3 bytes per component
+            seg = data[i + 2 : i + length]  # P, Y(2), X(2), Nf, then 3 bytes per component
             count = min(seg[5], (len(seg) - 6) // 3)
             sampling = tuple((seg[6 + 3 * c + 1] >> 4, seg[6 + 3 * c + 1] & 15) for c in range(count))
             return JpegFrame(marker, seg[3] << 8 | seg[4], seg[1] << 8 | seg[2], sampling)

@@ -1,9 +1,9 @@
 """One sample's checks: bytes -> image validity, size, sha256 and merged EXIF, with a status."""
+
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Optional
 
 from PIL import Image
 
@@ -14,8 +14,7 @@ from exiflang.pipeline.image_policy import ImagePolicy, PolicyError, decode
 from exiflang.pipeline.shards.jpeg_check import jpeg_problem
 
 # Pillow format name -> the tar member extension webdataset decoders recognise.
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "WEBP": "webp", "BMP": "bmp",
-              "MPO": "jpg", "GIF": "gif"}
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "WEBP": "webp", "BMP": "bmp", "MPO": "jpg", "GIF": "gif"}
 
 
 @dataclass
@@ -23,17 +22,17 @@ class SampleOutcome:
     """What became of one source row's bytes."""
 
     status: str
-    error: Optional[str] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    sha256: Optional[str] = None
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
     ext: str = "jpg"
     exif: dict[str, str] = field(default_factory=dict)
-    exif_source: dict[str, str] = field(default_factory=dict)   # tag -> image | yfcc | both
+    exif_source: dict[str, str] = field(default_factory=dict)  # tag -> image | yfcc | both
     exif_disagreements: int = 0
 
 
-def _verify(img: Image.Image, data: bytes, cfg: ShardConfig) -> Optional[str]:
+def _verify(img: Image.Image, data: bytes, cfg: ShardConfig) -> str | None:
     """Check ``img`` as deeply as ``cfg.verify`` says; a one-line problem or ``None``."""
     fmt = img.format or ""
     if cfg.verify == "header":
@@ -49,7 +48,7 @@ def _verify(img: Image.Image, data: bytes, cfg: ShardConfig) -> Optional[str]:
     return None
 
 
-def _check_image(data: bytes, cfg: ShardConfig) -> tuple[Optional[SampleOutcome], int, int, str]:
+def _check_image(data: bytes, cfg: ShardConfig) -> tuple[SampleOutcome | None, int, int, str]:
     """Image policy on the header, then a (partial) decode; returns (failure or None, width, height, ext)."""
     try:
         img = ImagePolicy(cfg.max_pixels).open(data)
@@ -77,11 +76,12 @@ def _first_line(exc: BaseException) -> str:
     return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
-def merge_exif(from_image: dict[str, str], from_side: Optional[dict[str, str]],
-               prefer: str) -> tuple[dict[str, str], dict[str, str], int]:
+def merge_exif(
+    from_image: dict[str, str], from_side: dict[str, str] | None, prefer: str
+) -> tuple[dict[str, str], dict[str, str], int]:
     """Join EXIF read from the bytes with the YFCC side file's; returns (tags, source, disagreements)."""
     if not from_side:
-        return dict(from_image), {t: "image" for t in from_image}, 0
+        return dict(from_image), dict.fromkeys(from_image, "image"), 0
     merged: dict[str, str] = {}
     source: dict[str, str] = {}
     disagreements = 0
@@ -98,8 +98,7 @@ def merge_exif(from_image: dict[str, str], from_side: Optional[dict[str, str]],
     return merged, source, disagreements
 
 
-def process_bytes(data: bytes, cfg: ShardConfig,
-                  side_exif: Optional[dict[str, str]] = None) -> SampleOutcome:
+def process_bytes(data: bytes, cfg: ShardConfig, side_exif: dict[str, str] | None = None) -> SampleOutcome:
     """Check one image's bytes and parse its EXIF; never raises on bad data."""
     sha = hashlib.sha256(data).hexdigest()
     failed, width, height, ext = _check_image(data, cfg)

@@ -5,6 +5,7 @@ dataset folder may be local or on an object store (:mod:`exiflang.pipeline.stora
 ``tags.json`` holds the tags present in more than ``threshold`` of the kept (successful)
 images, most frequent first (ties by name), with their frequencies and a hash of the list.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,8 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pyarrow.compute as pc
 
@@ -55,13 +57,18 @@ def select_tags(counts: Counter, n_images: int, threshold: float = 0.5) -> list[
     return sorted(keep, key=lambda t: (-counts[t], t))
 
 
-def write_tags(out_dir: storage.PathLike, threshold: float = 0.5, min_tags: Optional[int] = None) -> dict[str, Any]:
+def write_tags(out_dir: storage.PathLike, threshold: float = 0.5, min_tags: int | None = None) -> dict[str, Any]:
     """Select the vocabulary and write ``tags.json``; returns its content."""
     counts, n = tag_counts(out_dir)
     tags = select_tags(counts, n, threshold)
-    doc = {"tags": tags, "frequencies": {t: round(counts[t] / n, 6) for t in tags},
-           "num_images": n, "threshold": threshold, "min_tags": min_tags,
-           "hash": vocabulary_hash(tags)}
+    doc = {
+        "tags": tags,
+        "frequencies": {t: round(counts[t] / n, 6) for t in tags},
+        "num_images": n,
+        "threshold": threshold,
+        "min_tags": min_tags,
+        "hash": vocabulary_hash(tags),
+    }
     atomic_write_json(storage.join(out_dir, "tags.json"), doc)
     return doc
 
@@ -83,9 +90,14 @@ def write_sizes_and_summary(out_dir: storage.PathLike) -> dict[str, Any]:
         agg["worker_seconds"] += stats.get("seconds", 0.0)
     counts, n = tag_counts(out_dir)
     atomic_write_json(storage.join(out_dir, "sizes.json"), sizes)
-    summary = {"shards": len(sizes), **dict(agg), "status_counts": dict(status),
-               "tag_sources": dict(sources), "num_images": n,
-               "tag_frequencies": {t: round(c / n, 6) for t, c in counts.most_common()} if n else {}}
+    summary = {
+        "shards": len(sizes),
+        **dict(agg),
+        "status_counts": dict(status),
+        "tag_sources": dict(sources),
+        "num_images": n,
+        "tag_frequencies": {t: round(c / n, 6) for t, c in counts.most_common()} if n else {},
+    }
     atomic_write_json(storage.join(out_dir, "summary.json"), summary)
     return summary
 
@@ -93,8 +105,9 @@ def write_sizes_and_summary(out_dir: storage.PathLike) -> dict[str, Any]:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``exiflang select-tags``."""
     ap.add_argument("--data", required=True, help="dataset folder written by `exiflang shards`")
-    ap.add_argument("--threshold", type=float, default=0.5,
-                    help="keep tags present in more than this fraction of kept images")
+    ap.add_argument(
+        "--threshold", type=float, default=0.5, help="keep tags present in more than this fraction of kept images"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ surrogate-escaped str: a local file is read through its real bytes path (``os.fs
 URL is fetched with its raw bytes percent-encoded, and the table keeps both escaped text
 and raw bytes (:mod:`exiflang.pipeline.shards.files`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -25,16 +26,26 @@ import os
 import resource
 import time
 from collections import Counter
-from typing import Any, Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from exiflang.pipeline import records as st
 from exiflang.pipeline import storage
 from exiflang.pipeline.config import ShardConfig
 from exiflang.pipeline.fetch.download import Downloader, FetchResult, RowFetch
 from exiflang.pipeline.records import SourceRow
-from exiflang.pipeline.shards.files import (TarShardWriter, is_utf8, json_bytes, remove_partial,
-                               safe_text, shard_name, shard_paths, shard_problem, write_stats,
-                               write_table)
+from exiflang.pipeline.shards.files import (
+    TarShardWriter,
+    is_utf8,
+    json_bytes,
+    remove_partial,
+    safe_text,
+    shard_name,
+    shard_paths,
+    shard_problem,
+    write_stats,
+    write_table,
+)
 from exiflang.pipeline.shards.sample import SampleOutcome, process_bytes
 from exiflang.pipeline.shards.window import Parked, Window
 
@@ -58,13 +69,15 @@ def read_local(path: str, max_bytes: int) -> FetchResult:
         with open(name, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size > max_bytes:
-                return FetchResult(path, path, st.DOWNLOAD_FAILED, None, None,
-                                   f"file too large: {size} > {max_bytes} bytes", 1, 0.0)
+                return FetchResult(
+                    path, path, st.DOWNLOAD_FAILED, None, None, f"file too large: {size} > {max_bytes} bytes", 1, 0.0
+                )
             data = fh.read()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        return FetchResult(path, None, st.DOWNLOAD_FAILED, None, None,
-                           f"cannot read file: {reason}", 1, time.perf_counter() - t0)
+        return FetchResult(
+            path, None, st.DOWNLOAD_FAILED, None, None, f"cannot read file: {reason}", 1, time.perf_counter() - t0
+        )
     return FetchResult(path, path, st.SUCCESS, None, data, None, 1, time.perf_counter() - t0)
 
 
@@ -73,17 +86,19 @@ def _read_remote(path: str, max_bytes: int, t0: float) -> FetchResult:
     try:
         size = storage.size(path)
         if size > max_bytes:
-            return FetchResult(path, path, st.DOWNLOAD_FAILED, None, None,
-                               f"file too large: {size} > {max_bytes} bytes", 1, 0.0)
+            return FetchResult(
+                path, path, st.DOWNLOAD_FAILED, None, None, f"file too large: {size} > {max_bytes} bytes", 1, 0.0
+            )
         data = storage.read_bytes(path)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or _one_line(exc)
-        return FetchResult(path, None, st.DOWNLOAD_FAILED, None, None,
-                           f"cannot read file: {reason}", 1, time.perf_counter() - t0)
+        return FetchResult(
+            path, None, st.DOWNLOAD_FAILED, None, None, f"cannot read file: {reason}", 1, time.perf_counter() - t0
+        )
     return FetchResult(path, path, st.SUCCESS, None, data, None, 1, time.perf_counter() - t0)
 
 
-def fetchable_url(url: str) -> Optional[str]:
+def fetchable_url(url: str) -> str | None:
     """``url`` as the downloader can send it: non-UTF-8 bytes (surrogate-escaped) become
     ``%XX``; None when it holds a surrogate that stands for no byte (a JSON ``"\\ud800"``)."""
     if is_utf8(url):
@@ -99,8 +114,9 @@ def _failed(location: str, status: str, error: str) -> FetchResult:
     return FetchResult(location, None, status, None, None, error, 0, 0.0)
 
 
-def _fetch(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader], job: Optional[RowFetch],
-           park: Callable[[], bool]) -> FetchResult | RowFetch:
+def _fetch(
+    row: SourceRow, cfg: ShardConfig, downloader: Downloader | None, job: RowFetch | None, park: Callable[[], bool]
+) -> FetchResult | RowFetch:
     """The row's bytes, or why there are none: its source's reason, a bad name, a failed fetch;
     or, parked while its host is paused, the fetch's state (``job``: go on from there)."""
     if job is not None:
@@ -115,18 +131,24 @@ def _fetch(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader], j
     assert downloader is not None
     urls = [fetchable_url(u) for u in (row.url or "", *row.fallback_urls)]
     if urls[0] is None:
-        return _failed(row.location, st.BAD_SOURCE_ROW,
-                       f"URL {safe_text(row.location)[:200]!r} holds a lone surrogate, not text")
+        return _failed(
+            row.location, st.BAD_SOURCE_ROW, f"URL {safe_text(row.location)[:200]!r} holds a lone surrogate, not text"
+        )
     job = downloader.begin(urls[0], [u for u in urls[1:] if u is not None])
     return downloader.proceed(job, park)
 
 
-Handled = tuple[FetchResult, Optional[SampleOutcome]]
+Handled = tuple[FetchResult, SampleOutcome | None]
 
 
-def _handle_row(row: SourceRow, cfg: ShardConfig, downloader: Optional[Downloader],
-                side: Optional[dict[str, str]], job: Optional[RowFetch] = None,
-                park: Callable[[], bool] = lambda: False) -> Handled | Parked:
+def _handle_row(
+    row: SourceRow,
+    cfg: ShardConfig,
+    downloader: Downloader | None,
+    side: dict[str, str] | None,
+    job: RowFetch | None = None,
+    park: Callable[[], bool] = lambda: False,
+) -> Handled | Parked:
     """Fetch one row and check its bytes (runs in a worker thread); never raises.
 
     Parked (:mod:`exiflang.pipeline.shards.window`) when its host is paused and ``park()``
@@ -153,44 +175,64 @@ def _one_line(exc: BaseException) -> str:
     return safe_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
 
 
-def _window(cfg: ShardConfig, downloader: Optional[Downloader],
-            side: dict[str, dict[str, str]]) -> Window[SourceRow, Handled]:
+def _window(
+    cfg: ShardConfig, downloader: Downloader | None, side: dict[str, dict[str, str]]
+) -> Window[SourceRow, Handled]:
     """The shard's fetch window: rows in source order, rows of a paused host parked meanwhile."""
-    def handle(row: SourceRow, job: Optional[RowFetch], park: Callable[[], bool]) -> Handled | Parked:
+
+    def handle(row: SourceRow, job: RowFetch | None, park: Callable[[], bool]) -> Handled | Parked:
         return _handle_row(row, cfg, downloader, side.get(row.photo_id or ""), job, park)
 
     # Local files never wait for a host: nothing to park.
     return Window(handle, cfg.threads, cfg.max_parked if downloader is not None else 0)
 
 
-def _table_row(shard: int, pos: int, row: SourceRow, fetched: FetchResult,
-               out: Optional[SampleOutcome]) -> dict[str, Any]:
+def _table_row(shard: int, pos: int, row: SourceRow, fetched: FetchResult, out: SampleOutcome | None) -> dict[str, Any]:
     rec: dict[str, Any] = {
-        "key": f"{shard_name(shard)}_{pos:05d}", "shard": shard, "position": pos,
-        "source_index": row.index, "photo_id": row.photo_id, "url": row.location,
-        "status": fetched.status, "error": fetched.error, "http_status": fetched.http_status,
-        "attempts": fetched.attempts, "seconds": fetched.seconds,
-        "bytes": len(fetched.data) if fetched.data is not None else None, "meta": row.meta,
+        "key": f"{shard_name(shard)}_{pos:05d}",
+        "shard": shard,
+        "position": pos,
+        "source_index": row.index,
+        "photo_id": row.photo_id,
+        "url": row.location,
+        "status": fetched.status,
+        "error": fetched.error,
+        "http_status": fetched.http_status,
+        "attempts": fetched.attempts,
+        "seconds": fetched.seconds,
+        "bytes": len(fetched.data) if fetched.data is not None else None,
+        "meta": row.meta,
     }
     if out is not None:
-        rec.update(status=out.status, error=out.error, width=out.width, height=out.height,
-                   sha256=out.sha256, ext=out.ext, n_tags=len(out.exif), exif=out.exif,
-                   exif_source=out.exif_source)
+        rec.update(
+            status=out.status,
+            error=out.error,
+            width=out.width,
+            height=out.height,
+            sha256=out.sha256,
+            ext=out.ext,
+            n_tags=len(out.exif),
+            exif=out.exif,
+            exif_source=out.exif_source,
+        )
     return rec
 
 
 def _members(rec: dict[str, Any], data: bytes, out: SampleOutcome) -> dict[str, bytes]:
     info = {k: rec[k] for k in ("key", "photo_id", "url", "width", "height", "sha256")}
     info["exif_source"] = out.exif_source
-    return {out.ext: data,
-            "exif.json": json_bytes(out.exif, ensure_ascii=False, sort_keys=True),
-            "json": json_bytes(info, ensure_ascii=False, sort_keys=True)}
+    return {
+        out.ext: data,
+        "exif.json": json_bytes(out.exif, ensure_ascii=False, sort_keys=True),
+        "json": json_bytes(info, ensure_ascii=False, sort_keys=True),
+    }
 
 
 def _side_exif(rows: Sequence[SourceRow], cfg: ShardConfig) -> dict[str, dict[str, str]]:
     if not cfg.yfcc_exif_db:
         return {}
     from exiflang.pipeline.sources.yfcc_exif import YfccExifIndex
+
     # An id that is not valid UTF-8 cannot be in the index (and SQLite cannot take it).
     ids = [r.photo_id for r in rows if r.photo_id and is_utf8(r.photo_id)]
     with YfccExifIndex.open(cfg.yfcc_exif_db) as index:
@@ -216,7 +258,7 @@ def process_shards(batch: Sequence[tuple[int, Sequence[SourceRow]]], cfg: ShardC
     and committed as soon as its last row is in, exactly as :func:`process_shard` alone would.
     Complete shards are skipped (their stats returned), incomplete ones redone from scratch.
     """
-    storage.configure(cfg.storage_options)   # this process may be a Ray or pool worker
+    storage.configure(cfg.storage_options)  # this process may be a Ray or pool worker
     out_dir = storage.resolve(cfg.out_dir)
     storage.makedirs(out_dir)
     stats: dict[int, dict[str, Any]] = {}
@@ -244,9 +286,14 @@ def process_shards(batch: Sequence[tuple[int, Sequence[SourceRow]]], cfg: ShardC
     return [stats[shard] for shard, _ in batch]
 
 
-def _build(out_dir: storage.Location, shard: int, rows: Sequence[SourceRow],
-           results: Iterator[tuple[SourceRow, Handled]], cfg: ShardConfig,
-           window: Window[SourceRow, Handled]) -> dict[str, Any]:
+def _build(
+    out_dir: storage.Location,
+    shard: int,
+    rows: Sequence[SourceRow],
+    results: Iterator[tuple[SourceRow, Handled]],
+    cfg: ShardConfig,
+    window: Window[SourceRow, Handled],
+) -> dict[str, Any]:
     """Write one shard from its rows' results (in order); commit it and return its stats."""
     t0, parked0 = time.time(), window.stats()
     paths = shard_paths(out_dir, shard)
@@ -264,14 +311,21 @@ def _build(out_dir: storage.Location, shard: int, rows: Sequence[SourceRow],
         raise
     files["parquet"] = write_table(paths["parquet"], acc.table)
     parking = {k: v - parked0[k] for k, v in window.stats().items() if k != "parked_peak"}
-    stats = {"shard": shard, "rows": len(rows), "samples": writer.count,
-             "status_counts": {s: acc.counts.get(s, 0) for s in st.STATUSES},
-             "tag_sources": dict(acc.tag_sources), **acc.totals, "parking": parking,
-             # From this shard's first row written (its rows may have been fetched earlier).
-             "started": t0, "seconds": round(time.time() - t0, 3),
-             # Peak RSS of the process running this shard (a Ray worker or the driver).
-             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    stats = write_stats(out_dir, shard, stats, files)   # last: its presence commits the shard
+    stats = {
+        "shard": shard,
+        "rows": len(rows),
+        "samples": writer.count,
+        "status_counts": {s: acc.counts.get(s, 0) for s in st.STATUSES},
+        "tag_sources": dict(acc.tag_sources),
+        **acc.totals,
+        "parking": parking,
+        # From this shard's first row written (its rows may have been fetched earlier).
+        "started": t0,
+        "seconds": round(time.time() - t0, 3),
+        # Peak RSS of the process running this shard (a Ray worker or the driver).
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    stats = write_stats(out_dir, shard, stats, files)  # last: its presence commits the shard
     log.info("shard %s: %d rows, %d samples", shard_name(shard), len(rows), writer.count)
     return stats
 
@@ -287,8 +341,9 @@ class _Accumulator:
         self.seen: dict[str, str] = {}
         self.totals = {"bytes_fetched": 0, "bytes_written": 0, "exif_disagreements": 0}
 
-    def add(self, writer: TarShardWriter, pos: int, row: SourceRow, fetched: FetchResult,
-            out: Optional[SampleOutcome]) -> None:
+    def add(
+        self, writer: TarShardWriter, pos: int, row: SourceRow, fetched: FetchResult, out: SampleOutcome | None
+    ) -> None:
         """Record one row; a success not seen before also goes into the tar."""
         rec = _table_row(self.shard, pos, row, fetched, out)
         self.totals["bytes_fetched"] += rec["bytes"] or 0
@@ -300,11 +355,10 @@ class _Accumulator:
         self.counts[rec["status"]] += 1
         self.table.append(rec)
 
-    def _write(self, writer: TarShardWriter, rec: dict[str, Any], fetched: FetchResult,
-               out: SampleOutcome) -> None:
+    def _write(self, writer: TarShardWriter, rec: dict[str, Any], fetched: FetchResult, out: SampleOutcome) -> None:
         try:
             members = _members(rec, fetched.data or b"", out)
-            writer.add(rec["key"], members)   # checks every name before writing any
+            writer.add(rec["key"], members)  # checks every name before writing any
         except (ValueError, TypeError) as exc:  # this sample's members, not the tar, are bad
             rec["status"], rec["error"] = st.DECODE_FAILED, f"internal error: {_one_line(exc)}"
             return
