@@ -44,34 +44,11 @@ def build(root: Path) -> TinyRun:
     from exiflang.eval.embed.run import embed_shards
     from exiflang.eval.embed.store import load_embeddings
     from exiflang.eval.index.run import build_index
-    from exiflang.pipeline import build_shards
-    from exiflang.pipeline.synth import corpus as synth
     from exiflang.train.model import ExifClip, ModelConfig
     from exiflang.train.tokenizer import build_tokenizer
+    from tests.shard_fixtures import shards_of, synth_photos
 
-    corpus = root / "synth"
-    assert (
-        synth.main(
-            [
-                "--out",
-                str(corpus),
-                "--cameras",
-                str(CAMERAS),
-                "--images",
-                str(N_IMAGES),
-                "--seed",
-                "1",
-                "--min-size",
-                "256",
-                "--max-size",
-                "320",
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    corpus = synth_photos(root / "synth", cameras=CAMERAS, images=N_IMAGES, size=(256, 320))
     photos = {"train": root / "train", "test": root / "test"}
     for folder in photos.values():
         folder.mkdir()
@@ -79,22 +56,7 @@ def build(root: Path) -> TinyRun:
         split = "train" if int(row["index"]) < N_TRAIN else "test"
         (photos[split] / row["file"]).symlink_to(corpus / row["file"])
     for split, folder in photos.items():
-        assert (
-            build_shards.main(
-                [
-                    "--source",
-                    str(folder),
-                    "--out",
-                    str(root / f"{split}_sh"),
-                    "--executor",
-                    "local",
-                    "--rows-per-shard",
-                    "8",
-                    "-q",
-                ]
-            )
-            == 0
-        )
+        shards_of(folder, root / f"{split}_sh", rows_per_shard=8)
     torch.manual_seed(0)
     model = ExifClip(ModelConfig.preset("cpu-small"))
     tags = json.loads((root / "train_sh" / "tags.json").read_text())

@@ -24,10 +24,10 @@ from exiflang.eval.embed.store import load_embeddings, model_signature, part_pat
 from exiflang.eval.images import load_rgb_bytes
 from exiflang.pipeline import build_shards
 from exiflang.pipeline.exif.text import render_text
-from exiflang.pipeline.synth import corpus as synth
 from exiflang.train.data.samples import IMAGE_EXTS, read_groups, read_member
 from exiflang.train.model import ExifClip, ModelConfig
 from exiflang.train.tokenizer import build_tokenizer
+from tests.shard_fixtures import synth_shards
 
 PATCH, PER_SIDE = 64, 2  # small grids keep the random cpu-small model fast
 
@@ -44,46 +44,7 @@ def make_model(folder: Path, tags: dict, seed: int = 0, **overrides) -> Path:
 def corpus(tmp_path_factory) -> dict[str, Path]:
     """12 synthetic photos (256-320 px wide) in 3 shards (5, 5, 2), and a random model for them."""
     root = tmp_path_factory.mktemp("embed")
-    assert (
-        synth.main(
-            [
-                "--out",
-                str(root / "synth"),
-                "--cameras",
-                "3",
-                "--images",
-                "12",
-                "--seed",
-                "1",
-                "--min-size",
-                "256",
-                "--max-size",
-                "320",
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    (root / "synth" / "manifest.csv").unlink()
-    (root / "synth" / "cameras.json").unlink()
-    assert (
-        build_shards.main(
-            [
-                "--source",
-                str(root / "synth"),
-                "--out",
-                str(root / "shards"),
-                "--executor",
-                "local",
-                "--rows-per-shard",
-                "5",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    synth_shards(root, cameras=3, images=12, rows_per_shard=5, size=(256, 320), bare=True)
     tags = json.loads((root / "shards" / "tags.json").read_text())
     return {"root": root, "shards": root / "shards", "model": make_model(root / "model", tags)}
 
