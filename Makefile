@@ -36,15 +36,20 @@ $(STAMP): requirements.lock pyproject.toml
 demo: setup
 	$(BIN)/python -m exiflang.demo --out $(DEMO_DIR) $(if $(PHOTOS),--photos $(PHOTOS),)
 
-# The whole suite, every tier (what CI runs).  The shared trained run is cached between sessions
-# by its inputs (tests/synth_run.py; EXIFLANG_TEST_CACHE=off builds it afresh).
+# The whole suite, every tier (what CI runs), on TEST_WORKERS pytest-xdist workers (auto: one per
+# CPU core, at most 8; TEST_WORKERS=0 runs it in one process).  The shared trained run is built
+# first, by one worker, while the others run the rest; its tests come last (tests/conftest.py).
+# It is cached between sessions by its inputs (tests/synth_run.py; EXIFLANG_TEST_CACHE=off
+# builds it afresh).
+TEST_WORKERS ?= auto
+XDIST = -n $(TEST_WORKERS) --maxprocesses 8
 test: setup browser
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python -m pytest -q $(XDIST) --durations=20 tests
 
 # The unit tier for the edit loop: no slow (> ~5 s) and no integration (Ray, torchrun, servers,
 # whole command chains) tests; a few minutes on 2 cores.
 test-fast: setup
-	$(BIN)/python -m pytest -q --durations=20 -m "not slow and not integration" tests
+	$(BIN)/python -m pytest -q $(XDIST) --durations=20 -m "not slow and not integration" tests
 
 # The lint gate (CI runs it before the tests): ruff lint + format check over the tree, mypy over the
 # packages; all three report, then any failure fails.  mypy reads a fresh tree of symlinks,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from exiflang.errors import CommandError, check_out_dir, run_main
+from exiflang.eval.forensics.settings import DetectorConfig
 from exiflang.eval.images import expand_inputs
 
 VARIANTS: dict[str, list[str]] = {
@@ -187,6 +188,7 @@ def evaluate(name: str, model: Path, ctx: dict[str, Any], clock: StageClock) -> 
             out / "splices",
             methods=("exif",),
             device=ctx["device"],
+            per_side=ctx["per_side"],
             progress=ctx["progress"],
         ),
     )["methods"]["exif"]
@@ -298,6 +300,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     ctx: dict[str, Any] = {
         "out": out,
         "device": args.device,
+        "per_side": args.per_side,
         "seed": args.seed,
         "per_photo": args.per_photo,
         "progress": not args.quiet,
@@ -342,6 +345,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         "preset": args.preset,
         "steps": args.steps,
         "splice_count": args.splices,
+        "per_side": args.per_side,
         "cpus": os.cpu_count(),
         "methods": methods,
         "timings": clock.seconds,
@@ -369,6 +373,13 @@ def _main(argv: list[str]) -> int:
     ap.add_argument("--per-photo", type=int, default=8, help="distortion-probe crops per photo")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--per-side",
+        type=int,
+        default=DetectorConfig.per_side,
+        help="patches along a splice image's longest side in its benchmarks (default %(default)s, the "
+        "authors' grid; fewer is faster and coarser)",
+    )
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     if not Path(args.photos).is_dir():

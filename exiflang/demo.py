@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from exiflang.command import Command
+from exiflang.eval.forensics.settings import DetectorConfig
 
 SPLICE_SIZE = (768, 1024)  # width range of the synthetic splice photos (the tests' setting)
 
@@ -79,6 +80,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--eval-every", type=int, default=0, help="held-out numbers every N steps (default: 7 points over the run)"
     )
     ap.add_argument("--splices", type=int, default=12, help="generated spliced (and authentic) test images")
+    ap.add_argument(
+        "--per-side",
+        type=int,
+        default=DetectorConfig.per_side,
+        help="patches along a photo's longest side in the splice benchmark, calibration and overlay "
+        "(default %(default)s, the authors' grid; fewer is faster and coarser)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,7 +152,9 @@ def _evaluate(out: Path, run: Path, train_src: Path, held_src: Path, args: argpa
     splice_src = held if args.photos else _splice_photos(out / "splice_photos", args, len(held))
     if splice_src is None:
         return 1
-    detections, bench = demo_eval.splice_step(out, run / "model", splice_src, args.splices, args.seed)
+    detections, bench = demo_eval.splice_step(
+        out, run / "model", splice_src, args.splices, args.seed, per_side=args.per_side
+    )
     report = demo_eval.report_step(out, run, lookup, acc, detections, bench)
     print(
         f"\ndemo done: dataset {out / 'shards'}, model {run / 'model'}, "

@@ -11,7 +11,10 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from exiflang.eval.forensics.settings import DetectorConfig
 
 CAMERA_TAGS = ("Make", "Model")
 
@@ -87,9 +90,10 @@ def _cut_from(manifest: Path, photos: list[Path]) -> bool:
 
 
 def splice_step(
-    out: Path, model: Path, held_photos: list[Path], count: int, seed: int
+    out: Path, model: Path, held_photos: list[Path], count: int, seed: int, per_side: int | None = None
 ) -> tuple[list[dict], dict[str, Any]]:
-    """make-splices from held-out photos, the benchmark (EXIF model and NOI), one detection overlay."""
+    """make-splices from held-out photos, the benchmark (EXIF model and NOI), one detection overlay;
+    ``per_side``: the detector's patches per side in all three (None: the authors' grid)."""
     from exiflang import api
     from exiflang.eval.benchmark.run import run_benchmark
     from exiflang.eval.benchmark.splices import make_splices
@@ -108,17 +112,19 @@ def splice_step(
         except ValueError as exc:  # e.g. the user's photos come from one camera model
             print(f"splice test skipped: {exc}")
             return [], {}
-    metrics = run_benchmark(model, "folder", out / "splices", out / "benchmark", progress=True)
+    grid = api.DetectorConfig() if per_side is None else api.DetectorConfig(per_side=per_side)
+    metrics = run_benchmark(model, "folder", out / "splices", out / "benchmark", progress=True, per_side=grid.per_side)
     print((out / "benchmark" / "metrics.md").read_text().rstrip())
     print(f"({time.perf_counter() - t:.1f} s; per image: {out / 'benchmark' / 'per_image.csv'})")
 
-    calibrate_step(model, held_photos)
+    calibrate_step(model, held_photos, detector=grid)
     t = _step("detect on one generated splice")
     spliced = sorted((out / "splices" / "spliced").glob("*.png"))
     if not spliced:
         return [], metrics
     rgb = api.read_image(spliced[0])
-    result = api.load(model).detect(rgb, max_side=None, name=str(spliced[0])).result  # as `exiflang detect`
+    # As `exiflang detect` (on the grid the reference was calibrated on, so that it is judged).
+    result = api.load(model, detector=grid).detect(rgb, max_side=None, name=str(spliced[0])).result
     rec = write_outputs(result, rgb, out / "detect", spliced[0].stem)
     truth = out / "splices" / "masks" / spliced[0].name
     det = {
@@ -136,9 +142,10 @@ def splice_step(
     return [det], metrics
 
 
-def calibrate_step(model: Path, photos: list[Path], limit: int = 60) -> None:
+def calibrate_step(model: Path, photos: list[Path], limit: int = 60, detector: DetectorConfig | None = None) -> None:
     """The model's reference of authentic detection scores (``calibration.json``: detection
-    verdicts), from up to ``limit`` of the held-out photos the splices are cut from; kept when done."""
+    verdicts), from up to ``limit`` of the held-out photos the splices are cut from, on
+    ``detector``'s grid (an :class:`exiflang.api.DetectorConfig`; None: the default); kept when done."""
     from exiflang import api
     from exiflang.eval.forensics.calibrate import pick_photos
     from exiflang.eval.forensics.calibration import load_reference
@@ -148,7 +155,7 @@ def calibrate_step(model: Path, photos: list[Path], limit: int = 60) -> None:
     t = _step(f"reference detection scores of authentic held-out photos -> {model / 'calibration.json'}")
     picked = pick_photos([str(p) for p in photos], limit, seed=0)
     try:  # as `exiflang calibrate`: scored by the API's detector, saved to the model folder
-        cal = api.load(model).calibrate(picked, source="demo: held-out photos")
+        cal = api.load(model, detector=detector).calibrate(picked, source="demo: held-out photos")
     except ValueError as exc:  # too few usable photos: detections stay "unknown"
         print(f"no reference, verdicts stay 'unknown': {exc}")
         return

@@ -28,6 +28,8 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         "3",
         "--splices",
         "2",
+        "--per-side",  # a coarse grid: the chain is what is checked here, not the maps
+        "8",
     ]
     try:
         assert cli_main(args) == 0
@@ -41,6 +43,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         assert (tmp_path / "index" / "index.faiss").is_file()
         bench = json.loads((tmp_path / "benchmark" / "metrics.json").read_text())
         assert set(bench["methods"]) == {"exif", "noi"} and bench["images"] == 4
+        assert bench["settings"]["per_side"] == 8
         # Splices come from new shots of the same cameras at 768-1024 px, not the small corpus.
         with (tmp_path / "splices" / "manifest.csv").open() as fh:
             rows = list(csv.DictReader(fh))

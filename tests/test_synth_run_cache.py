@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,31 @@ def test_a_finished_run_is_reused_and_an_altered_or_unfinished_one_rebuilt(cache
     assert build.count == 5 and (cache / "demo_run-k2" / "DONE").exists()
 
 
+@pytest.mark.timeout(60)
+def test_a_run_in_use_elsewhere_is_reused_at_once_and_one_being_built_is_waited_for(cache, tmp_path):
+    build = Builds()
+    run = use(build, "k1", tmp_path)
+    with open(cache / "demo_run-k1.lock", "a") as other:  # another session or xdist worker using it
+        fcntl.flock(other, fcntl.LOCK_SH)
+        start = time.monotonic()
+        assert use(build, "k1", tmp_path).root == run.root
+        assert build.count == 1 and time.monotonic() - start < 5
+    elsewhere = Builds()
+    with open(cache / "demo_run-k2.lock", "a") as other:  # another process building k2
+        fcntl.flock(other, fcntl.LOCK_EX)
+
+        def finish_building() -> None:
+            time.sleep(1)
+            elsewhere(cache / "demo_run-k2")
+            fcntl.flock(other, fcntl.LOCK_UN)
+
+        builder = threading.Thread(target=finish_building)
+        builder.start()
+        assert use(build, "k2", tmp_path).root == cache / "demo_run-k2"
+        builder.join()
+    assert elsewhere.count == 1 and build.count == 1  # waited for, not built twice
+
+
 def test_off_builds_in_the_temporary_folder_every_time(tmp_path, monkeypatch):
     monkeypatch.setenv("EXIFLANG_TEST_CACHE", "off")
     build = Builds()
@@ -97,3 +124,14 @@ def test_the_key_follows_the_recipe_and_the_code(tmp_path, monkeypatch):
     third = sr.input_key(recipe)
     (tmp_path / "requirements.lock").write_text("torch==2.14.0\n")
     assert len({first, second, third, sr.input_key(recipe)}) == 4
+
+
+@pytest.mark.builds_shared_run
+def test_the_shared_run_is_built_finished_and_intact(synth_run) -> None:
+    """The real build (run first: under pytest-xdist one worker builds while the others test)."""
+    assert sr.finished(synth_run.root)
+    assert len(list(synth_run.train_photos.iterdir())) == sr.N_TRAIN
+    assert len(list(synth_run.heldout_photos.iterdir())) == sr.N - sr.N_TRAIN
+    assert len(list(synth_run.splice_photos.glob("*.jpg"))) == sr.N - sr.N_TRAIN
+    assert (synth_run.model / "model.safetensors").is_file() and (synth_run.run / "result.json").is_file()
+    assert list(synth_run.train_shards.glob("*.tar")) and list(synth_run.heldout_shards.glob("*.tar"))

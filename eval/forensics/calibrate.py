@@ -41,8 +41,11 @@ def calibrate(
 ) -> tuple[Reference, list[str]]:
     """The reference of ``paths`` (authentic photos) under ``detector``'s settings, and the errors.
 
-    ValueError when fewer than :data:`MIN_PHOTOS` photos could be scored.
+    ValueError when fewer than :data:`MIN_PHOTOS` photos could be scored -- said before any is
+    scored when fewer are given (scoring one costs seconds: nothing is spent on a known refusal).
     """
+    if len(paths) < MIN_PHOTOS:
+        raise ValueError(f"only {len(paths)} photos given; a reference needs at least {MIN_PHOTOS}")
     scores, errors = authentic_scores(detector, paths)
     if len(scores) < MIN_PHOTOS:
         raise ValueError(

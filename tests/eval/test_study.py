@@ -50,6 +50,8 @@ def test_study_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
         "2",
         "--per-photo",
         "1",
+        "--per-side",  # a coarse grid: the plumbing is what is checked here, not the maps
+        "8",
         "--test-fraction",
         "0.5",
         "-q",
@@ -57,6 +59,7 @@ def test_study_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
     assert study_main(args) == 0
     results = json.loads((out / "results.json").read_text())
     split = results["split"]
+    assert results["per_side"] == 8
     assert not set(split["train"]["cameras"]) & set(split["test"]["cameras"])
     assert set(results["methods"]) == {"exif", "cropclr", "model-tag", "untrained", "NOI (hand-crafted)"}
     for name in ("exif", "cropclr", "model-tag", "untrained"):
