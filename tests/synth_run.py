@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -185,33 +186,37 @@ def shards(source: Path, out: Path, per_shard: int) -> None:
 
 
 def train(run: SynthRun, steps: int, overrides: tuple[str, ...]) -> None:
-    """Train `cpu-small` on ``run.train_shards`` (seed 0, one loader worker, :data:`TRAIN_THREADS`
-    threads), then mark the build done."""
-    from exiflang.train.main import main as train_main
+    """Train `cpu-small` on ``run.train_shards`` (seed 0, one loader worker), then mark the build done.
 
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(TRAIN_THREADS)
-    try:
-        rc = train_main(
-            [
-                "--data",
-                str(run.train_shards),
-                "--out",
-                str(run.run),
-                "--config",
-                "cpu-small",
-                f"run.steps={steps}",
-                "run.seed=0",
-                "data.num_workers=1",
-                "run.tensorboard=false",
-                f"run.ckpt_every={steps}",
-                *overrides,
-            ]
-        )
-    finally:
-        torch.set_num_threads(threads)
-    assert rc == 0
+    `exiflang train` in its own process with :data:`TRAIN_THREADS` OpenMP threads that sleep
+    rather than spin when they wait (``OMP_WAIT_POLICY=PASSIVE``): under pytest-xdist the other
+    workers share the cores, and spinning threads that lose their core stall every parallel
+    region.  Its output goes to ``run/train.log``.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(TRAIN_THREADS), "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "exiflang.cli",
+        "train",
+        "--data",
+        str(run.train_shards),
+        "--out",
+        str(run.run),
+        "--config",
+        "cpu-small",
+        f"run.steps={steps}",
+        "run.seed=0",
+        "data.num_workers=1",
+        "run.tensorboard=false",
+        f"run.ckpt_every={steps}",
+        *overrides,
+    ]
+    run.run.mkdir(parents=True, exist_ok=True)
+    log = run.run / "train.log"
+    with log.open("w") as fh:
+        rc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    assert rc == 0, f"training failed ({rc}): " + log.read_text()[-2000:]
     finish(run.root)
 
 
