@@ -22,7 +22,10 @@ _COMMENT_HEADER = re.compile(r"^charset=(Ascii|Jis|Unicode|Undefined|\"[^\"]*\"|
 
 def clean_text(text: str, max_chars: int) -> str:
     """Java-style trim, control characters out, at most ``max_chars`` characters (then trimmed)."""
-    text = _CONTROL.sub(" ", text[: max_chars * 4]).strip(_TRIM)
+    text = text[: max_chars * 4]
+    if not text.isprintable() or "\ufffd" in text:  # printable text holds none of _CONTROL
+        text = _CONTROL.sub(" ", text)
+    text = text.strip(_TRIM)
     return text[:max_chars].strip(_TRIM) if len(text) > max_chars else text
 
 

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from exiflang.command import Command
@@ -25,6 +26,9 @@ from exiflang.pipeline import storage
 from exiflang.pipeline.shards.files import atomic_write_json, complete_shards, read_parquet, shard_paths
 
 log = logging.getLogger(__name__)
+
+# The exif map column seen as a list of (key, value) entries, which list kernels take.
+_ENTRIES = pa.list_(pa.struct([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())]))
 
 
 def vocabulary_hash(tags: Sequence[str]) -> str:
@@ -43,8 +47,12 @@ def tag_counts(out_dir: storage.PathLike) -> tuple[Counter, int]:
     for shard in complete_shards(out_dir):
         table = read_parquet(shard_paths(out_dir, shard)["parquet"], ["status", "exif"])
         table = table.filter(pc.equal(table["status"], st.SUCCESS))
-        for exif in table["exif"].to_pylist():
-            counts.update(k for k, _ in exif or [])
+        for chunk in table["exif"].chunks:
+            # Counted in Arrow: every map entry's key, once per entry (to_pylist() cost
+            # ~0.1 ms a row here).  list_flatten takes the chunk's slice into account.
+            keys = pc.list_flatten(chunk.cast(_ENTRIES)).flatten()[0]
+            for item in pc.value_counts(keys).to_pylist():
+                counts[item["values"]] += item["counts"]
         n += table.num_rows
     return counts, n
 

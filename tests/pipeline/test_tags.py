@@ -98,3 +98,26 @@ def test_cross_shard_duplicates_dropped_once_and_idempotent(tmp_path):
         assert sorted(tar.getnames()) == ["00001_00001.exif.json", "00001_00001.jpg"]
     stats = json.loads(shard_paths(tmp_path, 1)["stats"].read_text())
     assert stats["samples"] == 1 and stats["status_counts"][st.DUPLICATE] == 2
+
+
+def test_tag_counts_equal_a_row_by_row_count(tmp_path):
+    """Counted in Arrow: the same as reading every successful row's map in Python."""
+    import random
+
+    from exiflang.pipeline.shards.files import read_tables
+    from exiflang.pipeline.shards.tags import tag_counts
+
+    rng = random.Random(3)
+    names = [f"Tag {i}" for i in range(30)] + ["Ma\udcffke"]
+    for shard in range(3):
+        samples = []
+        for i in range(rng.randrange(0, 40)):
+            exif = {t: rng.choice(["1", "", None]) for t in rng.sample(names, rng.randrange(0, 12))}
+            status = rng.choice([st.SUCCESS, st.SUCCESS, st.TOO_FEW_TAGS])
+            samples.append((status, f"{shard}-{i}", exif))
+        _shard(tmp_path, shard, samples)
+    table = read_tables(tmp_path, ["status", "exif"]).to_pylist()
+    kept = [r for r in table if r["status"] == st.SUCCESS]
+    counts, n = tag_counts(tmp_path)
+    assert n == len(kept)
+    assert counts == Counter(k for r in kept for k, _ in r["exif"] or [])
