@@ -1500,7 +1500,8 @@ def verdict(results: dict[str, Any]) -> bool:
     p1 = results.get("part1", {})
     checks: list[Any] = []
     if p1 or results.get("args", {}).get("no_crawl") != "True":
-        checks += [p1.get("full", {}).get("truth", {}).get("pass"), p1.get("full", {}).get("politeness", {}).get("pass")]
+        full = p1.get("full", {})
+        checks += [full.get("truth", {}).get("pass"), full.get("politeness", {}).get("pass")]
     if p1.get("full", {}).get("storm"):
         checks.append(p1["full"]["storm"]["pass"])
     if "kill" in p1:

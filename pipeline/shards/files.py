@@ -402,10 +402,15 @@ def _text_column(values: list[Any]) -> pa.Array:
     return pa.array([None if v is None else safe_text(str(v)) for v in values], type=pa.string())
 
 
+def _text_dict(d: Any) -> bool:
+    """A plain dict of str keys and str-or-None values (the type test runs in C)."""
+    return type(d) is dict and set(map(type, d)) <= {str} and set(map(type, d.values())) <= _TEXT_OR_NONE
+
+
 def _text_map_column(values: list[Any]) -> pa.Array:
     """A string -> string map column by the same rule (a missing map is an empty one)."""
     maps = [{} if d is None else d for d in values]
-    if all(type(d) is dict and set(map(type, d)) <= {str} and set(map(type, d.values())) <= _TEXT_OR_NONE for d in maps):
+    if all(_text_dict(d) for d in maps):
         try:
             return pa.array(maps, type=_STR_MAP)
         except UnicodeEncodeError:
