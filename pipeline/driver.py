@@ -111,10 +111,18 @@ def _governed(cfg: ShardConfig, workers: int, tcp_host: str | None = None) -> It
 
     Per-host limits hold for the whole job (exiflang.pipeline.fetch.politeness): the workers share the
     governor's state instead of each taking a fraction of the budget.  Unix socket for
-    local processes, TCP on ``tcp_host`` for Ray workers.
+    local processes (and, when the job caps nothing, a pause board they read without a round
+    trip), TCP on ``tcp_host`` for Ray workers.
     """
     with GovernorServer(HostGovernor(cfg.download.limits()), tcp_host) as server:
-        dl = replace(cfg.download, governor_address=server.address, governor_key=server.key, governor_share=workers)
+        board = str(server.board.path) if server.board is not None else None
+        dl = replace(
+            cfg.download,
+            governor_address=server.address,
+            governor_key=server.key,
+            governor_share=workers,
+            governor_board=board,
+        )
         yield replace(cfg, download=dl)
 
 

@@ -90,6 +90,7 @@ class DownloadConfig:
     governor_address: str | None = None
     governor_key: str | None = None
     governor_share: int = 1
+    governor_board: str | None = None  # its pause board, for workers on its machine (governor_service)
 
     def __post_init__(self) -> None:
         for name in ("timeout", "deadline", "row_deadline"):
@@ -527,7 +528,9 @@ def _governor_for(cfg: DownloadConfig) -> Governor:
     if cfg.governor_address and cfg.governor_key:
         from exiflang.pipeline.fetch.governor_service import RemoteGovernor
 
-        return RemoteGovernor(cfg.governor_address, cfg.governor_key, cfg.limits(), cfg.governor_share)
+        return RemoteGovernor(
+            cfg.governor_address, cfg.governor_key, cfg.limits(), cfg.governor_share, cfg.governor_board
+        )
     return HostGovernor(cfg.limits())
 
 

@@ -10,7 +10,14 @@ bytes (never pickles: nothing a peer sends can run code, key or no key):
 * ``("acquire", host, hold, wait_max[, unless_paused])`` -> a lease id, None (ask again) or,
   with ``unless_paused`` and the host paused, ``{"paused": seconds}``;
 * ``("release", lease, outcome, retry_after)`` -> no reply: the fetch thread does not wait;
+* ``("report", host, outcome, epoch, retry_after)`` -> no reply: what a host answered a request
+  sent without a lease (below);
 * ``("ping",)`` -> ``"pong"``.
+
+A job with no per-host cap and no rate needs the governor only for pauses: the server then also
+publishes them on a :class:`~exiflang.pipeline.fetch.pause_board.PauseBoard` (a file beside the
+Unix socket), and a local worker sends a request to a host the board shows unpaused without
+asking, and reports only throttles and the answer that ends a run of them.
 
 A round trip costs tens of microseconds (``benchmarks/fetch_cost.py`` measures it), against
 ~1.4 ms for a Ray actor call.  Leases granted over a connection are given back when it closes,
@@ -33,11 +40,14 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
+from pathlib import Path
 from typing import Any
 
-from exiflang.pipeline.fetch.politeness import GovernorLimits, HostGovernor, Paused
+from exiflang.pipeline.fetch.pause_board import PauseBoard
+from exiflang.pipeline.fetch.politeness import ANSWERED, THROTTLED, Clock, GovernorLimits, HostGovernor, Paused
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +75,15 @@ class GovernorServer:
         self.governor = governor
         self.key = secrets.token_hex(32)
         self._tmpdir: str | None = None
+        self.board: PauseBoard | None = None  # local workers of an unlimited job read pauses here
         if tcp_host is None:
             # A private (0700) folder: only this user can even reach the socket.
             self._tmpdir = tempfile.mkdtemp(prefix="exiflang-gov-")
             self._listener = Listener(os.path.join(self._tmpdir, "s"), "AF_UNIX", backlog=512)
             self.address = f"unix:{self._listener.address}"
+            if unlimited(governor.limits) and type(governor.clock) is Clock:  # the board holds real time
+                self.board = PauseBoard.create(Path(self._tmpdir) / "pauses")
+                governor.on_change = self.board.write
         else:
             self._listener = Listener((tcp_host, 0), "AF_INET", backlog=512)
             host, port = self._listener.address
@@ -102,6 +116,9 @@ class GovernorServer:
             conns = list(self._conns)
         for conn in conns:
             _shutdown(conn)
+        if self.board is not None:
+            self.governor.on_change = None
+            self.board.close()
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
@@ -154,6 +171,9 @@ class GovernorServer:
             elif op == "release":
                 gov.release(msg[1], msg[2], msg[3])
                 continue
+            elif op == "report":
+                gov.report(msg[1], msg[2], msg[3], msg[4])
+                continue
             else:
                 reply = "pong"
             try:
@@ -200,16 +220,34 @@ def _shutdown(conn: Connection) -> None:
         sock.detach()
 
 
-class RemoteGovernor:
-    """The job's governor as seen from a worker process: the same calls, one connection per thread."""
+def unlimited(limits: GovernorLimits) -> bool:
+    """No per-host cap and no rate: the governor is needed for pauses only."""
+    return limits.concurrency <= 0 and limits.rate <= 0
 
-    def __init__(self, address: str, key: str, fallback: GovernorLimits, share: int = 1) -> None:
+
+_UNLEASED = 1 << 62  # lease ids from here up: granted in this process off the pause board
+
+
+class RemoteGovernor:
+    """The job's governor as seen from a worker process: the same calls, one connection per thread.
+
+    With ``board`` (the server's :class:`PauseBoard` path) and limits that cap nothing, a request
+    to a host the board shows unpaused is granted here, without a message; its outcome goes to
+    the server only when it changes the host's state (a throttle, or an answer after strikes).
+    """
+
+    def __init__(
+        self, address: str, key: str, fallback: GovernorLimits, share: int = 1, board: str | None = None
+    ) -> None:
         self.address, self._key = address, bytes.fromhex(key)
         self._fallback_limits = _share_of(fallback, share)
         self._fallback: HostGovernor | None = None
         self._local = threading.local()
         self._conns: list[Connection] = []
         self._lock = threading.Lock()
+        self._board = PauseBoard.open(board) if board and unlimited(fallback) else None
+        self._unleased: dict[int, tuple[str, int, int]] = {}  # lease -> (host, epoch, strikes)
+        self._unleased_ids = itertools.count(_UNLEASED)
         try:
             self._call(("ping",), reply=True)
         except _LOST as exc:
@@ -220,6 +258,12 @@ class RemoteGovernor:
         self, host: str, owner: int, hold: float, wait_max: float, unless_paused: bool = False
     ) -> int | Paused | None:
         """As :meth:`HostGovernor.acquire`; the server knows this thread's connection as ``owner``."""
+        if self._board is not None and self._fallback is None:
+            seen = self._board.read(host)
+            if seen is not None and seen[0] <= time.monotonic():  # not paused: no need to ask
+                lease = next(self._unleased_ids)
+                self._unleased[lease] = (host, seen[1], seen[2])
+                return lease
         if self._fallback is None:
             try:
                 got = self._call(("acquire", host, hold, wait_max, unless_paused), reply=True)
@@ -231,6 +275,9 @@ class RemoteGovernor:
         return mine if mine is None or isinstance(mine, Paused) else -mine  # negative: the fallback's lease
 
     def release(self, lease: int, outcome: int, retry_after: float | None = None) -> None:
+        if lease >= _UNLEASED:
+            self._report(lease, outcome, retry_after)
+            return
         if lease < 0:
             if self._fallback is not None:
                 self._fallback.release(-lease, outcome, retry_after)
@@ -241,6 +288,20 @@ class RemoteGovernor:
             except _LOST as exc:
                 self._lose(exc)
 
+    def _report(self, lease: int, outcome: int, retry_after: float | None) -> None:
+        """A board-granted request's outcome, sent only when it changes the host's state."""
+        host, epoch, strikes = self._unleased.pop(lease, ("", 0, 0))
+        if not host or not (outcome == THROTTLED or (outcome == ANSWERED and strikes)):
+            return
+        if self._fallback is None:
+            try:
+                self._call(("report", host, outcome, epoch, retry_after), reply=False)
+                return
+            except _LOST as exc:
+                self._lose(exc)
+        assert self._fallback is not None
+        self._fallback.report(host, outcome, epoch, retry_after)
+
     def drop_owner(self, owner: int) -> int:
         """Nothing to do here: the server drops a connection's leases when it closes."""
         return 0
@@ -250,6 +311,9 @@ class RemoteGovernor:
             conns, self._conns = self._conns, []
         for conn in conns:
             conn.close()
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
     def _call(self, msg: tuple, reply: bool) -> Any:
         conn = getattr(self._local, "conn", None)

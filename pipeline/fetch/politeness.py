@@ -39,6 +39,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Outcomes reported with a lease when it is given back.
@@ -111,6 +112,9 @@ class HostGovernor:
     def __init__(self, limits: GovernorLimits | None = None, clock: Clock | None = None) -> None:
         self.limits = limits or GovernorLimits()
         self.clock = clock or Clock()
+        # Called (under the lock) with (host, paused_until, epoch, strikes) whenever a host's
+        # pause state changes: how a PauseBoard learns it (exiflang.pipeline.fetch.pause_board).
+        self.on_change: Callable[[str, float, int, int], None] | None = None
         self._interval = 1.0 / self.limits.rate if self.limits.rate > 0 else 0.0
         self._lock = threading.Lock()
         self._hosts: dict[str, _Host] = {}
@@ -159,15 +163,13 @@ class HostGovernor:
                 return
             state = self._hosts[held.host]
             state.leases.discard(lease)
-            if outcome == THROTTLED:
-                self._pause(state, held.epoch, retry_after)
-            elif outcome == ANSWERED:
-                state.strikes = 0
-            if outcome == THROTTLED:
-                state.cond.notify_all()  # waiters re-read the pause's end
-            else:
-                state.cond.notify()  # one slot came free
-            self._forget_if_idle(held.host, state)
+            self._settle(held.host, state, outcome, held.epoch, retry_after)
+
+    def report(self, host: str, outcome: int, epoch: int, retry_after: float | None = None) -> None:
+        """What ``host`` answered a request sent without a lease (a worker that read the host's
+        pause ``epoch`` off a pause board): as :meth:`release`, minus the lease."""
+        with self._lock:
+            self._settle(host, self._host(host), outcome, epoch, retry_after)
 
     def drop_owner(self, owner: int) -> int:
         """Give back every lease ``owner`` still holds (a client gone); returns how many."""
@@ -201,6 +203,20 @@ class HostGovernor:
                 self._sweep()
             state = self._hosts[host] = _Host(self._lock)
         return state
+
+    def _settle(self, host: str, state: _Host, outcome: int, epoch: int, retry_after: float | None) -> None:
+        before = (state.paused_until, state.epoch, state.strikes)
+        if outcome == THROTTLED:
+            self._pause(state, epoch, retry_after)
+            state.cond.notify_all()  # waiters re-read the pause's end
+        else:
+            if outcome == ANSWERED:
+                state.strikes = 0
+            state.cond.notify()  # one slot came free
+        after = (state.paused_until, state.epoch, state.strikes)
+        if self.on_change is not None and after != before:
+            self.on_change(host, *after)
+        self._forget_if_idle(host, state)
 
     def _wait_for_room(self, state: _Host, until: float, unless_paused: bool = False) -> bool:
         """Wait until ``state`` is neither paused nor full, or ``until``; True if there is room.

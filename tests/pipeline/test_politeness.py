@@ -17,7 +17,7 @@ from exiflang.pipeline.build_shards import main as shards_main
 from exiflang.pipeline.fetch.download import DownloadConfig, Downloader
 from exiflang.pipeline.fetch.governor_service import GovernorServer, GovernorUnavailable, RemoteGovernor
 from exiflang.pipeline.fetch.opt_out import agent_token, opt_out
-from exiflang.pipeline.fetch.politeness import ANSWERED, THROTTLED, GovernorLimits, HostGovernor
+from exiflang.pipeline.fetch.politeness import ANSWERED, THROTTLED, GovernorLimits, HostGovernor, Paused
 from exiflang.pipeline.shards.files import read_tables
 from tests.http_server import LoopbackServer
 
@@ -111,7 +111,8 @@ def test_host_rate_holds_across_two_local_processes(tmp_path, host_a, photo):
 # ---- pauses ------------------------------------------------------------------------------
 
 
-def test_429_pauses_its_host_for_every_worker_while_another_host_goes_on(tmp_path, host_a, host_b, photo):
+@pytest.mark.parametrize("cap", ["32", "0"])  # 0: no cap, no rate: the workers read pauses off the board
+def test_429_pauses_its_host_for_every_worker_while_another_host_goes_on(tmp_path, host_a, host_b, photo, cap):
     # Host A's 4th request, whichever worker sends it, is told to wait 2 s; two processes
     # fetch from A, a third from B.  From A's side: nothing arrives during the pause.
     pause = 2.0
@@ -130,6 +131,8 @@ def test_429_pauses_its_host_for_every_worker_while_another_host_goes_on(tmp_pat
         "8",
         "--retries",
         "2",
+        "--per-host-concurrency",
+        cap,
     )
     assert all(rows[u]["status"] != st.HTTP_ERROR for u in storm + other), rows
     log_a = sorted(host_a.log)
@@ -217,6 +220,97 @@ def test_lost_governor_falls_back_to_a_share_of_the_limits():
     assert client.acquire("h", 0, 60.0, 0.2) is None
     client.release(first, ANSWERED)
     client.close()
+
+
+class _Counting(HostGovernor):
+    """A governor that counts the calls it gets."""
+
+    def __init__(self, limits: GovernorLimits) -> None:
+        super().__init__(limits)
+        self.calls: list[tuple] = []
+
+    def acquire(self, host, owner, hold, wait_max, unless_paused=False):  # type: ignore[override]
+        self.calls.append(("acquire", host))
+        return super().acquire(host, owner, hold, wait_max, unless_paused)
+
+    def report(self, host, outcome, epoch, retry_after=None):  # type: ignore[override]
+        self.calls.append(("report", host, outcome))
+        super().report(host, outcome, epoch, retry_after)
+
+
+def _settled(gov: _Counting, n: int) -> None:
+    """Reports carry no reply: wait until the server has handled ``n`` calls."""
+    deadline = time.monotonic() + 5
+    while len(gov.calls) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(gov.calls) == n, gov.calls
+
+
+def test_uncapped_job_reads_pauses_off_the_board_and_reports_only_changes():
+    free = GovernorLimits(concurrency=0, rate=0, pause_base=0.3)
+    gov = _Counting(free)
+    with GovernorServer(gov) as srv:
+        assert srv.board is not None
+        a = RemoteGovernor(srv.address, srv.key, free, 2, str(srv.board.path))
+        b = RemoteGovernor(srv.address, srv.key, free, 2, str(srv.board.path))
+        for _ in range(5):  # unpaused host, plain answers: not one message
+            a.release(a.acquire("h", 0, 60.0, 1.0), ANSWERED)
+        assert gov.calls == []
+        a.release(a.acquire("h", 0, 60.0, 1.0), THROTTLED, 0.5)  # a 429: reported, published
+        _settled(gov, 1)
+        paused = b.acquire("h", 0, 60.0, 1.0, unless_paused=True)  # the other worker sees it
+        assert isinstance(paused, Paused) and 0.3 < paused.seconds <= 0.5
+        assert gov.calls[-1] == ("acquire", "h")  # a paused host is the governor's to answer
+        assert b.acquire("other", 0, 60.0, 1.0) >= 1 << 62  # other hosts go on unasked
+        time.sleep(0.55)
+        lease = b.acquire("h", 0, 60.0, 1.0)  # the pause is over: off the board again
+        assert lease >= 1 << 62 and len(gov.calls) == 2
+        b.release(lease, THROTTLED)  # no Retry-After: a strike; the next answer ends the run
+        _settled(gov, 3)
+        time.sleep(0.35)
+        b.release(b.acquire("h", 0, 60.0, 1.0), ANSWERED)
+        _settled(gov, 4)
+        assert gov.calls[-1] == ("report", "h", ANSWERED) and srv.board.read("h")[2] == 0
+        b.release(b.acquire("h", 0, 60.0, 1.0), ANSWERED)  # no strikes left: nothing to say
+        time.sleep(0.1)
+        assert len(gov.calls) == 4
+        a.close()
+        b.close()
+
+
+def test_capped_jobs_and_ray_jobs_have_no_board():
+    with GovernorServer(HostGovernor(GovernorLimits(concurrency=4))) as srv:
+        assert srv.board is None
+    with GovernorServer(HostGovernor(GovernorLimits(concurrency=0, rate=2.0))) as srv:
+        assert srv.board is None
+    with GovernorServer(HostGovernor(GovernorLimits(concurrency=0, rate=0)), "127.0.0.1") as srv:
+        assert srv.board is None  # Ray workers may be on other machines
+
+
+def test_pause_board_slots_tags_and_collisions(tmp_path):
+    from exiflang.pipeline.fetch.pause_board import PauseBoard, _place
+
+    board = PauseBoard.create(tmp_path / "b")
+    reader = PauseBoard.open(tmp_path / "b")
+    assert reader.read("never.example") == (0.0, 0, 0)
+    board.write("x.example", 123.5, 7, 2)
+    assert reader.read("x.example") == (123.5, 7, 2)
+    by_slot: dict[int, str] = {}
+    for i in range(100_000):  # two names in one slot (birthday bound: a few hundred names)
+        host = f"farm{i}.example"
+        slot = _place(host)[0]
+        if slot in by_slot:
+            break
+        by_slot[slot] = host
+    first, second = by_slot[slot], host
+    board.write(first, 50.0, 1, 0)
+    board.write(second, 60.0, 1, 0)  # the later writer owns the slot
+    assert reader.read(second) == (60.0, 1, 0)
+    assert reader.read(first) is None  # says nothing of the first: ask the governor
+    with pytest.raises(TypeError):
+        reader.write("y", 1.0, 1, 1)  # read-only for the workers
+    reader.close()
+    board.close()
 
 
 # ---- opt-out -------------------------------------------------------------------------------
