@@ -43,8 +43,11 @@ paused host is parked out of the window instead: see docs/scale.md); part 2 uses
 default) for both tools.  ``--profile`` adds one exiflang-local and one img2dataset run under
 py-spy (GIL-holding samples, by category).
 
+``--no-crawl`` runs part 2 alone; ``--variants`` picks its tools.
+
     python benchmarks/scale.py --rows 10000 [--compare-rows 10000,20000] [--runs 2] [--profile]
-        [--dir DIR] [--json FILE] [--no-img2dataset] [--no-kill] [--no-compare]
+        [--dir DIR] [--json FILE] [--no-img2dataset] [--no-kill] [--no-compare] [--no-crawl]
+        [--variants exiflang-ray,exiflang-local,img2dataset]
 """
 
 from __future__ import annotations
