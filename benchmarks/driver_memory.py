@@ -110,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     rows = []
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
-    print("| tasks | source rows | s | RSS after task 1 (baseline) MB | RSS at 50% MB | RSS at end MB | growth MB | end / baseline | peak MB |")
+    print(
+        print(
+            "| tasks | source rows | s | RSS after task 1 (baseline) MB | RSS at 50% MB | RSS at end MB "
+            "| growth MB | end / baseline | peak MB |"
+        )
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in args.tasks.split(",")]:
         out = subprocess.run(
