@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import NamedTuple
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 INT_TYPES = frozenset({"Byte", "SByte", "Short", "SShort", "Long", "SLong", "Undefined", "Ifd"})
@@ -22,15 +21,27 @@ _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 Rational = tuple[int, int]
 
 
-class RawValue(NamedTuple):
-    """One tag's value: exiv2's type name and its text (``datum.value().toString()``).
+class RawValue:
+    """One tag's value: exiv2's type name and its text (``datum.value().toString()``); not changed after creation.
 
-    A named tuple, not a frozen dataclass: ~50 are made per photo, and a frozen dataclass's
+    A slotted class, not a frozen dataclass: ~50 are made per photo, and a frozen dataclass's
     ``__init__`` (``object.__setattr__`` per field) cost ~2 % of a crawl's CPU.
     """
 
-    type_name: str
-    text: str
+    __slots__ = ("text", "type_name")
+
+    def __init__(self, type_name: str, text: str) -> None:
+        self.type_name = type_name
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"RawValue({self.type_name!r}, {self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawValue) and (self.type_name, self.text) == (other.type_name, other.text)
+
+    def __hash__(self) -> int:
+        return hash((self.type_name, self.text))
 
     @property
     def is_string(self) -> bool:
