@@ -46,3 +46,52 @@ def test_smallest_scale_run_matches_the_ground_truth(tmp_path):
     # The measurement itself: the whole process tree's CPU, the driver and Ray's processes seen.
     assert full["cpu_s"] > 0 and full["peak_rss_mb"]["driver"] > 0 and "worker" in full["peak_rss_mb"]
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_truth_check_attributes_to_the_storm_only_rows_its_429s_ended(tmp_path):
+    """A row whose last try met a storm 429 is what happened, not a mismatch; any other is one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from exiflang.pipeline.shards.files import atomic_write_json, shard_paths, write_table
+
+    def truth(pid: str, fate: str, expected: str) -> dict:
+        url = f"http://127.0.0.15:1/7545/{pid}_abc_o.jpg"
+        return {"photo_id": pid, "source_index": int(pid), "fate": fate, "expected_status": expected}, url
+
+    rows, truths = [], []
+    cases = [  # (photo id, fate, expected, got status, got http, stormed)
+        ("1", "cut", "download_failed", "http_error", 429, True),  # the storm ended it: attributed
+        ("2", "cut", "download_failed", "http_error", 429, False),  # a 429 the storm did not send
+        ("3", "ok", "success", "http_error", 404, True),  # stormed, but not a 429: a mismatch
+        ("4", "ok", "success", "success", 200, False),
+    ]
+    stormed = []
+    for i, (pid, fate, expected, status, http, hit) in enumerate(cases):
+        t, url = truth(pid, fate, expected)
+        truths.append(
+            {**t, "url": url, "expected_http_status": None, "duplicate_of": None, "farm": 5, "host": "h", "line": i}
+        )
+        rows.append(
+            {
+                "key": f"00000_{i:05d}",
+                "position": i,
+                "source_index": int(pid),
+                "photo_id": pid,
+                "url": url,
+                "status": status,
+                "http_status": http,
+                "error": f"HTTP {http}",
+            }
+        )
+        if hit:
+            stormed.append(f"/7545/{pid}_abc_o.jpg")
+    pq.write_table(pa.Table.from_pylist(truths), tmp_path / "truth.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    write_table(shard_paths(out, 0)["parquet"], rows)
+    atomic_write_json(shard_paths(out, 0)["stats"], {"shard": 0, "rows": len(rows)})
+    got = scale.check_truth(out, tmp_path / "truth.parquet", storm_paths=stormed)
+    assert got["storm_attributed"] == 1 and got["storm_attributed_examples"][0].startswith("1: cut")
+    assert got["mismatch_kinds"] == {"cut: download_failed": 1, "ok: success": 1}
+    assert not got["pass"]
