@@ -31,9 +31,10 @@ SHARDS_PER_TASK = 4
 ROWS_PER_SHARD = 500
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """This process's ``VmRSS`` / ``VmHWM`` from /proc/self/status, in MB."""
     with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+        return next(int(line.split()[1]) for line in fh if line.startswith(f"{field}:")) / 1024
 
 
 def _stats(batch: list[tuple[int, list[Any]]], cfg: Any) -> list[dict[str, Any]]:
@@ -86,16 +87,15 @@ def child(n_tasks: int) -> dict[str, Any]:
         if done["shards"] % SHARDS_PER_TASK == 0:
             done["tasks"] += 1
             if done["tasks"] == 1 or done["tasks"] % every == 0:
-                samples.append((done["tasks"], round(_rss_mb(), 1)))
+                samples.append((done["tasks"], round(_status_mb("VmRSS"), 1)))
 
     t0 = time.perf_counter()
     tasks = plan_tasks(_shards(n_tasks * SHARDS_PER_TASK), SHARDS_PER_TASK, 2)
     _submit_all(ray, task, tasks, cfg, ray.put(cfg), on_done, JobOptions(), 2)
     seconds = time.perf_counter() - t0
     ray.shutdown()
-    with open("/proc/self/status") as fh:
-        hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
-    return {"tasks": n_tasks, "seconds": round(seconds, 1), "samples": samples, "peak_rss_mb": round(hwm, 1)}
+    peak = _status_mb("VmHWM")
+    return {"tasks": n_tasks, "seconds": round(seconds, 1), "samples": samples, "peak_rss_mb": round(peak, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,10 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
     print(
-        print(
-            "| tasks | source rows | s | RSS after task 1 (baseline) MB | RSS at 50% MB | RSS at end MB "
-            "| growth MB | end / baseline | peak MB |"
-        )
+        "| tasks | source rows | s | RSS after task 1 (baseline) MB | RSS at 50% MB | RSS at end MB "
+        "| growth MB | end / baseline | peak MB |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in args.tasks.split(",")]:

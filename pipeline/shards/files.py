@@ -262,7 +262,7 @@ class TarShardWriter:
     The tar is the one ``tarfile`` writes in GNU format (regular files, mode 0444, mtime 0,
     no owner names) byte for byte, but its headers are built here from a fixed template:
     ``tarfile``'s per-member ``TarInfo`` path cost ~0.15 ms a sample, a tenth of the whole
-    crawl's CPU.  ``tests/pipeline/test_tar_writer.py`` checks it against ``tarfile``.
+    crawl's CPU.  ``tests/pipeline/test_shard_writers.py`` checks it against ``tarfile``.
     """
 
     def __init__(self, path: PathLike) -> None:
@@ -384,7 +384,7 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any] | pa.Array]:
     return cols
 
 
-_TEXT_OR_NONE = frozenset({str, type(None)})
+_TEXT, _TEXT_OR_NONE = frozenset({str}), frozenset({str, type(None)})
 
 
 def _text_column(values: list[Any]) -> pa.Array:
@@ -404,7 +404,7 @@ def _text_column(values: list[Any]) -> pa.Array:
 
 def _text_dict(d: Any) -> bool:
     """A plain dict of str keys and str-or-None values (the type test runs in C)."""
-    return type(d) is dict and set(map(type, d)) <= {str} and set(map(type, d.values())) <= _TEXT_OR_NONE
+    return type(d) is dict and set(map(type, d)) <= _TEXT and set(map(type, d.values())) <= _TEXT_OR_NONE
 
 
 def _text_map_column(values: list[Any]) -> pa.Array:

@@ -23,12 +23,13 @@ from exiflang.command import Command
 from exiflang.errors import CommandError, naming
 from exiflang.pipeline import records as st
 from exiflang.pipeline import storage
-from exiflang.pipeline.shards.files import atomic_write_json, complete_shards, read_parquet, shard_paths
+from exiflang.pipeline.shards.files import SCHEMA, atomic_write_json, complete_shards, read_parquet, shard_paths
 
 log = logging.getLogger(__name__)
 
-# The exif map column seen as a list of (key, value) entries, which list kernels take.
-_ENTRIES = pa.list_(pa.struct([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())]))
+# The exif map column seen as a list of its (key, value) entries, which list kernels take.
+_EXIF = SCHEMA.field("exif").type
+_ENTRIES = pa.list_(pa.struct([_EXIF.key_field, _EXIF.item_field]))
 
 
 def vocabulary_hash(tags: Sequence[str]) -> str:
