@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -107,13 +106,7 @@ def test_ray_job_submit_on_a_local_head(tmp_path, photos_dir):
             "20",
             "-q",
         ]
-        for _ in range(12):
-            res = subprocess.run(submit, env=env, timeout=300, capture_output=True, text=True)
-            # A head whose job agent has not registered yet answers this ("try again later"):
-            # on a loaded machine that takes longer than `ray start` waits for.
-            if res.returncode == 0 or "No available agent" not in res.stdout + res.stderr:
-                break
-            time.sleep(5)
+        res = subprocess.run(submit, env=env, timeout=300, capture_output=True, text=True)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "succeeded" in (res.stdout + res.stderr).lower()
     finally:
